@@ -1,0 +1,77 @@
+//! Wiring: config → store → services → listeners, and an orderly shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::server::{self, Listeners};
+use crate::store::Store;
+
+/// A running agent's addresses, printed once at start so scripts and tests can find it.
+pub struct Ready {
+    pub tcp: Option<std::net::SocketAddr>,
+    pub unix: Option<std::path::PathBuf>,
+    pub emulator_url: Option<String>,
+}
+
+impl Ready {
+    pub fn line(&self) -> String {
+        let mut s = String::from("meterd ready");
+        if let Some(a) = self.tcp {
+            s.push_str(&format!(" tcp={a}"));
+        }
+        if let Some(p) = &self.unix {
+            s.push_str(&format!(" unix={}", p.display()));
+        }
+        if let Some(u) = &self.emulator_url {
+            s.push_str(&format!(" emulator={u}"));
+        }
+        s
+    }
+}
+
+/// Runs the agent until `shutdown` resolves: stop accepting, finish in-flight calls, fsync, return.
+pub async fn run(
+    config: Config,
+    clock: SharedClock,
+    emulator_url: Option<String>,
+    on_ready: impl FnOnce(&Ready),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let store = Store::open(&config.storage.data_dir)
+        .map_err(|e| anyhow::anyhow!("storage.data_dir {}: {e}", config.storage.data_dir.display()))?;
+    let listeners = Listeners::bind(&config).await?;
+    let ready = Ready {
+        tcp: listeners.tcp.as_ref().map(|(_, a)| *a),
+        unix: listeners.unix.as_ref().map(|(_, p)| p.clone()),
+        emulator_url,
+    };
+    let routes = server::routes(config.clone(), store.clone(), clock).await;
+    tracing::info!(
+        tcp = ?ready.tcp,
+        unix = ?ready.unix,
+        data_dir = %config.storage.data_dir.display(),
+        products = %config.product_names(),
+        "meterd started"
+    );
+    on_ready(&ready);
+    let served = server::serve(routes, listeners, shutdown).await;
+    tracing::info!("listeners closed; flushing the store");
+    store.close().await?;
+    served?;
+    tracing::info!("meterd stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+}

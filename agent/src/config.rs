@@ -1,0 +1,385 @@
+//! The agent's TOML configuration: parsing, environment overrides and validation at start.
+//!
+//! Every error names the key that is wrong (`products.demo.dimensions[1]: ...`) and, where it helps, the fix.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Products by name (the name callers use in `UsageEvent.product`).
+    #[serde(default)]
+    pub products: BTreeMap<String, ProductConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC on TCP. Must be a loopback address (non-loopback listeners come with TLS and tokens).
+    pub listen: Option<String>,
+    /// gRPC on a Unix socket (created 0660).
+    pub unix_socket: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: Some("127.0.0.1:7171".into()), unix_socket: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// How far ahead of the agent's clock an event timestamp may be ("5m").
+    #[serde(with = "humantime_serde_compat")]
+    pub max_future_skew: Duration,
+    /// Most events one `RecordUsageBatch` call may carry.
+    pub max_batch_events: usize,
+    /// Product used when an event names none. Optional when exactly one product is configured.
+    pub default_product: Option<String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { max_future_skew: Duration::from_secs(300), max_batch_events: 10_000, default_product: None }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as "info" or "meterd=debug".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// How a product's customers are identified on the wire.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityMode {
+    /// Concurrent Agreements: `CustomerAWSAccountId` + `LicenseArn`, no `ProductCode` in the call.
+    License,
+    /// Legacy listings: `ProductCode` + `CustomerIdentifier`.
+    Legacy,
+}
+
+impl IdentityMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityMode::License => "license",
+            IdentityMode::Legacy => "legacy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductConfig {
+    pub identity: IdentityMode,
+    /// The AWS Marketplace product code. Required for `legacy`; for `license` it is only used to check
+    /// ResolveCustomer answers and is never sent.
+    #[serde(default)]
+    pub product_code: Option<String>,
+    /// Dimension API keys exactly as listed in AWS Marketplace (case-sensitive).
+    pub dimensions: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// Environment variables that override single keys; documented in the README.
+pub const ENV_OVERRIDES: &[(&str, &[&str])] = &[
+    ("METERD_LISTEN", &["server", "listen"]),
+    ("METERD_UNIX_SOCKET", &["server", "unix_socket"]),
+    ("METERD_DATA_DIR", &["storage", "data_dir"]),
+    ("METERD_MAX_FUTURE_SKEW", &["ingest", "max_future_skew"]),
+    ("METERD_DEFAULT_PRODUCT", &["ingest", "default_product"]),
+    ("METERD_LOG_FORMAT", &["log", "format"]),
+    ("METERD_LOG_LEVEL", &["log", "level"]),
+];
+
+impl Config {
+    /// Reads, applies `METERD_*` overrides from the process environment, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml_with_env(&text, path, |k| std::env::var(k).ok())
+    }
+
+    /// Parses TOML text; `env` supplies override values (a closure so tests need not touch the process env).
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse { path: path.to_path_buf(), message };
+        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        for (var, key_path) in ENV_OVERRIDES {
+            if let Some(value) = env(var) {
+                set_path(&mut doc, key_path, toml::Value::String(value));
+            }
+        }
+        let config: Config = Config::deserialize(doc).map_err(|e| parse_err(e.to_string().trim().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.listen.is_none() && self.server.unix_socket.is_none() {
+            return Err(invalid("server", "set at least one of server.listen or server.unix_socket"));
+        }
+        if let Some(listen) = &self.server.listen {
+            let addr: SocketAddr = listen.parse().map_err(|_| {
+                invalid("server.listen", format!("{listen:?} is not an IP:port such as 127.0.0.1:7171"))
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "server.listen",
+                    format!("{addr} is not a loopback address; this version serves only loopback TCP or a Unix socket"),
+                ));
+            }
+        }
+        if let Some(sock) = &self.server.unix_socket
+            && sock.as_os_str().is_empty()
+        {
+            return Err(invalid("server.unix_socket", "must be a file path"));
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(invalid("storage.data_dir", "must be a directory path"));
+        }
+        if self.ingest.max_batch_events == 0 || self.ingest.max_batch_events > 100_000 {
+            return Err(invalid("ingest.max_batch_events", "must be between 1 and 100000"));
+        }
+        if self.ingest.max_future_skew > Duration::from_secs(24 * 3600) {
+            return Err(invalid("ingest.max_future_skew", "must be at most 24h"));
+        }
+        if self.products.is_empty() {
+            return Err(invalid("products", "configure at least one product, e.g. [products.myapp]"));
+        }
+        for (name, p) in &self.products {
+            let key = format!("products.{name}");
+            if name.is_empty()
+                || name.len() > 64
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(invalid(&key, "product names are 1-64 characters of letters, digits, '_' and '-'"));
+            }
+            match (&p.identity, &p.product_code) {
+                (IdentityMode::Legacy, None) => {
+                    return Err(invalid(format!("{key}.product_code"), "is required for identity = \"legacy\""));
+                }
+                (_, Some(code)) if !valid_product_code(code) => {
+                    return Err(invalid(
+                        format!("{key}.product_code"),
+                        "must be 1-255 characters of letters, digits and -/=:_.@ (the AWS product code, not the prod- entity id)",
+                    ));
+                }
+                _ => {}
+            }
+            if p.dimensions.is_empty() {
+                return Err(invalid(format!("{key}.dimensions"), "list at least one dimension API key"));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, d) in p.dimensions.iter().enumerate() {
+                let dkey = format!("{key}.dimensions[{i}]");
+                if d.is_empty() || d.chars().count() > 255 {
+                    return Err(invalid(dkey, "dimension keys are 1-255 characters"));
+                }
+                if d.chars().any(char::is_control) {
+                    return Err(invalid(dkey, "dimension keys may not contain control characters"));
+                }
+                if !seen.insert(d) {
+                    return Err(invalid(dkey, format!("{d:?} is listed twice")));
+                }
+            }
+        }
+        if let Some(default) = &self.ingest.default_product
+            && !self.products.contains_key(default)
+        {
+            return Err(invalid(
+                "ingest.default_product",
+                format!("{default:?} is not a configured product (known: {})", self.product_names()),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn product_names(&self) -> String {
+        self.products.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
+    /// The product events without a `product` field are counted under, if any.
+    pub fn default_product(&self) -> Option<&str> {
+        match &self.ingest.default_product {
+            Some(p) => Some(p.as_str()),
+            None if self.products.len() == 1 => self.products.keys().next().map(String::as_str),
+            None => None,
+        }
+    }
+
+    /// The configuration `meterd run --simulate` uses when no file is given: one demo product.
+    pub fn simulate_default(data_dir: PathBuf) -> Self {
+        let mut products = BTreeMap::new();
+        products.insert(
+            "demo".to_string(),
+            ProductConfig {
+                identity: IdentityMode::License,
+                product_code: Some("demo-product-code".into()),
+                dimensions: vec!["api_calls".into(), "storage_gb_hours".into()],
+            },
+        );
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig { data_dir },
+            ingest: IngestConfig::default(),
+            log: LogConfig::default(),
+            products,
+        }
+    }
+}
+
+pub fn valid_product_code(code: &str) -> bool {
+    !code.is_empty() && code.len() <= 255 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/=:_.@".contains(&b))
+}
+
+fn set_path(doc: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("non-empty override path");
+    let mut table = doc;
+    for p in parents {
+        let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        table = entry.as_table_mut().expect("just made a table");
+    }
+    table.insert(last.to_string(), value);
+}
+
+/// Durations written as humantime strings ("5m", "24h", "90s").
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"5m\" or \"24h\": {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:7171"
+        [storage]
+        data_dir = "/tmp/meterd"
+        [products.app]
+        identity = "license"
+        dimensions = ["api_calls", "gb"]
+    "#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(text, Path::new("meterd.toml"), |_| None)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepts_a_minimal_config() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.default_product(), Some("app"));
+        assert_eq!(c.ingest.max_future_skew, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_validated() {
+        let env = |k: &str| match k {
+            "METERD_DATA_DIR" => Some("/var/lib/other".to_string()),
+            "METERD_MAX_FUTURE_SKEW" => Some("90s".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml_with_env(GOOD, Path::new("x"), env).unwrap();
+        assert_eq!(c.storage.data_dir, PathBuf::from("/var/lib/other"));
+        assert_eq!(c.ingest.max_future_skew, Duration::from_secs(90));
+        let bad = |k: &str| (k == "METERD_LISTEN").then(|| "0.0.0.0:1".to_string());
+        let e = Config::from_toml_with_env(GOOD, Path::new("x"), bad).unwrap_err().to_string();
+        assert!(e.starts_with("server.listen:"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (GOOD.replace("\"gb\"", "\"api_calls\""), "products.app.dimensions[1]:"),
+            (GOOD.replace("[\"api_calls\", \"gb\"]", "[]"), "products.app.dimensions:"),
+            (GOOD.replace("\"license\"", "\"legacy\""), "products.app.product_code:"),
+            (GOOD.replace("127.0.0.1:7171", "10.0.0.1:7171"), "server.listen:"),
+            (GOOD.replace("127.0.0.1:7171", "localhost"), "server.listen:"),
+            (GOOD.replace("[products.app]", "[products.\"a b\"]"), "products.a b:"),
+            (format!("{GOOD}\n[ingest]\ndefault_product = \"nope\""), "ingest.default_product:"),
+            (format!("{GOOD}\n[ingest]\nmax_batch_events = 0"), "ingest.max_batch_events:"),
+            (format!("{GOOD}\n[ingest]\nmax_future_skew = \"2d\""), "ingest.max_future_skew:"),
+        ];
+        for (text, key) in cases {
+            let e = err(&text);
+            assert!(e.starts_with(key), "expected {key} in {e}");
+        }
+        let e = err(&GOOD.replace("identity", "identiti"));
+        assert!(e.contains("identiti"), "{e}");
+        let e = err(&format!("{GOOD}\n[ingest]\nmax_future_skew = \"soon\""));
+        assert!(e.contains("not a duration"), "{e}");
+        assert!(err("").contains("storage"), "missing storage must be named");
+    }
+}

@@ -1,0 +1,69 @@
+//! Recording usage: validate every event, then store the valid ones in one durable write.
+//!
+//! Transport-free, so the gRPC layer only converts and tests can call it directly.
+
+use std::sync::Arc;
+
+use meterd_proto::v1;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::domain::event::Receipt;
+use crate::domain::validate::{FieldError, validate};
+use crate::store::{IngestOutcome, Store, StoreError};
+
+/// Why one event was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventRefusal {
+    Invalid(FieldError),
+    /// The idempotency key was used before for different content.
+    Conflict {
+        existing: Receipt,
+    },
+    Overflow,
+}
+
+#[derive(Clone)]
+pub struct Ingest {
+    config: Arc<Config>,
+    store: Store,
+    clock: SharedClock,
+}
+
+impl Ingest {
+    pub fn new(config: Arc<Config>, store: Store, clock: SharedClock) -> Self {
+        Self { config, store, clock }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Validates all events, stores the valid ones atomically, and returns one result per event in order.
+    /// Returns `Err` only if the store could not make the write durable; then nothing is acknowledged.
+    pub async fn record(&self, events: &[v1::UsageEvent]) -> Result<Vec<Result<Receipt, EventRefusal>>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut results: Vec<Option<Result<Receipt, EventRefusal>>> = Vec::with_capacity(events.len());
+        let mut valid = Vec::with_capacity(events.len());
+        for ev in events {
+            match validate(ev, &self.config, now) {
+                Ok(e) => {
+                    valid.push(e);
+                    results.push(None);
+                }
+                Err(f) => results.push(Some(Err(EventRefusal::Invalid(f)))),
+            }
+        }
+        let mut outcomes = if valid.is_empty() { Vec::new() } else { self.store.ingest(valid, now).await? }.into_iter();
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| match outcomes.next().expect("one outcome per valid event") {
+                    IngestOutcome::Stored(r) | IngestOutcome::Replayed(r) => Ok(r),
+                    IngestOutcome::Conflict { existing } => Err(EventRefusal::Conflict { existing }),
+                    IngestOutcome::Overflow => Err(EventRefusal::Overflow),
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,13 @@
+//! meterd: a host agent that records SaaS usage durably and turns it into AWS Marketplace metering records.
+//!
+//! Layout (see docs/ARCHITECTURE.md): `domain` (pure rules), `store` (durable state, the only sled user),
+//! `ingest` (validate + store), `server` (gRPC transport), `app` (wiring), `cli` (the `meterd` command).
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod ingest;
+pub mod server;
+pub mod store;

@@ -1,0 +1,135 @@
+//! The gRPC transport: listeners (loopback TCP, Unix socket), the services, health and reflection.
+
+mod admin;
+pub mod convert;
+mod metering;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use meterd_proto::v1::{admin_server::AdminServer, metering_server::MeteringServer};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::service::Routes;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::ingest::Ingest;
+use crate::store::Store;
+
+pub use admin::AdminService;
+pub use metering::MeteringService;
+
+/// Largest request accepted: a 100k-event batch with long tags fits.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// All gRPC services of the agent, ready to be served on any number of listeners.
+pub async fn routes(config: Arc<Config>, store: Store, clock: SharedClock) -> Routes {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<MeteringServer<MeteringService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meterd_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor sets are valid");
+    let started_at_ms = clock.now_ms();
+    let ingest = Ingest::new(config.clone(), store.clone(), clock.clone());
+    let metering = MeteringServer::new(MeteringService { ingest })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = AdminServer::new(AdminService { config, store, clock, started_at_ms });
+    let mut builder = Routes::builder();
+    builder.add_service(metering).add_service(admin).add_service(health_service).add_service(reflection);
+    builder.routes()
+}
+
+/// Bound listeners, so callers (and tests) know the real addresses before serving starts.
+pub struct Listeners {
+    pub tcp: Option<(TcpListener, SocketAddr)>,
+    pub unix: Option<(UnixListener, PathBuf)>,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let tcp = match &config.server.listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {addr}: {e}"))?;
+                let local = l.local_addr()?;
+                Some((l, local))
+            }
+            None => None,
+        };
+        let unix = match &config.server.unix_socket {
+            Some(path) => Some((bind_unix(path)?, path.clone())),
+            None => None,
+        };
+        Ok(Self { tcp, unix })
+    }
+}
+
+fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let key = "server.unix_socket";
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // A socket left by a previous run (kill -9) would make bind fail; anything else is not ours to delete.
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)
+                .map_err(|e| anyhow::anyhow!("{key}: cannot remove stale {}: {e}", path.display()))?;
+        } else {
+            anyhow::bail!("{key}: {} exists and is not a socket", path.display());
+        }
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("{key}: cannot create {}: {e}", parent.display()))?;
+    }
+    let l = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("{key}: cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(l)
+}
+
+/// Serves `routes` on every bound listener until `shutdown` resolves, then lets in-flight calls finish.
+pub async fn serve(
+    routes: Routes,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some((l, _)) = listeners.tcp {
+        let routes = routes.clone();
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop)
+                .await
+        });
+    }
+    if let Some((l, path)) = listeners.unix {
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)
+                .await;
+            let _ = std::fs::remove_file(&path);
+            r
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}

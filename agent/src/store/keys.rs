@@ -1,0 +1,181 @@
+//! Key layout of the sled store. Everything lives in one tree so one `apply_batch` is one atomic write.
+//!
+//! | prefix | key                                   | value                       |
+//! |--------|---------------------------------------|-----------------------------|
+//! | `m/`   | `m/schema_version`                    | u32 big-endian              |
+//! | `e/`   | `e/` + idempotency key                | postcard `StoredEvent`      |
+//! | `b/`   | `b/` + [`encode_bucket_key`]          | postcard `Bucket`           |
+//!
+//! Bucket keys start with the hour (big-endian, sign-flipped) so a range scan visits hours in order, and
+//! all tag sets of one (hour, product, customer, dimension) are contiguous: sealing reads them together.
+
+use crate::domain::event::{BucketKey, Identity, TagSet};
+
+pub const SCHEMA_VERSION_KEY: &[u8] = b"m/schema_version";
+pub const EVENT_PREFIX: &[u8] = b"e/";
+pub const BUCKET_PREFIX: &[u8] = b"b/";
+
+pub fn event_key(idempotency_key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + idempotency_key.len());
+    k.extend_from_slice(EVENT_PREFIX);
+    k.extend_from_slice(idempotency_key.as_bytes());
+    k
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Every field is bounded well below 64 KiB by validation.
+    let len = u16::try_from(s.len()).expect("validated field length");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Orders negative and positive hours correctly as unsigned bytes.
+fn hour_bytes(hour_ms: i64) -> [u8; 8] {
+    ((hour_ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// `b/` + hour + product + identity + dimension: the prefix shared by all tag sets of one future record.
+pub fn record_prefix(hour_ms: i64, product: &str, identity: &Identity, dimension: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(BUCKET_PREFIX);
+    out.extend_from_slice(&hour_bytes(hour_ms));
+    put_str(&mut out, product);
+    match identity {
+        Identity::Tenant(t) => {
+            out.push(0);
+            put_str(&mut out, t);
+        }
+        Identity::Aws { account_id, license_arn } => {
+            out.push(1);
+            put_str(&mut out, account_id);
+            put_str(&mut out, license_arn);
+        }
+        Identity::Legacy { customer_identifier } => {
+            out.push(2);
+            put_str(&mut out, customer_identifier);
+        }
+    }
+    put_str(&mut out, dimension);
+    out
+}
+
+pub fn encode_bucket_key(k: &BucketKey) -> Vec<u8> {
+    let mut out = record_prefix(k.hour_ms, &k.product, &k.identity, &k.dimension);
+    out.push(u8::try_from(k.tags.len()).expect("at most 5 tags"));
+    for (key, value) in &k.tags {
+        put_str(&mut out, key);
+        put_str(&mut out, value);
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt bucket key at byte {0}")]
+pub struct KeyError(usize);
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], KeyError> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or(KeyError(self.pos))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, KeyError> {
+        Ok(self.take(1)?[0])
+    }
+    fn str(&mut self) -> Result<String, KeyError> {
+        let len = u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
+        let at = self.pos;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| KeyError(at))
+    }
+}
+
+pub fn decode_bucket_key(key: &[u8]) -> Result<BucketKey, KeyError> {
+    let mut r = Reader { buf: key, pos: 0 };
+    if r.take(2)? != BUCKET_PREFIX {
+        return Err(KeyError(0));
+    }
+    let hour = u64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes")) ^ (1 << 63);
+    let product = r.str()?;
+    let identity = match r.u8()? {
+        0 => Identity::Tenant(r.str()?),
+        1 => Identity::Aws { account_id: r.str()?, license_arn: r.str()? },
+        2 => Identity::Legacy { customer_identifier: r.str()? },
+        _ => return Err(KeyError(r.pos - 1)),
+    };
+    let dimension = r.str()?;
+    let n = r.u8()?;
+    let mut tags = TagSet::new();
+    for _ in 0..n {
+        let k = r.str()?;
+        tags.insert(k, r.str()?);
+    }
+    if r.pos != key.len() {
+        return Err(KeyError(r.pos));
+    }
+    Ok(BucketKey { hour_ms: hour as i64, product, identity, dimension, tags })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn identity() -> impl Strategy<Value = Identity> {
+        prop_oneof![
+            "\\PC{1,20}".prop_map(Identity::Tenant),
+            ("[0-9]{12}", "arn:aws:[a-z/:0-9-]{1,30}")
+                .prop_map(|(account_id, license_arn)| Identity::Aws { account_id, license_arn }),
+            "\\PC{1,20}".prop_map(|customer_identifier| Identity::Legacy { customer_identifier }),
+        ]
+    }
+
+    fn bucket_key() -> impl Strategy<Value = BucketKey> {
+        (
+            -100_000i64..100_000,
+            "[a-z]{1,8}",
+            identity(),
+            "\\PC{1,12}",
+            proptest::collection::btree_map("[a-z]{1,4}", "[a-z0-9 ]{1,6}", 0..=5),
+        )
+            .prop_map(|(h, product, identity, dimension, tags)| BucketKey {
+                hour_ms: h * 3_600_000,
+                product,
+                identity,
+                dimension,
+                tags,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn bucket_keys_round_trip(k in bucket_key()) {
+            prop_assert_eq!(decode_bucket_key(&encode_bucket_key(&k)).unwrap(), k);
+        }
+
+        #[test]
+        fn hours_sort_in_time_order(a in bucket_key(), b in bucket_key()) {
+            if a.hour_ms < b.hour_ms {
+                prop_assert!(encode_bucket_key(&a) < encode_bucket_key(&b));
+            }
+        }
+
+        #[test]
+        fn tag_sets_of_one_record_share_its_prefix(k in bucket_key()) {
+            let prefix = record_prefix(k.hour_ms, &k.product, &k.identity, &k.dimension);
+            prop_assert!(encode_bucket_key(&k).starts_with(&prefix));
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut k = BUCKET_PREFIX.to_vec();
+            k.extend(bytes);
+            let _ = decode_bucket_key(&k);
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The durable store: the only place meterd's state lives.
+//!
+//! The rest of the agent sees a narrow interface: [`Store::ingest`] (validated events in, receipts out,
+//! returning only once the write is fsynced) and read-only views. All mutations go through one writer
+//! thread, which turns each group of concurrently arriving calls into one atomic sled batch; a flusher
+//! thread fsyncs behind it, so many callers share one fsync (group commit) while the writer already
+//! prepares the next group. A reply never leaves before the fsync that covers its write.
+//!
+//! A PostgreSQL backend for fleets (PRODUCT.md §8) would implement the same operations; nothing outside
+//! this module touches sled.
+
+pub mod keys;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::UnixMillis;
+use crate::domain::event::{Bucket, BucketKey, Receipt, StoredEvent, UsageEvent};
+
+/// The on-disk layout this build writes. Bump it with a migration in `open`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store schema version {found} is not supported by this meterd (supports {SCHEMA_VERSION}); upgrade meterd")]
+    UnsupportedSchema { found: u32 },
+    #[error("store is shut down")]
+    Closed,
+    #[error(
+        "an earlier fsync failed ({0}); the store refuses further writes because their durability cannot be promised. Restart meterd"
+    )]
+    Poisoned(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+            other => StoreError::Io(other.to_string()),
+        }
+    }
+}
+
+/// What happened to one event of an ingest call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Newly stored.
+    Stored(Receipt),
+    /// The key was already stored with the same content; this is the original receipt.
+    Replayed(Receipt),
+    /// The key was already stored with different content; nothing was changed.
+    Conflict { existing: Receipt },
+    /// The bucket total would overflow; nothing was stored. (Needs ~10^25 units in one hour.)
+    Overflow,
+}
+
+/// Counters the writer keeps; read by `Admin.Status`.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    pub events_stored: AtomicU64,
+    pub replays: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub write_groups: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    dir: PathBuf,
+    commands: mpsc::Sender<writer::Command>,
+    counters: Arc<StoreCounters>,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, created 0700 because it holds billing data.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        create_private_dir(dir)
+            .map_err(|e| StoreError::Io(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        match db.get(keys::SCHEMA_VERSION_KEY)? {
+            None => {
+                db.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(v) => {
+                let found = u32::from_be_bytes(
+                    v.as_ref().try_into().map_err(|_| StoreError::Corrupt("schema version is not 4 bytes".into()))?,
+                );
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::UnsupportedSchema { found });
+                }
+            }
+        }
+        let counters = Arc::new(StoreCounters::default());
+        counters.events_stored.store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64, Ordering::Relaxed);
+        let (commands, threads) = writer::spawn(db.clone(), counters.clone());
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                dir: dir.to_path_buf(),
+                commands,
+                counters,
+                threads: std::sync::Mutex::new(threads),
+            }),
+        })
+    }
+
+    /// Stores validated events atomically and durably. `received_ms` stamps events that carry no
+    /// timestamp and is their `recorded_at`. Returns one outcome per event, in order, only after fsync.
+    pub async fn ingest(
+        &self,
+        events: Vec<UsageEvent>,
+        received_ms: UnixMillis,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(writer::Command::Ingest { events, received_ms, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The stored record of one idempotency key.
+    pub fn event(&self, idempotency_key: &str) -> Result<Option<StoredEvent>, StoreError> {
+        match self.inner.db.get(keys::event_key(idempotency_key))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(decode(&v)?)),
+        }
+    }
+
+    /// Every bucket with its running total, in key order (hour first).
+    pub fn buckets(&self) -> Result<Vec<(BucketKey, Bucket)>, StoreError> {
+        self.inner
+            .db
+            .scan_prefix(keys::BUCKET_PREFIX)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let key = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((key, decode(&v)?))
+            })
+            .collect()
+    }
+
+    pub fn open_bucket_count(&self) -> u64 {
+        self.inner.db.scan_prefix(keys::BUCKET_PREFIX).count() as u64
+    }
+
+    pub fn counters(&self) -> &StoreCounters {
+        &self.inner.counters
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Stops the writer after it has finished (and answered) what it was given, and fsyncs. Idempotent.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let _ = self.inner.commands.send(writer::Command::Stop).await;
+        let threads = std::mem::take(&mut *self.inner.threads.lock().expect("not poisoned"));
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+            db.flush()
+        })
+        .await
+        .map_err(|e| StoreError::Io(e.to_string()))??;
+        Ok(())
+    }
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("in-memory encoding cannot fail")
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    // An existing directory keeps the permissions its owner chose.
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    Ok(())
+}
