@@ -243,3 +243,199 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
         tags,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterd_proto::Timestamp;
+    use std::path::Path;
+
+    const NOW: UnixMillis = 1_790_000_000_000;
+    const ARN: &str = "arn:aws:license-manager::111122223333:license:l-0123456789abcdef";
+
+    fn config() -> Config {
+        Config::from_toml_with_env(
+            r#"
+            [storage]
+            data_dir = "/tmp/x"
+            [ingest]
+            default_product = "lic"
+            [products.lic]
+            identity = "license"
+            dimensions = ["api_calls", "Storage"]
+            [products.leg]
+            identity = "legacy"
+            product_code = "pc123"
+            dimensions = ["seats"]
+            "#,
+            Path::new("t.toml"),
+            |_| None,
+        )
+        .unwrap()
+    }
+
+    fn good() -> v1::UsageEvent {
+        v1::UsageEvent {
+            idempotency_key: "k-1".into(),
+            customer: Some(v1::Customer {
+                identity: Some(v1::customer::Identity::AwsAccount(v1::AwsCustomer {
+                    customer_aws_account_id: "123456789012".into(),
+                    license_arn: ARN.into(),
+                })),
+            }),
+            dimension: "api_calls".into(),
+            quantity: "1.5".into(),
+            timestamp: None,
+            tags: Default::default(),
+            product: String::new(),
+        }
+    }
+
+    fn legacy(id: &str, code: &str) -> v1::UsageEvent {
+        v1::UsageEvent {
+            product: "leg".into(),
+            dimension: "seats".into(),
+            customer: Some(v1::Customer {
+                identity: Some(v1::customer::Identity::Legacy(v1::LegacyCustomer {
+                    customer_identifier: id.into(),
+                    product_code: code.into(),
+                })),
+            }),
+            ..good()
+        }
+    }
+
+    /// Asserts the event is refused on `field` with a message containing `needle`.
+    fn refused(ev: v1::UsageEvent, field: &str, needle: &str) {
+        let e = validate(&ev, &config(), NOW).expect_err("must be refused");
+        assert_eq!(e.field, field, "{e:?}");
+        assert!(e.message.contains(needle), "{:?} lacks {needle:?}", e.message);
+    }
+
+    fn with_tags(tags: &[(&str, &str)]) -> v1::UsageEvent {
+        v1::UsageEvent { tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..good() }
+    }
+
+    fn ts(seconds: i64, nanos: i32) -> Option<Timestamp> {
+        Some(Timestamp { seconds, nanos })
+    }
+
+    #[test]
+    fn accepts_each_identity_shape() {
+        let c = config();
+        let e = validate(&good(), &c, NOW).unwrap();
+        assert_eq!(e.product, "lic");
+        assert_eq!(e.quantity, Micros(1_500_000));
+        assert!(validate(&legacy("cust-1", ""), &c, NOW).is_ok());
+        assert!(validate(&legacy("cust-1", "pc123"), &c, NOW).is_ok());
+        let tenant = v1::UsageEvent {
+            customer: Some(v1::Customer { identity: Some(v1::customer::Identity::TenantId("acme".into())) }),
+            ..good()
+        };
+        assert_eq!(validate(&tenant, &c, NOW).unwrap().identity, Identity::Tenant("acme".into()));
+        let allowed = with_tags(&[("team", "a b"), ("cost-center", "x=1;y<2"), ("p", "a/b:c@d.e_f+g!\"#$%&'()*,")]);
+        assert!(validate(&allowed, &c, NOW).is_ok());
+        assert!(validate(&v1::UsageEvent { timestamp: ts(NOW / 1000 + 299, 0), ..good() }, &c, NOW).is_ok());
+    }
+
+    #[test]
+    fn idempotency_key_rules() {
+        refused(v1::UsageEvent { idempotency_key: String::new(), ..good() }, "idempotency_key", "is required");
+        refused(v1::UsageEvent { idempotency_key: "k".repeat(129), ..good() }, "idempotency_key", "at most 128");
+        refused(v1::UsageEvent { idempotency_key: "a b".into(), ..good() }, "idempotency_key", "printable ASCII");
+        refused(v1::UsageEvent { idempotency_key: "é".into(), ..good() }, "idempotency_key", "printable ASCII");
+    }
+
+    #[test]
+    fn product_rules() {
+        refused(v1::UsageEvent { product: "nope".into(), ..good() }, "product", "not a configured product");
+        let mut c = config();
+        c.ingest.default_product = None;
+        let e = validate(&good(), &c, NOW).unwrap_err();
+        assert_eq!(e.field, "product");
+        assert!(e.message.contains("no default_product"));
+    }
+
+    #[test]
+    fn customer_rules() {
+        refused(v1::UsageEvent { customer: None, ..good() }, "customer", "is required");
+        refused(v1::UsageEvent { customer: Some(v1::Customer { identity: None }), ..good() }, "customer", "is required");
+        let aws = |acct: &str, arn: &str| v1::UsageEvent {
+            customer: Some(v1::Customer {
+                identity: Some(v1::customer::Identity::AwsAccount(v1::AwsCustomer {
+                    customer_aws_account_id: acct.into(),
+                    license_arn: arn.into(),
+                })),
+            }),
+            ..good()
+        };
+        let acct = "customer.aws_account.customer_aws_account_id";
+        refused(aws("", ARN), acct, "is required");
+        refused(aws("12345678901a", ARN), acct, "digits only");
+        refused(aws(&"1".repeat(256), ARN), acct, "at most 255");
+        let arn = "customer.aws_account.license_arn";
+        refused(aws("123456789012", ""), arn, "is required");
+        refused(aws("123456789012", "not-an-arn"), arn, "not a valid license ARN");
+        refused(aws("123456789012", &ARN[4..]), arn, "lacks the leading \"arn:\"");
+        let tenant = |t: &str| v1::UsageEvent {
+            customer: Some(v1::Customer { identity: Some(v1::customer::Identity::TenantId(t.into())) }),
+            ..good()
+        };
+        refused(tenant(""), "customer.tenant_id", "is required");
+        refused(tenant("a\nb"), "customer.tenant_id", "control characters");
+        refused(tenant(&"t".repeat(256)), "customer.tenant_id", "at most 255");
+        // Shapes must match the product's identity mode: never mix the two on one product.
+        refused(v1::UsageEvent { product: "leg".into(), dimension: "seats".into(), ..good() }, "customer.aws_account", "legacy identity");
+        refused(v1::UsageEvent { product: "lic".into(), dimension: "api_calls".into(), ..legacy("c", "") }, "customer.legacy", "license identity");
+        refused(legacy("", ""), "customer.legacy.customer_identifier", "is required");
+        refused(legacy("c", "other"), "customer.legacy.product_code", "does not match");
+    }
+
+    #[test]
+    fn dimension_rules() {
+        refused(v1::UsageEvent { dimension: String::new(), ..good() }, "dimension", "is required");
+        refused(v1::UsageEvent { dimension: "storage".into(), ..good() }, "dimension", "case-sensitive");
+        refused(v1::UsageEvent { dimension: "seats".into(), ..good() }, "dimension", "not a dimension of product \"lic\"");
+    }
+
+    #[test]
+    fn quantity_rules() {
+        refused(v1::UsageEvent { quantity: String::new(), ..good() }, "quantity", "is required");
+        refused(v1::UsageEvent { quantity: "-1".into(), ..good() }, "quantity", "negative");
+        refused(v1::UsageEvent { quantity: "1e3".into(), ..good() }, "quantity", "not a plain decimal");
+        refused(v1::UsageEvent { quantity: "0.1234567".into(), ..good() }, "quantity", "more than 6 decimal places");
+        refused(v1::UsageEvent { quantity: "2147483648".into(), ..good() }, "quantity", "maximum");
+    }
+
+    #[test]
+    fn timestamp_rules() {
+        refused(v1::UsageEvent { timestamp: ts(NOW / 1000 + 301, 0), ..good() }, "timestamp", "ahead of the agent's clock");
+        refused(v1::UsageEvent { timestamp: ts(-1, 0), ..good() }, "timestamp", "before 1970");
+        refused(v1::UsageEvent { timestamp: ts(0, -1), ..good() }, "timestamp", "nanos");
+        refused(v1::UsageEvent { timestamp: ts(0, 1_000_000_000), ..good() }, "timestamp", "nanos");
+        refused(v1::UsageEvent { timestamp: ts(i64::MAX, 0), ..good() }, "timestamp", "ahead");
+    }
+
+    #[test]
+    fn tag_rules() {
+        let six: Vec<(String, String)> = (0..6).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        let six: Vec<(&str, &str)> = six.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        refused(with_tags(&six), "tags", "at most 5");
+        refused(with_tags(&[("", "v")]), "tags[\"\"]", "1-100");
+        let long_key = "k".repeat(101);
+        refused(with_tags(&[(&long_key, "v")]), &format!("tags[{long_key:?}]"), "1-100");
+        refused(with_tags(&[("k", "")]), "tags[\"k\"]", "1-256");
+        refused(with_tags(&[("k", &"v".repeat(257))]), "tags[\"k\"]", "1-256");
+        refused(with_tags(&[("k>", "v")]), "tags[\"k>\"]", "key contains '>'");
+        refused(with_tags(&[("k", "a|b")]), "tags[\"k\"]", "value contains '|'");
+        refused(with_tags(&[("k", "ü")]), "tags[\"k\"]", "value contains 'ü'");
+    }
+
+    #[test]
+    fn tag_charset_matches_the_aws_pattern() {
+        for c in (0u8..128).map(char::from) {
+            let expected = c.is_ascii_alphanumeric() || "+ !\"#$%&'()*,-./:;<=._/@".contains(c);
+            assert_eq!(is_tag_char(c), expected, "{c:?}");
+        }
+    }
+}
