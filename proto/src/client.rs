@@ -62,6 +62,8 @@ impl Client {
                 .map_err(transport)?
                 .connect_timeout(connect_timeout)
                 .tcp_nodelay(true)
+                .initial_stream_window_size(Some(4 * 1024 * 1024))
+                .initial_connection_window_size(Some(16 * 1024 * 1024))
                 .connect()
                 .await
                 .map_err(transport)?,
@@ -69,6 +71,8 @@ impl Client {
                 // The URI is required by the builder but unused: the connector below picks the socket.
                 Endpoint::from_static("http://localhost")
                     .connect_timeout(connect_timeout)
+                    .initial_stream_window_size(Some(4 * 1024 * 1024))
+                    .initial_connection_window_size(Some(16 * 1024 * 1024))
                     .connect_with_connector(tower::service_fn(move |_| {
                         let path = path.clone();
                         async move {

@@ -85,9 +85,8 @@ impl Agent {
                 anyhow::bail!("meterd did not become ready (exit: {status})");
             }
         };
-        let field = |name: &str| {
-            line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string))
-        };
+        let field =
+            |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string));
         Ok(Agent {
             tcp: field("tcp"),
             unix: field("unix").map(PathBuf::from),

@@ -68,9 +68,12 @@ async fn load(agent_target: String, acked: Acked, attempted: Attempted, iteratio
             for n in 0.. {
                 if w % 4 == 0 {
                     // Some callers use batches: all of a batch is acknowledged together.
-                    let evs: Vec<_> = (0..20).map(|i| random_event(&mut rng, format!("i{iteration}-w{w}-b{n}-{i}"))).collect();
+                    let evs: Vec<_> =
+                        (0..20).map(|i| random_event(&mut rng, format!("i{iteration}-w{w}-b{n}-{i}"))).collect();
                     attempted.lock().unwrap().extend(evs.iter().cloned());
-                    let Ok(r) = m.record_usage_batch(v1::RecordUsageBatchRequest { events: evs.clone() }).await else { return };
+                    let Ok(r) = m.record_usage_batch(v1::RecordUsageBatchRequest { events: evs.clone() }).await else {
+                        return;
+                    };
                     let mut a = acked.lock().unwrap();
                     for (ev, res) in evs.into_iter().zip(r.into_inner().results) {
                         match res.outcome {
@@ -81,7 +84,9 @@ async fn load(agent_target: String, acked: Acked, attempted: Attempted, iteratio
                 } else {
                     let ev = random_event(&mut rng, format!("i{iteration}-w{w}-{n}"));
                     attempted.lock().unwrap().push(ev.clone());
-                    let Ok(r) = m.record_usage(v1::RecordUsageRequest { event: Some(ev.clone()) }).await else { return };
+                    let Ok(r) = m.record_usage(v1::RecordUsageRequest { event: Some(ev.clone()) }).await else {
+                        return;
+                    };
                     acked.lock().unwrap().push((ev, r.into_inner().receipt.unwrap()));
                 }
             }
@@ -123,7 +128,11 @@ async fn acknowledged_events_survive_sigkill_and_totals_stay_exact() {
                 assert_eq!((&rc.usage_hour, &rc.recorded_at), (&original.usage_hour, &original.recorded_at));
             }
         }
-        eprintln!("iteration {iteration}: {} acknowledged, {} attempted, all intact", snapshot.len(), attempted.lock().unwrap().len());
+        eprintln!(
+            "iteration {iteration}: {} acknowledged, {} attempted, all intact",
+            snapshot.len(),
+            attempted.lock().unwrap().len()
+        );
     }
 
     // Clients retry what was never acknowledged; afterwards every attempted event is stored exactly once.
@@ -131,7 +140,8 @@ async fn acknowledged_events_survive_sigkill_and_totals_stay_exact() {
     let all = attempted.lock().unwrap().clone();
     let mut expected: BTreeMap<String, u128> = BTreeMap::new();
     for chunk in all.chunks(500) {
-        let r = client.metering().record_usage_batch(v1::RecordUsageBatchRequest { events: chunk.to_vec() }).await.unwrap();
+        let r =
+            client.metering().record_usage_batch(v1::RecordUsageBatchRequest { events: chunk.to_vec() }).await.unwrap();
         for (ev, res) in chunk.iter().zip(r.into_inner().results) {
             let Some(v1::event_result::Outcome::Receipt(rc)) = res.outcome else { panic!("{res:?}") };
             *expected.entry(bucket_label(ev, hour_of(&rc))).or_default() += micros(&ev.quantity);

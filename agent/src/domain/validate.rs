@@ -359,7 +359,11 @@ mod tests {
     #[test]
     fn customer_rules() {
         refused(v1::UsageEvent { customer: None, ..good() }, "customer", "is required");
-        refused(v1::UsageEvent { customer: Some(v1::Customer { identity: None }), ..good() }, "customer", "is required");
+        refused(
+            v1::UsageEvent { customer: Some(v1::Customer { identity: None }), ..good() },
+            "customer",
+            "is required",
+        );
         let aws = |acct: &str, arn: &str| v1::UsageEvent {
             customer: Some(v1::Customer {
                 identity: Some(v1::customer::Identity::AwsAccount(v1::AwsCustomer {
@@ -385,8 +389,16 @@ mod tests {
         refused(tenant("a\nb"), "customer.tenant_id", "control characters");
         refused(tenant(&"t".repeat(256)), "customer.tenant_id", "at most 255");
         // Shapes must match the product's identity mode: never mix the two on one product.
-        refused(v1::UsageEvent { product: "leg".into(), dimension: "seats".into(), ..good() }, "customer.aws_account", "legacy identity");
-        refused(v1::UsageEvent { product: "lic".into(), dimension: "api_calls".into(), ..legacy("c", "") }, "customer.legacy", "license identity");
+        refused(
+            v1::UsageEvent { product: "leg".into(), dimension: "seats".into(), ..good() },
+            "customer.aws_account",
+            "legacy identity",
+        );
+        refused(
+            v1::UsageEvent { product: "lic".into(), dimension: "api_calls".into(), ..legacy("c", "") },
+            "customer.legacy",
+            "license identity",
+        );
         refused(legacy("", ""), "customer.legacy.customer_identifier", "is required");
         refused(legacy("c", "other"), "customer.legacy.product_code", "does not match");
     }
@@ -395,7 +407,11 @@ mod tests {
     fn dimension_rules() {
         refused(v1::UsageEvent { dimension: String::new(), ..good() }, "dimension", "is required");
         refused(v1::UsageEvent { dimension: "storage".into(), ..good() }, "dimension", "case-sensitive");
-        refused(v1::UsageEvent { dimension: "seats".into(), ..good() }, "dimension", "not a dimension of product \"lic\"");
+        refused(
+            v1::UsageEvent { dimension: "seats".into(), ..good() },
+            "dimension",
+            "not a dimension of product \"lic\"",
+        );
     }
 
     #[test]
@@ -409,7 +425,11 @@ mod tests {
 
     #[test]
     fn timestamp_rules() {
-        refused(v1::UsageEvent { timestamp: ts(NOW / 1000 + 301, 0), ..good() }, "timestamp", "ahead of the agent's clock");
+        refused(
+            v1::UsageEvent { timestamp: ts(NOW / 1000 + 301, 0), ..good() },
+            "timestamp",
+            "ahead of the agent's clock",
+        );
         refused(v1::UsageEvent { timestamp: ts(-1, 0), ..good() }, "timestamp", "before 1970");
         refused(v1::UsageEvent { timestamp: ts(0, -1), ..good() }, "timestamp", "nanos");
         refused(v1::UsageEvent { timestamp: ts(0, 1_000_000_000), ..good() }, "timestamp", "nanos");

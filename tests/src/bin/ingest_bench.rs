@@ -1,1 +1,234 @@
-fn main() {}
+//! Durable-ingest benchmark: meterd over gRPC versus the baseline a seller would otherwise write, a
+//! per-event SQLite transaction with fsync (idempotency key insert + hourly bucket upsert), on the same disk.
+//!
+//!     cargo build --release -p meterd -p meterd-tests
+//!     target/release/ingest-bench --seconds 5
+//!
+//! Prints events/s and p50/p99 call latency per workload, side by side, with the ratio meterd/SQLite.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use meterd_proto::v1;
+use meterd_tests::{Agent, basic_config};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Seconds per workload.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Events per batch call.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Concurrent callers for the many-callers unary workload.
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    /// Where data dirs go (defaults to the current directory's disk).
+    #[arg(long, default_value = ".")]
+    data_root: std::path::PathBuf,
+    /// Skip the SQLite baseline.
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Workload {
+    name: &'static str,
+    callers: usize,
+    batch: usize,
+}
+
+struct Result {
+    events_per_sec: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+fn event(key: String, n: u64) -> v1::UsageEvent {
+    v1::UsageEvent {
+        idempotency_key: key,
+        customer: Some(v1::Customer {
+            identity: Some(v1::customer::Identity::AwsAccount(v1::AwsCustomer {
+                customer_aws_account_id: format!("1111222233{:02}", n % 20),
+                license_arn: "arn:aws:license-manager::111122223333:license:l-0123456789abcdef".into(),
+            })),
+        }),
+        dimension: if n % 2 == 0 { "api_calls" } else { "gb_hours" }.into(),
+        quantity: format!("{}.{}", n % 7, n % 10),
+        timestamp: None,
+        tags: Default::default(),
+        product: String::new(),
+    }
+}
+
+async fn run_meterd(target: &str, w: Workload, seconds: u64, run_id: &str) -> anyhow::Result<Result> {
+    // Callers spread over a few connections, as several processes or SDK clients would.
+    let n_conns = w.callers.clamp(1, 8);
+    let mut clients = Vec::new();
+    for _ in 0..n_conns {
+        clients.push(meterd_proto::client::Client::connect(target, Duration::from_secs(5)).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..w.callers {
+        let mut m = clients[c % n_conns].metering();
+        let counter = counter.clone();
+        let prefix = format!("{run_id}-{}-{c}", w.name.replace(' ', "_"));
+        tasks.spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                if w.batch == 1 {
+                    let ev = event(format!("{prefix}-{n}"), n);
+                    m.record_usage(v1::RecordUsageRequest { event: Some(ev) }).await.expect("record_usage");
+                    n += 1;
+                } else {
+                    let events = (0..w.batch as u64).map(|i| event(format!("{prefix}-{}", n + i), n + i)).collect();
+                    let r = m.record_usage_batch(v1::RecordUsageBatchRequest { events }).await.expect("batch");
+                    assert_eq!(r.into_inner().results.len(), w.batch);
+                    n += w.batch as u64;
+                }
+                hist.record(start.elapsed().as_micros() as u64).ok();
+            }
+            counter.fetch_add(n, Ordering::Relaxed);
+            hist
+        });
+    }
+    let started = Instant::now();
+    let mut hist = Histogram::<u64>::new(3)?;
+    while let Some(h) = tasks.join_next().await {
+        hist.add(h?)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(seconds as f64);
+    Ok(Result {
+        events_per_sec: counter.load(Ordering::Relaxed) as f64 / elapsed,
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+    })
+}
+
+fn sqlite_open(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    let c = rusqlite::Connection::open(path)?;
+    // WAL + synchronous=FULL: every commit is fsynced, the durable setting a careful seller would pick.
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.busy_timeout(Duration::from_secs(30))?;
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS events (key TEXT PRIMARY KEY, customer TEXT, dimension TEXT, quantity TEXT, ts INTEGER);
+         CREATE TABLE IF NOT EXISTS buckets (hour INTEGER, customer TEXT, dimension TEXT, micros INTEGER,
+                                             PRIMARY KEY (hour, customer, dimension));",
+    )?;
+    Ok(c)
+}
+
+fn run_sqlite(path: &std::path::Path, w: Workload, seconds: u64, run_id: &str) -> anyhow::Result<Result> {
+    sqlite_open(path)?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let counter = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..w.callers)
+        .map(|c| {
+            let path = path.to_path_buf();
+            let counter = counter.clone();
+            let prefix = format!("{run_id}-{}-{c}", w.name.replace(' ', "_"));
+            std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
+                let mut conn = sqlite_open(&path)?;
+                let mut hist = Histogram::<u64>::new(3)?;
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    for i in 0..w.batch as u64 {
+                        let ev = event(format!("{prefix}-{}", n + i), n + i);
+                        let micros = meterd::domain::quantity::Micros::parse_event(&ev.quantity)?.0 as i64;
+                        let now = meterd::clock::system_now_ms();
+                        let customer = format!("{:?}", ev.customer);
+                        let inserted = tx.execute(
+                            "INSERT OR IGNORE INTO events VALUES (?1, ?2, ?3, ?4, ?5)",
+                            rusqlite::params![ev.idempotency_key, customer, ev.dimension, ev.quantity, now],
+                        )?;
+                        if inserted == 1 {
+                            tx.execute(
+                                "INSERT INTO buckets VALUES (?1, ?2, ?3, ?4)
+                                 ON CONFLICT (hour, customer, dimension) DO UPDATE SET micros = micros + excluded.micros",
+                                rusqlite::params![now / 3_600_000 * 3_600_000, customer, ev.dimension, micros],
+                            )?;
+                        }
+                    }
+                    tx.commit()?;
+                    n += w.batch as u64;
+                    hist.record(start.elapsed().as_micros() as u64).ok();
+                }
+                counter.fetch_add(n, Ordering::Relaxed);
+                Ok(hist)
+            })
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new(3)?;
+    for h in handles {
+        hist.add(h.join().expect("sqlite thread")?)?;
+    }
+    Ok(Result {
+        events_per_sec: counter.load(Ordering::Relaxed) as f64 / seconds as f64,
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+    })
+}
+
+fn fmt_us(us: u64) -> String {
+    if us >= 10_000 { format!("{:.1}ms", us as f64 / 1000.0) } else { format!("{us}us") }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let workloads = [
+        Workload { name: "unary x1", callers: 1, batch: 1 },
+        Workload { name: "unary xN", callers: args.callers, batch: 1 },
+        Workload { name: "batch x1", callers: 1, batch: args.batch_size },
+        Workload { name: "batch x4", callers: 4, batch: args.batch_size },
+    ];
+    let root = tempfile::tempdir_in(&args.data_root)?;
+    let agent = Agent::start(&basic_config(&root.path().join("meterd"), "[ingest]\nmax_batch_events = 100000"))?;
+    let target = agent.target();
+    let sqlite_path = root.path().join("baseline.sqlite");
+    let run_id = format!("{}", meterd::clock::system_now_ms());
+
+    println!(
+        "ingest benchmark: {} s per workload, batch = {} events, N = {} callers",
+        args.seconds, args.batch_size, args.callers
+    );
+    println!("meterd: {}  data: {}", meterd_tests::meterd_bin().display(), root.path().display());
+    println!();
+    println!(
+        "{:<10} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>7}",
+        "workload", "meterd ev/s", "p50", "p99", "sqlite ev/s", "p50", "p99", "ratio"
+    );
+    println!("{}", "-".repeat(92));
+    for w in workloads {
+        let m = run_meterd(&target, w, args.seconds, &run_id).await?;
+        let name = w.name.replace('N', &args.callers.to_string());
+        if args.no_baseline {
+            println!("{:<10} | {:>12.0} {:>9} {:>9} |", name, m.events_per_sec, fmt_us(m.p50_us), fmt_us(m.p99_us));
+            continue;
+        }
+        let s = tokio::task::block_in_place(|| run_sqlite(&sqlite_path, w, args.seconds, &run_id))?;
+        println!(
+            "{:<10} | {:>12.0} {:>9} {:>9} | {:>12.0} {:>9} {:>9} | {:>6.1}x",
+            name,
+            m.events_per_sec,
+            fmt_us(m.p50_us),
+            fmt_us(m.p99_us),
+            s.events_per_sec,
+            fmt_us(s.p50_us),
+            fmt_us(s.p99_us),
+            m.events_per_sec / s.events_per_sec.max(1e-9)
+        );
+    }
+    drop(agent);
+    Ok(())
+}
