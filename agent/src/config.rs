@@ -20,6 +20,11 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// AWS seller accounts (Region, credentials, endpoint) by name; products refer to one.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, AccountConfig>,
     /// Products by name (the name callers use in `UsageEvent.product`).
     #[serde(default)]
     pub products: BTreeMap<String, ProductConfig>,
@@ -86,6 +91,88 @@ impl Default for LogConfig {
     }
 }
 
+/// What happens to usage that arrives for an hour that is already sealed.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LateUsage {
+    /// Count it in the current open hour and report it as late.
+    #[default]
+    Carry,
+    /// Refuse it with FAILED_PRECONDITION.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// How long after an hour ends it is sealed, to let stragglers in ("5m").
+    #[serde(with = "humantime_serde_compat")]
+    pub seal_grace: Duration,
+    /// How long AWS accepts a record after its hour starts ("24h"; older listings: "6h").
+    #[serde(with = "humantime_serde_compat")]
+    pub submission_window: Duration,
+    /// Taken off every deadline so a record is never sent at the last second ("30m").
+    #[serde(with = "humantime_serde_compat")]
+    pub safety_margin: Duration,
+    pub late_usage: LateUsage,
+    /// Send a record with quantity 0 when a sealed hour's usage rounds down to nothing.
+    pub zero_records: bool,
+    /// How often the sealer and submitters wake up ("1s").
+    #[serde(with = "humantime_serde_compat")]
+    pub tick: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            seal_grace: Duration::from_secs(300),
+            submission_window: Duration::from_secs(24 * 3600),
+            safety_margin: Duration::from_secs(1800),
+            late_usage: LateUsage::Carry,
+            zero_records: false,
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where and as whom a product's records are submitted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub region: String,
+    /// Override the AWS endpoint (the emulator, a VPC endpoint).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// A named profile from the shared AWS config files; default: the standard credential chain.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// A role to assume with the base credentials.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// Fixed dummy credentials, allowed only with a loopback endpoint_url (the emulator).
+    #[serde(default)]
+    pub test_credentials: bool,
+    /// Appended to the AWS user agent so the seller's calls are attributable.
+    #[serde(default = "default_app_id")]
+    pub app_id: String,
+    /// BatchMeterUsage calls per second (AWS allows 10 per account and Region; others may share it).
+    #[serde(default = "default_rate")]
+    pub calls_per_second: f64,
+    /// Per-call timeout ("10s").
+    #[serde(default = "default_call_timeout", with = "humantime_serde_compat")]
+    pub call_timeout: Duration,
+}
+
+fn default_app_id() -> String {
+    "meterd".into()
+}
+fn default_rate() -> f64 {
+    5.0
+}
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 /// How a product's customers are identified on the wire.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +202,9 @@ pub struct ProductConfig {
     pub product_code: Option<String>,
     /// Dimension API keys exactly as listed in AWS Marketplace (case-sensitive).
     pub dimensions: Vec<String>,
+    /// The `[accounts.NAME]` its records are submitted with; optional when exactly one account exists.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +331,73 @@ impl Config {
                 }
             }
         }
+        let p = &self.pipeline;
+        if p.submission_window < Duration::from_secs(3600) || p.submission_window > Duration::from_secs(48 * 3600) {
+            return Err(invalid("pipeline.submission_window", "must be between 1h and 48h (AWS: 24h)"));
+        }
+        if p.seal_grace + p.safety_margin + Duration::from_secs(3600) >= p.submission_window {
+            return Err(invalid(
+                "pipeline.seal_grace",
+                "1h + seal_grace + safety_margin must be shorter than submission_window, or no record could be sent in time",
+            ));
+        }
+        if p.tick.is_zero() || p.tick > Duration::from_secs(60) {
+            return Err(invalid("pipeline.tick", "must be between 1ms and 60s"));
+        }
+        for (name, a) in &self.accounts {
+            let key = format!("accounts.{name}");
+            if a.region.is_empty()
+                || !a.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(invalid(format!("{key}.region"), "must be an AWS Region such as us-east-1"));
+            }
+            if !(a.calls_per_second > 0.0 && a.calls_per_second <= 10.0) {
+                return Err(invalid(format!("{key}.calls_per_second"), "must be above 0 and at most 10 (AWS's limit)"));
+            }
+            if a.call_timeout < Duration::from_millis(100) || a.call_timeout > Duration::from_secs(120) {
+                return Err(invalid(format!("{key}.call_timeout"), "must be between 100ms and 120s"));
+            }
+            if a.app_id.is_empty()
+                || a.app_id.len() > 50
+                || !a.app_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(invalid(
+                    format!("{key}.app_id"),
+                    "must be 1-50 characters of letters, digits, '-', '_' and '.'",
+                ));
+            }
+            if let Some(url) = &a.endpoint_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(format!("{key}.endpoint_url"), "must start with http:// or https://"));
+            }
+            if a.test_credentials && !a.endpoint_url.as_deref().is_some_and(is_loopback_url) {
+                return Err(invalid(
+                    format!("{key}.test_credentials"),
+                    "dummy credentials are only allowed with a loopback endpoint_url (the emulator)",
+                ));
+            }
+            if a.test_credentials && (a.profile.is_some() || a.role_arn.is_some()) {
+                return Err(invalid(format!("{key}.test_credentials"), "cannot be combined with profile or role_arn"));
+            }
+        }
+        for (name, product) in &self.products {
+            match &product.account {
+                Some(a) if !self.accounts.contains_key(a) => {
+                    return Err(invalid(
+                        format!("products.{name}.account"),
+                        format!("{a:?} is not a configured [accounts.NAME]"),
+                    ));
+                }
+                None if self.accounts.len() > 1 => {
+                    return Err(invalid(
+                        format!("products.{name}.account"),
+                        "is required when several accounts are configured",
+                    ));
+                }
+                _ => {}
+            }
+        }
         if let Some(default) = &self.ingest.default_product
             && !self.products.contains_key(default)
         {
@@ -254,6 +411,15 @@ impl Config {
 
     pub fn product_names(&self) -> String {
         self.products.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
+    /// The account a product submits with, if any account is configured.
+    pub fn account_of(&self, product: &str) -> Option<&str> {
+        let p = self.products.get(product)?;
+        match &p.account {
+            Some(a) => Some(a.as_str()),
+            None => self.accounts.keys().next().map(String::as_str),
+        }
     }
 
     /// The product events without a `product` field are counted under, if any.
@@ -274,6 +440,7 @@ impl Config {
                 identity: IdentityMode::License,
                 product_code: Some("demo-product-code".into()),
                 dimensions: vec!["api_calls".into(), "storage_gb_hours".into()],
+                account: None,
             },
         );
         Config {
@@ -281,6 +448,8 @@ impl Config {
             storage: StorageConfig { data_dir },
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
+            pipeline: PipelineConfig::default(),
+            accounts: BTreeMap::new(),
             products,
         }
     }
@@ -288,6 +457,14 @@ impl Config {
 
 pub fn valid_product_code(code: &str) -> bool {
     !code.is_empty() && code.len() <= 255 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/=:_.@".contains(&b))
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.trim_start_matches("http://").trim_start_matches("https://");
+    let host = rest.split('/').next().unwrap_or("");
+    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    host == "localhost"
+        || host.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn set_path(doc: &mut toml::Table, path: &[&str], value: toml::Value) {

@@ -21,6 +21,10 @@ pub enum EventRefusal {
         existing: Receipt,
     },
     Overflow,
+    /// The event's hour is sealed and `pipeline.late_usage = "reject"`.
+    LateRejected {
+        hour_ms: crate::clock::UnixMillis,
+    },
 }
 
 #[derive(Clone)]
@@ -54,7 +58,12 @@ impl Ingest {
                 Err(f) => results.push(Some(Err(EventRefusal::Invalid(f)))),
             }
         }
-        let mut outcomes = if valid.is_empty() { Vec::new() } else { self.store.ingest(valid, now).await? }.into_iter();
+        let mut outcomes = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.store.ingest(valid, now, self.config.pipeline.late_usage).await?
+        }
+        .into_iter();
         Ok(results
             .into_iter()
             .map(|r| {
@@ -62,6 +71,7 @@ impl Ingest {
                     IngestOutcome::Stored(r) | IngestOutcome::Replayed(r) => Ok(r),
                     IngestOutcome::Conflict { existing } => Err(EventRefusal::Conflict { existing }),
                     IngestOutcome::Overflow => Err(EventRefusal::Overflow),
+                    IngestOutcome::LateRejected { hour_ms } => Err(EventRefusal::LateRejected { hour_ms }),
                 })
             })
             .collect())

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
+use meterd::config::LateUsage::Carry;
 use meterd::domain::event::{Identity, TagSet, UsageEvent};
 use meterd::domain::quantity::Micros;
 use meterd::store::{IngestOutcome, Store};
@@ -33,18 +34,18 @@ fn replay_returns_the_original_receipt_and_conflict_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
-        let first = store.ingest(vec![event("a", "c", 1_500_000, None)], T0 + 10).await.unwrap();
+        let first = store.ingest(vec![event("a", "c", 1_500_000, None)], T0 + 10, Carry).await.unwrap();
         let IngestOutcome::Stored(r1) = &first[0] else { panic!("{first:?}") };
         assert!(!r1.replayed);
 
         // Same content later: the original receipt (original receive time, original hour).
-        let again = store.ingest(vec![event("a", "c", 1_500_000, None)], T0 + 2 * HOUR).await.unwrap();
+        let again = store.ingest(vec![event("a", "c", 1_500_000, None)], T0 + 2 * HOUR, Carry).await.unwrap();
         let IngestOutcome::Replayed(r2) = &again[0] else { panic!("{again:?}") };
         assert!(r2.replayed);
         assert_eq!((r2.recorded_at_ms, r2.hour_ms), (r1.recorded_at_ms, r1.hour_ms));
 
         // Same key, different content: conflict, totals untouched.
-        let other = store.ingest(vec![event("a", "c", 2_000_000, None)], T0 + 20).await.unwrap();
+        let other = store.ingest(vec![event("a", "c", 2_000_000, None)], T0 + 20, Carry).await.unwrap();
         assert!(matches!(&other[0], IngestOutcome::Conflict { existing } if existing.hour_ms == T0), "{other:?}");
         let b = store.buckets().unwrap();
         assert_eq!(b.len(), 1);
@@ -59,7 +60,11 @@ fn a_batch_with_one_key_twice_counts_it_once() {
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
         let out = store
-            .ingest(vec![event("x", "c", 1, Some(T0)), event("x", "c", 1, Some(T0)), event("x", "c", 2, Some(T0))], T0)
+            .ingest(
+                vec![event("x", "c", 1, Some(T0)), event("x", "c", 1, Some(T0)), event("x", "c", 2, Some(T0))],
+                T0,
+                Carry,
+            )
             .await
             .unwrap();
         assert!(matches!(out[0], IngestOutcome::Stored(_)));
@@ -81,7 +86,7 @@ fn concurrent_replays_of_one_key_are_counted_once_and_share_fsyncs() {
             tasks.push(tokio::spawn(async move {
                 // 50 distinct keys, each sent by 4 concurrent callers.
                 let key = format!("k{}", i % 50);
-                store.ingest(vec![event(&key, "c", 1_000_000, Some(T0))], T0).await.unwrap()
+                store.ingest(vec![event(&key, "c", 1_000_000, Some(T0))], T0, Carry).await.unwrap()
             }));
         }
         let (mut stored, mut replayed) = (0, 0);
@@ -105,7 +110,7 @@ fn reopen_keeps_everything_and_checks_the_schema_version() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
-        store.ingest(vec![event("a", "c", 7, Some(T0 + 5))], T0).await.unwrap();
+        store.ingest(vec![event("a", "c", 7, Some(T0 + 5))], T0, Carry).await.unwrap();
         store.close().await.unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
@@ -179,7 +184,7 @@ fn kind(o: &IngestOutcome) -> u8 {
         IngestOutcome::Stored(_) => 0,
         IngestOutcome::Replayed(_) => 1,
         IngestOutcome::Conflict { .. } => 2,
-        IngestOutcome::Overflow => 3,
+        IngestOutcome::Overflow | IngestOutcome::LateRejected { .. } => 3,
     }
 }
 
@@ -196,7 +201,7 @@ proptest! {
             match op {
                 Op::Ingest(evs) => {
                     let evs: Vec<_> = evs.into_iter().map(to_event).collect();
-                    let out = rt.block_on(store.ingest(evs.clone(), T0)).unwrap();
+                    let out = rt.block_on(store.ingest(evs.clone(), T0, Carry)).unwrap();
                     for (ev, o) in evs.iter().zip(&out) {
                         prop_assert_eq!(kind(o), model.apply(ev), "{:?}", ev);
                     }
@@ -208,7 +213,7 @@ proptest! {
                             .map(|c| {
                                 let store = store.clone();
                                 let evs: Vec<_> = c.into_iter().map(to_event).collect();
-                                tokio::spawn(async move { (evs.clone(), store.ingest(evs, T0).await.unwrap()) })
+                                tokio::spawn(async move { (evs.clone(), store.ingest(evs, T0, Carry).await.unwrap()) })
                             })
                             .collect();
                         let mut v = Vec::new();

@@ -87,6 +87,8 @@ pub struct BucketKey {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredEvent {
     pub digest: [u8; 32],
+    /// True when the event's own hour was already sealed and it was counted in `hour_ms` instead.
+    pub late: bool,
     pub product: String,
     pub event_time_ms: UnixMillis,
     pub hour_ms: UnixMillis,
@@ -123,4 +125,6 @@ impl Receipt {
 pub struct Bucket {
     pub total: Micros,
     pub events: u64,
+    /// Part of `total` that arrived for an hour already sealed and was counted here instead.
+    pub late: Micros,
 }

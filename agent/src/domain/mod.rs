@@ -1,5 +1,8 @@
-//! Pure domain logic: quantities, events, buckets and validation. No I/O here.
+//! Pure domain logic: quantities, events and buckets, validation, sealing and deadlines. No I/O here.
 
+pub mod deadline;
 pub mod event;
 pub mod quantity;
+pub mod record;
+pub mod seal;
 pub mod validate;

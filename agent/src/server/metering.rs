@@ -28,6 +28,15 @@ fn refusal(prefix: &str, key: &str, r: &EventRefusal) -> (Code, String, String) 
                 existing.product
             ),
         ),
+        EventRefusal::LateRejected { hour_ms } => (
+            Code::FailedPrecondition,
+            format!("{prefix}.timestamp"),
+            format!(
+                "{prefix}.timestamp: the hour {} is already sealed for submission and pipeline.late_usage is \"reject\"; \
+                 late usage is not counted",
+                crate::clock::rfc3339(*hour_ms)
+            ),
+        ),
         EventRefusal::Overflow => (
             Code::OutOfRange,
             format!("{prefix}.quantity"),

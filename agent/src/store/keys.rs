@@ -5,6 +5,10 @@
 //! | `m/`   | `m/schema_version`                    | u32 big-endian              |
 //! | `e/`   | `e/` + idempotency key                | postcard `StoredEvent`      |
 //! | `b/`   | `b/` + [`encode_bucket_key`]          | postcard `Bucket`           |
+//! | `m/`   | `m/sealed_through`                    | i64: every hour before it is sealed |
+//! | `r/`   | `r/` + hour + product + customer + dim | postcard `SealedRecord`     |
+//! | `q/`   | `q/` + deadline + record key          | empty: the pending queue, oldest deadline first |
+//! | `c/`   | `c/` + product + customer + dimension | postcard `Micros`: fraction carried to the next hour |
 //!
 //! Bucket keys start with the hour (big-endian, sign-flipped) so a range scan visits hours in order, and
 //! all tag sets of one (hour, product, customer, dimension) are contiguous: sealing reads them together.
@@ -14,6 +18,10 @@ use crate::domain::event::{BucketKey, Identity, TagSet};
 pub const SCHEMA_VERSION_KEY: &[u8] = b"m/schema_version";
 pub const EVENT_PREFIX: &[u8] = b"e/";
 pub const BUCKET_PREFIX: &[u8] = b"b/";
+pub const SEALED_THROUGH_KEY: &[u8] = b"m/sealed_through";
+pub const RECORD_PREFIX: &[u8] = b"r/";
+pub const QUEUE_PREFIX: &[u8] = b"q/";
+pub const CARRY_PREFIX: &[u8] = b"c/";
 
 pub fn event_key(idempotency_key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + idempotency_key.len());
@@ -29,8 +37,8 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Orders negative and positive hours correctly as unsigned bytes.
-fn hour_bytes(hour_ms: i64) -> [u8; 8] {
+/// Orders negative and positive times correctly as unsigned bytes.
+pub fn hour_bytes(hour_ms: i64) -> [u8; 8] {
     ((hour_ms as u64) ^ (1 << 63)).to_be_bytes()
 }
 
@@ -39,24 +47,66 @@ pub fn record_prefix(hour_ms: i64, product: &str, identity: &Identity, dimension
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(BUCKET_PREFIX);
     out.extend_from_slice(&hour_bytes(hour_ms));
-    put_str(&mut out, product);
+    put_series(&mut out, product, identity, dimension);
+    out
+}
+
+/// Key of a sealed record: `r/` + hour + product + customer + dimension.
+pub fn record_key(k: &crate::domain::record::RecordKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(RECORD_PREFIX);
+    out.extend_from_slice(&hour_bytes(k.hour_ms));
+    put_series(&mut out, &k.product, &k.identity, &k.dimension);
+    out
+}
+
+/// Queue entry: `q/` + deadline + the record key, so a scan yields the most urgent record first.
+pub fn queue_key(deadline_ms: i64, record_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + record_key.len());
+    out.extend_from_slice(QUEUE_PREFIX);
+    out.extend_from_slice(&hour_bytes(deadline_ms));
+    out.extend_from_slice(record_key);
+    out
+}
+
+/// The record key inside a queue entry.
+pub fn record_key_of_queue_entry(q: &[u8]) -> Option<&[u8]> {
+    q.get(QUEUE_PREFIX.len() + 8..)
+}
+
+/// Carry of one customer/dimension series: `c/` + product + customer + dimension (no hour).
+pub fn carry_key(product: &str, identity: &Identity, dimension: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(CARRY_PREFIX);
+    put_series(&mut out, product, identity, dimension);
+    out
+}
+
+/// Bucket keys of every hour before `hour_ms` sort below this.
+pub fn bucket_hour_bound(hour_ms: i64) -> Vec<u8> {
+    let mut out = BUCKET_PREFIX.to_vec();
+    out.extend_from_slice(&hour_bytes(hour_ms));
+    out
+}
+
+fn put_series(out: &mut Vec<u8>, product: &str, identity: &Identity, dimension: &str) {
+    put_str(out, product);
     match identity {
         Identity::Tenant(t) => {
             out.push(0);
-            put_str(&mut out, t);
+            put_str(out, t);
         }
         Identity::Aws { account_id, license_arn } => {
             out.push(1);
-            put_str(&mut out, account_id);
-            put_str(&mut out, license_arn);
+            put_str(out, account_id);
+            put_str(out, license_arn);
         }
         Identity::Legacy { customer_identifier } => {
             out.push(2);
-            put_str(&mut out, customer_identifier);
+            put_str(out, customer_identifier);
         }
     }
-    put_str(&mut out, dimension);
-    out
+    put_str(out, dimension);
 }
 
 pub fn encode_bucket_key(k: &BucketKey) -> Vec<u8> {

@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::UnixMillis;
+use crate::config::LateUsage;
 use crate::domain::event::{Bucket, BucketKey, Receipt, StoredEvent, UsageEvent};
+use crate::domain::quantity::Micros;
+use crate::domain::record::SealedRecord;
 
 /// The on-disk layout this build writes. Bump it with a migration in `open`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -60,6 +63,28 @@ pub enum IngestOutcome {
     Conflict { existing: Receipt },
     /// The bucket total would overflow; nothing was stored. (Needs ~10^25 units in one hour.)
     Overflow,
+    /// The event's hour is already sealed and the late-usage policy is "reject"; nothing was stored.
+    LateRejected { hour_ms: UnixMillis },
+}
+
+/// What a seal should do.
+#[derive(Debug, Clone)]
+pub struct SealParams {
+    /// Seal every hour that starts before this.
+    pub cutoff_hour_ms: UnixMillis,
+    pub now_ms: UnixMillis,
+    pub window_ms: i64,
+    pub margin_ms: i64,
+    pub zero_records: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealSummary {
+    pub buckets: u64,
+    pub records: u64,
+    /// Hours whose usage was all fraction: nothing to send, everything carried.
+    pub carried_only: u64,
+    pub sealed_through: UnixMillis,
 }
 
 /// Counters the writer keeps; read by `Admin.Status`.
@@ -69,6 +94,8 @@ pub struct StoreCounters {
     pub replays: AtomicU64,
     pub conflicts: AtomicU64,
     pub fsyncs: AtomicU64,
+    pub fsync_micros: AtomicU64,
+    pub late_events: AtomicU64,
     pub write_groups: AtomicU64,
 }
 
@@ -125,14 +152,73 @@ impl Store {
         &self,
         events: Vec<UsageEvent>,
         received_ms: UnixMillis,
+        late: LateUsage,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(writer::Command::Ingest { events, received_ms, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.command(writer::Command::Ingest { events, received_ms, late, reply }, rx).await
+    }
+
+    /// Seals every hour before `params.cutoff_hour_ms` (durably) and reports what it did.
+    pub async fn seal(&self, params: SealParams) -> Result<SealSummary, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::Seal { params, reply }, rx).await
+    }
+
+    /// Durably records new states of sealed records (content is frozen; terminal states are final).
+    pub async fn update_records(&self, records: Vec<SealedRecord>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::Update { records, reply }, rx).await
+    }
+
+    async fn command<T>(
+        &self,
+        cmd: writer::Command,
+        rx: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.inner.commands.send(cmd).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every hour before this is sealed (`i64::MIN` if none is).
+    pub fn sealed_through(&self) -> Result<UnixMillis, StoreError> {
+        Ok(match self.inner.db.get(keys::SEALED_THROUGH_KEY)? {
+            Some(v) => decode(&v)?,
+            None => i64::MIN,
+        })
+    }
+
+    /// Pending records (Sealed or InFlight), most urgent deadline first, at most `limit`.
+    pub fn pending_records(&self, limit: usize) -> Result<Vec<SealedRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inner.db.scan_prefix(keys::QUEUE_PREFIX) {
+            if out.len() >= limit {
+                break;
+            }
+            let (q, _) = kv?;
+            let rkey =
+                keys::record_key_of_queue_entry(&q).ok_or_else(|| StoreError::Corrupt("short queue key".into()))?;
+            let v =
+                self.inner.db.get(rkey)?.ok_or_else(|| StoreError::Corrupt("queue entry without its record".into()))?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn pending_count(&self) -> u64 {
+        self.inner.db.scan_prefix(keys::QUEUE_PREFIX).count() as u64
+    }
+
+    /// Every sealed record, in key order (hour first).
+    pub fn records(&self) -> Result<Vec<SealedRecord>, StoreError> {
+        self.inner.db.scan_prefix(keys::RECORD_PREFIX).map(|kv| decode(&kv?.1)).collect()
+    }
+
+    /// Fractions waiting to be carried into a series' next sealed hour.
+    pub fn carries(&self) -> Result<Vec<Micros>, StoreError> {
+        self.inner.db.scan_prefix(keys::CARRY_PREFIX).map(|kv| decode(&kv?.1)).collect()
     }
 
     /// The stored record of one idempotency key.

@@ -1,9 +1,10 @@
 //! The single writer and its flusher: group commit without write conflicts.
 //!
-//! Writer: takes every command waiting in the queue, decides each event (new, replay, conflict) against
-//! the store plus what this group already decided, and applies the whole group as one atomic sled batch.
-//! Flusher: takes every applied group waiting, fsyncs once, then answers all their callers. While it
-//! fsyncs, the writer applies the next group, so the fsync cost is shared by everyone who arrived during it.
+//! Writer: takes every command waiting in the queue. Runs of ingest commands are decided together (new,
+//! replay, conflict, late) against the store plus what the run already decided, and written as one atomic
+//! sled batch; a seal or record update is its own atomic batch. Flusher: takes every applied group waiting,
+//! fsyncs once, then answers all their callers. While it fsyncs, the writer applies the next group, so the
+//! fsync cost is shared by everyone who arrived during it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,29 +13,52 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::keys;
-use super::{IngestOutcome, StoreCounters, StoreError, decode, encode};
+use super::{IngestOutcome, SealParams, SealSummary, StoreCounters, StoreError, decode, encode, keys};
 use crate::clock::{UnixMillis, hour_start};
+use crate::config::LateUsage;
+use crate::domain::deadline::deadline;
 use crate::domain::event::{Bucket, BucketKey, Receipt, StoredEvent, UsageEvent};
+use crate::domain::quantity::Micros;
+use crate::domain::record::{RecordKey, RecordState, SealedRecord};
+use crate::domain::seal::{HourUsage, seal};
 
 /// Most events one write group carries; bounds the batch size and the latency of a single apply.
 const MAX_GROUP_EVENTS: usize = 16_384;
 /// Commands waiting for the writer; senders wait when it is full (backpressure, not memory growth).
 const QUEUE_DEPTH: usize = 4096;
 
+type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
+
 pub enum Command {
     Ingest {
         events: Vec<UsageEvent>,
         received_ms: UnixMillis,
-        reply: oneshot::Sender<Result<Vec<IngestOutcome>, StoreError>>,
+        late: LateUsage,
+        reply: Answer<Vec<IngestOutcome>>,
+    },
+    Seal {
+        params: SealParams,
+        reply: Answer<SealSummary>,
+    },
+    /// Replace records (their content is frozen; only states change) and keep the queue index in step.
+    Update {
+        records: Vec<SealedRecord>,
+        reply: Answer<()>,
     },
     Stop,
 }
 
-type Reply = (oneshot::Sender<Result<Vec<IngestOutcome>, StoreError>>, Vec<IngestOutcome>);
+/// A reply waiting for the fsync that makes its write durable.
+type Pending = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+fn pending<T: Send + 'static>(reply: Answer<T>, value: T) -> Pending {
+    Box::new(move |r| {
+        let _ = reply.send(r.map(|()| value));
+    })
+}
 
 struct AppliedGroup {
-    replies: Vec<Reply>,
+    replies: Vec<Pending>,
     new_events: u64,
 }
 
@@ -51,137 +75,303 @@ pub fn spawn(db: sled::Db, counters: Arc<StoreCounters>) -> (mpsc::Sender<Comman
     };
     let writer = std::thread::Builder::new()
         .name("meterd-writer".into())
-        .spawn(move || writer_loop(db, rx, flush_tx, counters))
+        .spawn(move || Writer { db, counters }.run(rx, flush_tx))
         .expect("spawn writer thread");
     (tx, vec![writer, flusher])
 }
 
-fn writer_loop(
+type IngestCall = (Vec<UsageEvent>, UnixMillis, LateUsage, Answer<Vec<IngestOutcome>>);
+
+struct Writer {
     db: sled::Db,
-    mut rx: mpsc::Receiver<Command>,
-    flush_tx: std_mpsc::Sender<AppliedGroup>,
     counters: Arc<StoreCounters>,
-) {
-    let mut stopping = false;
-    while !stopping {
-        let Some(first) = rx.blocking_recv() else { break };
-        let mut group = Vec::new();
-        let mut n_events = 0;
-        let push = |cmd: Command, group: &mut Vec<_>, n: &mut usize| match cmd {
-            Command::Ingest { events, received_ms, reply } => {
-                *n += events.len();
-                group.push((events, received_ms, reply));
-                false
+}
+
+impl Writer {
+    fn run(self, mut rx: mpsc::Receiver<Command>, flush_tx: std_mpsc::Sender<AppliedGroup>) {
+        let mut stopping = false;
+        while !stopping {
+            let Some(first) = rx.blocking_recv() else { break };
+            let mut commands = vec![first];
+            let mut n_events = 0;
+            while n_events < MAX_GROUP_EVENTS {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        if let Command::Ingest { events, .. } = &cmd {
+                            n_events += events.len();
+                        }
+                        commands.push(cmd);
+                    }
+                    Err(_) => break,
+                }
             }
-            Command::Stop => true,
-        };
-        stopping = push(first, &mut group, &mut n_events);
-        while !stopping && n_events < MAX_GROUP_EVENTS {
-            match rx.try_recv() {
-                Ok(cmd) => stopping = push(cmd, &mut group, &mut n_events),
-                Err(_) => break,
+            let mut group = AppliedGroup { replies: Vec::new(), new_events: 0 };
+            let mut ingests: Vec<IngestCall> = Vec::new();
+            for cmd in commands {
+                match cmd {
+                    Command::Ingest { events, received_ms, late, reply } => {
+                        ingests.push((events, received_ms, late, reply))
+                    }
+                    other => {
+                        self.apply_ingests(std::mem::take(&mut ingests), &mut group);
+                        match other {
+                            Command::Seal { params, reply } => match self.apply_seal(&params) {
+                                Ok(summary) => group.replies.push(pending(reply, summary)),
+                                Err(e) => {
+                                    let _ = reply.send(Err(e));
+                                }
+                            },
+                            Command::Update { records, reply } => match self.apply_update(&records) {
+                                Ok(()) => group.replies.push(pending(reply, ())),
+                                Err(e) => {
+                                    let _ = reply.send(Err(e));
+                                }
+                            },
+                            Command::Stop => stopping = true,
+                            Command::Ingest { .. } => unreachable!("handled above"),
+                        }
+                    }
+                }
+            }
+            self.apply_ingests(ingests, &mut group);
+            if !group.replies.is_empty() && flush_tx.send(group).is_err() {
+                break;
             }
         }
-        if group.is_empty() {
-            continue;
+        // Dropping flush_tx lets the flusher finish the last groups and exit.
+    }
+
+    fn sealed_through(&self) -> Result<UnixMillis, StoreError> {
+        Ok(match self.db.get(keys::SEALED_THROUGH_KEY)? {
+            Some(v) => decode(&v)?,
+            None => i64::MIN,
+        })
+    }
+
+    fn apply_ingests(&self, calls: Vec<IngestCall>, group: &mut AppliedGroup) {
+        if calls.is_empty() {
+            return;
         }
-        counters.write_groups.fetch_add(1, Ordering::Relaxed);
-        match apply_group(&db, &group, &counters) {
+        self.counters.write_groups.fetch_add(1, Ordering::Relaxed);
+        match self.decide_ingests(&calls) {
             Ok((outcomes, new_events)) => {
-                let replies = group.into_iter().map(|(_, _, reply)| reply).zip(outcomes).collect();
-                if flush_tx.send(AppliedGroup { replies, new_events }).is_err() {
-                    break;
+                group.new_events += new_events;
+                for ((_, _, _, reply), o) in calls.into_iter().zip(outcomes) {
+                    group.replies.push(pending(reply, o));
                 }
             }
             Err(e) => {
-                for (_, _, reply) in group {
+                for (_, _, _, reply) in calls {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
         }
     }
-    // Dropping flush_tx lets the flusher finish the last groups and exit.
-}
 
-/// Decides every event of the group and writes the group as one atomic batch.
-fn apply_group(
-    db: &sled::Db,
-    group: &[(Vec<UsageEvent>, UnixMillis, oneshot::Sender<Result<Vec<IngestOutcome>, StoreError>>)],
-    counters: &StoreCounters,
-) -> Result<(Vec<Vec<IngestOutcome>>, u64), StoreError> {
-    // What this group has decided so far, shadowing the store: keys claimed, bucket totals.
-    let mut claimed: HashMap<&str, StoredEvent> = HashMap::new();
-    let mut buckets: HashMap<Vec<u8>, Bucket> = HashMap::new();
-    let mut batch = sled::Batch::default();
-    let mut all = Vec::with_capacity(group.len());
-    let mut new_events = 0u64;
+    /// Decides every event of a run of ingest calls and writes them as one atomic batch.
+    fn decide_ingests(&self, calls: &[IngestCall]) -> Result<(Vec<Vec<IngestOutcome>>, u64), StoreError> {
+        let db = &self.db;
+        let sealed_through = self.sealed_through()?;
+        // What this run has decided so far, shadowing the store: keys claimed, bucket totals.
+        let mut claimed: HashMap<&str, StoredEvent> = HashMap::new();
+        let mut buckets: HashMap<Vec<u8>, Bucket> = HashMap::new();
+        let mut batch = sled::Batch::default();
+        let mut all = Vec::with_capacity(calls.len());
+        let mut new_events = 0u64;
 
-    for (events, received_ms, _) in group {
-        let mut outcomes = Vec::with_capacity(events.len());
-        for ev in events {
-            let digest = ev.content_digest();
-            let existing = match claimed.get(ev.idempotency_key.as_str()) {
-                Some(s) => Some(s.clone()),
-                None => match db.get(keys::event_key(&ev.idempotency_key))? {
-                    Some(v) => Some(decode::<StoredEvent>(&v)?),
-                    None => None,
+        for (events, received_ms, late_policy, _) in calls {
+            let mut outcomes = Vec::with_capacity(events.len());
+            for ev in events {
+                let digest = ev.content_digest();
+                let existing = match claimed.get(ev.idempotency_key.as_str()) {
+                    Some(s) => Some(s.clone()),
+                    None => match db.get(keys::event_key(&ev.idempotency_key))? {
+                        Some(v) => Some(decode::<StoredEvent>(&v)?),
+                        None => None,
+                    },
+                };
+                if let Some(s) = existing {
+                    let receipt = Receipt::from_stored(&ev.idempotency_key, &s, true);
+                    outcomes.push(if s.digest == digest {
+                        self.counters.replays.fetch_add(1, Ordering::Relaxed);
+                        IngestOutcome::Replayed(receipt)
+                    } else {
+                        self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                        IngestOutcome::Conflict { existing: Receipt { replayed: false, ..receipt } }
+                    });
+                    continue;
+                }
+
+                let event_time_ms = ev.timestamp_ms.unwrap_or(*received_ms);
+                let mut hour_ms = hour_start(event_time_ms);
+                let late = hour_ms < sealed_through;
+                if late {
+                    if *late_policy == LateUsage::Reject {
+                        outcomes.push(IngestOutcome::LateRejected { hour_ms });
+                        continue;
+                    }
+                    // Counted in the current open hour; never in a sealed one (its record is frozen).
+                    hour_ms = hour_start(*received_ms).max(sealed_through);
+                }
+                let bucket_key = BucketKey {
+                    hour_ms,
+                    product: ev.product.clone(),
+                    identity: ev.identity.clone(),
+                    dimension: ev.dimension.clone(),
+                    tags: ev.tags.clone(),
+                };
+                let bkey = keys::encode_bucket_key(&bucket_key);
+                let mut bucket = match buckets.get(&bkey) {
+                    Some(b) => b.clone(),
+                    None => match db.get(&bkey)? {
+                        Some(v) => decode::<Bucket>(&v)?,
+                        None => Bucket::default(),
+                    },
+                };
+                let Some(total) = bucket.total.checked_add(ev.quantity) else {
+                    outcomes.push(IngestOutcome::Overflow);
+                    continue;
+                };
+                bucket.total = total;
+                bucket.events += 1;
+                if late {
+                    bucket.late = bucket.late.checked_add(ev.quantity).unwrap_or(bucket.late);
+                    self.counters.late_events.fetch_add(1, Ordering::Relaxed);
+                }
+                let stored = StoredEvent {
+                    digest,
+                    late,
+                    product: ev.product.clone(),
+                    event_time_ms,
+                    hour_ms,
+                    recorded_at_ms: *received_ms,
+                    quantity: ev.quantity,
+                };
+                batch.insert(keys::event_key(&ev.idempotency_key), encode(&stored));
+                outcomes.push(IngestOutcome::Stored(Receipt::from_stored(&ev.idempotency_key, &stored, false)));
+                claimed.insert(ev.idempotency_key.as_str(), stored);
+                buckets.insert(bkey, bucket);
+                new_events += 1;
+            }
+            all.push(outcomes);
+        }
+        for (k, b) in buckets {
+            batch.insert(k, encode(&b));
+        }
+        db.apply_batch(batch)?;
+        Ok((all, new_events))
+    }
+
+    /// Seals every bucket of every hour before `params.cutoff_hour_ms`: one frozen record per
+    /// (product, customer, dimension, hour), the fraction carried on, buckets removed, the watermark moved,
+    /// all in one atomic batch.
+    fn apply_seal(&self, params: &SealParams) -> Result<SealSummary, StoreError> {
+        let db = &self.db;
+        let mut summary = SealSummary::default();
+        let sealed_through = self.sealed_through()?;
+        let cutoff = hour_start(params.cutoff_hour_ms);
+        if cutoff <= sealed_through {
+            return Ok(summary);
+        }
+        let mut batch = sled::Batch::default();
+        // Group buckets by record; scan order is hour first, so a series' hours seal oldest first.
+        let mut groups: Vec<(RecordKey, HourUsage, Micros)> = Vec::new();
+        for kv in db.range(keys::BUCKET_PREFIX.to_vec()..keys::bucket_hour_bound(cutoff)) {
+            let (k, v) = kv?;
+            let bk = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let bucket: Bucket = decode(&v)?;
+            batch.remove(k);
+            summary.buckets += 1;
+            let rk =
+                RecordKey { hour_ms: bk.hour_ms, product: bk.product, identity: bk.identity, dimension: bk.dimension };
+            match groups.last_mut() {
+                Some((last, usage, late)) if *last == rk => {
+                    usage.buckets.push((bk.tags, bucket.total));
+                    *late = late.checked_add(bucket.late).unwrap_or(*late);
+                }
+                _ => groups.push((
+                    rk,
+                    HourUsage { buckets: vec![(bk.tags, bucket.total)], carried_in: Micros::ZERO },
+                    bucket.late,
+                )),
+            }
+        }
+        // Carries change as successive hours of one series seal in this same batch.
+        let mut carries: HashMap<Vec<u8>, Micros> = HashMap::new();
+        for (rk, mut usage, late) in groups {
+            let ck = keys::carry_key(&rk.product, &rk.identity, &rk.dimension);
+            let carried_in = match carries.get(&ck) {
+                Some(c) => *c,
+                None => match db.get(&ck)? {
+                    Some(v) => decode(&v)?,
+                    None => Micros::ZERO,
                 },
             };
-            if let Some(s) = existing {
-                let receipt = Receipt::from_stored(&ev.idempotency_key, &s, true);
-                outcomes.push(if s.digest == digest {
-                    counters.replays.fetch_add(1, Ordering::Relaxed);
-                    IngestOutcome::Replayed(receipt)
-                } else {
-                    counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                    IngestOutcome::Conflict { existing: Receipt { replayed: false, ..receipt } }
-                });
+            usage.carried_in = carried_in;
+            let recorded = usage.buckets.iter().fold(Micros::ZERO, |a, (_, m)| a.checked_add(*m).unwrap_or(a));
+            let s = seal(&usage);
+            carries.insert(ck, s.carried_out);
+            if s.quantity == 0 && !params.zero_records {
+                // Nothing whole to send: everything rides on in the carry.
+                summary.carried_only += 1;
                 continue;
             }
-
-            let event_time_ms = ev.timestamp_ms.unwrap_or(*received_ms);
-            let bucket_key = BucketKey {
-                hour_ms: hour_start(event_time_ms),
-                product: ev.product.clone(),
-                identity: ev.identity.clone(),
-                dimension: ev.dimension.clone(),
-                tags: ev.tags.clone(),
+            let record = SealedRecord {
+                deadline_ms: deadline(rk.hour_ms, params.window_ms, params.margin_ms),
+                key: rk,
+                quantity: s.quantity,
+                allocations: s.allocations,
+                sealed_at_ms: params.now_ms,
+                recorded,
+                carried_in,
+                carried_out: s.carried_out,
+                late,
+                state: RecordState::Sealed,
             };
-            let bkey = keys::encode_bucket_key(&bucket_key);
-            let mut bucket = match buckets.get(&bkey) {
-                Some(b) => b.clone(),
-                None => match db.get(&bkey)? {
-                    Some(v) => decode::<Bucket>(&v)?,
-                    None => Bucket::default(),
-                },
-            };
-            let Some(total) = bucket.total.checked_add(ev.quantity) else {
-                outcomes.push(IngestOutcome::Overflow);
-                continue;
-            };
-            bucket.total = total;
-            bucket.events += 1;
-            let stored = StoredEvent {
-                digest,
-                product: ev.product.clone(),
-                event_time_ms,
-                hour_ms: bucket_key.hour_ms,
-                recorded_at_ms: *received_ms,
-                quantity: ev.quantity,
-            };
-            batch.insert(keys::event_key(&ev.idempotency_key), encode(&stored));
-            outcomes.push(IngestOutcome::Stored(Receipt::from_stored(&ev.idempotency_key, &stored, false)));
-            claimed.insert(ev.idempotency_key.as_str(), stored);
-            buckets.insert(bkey, bucket);
-            new_events += 1;
+            let rkey = keys::record_key(&record.key);
+            batch.insert(keys::queue_key(record.deadline_ms, &rkey), &[][..]);
+            batch.insert(rkey, encode(&record));
+            summary.records += 1;
         }
-        all.push(outcomes);
+        for (ck, c) in carries {
+            if c == Micros::ZERO {
+                batch.remove(ck);
+            } else {
+                batch.insert(ck, encode(&c));
+            }
+        }
+        batch.insert(keys::SEALED_THROUGH_KEY, encode(&cutoff));
+        db.apply_batch(batch)?;
+        summary.sealed_through = cutoff;
+        Ok(summary)
     }
-    for (k, b) in buckets {
-        batch.insert(k, encode(&b));
+
+    fn apply_update(&self, records: &[SealedRecord]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for r in records {
+            let rkey = keys::record_key(&r.key);
+            let Some(old) = self.db.get(&rkey)? else {
+                return Err(StoreError::Corrupt(format!("update of unknown record {:?}", r.key)));
+            };
+            let old: SealedRecord = decode(&old)?;
+            // A record's content is frozen at seal time and a terminal state is final.
+            if old.quantity != r.quantity || old.allocations != r.allocations || old.deadline_ms != r.deadline_ms {
+                return Err(StoreError::Corrupt(format!("attempt to change the sealed content of {:?}", r.key)));
+            }
+            if old.state.is_terminal() {
+                return Err(StoreError::Corrupt(format!("record {:?} is already {}", r.key, old.state.name())));
+            }
+            let qkey = keys::queue_key(r.deadline_ms, &rkey);
+            if r.state.is_terminal() {
+                batch.remove(qkey);
+            } else {
+                batch.insert(qkey, &[][..]);
+            }
+            batch.insert(rkey, encode(r));
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
     }
-    db.apply_batch(batch)?;
-    Ok((all, new_events))
 }
 
 fn flusher_loop(db: sled::Db, rx: std_mpsc::Receiver<AppliedGroup>, counters: Arc<StoreCounters>) {
@@ -193,21 +383,24 @@ fn flusher_loop(db: sled::Db, rx: std_mpsc::Receiver<AppliedGroup>, counters: Ar
             Some(e) => Err(StoreError::Poisoned(e.clone())),
             None => {
                 counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-                db.flush().map(|_| ()).map_err(|e| {
+                let started = std::time::Instant::now();
+                let r = db.flush().map(|_| ()).map_err(|e| {
                     // After a failed fsync the kernel may have dropped dirty pages: nothing written since can
                     // be promised durable, so every later write is refused too.
                     let msg = e.to_string();
                     poisoned = Some(msg.clone());
                     StoreError::Poisoned(msg)
-                })
+                });
+                counters.fsync_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                r
             }
         };
         for group in groups {
             if result.is_ok() {
                 counters.events_stored.fetch_add(group.new_events, Ordering::Relaxed);
             }
-            for (reply, outcomes) in group.replies {
-                let _ = reply.send(result.clone().map(|()| outcomes));
+            for reply in group.replies {
+                reply(result.clone());
             }
         }
     }

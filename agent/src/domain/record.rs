@@ -1,0 +1,130 @@
+//! Sealed usage records: the frozen unit meterd submits to AWS, and the states it moves through.
+//!
+//! ```text
+//! Sealed ──▶ InFlight ──▶ Accepted (MeteringRecordId)
+//!   │           │    └──▶ Rejected (reason)
+//!   │           └──(retryable failure: stays InFlight, retried with backoff until its deadline)
+//!   └───────────┴──────▶ Expired (deadline passed; never sent again)
+//! ```
+//! A record's content never changes after sealing, so every send is byte-identical.
+
+use serde::{Deserialize, Serialize};
+
+use super::event::{Identity, TagSet};
+use super::quantity::Micros;
+use crate::clock::UnixMillis;
+
+/// What identifies a record to AWS (first write wins per this key), and in our outbox.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RecordKey {
+    pub hour_ms: UnixMillis,
+    pub product: String,
+    pub identity: Identity,
+    pub dimension: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Empty for the untagged share.
+    pub tags: TagSet,
+    pub quantity: u32,
+}
+
+/// Why a record ended rejected.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RejectReason {
+    CustomerNotSubscribed,
+    /// AWS already holds a different quantity for this key (someone else metered the hour).
+    DuplicateRecord,
+    /// A request-level AWS exception isolated to this record by bisection (the exception name).
+    AwsException(String),
+    /// meterd's own pre-send check failed (what AWS would refuse).
+    Invalid(String),
+}
+
+impl RejectReason {
+    pub fn label(&self) -> String {
+        match self {
+            RejectReason::CustomerNotSubscribed => "CustomerNotSubscribed".into(),
+            RejectReason::DuplicateRecord => "DuplicateRecord".into(),
+            RejectReason::AwsException(e) => e.clone(),
+            RejectReason::Invalid(m) => format!("Invalid: {m}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpiryReason {
+    /// The deadline passed before AWS accepted it (outage, throttling, ...).
+    DeadlinePassed,
+    /// The customer had no marketplace identity (tenant never mapped) before the deadline.
+    Unmapped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordState {
+    Sealed,
+    /// Handed to AWS at least once; the outcome is not known yet. Resent unchanged after a restart.
+    InFlight {
+        attempts: u32,
+        next_attempt_ms: UnixMillis,
+    },
+    Accepted {
+        /// None when AWS answered DuplicateRecord to a resend of this very record: already billed, verify.
+        metering_record_id: Option<String>,
+        aws_request_id: Option<String>,
+        at_ms: UnixMillis,
+        verify: bool,
+    },
+    Rejected {
+        reason: RejectReason,
+        aws_request_id: Option<String>,
+        at_ms: UnixMillis,
+    },
+    Expired {
+        reason: ExpiryReason,
+        at_ms: UnixMillis,
+    },
+}
+
+impl RecordState {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, RecordState::Accepted { .. } | RecordState::Rejected { .. } | RecordState::Expired { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            RecordState::Sealed => "sealed",
+            RecordState::InFlight { .. } => "in_flight",
+            RecordState::Accepted { .. } => "accepted",
+            RecordState::Rejected { .. } => "rejected",
+            RecordState::Expired { .. } => "expired",
+        }
+    }
+
+    /// Whether this record was possibly already delivered to AWS.
+    pub fn was_sent(&self) -> bool {
+        matches!(self, RecordState::InFlight { .. })
+    }
+}
+
+/// A frozen record plus its accounting and state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedRecord {
+    pub key: RecordKey,
+    /// Whole units sent to AWS.
+    pub quantity: u32,
+    /// Empty when the hour had no tagged usage (then no UsageAllocations are sent).
+    pub allocations: Vec<Allocation>,
+    pub deadline_ms: UnixMillis,
+    pub sealed_at_ms: UnixMillis,
+    /// Usage recorded into this hour's buckets (including late usage carried into it).
+    pub recorded: Micros,
+    /// Fraction carried in from the previous sealed hour of this customer/dimension.
+    pub carried_in: Micros,
+    /// Fraction carried out to the next one.
+    pub carried_out: Micros,
+    /// Part of `recorded` that arrived late (for an already sealed hour) and was counted here.
+    pub late: Micros,
+    pub state: RecordState,
+}

@@ -1,0 +1,149 @@
+//! Sealing one (product, customer, dimension, hour): whole units to send, allocations that sum to them
+//! exactly, and the fraction carried to the next hour. Pure arithmetic, no I/O.
+
+use super::event::TagSet;
+use super::quantity::{Micros, SCALE};
+use super::record::Allocation;
+
+/// AWS accepts at most this many allocations per record.
+pub const MAX_ALLOCATIONS: usize = 2500;
+
+/// The tag-set totals of one record's hour.
+#[derive(Clone, Debug, Default)]
+pub struct HourUsage {
+    /// (tag set, total) per bucket; the empty tag set is the untagged share.
+    pub buckets: Vec<(TagSet, Micros)>,
+    pub carried_in: Micros,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sealed {
+    pub quantity: u32,
+    pub allocations: Vec<Allocation>,
+    pub carried_out: Micros,
+}
+
+/// Whole units = ⌊(usage + carry-in)⌋, capped at i32::MAX (the excess is carried, never dropped).
+/// Allocations: each tag set gets its own whole units; the units that only exist once fractions are
+/// pooled (and the carried-in units) go to the largest fractions first, ties to the first tag set in key
+/// order, so the allocations always sum exactly to the quantity.
+pub fn seal(usage: &HourUsage) -> Sealed {
+    let total = usage.buckets.iter().fold(usage.carried_in.0, |acc, (_, m)| acc + m.0);
+    let scale = u128::from(SCALE);
+    let units = (total / scale).min(i32::MAX as u128);
+    let carried_out = Micros(total - units * scale);
+    let quantity = units as u32;
+
+    let tagged = usage.buckets.iter().any(|(t, m)| !t.is_empty() && m.0 > 0);
+    if !tagged || quantity == 0 {
+        return Sealed { quantity, allocations: Vec::new(), carried_out };
+    }
+
+    // Merge tag sets beyond AWS's allocation limit into the untagged share (largest sets keep their tags).
+    let mut shares: Vec<(TagSet, u128)> = usage.buckets.iter().map(|(t, m)| (t.clone(), m.0)).collect();
+    shares.sort_by(|a, b| a.0.cmp(&b.0));
+    if shares.len() > MAX_ALLOCATIONS {
+        let mut by_size: Vec<usize> = (0..shares.len()).collect();
+        by_size.sort_by(|&a, &b| shares[b].1.cmp(&shares[a].1).then(a.cmp(&b)));
+        let keep: std::collections::BTreeSet<usize> = by_size.into_iter().take(MAX_ALLOCATIONS - 1).collect();
+        let mut merged = 0u128;
+        let mut kept = Vec::new();
+        for (i, s) in shares.into_iter().enumerate() {
+            if keep.contains(&i) && !s.0.is_empty() { kept.push(s) } else { merged += s.1 }
+        }
+        kept.push((TagSet::new(), merged));
+        kept.sort_by(|a, b| a.0.cmp(&b.0));
+        shares = kept;
+    }
+
+    let mut alloc: Vec<u128> = shares.iter().map(|(_, m)| (m / scale).min(units)).collect();
+    let mut assigned: u128 = alloc.iter().sum();
+    if assigned > units {
+        // Only possible when the cap bit: trim from the end.
+        for a in alloc.iter_mut().rev() {
+            let cut = (*a).min(assigned - units);
+            *a -= cut;
+            assigned -= cut;
+        }
+    }
+    let mut order: Vec<usize> = (0..shares.len()).collect();
+    order.sort_by(|&a, &b| (shares[b].1 % scale).cmp(&(shares[a].1 % scale)).then(a.cmp(&b)));
+    let mut i = 0;
+    while assigned < units {
+        alloc[order[i % order.len()]] += 1;
+        assigned += 1;
+        i += 1;
+    }
+    let allocations = shares
+        .into_iter()
+        .zip(alloc)
+        .filter(|(_, q)| *q > 0)
+        .map(|((tags, _), q)| Allocation { tags, quantity: q as u32 })
+        .collect();
+    Sealed { quantity, allocations, carried_out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tags(v: &str) -> TagSet {
+        if v.is_empty() { TagSet::new() } else { [("team".to_string(), v.to_string())].into() }
+    }
+
+    #[test]
+    fn fractions_are_carried_and_allocations_sum() {
+        let s = seal(&HourUsage {
+            buckets: vec![(tags("a"), Micros(1_600_000)), (tags("b"), Micros(1_600_000)), (tags(""), Micros(300_000))],
+            carried_in: Micros(200_000),
+        });
+        // 3.7 total → 3 units, 0.7 carried.
+        assert_eq!(s.quantity, 3);
+        assert_eq!(s.carried_out, Micros(700_000));
+        let sum: u32 = s.allocations.iter().map(|a| a.quantity).sum();
+        assert_eq!(sum, 3);
+        // a and b each own 1 whole unit; the pooled unit goes to the largest fraction (a, first in order).
+        assert_eq!(
+            s.allocations,
+            vec![Allocation { tags: tags("a"), quantity: 2 }, Allocation { tags: tags("b"), quantity: 1 },]
+        );
+    }
+
+    #[test]
+    fn untagged_usage_sends_no_allocations() {
+        let s = seal(&HourUsage { buckets: vec![(tags(""), Micros(2_500_000))], carried_in: Micros(0) });
+        assert_eq!((s.quantity, s.allocations.len(), s.carried_out), (2, 0, Micros(500_000)));
+    }
+
+    #[test]
+    fn a_huge_hour_is_capped_and_the_rest_carried() {
+        let s =
+            seal(&HourUsage { buckets: vec![(tags(""), Micros::from_units(3_000_000_000))], carried_in: Micros(0) });
+        assert_eq!(s.quantity, i32::MAX as u32);
+        assert_eq!(s.carried_out, Micros::from_units(3_000_000_000 - i32::MAX as u64));
+    }
+
+    proptest! {
+        #[test]
+        fn conserves_every_micro_unit(
+            shares in proptest::collection::vec((0u8..6, 0u64..5_000_000_000), 1..8),
+            carry in 0u64..1_000_000,
+        ) {
+            let buckets: Vec<_> = shares.iter().enumerate()
+                .map(|(i, (t, m))| (if *t == 0 { TagSet::new() } else { tags(&format!("{t}-{i}")) }, Micros(u128::from(*m))))
+                .collect();
+            let usage = HourUsage { buckets: buckets.clone(), carried_in: Micros(u128::from(carry)) };
+            let s = seal(&usage);
+            let total: u128 = buckets.iter().map(|(_, m)| m.0).sum::<u128>() + u128::from(carry);
+            prop_assert_eq!(u128::from(s.quantity) * 1_000_000 + s.carried_out.0, total);
+            if !s.allocations.is_empty() {
+                prop_assert_eq!(s.allocations.iter().map(|a| u64::from(a.quantity)).sum::<u64>(), u64::from(s.quantity));
+                prop_assert!(s.allocations.len() <= MAX_ALLOCATIONS);
+            }
+            if s.quantity < i32::MAX as u32 {
+                prop_assert!(s.carried_out.0 < 1_000_000);
+            }
+        }
+    }
+}
