@@ -48,7 +48,8 @@ pub async fn run(
         unix: listeners.unix.as_ref().map(|(_, p)| p.clone()),
         emulator_url,
     };
-    let routes = server::routes(config.clone(), store.clone(), clock).await;
+    let (pipeline, running) = crate::pipeline::Pipeline::start(config.clone(), store.clone(), clock.clone()).await?;
+    let routes = server::routes(config.clone(), store.clone(), clock, pipeline).await;
     tracing::info!(
         tcp = ?ready.tcp,
         unix = ?ready.unix,
@@ -58,7 +59,8 @@ pub async fn run(
     );
     on_ready(&ready);
     let served = server::serve(routes, listeners, shutdown).await;
-    tracing::info!("listeners closed; flushing the store");
+    tracing::info!("listeners closed; stopping the pipeline and flushing the store");
+    running.stop().await;
     store.close().await?;
     served?;
     tracing::info!("meterd stopped cleanly");

@@ -30,7 +30,7 @@ pub enum Command {
         /// Path to the TOML config file.
         file: PathBuf,
     },
-    /// Show the state of a running agent.
+    /// Show the state of a running agent: queue depth, oldest pending, most urgent deadline, skew.
     Status {
         /// Where the agent listens: host:port or unix:/path.
         #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171")]
@@ -39,6 +39,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Seal every ended hour now (ignoring the seal grace) and wake the submitters.
+    Flush {
+        #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171")]
+        target: String,
+    },
+    /// Reconciliation per hour x customer x dimension: recorded, sealed, accepted, rejected, expired, pending.
+    Report {
+        #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171")]
+        target: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+    },
+    /// Run the AWS Marketplace Metering emulator standalone (for your own tests).
+    Emulator {
+        /// Address to listen on, e.g. 127.0.0.1:4599 (port 0 picks one; the URL is printed).
+        #[arg(long, default_value = "127.0.0.1:4599")]
+        listen: std::net::SocketAddr,
+        /// Emulator config (products, customers, faults); see emulator/README.md.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(clap::Args, Debug)]
@@ -46,9 +74,16 @@ pub struct RunArgs {
     /// Path to the TOML config file. Optional with --simulate (a demo product is used).
     #[arg(long, short, env = "METERD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Run against a built-in demo product with a throwaway data dir, for trying meterd out.
+    /// Submit to an embedded AWS emulator instead of AWS. Without --config: a demo product, a throwaway
+    /// data dir and a demo load.
     #[arg(long)]
     pub simulate: bool,
+    /// With --simulate: how much faster than real time the clock runs (120 = an hour every 30 s).
+    #[arg(long, default_value_t = 120.0)]
+    pub speed: f64,
+    /// With --simulate and --config: also run the demo load.
+    #[arg(long)]
+    pub feed: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -74,13 +109,24 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(args).await,
         Command::CheckConfig { file } => Ok(check_config(&file)),
         Command::Status { target, json } => status(&target, json).await,
+        Command::Flush { target } => flush(&target).await,
+        Command::Report { target, format } => report(&target, format).await,
+        Command::Emulator { listen, config } => {
+            init_logging(&LogFormat::Text, "info");
+            meterd_emulator::run_standalone(listen, config.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 fn init_logging(format: &LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("METERD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -88,7 +134,8 @@ fn init_logging(format: &LogFormat, level: &str) {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = match (&args.config, args.simulate) {
+    let demo = args.simulate && args.config.is_none();
+    let mut config = match (&args.config, args.simulate) {
         (Some(path), _) => Config::load(path)?,
         (None, true) => {
             let dir = std::env::var_os("METERD_DATA_DIR")
@@ -101,20 +148,74 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     init_logging(&config.log.format, &config.log.level);
-    let clock = Arc::new(SystemClock);
+    if !args.simulate {
+        let clock = Arc::new(SystemClock);
+        crate::app::run(config, clock, None, print_ready, crate::app::shutdown_signal()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !(args.speed >= 1.0 && args.speed <= 3600.0) {
+        anyhow::bail!("--speed must be between 1 and 3600");
+    }
+    if demo {
+        // Simulated minutes: seal a minute after each hour ends, look for work often.
+        config.pipeline.seal_grace = Duration::from_secs(60);
+        config.pipeline.tick = Duration::from_millis(250);
+    }
+    let sim = crate::simulate::prepare(config, args.speed).await?;
+    let emulator_url = sim.handle.endpoint_url();
+    let config = sim.config.clone();
+    let feeder_config = Arc::new(config.clone());
+    let feed = demo || args.feed;
+    let emulator = sim.emulator.clone();
+    tracing::info!(speed = args.speed, emulator = %emulator_url, "simulating: submitting to the embedded emulator, not AWS");
     crate::app::run(
         config,
-        clock,
-        None,
-        |ready| {
-            use std::io::Write;
-            println!("{}", ready.line());
-            let _ = std::io::stdout().flush();
+        sim.clock.clone(),
+        Some(emulator_url),
+        move |ready| {
+            print_ready(ready);
+            if let Some(tcp) = ready.tcp {
+                if feed {
+                    tokio::spawn(crate::simulate::feed(tcp.to_string(), feeder_config));
+                }
+                tokio::spawn(crate::simulate::narrate(tcp.to_string(), emulator));
+            }
         },
         crate::app::shutdown_signal(),
     )
     .await?;
+    sim.handle.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_ready(ready: &crate::app::Ready) {
+    use std::io::Write;
+    println!("{}", ready.line());
+    let _ = std::io::stdout().flush();
+}
+
+async fn flush(target: &str) -> anyhow::Result<ExitCode> {
+    let client = meterd_proto::client::Client::connect(target, Duration::from_secs(3)).await?;
+    let r = client.admin().flush(meterd_proto::v1::FlushRequest {}).await?.into_inner();
+    println!(
+        "sealed {} record(s) ({} hour(s) were only fractions, carried on); sealed through {}",
+        r.records_sealed,
+        r.hours_carried_only,
+        r.sealed_through.as_ref().map(|t| crate::clock::rfc3339(t.seconds * 1000)).unwrap_or_else(|| "-".into())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn report(target: &str, format: ReportFormat) -> anyhow::Result<ExitCode> {
+    let client = meterd_proto::client::Client::connect(target, Duration::from_secs(3)).await?;
+    let r = client.admin().report(meterd_proto::v1::ReportRequest {}).await?.into_inner();
+    let report = crate::server::convert::report_from_wire(&r);
+    match format {
+        ReportFormat::Table => print!("{}", report.to_table()),
+        ReportFormat::Csv => print!("{}", report.to_csv()),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(if report.totals.reconciled { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
@@ -156,6 +257,19 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             "events_stored": s.events_stored,
             "open_buckets": s.open_buckets,
             "store_size_bytes": s.store_size_bytes,
+            "late_events": s.late_events,
+            "sealed_through": ts(&s.sealed_through),
+            "pending_records": s.pending_records,
+            "oldest_pending_age_seconds": s.oldest_pending_age_seconds,
+            "most_urgent_deadline": ts(&s.most_urgent_deadline),
+            "accounts": s.accounts.iter().map(|a| serde_json::json!({
+                "name": a.name,
+                "last_successful_call": ts(&a.last_successful_call),
+                "clock_skew_ms": a.clock_skew_ms,
+                "calls_ok": a.calls_ok, "calls_throttled": a.calls_throttled, "calls_failed": a.calls_failed,
+                "records_accepted": a.records_accepted, "records_rejected": a.records_rejected,
+                "records_expired": a.records_expired,
+            })).collect::<Vec<_>>(),
             "products": s.products.iter().map(|p| serde_json::json!({
                 "name": p.name, "identity": p.identity, "dimensions": p.dimensions,
             })).collect::<Vec<_>>(),
@@ -168,8 +282,29 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
         println!("  data dir       {} (schema v{}, {} bytes)", s.data_dir, s.schema_version, s.store_size_bytes);
         println!("  events stored  {}", s.events_stored);
         println!("  open buckets   {}", s.open_buckets);
+        println!("  late events    {}", s.late_events);
+        println!("  sealed through {}", ts(&s.sealed_through));
+        println!(
+            "  pending        {} record(s), oldest hour {} s old",
+            s.pending_records, s.oldest_pending_age_seconds
+        );
+        println!("  next deadline  {}", ts(&s.most_urgent_deadline));
         for p in &s.products {
             println!("  product {}: identity={} dimensions=[{}]", p.name, p.identity, p.dimensions.join(", "));
+        }
+        for a in &s.accounts {
+            println!(
+                "  account {}: last success {}, skew {}, calls ok/throttled/failed {}/{}/{}, records accepted/rejected/expired {}/{}/{}",
+                a.name,
+                ts(&a.last_successful_call),
+                a.clock_skew_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| "unknown".into()),
+                a.calls_ok,
+                a.calls_throttled,
+                a.calls_failed,
+                a.records_accepted,
+                a.records_rejected,
+                a.records_expired
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -53,6 +53,41 @@ impl Clock for ManualClock {
     }
 }
 
+/// Time that runs `factor` times faster than the wall clock from the moment it is made: the demo shows
+/// hours of metering in minutes.
+#[derive(Debug)]
+pub struct ScaledClock {
+    origin_ms: UnixMillis,
+    started: std::time::Instant,
+    factor: f64,
+}
+
+impl ScaledClock {
+    pub fn new(factor: f64) -> Arc<Self> {
+        Arc::new(Self { origin_ms: system_now_ms(), started: std::time::Instant::now(), factor })
+    }
+}
+
+impl Clock for ScaledClock {
+    fn now_ms(&self) -> UnixMillis {
+        self.origin_ms + (self.started.elapsed().as_secs_f64() * 1000.0 * self.factor) as i64
+    }
+}
+
+/// Lets the embedded emulator read the agent's clock, so both agree on what hour it is.
+pub struct EmulatorClock(pub SharedClock);
+
+impl meterd_emulator::Clock for EmulatorClock {
+    fn now(&self) -> SystemTime {
+        let ms = self.0.now_ms();
+        if ms >= 0 {
+            UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
+        } else {
+            UNIX_EPOCH - std::time::Duration::from_millis(ms.unsigned_abs())
+        }
+    }
+}
+
 pub const HOUR_MS: i64 = 3_600_000;
 
 /// Start of the UTC hour containing `ms`.

@@ -5,6 +5,7 @@
 //!   │           │    └──▶ Rejected (reason)
 //!   │           └──(retryable failure: stays InFlight, retried with backoff until its deadline)
 //!   └───────────┴──────▶ Expired (deadline passed; never sent again)
+//! Carried: an hour whose usage was all a fraction of a unit; nothing to send, all carried on.
 //! ```
 //! A record's content never changes after sealing, so every send is byte-identical.
 
@@ -85,11 +86,19 @@ pub enum RecordState {
         reason: ExpiryReason,
         at_ms: UnixMillis,
     },
+    /// The hour's usage was all a fraction of a unit: nothing to send, it all rode on in the carry.
+    Carried,
 }
 
 impl RecordState {
     pub fn is_terminal(&self) -> bool {
-        matches!(self, RecordState::Accepted { .. } | RecordState::Rejected { .. } | RecordState::Expired { .. })
+        matches!(
+            self,
+            RecordState::Accepted { .. }
+                | RecordState::Rejected { .. }
+                | RecordState::Expired { .. }
+                | RecordState::Carried
+        )
     }
 
     pub fn name(&self) -> &'static str {
@@ -99,6 +108,7 @@ impl RecordState {
             RecordState::Accepted { .. } => "accepted",
             RecordState::Rejected { .. } => "rejected",
             RecordState::Expired { .. } => "expired",
+            RecordState::Carried => "carried",
         }
     }
 

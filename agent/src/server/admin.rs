@@ -1,4 +1,4 @@
-//! `meterd.v1.Admin`: what operators and `meterd status` ask the agent.
+//! `meterd.v1.Admin`: what operators and `meterd status|flush|report` ask the agent.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -6,15 +6,17 @@ use std::sync::atomic::Ordering;
 use meterd_proto::v1::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
-use super::convert::timestamp;
+use super::convert::{store_status, timestamp};
 use crate::clock::{SharedClock, UnixMillis};
 use crate::config::Config;
+use crate::pipeline::Pipeline;
 use crate::store::{SCHEMA_VERSION, Store};
 
 pub struct AdminService {
     pub config: Arc<Config>,
     pub store: Store,
     pub clock: SharedClock,
+    pub pipeline: Pipeline,
     pub started_at_ms: UnixMillis,
 }
 
@@ -22,17 +24,32 @@ pub struct AdminService {
 impl Admin for AdminService {
     async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
         let store = self.store.clone();
-        let (open_buckets, size) =
-            tokio::task::spawn_blocking(move || (store.open_bucket_count(), store.size_on_disk()))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+        let snapshot = tokio::task::spawn_blocking(move || {
+            let oldest = store.pending_records(usize::MAX)?.into_iter().fold(None::<(i64, i64)>, |acc, r| {
+                let (h, d) = acc.unwrap_or((i64::MAX, i64::MAX));
+                Some((h.min(r.key.hour_ms), d.min(r.deadline_ms)))
+            });
+            Ok::<_, crate::store::StoreError>((
+                store.open_bucket_count(),
+                store.size_on_disk(),
+                store.pending_count(),
+                oldest,
+                store.sealed_through()?,
+            ))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(store_status)?;
+        let (open_buckets, size, pending, oldest, sealed_through) = snapshot;
+        let now = self.clock.now_ms();
+        let counters = self.store.counters();
         Ok(Response::new(v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: Some(timestamp(self.started_at_ms)),
-            now: Some(timestamp(self.clock.now_ms())),
+            now: Some(timestamp(now)),
             data_dir: self.store.data_dir().display().to_string(),
             schema_version: SCHEMA_VERSION,
-            events_stored: self.store.counters().events_stored.load(Ordering::Relaxed),
+            events_stored: counters.events_stored.load(Ordering::Relaxed),
             open_buckets,
             store_size_bytes: size,
             products: self
@@ -45,6 +62,52 @@ impl Admin for AdminService {
                     dimensions: p.dimensions.clone(),
                 })
                 .collect(),
+            pending_records: pending,
+            oldest_pending_age_seconds: oldest.map_or(0, |(h, _)| (now - h).max(0) / 1000),
+            most_urgent_deadline: oldest.map(|(_, d)| timestamp(d)),
+            sealed_through: (sealed_through != i64::MIN).then(|| timestamp(sealed_through)),
+            accounts: self
+                .pipeline
+                .submit_stats
+                .iter()
+                .map(|(name, s)| {
+                    let last = s.last_success_ms.load(Ordering::Relaxed);
+                    v1::AccountStatus {
+                        name: name.clone(),
+                        last_successful_call: (last != 0).then(|| timestamp(last)),
+                        clock_skew_ms: s
+                            .skew
+                            .observed
+                            .load(Ordering::Relaxed)
+                            .then(|| s.skew.millis.load(Ordering::Relaxed)),
+                        calls_ok: s.calls_ok.load(Ordering::Relaxed),
+                        calls_throttled: s.calls_throttled.load(Ordering::Relaxed),
+                        calls_failed: s.calls_failed.load(Ordering::Relaxed),
+                        records_accepted: s.records_accepted.load(Ordering::Relaxed),
+                        records_rejected: s.records_rejected.load(Ordering::Relaxed),
+                        records_expired: s.records_expired.load(Ordering::Relaxed),
+                    }
+                })
+                .collect(),
+            late_events: counters.late_events.load(Ordering::Relaxed),
         }))
+    }
+
+    async fn flush(&self, _: Request<v1::FlushRequest>) -> Result<Response<v1::FlushResponse>, Status> {
+        let s = self.pipeline.flush().await.map_err(store_status)?;
+        Ok(Response::new(v1::FlushResponse {
+            records_sealed: s.records,
+            hours_carried_only: s.carried_only,
+            sealed_through: (s.sealed_through != 0).then(|| timestamp(s.sealed_through)),
+        }))
+    }
+
+    async fn report(&self, _: Request<v1::ReportRequest>) -> Result<Response<v1::ReportResponse>, Status> {
+        let store = self.store.clone();
+        let report = tokio::task::spawn_blocking(move || crate::report::build(&store))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(store_status)?;
+        Ok(Response::new(super::convert::report_to_wire(&report)))
     }
 }

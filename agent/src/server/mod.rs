@@ -27,7 +27,12 @@ pub use metering::MeteringService;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// All gRPC services of the agent, ready to be served on any number of listeners.
-pub async fn routes(config: Arc<Config>, store: Store, clock: SharedClock) -> Routes {
+pub async fn routes(
+    config: Arc<Config>,
+    store: Store,
+    clock: SharedClock,
+    pipeline: crate::pipeline::Pipeline,
+) -> Routes {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<MeteringServer<MeteringService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -40,7 +45,7 @@ pub async fn routes(config: Arc<Config>, store: Store, clock: SharedClock) -> Ro
     let metering = MeteringServer::new(MeteringService { ingest })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServer::new(AdminService { config, store, clock, started_at_ms });
+    let admin = AdminServer::new(AdminService { config, store, clock, pipeline, started_at_ms });
     let mut builder = Routes::builder();
     builder.add_service(metering).add_service(admin).add_service(health_service).add_service(reflection);
     builder.routes()

@@ -311,11 +311,7 @@ impl Writer {
             let recorded = usage.buckets.iter().fold(Micros::ZERO, |a, (_, m)| a.checked_add(*m).unwrap_or(a));
             let s = seal(&usage);
             carries.insert(ck, s.carried_out);
-            if s.quantity == 0 && !params.zero_records {
-                // Nothing whole to send: everything rides on in the carry.
-                summary.carried_only += 1;
-                continue;
-            }
+            let nothing_to_send = s.quantity == 0 && !params.zero_records;
             let record = SealedRecord {
                 deadline_ms: deadline(rk.hour_ms, params.window_ms, params.margin_ms),
                 key: rk,
@@ -326,12 +322,17 @@ impl Writer {
                 carried_in,
                 carried_out: s.carried_out,
                 late,
-                state: RecordState::Sealed,
+                state: if nothing_to_send { RecordState::Carried } else { RecordState::Sealed },
             };
             let rkey = keys::record_key(&record.key);
-            batch.insert(keys::queue_key(record.deadline_ms, &rkey), &[][..]);
+            if nothing_to_send {
+                // Kept for the report; never queued, never sent.
+                summary.carried_only += 1;
+            } else {
+                batch.insert(keys::queue_key(record.deadline_ms, &rkey), &[][..]);
+                summary.records += 1;
+            }
             batch.insert(rkey, encode(&record));
-            summary.records += 1;
         }
         for (ck, c) in carries {
             if c == Micros::ZERO {

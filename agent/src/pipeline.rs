@@ -1,0 +1,97 @@
+//! The background pipeline: the sealer (ended hours + grace → frozen records) and one submitter per
+//! account. `flush` seals every ended hour at once and wakes the submitters.
+
+use std::sync::Arc;
+
+use tokio::sync::{Notify, watch};
+
+use crate::clock::{HOUR_MS, SharedClock, hour_start};
+use crate::config::Config;
+use crate::store::{SealParams, SealSummary, Store, StoreError};
+use crate::submit::{SubmitStats, Submitter};
+
+#[derive(Clone)]
+pub struct Pipeline {
+    config: Arc<Config>,
+    store: Store,
+    clock: SharedClock,
+    nudge: Arc<Notify>,
+    /// (account name, its submitter's counters)
+    pub submit_stats: Arc<Vec<(String, Arc<SubmitStats>)>>,
+}
+
+pub struct Running {
+    stop: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Pipeline {
+    /// Builds one submitter per configured account and starts them with the sealer.
+    pub async fn start(config: Arc<Config>, store: Store, clock: SharedClock) -> anyhow::Result<(Self, Running)> {
+        let (stop, stop_rx) = watch::channel(false);
+        let nudge = Arc::new(Notify::new());
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut stats = Vec::new();
+        for account in config.accounts.keys() {
+            let s = Submitter::new(account, config.clone(), store.clone(), clock.clone()).await?;
+            stats.push((account.clone(), s.stats.clone()));
+            tasks.spawn(s.run(stop_rx.clone(), nudge.clone()));
+        }
+        if config.accounts.is_empty() {
+            tracing::warn!("no [accounts.NAME] configured: usage is recorded and sealed but not submitted");
+        }
+        let pipeline = Pipeline { config, store, clock, nudge, submit_stats: Arc::new(stats) };
+        let sealer = pipeline.clone();
+        let mut stop_sealer = stop_rx;
+        tasks.spawn(async move {
+            loop {
+                match sealer.seal_due().await {
+                    Ok(s) if s.records + s.carried_only > 0 => {
+                        tracing::info!(records = s.records, carried_only = s.carried_only,
+                            sealed_through = %crate::clock::rfc3339(s.sealed_through), "sealed ended hours");
+                        sealer.nudge.notify_waiters();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "sealing failed; will retry"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(sealer.config.pipeline.tick) => {}
+                    _ = stop_sealer.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        Ok((pipeline, Running { stop, tasks }))
+    }
+
+    fn params(&self, cutoff_hour_ms: i64) -> SealParams {
+        let p = &self.config.pipeline;
+        SealParams {
+            cutoff_hour_ms,
+            now_ms: self.clock.now_ms(),
+            window_ms: p.submission_window.as_millis() as i64,
+            margin_ms: p.safety_margin.as_millis() as i64,
+            zero_records: p.zero_records,
+        }
+    }
+
+    /// Seals every hour that ended at least `seal_grace` ago.
+    pub async fn seal_due(&self) -> Result<SealSummary, StoreError> {
+        let grace = self.config.pipeline.seal_grace.as_millis() as i64;
+        let cutoff = hour_start(self.clock.now_ms() - grace - HOUR_MS) + HOUR_MS;
+        self.store.seal(self.params(cutoff)).await
+    }
+
+    /// Seals every ended hour now, ignoring the grace, and wakes the submitters.
+    pub async fn flush(&self) -> Result<SealSummary, StoreError> {
+        let s = self.store.seal(self.params(hour_start(self.clock.now_ms()))).await?;
+        self.nudge.notify_waiters();
+        Ok(s)
+    }
+}

@@ -1,0 +1,260 @@
+//! The reconciliation report: per hour × customer × dimension, where every recorded micro-unit went.
+//!
+//! Totals reconcile exactly: recorded = accepted + rejected + expired + pending + carried + open, where
+//! the first four are whole units sent (or to be sent) to AWS, `carried` is the fraction waiting for a
+//! series' next hour, and `open` is usage in hours not sealed yet.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::clock::UnixMillis;
+use crate::domain::quantity::{Micros, SCALE};
+use crate::domain::record::{RecordKey, RecordState};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Row {
+    pub hour: UnixMillis,
+    pub product: String,
+    pub customer: String,
+    pub dimension: String,
+    /// open | sealed | in_flight | accepted | rejected | expired | carried
+    pub state: String,
+    pub recorded: String,
+    pub late: String,
+    pub carried_in: String,
+    pub carried_out: String,
+    /// Whole units in the sealed record.
+    pub sealed: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub expired: u64,
+    pub pending: u64,
+    pub reason: String,
+    pub metering_record_id: String,
+    pub deadline: Option<UnixMillis>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Totals {
+    pub recorded: String,
+    pub late: String,
+    pub accepted: String,
+    pub rejected: String,
+    pub expired: String,
+    pub pending: String,
+    pub carried: String,
+    pub open: String,
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    pub expired_by_reason: BTreeMap<String, u64>,
+    /// True when recorded == accepted + rejected + expired + pending + carried + open, to the micro-unit.
+    pub reconciled: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub totals: Totals,
+}
+
+fn units(u: u64) -> Micros {
+    Micros(u128::from(u) * u128::from(SCALE))
+}
+
+pub fn build(store: &Store) -> Result<Report, StoreError> {
+    let mut rows = Vec::new();
+    let (mut recorded, mut late, mut open) = (Micros::ZERO, Micros::ZERO, Micros::ZERO);
+    let (mut accepted, mut rejected, mut expired, mut pending) = (0u64, 0u64, 0u64, 0u64);
+    let mut totals = Totals::default();
+
+    for r in store.records()? {
+        let q = u64::from(r.quantity);
+        let mut row = Row {
+            hour: r.key.hour_ms,
+            product: r.key.product.clone(),
+            customer: r.key.identity.label(),
+            dimension: r.key.dimension.clone(),
+            state: r.state.name().to_string(),
+            recorded: r.recorded.to_string(),
+            late: r.late.to_string(),
+            carried_in: r.carried_in.to_string(),
+            carried_out: r.carried_out.to_string(),
+            sealed: q,
+            accepted: 0,
+            rejected: 0,
+            expired: 0,
+            pending: 0,
+            reason: String::new(),
+            metering_record_id: String::new(),
+            deadline: Some(r.deadline_ms),
+        };
+        match &r.state {
+            RecordState::Sealed | RecordState::InFlight { .. } => row.pending = q,
+            RecordState::Accepted { metering_record_id, verify, .. } => {
+                row.accepted = q;
+                row.metering_record_id = metering_record_id.clone().unwrap_or_default();
+                if *verify {
+                    row.reason = "DuplicateRecord on resend: verify".into();
+                }
+            }
+            RecordState::Rejected { reason, .. } => {
+                row.rejected = q;
+                row.reason = reason.label();
+                *totals.rejected_by_reason.entry(reason.label()).or_default() += q;
+            }
+            RecordState::Expired { reason, .. } => {
+                row.expired = q;
+                row.reason = format!("{reason:?}");
+                *totals.expired_by_reason.entry(format!("{reason:?}")).or_default() += q;
+            }
+            RecordState::Carried => {}
+        }
+        recorded = recorded.checked_add(r.recorded).unwrap_or(recorded);
+        late = late.checked_add(r.late).unwrap_or(late);
+        accepted += row.accepted;
+        rejected += row.rejected;
+        expired += row.expired;
+        pending += row.pending;
+        rows.push(row);
+    }
+
+    // Open hours: buckets not sealed yet, one row per future record.
+    let mut open_rows: BTreeMap<RecordKey, (Micros, Micros)> = BTreeMap::new();
+    for (k, b) in store.buckets()? {
+        let key = RecordKey { hour_ms: k.hour_ms, product: k.product, identity: k.identity, dimension: k.dimension };
+        let e = open_rows.entry(key).or_default();
+        e.0 = e.0.checked_add(b.total).unwrap_or(e.0);
+        e.1 = e.1.checked_add(b.late).unwrap_or(e.1);
+    }
+    for (k, (total, l)) in open_rows {
+        recorded = recorded.checked_add(total).unwrap_or(recorded);
+        late = late.checked_add(l).unwrap_or(late);
+        open = open.checked_add(total).unwrap_or(open);
+        rows.push(Row {
+            hour: k.hour_ms,
+            product: k.product,
+            customer: k.identity.label(),
+            dimension: k.dimension,
+            state: "open".into(),
+            recorded: total.to_string(),
+            late: l.to_string(),
+            carried_in: "0".into(),
+            carried_out: "0".into(),
+            sealed: 0,
+            accepted: 0,
+            rejected: 0,
+            expired: 0,
+            pending: 0,
+            reason: String::new(),
+            metering_record_id: String::new(),
+            deadline: None,
+        });
+    }
+    rows.sort_by(|a, b| {
+        (a.hour, &a.product, &a.customer, &a.dimension).cmp(&(b.hour, &b.product, &b.customer, &b.dimension))
+    });
+
+    let carried = store.carries()?.into_iter().fold(Micros::ZERO, |a, c| a.checked_add(c).unwrap_or(a));
+    let accounted = [units(accepted), units(rejected), units(expired), units(pending), carried, open]
+        .into_iter()
+        .fold(Some(Micros::ZERO), |a, m| a.and_then(|a| a.checked_add(m)));
+    totals.recorded = recorded.to_string();
+    totals.late = late.to_string();
+    totals.accepted = accepted.to_string();
+    totals.rejected = rejected.to_string();
+    totals.expired = expired.to_string();
+    totals.pending = pending.to_string();
+    totals.carried = carried.to_string();
+    totals.open = open.to_string();
+    totals.reconciled = accounted == Some(recorded);
+    Ok(Report { rows, totals })
+}
+
+impl Report {
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from(
+            "hour,product,customer,dimension,state,recorded,late,carried_in,carried_out,sealed,accepted,rejected,expired,pending,reason,metering_record_id\n",
+        );
+        let esc = |s: &str| {
+            if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+        };
+        for r in &self.rows {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                crate::clock::rfc3339(r.hour),
+                esc(&r.product),
+                esc(&r.customer),
+                esc(&r.dimension),
+                r.state,
+                r.recorded,
+                r.late,
+                r.carried_in,
+                r.carried_out,
+                r.sealed,
+                r.accepted,
+                r.rejected,
+                r.expired,
+                r.pending,
+                esc(&r.reason),
+                esc(&r.metering_record_id)
+            ));
+        }
+        out
+    }
+
+    pub fn to_table(&self) -> String {
+        let mut out = format!(
+            "{:<20} {:<10} {:<34} {:<16} {:<9} {:>12} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8}  {}\n",
+            "hour",
+            "product",
+            "customer",
+            "dimension",
+            "state",
+            "recorded",
+            "sealed",
+            "accepted",
+            "rejected",
+            "expired",
+            "pending",
+            "carried",
+            "reason"
+        );
+        for r in &self.rows {
+            let mut customer = r.customer.clone();
+            if customer.chars().count() > 34 {
+                customer = format!("{}…", customer.chars().take(33).collect::<String>());
+            }
+            out.push_str(&format!(
+                "{:<20} {:<10} {:<34} {:<16} {:<9} {:>12} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8}  {}\n",
+                crate::clock::rfc3339(r.hour).trim_end_matches(":00.000Z"),
+                r.product,
+                customer,
+                r.dimension,
+                r.state,
+                r.recorded,
+                r.sealed,
+                r.accepted,
+                r.rejected,
+                r.expired,
+                r.pending,
+                r.carried_out,
+                r.reason
+            ));
+        }
+        let t = &self.totals;
+        out.push_str(&format!(
+            "\ntotals: recorded {} (late {}) = accepted {} + rejected {} + expired {} + pending {} + carried {} + open {}  [{}]\n",
+            t.recorded,
+            t.late,
+            t.accepted,
+            t.rejected,
+            t.expired,
+            t.pending,
+            t.carried,
+            t.open,
+            if t.reconciled { "reconciled" } else { "DOES NOT RECONCILE" }
+        ));
+        out
+    }
+}

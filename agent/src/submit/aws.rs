@@ -1,0 +1,266 @@
+//! The AWS side of submission: building the real `aws-sdk-marketplacemetering` client for an account,
+//! turning sealed records into `UsageRecord`s, and classifying what a call returned.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use aws_config::{AppName, BehaviorVersion, Region};
+use aws_sdk_marketplacemetering::Client;
+use aws_sdk_marketplacemetering::config::retry::RetryConfig;
+use aws_sdk_marketplacemetering::config::timeout::TimeoutConfig;
+use aws_sdk_marketplacemetering::config::{Credentials, Intercept, RuntimeComponents};
+use aws_sdk_marketplacemetering::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_marketplacemetering::operation::RequestId;
+use aws_sdk_marketplacemetering::types::{Tag, UsageAllocation, UsageRecord, UsageRecordResultStatus};
+use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef;
+use aws_smithy_types::DateTime;
+use aws_smithy_types::config_bag::ConfigBag;
+
+use crate::clock::SharedClock;
+use crate::config::AccountConfig;
+use crate::domain::event::Identity;
+use crate::domain::record::SealedRecord;
+
+/// Request-level exceptions that concern some record of the batch: bisect to find it.
+const RECORD_EXCEPTIONS: &[&str] = &[
+    "InvalidUsageDimensionException",
+    "InvalidTagException",
+    "InvalidUsageAllocationsException",
+    "InvalidLicenseException",
+    "TimestampOutOfBoundsException",
+    "InvalidCustomerIdentifierException",
+];
+
+/// How far AWS's clock (its `Date` header) is ahead of ours, from the last response.
+#[derive(Debug, Default)]
+pub struct Skew {
+    pub millis: AtomicI64,
+    pub observed: std::sync::atomic::AtomicBool,
+}
+
+struct SkewInterceptor {
+    skew: Arc<Skew>,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for SkewInterceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SkewInterceptor").field("skew", &self.skew).finish()
+    }
+}
+
+impl Intercept for SkewInterceptor {
+    fn name(&self) -> &'static str {
+        "meterd-clock-skew"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        ctx: &BeforeDeserializationInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        if let Some(date) = ctx.response().headers().get("date")
+            && let Ok(t) = chrono::DateTime::parse_from_rfc2822(date)
+        {
+            // The header has whole seconds: a skew under a second is noise.
+            let skew = t.timestamp_millis() - self.clock.now_ms();
+            self.skew.millis.store(skew, Ordering::Relaxed);
+            self.skew.observed.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// The metering client of one account, with meterd's settings: few SDK retries (meterd retries durably on
+/// top), explicit timeouts, the app id in the user agent, and the skew probe.
+pub async fn client(account: &AccountConfig, clock: SharedClock, skew: Arc<Skew>) -> anyhow::Result<Client> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(account.region.clone()))
+        .app_name(AppName::new(account.app_id.clone())?);
+    if let Some(url) = &account.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if account.test_credentials {
+        loader = loader.credentials_provider(Credentials::new(
+            "AKIDMETERDTEST",
+            "meterd-test-secret",
+            None,
+            None,
+            "meterd-test",
+        ));
+    } else if let Some(profile) = &account.profile {
+        loader = loader.profile_name(profile);
+    }
+    let sdk = loader.load().await;
+    let mut conf = aws_sdk_marketplacemetering::config::Builder::from(&sdk)
+        .retry_config(RetryConfig::standard().with_max_attempts(2).with_initial_backoff(Duration::from_millis(200)))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3).min(account.call_timeout))
+                .operation_attempt_timeout(account.call_timeout)
+                .operation_timeout(account.call_timeout * 2)
+                .build(),
+        )
+        .interceptor(SkewInterceptor { skew, clock });
+    if let Some(role) = &account.role_arn {
+        let provider =
+            aws_config::sts::AssumeRoleProvider::builder(role).session_name("meterd").configure(&sdk).build().await;
+        conf = conf.credentials_provider(provider);
+    }
+    Ok(Client::from_conf(conf.build()))
+}
+
+/// The wire form of a sealed record. Deterministic: a resend carries exactly the same fields.
+pub fn usage_record(r: &SealedRecord) -> anyhow::Result<UsageRecord> {
+    let mut b = UsageRecord::builder()
+        .timestamp(DateTime::from_secs(r.key.hour_ms.div_euclid(1000)))
+        .dimension(&r.key.dimension)
+        .quantity(r.quantity as i32);
+    match &r.key.identity {
+        Identity::Aws { account_id, license_arn } => b = b.customer_aws_account_id(account_id).license_arn(license_arn),
+        Identity::Legacy { customer_identifier } => b = b.customer_identifier(customer_identifier),
+        Identity::Tenant(t) => anyhow::bail!("tenant {t:?} has no marketplace identity yet"),
+    }
+    for a in &r.allocations {
+        let mut ab = UsageAllocation::builder().allocated_usage_quantity(a.quantity as i32);
+        for (k, v) in &a.tags {
+            ab = ab.tags(Tag::builder().key(k).value(v).build()?);
+        }
+        b = b.usage_allocations(ab.build()?);
+    }
+    Ok(b.build()?)
+}
+
+/// How AWS identifies a record in a result: customer, dimension, hour.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WireKey {
+    pub customer: String,
+    pub dimension: String,
+    pub timestamp_secs: i64,
+}
+
+pub fn wire_key_of_record(r: &SealedRecord) -> WireKey {
+    let customer = match &r.key.identity {
+        Identity::Aws { account_id, license_arn } => format!("{account_id}|{license_arn}"),
+        Identity::Legacy { customer_identifier } => customer_identifier.clone(),
+        Identity::Tenant(t) => format!("tenant|{t}"),
+    };
+    WireKey { customer, dimension: r.key.dimension.clone(), timestamp_secs: r.key.hour_ms.div_euclid(1000) }
+}
+
+pub fn wire_key_of_echo(u: &UsageRecord) -> WireKey {
+    let customer = match (u.customer_aws_account_id(), u.license_arn()) {
+        (Some(a), Some(l)) => format!("{a}|{l}"),
+        _ => u.customer_identifier().to_string(),
+    };
+    WireKey { customer, dimension: u.dimension().to_string(), timestamp_secs: u.timestamp().secs() }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordResult {
+    Success { metering_record_id: Option<String> },
+    CustomerNotSubscribed,
+    DuplicateRecord,
+    Unknown(String),
+}
+
+/// What one BatchMeterUsage call came to.
+#[derive(Debug)]
+pub enum CallOutcome {
+    Answered {
+        results: Vec<(WireKey, RecordResult)>,
+        unprocessed: Vec<WireKey>,
+        request_id: Option<String>,
+    },
+    /// Throttling, 5xx, timeouts, dropped connections: retry the same records later.
+    Retryable {
+        throttled: bool,
+        reason: String,
+    },
+    /// A request-level exception about a record of the batch: bisect.
+    RecordException {
+        exception: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    /// Anything else (credentials, Region, product code): nothing a record did; retry later and alert.
+    AccountProblem {
+        reason: String,
+    },
+}
+
+pub async fn send(client: &Client, product_code: Option<&str>, records: Vec<UsageRecord>) -> CallOutcome {
+    let mut call = client.batch_meter_usage().set_usage_records(Some(records));
+    if let Some(code) = product_code {
+        call = call.product_code(code);
+    }
+    match call.send().await {
+        Ok(out) => {
+            let request_id = out.request_id().map(str::to_string);
+            let results = out
+                .results()
+                .iter()
+                .filter_map(|r| {
+                    let key = wire_key_of_echo(r.usage_record()?);
+                    let res = match r.status() {
+                        Some(UsageRecordResultStatus::Success) => {
+                            RecordResult::Success { metering_record_id: r.metering_record_id().map(str::to_string) }
+                        }
+                        Some(UsageRecordResultStatus::CustomerNotSubscribed) => RecordResult::CustomerNotSubscribed,
+                        Some(UsageRecordResultStatus::DuplicateRecord) => RecordResult::DuplicateRecord,
+                        other => RecordResult::Unknown(format!("{other:?}")),
+                    };
+                    Some((key, res))
+                })
+                .collect();
+            let unprocessed = out.unprocessed_records().iter().map(wire_key_of_echo).collect();
+            CallOutcome::Answered { results, unprocessed, request_id }
+        }
+        Err(e) => classify(e),
+    }
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    e: SdkError<E, R>,
+) -> CallOutcome {
+    match &e {
+        SdkError::ServiceError(se) => {
+            let err = se.err();
+            let code = err.code().unwrap_or("Unknown").to_string();
+            let message = err.message().unwrap_or("").to_string();
+            if code == "ThrottlingException" {
+                return CallOutcome::Retryable { throttled: true, reason: format!("{code}: {message}") };
+            }
+            if code == "InternalServiceErrorException" || code.contains("ServiceUnavailable") {
+                return CallOutcome::Retryable { throttled: false, reason: format!("{code}: {message}") };
+            }
+            if RECORD_EXCEPTIONS.contains(&code.as_str()) {
+                return CallOutcome::RecordException {
+                    exception: code,
+                    message,
+                    request_id: err.meta().request_id().map(str::to_string),
+                };
+            }
+            CallOutcome::AccountProblem { reason: format!("{code}: {message}") }
+        }
+        // Timeouts, dispatch (connection) failures and unparseable responses are transport trouble.
+        _ => CallOutcome::Retryable {
+            throttled: false,
+            reason: format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&e)),
+        },
+    }
+}
+
+/// Rough size of a record on the wire, to keep calls under AWS's 1 MB (the real JSON is smaller).
+pub fn estimated_wire_bytes(r: &SealedRecord) -> usize {
+    let identity = match &r.key.identity {
+        Identity::Aws { account_id, license_arn } => account_id.len() + license_arn.len() + 60,
+        Identity::Legacy { customer_identifier } => customer_identifier.len() + 30,
+        Identity::Tenant(t) => t.len() + 30,
+    };
+    let allocations: usize =
+        r.allocations.iter().map(|a| 40 + a.tags.iter().map(|(k, v)| k.len() + v.len() + 30).sum::<usize>()).sum();
+    120 + identity + r.key.dimension.len() + allocations
+}

@@ -1,0 +1,154 @@
+//! The inspection API under `/_emulator/`: plain JSON (snake_case), separate from the AWS API, never faulted.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::Emulator;
+use crate::config::{EmuCustomer, Faults};
+
+pub(crate) fn routes() -> Router<Emulator> {
+    Router::new()
+        .route("/ledger", get(ledger))
+        .route("/totals", get(totals))
+        .route("/counters", get(counters))
+        .route("/reset", post(reset))
+        .route("/customers", get(customers).put(add_customer).delete(remove_customer))
+        .route("/faults", get(faults).put(set_faults))
+        .route("/rate_limit", get(rate_limit).put(set_rate_limit))
+        .route("/clock", get(clock).put(set_clock))
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, String> {
+    r.map(|Json(v)| v).map_err(|e| e.body_text())
+}
+
+async fn ledger(State(emu): State<Emulator>) -> Response {
+    Json(emu.ledger()).into_response()
+}
+
+async fn totals(State(emu): State<Emulator>) -> Response {
+    Json(emu.totals()).into_response()
+}
+
+async fn counters(State(emu): State<Emulator>) -> Response {
+    Json(emu.counters()).into_response()
+}
+
+async fn reset(State(emu): State<Emulator>) -> StatusCode {
+    emu.reset();
+    StatusCode::NO_CONTENT
+}
+
+async fn customers(State(emu): State<Emulator>) -> Response {
+    Json(emu.customers()).into_response()
+}
+
+async fn add_customer(State(emu): State<Emulator>, c: Result<Json<EmuCustomer>, JsonRejection>) -> Response {
+    let c = match body(c) {
+        Ok(c) => c,
+        Err(e) => return bad_request(e),
+    };
+    match emu.try_add_customer(c) {
+        Ok(()) => Json(emu.customers()).into_response(),
+        Err(e) => bad_request(e.to_string()),
+    }
+}
+
+#[derive(Serialize)]
+struct Removed {
+    removed: usize,
+}
+
+/// Removes every subscribed customer matching the fields given (e.g. just `license_arn`).
+async fn remove_customer(State(emu): State<Emulator>, c: Result<Json<EmuCustomer>, JsonRejection>) -> Response {
+    match body(c) {
+        Ok(c) => Json(Removed { removed: emu.remove_customer(&c) }).into_response(),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn faults(State(emu): State<Emulator>) -> Response {
+    Json(emu.faults()).into_response()
+}
+
+/// Replaces the fault settings (fields left out become 0).
+async fn set_faults(State(emu): State<Emulator>, f: Result<Json<Faults>, JsonRejection>) -> Response {
+    let f = match body(f) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    if let Err(e) = f.validate() {
+        return bad_request(e.to_string());
+    }
+    emu.set_faults(f);
+    Json(emu.faults()).into_response()
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimit {
+    per_sec: f64,
+}
+
+async fn rate_limit(State(emu): State<Emulator>) -> Response {
+    Json(RateLimit { per_sec: emu.rate_limit() }).into_response()
+}
+
+async fn set_rate_limit(State(emu): State<Emulator>, r: Result<Json<RateLimit>, JsonRejection>) -> Response {
+    let r = match body(r) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    if !r.per_sec.is_finite() || r.per_sec < 0.0 {
+        return bad_request("per_sec must be a number >= 0 (0 turns the limit off)");
+    }
+    emu.set_rate_limit(r.per_sec);
+    Json(RateLimit { per_sec: emu.rate_limit() }).into_response()
+}
+
+#[derive(Serialize)]
+struct ClockView {
+    offset_secs: i64,
+    /// Service time, epoch seconds.
+    now: i64,
+    now_rfc3339: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockSet {
+    offset_secs: i64,
+}
+
+fn clock_view(emu: &Emulator) -> ClockView {
+    let now_ms = emu.now_millis();
+    ClockView {
+        offset_secs: emu.clock_offset_secs(),
+        now: now_ms.div_euclid(1000),
+        now_rfc3339: crate::clock::rfc3339(now_ms),
+    }
+}
+
+async fn clock(State(emu): State<Emulator>) -> Response {
+    Json(clock_view(&emu)).into_response()
+}
+
+async fn set_clock(State(emu): State<Emulator>, c: Result<Json<ClockSet>, JsonRejection>) -> Response {
+    match body(c) {
+        Ok(c) => {
+            emu.set_clock_offset(c.offset_secs);
+            Json(clock_view(&emu)).into_response()
+        }
+        Err(e) => bad_request(e),
+    }
+}
