@@ -147,3 +147,204 @@ impl Drop for Agent {
         self.kill9();
     }
 }
+
+/// The agent and the emulator in this process, sharing one manual clock: the real AWS SDK talks HTTP to
+/// the emulator; the test moves time.
+pub mod stack {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use meterd::clock::{EmulatorClock, ManualClock, SharedClock};
+    use meterd::config::Config;
+    use meterd_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+    use meterd_proto::v1;
+
+    pub const HOUR: i64 = 3_600_000;
+    pub const ACCOUNT: &str = "111122223333";
+
+    pub fn arn(n: usize) -> String {
+        format!("arn:aws:license-manager::{ACCOUNT}:license:l-{n:04}")
+    }
+
+    pub struct Stack {
+        pub clock: Arc<ManualClock>,
+        pub emulator: Emulator,
+        emu_handle: Option<EmulatorHandle>,
+        pub target: String,
+        pub client: meterd_proto::client::Client,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+        pub data: tempfile::TempDir,
+    }
+
+    /// Agent config: product `app` (license identity, dimensions given) submitting to `endpoint`.
+    pub fn agent_toml(data: &std::path::Path, endpoint: &str, dimensions: &[&str], extra: &str) -> String {
+        let dims: Vec<String> = dimensions.iter().map(|d| format!("{d:?}")).collect();
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[storage]
+data_dir = "{}"
+[pipeline]
+seal_grace = "1m"
+tick = "20ms"
+{extra}
+[accounts.emu]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+test_credentials = true
+calls_per_second = 8
+call_timeout = "2s"
+[products.app]
+identity = "license"
+product_code = "prod-code-app"
+dimensions = [{}]
+"#,
+            data.display(),
+            dims.join(", ")
+        )
+    }
+
+    impl Stack {
+        /// Starts the emulator (product `prod-code-app`, customers given) and the agent at `start_ms`.
+        pub async fn start(
+            start_ms: i64,
+            mut emu: EmulatorConfig,
+            dimensions: &[&str],
+            emulator_dimensions: &[&str],
+            customers: usize,
+            pipeline_extra: &str,
+        ) -> anyhow::Result<Self> {
+            let clock = ManualClock::new(start_ms);
+            let shared: SharedClock = clock.clone();
+            emu.products.push(meterd_emulator::EmuProduct {
+                product_code: "prod-code-app".into(),
+                dimensions: emulator_dimensions.iter().map(|s| s.to_string()).collect(),
+            });
+            for n in 0..customers {
+                emu.customers.push(meterd_emulator::EmuCustomer::licensed("prod-code-app", ACCOUNT, &arn(n)));
+            }
+            if emu.rate_limit_per_sec == 0.0 {
+                emu.rate_limit_per_sec = 10.0;
+            }
+            if emu.submission_window_secs == 0 {
+                emu.submission_window_secs = 24 * 3600;
+            }
+            let emulator = Emulator::new(emu, Arc::new(EmulatorClock(shared.clone())));
+            let emu_handle = emulator.start(tokio::net::TcpListener::bind("127.0.0.1:0").await?).await?;
+            let data = tempfile::tempdir()?;
+            let text = agent_toml(&data.path().join("data"), &emu_handle.endpoint_url(), dimensions, pipeline_extra);
+            let config = Config::from_toml_with_env(&text, std::path::Path::new("test.toml"), |_| None)?;
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let join = tokio::spawn(meterd::app::run(
+                config,
+                shared,
+                None,
+                move |r| {
+                    let _ = ready_tx.send(r.tcp.expect("tcp"));
+                },
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ));
+            let addr = tokio::time::timeout(Duration::from_secs(20), ready_rx).await??;
+            let target = addr.to_string();
+            let client = meterd_proto::client::Client::connect(&target, Duration::from_secs(5)).await?;
+            Ok(Stack {
+                clock,
+                emulator,
+                emu_handle: Some(emu_handle),
+                target,
+                client,
+                stop: Some(stop),
+                join: Some(join),
+                data,
+            })
+        }
+
+        pub async fn record(
+            &self,
+            key: &str,
+            customer: usize,
+            dimension: &str,
+            quantity: &str,
+            at_ms: i64,
+        ) -> Result<v1::Receipt, tonic::Status> {
+            let ev = event(key, customer, dimension, quantity, at_ms);
+            Ok(self
+                .client
+                .metering()
+                .record_usage(v1::RecordUsageRequest { event: Some(ev) })
+                .await?
+                .into_inner()
+                .receipt
+                .unwrap())
+        }
+
+        pub async fn report(&self) -> v1::ReportResponse {
+            self.client.admin().report(v1::ReportRequest {}).await.expect("report").into_inner()
+        }
+
+        /// Polls the report until `done` holds (real-time bound only against hangs).
+        pub async fn wait_for(
+            &self,
+            what: &str,
+            timeout: Duration,
+            mut done: impl FnMut(&v1::ReportResponse) -> bool,
+        ) -> v1::ReportResponse {
+            let start = Instant::now();
+            loop {
+                let r = self.report().await;
+                if done(&r) {
+                    return r;
+                }
+                if start.elapsed() > timeout {
+                    panic!("timed out waiting for {what}; last report totals: {:?}", r.totals);
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+
+        /// Moves the clock forward in steps, letting the pipeline run between them.
+        pub async fn advance(&self, total_ms: i64, step_ms: i64) {
+            let mut moved = 0;
+            while moved < total_ms {
+                let s = step_ms.min(total_ms - moved);
+                self.clock.advance(s);
+                moved += s;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+
+        pub async fn stop(mut self) {
+            if let Some(s) = self.stop.take() {
+                let _ = s.send(());
+            }
+            if let Some(j) = self.join.take() {
+                j.await.expect("agent task").expect("agent exits cleanly");
+            }
+            if let Some(h) = self.emu_handle.take() {
+                h.shutdown().await;
+            }
+        }
+    }
+
+    pub fn event(key: &str, customer: usize, dimension: &str, quantity: &str, at_ms: i64) -> v1::UsageEvent {
+        v1::UsageEvent {
+            idempotency_key: key.into(),
+            customer: Some(v1::Customer {
+                identity: Some(v1::customer::Identity::AwsAccount(v1::AwsCustomer {
+                    customer_aws_account_id: ACCOUNT.into(),
+                    license_arn: arn(customer),
+                })),
+            }),
+            dimension: dimension.into(),
+            quantity: quantity.into(),
+            timestamp: Some(meterd_proto::Timestamp { seconds: at_ms.div_euclid(1000), nanos: 0 }),
+            tags: Default::default(),
+            product: String::new(),
+        }
+    }
+}
