@@ -1,0 +1,168 @@
+//! Invariants 3, 5 and 7 as a property: over random interleavings of events (on time and late), seals,
+//! submission outcomes, expiries and restarts, every recorded micro-unit is accounted for exactly:
+//! recorded = accepted + rejected + expired + pending + carried + open, and one record per
+//! (product, customer, dimension, hour) with allocations that sum to its quantity.
+
+use std::collections::HashSet;
+
+use meterd::config::LateUsage;
+use meterd::domain::event::{Identity, TagSet, UsageEvent};
+use meterd::domain::quantity::Micros;
+use meterd::domain::record::{ExpiryReason, RecordState, RejectReason};
+use meterd::report;
+use meterd::store::{SealParams, Store};
+use proptest::prelude::*;
+
+const HOUR: i64 = 3_600_000;
+const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// (customer, dimension, micro-quantity, hour offset, tag) — hour offsets may be already sealed (late).
+    Record(Vec<(u8, u8, u32, u8, u8)>),
+    /// Move time to `T0 + n hours` (never backwards) and seal ended hours.
+    Seal(u8),
+    /// Settle some pending records: 0 accept, 1 reject, 2 expire, 3 mark in flight.
+    Settle(Vec<(u8, u8)>),
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => proptest::collection::vec((0u8..3, 0u8..2, 0u32..4_000_000, 0u8..8, 0u8..3), 1..10).prop_map(Op::Record),
+        2 => (0u8..10).prop_map(Op::Seal),
+        2 => proptest::collection::vec((0u8..16, 0u8..4), 1..6).prop_map(Op::Settle),
+        1 => Just(Op::Restart),
+    ]
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_recorded_unit_is_accounted_for(ops in proptest::collection::vec(op(), 1..30), reject_late in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let mut store = Store::open(dir.path()).unwrap();
+        let late_policy = if reject_late { LateUsage::Reject } else { LateUsage::Carry };
+        let mut now = T0;
+        let mut recorded = Micros::ZERO;
+        let mut key = 0u64;
+        for op in ops {
+            match op {
+                Op::Record(evs) => {
+                    let events: Vec<UsageEvent> = evs
+                        .iter()
+                        .map(|(c, d, q, h, t)| {
+                            key += 1;
+                            UsageEvent {
+                                idempotency_key: format!("k{key}"),
+                                product: "p".into(),
+                                identity: Identity::Aws { account_id: format!("10000000000{c}"), license_arn: "arn:aws:x::1:l".into() },
+                                dimension: format!("d{d}"),
+                                quantity: Micros(u128::from(*q)),
+                                timestamp_ms: Some(T0 + i64::from(*h) * HOUR + 1000),
+                                tags: if *t == 0 { TagSet::new() } else { [("team".to_string(), format!("t{t}"))].into() },
+                            }
+                        })
+                        .collect();
+                    let out = rt.block_on(store.ingest(events.clone(), now, late_policy)).unwrap();
+                    for (ev, o) in events.iter().zip(out) {
+                        match o {
+                            meterd::store::IngestOutcome::Stored(_) => recorded = recorded.checked_add(ev.quantity).unwrap(),
+                            meterd::store::IngestOutcome::LateRejected { .. } => prop_assert!(reject_late),
+                            other => prop_assert!(false, "unexpected {:?}", other),
+                        }
+                    }
+                }
+                Op::Seal(h) => {
+                    now = now.max(T0 + i64::from(h) * HOUR + 1);
+                    rt.block_on(store.seal(SealParams {
+                        cutoff_hour_ms: now / HOUR * HOUR,
+                        now_ms: now,
+                        window_ms: 24 * HOUR,
+                        margin_ms: 0,
+                        zero_records: false,
+                    }))
+                    .unwrap();
+                }
+                Op::Settle(choices) => {
+                    let pending = store.pending_records(usize::MAX).unwrap();
+                    let mut seen = HashSet::new();
+                    let mut updates = Vec::new();
+                    for (i, what) in choices {
+                        let Some(r) = pending.get(usize::from(i)) else { continue };
+                        if !seen.insert(usize::from(i)) {
+                            continue;
+                        }
+                        let state = match what {
+                            0 => RecordState::Accepted { metering_record_id: Some("id".into()), aws_request_id: None, at_ms: now, verify: false },
+                            1 => RecordState::Rejected { reason: RejectReason::CustomerNotSubscribed, aws_request_id: None, at_ms: now },
+                            2 => RecordState::Expired { reason: ExpiryReason::DeadlinePassed, at_ms: now },
+                            _ => RecordState::InFlight { attempts: 1, next_attempt_ms: now },
+                        };
+                        updates.push(meterd::domain::record::SealedRecord { state, ..r.clone() });
+                    }
+                    rt.block_on(store.update_records(updates)).unwrap();
+                }
+                Op::Restart => {
+                    rt.block_on(store.close()).unwrap();
+                    drop(store);
+                    store = Store::open(dir.path()).unwrap();
+                }
+            }
+            let rep = report::build(&store).unwrap();
+            prop_assert!(rep.totals.reconciled, "does not reconcile: {:?}", rep.totals);
+            prop_assert_eq!(rep.totals.recorded.clone(), recorded.to_string());
+            // One record per (product, customer, dimension, hour); allocations sum to the quantity.
+            let mut keys = HashSet::new();
+            for r in store.records().unwrap() {
+                prop_assert!(keys.insert(r.key.clone()), "two records for {:?}", r.key);
+                if !r.allocations.is_empty() {
+                    prop_assert_eq!(r.allocations.iter().map(|a| u64::from(a.quantity)).sum::<u64>(), u64::from(r.quantity));
+                }
+                prop_assert_eq!(r.key.hour_ms % HOUR, 0);
+                prop_assert!(r.key.hour_ms < store.sealed_through().unwrap());
+            }
+        }
+        rt.block_on(store.close()).unwrap();
+    }
+}
+
+#[test]
+fn a_terminal_state_is_final_and_sealed_content_is_frozen() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let ev = UsageEvent {
+            idempotency_key: "a".into(),
+            product: "p".into(),
+            identity: Identity::Legacy { customer_identifier: "c".into() },
+            dimension: "d".into(),
+            quantity: Micros::from_units(3),
+            timestamp_ms: Some(T0),
+            tags: TagSet::new(),
+        };
+        store.ingest(vec![ev], T0, LateUsage::Carry).await.unwrap();
+        let params = SealParams { cutoff_hour_ms: T0 + HOUR, now_ms: T0 + HOUR, window_ms: 24 * HOUR, margin_ms: 0, zero_records: false };
+        assert_eq!(store.seal(params.clone()).await.unwrap().records, 1);
+        assert_eq!(store.seal(params).await.unwrap().records, 0, "sealing is idempotent");
+        let r = store.pending_records(10).unwrap().remove(0);
+        assert_eq!(r.quantity, 3);
+        let changed = meterd::domain::record::SealedRecord { quantity: 4, ..r.clone() };
+        assert!(store.update_records(vec![changed]).await.is_err(), "sealed content must not change");
+        let accepted = meterd::domain::record::SealedRecord {
+            state: RecordState::Accepted { metering_record_id: None, aws_request_id: None, at_ms: 0, verify: false },
+            ..r.clone()
+        };
+        store.update_records(vec![accepted]).await.unwrap();
+        assert_eq!(store.pending_count(), 0);
+        let back = meterd::domain::record::SealedRecord { state: RecordState::Sealed, ..r };
+        assert!(store.update_records(vec![back]).await.is_err(), "a terminal state is final");
+        store.close().await.unwrap();
+    });
+}
