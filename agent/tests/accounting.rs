@@ -148,7 +148,13 @@ fn a_terminal_state_is_final_and_sealed_content_is_frozen() {
             tags: TagSet::new(),
         };
         store.ingest(vec![ev], T0, LateUsage::Carry).await.unwrap();
-        let params = SealParams { cutoff_hour_ms: T0 + HOUR, now_ms: T0 + HOUR, window_ms: 24 * HOUR, margin_ms: 0, zero_records: false };
+        let params = SealParams {
+            cutoff_hour_ms: T0 + HOUR,
+            now_ms: T0 + HOUR,
+            window_ms: 24 * HOUR,
+            margin_ms: 0,
+            zero_records: false,
+        };
         assert_eq!(store.seal(params.clone()).await.unwrap().records, 1);
         assert_eq!(store.seal(params).await.unwrap().records, 0, "sealing is idempotent");
         let r = store.pending_records(10).unwrap().remove(0);

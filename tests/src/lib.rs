@@ -348,3 +348,58 @@ dimensions = [{}]
         }
     }
 }
+
+/// `meterd emulator` as its own process, as sellers run it.
+pub struct EmulatorProcess {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl EmulatorProcess {
+    pub fn start(config_toml: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("emulator.toml");
+        std::fs::write(&path, config_toml)?;
+        let mut child = Command::new(meterd_bin())
+            .args(["emulator", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .env("METERD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(l)) = lines.next() {
+                let _ = tx.send(l);
+            }
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30))?;
+        let url = line.rsplit(' ').next().unwrap_or_default().to_string();
+        anyhow::ensure!(url.starts_with("http://"), "unexpected emulator banner {line:?}");
+        Ok(Self { child, url, _dir: dir })
+    }
+
+    /// GET on the inspection API (`/_emulator/...`), parsed as JSON.
+    pub fn inspect(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        use std::io::{Read, Write};
+        let hostport = self.url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(hostport)?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let (head, body) = buf.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP body"))?;
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "inspection {path}: {head}");
+        Ok(serde_json::from_str(body)?)
+    }
+}
+
+impl Drop for EmulatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -53,6 +53,8 @@ pub struct Submitter {
     /// Set after throttling or an account problem: no call before this instant.
     pause_until: Option<tokio::time::Instant>,
     throttle_streak: u32,
+    /// Until the first pass ends: records found in flight at start-up are resent at once, unchanged.
+    recovering: bool,
 }
 
 impl Submitter {
@@ -70,6 +72,7 @@ impl Submitter {
             stats,
             pause_until: None,
             throttle_streak: 0,
+            recovering: true,
         })
     }
 
@@ -99,12 +102,13 @@ impl Submitter {
             } else if matches!(r.key.identity, Identity::Tenant(_)) {
                 // Held until the tenant is mapped to a marketplace identity (customer registry).
             } else if match &r.state {
-                RecordState::InFlight { next_attempt_ms, .. } => *next_attempt_ms <= now,
+                RecordState::InFlight { next_attempt_ms, .. } => self.recovering || *next_attempt_ms <= now,
                 _ => true,
             } {
                 due.push(r);
             }
         }
+        self.recovering = false;
         self.stats.records_expired.fetch_add(expired.len() as u64, Ordering::Relaxed);
         self.store.update_records(expired).await?;
 
