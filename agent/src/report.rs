@@ -158,7 +158,7 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
     let carried = store.carries()?.into_iter().fold(Micros::ZERO, |a, c| a.checked_add(c).unwrap_or(a));
     let accounted = [units(accepted), units(rejected), units(expired), units(pending), carried, open]
         .into_iter()
-        .fold(Some(Micros::ZERO), |a, m| a.and_then(|a| a.checked_add(m)));
+        .try_fold(Micros::ZERO, |a, m| a.checked_add(m));
     totals.recorded = recorded.to_string();
     totals.late = late.to_string();
     totals.accepted = accepted.to_string();

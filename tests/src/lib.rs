@@ -187,14 +187,14 @@ listen = "127.0.0.1:0"
 [storage]
 data_dir = "{}"
 [pipeline]
-seal_grace = "1m"
+{grace}
 tick = "20ms"
 {extra}
 [accounts.emu]
 region = "us-east-1"
 endpoint_url = "{endpoint}"
 test_credentials = true
-calls_per_second = 8
+calls_per_second = {rate}
 call_timeout = "2s"
 [products.app]
 identity = "license"
@@ -202,7 +202,9 @@ product_code = "prod-code-app"
 dimensions = [{}]
 "#,
             data.display(),
-            dims.join(", ")
+            dims.join(", "),
+            rate = std::env::var("METERD_TEST_CALLS_PER_SECOND").unwrap_or_else(|_| "8".into()),
+            grace = if extra.contains("seal_grace") { "" } else { "seal_grace = \"1m\"" },
         )
     }
 

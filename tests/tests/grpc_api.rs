@@ -36,7 +36,7 @@ async fn events_stored(client: &meterd_proto::client::Client) -> u64 {
 async fn record_replay_conflict_and_every_refusal() {
     let data = tempfile::tempdir().unwrap();
     let sock = data.path().join("meterd.sock");
-    let extra = format!("[ingest]\nmax_batch_events = 50\n");
+    let extra = "[ingest]\nmax_batch_events = 50\n".to_string();
     let config = basic_config(&data.path().join("data"), &extra)
         .replace("[server]\n", &format!("[server]\nunix_socket = \"{}\"\n", sock.display()));
     let mut agent = Agent::start(&config).unwrap();

@@ -56,7 +56,7 @@ fn event(key: String, n: u64) -> v1::UsageEvent {
                 license_arn: "arn:aws:license-manager::111122223333:license:l-0123456789abcdef".into(),
             })),
         }),
-        dimension: if n % 2 == 0 { "api_calls" } else { "gb_hours" }.into(),
+        dimension: if n.is_multiple_of(2) { "api_calls" } else { "gb_hours" }.into(),
         quantity: format!("{}.{}", n % 7, n % 10),
         timestamp: None,
         tags: Default::default(),
