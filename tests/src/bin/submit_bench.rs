@@ -32,7 +32,15 @@ async fn main() -> anyhow::Result<()> {
     let now = 1_790_000_000_000i64 / HOUR * HOUR + 30 * 60_000;
     let emu = EmulatorConfig { rate_limit_per_sec: 10.0, ..EmulatorConfig::default() };
     // A long grace keeps the backlog's hours open until the flush below seals them all at once.
-    let s = Stack::start(now, emu, &["api_calls", "gb_hours"], &["api_calls", "gb_hours"], customers, "seal_grace = \"20h\"").await?;
+    let s = Stack::start(
+        now,
+        emu,
+        &["api_calls", "gb_hours"],
+        &["api_calls", "gb_hours"],
+        customers,
+        "seal_grace = \"20h\"",
+    )
+    .await?;
 
     let t = Instant::now();
     let mut batch = Vec::new();
@@ -55,7 +63,9 @@ async fn main() -> anyhow::Result<()> {
     let ingest = t.elapsed();
     let f = s.client.admin().flush(v1::FlushRequest {}).await?.into_inner();
     let records = f.records_sealed;
-    println!("submit benchmark: {records} sealed records ({customers} customers x 2 dimensions x {hours} hours), ingested in {ingest:.2?}");
+    println!(
+        "submit benchmark: {records} sealed records ({customers} customers x 2 dimensions x {hours} hours), ingested in {ingest:.2?}"
+    );
 
     let start = Instant::now();
     let calls_before = s.emulator.counters().calls_to("BatchMeterUsage");
@@ -76,7 +86,11 @@ async fn main() -> anyhow::Result<()> {
     println!("  records/s      {:.1} (ceiling 250)", accepted as f64 / secs);
     println!("  calls/s        {calls_per_sec:.2} (limit 10, meterd configured {})", args.calls_per_second);
     println!("  rate limit use {:.1}%", 100.0 * calls_per_sec / 10.0);
-    println!("  throttled      {} (by the emulator's rate limit: {})", c.injected.throttling + c.rate_limited, c.rate_limited);
+    println!(
+        "  throttled      {} (by the emulator's rate limit: {})",
+        c.injected.throttling + c.rate_limited,
+        c.rate_limited
+    );
     println!("  duplicates     {}", c.duplicates);
     let stats = s.client.admin().status(v1::StatusRequest {}).await?.into_inner();
     let acct = &stats.accounts[0];
