@@ -55,6 +55,8 @@ pub struct Submitter {
     throttle_streak: u32,
     /// Until the first pass ends: records found in flight at start-up are resent at once, unchanged.
     recovering: bool,
+    /// Set at shutdown: finish the call in progress, start no new one.
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Submitter {
@@ -73,6 +75,7 @@ impl Submitter {
             pause_until: None,
             throttle_streak: 0,
             recovering: true,
+            stop: None,
         })
     }
 
@@ -114,6 +117,9 @@ impl Submitter {
 
         let mut calls = 0;
         while !due.is_empty() {
+            if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
+                break;
+            }
             if let Some(until) = self.pause_until
                 && tokio::time::Instant::now() < until
             {
@@ -305,6 +311,7 @@ impl Submitter {
     /// Runs passes every tick until `stop` fires. `nudge` wakes it early (after a seal or flush).
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>, nudge: Arc<tokio::sync::Notify>) {
         let tick = self.config.pipeline.tick;
+        self.stop = Some(stop.clone());
         loop {
             if let Err(e) = self.pass().await {
                 tracing::error!(account = %self.account, error = %e, "submitter pass failed");
