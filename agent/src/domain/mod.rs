@@ -2,6 +2,7 @@
 
 pub mod deadline;
 pub mod event;
+pub mod lifecycle;
 pub mod quantity;
 pub mod record;
 pub mod seal;
