@@ -8,8 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let files: Vec<PathBuf> =
-        ["meterd/v1/metering.proto", "meterd/v1/admin.proto"].iter().map(|f| root.join(f)).collect();
+    let files: Vec<PathBuf> = ["meterd/v1/metering.proto", "meterd/v1/admin.proto", "meterd/v1/customers.proto"]
+        .iter()
+        .map(|f| root.join(f))
+        .collect();
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -49,7 +49,9 @@ pub async fn run(
         emulator_url,
     };
     let (pipeline, running) = crate::pipeline::Pipeline::start(config.clone(), store.clone(), clock.clone()).await?;
-    let routes = server::routes(config.clone(), store.clone(), clock, pipeline).await;
+    let customers =
+        crate::customers::Customers::new(config.clone(), store.clone(), clock.clone(), pipeline.clone()).await?;
+    let routes = server::routes(config.clone(), store.clone(), clock, pipeline, customers).await;
     tracing::info!(
         tcp = ?ready.tcp,
         unix = ?ready.unix,

@@ -25,6 +25,10 @@ pub enum EventRefusal {
     LateRejected {
         hour_ms: crate::clock::UnixMillis,
     },
+    /// The customer is deprovisioned or ended, or the tenant maps to another product.
+    NotActive {
+        message: String,
+    },
 }
 
 #[derive(Clone)]
@@ -72,6 +76,7 @@ impl Ingest {
                     IngestOutcome::Conflict { existing } => Err(EventRefusal::Conflict { existing }),
                     IngestOutcome::Overflow => Err(EventRefusal::Overflow),
                     IngestOutcome::LateRejected { hour_ms } => Err(EventRefusal::LateRejected { hour_ms }),
+                    IngestOutcome::NotActive { message } => Err(EventRefusal::NotActive { message }),
                 })
             })
             .collect())

@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod customers;
 pub mod domain;
 pub mod ingest;
 pub mod pipeline;

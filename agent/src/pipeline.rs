@@ -88,6 +88,11 @@ impl Pipeline {
         self.store.seal(self.params(cutoff)).await
     }
 
+    /// Wakes the submitters (new records, or held records that can go now).
+    pub fn nudge(&self) {
+        self.nudge.notify_waiters();
+    }
+
     /// Seals every ended hour now, ignoring the grace, and wakes the submitters.
     pub async fn flush(&self) -> Result<SealSummary, StoreError> {
         let s = self.store.seal(self.params(hour_start(self.clock.now_ms()))).await?;

@@ -1,6 +1,6 @@
 //! A thin typed client: connection by `host:port` or `unix:/path`, shared by all calls.
 //!
-//! Retry, idempotency-key generation and batching policy live in the SDK client built on top of this.
+//! Retry, idempotency-key generation and batching policy live in [`crate::sdk::Client`], built on top of this.
 
 use std::time::Duration;
 
@@ -82,6 +82,32 @@ impl Client {
                     .await
                     .map_err(transport)?
             }
+        };
+        Ok(Self { channel })
+    }
+
+    /// Builds the connection without any I/O: it is made on the first call and remade after it breaks, so an
+    /// agent that is not up yet (or restarts) costs a failed call, never a failed construction. Must be called
+    /// inside a tokio runtime (the channel spawns its worker task there).
+    pub fn connect_lazy(target: &str, connect_timeout: Duration) -> Result<Self, ConnectError> {
+        let parsed = Target::parse(target)?;
+        let transport = |source| ConnectError::Transport { target: target.to_string(), source };
+        let channel = match parsed {
+            Target::Tcp(hp) => Endpoint::from_shared(format!("http://{hp}"))
+                .map_err(transport)?
+                .connect_timeout(connect_timeout)
+                .tcp_nodelay(true)
+                .initial_stream_window_size(Some(4 * 1024 * 1024))
+                .initial_connection_window_size(Some(16 * 1024 * 1024))
+                .connect_lazy(),
+            Target::Unix(path) => Endpoint::from_static("http://localhost")
+                .connect_timeout(connect_timeout)
+                .initial_stream_window_size(Some(4 * 1024 * 1024))
+                .initial_connection_window_size(Some(16 * 1024 * 1024))
+                .connect_with_connector_lazy(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                })),
         };
         Ok(Self { channel })
     }

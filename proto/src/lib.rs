@@ -1,7 +1,9 @@
-//! The meterd v1 API: message types and services generated from `meterd/v1/*.proto`, and [`client::Client`],
-//! the typed Rust client the SDKs wrap.
+//! The meterd v1 API: message types and services generated from `meterd/v1/*.proto`, [`client::Client`] (the
+//! connection), and [`sdk::Client`], the Rust client SDK (timeouts, retries, idempotency keys, batching) that the
+//! Python and Node packages wrap.
 
 pub mod client;
+pub mod sdk;
 
 /// Generated types and services of package `meterd.v1`.
 pub mod v1 {

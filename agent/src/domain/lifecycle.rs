@@ -19,10 +19,18 @@ pub enum LifecycleKind {
 /// Who the event is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
-    License { license_arn: String, account_id: Option<String> },
-    Legacy { customer_identifier: String, product_code: String },
+    License {
+        license_arn: String,
+        account_id: Option<String>,
+    },
+    Legacy {
+        customer_identifier: String,
+        product_code: String,
+    },
     /// `Purchase Agreement *` events name only the agreement.
-    Agreement { agreement_id: String },
+    Agreement {
+        agreement_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +86,8 @@ pub fn parse(text: &str) -> Result<LifecycleEvent, EventError> {
     if let Some(msg) = v.get("Message") {
         // An SNS envelope (as delivered to SQS or HTTP): the message is a JSON string.
         let inner = msg.as_str().ok_or_else(|| err("Message", "must be a string holding the SNS message JSON"))?;
-        let mut e = parse(inner).map_err(|e| EventError { field: format!("Message.{}", e.field), message: e.message })?;
+        let mut e =
+            parse(inner).map_err(|e| EventError { field: format!("Message.{}", e.field), message: e.message })?;
         if e.event_id.is_none() {
             e.event_id = str_at(&v, &["MessageId"]).map(str::to_string);
         }
@@ -109,8 +118,8 @@ fn parse_eventbridge(v: &Value) -> Result<LifecycleEvent, EventError> {
     let product_code = str_at(detail, &["product", "code"]).map(str::to_string);
     let subject = if base.starts_with("License") {
         let raw = str_at(detail, &["license", "arn"]).ok_or_else(|| err("detail.license.arn", "is required"))?;
-        let license_arn =
-            normalize_license_arn(raw).ok_or_else(|| err("detail.license.arn", format!("{raw:?} is not a license ARN")))?;
+        let license_arn = normalize_license_arn(raw)
+            .ok_or_else(|| err("detail.license.arn", format!("{raw:?} is not a license ARN")))?;
         let account_id = str_at(detail, &["acceptor", "accountId"]).map(str::to_string);
         if let Some(a) = &account_id
             && !a.bytes().all(|b| b.is_ascii_digit())
@@ -221,7 +230,10 @@ mod tests {
         assert_eq!(e.kind, LifecycleKind::Deprovisioning);
         assert_eq!(
             e.subject,
-            Subject::Legacy { customer_identifier: "X01EXAMPLEX".into(), product_code: "n0123EXAMPLEXXXXXXXXXXXX".into() }
+            Subject::Legacy {
+                customer_identifier: "X01EXAMPLEX".into(),
+                product_code: "n0123EXAMPLEXXXXXXXXXXXX".into()
+            }
         );
         let envelope = serde_json::json!({
             "Type": "Notification", "MessageId": "m-1", "TopicArn": "arn:aws:sns:us-east-1:287250355862:aws-mp-subscription-notification-n0123",
@@ -250,12 +262,18 @@ mod tests {
             (eventbridge("Something Else", ARN), "detail-type"),
             (eventbridge("License Updated", "not-an-arn"), "detail.license.arn"),
             (eventbridge("License Updated", ARN).replace("\"111122223333\"", "\"12ab\""), "detail.acceptor.accountId"),
-            (eventbridge("Purchase Agreement Ended", ARN).replace("agmt-1111111111111111111111111", ""), "detail.agreement.id"),
+            (
+                eventbridge("Purchase Agreement Ended", ARN).replace("agmt-1111111111111111111111111", ""),
+                "detail.agreement.id",
+            ),
             (r#"{"action":"unsubscribe-pending","product-code":"p1"}"#.into(), "customer-identifier"),
             (r#"{"action":"unsubscribe-pending","customer-identifier":"c"}"#.into(), "product-code"),
             (r#"{"action":"dance","customer-identifier":"c","product-code":"p"}"#.into(), "action"),
             (r#"{"Type":"Notification","Message":{"action":"x"}}"#.into(), "Message"),
-            (r#"{"Type":"Notification","Message":"{\"action\":\"subscribe-success\"}"}"#.into(), "Message.customer-identifier"),
+            (
+                r#"{"Type":"Notification","Message":"{\"action\":\"subscribe-success\"}"}"#.into(),
+                "Message.customer-identifier",
+            ),
         ];
         for (text, field) in cases {
             let e = parse(&text).expect_err(&text);

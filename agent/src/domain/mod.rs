@@ -1,5 +1,6 @@
 //! Pure domain logic: quantities, events and buckets, validation, sealing and deadlines. No I/O here.
 
+pub mod customer;
 pub mod deadline;
 pub mod event;
 pub mod lifecycle;

@@ -56,6 +56,20 @@ pub fn is_license_arn(s: &str) -> bool {
     LICENSE_ARN.is_match(s)
 }
 
+/// 1-255 characters, no control characters: tenant ids and customer identifiers.
+pub fn valid_id(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("is required".into());
+    }
+    if value.chars().count() > MAX_ID_LEN {
+        return Err(format!("must be at most {MAX_ID_LEN} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
 fn check_id(field: &str, value: &str, what: &str) -> Result<(), FieldError> {
     if value.is_empty() {
         return Err(FieldError::new(field, format!("is required ({what})")));

@@ -37,6 +37,9 @@ fn refusal(prefix: &str, key: &str, r: &EventRefusal) -> (Code, String, String) 
                 crate::clock::rfc3339(*hour_ms)
             ),
         ),
+        EventRefusal::NotActive { message } => {
+            (Code::FailedPrecondition, format!("{prefix}.customer"), format!("{prefix}.customer: {message}"))
+        }
         EventRefusal::Overflow => (
             Code::OutOfRange,
             format!("{prefix}.quantity"),

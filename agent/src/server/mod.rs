@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod convert;
+mod customers;
 mod metering;
 
 use std::future::Future;
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use meterd_proto::v1::{admin_server::AdminServer, metering_server::MeteringServer};
+use meterd_proto::v1::{admin_server::AdminServer, customers_server::CustomersServer, metering_server::MeteringServer};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::Routes;
@@ -32,6 +33,7 @@ pub async fn routes(
     store: Store,
     clock: SharedClock,
     pipeline: crate::pipeline::Pipeline,
+    registry: crate::customers::Customers,
 ) -> Routes {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<MeteringServer<MeteringService>>().await;
@@ -47,7 +49,13 @@ pub async fn routes(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(AdminService { config, store, clock, pipeline, started_at_ms });
     let mut builder = Routes::builder();
-    builder.add_service(metering).add_service(admin).add_service(health_service).add_service(reflection);
+    let customers = CustomersServer::new(customers::CustomersService { customers: registry });
+    builder
+        .add_service(metering)
+        .add_service(admin)
+        .add_service(customers)
+        .add_service(health_service)
+        .add_service(reflection);
     builder.routes()
 }
 

@@ -9,6 +9,9 @@
 //! | `r/`   | `r/` + hour + product + customer + dim | postcard `SealedRecord`     |
 //! | `q/`   | `q/` + deadline + record key          | empty: the pending queue, oldest deadline first |
 //! | `c/`   | `c/` + product + customer + dimension | postcard `Micros`: fraction carried to the next hour |
+//! | `t/`   | `t/` + tenant id                      | postcard `TenantMapping`    |
+//! | `s/`   | `s/` + `l` license ARN / `g` customer identifier | postcard `CustomerLifecycle` |
+//! | `a/`   | `a/` + agreement id                   | the `s/` key of that agreement's customer |
 //!
 //! Bucket keys start with the hour (big-endian, sign-flipped) so a range scan visits hours in order, and
 //! all tag sets of one (hour, product, customer, dimension) are contiguous: sealing reads them together.
@@ -22,6 +25,29 @@ pub const SEALED_THROUGH_KEY: &[u8] = b"m/sealed_through";
 pub const RECORD_PREFIX: &[u8] = b"r/";
 pub const QUEUE_PREFIX: &[u8] = b"q/";
 pub const CARRY_PREFIX: &[u8] = b"c/";
+pub const TENANT_PREFIX: &[u8] = b"t/";
+pub const LIFECYCLE_PREFIX: &[u8] = b"s/";
+pub const AGREEMENT_PREFIX: &[u8] = b"a/";
+
+pub fn tenant_key(tenant_id: &str) -> Vec<u8> {
+    [TENANT_PREFIX, tenant_id.as_bytes()].concat()
+}
+
+/// Lifecycle is tracked per license (Concurrent Agreements) or legacy customer identifier; tenants have none
+/// of their own (they follow the identity they map to).
+pub fn lifecycle_key(identity: &Identity) -> Option<Vec<u8>> {
+    match identity {
+        Identity::Aws { license_arn, .. } => Some([LIFECYCLE_PREFIX, b"l", license_arn.as_bytes()].concat()),
+        Identity::Legacy { customer_identifier } => {
+            Some([LIFECYCLE_PREFIX, b"g", customer_identifier.as_bytes()].concat())
+        }
+        Identity::Tenant(_) => None,
+    }
+}
+
+pub fn agreement_key(agreement_id: &str) -> Vec<u8> {
+    [AGREEMENT_PREFIX, agreement_id.as_bytes()].concat()
+}
 
 pub fn event_key(idempotency_key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + idempotency_key.len());

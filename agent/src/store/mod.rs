@@ -65,6 +65,20 @@ pub enum IngestOutcome {
     Overflow,
     /// The event's hour is already sealed and the late-usage policy is "reject"; nothing was stored.
     LateRejected { hour_ms: UnixMillis },
+    /// The customer may not be metered any more (deprovisioned, ended) or the tenant maps elsewhere.
+    NotActive { message: String },
+}
+
+/// What applying a lifecycle event did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LifecycleOutcome {
+    /// False for duplicates and events older than the customer's current status.
+    pub applied: bool,
+    pub status: Option<crate::domain::customer::CustomerStatus>,
+    /// Records sealed at once for the final reporting hour.
+    pub records_sealed: u64,
+    /// A `Purchase Agreement *` event for an agreement meterd has never seen.
+    pub unknown_agreement: bool,
 }
 
 /// What a seal should do.
@@ -162,6 +176,53 @@ impl Store {
     pub async fn seal(&self, params: SealParams) -> Result<SealSummary, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.command(writer::Command::Seal { params, reply }, rx).await
+    }
+
+    /// Maps a tenant to its marketplace identity (durably); returns how many open buckets moved to it.
+    pub async fn put_mapping(
+        &self,
+        mapping: crate::domain::customer::TenantMapping,
+        now_ms: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::PutMapping { mapping, now_ms, reply }, rx).await
+    }
+
+    pub async fn remove_mapping(&self, tenant_id: &str) -> Result<bool, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::RemoveMapping { tenant_id: tenant_id.to_string(), reply }, rx).await
+    }
+
+    /// Applies a lifecycle event (idempotent, order-tolerant); seals a leaving customer's open hours at once.
+    pub async fn apply_lifecycle(
+        &self,
+        event: crate::domain::lifecycle::LifecycleEvent,
+        params: SealParams,
+    ) -> Result<LifecycleOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::Lifecycle { event, params, reply }, rx).await
+    }
+
+    pub fn mapping(&self, tenant_id: &str) -> Result<Option<crate::domain::customer::TenantMapping>, StoreError> {
+        match self.inner.db.get(keys::tenant_key(tenant_id))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn mappings(&self) -> Result<Vec<crate::domain::customer::TenantMapping>, StoreError> {
+        self.inner.db.scan_prefix(keys::TENANT_PREFIX).map(|kv| decode(&kv?.1)).collect()
+    }
+
+    pub fn lifecycle(
+        &self,
+        identity: &crate::domain::event::Identity,
+    ) -> Result<Option<crate::domain::customer::CustomerLifecycle>, StoreError> {
+        let Some(k) = keys::lifecycle_key(identity) else { return Ok(None) };
+        match self.inner.db.get(k)? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
     }
 
     /// Durably records new states of sealed records (content is frozen; terminal states are final).

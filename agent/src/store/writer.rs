@@ -13,11 +13,16 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{IngestOutcome, SealParams, SealSummary, StoreCounters, StoreError, decode, encode, keys};
+use super::{
+    IngestOutcome, LifecycleOutcome, SealParams, SealSummary, StoreCounters, StoreError, decode, encode, keys,
+};
 use crate::clock::{UnixMillis, hour_start};
 use crate::config::LateUsage;
+use crate::domain::customer::{CustomerLifecycle, CustomerStatus, MAX_HISTORY, StatusChange, TenantMapping};
 use crate::domain::deadline::deadline;
+use crate::domain::event::Identity;
 use crate::domain::event::{Bucket, BucketKey, Receipt, StoredEvent, UsageEvent};
+use crate::domain::lifecycle::{LifecycleEvent, LifecycleKind, Subject};
 use crate::domain::quantity::Micros;
 use crate::domain::record::{RecordKey, RecordState, SealedRecord};
 use crate::domain::seal::{HourUsage, seal};
@@ -44,6 +49,22 @@ pub enum Command {
     Update {
         records: Vec<SealedRecord>,
         reply: Answer<()>,
+    },
+    /// Map a tenant to its marketplace identity and move its open usage there.
+    PutMapping {
+        mapping: TenantMapping,
+        now_ms: UnixMillis,
+        reply: Answer<u64>,
+    },
+    RemoveMapping {
+        tenant_id: String,
+        reply: Answer<bool>,
+    },
+    /// Apply a lifecycle event; on deprovisioning or end, seal the customer's open hours at once.
+    Lifecycle {
+        event: LifecycleEvent,
+        params: SealParams,
+        reply: Answer<LifecycleOutcome>,
     },
     Stop,
 }
@@ -127,6 +148,31 @@ impl Writer {
                                     let _ = reply.send(Err(e));
                                 }
                             },
+                            Command::PutMapping { mapping, now_ms, reply } => {
+                                match self.apply_put_mapping(&mapping, now_ms) {
+                                    Ok(n) => group.replies.push(pending(reply, n)),
+                                    Err(e) => {
+                                        let _ = reply.send(Err(e));
+                                    }
+                                }
+                            }
+                            Command::RemoveMapping { tenant_id, reply } => {
+                                let r = self.db.remove(keys::tenant_key(&tenant_id)).map(|old| old.is_some());
+                                match r {
+                                    Ok(existed) => group.replies.push(pending(reply, existed)),
+                                    Err(e) => {
+                                        let _ = reply.send(Err(e.into()));
+                                    }
+                                }
+                            }
+                            Command::Lifecycle { event, params, reply } => {
+                                match self.apply_lifecycle(&event, &params) {
+                                    Ok(o) => group.replies.push(pending(reply, o)),
+                                    Err(e) => {
+                                        let _ = reply.send(Err(e));
+                                    }
+                                }
+                            }
                             Command::Stop => stopping = true,
                             Command::Ingest { .. } => unreachable!("handled above"),
                         }
@@ -175,6 +221,8 @@ impl Writer {
         // What this run has decided so far, shadowing the store: keys claimed, bucket totals.
         let mut claimed: HashMap<&str, StoredEvent> = HashMap::new();
         let mut buckets: HashMap<Vec<u8>, Bucket> = HashMap::new();
+        let mut mappings: HashMap<String, Option<TenantMapping>> = HashMap::new();
+        let mut statuses: HashMap<Vec<u8>, Option<CustomerStatus>> = HashMap::new();
         let mut batch = sled::Batch::default();
         let mut all = Vec::with_capacity(calls.len());
         let mut new_events = 0u64;
@@ -202,6 +250,56 @@ impl Writer {
                     continue;
                 }
 
+                // A mapped tenant is counted under its marketplace identity; an unmapped one is held.
+                let mut identity = ev.identity.clone();
+                if let Identity::Tenant(t) = &ev.identity {
+                    let m = match mappings.get(t) {
+                        Some(m) => m.clone(),
+                        None => {
+                            let m = match db.get(keys::tenant_key(t))? {
+                                Some(v) => Some(decode::<TenantMapping>(&v)?),
+                                None => None,
+                            };
+                            mappings.insert(t.clone(), m.clone());
+                            m
+                        }
+                    };
+                    if let Some(m) = m {
+                        if m.product != ev.product {
+                            outcomes.push(IngestOutcome::NotActive {
+                                message: format!(
+                                    "tenant {t:?} is mapped to product {:?}, not {:?}",
+                                    m.product, ev.product
+                                ),
+                            });
+                            continue;
+                        }
+                        identity = m.identity;
+                    }
+                }
+                if let Some(lk) = keys::lifecycle_key(&identity) {
+                    let st = match statuses.get(&lk) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let s = match db.get(&lk)? {
+                                Some(v) => Some(decode::<CustomerLifecycle>(&v)?.status),
+                                None => None,
+                            };
+                            statuses.insert(lk.clone(), s.clone());
+                            s
+                        }
+                    };
+                    if let Some(st) = st.filter(|s| !s.accepts_usage()) {
+                        outcomes.push(IngestOutcome::NotActive {
+                            message: format!(
+                                "the customer's subscription is {} ({st:?}); usage after the end is not billed",
+                                st.name()
+                            ),
+                        });
+                        continue;
+                    }
+                }
+
                 let event_time_ms = ev.timestamp_ms.unwrap_or(*received_ms);
                 let mut hour_ms = hour_start(event_time_ms);
                 let late = hour_ms < sealed_through;
@@ -216,7 +314,7 @@ impl Writer {
                 let bucket_key = BucketKey {
                     hour_ms,
                     product: ev.product.clone(),
-                    identity: ev.identity.clone(),
+                    identity,
                     dimension: ev.dimension.clone(),
                     tags: ev.tags.clone(),
                 };
@@ -266,20 +364,39 @@ impl Writer {
     /// (product, customer, dimension, hour), the fraction carried on, buckets removed, the watermark moved,
     /// all in one atomic batch.
     fn apply_seal(&self, params: &SealParams) -> Result<SealSummary, StoreError> {
-        let db = &self.db;
-        let mut summary = SealSummary::default();
         let sealed_through = self.sealed_through()?;
         let cutoff = hour_start(params.cutoff_hour_ms);
         if cutoff <= sealed_through {
-            return Ok(summary);
+            return Ok(SealSummary::default());
         }
         let mut batch = sled::Batch::default();
-        // Group buckets by record; scan order is hour first, so a series' hours seal oldest first.
-        let mut groups: Vec<(RecordKey, HourUsage, Micros)> = Vec::new();
-        for kv in db.range(keys::BUCKET_PREFIX.to_vec()..keys::bucket_hour_bound(cutoff)) {
+        let mut buckets = Vec::new();
+        for kv in self.db.range(keys::BUCKET_PREFIX.to_vec()..keys::bucket_hour_bound(cutoff)) {
             let (k, v) = kv?;
             let bk = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let bucket: Bucket = decode(&v)?;
+            buckets.push((k.to_vec(), bk, decode::<Bucket>(&v)?));
+        }
+        let mut summary = self.seal_buckets(&mut batch, buckets, params, None)?;
+        batch.insert(keys::SEALED_THROUGH_KEY, encode(&cutoff));
+        self.db.apply_batch(batch)?;
+        summary.sealed_through = cutoff;
+        Ok(summary)
+    }
+
+    /// Turns buckets (in key order: hour first) into sealed records within `batch`. `deadline_cap` brings
+    /// deadlines forward (a deprovisioned customer's final hour).
+    fn seal_buckets(
+        &self,
+        batch: &mut sled::Batch,
+        buckets: Vec<(Vec<u8>, BucketKey, Bucket)>,
+        params: &SealParams,
+        deadline_cap: Option<UnixMillis>,
+    ) -> Result<SealSummary, StoreError> {
+        let db = &self.db;
+        let mut summary = SealSummary::default();
+        // Group buckets by record; scan order is hour first, so a series' hours seal oldest first.
+        let mut groups: Vec<(RecordKey, HourUsage, Micros)> = Vec::new();
+        for (k, bk, bucket) in buckets {
             batch.remove(k);
             summary.buckets += 1;
             let rk =
@@ -312,8 +429,12 @@ impl Writer {
             let s = seal(&usage);
             carries.insert(ck, s.carried_out);
             let nothing_to_send = s.quantity == 0 && !params.zero_records;
+            let mut deadline_ms = deadline(rk.hour_ms, params.window_ms, params.margin_ms);
+            if let Some(cap) = deadline_cap {
+                deadline_ms = deadline_ms.min(cap);
+            }
             let record = SealedRecord {
-                deadline_ms: deadline(rk.hour_ms, params.window_ms, params.margin_ms),
+                deadline_ms,
                 key: rk,
                 quantity: s.quantity,
                 allocations: s.allocations,
@@ -341,10 +462,168 @@ impl Writer {
                 batch.insert(ck, encode(&c));
             }
         }
-        batch.insert(keys::SEALED_THROUGH_KEY, encode(&cutoff));
-        db.apply_batch(batch)?;
-        summary.sealed_through = cutoff;
         Ok(summary)
+    }
+
+    fn apply_put_mapping(&self, m: &TenantMapping, now_ms: UnixMillis) -> Result<u64, StoreError> {
+        if matches!(m.identity, Identity::Tenant(_)) {
+            return Err(StoreError::Corrupt("a tenant cannot map to another tenant".into()));
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::tenant_key(&m.tenant_id), encode(m));
+        let lk = keys::lifecycle_key(&m.identity).expect("marketplace identity");
+        if let Some(a) = &m.agreement_id {
+            batch.insert(keys::agreement_key(a), lk.clone());
+        }
+        if self.db.get(&lk)?.is_none() {
+            let life = CustomerLifecycle {
+                identity: m.identity.clone(),
+                product_code: None,
+                agreement_id: m.agreement_id.clone(),
+                status: CustomerStatus::Active,
+                history: vec![StatusChange {
+                    at_ms: now_ms,
+                    status: CustomerStatus::Active,
+                    source: format!("mapped from tenant {:?}", m.tenant_id),
+                    event_id: None,
+                    applied: true,
+                }],
+            };
+            batch.insert(lk, encode(&life));
+        }
+        // Open usage held under the tenant moves to the identity it now maps to (buckets merge; nothing sealed
+        // changes). Sealed records stay and are sent with the mapped identity.
+        let mut moved = 0;
+        let mut merged: HashMap<Vec<u8>, Bucket> = HashMap::new();
+        for kv in self.db.scan_prefix(keys::BUCKET_PREFIX) {
+            let (k, v) = kv?;
+            let bk = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if bk.identity != Identity::Tenant(m.tenant_id.clone()) || bk.product != m.product {
+                continue;
+            }
+            let b: Bucket = decode(&v)?;
+            let target = keys::encode_bucket_key(&BucketKey { identity: m.identity.clone(), ..bk });
+            let mut t = match merged.remove(&target) {
+                Some(t) => t,
+                None => match self.db.get(&target)? {
+                    Some(tv) => decode(&tv)?,
+                    None => Bucket::default(),
+                },
+            };
+            t.total = t.total.checked_add(b.total).ok_or_else(|| StoreError::Corrupt("bucket overflow".into()))?;
+            t.events += b.events;
+            t.late = t.late.checked_add(b.late).unwrap_or(t.late);
+            merged.insert(target, t);
+            batch.remove(k);
+            moved += 1;
+        }
+        for (k, b) in merged {
+            batch.insert(k, encode(&b));
+        }
+        self.db.apply_batch(batch)?;
+        Ok(moved)
+    }
+
+    fn apply_lifecycle(&self, ev: &LifecycleEvent, params: &SealParams) -> Result<LifecycleOutcome, StoreError> {
+        let now = params.now_ms;
+        let (lk, identity) = match &ev.subject {
+            Subject::License { license_arn, account_id } => {
+                let id = Identity::Aws {
+                    account_id: account_id.clone().unwrap_or_default(),
+                    license_arn: license_arn.clone(),
+                };
+                (keys::lifecycle_key(&id).expect("license"), Some(id))
+            }
+            Subject::Legacy { customer_identifier, .. } => {
+                let id = Identity::Legacy { customer_identifier: customer_identifier.clone() };
+                (keys::lifecycle_key(&id).expect("legacy"), Some(id))
+            }
+            Subject::Agreement { agreement_id } => match self.db.get(keys::agreement_key(agreement_id))? {
+                Some(lk) => (lk.to_vec(), None),
+                None => return Ok(LifecycleOutcome { unknown_agreement: true, ..LifecycleOutcome::default() }),
+            },
+        };
+        let mut life = match self.db.get(&lk)? {
+            Some(v) => decode::<CustomerLifecycle>(&v)?,
+            None => match identity {
+                Some(identity) => CustomerLifecycle {
+                    identity,
+                    product_code: ev.product_code.clone(),
+                    agreement_id: ev.agreement_id.clone(),
+                    status: CustomerStatus::Active,
+                    history: Vec::new(),
+                },
+                None => return Ok(LifecycleOutcome { unknown_agreement: true, ..LifecycleOutcome::default() }),
+            },
+        };
+        // A license event may carry the account id an earlier event lacked.
+        if let (Identity::Aws { account_id, .. }, Subject::License { account_id: Some(a), .. }) =
+            (&mut life.identity, &ev.subject)
+            && account_id.is_empty()
+        {
+            account_id.clone_from(a);
+        }
+        let next = match ev.kind {
+            LifecycleKind::Active => CustomerStatus::Active,
+            LifecycleKind::Deprovisioning => CustomerStatus::Deprovisioning { since_ms: now },
+            LifecycleKind::Ended => CustomerStatus::Ended { since_ms: now, reason: ev.source_type.clone() },
+        };
+        let duplicate =
+            ev.event_id.as_ref().is_some_and(|id| life.history.iter().any(|h| h.event_id.as_ref() == Some(id)));
+        let applied = !duplicate && life.status.advances_to(&next);
+        let was_active = life.status.accepts_usage();
+        if applied {
+            life.status = next.clone();
+        }
+        life.history.push(StatusChange {
+            at_ms: now,
+            status: next,
+            source: ev.source_type.clone(),
+            event_id: ev.event_id.clone(),
+            applied,
+        });
+        if life.history.len() > MAX_HISTORY {
+            life.history.remove(0);
+        }
+        if life.agreement_id.is_none() {
+            life.agreement_id.clone_from(&ev.agreement_id);
+        }
+        let mut batch = sled::Batch::default();
+        if let Some(a) = &life.agreement_id {
+            batch.insert(keys::agreement_key(a), lk.clone());
+        }
+        let mut outcome =
+            LifecycleOutcome { applied, status: Some(life.status.clone()), ..LifecycleOutcome::default() };
+        if applied && was_active && !life.status.accepts_usage() {
+            // The final reporting hour: seal everything open for this customer, the current hour included, and
+            // bring the deadlines forward so it goes out ahead of everything else.
+            let mut buckets = Vec::new();
+            let tenants: Vec<String> = self
+                .db
+                .scan_prefix(keys::TENANT_PREFIX)
+                .filter_map(|kv| kv.ok())
+                .filter_map(|(_, v)| decode::<TenantMapping>(&v).ok())
+                .filter(|m| keys::lifecycle_key(&m.identity).as_deref() == Some(lk.as_slice()))
+                .map(|m| m.tenant_id)
+                .collect();
+            for kv in self.db.scan_prefix(keys::BUCKET_PREFIX) {
+                let (k, v) = kv?;
+                let bk = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let mine = match &bk.identity {
+                    Identity::Tenant(t) => tenants.contains(t),
+                    other => keys::lifecycle_key(other).as_deref() == Some(lk.as_slice()),
+                };
+                if mine {
+                    buckets.push((k.to_vec(), bk, decode::<Bucket>(&v)?));
+                }
+            }
+            let cap = now + crate::clock::HOUR_MS - params.margin_ms.min(crate::clock::HOUR_MS / 2);
+            let s = self.seal_buckets(&mut batch, buckets, params, Some(cap))?;
+            outcome.records_sealed = s.records;
+        }
+        batch.insert(lk, encode(&life));
+        self.db.apply_batch(batch)?;
+        Ok(outcome)
     }
 
     fn apply_update(&self, records: &[SealedRecord]) -> Result<(), StoreError> {

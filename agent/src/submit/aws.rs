@@ -113,12 +113,13 @@ pub async fn client(account: &AccountConfig, clock: SharedClock, skew: Arc<Skew>
 }
 
 /// The wire form of a sealed record. Deterministic: a resend carries exactly the same fields.
-pub fn usage_record(r: &SealedRecord) -> anyhow::Result<UsageRecord> {
+/// `identity` is the record's marketplace identity (a held tenant record's mapping).
+pub fn usage_record(r: &SealedRecord, identity: &Identity) -> anyhow::Result<UsageRecord> {
     let mut b = UsageRecord::builder()
         .timestamp(DateTime::from_secs(r.key.hour_ms.div_euclid(1000)))
         .dimension(&r.key.dimension)
         .quantity(r.quantity as i32);
-    match &r.key.identity {
+    match identity {
         Identity::Aws { account_id, license_arn } => b = b.customer_aws_account_id(account_id).license_arn(license_arn),
         Identity::Legacy { customer_identifier } => b = b.customer_identifier(customer_identifier),
         Identity::Tenant(t) => anyhow::bail!("tenant {t:?} has no marketplace identity yet"),
@@ -141,8 +142,8 @@ pub struct WireKey {
     pub timestamp_secs: i64,
 }
 
-pub fn wire_key_of_record(r: &SealedRecord) -> WireKey {
-    let customer = match &r.key.identity {
+pub fn wire_key_of_record(r: &SealedRecord, identity: &Identity) -> WireKey {
+    let customer = match identity {
         Identity::Aws { account_id, license_arn } => format!("{account_id}|{license_arn}"),
         Identity::Legacy { customer_identifier } => customer_identifier.clone(),
         Identity::Tenant(t) => format!("tenant|{t}"),

@@ -102,7 +102,7 @@ impl Submitter {
                 tracing::error!(record = ?r.key, deadline = %crate::clock::rfc3339(r.deadline_ms), ?reason,
                     "record expired: it can no longer be submitted before its deadline; this usage is lost");
                 expired.push(SealedRecord { state: RecordState::Expired { reason, at_ms: now }, ..r });
-            } else if matches!(r.key.identity, Identity::Tenant(_)) {
+            } else if self.wire_identity(&r)?.is_none() {
                 // Held until the tenant is mapped to a marketplace identity (customer registry).
             } else if match &r.state {
                 RecordState::InFlight { next_attempt_ms, .. } => self.recovering || *next_attempt_ms <= now,
@@ -131,6 +131,14 @@ impl Submitter {
         Ok(calls)
     }
 
+    /// The identity AWS knows the record's customer by: its own, or a held tenant's mapping (None: unmapped).
+    fn wire_identity(&self, r: &SealedRecord) -> Result<Option<Identity>, StoreError> {
+        Ok(match &r.key.identity {
+            Identity::Tenant(t) => self.store.mapping(t)?.filter(|m| m.product == r.key.product).map(|m| m.identity),
+            other => Some(other.clone()),
+        })
+    }
+
     /// Sends one batch (bisecting on a record-level exception) and records the outcomes.
     async fn submit(&mut self, batch: Vec<SealedRecord>) -> Result<usize, StoreError> {
         let mut stack = vec![batch];
@@ -147,8 +155,13 @@ impl Submitter {
             let now = self.clock.now_ms();
             // What this call may learn: a DuplicateRecord for a record we may have delivered before means
             // it is already billed.
-            let sent_before: HashSet<WireKey> =
-                batch.iter().filter(|r| r.state.was_sent()).map(aws::wire_key_of_record).collect();
+            let mut identities = HashMap::new();
+            for r in &batch {
+                let id = self.wire_identity(r)?.unwrap_or_else(|| r.key.identity.clone());
+                identities.insert(r.key.clone(), id);
+            }
+            let wire_key = |r: &SealedRecord| aws::wire_key_of_record(r, &identities[&r.key]);
+            let sent_before: HashSet<WireKey> = batch.iter().filter(|r| r.state.was_sent()).map(wire_key).collect();
             // Durably in flight before anything leaves the process.
             let in_flight: Vec<SealedRecord> = batch
                 .into_iter()
@@ -167,7 +180,7 @@ impl Submitter {
             let mut invalid = Vec::new();
             let mut sendable = Vec::with_capacity(in_flight.len());
             for r in in_flight {
-                match aws::usage_record(&r) {
+                match aws::usage_record(&r, &identities[&r.key]) {
                     Ok(u) => {
                         wire.push(u);
                         sendable.push(r);
@@ -201,7 +214,7 @@ impl Submitter {
                     let unprocessed: HashSet<WireKey> = unprocessed.into_iter().collect();
                     let mut updates = Vec::new();
                     for r in sendable {
-                        let wk = aws::wire_key_of_record(&r);
+                        let wk = wire_key(&r);
                         if unprocessed.contains(&wk) {
                             self.stats.records_unprocessed.fetch_add(1, Ordering::Relaxed);
                             continue; // stays InFlight with its backoff; resent unchanged

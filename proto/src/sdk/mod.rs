@@ -1,0 +1,226 @@
+//! The meterd client SDK: the one implementation of connection reuse, timeouts, retries that reuse the
+//! idempotency key, key generation and batching. The Python and Node packages wrap it and only convert.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), meterd_proto::sdk::Error> {
+//! use meterd_proto::sdk::{Client, ClientOptions, Usage};
+//! let client = Client::new("127.0.0.1:7171", ClientOptions::default())?;
+//! let receipt = client.record_usage(Usage::new("tenant-42", "api_calls", 1u32)).await?;
+//! println!("stored under {}", receipt.idempotency_key);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod retry;
+mod usage;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub use error::Error;
+pub use retry::RetryPolicy;
+pub use usage::{Customer, Quantity, Receipt, Usage, from_timestamp, new_idempotency_key, to_timestamp};
+
+use crate::v1;
+
+/// How a [`Client`] behaves. `Default` suits a product calling a local agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// The whole budget of one call, retries included. Each attempt gets what is left as its gRPC deadline.
+    pub timeout: Duration,
+    /// Time allowed to open a connection (each attempt).
+    pub connect_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Product for events that name none (the agent's `default_product` applies after this).
+    pub default_product: Option<String>,
+    /// `record_usage_batch` sends at most this many events per request (the agent's `ingest.max_batch_events`
+    /// defaults to 10,000); a larger batch is split and the results are joined in order.
+    pub max_batch_events: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            retry: RetryPolicy::default(),
+            default_product: None,
+            max_batch_events: 10_000,
+        }
+    }
+}
+
+/// A client of one meterd agent. Cheap to clone; clones share one HTTP/2 connection, which is opened on the
+/// first call and reopened after it breaks. Safe to use from many tasks at once.
+#[derive(Clone, Debug)]
+pub struct Client {
+    conn: crate::client::Client,
+    target: String,
+    options: ClientOptions,
+}
+
+impl Client {
+    /// A client for `target` (`host:port`, `http://host:port` or `unix:/path/to/meterd.sock`). Does no I/O: an
+    /// agent that is not running yet fails calls (after retries), not construction. Must be called inside a tokio
+    /// runtime.
+    pub fn new(target: &str, options: ClientOptions) -> Result<Self, Error> {
+        let conn = crate::client::Client::connect_lazy(target, options.connect_timeout)
+            .map_err(|e| Error::InvalidTarget { message: e.to_string() })?;
+        Ok(Self { conn, target: target.to_string(), options })
+    }
+
+    /// Like [`Client::new`], then checks that the agent answers (`Admin.Status`, with retries).
+    pub async fn connect(target: &str, options: ClientOptions) -> Result<Self, Error> {
+        let client = Self::new(target, options)?;
+        client.status().await?;
+        Ok(client)
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Records one event; returns once the agent has it on disk. Without an idempotency key one is generated
+    /// here, once, and every retry of this call reuses it.
+    pub async fn record_usage(&self, usage: Usage) -> Result<Receipt, Error> {
+        self.record_event(usage.to_wire(self.options.default_product.as_deref())).await
+    }
+
+    /// Records one already-built wire event (with its key), retrying like [`Client::record_usage`].
+    pub async fn record_event(&self, event: v1::UsageEvent) -> Result<Receipt, Error> {
+        let request = v1::RecordUsageRequest { event: Some(event) };
+        let response = self
+            .call(|deadline| {
+                let mut m = self.conn.metering();
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(deadline);
+                async move { m.record_usage(req).await }
+            })
+            .await?;
+        let receipt = response.receipt.ok_or_else(|| Error::Agent {
+            grpc_code: tonic::Code::Internal as i32,
+            message: "the agent replied without a receipt".into(),
+        })?;
+        Ok(Receipt::from_wire(receipt))
+    }
+
+    /// Records many events with one durable write per request. Returns one result per event, in order: a
+    /// [`Receipt`], or the [`Error`] that refused that event (the others are stored regardless). Fails as a whole
+    /// only when the batch cannot be delivered (agent unavailable, timeout) or is unusable (empty).
+    pub async fn record_usage_batch(&self, usages: &[Usage]) -> Result<Vec<Result<Receipt, Error>>, Error> {
+        let default_product = self.options.default_product.as_deref();
+        let events: Vec<v1::UsageEvent> = usages.iter().map(|u| u.to_wire(default_product)).collect();
+        self.record_events(events).await
+    }
+
+    /// [`Client::record_usage_batch`] for already-built wire events.
+    pub async fn record_events(&self, events: Vec<v1::UsageEvent>) -> Result<Vec<Result<Receipt, Error>>, Error> {
+        if events.is_empty() {
+            return Err(Error::InvalidUsage {
+                field: "events".into(),
+                message: "events: at least one event is required".into(),
+            });
+        }
+        let mut results = Vec::with_capacity(events.len());
+        let chunk = self.options.max_batch_events.max(1);
+        let mut events = events;
+        while !events.is_empty() {
+            let rest = events.split_off(chunk.min(events.len()));
+            let request = v1::RecordUsageBatchRequest { events };
+            let expected = request.events.len();
+            let response = self
+                .call(|deadline| {
+                    let mut m = self.conn.metering();
+                    let mut req = tonic::Request::new(request.clone());
+                    req.set_timeout(deadline);
+                    async move { m.record_usage_batch(req).await }
+                })
+                .await?;
+            if response.results.len() != expected {
+                return Err(Error::Agent {
+                    grpc_code: tonic::Code::Internal as i32,
+                    message: format!("the agent returned {} results for {expected} events", response.results.len()),
+                });
+            }
+            results.extend(response.results.into_iter().map(|r| match r.outcome {
+                Some(v1::event_result::Outcome::Receipt(r)) => Ok(Receipt::from_wire(r)),
+                Some(v1::event_result::Outcome::Error(e)) => Err(Error::from_event_error(e)),
+                None => Err(Error::Agent {
+                    grpc_code: tonic::Code::Internal as i32,
+                    message: "the agent returned an empty result".into(),
+                }),
+            }));
+            events = rest;
+        }
+        Ok(results)
+    }
+
+    /// A snapshot of the agent (`Admin.Status`).
+    pub async fn status(&self) -> Result<v1::StatusResponse, Error> {
+        self.call(|deadline| {
+            let mut a = self.conn.admin();
+            let mut req = tonic::Request::new(v1::StatusRequest {});
+            req.set_timeout(deadline);
+            async move { a.status(req).await }
+        })
+        .await
+    }
+
+    /// Seals every ended hour now and wakes the submitters (`Admin.Flush`).
+    pub async fn flush(&self) -> Result<v1::FlushResponse, Error> {
+        self.call(|deadline| {
+            let mut a = self.conn.admin();
+            let mut req = tonic::Request::new(v1::FlushRequest {});
+            req.set_timeout(deadline);
+            async move { a.flush(req).await }
+        })
+        .await
+    }
+
+    /// Where every recorded unit went, per hour x customer x dimension (`Admin.Report`).
+    pub async fn report(&self) -> Result<v1::ReportResponse, Error> {
+        self.call(|deadline| {
+            let mut a = self.conn.admin();
+            let mut req = tonic::Request::new(v1::ReportRequest {});
+            req.set_timeout(deadline);
+            async move { a.report(req).await }
+        })
+        .await
+    }
+
+    /// Runs one attempt after another (each given the time left as its deadline) until one succeeds, fails for
+    /// good, the attempts run out, or the next pause would end past the call's timeout.
+    async fn call<T, F, Fut>(&self, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let timeout = self.options.timeout;
+        let deadline = Instant::now() + timeout;
+        let policy = &self.options.retry;
+        let mut n = 0u32;
+        loop {
+            n += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let error = match tokio::time::timeout(left, attempt(left)).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) if error::is_retryable_status(&status) => Error::from_status(&status, &self.target),
+                Ok(Err(status)) => return Err(Error::from_status(&status, &self.target)),
+                Err(_) => Error::Timeout {
+                    message: format!("no reply from meterd at {} within {timeout:?} ({n} attempt(s))", self.target),
+                },
+            };
+            let pause = policy.backoff(n);
+            if n >= policy.max_attempts.max(1) || Instant::now() + pause >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Customers and the subscription lifecycle, end to end against the emulator (real AWS SDK over HTTP):
+//! resolve a registration token, usage held until a tenant is mapped, never-mapped usage expiring with its
+//! reason, a deprovision event sealing and sending the open hour at once, refusal afterwards, and events
+//! that arrive twice or out of order changing nothing twice.
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use meterd_emulator::{EmuToken, EmulatorConfig};
+use meterd_proto::v1;
+use meterd_tests::stack::{ACCOUNT, HOUR, Stack, arn};
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> i64 {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap().timestamp_millis()
+}
+
+fn tenant_event(key: &str, tenant: &str, qty: &str, at_ms: i64) -> v1::UsageEvent {
+    v1::UsageEvent {
+        idempotency_key: key.into(),
+        customer: Some(v1::Customer { identity: Some(v1::customer::Identity::TenantId(tenant.into())) }),
+        dimension: "api_calls".into(),
+        quantity: qty.into(),
+        timestamp: Some(meterd_proto::Timestamp { seconds: at_ms / 1000, nanos: 0 }),
+        tags: Default::default(),
+        product: String::new(),
+    }
+}
+
+fn token(name: &str, customer: usize) -> EmuToken {
+    EmuToken {
+        token: name.into(),
+        product_code: "prod-code-app".into(),
+        aws_account_id: Some(ACCOUNT.into()),
+        license_arn: Some(arn(customer)),
+        agreement_id: Some(format!("agmt-{customer:04}")),
+        ..EmuToken::default()
+    }
+}
+
+fn eventbridge(detail_type: &str, license_arn: &str, agreement: &str, id: &str) -> String {
+    serde_json::json!({
+        "version": "0", "id": id, "detail-type": detail_type, "source": "aws.agreement-marketplace",
+        "account": "999988887777", "time": "2026-11-22T10:30:00Z", "region": "us-east-1", "resources": [],
+        "detail": {
+            "agreement": {"id": agreement},
+            "license": {"arn": license_arn.trim_start_matches("arn:")},
+            "product": {"id": "prod-x", "code": "prod-code-app"},
+            "acceptor": {"accountId": ACCOUNT}
+        }
+    })
+    .to_string()
+}
+
+async fn record(s: &Stack, ev: v1::UsageEvent) -> Result<v1::Receipt, tonic::Status> {
+    Ok(s.client
+        .metering()
+        .record_usage(v1::RecordUsageRequest { event: Some(ev) })
+        .await?
+        .into_inner()
+        .receipt
+        .unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_then_usage_by_tenant_is_accepted() {
+    let h = at(2026, 11, 21, 9, 0);
+    let emu = EmulatorConfig { registration_tokens: vec![token("tok-acme", 0)], ..EmulatorConfig::default() };
+    let s = Stack::start(h + 60_000, emu, &["api_calls"], &["api_calls"], 1, "").await.unwrap();
+    let mut cust = v1::customers_client::CustomersClient::new(s.client.channel());
+
+    let bad = cust
+        .resolve(v1::ResolveCustomerRequest {
+            registration_token: "nope".into(),
+            tenant_id: "acme".into(),
+            product: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{}", bad.message());
+
+    let info = cust
+        .resolve(v1::ResolveCustomerRequest {
+            registration_token: "tok-acme".into(),
+            tenant_id: "acme".into(),
+            product: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (info.tenant_id.as_str(), info.agreement_id.as_str(), info.status.as_str()),
+        ("acme", "agmt-0000", "active")
+    );
+    assert!(matches!(info.identity, Some(v1::customer_info::Identity::AwsAccount(ref a)) if a.license_arn == arn(0)));
+
+    record(&s, tenant_event("t1", "acme", "5", h + 120_000)).await.unwrap();
+    s.advance(HOUR + 2 * 60_000, 10 * 60_000).await;
+    let r = s.wait_for("accepted", WAIT, |r| r.totals.as_ref().unwrap().accepted == "5").await;
+    assert!(r.rows[0].customer.contains(&arn(0)), "counted under the marketplace identity: {:?}", r.rows[0]);
+    assert_eq!(s.emulator.totals()[0].quantity, "5");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_before_the_mapping_is_held_then_sent_and_unmapped_usage_expires() {
+    let h = at(2026, 11, 22, 9, 0);
+    let s = Stack::start(h + 60_000, EmulatorConfig::default(), &["api_calls"], &["api_calls"], 2, "").await.unwrap();
+    let mut cust = v1::customers_client::CustomersClient::new(s.client.channel());
+
+    // Hour h: "late-co" records before being mapped; "ghost" is never mapped.
+    record(&s, tenant_event("a1", "late-co", "3", h + 120_000)).await.unwrap();
+    record(&s, tenant_event("g1", "ghost", "7", h + 120_000)).await.unwrap();
+    s.advance(HOUR + 2 * 60_000, 10 * 60_000).await;
+    // Hour h+1: more usage before the mapping, still open when the mapping arrives.
+    record(&s, tenant_event("a2", "late-co", "2", h + HOUR + 5 * 60_000)).await.unwrap();
+    s.advance(60_000, 60_000).await;
+    let r = s.report().await;
+    assert_eq!(r.totals.as_ref().unwrap().pending, "10", "sealed but held: {:?}", r.totals);
+    assert_eq!(s.emulator.counters().calls_to("BatchMeterUsage"), 0, "nothing is sent for unmapped tenants");
+
+    let info = cust
+        .put(v1::PutCustomerRequest {
+            tenant_id: "late-co".into(),
+            product: String::new(),
+            identity: Some(v1::put_customer_request::Identity::AwsAccount(v1::AwsCustomer {
+                customer_aws_account_id: ACCOUNT.into(),
+                license_arn: arn(1),
+            })),
+            agreement_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.buckets_moved, 1, "the open hour's usage moved to the identity");
+    s.wait_for("held record sent", WAIT, |r| r.totals.as_ref().unwrap().accepted == "3").await;
+    s.advance(HOUR, 10 * 60_000).await;
+    s.wait_for("next hour sent", WAIT, |r| r.totals.as_ref().unwrap().accepted == "5").await;
+
+    // The ghost's usage can never be sent: it expires at its deadline, with that reason.
+    s.advance(23 * HOUR, 30 * 60_000).await;
+    let r = s.wait_for("ghost expired", WAIT, |r| r.totals.as_ref().unwrap().expired == "7").await;
+    assert_eq!(r.totals.as_ref().unwrap().expired_by_reason.get("Unmapped"), Some(&7));
+    assert!(r.totals.unwrap().reconciled);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deprovisioning_sends_the_open_hour_at_once_and_refuses_later_usage() {
+    let h = at(2026, 11, 23, 9, 0);
+    let s = Stack::start(h + 60_000, EmulatorConfig::default(), &["api_calls"], &["api_calls"], 2, "").await.unwrap();
+    let mut cust = v1::customers_client::CustomersClient::new(s.client.channel());
+    s.record("d1", 0, "api_calls", "4", h + 120_000).await.unwrap();
+    s.record("other", 1, "api_calls", "9", h + 120_000).await.unwrap();
+    s.advance(20 * 60_000, 10 * 60_000).await; // h + 21m: the hour is still open
+
+    // Out of order first: a License Updated after nothing changes nothing (already active).
+    let ev = eventbridge("License Updated - Manufacturer", &arn(0), "agmt-0", "ev-1");
+    let out = cust.apply_event(v1::ApplyEventRequest { event_json: ev }).await.unwrap().into_inner();
+    assert!(!out.applied, "{out:?}");
+
+    let ev = eventbridge("License Deprovisioned - Manufacturer", &arn(0), "agmt-0", "ev-2");
+    let out = cust.apply_event(v1::ApplyEventRequest { event_json: ev.clone() }).await.unwrap().into_inner();
+    assert_eq!((out.applied, out.status.as_str(), out.records_sealed), (true, "deprovisioning", 1), "{out:?}");
+    // The current hour of that customer is sealed and sent now, ahead of everything; the other customer's
+    // hour stays open.
+    let r = s.wait_for("final hour accepted", WAIT, |r| r.totals.as_ref().unwrap().accepted == "4").await;
+    assert!(r.rows.iter().any(|row| row.state == "open" && row.customer.contains(&arn(1))));
+    let sent = r.rows.iter().find(|row| row.customer.contains(&arn(0))).unwrap();
+    assert!(sent.deadline.as_ref().unwrap().seconds * 1000 <= h + 21 * 60_000 + HOUR, "final-hour deadline: {sent:?}");
+
+    // Afterwards: refused, clearly; nothing stored.
+    let err = s.record("d2", 0, "api_calls", "1", h + 22 * 60_000).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().starts_with("event.customer:") && err.message().contains("deprovisioning"),
+        "{}",
+        err.message()
+    );
+
+    // The same event again, then an older one, then the end: only the end changes anything.
+    let again = cust.apply_event(v1::ApplyEventRequest { event_json: ev }).await.unwrap().into_inner();
+    assert!(!again.applied && again.records_sealed == 0, "{again:?}");
+    let late_update = eventbridge("License Updated - Manufacturer", &arn(0), "agmt-0", "ev-3");
+    assert!(!cust.apply_event(v1::ApplyEventRequest { event_json: late_update }).await.unwrap().into_inner().applied);
+    let ended = eventbridge("Purchase Agreement Ended - Proposer", &arn(0), "agmt-0", "ev-4");
+    let out = cust.apply_event(v1::ApplyEventRequest { event_json: ended }).await.unwrap().into_inner();
+    assert_eq!((out.applied, out.status.as_str(), out.records_sealed), (true, "ended", 0), "{out:?}");
+
+    // Malformed events are refused with the field, and change nothing.
+    let err = cust.apply_event(v1::ApplyEventRequest { event_json: "{\"action\":\"x\"}".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("event_json."), "{}", err.message());
+    assert_eq!(s.emulator.totals().iter().map(|t| t.quantity.clone()).collect::<Vec<_>>(), vec!["4".to_string()]);
+    s.stop().await;
+}
