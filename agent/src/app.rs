@@ -11,6 +11,8 @@ use crate::store::Store;
 /// A running agent's addresses, printed once at start so scripts and tests can find it.
 pub struct Ready {
     pub tcp: Option<std::net::SocketAddr>,
+    /// The marketplace HTTP endpoints, when configured.
+    pub http: Option<std::net::SocketAddr>,
     pub unix: Option<std::path::PathBuf>,
     pub emulator_url: Option<String>,
 }
@@ -23,6 +25,9 @@ impl Ready {
         }
         if let Some(p) = &self.unix {
             s.push_str(&format!(" unix={}", p.display()));
+        }
+        if let Some(a) = self.http {
+            s.push_str(&format!(" http={a}"));
         }
         if let Some(u) = &self.emulator_url {
             s.push_str(&format!(" emulator={u}"));
@@ -43,7 +48,8 @@ pub async fn run(
     let store = Store::open(&config.storage.data_dir)
         .map_err(|e| anyhow::anyhow!("storage.data_dir {}: {e}", config.storage.data_dir.display()))?;
     let listeners = Listeners::bind(&config).await?;
-    let ready = Ready {
+    let mut ready = Ready {
+        http: None,
         tcp: listeners.tcp.as_ref().map(|(_, a)| *a),
         unix: listeners.unix.as_ref().map(|(_, p)| p.clone()),
         emulator_url,
@@ -51,7 +57,29 @@ pub async fn run(
     let (pipeline, running) = crate::pipeline::Pipeline::start(config.clone(), store.clone(), clock.clone()).await?;
     let customers =
         crate::customers::Customers::new(config.clone(), store.clone(), clock.clone(), pipeline.clone()).await?;
-    let routes = server::routes(config.clone(), store.clone(), clock, pipeline, customers).await;
+    let routes = server::routes(config.clone(), store.clone(), clock, pipeline, customers.clone()).await;
+    let mut http_addr = None;
+    let http = match &config.marketplace {
+        Some(m) => {
+            let l = tokio::net::TcpListener::bind(&m.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("marketplace.listen: cannot listen on {}: {e}", m.listen))?;
+            http_addr = Some(l.local_addr()?);
+            let product =
+                m.product.clone().or_else(|| config.default_product().map(str::to_string)).unwrap_or_default();
+            let app = server::marketplace_http::router(customers, m.redirect_url.clone(), product);
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+            Some((tx, task))
+        }
+        None => None,
+    };
     tracing::info!(
         tcp = ?ready.tcp,
         unix = ?ready.unix,
@@ -59,10 +87,15 @@ pub async fn run(
         products = %config.product_names(),
         "meterd started"
     );
+    ready.http = http_addr;
     on_ready(&ready);
     let served = server::serve(routes, listeners, shutdown).await;
     tracing::info!("listeners closed; stopping the pipeline and flushing the store");
     running.stop().await;
+    if let Some((tx, task)) = http {
+        let _ = tx.send(());
+        let _ = task.await;
+    }
     store.close().await?;
     served?;
     tracing::info!("meterd stopped cleanly");

@@ -51,6 +51,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
     },
+    /// The customer registry: tenant mappings, token resolution, lifecycle events.
+    Customers {
+        #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171", global = true)]
+        target: String,
+        #[command(subcommand)]
+        command: CustomersCommand,
+    },
     /// Run the AWS Marketplace Metering emulator standalone (for your own tests).
     Emulator {
         /// Address to listen on, e.g. 127.0.0.1:4599 (port 0 picks one; the URL is printed).
@@ -60,6 +67,39 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CustomersCommand {
+    /// List every mapped tenant with its identity and status.
+    List,
+    /// Show one tenant: identity, status and lifecycle history.
+    Show { tenant_id: String },
+    /// Map a tenant to a marketplace identity (license: --account-id and --license-arn; legacy: --customer-identifier).
+    Put {
+        tenant_id: String,
+        #[arg(long, default_value = "")]
+        product: String,
+        #[arg(long)]
+        account_id: Option<String>,
+        #[arg(long)]
+        license_arn: Option<String>,
+        #[arg(long)]
+        customer_identifier: Option<String>,
+        #[arg(long, default_value = "")]
+        agreement_id: String,
+    },
+    /// Resolve a registration token with AWS (ResolveCustomer) and map the tenant to the answer.
+    Resolve {
+        registration_token: String,
+        tenant_id: String,
+        #[arg(long, default_value = "")]
+        product: String,
+    },
+    /// Remove a tenant's mapping.
+    Remove { tenant_id: String },
+    /// Apply a lifecycle event (EventBridge or SNS JSON) from a file, or from stdin with "-".
+    ApplyEvent { file: PathBuf },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -98,7 +138,11 @@ pub fn main() -> ExitCode {
     match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A refusal from the agent: show its code and message, not the transport's debug form.
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!("error: {:?}: {}", s.code(), s.message()),
+                None => eprintln!("error: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -111,6 +155,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { target, json } => status(&target, json).await,
         Command::Flush { target } => flush(&target).await,
         Command::Report { target, format } => report(&target, format).await,
+        Command::Customers { target, command } => customers(&target, command).await,
         Command::Emulator { listen, config } => {
             init_logging(&LogFormat::Text, "info");
             meterd_emulator::run_standalone(listen, config.as_deref()).await?;
@@ -141,7 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let dir = std::env::var_os("METERD_DATA_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("meterd-simulate-{}", std::process::id())));
-            Config::simulate_default(dir)
+            Config::simulate_default(dir, |k| std::env::var(k).ok())?
         }
         (None, false) => {
             anyhow::bail!("--config FILE is required (or use --simulate to try meterd with a demo product)")
@@ -192,6 +237,78 @@ fn print_ready(ready: &crate::app::Ready) {
     use std::io::Write;
     println!("{}", ready.line());
     let _ = std::io::stdout().flush();
+}
+
+async fn customers(target: &str, command: CustomersCommand) -> anyhow::Result<ExitCode> {
+    use meterd_proto::v1;
+    let client = meterd_proto::client::Client::connect(target, Duration::from_secs(3)).await?;
+    let mut c = v1::customers_client::CustomersClient::new(client.channel());
+    let show = |i: &v1::CustomerInfo| {
+        let who = match &i.identity {
+            Some(v1::customer_info::Identity::AwsAccount(a)) => {
+                format!("{} / {}", a.customer_aws_account_id, a.license_arn)
+            }
+            Some(v1::customer_info::Identity::Legacy(l)) => format!("legacy {}", l.customer_identifier),
+            None => "-".into(),
+        };
+        println!("{:<24} {:<10} {:<14} {}  {}", i.tenant_id, i.product, i.status, who, i.agreement_id);
+    };
+    match command {
+        CustomersCommand::List => {
+            for i in c.list(v1::ListCustomersRequest {}).await?.into_inner().customers {
+                show(&i);
+            }
+        }
+        CustomersCommand::Show { tenant_id } => {
+            let i = c.get(v1::GetCustomerRequest { tenant_id }).await?.into_inner();
+            show(&i);
+            for h in &i.history {
+                let at = h.at.as_ref().map(|t| crate::clock::rfc3339(t.seconds * 1000)).unwrap_or_default();
+                let note = if h.applied { "" } else { " (no change)" };
+                println!("  {at}  {:<14} {} {}{note}", h.status, h.source, h.event_id);
+            }
+        }
+        CustomersCommand::Put { tenant_id, product, account_id, license_arn, customer_identifier, agreement_id } => {
+            let identity = match (account_id, license_arn, customer_identifier) {
+                (Some(a), Some(l), None) => v1::put_customer_request::Identity::AwsAccount(v1::AwsCustomer {
+                    customer_aws_account_id: a,
+                    license_arn: l,
+                }),
+                (None, None, Some(ci)) => v1::put_customer_request::Identity::Legacy(v1::LegacyCustomer {
+                    customer_identifier: ci,
+                    product_code: String::new(),
+                }),
+                _ => anyhow::bail!("give --account-id and --license-arn, or --customer-identifier"),
+            };
+            let i = c
+                .put(v1::PutCustomerRequest { tenant_id, product, identity: Some(identity), agreement_id })
+                .await?
+                .into_inner();
+            show(&i);
+        }
+        CustomersCommand::Resolve { registration_token, tenant_id, product } => {
+            let i =
+                c.resolve(v1::ResolveCustomerRequest { registration_token, tenant_id, product }).await?.into_inner();
+            show(&i);
+        }
+        CustomersCommand::Remove { tenant_id } => {
+            let r = c.remove(v1::RemoveCustomerRequest { tenant_id: tenant_id.clone() }).await?.into_inner();
+            println!(
+                "{}",
+                if r.removed { format!("removed {tenant_id}") } else { format!("{tenant_id} had no mapping") }
+            );
+        }
+        CustomersCommand::ApplyEvent { file } => {
+            let json = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)?
+            };
+            let r = c.apply_event(v1::ApplyEventRequest { event_json: json }).await?.into_inner();
+            println!("{} (records sealed now: {})", r.summary, r.records_sealed);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn flush(target: &str) -> anyhow::Result<ExitCode> {

@@ -22,6 +22,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// Optional HTTP endpoints for the fulfillment form and lifecycle events.
+    #[serde(default)]
+    pub marketplace: Option<MarketplaceHttpConfig>,
     /// AWS seller accounts (Region, credentials, endpoint) by name; products refer to one.
     #[serde(default)]
     pub accounts: BTreeMap<String, AccountConfig>,
@@ -133,6 +136,18 @@ impl Default for PipelineConfig {
             tick: Duration::from_secs(1),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketplaceHttpConfig {
+    /// Loopback address; put the seller's HTTPS reverse proxy in front (AWS requires an HTTPS URL).
+    pub listen: String,
+    /// Where the buyer's browser is sent after registration, with `tenant_id=` appended.
+    pub redirect_url: String,
+    /// The product the fulfillment form registers for (default: the default product).
+    #[serde(default)]
+    pub product: Option<String>,
 }
 
 /// Where and as whom a product's records are submitted.
@@ -398,6 +413,23 @@ impl Config {
                 _ => {}
             }
         }
+        if let Some(m) = &self.marketplace {
+            let addr: SocketAddr = m.listen.parse().map_err(|_| invalid("marketplace.listen", "must be an IP:port"))?;
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "marketplace.listen",
+                    "must be a loopback address; put an HTTPS reverse proxy in front",
+                ));
+            }
+            if !(m.redirect_url.starts_with("https://") || m.redirect_url.starts_with("http://")) {
+                return Err(invalid("marketplace.redirect_url", "must be an http(s) URL"));
+            }
+            if let Some(p) = &m.product
+                && !self.products.contains_key(p)
+            {
+                return Err(invalid("marketplace.product", format!("{p:?} is not a configured product")));
+            }
+        }
         if let Some(default) = &self.ingest.default_product
             && !self.products.contains_key(default)
         {
@@ -431,27 +463,22 @@ impl Config {
         }
     }
 
-    /// The configuration `meterd run --simulate` uses when no file is given: one demo product.
-    pub fn simulate_default(data_dir: PathBuf) -> Self {
-        let mut products = BTreeMap::new();
-        products.insert(
-            "demo".to_string(),
-            ProductConfig {
-                identity: IdentityMode::License,
-                product_code: Some("demo-product-code".into()),
-                dimensions: vec!["api_calls".into(), "storage_gb_hours".into()],
-                account: None,
-            },
+    /// The configuration `meterd run --simulate` uses when no file is given: one demo product, with the same
+    /// `METERD_*` environment overrides as a file.
+    pub fn simulate_default(data_dir: PathBuf, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let text = format!(
+            r#"
+[storage]
+data_dir = {:?}
+
+[products.demo]
+identity = "license"
+product_code = "demo-product-code"
+dimensions = ["api_calls", "storage_gb_hours"]
+"#,
+            data_dir.display().to_string()
         );
-        Config {
-            server: ServerConfig::default(),
-            storage: StorageConfig { data_dir },
-            ingest: IngestConfig::default(),
-            log: LogConfig::default(),
-            pipeline: PipelineConfig::default(),
-            accounts: BTreeMap::new(),
-            products,
-        }
+        Self::from_toml_with_env(&text, Path::new("<simulate defaults>"), env)
     }
 }
 

@@ -124,10 +124,29 @@ impl Customers {
         tenant_id: &str,
         product: &str,
     ) -> Result<(TenantMapping, u64), CustomerError> {
+        valid_id(tenant_id).map_err(|m| invalid("tenant_id", m))?;
+        let (name, identity, agreement) = self.resolve_identity(token, product).await?;
+        self.put(tenant_id, &name, identity, agreement).await
+    }
+
+    /// For the fulfillment page: resolves the token and maps it under a tenant id derived from the identity
+    /// (`mp-` + 16 hex digits of its SHA-256), stable if the buyer lands twice.
+    pub async fn resolve_new_tenant(&self, token: &str, product: &str) -> Result<(TenantMapping, u64), CustomerError> {
+        use sha2::{Digest, Sha256};
+        let (name, identity, agreement) = self.resolve_identity(token, product).await?;
+        let digest = Sha256::digest(identity.label().as_bytes());
+        let tenant_id = format!("mp-{}", digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>());
+        self.put(&tenant_id, &name, identity, agreement).await
+    }
+
+    async fn resolve_identity(
+        &self,
+        token: &str,
+        product: &str,
+    ) -> Result<(String, Identity, Option<String>), CustomerError> {
         if token.is_empty() {
             return Err(invalid("registration_token", "is required"));
         }
-        valid_id(tenant_id).map_err(|m| invalid("tenant_id", m))?;
         let (name, p) = self.product(product)?;
         let account = self
             .config
@@ -187,7 +206,7 @@ impl Customers {
             }
         };
         let agreement = out.metadata().and_then(|m| m.agreement_id()).map(str::to_string);
-        self.put(tenant_id, name, identity, agreement).await
+        Ok((name.to_string(), identity, agreement))
     }
 
     /// Applies a lifecycle event document; a leaving customer's final hour is sealed and sent first.

@@ -171,6 +171,8 @@ pub mod stack {
         pub emulator: Emulator,
         emu_handle: Option<EmulatorHandle>,
         pub target: String,
+        /// The marketplace HTTP endpoints, when the config enables them.
+        pub http: Option<std::net::SocketAddr>,
         pub client: meterd_proto::client::Client,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -245,13 +247,13 @@ dimensions = [{}]
                 shared,
                 None,
                 move |r| {
-                    let _ = ready_tx.send(r.tcp.expect("tcp"));
+                    let _ = ready_tx.send((r.tcp.expect("tcp"), r.http));
                 },
                 async move {
                     let _ = stop_rx.await;
                 },
             ));
-            let addr = tokio::time::timeout(Duration::from_secs(20), ready_rx).await??;
+            let (addr, http) = tokio::time::timeout(Duration::from_secs(20), ready_rx).await??;
             let target = addr.to_string();
             let client = meterd_proto::client::Client::connect(&target, Duration::from_secs(5)).await?;
             Ok(Stack {
@@ -259,6 +261,7 @@ dimensions = [{}]
                 emulator,
                 emu_handle: Some(emu_handle),
                 target,
+                http,
                 client,
                 stop: Some(stop),
                 join: Some(join),
@@ -331,6 +334,27 @@ dimensions = [{}]
                 h.shutdown().await;
             }
         }
+    }
+
+    /// A raw HTTP/1.1 POST (the marketplace endpoints take forms and JSON); returns (status, headers, body).
+    pub async fn http_post(
+        addr: std::net::SocketAddr,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.expect("read");
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, head.to_string(), body.to_string())
     }
 
     pub fn event(key: &str, customer: usize, dimension: &str, quantity: &str, at_ms: i64) -> v1::UsageEvent {

@@ -196,3 +196,48 @@ async fn deprovisioning_sends_the_open_hour_at_once_and_refuses_later_usage() {
     assert_eq!(s.emulator.totals().iter().map(|t| t.quantity.clone()).collect::<Vec<_>>(), vec!["4".to_string()]);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_fulfillment_form_and_event_endpoint() {
+    let h = at(2026, 11, 24, 9, 0);
+    let emu = EmulatorConfig { registration_tokens: vec![token("tok-web", 0)], ..EmulatorConfig::default() };
+    let marketplace = "\n[marketplace]\nlisten = \"127.0.0.1:0\"\nredirect_url = \"https://app.example.com/welcome\"\n";
+    let s = Stack::start(h + 60_000, emu, &["api_calls"], &["api_calls"], 1, marketplace).await.unwrap();
+    let http = s.http.expect("marketplace listener");
+    let form = "application/x-www-form-urlencoded";
+
+    let (code, _, body) =
+        meterd_tests::stack::http_post(http, "/marketplace/fulfillment", form, "x-amzn-marketplace-token=bogus").await;
+    assert_eq!(code, 400, "{body}");
+    let (code, _, body) = meterd_tests::stack::http_post(http, "/marketplace/fulfillment", form, "other=1").await;
+    assert_eq!(code, 400);
+    assert!(body.contains("x-amzn-marketplace-token"), "{body}");
+
+    let (code, head, _) =
+        meterd_tests::stack::http_post(http, "/marketplace/fulfillment", form, "x-amzn-marketplace-token=tok-web")
+            .await;
+    assert_eq!(code, 303, "{head}");
+    let location = head.lines().find_map(|l| l.strip_prefix("location: ")).expect("Location header").to_string();
+    let tenant = location.strip_prefix("https://app.example.com/welcome?tenant_id=").expect("redirect with tenant id");
+    assert!(tenant.starts_with("mp-"), "{tenant}");
+    // Landing twice maps the same tenant.
+    let (_, head2, _) =
+        meterd_tests::stack::http_post(http, "/marketplace/fulfillment", form, "x-amzn-marketplace-token=tok-web")
+            .await;
+    assert!(head2.contains(&location));
+
+    record(&s, tenant_event("w1", tenant, "6", h + 120_000)).await.unwrap();
+    let ev = eventbridge("License Deprovisioned - Manufacturer", &arn(0), "agmt-0000", "ev-http");
+    let (code, _, body) = meterd_tests::stack::http_post(http, "/marketplace/events", "application/json", &ev).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["applied"].as_bool(), v["status"].as_str(), v["records_sealed"].as_u64()),
+        (Some(true), Some("deprovisioning"), Some(1))
+    );
+    s.wait_for("final hour accepted", WAIT, |r| r.totals.as_ref().unwrap().accepted == "6").await;
+    let (code, _, body) = meterd_tests::stack::http_post(http, "/marketplace/events", "application/json", "{").await;
+    assert_eq!(code, 400);
+    assert!(body.contains("event_json.event"), "{body}");
+    s.stop().await;
+}

@@ -3,6 +3,7 @@
 mod admin;
 pub mod convert;
 mod customers;
+pub mod marketplace_http;
 mod metering;
 
 use std::future::Future;

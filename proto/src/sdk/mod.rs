@@ -28,7 +28,7 @@ use crate::v1;
 /// How a [`Client`] behaves. `Default` suits a product calling a local agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientOptions {
-    /// The whole budget of one call, retries included. Each attempt gets what is left as its gRPC deadline.
+    /// The whole budget of one call, retries included: no call blocks its caller longer than this.
     pub timeout: Duration,
     /// Time allowed to open a connection (each attempt).
     pub connect_timeout: Duration,
@@ -96,10 +96,9 @@ impl Client {
     pub async fn record_event(&self, event: v1::UsageEvent) -> Result<Receipt, Error> {
         let request = v1::RecordUsageRequest { event: Some(event) };
         let response = self
-            .call(|deadline| {
+            .call(|| {
                 let mut m = self.conn.metering();
-                let mut req = tonic::Request::new(request.clone());
-                req.set_timeout(deadline);
+                let req = tonic::Request::new(request.clone());
                 async move { m.record_usage(req).await }
             })
             .await?;
@@ -135,10 +134,9 @@ impl Client {
             let request = v1::RecordUsageBatchRequest { events };
             let expected = request.events.len();
             let response = self
-                .call(|deadline| {
+                .call(|| {
                     let mut m = self.conn.metering();
-                    let mut req = tonic::Request::new(request.clone());
-                    req.set_timeout(deadline);
+                    let req = tonic::Request::new(request.clone());
                     async move { m.record_usage_batch(req).await }
                 })
                 .await?;
@@ -163,10 +161,9 @@ impl Client {
 
     /// A snapshot of the agent (`Admin.Status`).
     pub async fn status(&self) -> Result<v1::StatusResponse, Error> {
-        self.call(|deadline| {
+        self.call(|| {
             let mut a = self.conn.admin();
-            let mut req = tonic::Request::new(v1::StatusRequest {});
-            req.set_timeout(deadline);
+            let req = tonic::Request::new(v1::StatusRequest {});
             async move { a.status(req).await }
         })
         .await
@@ -174,10 +171,9 @@ impl Client {
 
     /// Seals every ended hour now and wakes the submitters (`Admin.Flush`).
     pub async fn flush(&self) -> Result<v1::FlushResponse, Error> {
-        self.call(|deadline| {
+        self.call(|| {
             let mut a = self.conn.admin();
-            let mut req = tonic::Request::new(v1::FlushRequest {});
-            req.set_timeout(deadline);
+            let req = tonic::Request::new(v1::FlushRequest {});
             async move { a.flush(req).await }
         })
         .await
@@ -185,20 +181,20 @@ impl Client {
 
     /// Where every recorded unit went, per hour x customer x dimension (`Admin.Report`).
     pub async fn report(&self) -> Result<v1::ReportResponse, Error> {
-        self.call(|deadline| {
+        self.call(|| {
             let mut a = self.conn.admin();
-            let mut req = tonic::Request::new(v1::ReportRequest {});
-            req.set_timeout(deadline);
+            let req = tonic::Request::new(v1::ReportRequest {});
             async move { a.report(req).await }
         })
         .await
     }
 
-    /// Runs one attempt after another (each given the time left as its deadline) until one succeeds, fails for
-    /// good, the attempts run out, or the next pause would end past the call's timeout.
+    /// Runs one attempt after another until one succeeds, fails for good, the attempts run out, or the next pause
+    /// would end past the call's timeout (which bounds every attempt too: the client stops waiting, the agent does
+    /// not need to know).
     async fn call<T, F, Fut>(&self, mut attempt: F) -> Result<T, Error>
     where
-        F: FnMut(Duration) -> Fut,
+        F: FnMut() -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let timeout = self.options.timeout;
@@ -208,7 +204,7 @@ impl Client {
         loop {
             n += 1;
             let left = deadline.saturating_duration_since(Instant::now());
-            let error = match tokio::time::timeout(left, attempt(left)).await {
+            let error = match tokio::time::timeout(left, attempt()).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) if error::is_retryable_status(&status) => Error::from_status(&status, &self.target),
                 Ok(Err(status)) => return Err(Error::from_status(&status, &self.target)),
