@@ -375,6 +375,7 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             "open_buckets": s.open_buckets,
             "store_size_bytes": s.store_size_bytes,
             "late_events": s.late_events,
+            "records_at_risk": s.records_at_risk,
             "sealed_through": ts(&s.sealed_through),
             "pending_records": s.pending_records,
             "oldest_pending_age_seconds": s.oldest_pending_age_seconds,
@@ -400,6 +401,7 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
         println!("  events stored  {}", s.events_stored);
         println!("  open buckets   {}", s.open_buckets);
         println!("  late events    {}", s.late_events);
+        println!("  at risk        {} record(s) held for unmapped tenants", s.records_at_risk);
         println!("  sealed through {}", ts(&s.sealed_through));
         println!(
             "  pending        {} record(s), oldest hour {} s old",

@@ -9,8 +9,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::clock::UnixMillis;
+use crate::domain::event::Identity;
 use crate::domain::quantity::{Micros, SCALE};
 use crate::domain::record::{RecordKey, RecordState};
+
+/// The reason shown for usage held under a tenant that has no marketplace identity yet.
+pub const AT_RISK: &str = "at risk: tenant not mapped";
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -90,7 +94,14 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
             deadline: Some(r.deadline_ms),
         };
         match &r.state {
-            RecordState::Sealed | RecordState::InFlight { .. } => row.pending = q,
+            RecordState::Sealed | RecordState::InFlight { .. } => {
+                row.pending = q;
+                if let Identity::Tenant(t) = &r.key.identity
+                    && store.mapping(t)?.is_none()
+                {
+                    row.reason = AT_RISK.into();
+                }
+            }
             RecordState::Accepted { metering_record_id, verify, .. } => {
                 row.accepted = q;
                 row.metering_record_id = metering_record_id.clone().unwrap_or_default();
@@ -128,6 +139,10 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
         e.1 = e.1.checked_add(b.late).unwrap_or(e.1);
     }
     for (k, (total, l)) in open_rows {
+        let reason = match &k.identity {
+            Identity::Tenant(t) if store.mapping(t)?.is_none() => AT_RISK.to_string(),
+            _ => String::new(),
+        };
         recorded = recorded.checked_add(total).unwrap_or(recorded);
         late = late.checked_add(l).unwrap_or(late);
         open = open.checked_add(total).unwrap_or(open);
@@ -146,7 +161,7 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
             rejected: 0,
             expired: 0,
             pending: 0,
-            reason: String::new(),
+            reason,
             metering_record_id: String::new(),
             deadline: None,
         });

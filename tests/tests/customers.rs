@@ -120,6 +120,11 @@ async fn usage_before_the_mapping_is_held_then_sent_and_unmapped_usage_expires()
     let r = s.report().await;
     assert_eq!(r.totals.as_ref().unwrap().pending, "10", "sealed but held: {:?}", r.totals);
     assert_eq!(s.emulator.counters().calls_to("BatchMeterUsage"), 0, "nothing is sent for unmapped tenants");
+    let st = s.client.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.records_at_risk, 2, "held usage is visible as at risk");
+    assert!(
+        r.rows.iter().filter(|row| row.customer.starts_with("tenant:")).all(|row| row.reason.starts_with("at risk"))
+    );
 
     let info = cust
         .put(v1::PutCustomerRequest {
@@ -194,6 +199,31 @@ async fn deprovisioning_sends_the_open_hour_at_once_and_refuses_later_usage() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("event_json."), "{}", err.message());
     assert_eq!(s.emulator.totals().iter().map(|t| t.quantity.clone()).collect::<Vec<_>>(), vec!["4".to_string()]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_not_subscribed_is_rejected_and_shown_on_the_customer() {
+    let h = at(2026, 11, 25, 9, 0);
+    let pending = EmuToken { subscribed: false, ..token("tok-pending", 1) };
+    let emu = EmulatorConfig { registration_tokens: vec![pending], ..EmulatorConfig::default() };
+    // Customer 1 is not among the emulator's subscribed customers.
+    let s = Stack::start(h + 60_000, emu, &["api_calls"], &["api_calls"], 1, "").await.unwrap();
+    let mut cust = v1::customers_client::CustomersClient::new(s.client.channel());
+    cust.resolve(v1::ResolveCustomerRequest {
+        registration_token: "tok-pending".into(),
+        tenant_id: "p".into(),
+        product: String::new(),
+    })
+    .await
+    .unwrap();
+    record(&s, tenant_event("n1", "p", "2", h + 120_000)).await.unwrap();
+    s.advance(HOUR + 2 * 60_000, 10 * 60_000).await;
+    let r = s.wait_for("rejected", WAIT, |r| r.totals.as_ref().unwrap().rejected == "2").await;
+    assert_eq!(r.totals.unwrap().rejected_by_reason.get("CustomerNotSubscribed"), Some(&2));
+    let info = cust.get(v1::GetCustomerRequest { tenant_id: "p".into() }).await.unwrap().into_inner();
+    assert!(info.not_subscribed_at.is_some(), "{info:?}");
+    assert!(info.history.iter().any(|h| h.source.contains("CustomerNotSubscribed")));
     s.stop().await;
 }
 

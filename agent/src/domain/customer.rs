@@ -76,6 +76,8 @@ pub struct CustomerLifecycle {
     pub agreement_id: Option<String>,
     pub status: CustomerStatus,
     pub history: Vec<StatusChange>,
+    /// Last time AWS answered CustomerNotSubscribed for this customer's usage.
+    pub not_subscribed_at_ms: Option<UnixMillis>,
 }
 
 /// History kept per customer; older entries are dropped first.

@@ -25,7 +25,16 @@ impl Admin for AdminService {
     async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
         let store = self.store.clone();
         let snapshot = tokio::task::spawn_blocking(move || {
-            let oldest = store.pending_records(usize::MAX)?.into_iter().fold(None::<(i64, i64)>, |acc, r| {
+            let pending = store.pending_records(usize::MAX)?;
+            let mut at_risk = 0u64;
+            for r in &pending {
+                if let crate::domain::event::Identity::Tenant(t) = &r.key.identity
+                    && store.mapping(t)?.is_none()
+                {
+                    at_risk += 1;
+                }
+            }
+            let oldest = pending.into_iter().fold(None::<(i64, i64)>, |acc, r| {
                 let (h, d) = acc.unwrap_or((i64::MAX, i64::MAX));
                 Some((h.min(r.key.hour_ms), d.min(r.deadline_ms)))
             });
@@ -35,12 +44,13 @@ impl Admin for AdminService {
                 store.pending_count(),
                 oldest,
                 store.sealed_through()?,
+                at_risk,
             ))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(store_status)?;
-        let (open_buckets, size, pending, oldest, sealed_through) = snapshot;
+        let (open_buckets, size, pending, oldest, sealed_through, at_risk) = snapshot;
         let now = self.clock.now_ms();
         let counters = self.store.counters();
         Ok(Response::new(v1::StatusResponse {
@@ -90,6 +100,7 @@ impl Admin for AdminService {
                 })
                 .collect(),
             late_events: counters.late_events.load(Ordering::Relaxed),
+            records_at_risk: at_risk,
         }))
     }
 

@@ -41,6 +41,7 @@ fn info(c: &Customers, m: &TenantMapping, moved: u64) -> Result<v1::CustomerInfo
         identity,
         agreement_id: m.agreement_id.clone().unwrap_or_default(),
         status: life.as_ref().map_or("active", |l| l.status.name()).to_string(),
+        not_subscribed_at: life.as_ref().and_then(|l| l.not_subscribed_at_ms).map(timestamp),
         history: life
             .map(|l| {
                 l.history

@@ -203,6 +203,16 @@ impl Store {
         self.command(writer::Command::Lifecycle { event, params, reply }, rx).await
     }
 
+    /// Records that AWS answered CustomerNotSubscribed for `identity`.
+    pub async fn note_not_subscribed(
+        &self,
+        identity: crate::domain::event::Identity,
+        at_ms: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::NotSubscribed { identity, at_ms, reply }, rx).await
+    }
+
     pub fn mapping(&self, tenant_id: &str) -> Result<Option<crate::domain::customer::TenantMapping>, StoreError> {
         match self.inner.db.get(keys::tenant_key(tenant_id))? {
             Some(v) => Ok(Some(decode(&v)?)),

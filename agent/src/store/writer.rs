@@ -66,6 +66,12 @@ pub enum Command {
         params: SealParams,
         reply: Answer<LifecycleOutcome>,
     },
+    /// AWS answered CustomerNotSubscribed for this identity.
+    NotSubscribed {
+        identity: Identity,
+        at_ms: UnixMillis,
+        reply: Answer<()>,
+    },
     Stop,
 }
 
@@ -96,7 +102,7 @@ pub fn spawn(db: sled::Db, counters: Arc<StoreCounters>) -> (mpsc::Sender<Comman
     };
     let writer = std::thread::Builder::new()
         .name("meterd-writer".into())
-        .spawn(move || Writer { db, counters }.run(rx, flush_tx))
+        .spawn(move || Writer { db, counters, warned: Default::default() }.run(rx, flush_tx))
         .expect("spawn writer thread");
     (tx, vec![writer, flusher])
 }
@@ -106,6 +112,8 @@ type IngestCall = (Vec<UsageEvent>, UnixMillis, LateUsage, Answer<Vec<IngestOutc
 struct Writer {
     db: sled::Db,
     counters: Arc<StoreCounters>,
+    /// Tenants already warned about (once per process), so a busy unmapped tenant does not flood the log.
+    warned: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl Writer {
@@ -168,6 +176,14 @@ impl Writer {
                             Command::Lifecycle { event, params, reply } => {
                                 match self.apply_lifecycle(&event, &params) {
                                     Ok(o) => group.replies.push(pending(reply, o)),
+                                    Err(e) => {
+                                        let _ = reply.send(Err(e));
+                                    }
+                                }
+                            }
+                            Command::NotSubscribed { identity, at_ms, reply } => {
+                                match self.apply_not_subscribed(&identity, at_ms) {
+                                    Ok(()) => group.replies.push(pending(reply, ())),
                                     Err(e) => {
                                         let _ = reply.send(Err(e));
                                     }
@@ -264,6 +280,10 @@ impl Writer {
                             m
                         }
                     };
+                    if m.is_none() && self.warned.borrow_mut().insert(t.clone()) {
+                        tracing::warn!(tenant = %t, "usage for a tenant with no marketplace identity yet: accepted and held, \
+                            at risk until the tenant is mapped (meterd customers put/resolve) before its deadline");
+                    }
                     if let Some(m) = m {
                         if m.product != ev.product {
                             outcomes.push(IngestOutcome::NotActive {
@@ -481,6 +501,7 @@ impl Writer {
                 product_code: None,
                 agreement_id: m.agreement_id.clone(),
                 status: CustomerStatus::Active,
+                not_subscribed_at_ms: None,
                 history: vec![StatusChange {
                     at_ms: now_ms,
                     status: CustomerStatus::Active,
@@ -552,6 +573,7 @@ impl Writer {
                     agreement_id: ev.agreement_id.clone(),
                     status: CustomerStatus::Active,
                     history: Vec::new(),
+                    not_subscribed_at_ms: None,
                 },
                 None => return Ok(LifecycleOutcome { unknown_agreement: true, ..LifecycleOutcome::default() }),
             },
@@ -624,6 +646,38 @@ impl Writer {
         batch.insert(lk, encode(&life));
         self.db.apply_batch(batch)?;
         Ok(outcome)
+    }
+
+    /// Keeps AWS's word on the customer: the status does not change (AWS decides eligibility at each call and a
+    /// pending agreement may still activate), but the answer is recorded and shown.
+    fn apply_not_subscribed(&self, identity: &Identity, at_ms: UnixMillis) -> Result<(), StoreError> {
+        let Some(lk) = keys::lifecycle_key(identity) else { return Ok(()) };
+        let mut life = match self.db.get(&lk)? {
+            Some(v) => decode::<CustomerLifecycle>(&v)?,
+            None => CustomerLifecycle {
+                identity: identity.clone(),
+                product_code: None,
+                agreement_id: None,
+                status: CustomerStatus::Active,
+                history: Vec::new(),
+                not_subscribed_at_ms: None,
+            },
+        };
+        if life.not_subscribed_at_ms.is_none() {
+            life.history.push(StatusChange {
+                at_ms,
+                status: life.status.clone(),
+                source: "CustomerNotSubscribed from BatchMeterUsage".into(),
+                event_id: None,
+                applied: false,
+            });
+            if life.history.len() > MAX_HISTORY {
+                life.history.remove(0);
+            }
+        }
+        life.not_subscribed_at_ms = Some(at_ms);
+        self.db.insert(lk, encode(&life))?;
+        Ok(())
     }
 
     fn apply_update(&self, records: &[SealedRecord]) -> Result<(), StoreError> {

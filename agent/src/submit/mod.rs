@@ -211,6 +211,7 @@ impl Submitter {
                     self.stats.calls_ok.fetch_add(1, Ordering::Relaxed);
                     self.stats.last_success_ms.store(now, Ordering::Relaxed);
                     let results: HashMap<WireKey, RecordResult> = results.into_iter().collect();
+                    let mut not_subscribed = Vec::new();
                     let unprocessed: HashSet<WireKey> = unprocessed.into_iter().collect();
                     let mut updates = Vec::new();
                     for r in sendable {
@@ -252,6 +253,7 @@ impl Submitter {
                             }
                             Some(RecordResult::CustomerNotSubscribed) => {
                                 tracing::warn!(record = ?r.key, "CustomerNotSubscribed: record rejected");
+                                not_subscribed.push(identities[&r.key].clone());
                                 self.stats.records_rejected.fetch_add(1, Ordering::Relaxed);
                                 RecordState::Rejected {
                                     reason: RejectReason::CustomerNotSubscribed,
@@ -274,6 +276,9 @@ impl Submitter {
                     tracing::info!(account = %self.account, records = updates.len(), accepted,
                         request_id = request_id.as_deref().unwrap_or("-"), "BatchMeterUsage answered");
                     self.store.update_records(updates).await?;
+                    for identity in not_subscribed {
+                        self.store.note_not_subscribed(identity, now).await?;
+                    }
                 }
                 CallOutcome::Retryable { throttled, reason } => {
                     if throttled {
