@@ -21,6 +21,30 @@ pub fn meterd_bin() -> PathBuf {
     bin
 }
 
+/// Spawns `cmd` and waits (30 s at most) for the first line it prints: the ready/banner line. Its output keeps
+/// being drained so it never blocks on a full pipe.
+fn spawn_until_first_line(mut cmd: Command) -> anyhow::Result<(Child, String)> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(l)) = lines.next() {
+            let _ = tx.send(l);
+        }
+        for _ in lines {}
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => Ok((child, line)),
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait()?;
+            anyhow::bail!("{:?} printed no ready line (exit: {status})", cmd.get_args().collect::<Vec<_>>())
+        }
+    }
+}
+
 /// A config for one product `app` (license identity) listening on an ephemeral loopback port.
 pub fn basic_config(data_dir: &Path, extra: &str) -> String {
     format!(
@@ -61,30 +85,12 @@ impl Agent {
 
     fn start_with(config_path: &Path, config_dir: tempfile::TempDir, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(meterd_bin());
-        cmd.arg("run").arg("--config").arg(config_path).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.arg("run").arg("--config").arg(config_path);
         cmd.env("METERD_LOG", std::env::var("METERD_LOG").unwrap_or_else(|_| "warn".into()));
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn()?;
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            // Keep draining so the agent never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait()?;
-                anyhow::bail!("meterd did not become ready (exit: {status})");
-            }
-        };
+        let (child, line) = spawn_until_first_line(cmd)?;
         let field =
             |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string));
         Ok(Agent {
@@ -387,23 +393,9 @@ impl EmulatorProcess {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("emulator.toml");
         std::fs::write(&path, config_toml)?;
-        let mut child = Command::new(meterd_bin())
-            .args(["emulator", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&path)
-            .env("METERD_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            for _ in lines {}
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30))?;
+        let mut cmd = Command::new(meterd_bin());
+        cmd.args(["emulator", "--listen", "127.0.0.1:0", "--config"]).arg(&path).env("METERD_LOG", "warn");
+        let (child, line) = spawn_until_first_line(cmd)?;
         let url = line.rsplit(' ').next().unwrap_or_default().to_string();
         anyhow::ensure!(url.starts_with("http://"), "unexpected emulator banner {line:?}");
         Ok(Self { child, url, _dir: dir })
