@@ -13,6 +13,8 @@ pub struct Ready {
     pub tcp: Option<std::net::SocketAddr>,
     /// The marketplace HTTP endpoints, when configured.
     pub http: Option<std::net::SocketAddr>,
+    /// The admin listener (`/metrics`), when configured.
+    pub admin: Option<std::net::SocketAddr>,
     pub unix: Option<std::path::PathBuf>,
     pub emulator_url: Option<String>,
 }
@@ -28,6 +30,9 @@ impl Ready {
         }
         if let Some(a) = self.http {
             s.push_str(&format!(" http={a}"));
+        }
+        if let Some(a) = self.admin {
+            s.push_str(&format!(" admin={a}"));
         }
         if let Some(u) = &self.emulator_url {
             s.push_str(&format!(" emulator={u}"));
@@ -50,15 +55,46 @@ pub async fn run(
     let listeners = Listeners::bind(&config).await?;
     let mut ready = Ready {
         http: None,
+        admin: None,
         tcp: listeners.tcp.as_ref().map(|(_, a)| *a),
         unix: listeners.unix.as_ref().map(|(_, p)| p.clone()),
         emulator_url,
     };
-    let (pipeline, running) = crate::pipeline::Pipeline::start(config.clone(), store.clone(), clock.clone()).await?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let (pipeline, running) =
+        crate::pipeline::Pipeline::start(config.clone(), store.clone(), clock.clone(), metrics.clone()).await?;
     let customers =
         crate::customers::Customers::new(config.clone(), store.clone(), clock.clone(), pipeline.clone()).await?;
-    let routes = server::routes(config.clone(), store.clone(), clock, pipeline, customers.clone()).await;
+    let routes = server::routes(
+        config.clone(),
+        store.clone(),
+        clock.clone(),
+        pipeline.clone(),
+        customers.clone(),
+        metrics.clone(),
+    )
+    .await;
     let mut http_addr = None;
+    let mut admin_addr = None;
+    let admin = match &config.admin {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(&a.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {}: {e}", a.listen))?;
+            admin_addr = Some(l.local_addr()?);
+            let app = server::admin_http::router(store.clone(), clock.clone(), pipeline.clone(), metrics.clone());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+            Some((tx, task))
+        }
+        None => None,
+    };
     let http = match &config.marketplace {
         Some(m) => {
             let l = tokio::net::TcpListener::bind(&m.listen)
@@ -88,11 +124,12 @@ pub async fn run(
         "meterd started"
     );
     ready.http = http_addr;
+    ready.admin = admin_addr;
     on_ready(&ready);
     let served = server::serve(routes, listeners, shutdown).await;
     tracing::info!("listeners closed; stopping the pipeline and flushing the store");
     running.stop().await;
-    if let Some((tx, task)) = http {
+    for (tx, task) in [http, admin].into_iter().flatten() {
         let _ = tx.send(());
         let _ = task.await;
     }

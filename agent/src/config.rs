@@ -22,6 +22,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// Optional admin listener: Prometheus `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub admin: Option<AdminHttpConfig>,
     /// Optional HTTP endpoints for the fulfillment form and lifecycle events.
     #[serde(default)]
     pub marketplace: Option<MarketplaceHttpConfig>,
@@ -136,6 +139,13 @@ impl Default for PipelineConfig {
             tick: Duration::from_secs(1),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminHttpConfig {
+    /// Loopback address for `/metrics`, `/healthz` and `/readyz` ("127.0.0.1:7172").
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -411,6 +421,12 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+        }
+        if let Some(a) = &self.admin {
+            let addr: SocketAddr = a.listen.parse().map_err(|_| invalid("admin.listen", "must be an IP:port"))?;
+            if !addr.ip().is_loopback() {
+                return Err(invalid("admin.listen", "must be a loopback address"));
             }
         }
         if let Some(m) = &self.marketplace {

@@ -36,11 +36,12 @@ pub struct Ingest {
     config: Arc<Config>,
     store: Store,
     clock: SharedClock,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Ingest {
-    pub fn new(config: Arc<Config>, store: Store, clock: SharedClock) -> Self {
-        Self { config, store, clock }
+    pub fn new(config: Arc<Config>, store: Store, clock: SharedClock, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { config, store, clock, metrics }
     }
 
     pub fn config(&self) -> &Config {
@@ -62,23 +63,58 @@ impl Ingest {
                 Err(f) => results.push(Some(Err(EventRefusal::Invalid(f)))),
             }
         }
+        // For the per-(product, dimension) quantity metric, without cloning events: a few distinct series.
+        let mut series: Vec<(String, String)> = Vec::new();
+        let tally: Vec<(usize, crate::domain::quantity::Micros)> = valid
+            .iter()
+            .map(|e| {
+                let i = series.iter().position(|(p, d)| *p == e.product && *d == e.dimension).unwrap_or_else(|| {
+                    series.push((e.product.clone(), e.dimension.clone()));
+                    series.len() - 1
+                });
+                (i, e.quantity)
+            })
+            .collect();
         let mut outcomes = if valid.is_empty() {
             Vec::new()
         } else {
             self.store.ingest(valid, now, self.config.pipeline.late_usage).await?
         }
-        .into_iter();
-        Ok(results
+        .into_iter()
+        .zip(tally);
+        let results: Vec<Result<Receipt, EventRefusal>> = results
             .into_iter()
             .map(|r| {
-                r.unwrap_or_else(|| match outcomes.next().expect("one outcome per valid event") {
-                    IngestOutcome::Stored(r) | IngestOutcome::Replayed(r) => Ok(r),
-                    IngestOutcome::Conflict { existing } => Err(EventRefusal::Conflict { existing }),
-                    IngestOutcome::Overflow => Err(EventRefusal::Overflow),
-                    IngestOutcome::LateRejected { hour_ms } => Err(EventRefusal::LateRejected { hour_ms }),
-                    IngestOutcome::NotActive { message } => Err(EventRefusal::NotActive { message }),
+                r.unwrap_or_else(|| {
+                    let (outcome, (i, quantity)) = outcomes.next().expect("one outcome per valid event");
+                    if let IngestOutcome::Stored(_) = outcome {
+                        self.metrics.accepted(&series[i].0, &series[i].1, quantity);
+                    }
+                    match outcome {
+                        IngestOutcome::Stored(r) | IngestOutcome::Replayed(r) => Ok(r),
+                        IngestOutcome::Conflict { existing } => Err(EventRefusal::Conflict { existing }),
+                        IngestOutcome::Overflow => Err(EventRefusal::Overflow),
+                        IngestOutcome::LateRejected { hour_ms } => Err(EventRefusal::LateRejected { hour_ms }),
+                        IngestOutcome::NotActive { message } => Err(EventRefusal::NotActive { message }),
+                    }
                 })
             })
-            .collect())
+            .collect();
+        for r in &results {
+            if let Err(e) = r {
+                self.metrics.refused(&match e {
+                    EventRefusal::Invalid(f) => {
+                        // The field's root (no indices or map keys): a bounded label.
+                        let root = f.field.split(['.', '[']).next().unwrap_or("event");
+                        format!("invalid_{}", if root.is_empty() { "event" } else { root })
+                    }
+                    EventRefusal::Conflict { .. } => "conflict".into(),
+                    EventRefusal::Overflow => "overflow".into(),
+                    EventRefusal::LateRejected { .. } => "late_rejected".into(),
+                    EventRefusal::NotActive { .. } => "not_active".into(),
+                });
+            }
+        }
+        Ok(results)
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod customers;
 pub mod domain;
 pub mod ingest;
+pub mod metrics;
 pub mod pipeline;
 pub mod report;
 pub mod server;

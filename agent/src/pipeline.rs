@@ -34,13 +34,18 @@ impl Running {
 
 impl Pipeline {
     /// Builds one submitter per configured account and starts them with the sealer.
-    pub async fn start(config: Arc<Config>, store: Store, clock: SharedClock) -> anyhow::Result<(Self, Running)> {
+    pub async fn start(
+        config: Arc<Config>,
+        store: Store,
+        clock: SharedClock,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<(Self, Running)> {
         let (stop, stop_rx) = watch::channel(false);
         let nudge = Arc::new(Notify::new());
         let mut tasks = tokio::task::JoinSet::new();
         let mut stats = Vec::new();
         for account in config.accounts.keys() {
-            let s = Submitter::new(account, config.clone(), store.clone(), clock.clone()).await?;
+            let s = Submitter::new(account, config.clone(), store.clone(), clock.clone(), metrics.clone()).await?;
             stats.push((account.clone(), s.stats.clone()));
             tasks.spawn(s.run(stop_rx.clone(), nudge.clone()));
         }

@@ -179,6 +179,8 @@ pub mod stack {
         pub target: String,
         /// The marketplace HTTP endpoints, when the config enables them.
         pub http: Option<std::net::SocketAddr>,
+        /// The admin listener (`/metrics`), when the config enables it.
+        pub admin: Option<std::net::SocketAddr>,
         pub client: meterd_proto::client::Client,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -253,13 +255,13 @@ dimensions = [{}]
                 shared,
                 None,
                 move |r| {
-                    let _ = ready_tx.send((r.tcp.expect("tcp"), r.http));
+                    let _ = ready_tx.send((r.tcp.expect("tcp"), r.http, r.admin));
                 },
                 async move {
                     let _ = stop_rx.await;
                 },
             ));
-            let (addr, http) = tokio::time::timeout(Duration::from_secs(20), ready_rx).await??;
+            let (addr, http, admin) = tokio::time::timeout(Duration::from_secs(20), ready_rx).await??;
             let target = addr.to_string();
             let client = meterd_proto::client::Client::connect(&target, Duration::from_secs(5)).await?;
             Ok(Stack {
@@ -268,6 +270,7 @@ dimensions = [{}]
                 emu_handle: Some(emu_handle),
                 target,
                 http,
+                admin,
                 client,
                 stop: Some(stop),
                 join: Some(join),
@@ -361,6 +364,18 @@ dimensions = [{}]
         let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
         let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         (status, head.to_string(), body.to_string())
+    }
+
+    /// A raw HTTP/1.1 GET; returns (status, body).
+    pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.expect("read");
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+        (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())
     }
 
     pub fn event(key: &str, customer: usize, dimension: &str, quantity: &str, at_ms: i64) -> v1::UsageEvent {

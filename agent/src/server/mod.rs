@@ -1,6 +1,7 @@
 //! The gRPC transport: listeners (loopback TCP, Unix socket), the services, health and reflection.
 
 mod admin;
+pub mod admin_http;
 pub mod convert;
 mod customers;
 pub mod marketplace_http;
@@ -35,6 +36,7 @@ pub async fn routes(
     clock: SharedClock,
     pipeline: crate::pipeline::Pipeline,
     registry: crate::customers::Customers,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Routes {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<MeteringServer<MeteringService>>().await;
@@ -44,7 +46,7 @@ pub async fn routes(
         .build_v1()
         .expect("descriptor sets are valid");
     let started_at_ms = clock.now_ms();
-    let ingest = Ingest::new(config.clone(), store.clone(), clock.clone());
+    let ingest = Ingest::new(config.clone(), store.clone(), clock.clone(), metrics);
     let metering = MeteringServer::new(MeteringService { ingest })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -49,6 +49,7 @@ pub struct Submitter {
     clock: SharedClock,
     client: Client,
     pub stats: Arc<SubmitStats>,
+    metrics: Arc<crate::metrics::Metrics>,
     limiter: backoff::RateLimiter,
     /// Set after throttling or an account problem: no call before this instant.
     pause_until: Option<tokio::time::Instant>,
@@ -60,7 +61,13 @@ pub struct Submitter {
 }
 
 impl Submitter {
-    pub async fn new(account: &str, config: Arc<Config>, store: Store, clock: SharedClock) -> anyhow::Result<Self> {
+    pub async fn new(
+        account: &str,
+        config: Arc<Config>,
+        store: Store,
+        clock: SharedClock,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Self> {
         let acct = config.accounts.get(account).ok_or_else(|| anyhow::anyhow!("unknown account {account}"))?;
         let stats = Arc::new(SubmitStats::default());
         let client = aws::client(acct, clock.clone(), stats.skew.clone()).await?;
@@ -72,6 +79,7 @@ impl Submitter {
             clock,
             client,
             stats,
+            metrics,
             pause_until: None,
             throttle_streak: 0,
             recovering: true,
@@ -196,6 +204,9 @@ impl Submitter {
                 }
             }
             self.stats.records_rejected.fetch_add(invalid.len() as u64, Ordering::Relaxed);
+            for _ in &invalid {
+                self.metrics.rejected("Invalid");
+            }
             self.store.update_records(invalid).await?;
             if sendable.is_empty() {
                 continue;
@@ -203,7 +214,11 @@ impl Submitter {
 
             self.limiter.acquire().await;
             calls += 1;
+            self.metrics.batch_size.observe(wire.len() as f64);
+            self.metrics.retries.fetch_add(sent_before.len() as u64, Ordering::Relaxed);
+            let started = std::time::Instant::now();
             let outcome = aws::send(&self.client, product_code.as_deref(), wire).await;
+            self.metrics.call_latency.observe(started.elapsed().as_secs_f64());
             let now = self.clock.now_ms();
             match outcome {
                 CallOutcome::Answered { results, unprocessed, request_id } => {
@@ -245,6 +260,7 @@ impl Submitter {
                                 tracing::error!(record = ?r.key, "DuplicateRecord: AWS already holds another quantity for this hour \
                                     (another system metered it?); this record is not billed");
                                 self.stats.records_rejected.fetch_add(1, Ordering::Relaxed);
+                                self.metrics.rejected("DuplicateRecord");
                                 RecordState::Rejected {
                                     reason: RejectReason::DuplicateRecord,
                                     aws_request_id: request_id.clone(),
@@ -254,6 +270,7 @@ impl Submitter {
                             Some(RecordResult::CustomerNotSubscribed) => {
                                 tracing::warn!(record = ?r.key, "CustomerNotSubscribed: record rejected");
                                 not_subscribed.push(identities[&r.key].clone());
+                                self.metrics.rejected("CustomerNotSubscribed");
                                 self.stats.records_rejected.fetch_add(1, Ordering::Relaxed);
                                 RecordState::Rejected {
                                     reason: RejectReason::CustomerNotSubscribed,
@@ -298,6 +315,7 @@ impl Submitter {
                         let r = sendable.pop().expect("one record");
                         tracing::error!(record = ?r.key, %exception, %message, "record rejected by AWS");
                         self.stats.records_rejected.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.rejected(&exception);
                         let state = RecordState::Rejected {
                             reason: RejectReason::AwsException(exception),
                             aws_request_id: request_id,

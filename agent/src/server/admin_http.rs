@@ -1,0 +1,72 @@
+//! The admin listener (plain HTTP, loopback): `/metrics` for Prometheus, `/healthz` (the process answers) and
+//! `/readyz` (the store accepts reads; the agent can take usage).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::clock::SharedClock;
+use crate::metrics::{Metrics, Snapshot, render};
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+
+#[derive(Clone)]
+struct Admin {
+    store: Store,
+    clock: SharedClock,
+    pipeline: Pipeline,
+    metrics: Arc<Metrics>,
+}
+
+pub fn router(store: Store, clock: SharedClock, pipeline: Pipeline, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(Admin { store, clock, pipeline, metrics })
+}
+
+async fn ready(State(a): State<Admin>) -> Response {
+    match tokio::task::spawn_blocking(move || a.store.sealed_through()).await {
+        Ok(Ok(_)) => "ready\n".into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn metrics_text(State(a): State<Admin>) -> Response {
+    let now_ms = a.clock.now_ms();
+    let gathered = tokio::task::spawn_blocking(move || {
+        let pending = a.store.pending_records(usize::MAX)?;
+        let mut at_risk = 0;
+        for r in &pending {
+            if let crate::domain::event::Identity::Tenant(t) = &r.key.identity
+                && a.store.mapping(t)?.is_none()
+            {
+                at_risk += 1;
+            }
+        }
+        let snapshot = Snapshot {
+            now_ms,
+            store: a.store.counters(),
+            submit: &a.pipeline.submit_stats,
+            pending: pending.len() as u64,
+            oldest_pending_hour_ms: pending.iter().map(|r| r.key.hour_ms).min(),
+            most_urgent_deadline_ms: pending.iter().map(|r| r.deadline_ms).min(),
+            at_risk,
+            open_buckets: a.store.open_bucket_count(),
+            store_bytes: a.store.size_on_disk(),
+        };
+        Ok::<_, crate::store::StoreError>(render(&a.metrics, &snapshot))
+    })
+    .await;
+    match gathered {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
