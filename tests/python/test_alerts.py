@@ -1,0 +1,35 @@
+"""The example alert rules parse, are well-formed, and only use metrics meterd exports."""
+
+import pathlib
+import re
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def exported_metrics():
+    src = (ROOT / "agent/src/metrics.rs").read_text()
+    names = set(re.findall(r"\b(meterd_[a-z_]+)\b", src))
+    # Histograms export _bucket/_sum/_count series.
+    for base in list(names):
+        names |= {base + "_bucket", base + "_sum", base + "_count"}
+    return names
+
+
+def test_alert_rules_are_well_formed_and_use_exported_metrics():
+    doc = yaml.safe_load((ROOT / "examples/prometheus/alerts.yml").read_text())
+    known = exported_metrics()
+    rules = [r for g in doc["groups"] for r in g["rules"]]
+    assert len(rules) >= 5
+    names = {r["alert"] for r in rules}
+    for wanted in ["MeterdMeteringStalled", "MeterdDeadlineNear", "MeterdRecordsAtRisk", "MeterdRecordsRejected", "MeterdClockSkew"]:
+        assert wanted in names
+    for r in rules:
+        assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, r
+        assert r["labels"]["severity"] in {"warning", "critical"}
+        assert r["annotations"]["summary"] and r["annotations"]["runbook"].startswith("docs/operations.md#")
+        used = set(re.findall(r"\b(meterd_[a-z_]+)\b", r["expr"]))
+        assert used, r["alert"]
+        assert used <= known, f"{r['alert']} uses unknown metrics {used - known}"
+        assert r["expr"].count("(") == r["expr"].count(")")
