@@ -6,6 +6,7 @@ pub mod convert;
 mod customers;
 pub mod marketplace_http;
 mod metering;
+mod request_id;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,10 +111,12 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// Large windows let a 1,000-event batch (~110 KB) arrive without waiting for window updates.
-fn server_builder() -> tonic::transport::Server {
+fn server_builder()
+-> tonic::transport::Server<tower::layer::util::Stack<request_id::RequestIdLayer, tower::layer::util::Identity>> {
     tonic::transport::Server::builder()
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .layer(request_id::RequestIdLayer)
 }
 
 /// Serves `routes` on every bound listener until `shutdown` resolves, then lets in-flight calls finish.
