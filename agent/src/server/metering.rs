@@ -57,9 +57,13 @@ impl Metering for MeteringService {
         let event = request.into_inner().event.ok_or_else(|| Status::invalid_argument("event: is required"))?;
         let mut results = self.ingest.record(std::slice::from_ref(&event)).await.map_err(store_status)?;
         match results.pop().expect("one result per event") {
-            Ok(r) => Ok(Response::new(v1::RecordUsageResponse { receipt: Some(receipt_to_wire(&r)) })),
+            Ok(r) => {
+                tracing::debug!(key = %r.idempotency_key, replayed = r.replayed, "usage recorded");
+                Ok(Response::new(v1::RecordUsageResponse { receipt: Some(receipt_to_wire(&r)) }))
+            }
             Err(e) => {
                 let (code, _, message) = refusal("event", &event.idempotency_key, &e);
+                tracing::debug!(?code, %message, "usage refused");
                 Err(Status::new(code, message))
             }
         }
@@ -95,6 +99,7 @@ impl Metering for MeteringService {
                 }),
             })
             .collect();
+        tracing::debug!(events = events.len(), "usage batch recorded");
         Ok(Response::new(v1::RecordUsageBatchResponse { results }))
     }
 }
