@@ -55,6 +55,13 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    /// Terminal records and event keys older than this are compacted away ("45d": past the AWS month).
+    #[serde(default = "default_retention", with = "humantime_serde_compat")]
+    pub retention: Duration,
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(45 * 24 * 3600)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -309,6 +316,12 @@ impl Config {
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must be a directory path"));
+        }
+        if self.storage.retention < Duration::from_secs(2 * 24 * 3600) {
+            return Err(invalid(
+                "storage.retention",
+                "must be at least 2d: it must outlive the submission window and any client retry",
+            ));
         }
         if self.ingest.max_batch_events == 0 || self.ingest.max_batch_events > 100_000 {
             return Err(invalid("ingest.max_batch_events", "must be between 1 and 100000"));

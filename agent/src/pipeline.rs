@@ -56,7 +56,20 @@ impl Pipeline {
         let sealer = pipeline.clone();
         let mut stop_sealer = stop_rx;
         tasks.spawn(async move {
+            let mut last_compaction: Option<i64> = None;
             loop {
+                let now = sealer.clock.now_ms();
+                if last_compaction.is_none_or(|t| now - t >= HOUR_MS) {
+                    last_compaction = Some(now);
+                    let cutoff = now - sealer.config.storage.retention.as_millis() as i64;
+                    match sealer.store.compact(cutoff).await {
+                        Ok(c) if c.records + c.events > 0 => {
+                            tracing::info!(records = c.records, events = c.events, "retention compacted old history")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "retention compaction failed; will retry"),
+                    }
+                }
                 match sealer.seal_due().await {
                     Ok(s) if s.records + s.carried_only > 0 => {
                         tracing::info!(records = s.records, carried_only = s.carried_only,

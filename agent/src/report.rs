@@ -52,6 +52,8 @@ pub struct Totals {
     pub open: String,
     pub rejected_by_reason: BTreeMap<String, u64>,
     pub expired_by_reason: BTreeMap<String, u64>,
+    /// Terminal records older than the retention, removed from the rows but kept in these totals.
+    pub compacted_records: u64,
     /// True when recorded == accepted + rejected + expired + pending + carried + open, to the micro-unit.
     pub reconciled: bool,
 }
@@ -170,6 +172,14 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
         (a.hour, &a.product, &a.customer, &a.dimension).cmp(&(b.hour, &b.product, &b.customer, &b.dimension))
     });
 
+    // History removed by retention still counts in the totals.
+    let compacted = store.compacted()?;
+    recorded = recorded.checked_add(compacted.recorded).unwrap_or(recorded);
+    late = late.checked_add(compacted.late).unwrap_or(late);
+    accepted += compacted.accepted;
+    rejected += compacted.rejected;
+    expired += compacted.expired;
+    totals.compacted_records = compacted.records;
     let carried = store.carries()?.into_iter().fold(Micros::ZERO, |a, c| a.checked_add(c).unwrap_or(a));
     let accounted = [units(accepted), units(rejected), units(expired), units(pending), carried, open]
         .into_iter()

@@ -172,3 +172,80 @@ fn a_terminal_state_is_final_and_sealed_content_is_frozen() {
         store.close().await.unwrap();
     });
 }
+
+#[test]
+fn retention_compacts_terminal_history_and_the_report_still_reconciles() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let mut key = 0;
+        for h in 0..6i64 {
+            for c in 0..3 {
+                key += 1;
+                let ev = UsageEvent {
+                    idempotency_key: format!("k{key}"),
+                    product: "p".into(),
+                    identity: Identity::Legacy { customer_identifier: format!("c{c}") },
+                    dimension: "d".into(),
+                    quantity: Micros(1_700_000),
+                    timestamp_ms: Some(T0 + h * HOUR),
+                    tags: TagSet::new(),
+                };
+                store.ingest(vec![ev], T0 + h * HOUR, LateUsage::Carry).await.unwrap();
+            }
+        }
+        let params = SealParams {
+            cutoff_hour_ms: T0 + 6 * HOUR,
+            now_ms: T0 + 6 * HOUR,
+            window_ms: 24 * HOUR,
+            margin_ms: 0,
+            zero_records: false,
+        };
+        store.seal(params).await.unwrap();
+        // Settle all but the newest hour's records.
+        let settled: Vec<_> = store
+            .pending_records(usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.key.hour_ms < T0 + 5 * HOUR)
+            .map(|r| meterd::domain::record::SealedRecord {
+                state: RecordState::Accepted {
+                    metering_record_id: Some("id".into()),
+                    aws_request_id: None,
+                    at_ms: 0,
+                    verify: false,
+                },
+                ..r
+            })
+            .collect();
+        store.update_records(settled).await.unwrap();
+        let before = report::build(&store).unwrap();
+        assert!(before.totals.reconciled);
+        let records_before = store.records().unwrap().len();
+
+        // Cut off everything before hour 3: hours 0-2 are terminal and go; their events go too.
+        let removed = store.compact(T0 + 3 * HOUR).await.unwrap();
+        assert_eq!(removed.events, 9);
+        assert!(removed.records > 0 && removed.records < records_before as u64);
+        let after = report::build(&store).unwrap();
+        assert!(after.totals.reconciled, "{:?}", after.totals);
+        assert_eq!(after.totals.recorded, before.totals.recorded, "compacted usage still counts");
+        assert_eq!(after.totals.accepted, before.totals.accepted);
+        assert_eq!(after.totals.compacted_records, removed.records);
+        assert!(after.rows.iter().all(|r| r.hour >= T0 + 3 * HOUR), "old rows are gone");
+        assert!(store.event("k1").unwrap().is_none() && store.event(&format!("k{key}")).unwrap().is_some());
+        // Pending records are never compacted, whatever their age.
+        let removed = store.compact(T0 + 100 * HOUR).await.unwrap();
+        assert_eq!(store.pending_count(), 3);
+        assert!(report::build(&store).unwrap().totals.reconciled, "{removed:?}");
+        store.close().await.unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.counters().events_stored.load(std::sync::atomic::Ordering::Relaxed),
+            18,
+            "a counter never goes back"
+        );
+        store.close().await.unwrap();
+    });
+}

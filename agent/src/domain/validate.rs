@@ -218,6 +218,17 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
                     ),
                 ));
             }
+            let retention = config.storage.retention.as_millis() as i64;
+            if ms < now_ms.saturating_sub(retention) {
+                return Err(FieldError::new(
+                    "timestamp",
+                    format!(
+                        "{} is older than storage.retention ({}): usage that old can no longer be deduplicated or billed",
+                        crate::clock::rfc3339(ms),
+                        humantime::format_duration(config.storage.retention)
+                    ),
+                ));
+            }
             Some(ms)
         }
     };
@@ -448,6 +459,15 @@ mod tests {
         refused(v1::UsageEvent { timestamp: ts(0, -1), ..good() }, "timestamp", "nanos");
         refused(v1::UsageEvent { timestamp: ts(0, 1_000_000_000), ..good() }, "timestamp", "nanos");
         refused(v1::UsageEvent { timestamp: ts(i64::MAX, 0), ..good() }, "timestamp", "ahead");
+        refused(
+            v1::UsageEvent { timestamp: ts(NOW / 1000 - 46 * 24 * 3600, 0), ..good() },
+            "timestamp",
+            "older than storage.retention",
+        );
+        assert!(
+            validate(&v1::UsageEvent { timestamp: ts(NOW / 1000 - 44 * 24 * 3600, 0), ..good() }, &config(), NOW)
+                .is_ok()
+        );
     }
 
     #[test]

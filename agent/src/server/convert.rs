@@ -69,6 +69,7 @@ pub fn report_to_wire(r: &crate::report::Report) -> v1::ReportResponse {
             rejected_by_reason: t.rejected_by_reason.clone().into_iter().collect(),
             expired_by_reason: t.expired_by_reason.clone().into_iter().collect(),
             reconciled: t.reconciled,
+            compacted_records: t.compacted_records,
         }),
     }
 }
@@ -113,6 +114,7 @@ pub fn report_from_wire(r: &v1::ReportResponse) -> crate::report::Report {
             rejected_by_reason: t.rejected_by_reason.into_iter().collect(),
             expired_by_reason: t.expired_by_reason.into_iter().collect(),
             reconciled: t.reconciled,
+            compacted_records: t.compacted_records,
         },
     }
 }

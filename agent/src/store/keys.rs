@@ -22,6 +22,8 @@ pub const SCHEMA_VERSION_KEY: &[u8] = b"m/schema_version";
 pub const EVENT_PREFIX: &[u8] = b"e/";
 pub const BUCKET_PREFIX: &[u8] = b"b/";
 pub const SEALED_THROUGH_KEY: &[u8] = b"m/sealed_through";
+/// Totals of history compacted away, so the report still reconciles.
+pub const COMPACTED_KEY: &[u8] = b"m/compacted";
 pub const RECORD_PREFIX: &[u8] = b"r/";
 pub const QUEUE_PREFIX: &[u8] = b"q/";
 pub const CARRY_PREFIX: &[u8] = b"c/";

@@ -69,6 +69,18 @@ pub enum IngestOutcome {
     NotActive { message: String },
 }
 
+/// Totals of records and events removed by retention, kept so the report still reconciles.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Compacted {
+    pub records: u64,
+    pub events: u64,
+    pub recorded: Micros,
+    pub late: Micros,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub expired: u64,
+}
+
 /// What applying a lifecycle event did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LifecycleOutcome {
@@ -147,7 +159,14 @@ impl Store {
             }
         }
         let counters = Arc::new(StoreCounters::default());
-        counters.events_stored.store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64, Ordering::Relaxed);
+        let compacted: Compacted = match db.get(keys::COMPACTED_KEY)? {
+            Some(v) => decode(&v)?,
+            None => Compacted::default(),
+        };
+        // Every event ever stored: the keys still held plus those retention removed.
+        counters
+            .events_stored
+            .store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64 + compacted.events, Ordering::Relaxed);
         let (commands, threads) = writer::spawn(db.clone(), counters.clone());
         Ok(Store {
             inner: Arc::new(Inner {
@@ -201,6 +220,21 @@ impl Store {
     ) -> Result<LifecycleOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.command(writer::Command::Lifecycle { event, params, reply }, rx).await
+    }
+
+    /// Removes terminal records of hours before `cutoff_ms` and event keys recorded before it (durably), folding
+    /// their totals into [`Compacted`]. Returns what this call removed.
+    pub async fn compact(&self, cutoff_ms: UnixMillis) -> Result<Compacted, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::Compact { cutoff_ms, reply }, rx).await
+    }
+
+    /// Everything compacted away so far.
+    pub fn compacted(&self) -> Result<Compacted, StoreError> {
+        Ok(match self.inner.db.get(keys::COMPACTED_KEY)? {
+            Some(v) => decode(&v)?,
+            None => Compacted::default(),
+        })
     }
 
     /// Records that AWS answered CustomerNotSubscribed for `identity`.

@@ -66,6 +66,11 @@ pub enum Command {
         params: SealParams,
         reply: Answer<LifecycleOutcome>,
     },
+    /// Retention: drop terminal history older than the cutoff.
+    Compact {
+        cutoff_ms: UnixMillis,
+        reply: Answer<super::Compacted>,
+    },
     /// AWS answered CustomerNotSubscribed for this identity.
     NotSubscribed {
         identity: Identity,
@@ -189,6 +194,12 @@ impl Writer {
                                     }
                                 }
                             }
+                            Command::Compact { cutoff_ms, reply } => match self.apply_compact(cutoff_ms) {
+                                Ok(c) => group.replies.push(pending(reply, c)),
+                                Err(e) => {
+                                    let _ = reply.send(Err(e));
+                                }
+                            },
                             Command::Stop => stopping = true,
                             Command::Ingest { .. } => unreachable!("handled above"),
                         }
@@ -678,6 +689,59 @@ impl Writer {
         life.not_subscribed_at_ms = Some(at_ms);
         self.db.insert(lk, encode(&life))?;
         Ok(())
+    }
+
+    fn apply_compact(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
+        let mut removed = super::Compacted::default();
+        let mut batch = sled::Batch::default();
+        // Records are keyed hour first: stop at the first hour not older than the cutoff.
+        for kv in self.db.scan_prefix(keys::RECORD_PREFIX) {
+            let (k, v) = kv?;
+            let r: SealedRecord = decode(&v)?;
+            if r.key.hour_ms >= cutoff_ms {
+                break;
+            }
+            if !r.state.is_terminal() {
+                continue;
+            }
+            let q = u64::from(r.quantity);
+            match r.state {
+                RecordState::Accepted { .. } => removed.accepted += q,
+                RecordState::Rejected { .. } => removed.rejected += q,
+                RecordState::Expired { .. } => removed.expired += q,
+                _ => {}
+            }
+            removed.recorded = removed.recorded.checked_add(r.recorded).unwrap_or(removed.recorded);
+            removed.late = removed.late.checked_add(r.late).unwrap_or(removed.late);
+            removed.records += 1;
+            batch.remove(k);
+        }
+        // An event key older than the retention can no longer be a retry; its hour is long sealed.
+        for kv in self.db.scan_prefix(keys::EVENT_PREFIX) {
+            let (k, v) = kv?;
+            let e: StoredEvent = decode(&v)?;
+            if e.recorded_at_ms < cutoff_ms && e.hour_ms < cutoff_ms {
+                batch.remove(k);
+                removed.events += 1;
+            }
+        }
+        if removed.records + removed.events == 0 {
+            return Ok(removed);
+        }
+        let mut total: super::Compacted = match self.db.get(keys::COMPACTED_KEY)? {
+            Some(v) => decode(&v)?,
+            None => super::Compacted::default(),
+        };
+        total.records += removed.records;
+        total.events += removed.events;
+        total.recorded = total.recorded.checked_add(removed.recorded).unwrap_or(total.recorded);
+        total.late = total.late.checked_add(removed.late).unwrap_or(total.late);
+        total.accepted += removed.accepted;
+        total.rejected += removed.rejected;
+        total.expired += removed.expired;
+        batch.insert(keys::COMPACTED_KEY, encode(&total));
+        self.db.apply_batch(batch)?;
+        Ok(removed)
     }
 
     fn apply_update(&self, records: &[SealedRecord]) -> Result<(), StoreError> {

@@ -1,0 +1,270 @@
+//! The Rust client SDK: retry and key behaviour against an in-process scripted server (deterministic), and the
+//! whole path against the real `meterd` binary ($METERD_BIN, or `meterd` next to this test's target dir).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meterd_proto::sdk::{Client, ClientOptions, Customer, Error, RetryPolicy, Usage};
+use meterd_proto::v1::{self, metering_server::Metering, metering_server::MeteringServer};
+use tonic::{Request, Response, Status};
+
+/// Answers each call with the next scripted reply (or a receipt when the script is empty) and remembers the
+/// idempotency keys it saw.
+#[derive(Default, Clone)]
+struct Scripted {
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    seen: Arc<Mutex<Vec<Vec<String>>>>,
+}
+
+enum Reply {
+    Fail(Status),
+    Hang(Duration),
+}
+
+fn receipt(key: &str) -> v1::Receipt {
+    v1::Receipt { idempotency_key: key.into(), product: "demo".into(), ..Default::default() }
+}
+
+impl Scripted {
+    async fn next(&self, keys: Vec<String>) -> Result<(), Status> {
+        self.seen.lock().unwrap().push(keys);
+        let reply = self.script.lock().unwrap().pop_front();
+        match reply {
+            Some(Reply::Fail(s)) => Err(s),
+            Some(Reply::Hang(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Metering for Scripted {
+    async fn record_usage(
+        &self,
+        request: Request<v1::RecordUsageRequest>,
+    ) -> Result<Response<v1::RecordUsageResponse>, Status> {
+        let key = request.into_inner().event.unwrap().idempotency_key;
+        self.next(vec![key.clone()]).await?;
+        Ok(Response::new(v1::RecordUsageResponse { receipt: Some(receipt(&key)) }))
+    }
+
+    async fn record_usage_batch(
+        &self,
+        request: Request<v1::RecordUsageBatchRequest>,
+    ) -> Result<Response<v1::RecordUsageBatchResponse>, Status> {
+        let keys: Vec<String> = request.into_inner().events.into_iter().map(|e| e.idempotency_key).collect();
+        self.next(keys.clone()).await?;
+        let results = keys
+            .iter()
+            .map(|k| v1::EventResult {
+                outcome: Some(if k.starts_with("bad") {
+                    v1::event_result::Outcome::Error(v1::EventError {
+                        code: 3,
+                        field: "events[0].quantity".into(),
+                        message: "events[0].quantity: bad".into(),
+                    })
+                } else {
+                    v1::event_result::Outcome::Receipt(receipt(k))
+                }),
+            })
+            .collect();
+        Ok(Response::new(v1::RecordUsageBatchResponse { results }))
+    }
+}
+
+async fn serve(server: Scripted) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MeteringServer::new(server))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    addr.to_string()
+}
+
+fn fast_retries(max_attempts: u32) -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(5),
+        retry: RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+        },
+        ..ClientOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn retries_unavailable_with_the_same_generated_key() {
+    let server = Scripted::default();
+    server
+        .script
+        .lock()
+        .unwrap()
+        .extend([Reply::Fail(Status::unavailable("store closed")), Reply::Fail(Status::unavailable("store closed"))]);
+    let client = Client::new(&serve(server.clone()).await, fast_retries(5)).unwrap();
+    let r = client.record_usage(Usage::new("acme", "api_calls", 1u32)).await.unwrap();
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "two failures, then success");
+    assert!(seen.iter().all(|k| k == &vec![r.idempotency_key.clone()]), "every attempt reuses one key: {seen:?}");
+    // A second logical event gets a new key.
+    let r2 = client.record_usage(Usage::new("acme", "api_calls", 1u32)).await.unwrap();
+    assert_ne!(r2.idempotency_key, r.idempotency_key);
+}
+
+#[tokio::test]
+async fn refusals_are_not_retried_and_are_typed() {
+    let server = Scripted::default();
+    server.script.lock().unwrap().extend([
+        Reply::Fail(Status::invalid_argument("event.quantity: \"x\" is not a decimal")),
+        Reply::Fail(Status::already_exists("event.idempotency_key: used")),
+        Reply::Fail(Status::failed_precondition("event.customer: license deprovisioned")),
+    ]);
+    let client = Client::new(&serve(server.clone()).await, fast_retries(5)).unwrap();
+    let u = || Usage::new("acme", "api_calls", "x").idempotency_key("k1");
+    let e = client.record_usage(u()).await.unwrap_err();
+    assert!(matches!(&e, Error::InvalidUsage { field, .. } if field == "event.quantity"), "{e:?}");
+    assert_eq!(client.record_usage(u()).await.unwrap_err().code(), "CONFLICT");
+    assert_eq!(client.record_usage(u()).await.unwrap_err().code(), "CUSTOMER_NOT_ACTIVE");
+    assert_eq!(server.seen.lock().unwrap().len(), 3, "one attempt each");
+}
+
+#[tokio::test]
+async fn attempts_and_timeout_bound_the_call() {
+    let server = Scripted::default();
+    server.script.lock().unwrap().extend((0..10).map(|_| Reply::Fail(Status::unavailable("down"))));
+    let client = Client::new(&serve(server.clone()).await, fast_retries(3)).unwrap();
+    let e = client.record_usage(Usage::new("acme", "api_calls", 1u32)).await.unwrap_err();
+    assert_eq!(e.code(), "AGENT_UNAVAILABLE");
+    assert!(e.is_retryable());
+    assert_eq!(server.seen.lock().unwrap().len(), 3);
+
+    let slow = Scripted::default();
+    slow.script.lock().unwrap().extend((0..10).map(|_| Reply::Hang(Duration::from_secs(30))));
+    let options = ClientOptions { timeout: Duration::from_millis(300), ..fast_retries(10) };
+    let client = Client::new(&serve(slow).await, options).unwrap();
+    let started = Instant::now();
+    let e = client.record_usage(Usage::new("acme", "api_calls", 1u32)).await.unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn connection_refused_is_agent_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let client = Client::new(&format!("127.0.0.1:{port}"), fast_retries(2)).unwrap();
+    let e = client.status().await.unwrap_err();
+    assert_eq!(e.code(), "AGENT_UNAVAILABLE", "{e:?}");
+    assert!(matches!(Client::new("nonsense", ClientOptions::default()), Err(Error::InvalidTarget { .. })));
+}
+
+#[tokio::test]
+async fn batches_are_split_in_order_and_keep_keys_across_retries() {
+    let server = Scripted::default();
+    server.script.lock().unwrap().push_back(Reply::Fail(Status::unavailable("flaky")));
+    let options = ClientOptions { max_batch_events: 4, ..fast_retries(5) };
+    let client = Client::new(&serve(server.clone()).await, options).unwrap();
+    let mut usages: Vec<Usage> = (0..10).map(|i| Usage::new("acme", "api_calls", i as u32)).collect();
+    usages[5] = usages[5].clone().idempotency_key("bad-1");
+    let results = client.record_usage_batch(&usages).await.unwrap();
+    assert_eq!(results.len(), 10);
+    assert!(matches!(&results[5], Err(Error::InvalidUsage { .. })));
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 9);
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 4, 2], "chunk 1 retried once");
+    assert_eq!(seen[0], seen[1], "the retried chunk resent the same keys");
+    let keys: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| &r.idempotency_key).collect();
+    assert_eq!(keys[0], &seen[1][0]);
+    assert!(client.record_usage_batch(&[]).await.is_err());
+}
+
+// ---- against the real agent -------------------------------------------------------------------------------
+
+fn meterd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("METERD_BIN") {
+        return p.into();
+    }
+    // target/<profile>/deps/sdk-<hash> → target/<profile>/meterd
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|d| d.parent()).unwrap().join("meterd")
+}
+
+struct Agent {
+    child: Child,
+    target: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_agent() -> Agent {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("meterd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{}\"\n[pipeline]\nlate_usage = \"reject\"\n\
+             [products.demo]\nidentity = \"license\"\ndimensions = [\"api_calls\", \"storage_gb_hours\"]\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let bin = meterd_bin();
+    assert!(bin.exists(), "{} not found: build it (cargo build -p meterd) or set METERD_BIN", bin.display());
+    let mut child = Command::new(bin)
+        .args(["run", "--simulate", "--speed", "1", "--config"])
+        .arg(&config)
+        .env("METERD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let target = line.split_whitespace().find_map(|f| f.strip_prefix("tcp=")).expect("ready line").to_string();
+    Agent { child, target, _dir: dir }
+}
+
+#[tokio::test]
+async fn against_the_real_agent() {
+    let agent = start_agent();
+    let client = Client::connect(&agent.target, ClientOptions::default()).await.unwrap();
+    let r = client.record_usage(Usage::new("acme", "api_calls", "2.5").tag("team", "a")).await.unwrap();
+    assert!(!r.replayed);
+    let aws = Customer::aws("111122223333", "arn:aws:license-manager::111122223333:license:l-demo-demo");
+    client.record_usage(Usage::new(aws, "storage_gb_hours", 3u64)).await.unwrap();
+    let replay = client
+        .record_usage(Usage::new("acme", "api_calls", "2.5").tag("team", "a").idempotency_key(&r.idempotency_key))
+        .await
+        .unwrap();
+    assert!(replay.replayed);
+    let conflict = client.record_usage(Usage::new("acme", "api_calls", "1").idempotency_key(&r.idempotency_key)).await;
+    assert_eq!(conflict.unwrap_err().code(), "CONFLICT");
+    let bad = client.record_usage(Usage::new("acme", "nope", 1u32)).await.unwrap_err();
+    assert_eq!(bad.field(), Some("event.dimension"));
+    let late = Usage::new("acme", "api_calls", 1u32).at(std::time::SystemTime::now() - Duration::from_secs(7200));
+    client.flush().await.unwrap();
+    assert_eq!(client.record_usage(late).await.unwrap_err().code(), "LATE_USAGE_REJECTED");
+    let batch = vec![Usage::new("acme", "api_calls", 1u32), Usage::new("acme", "bad", 1u32)];
+    let results = client.record_usage_batch(&batch).await.unwrap();
+    assert!(results[0].is_ok());
+    assert_eq!(results[1].as_ref().unwrap_err().field(), Some("events[1].dimension"));
+    let report = client.report().await.unwrap();
+    let totals = report.totals.unwrap();
+    assert_eq!(totals.recorded, "6.5");
+    assert!(totals.reconciled);
+    assert_eq!(client.status().await.unwrap().events_stored, 3);
+}
