@@ -376,6 +376,8 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             "store_size_bytes": s.store_size_bytes,
             "late_events": s.late_events,
             "records_at_risk": s.records_at_risk,
+            "customers_by_status": s.customers_by_status,
+            "customers_not_subscribed": s.customers_not_subscribed,
             "sealed_through": ts(&s.sealed_through),
             "pending_records": s.pending_records,
             "oldest_pending_age_seconds": s.oldest_pending_age_seconds,
@@ -402,6 +404,13 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
         println!("  open buckets   {}", s.open_buckets);
         println!("  late events    {}", s.late_events);
         println!("  at risk        {} record(s) held for unmapped tenants", s.records_at_risk);
+        let mut statuses: Vec<_> = s.customers_by_status.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        statuses.sort();
+        println!(
+            "  customers      {} ({} answered CustomerNotSubscribed)",
+            if statuses.is_empty() { "none tracked".to_string() } else { statuses.join(", ") },
+            s.customers_not_subscribed
+        );
         println!("  sealed through {}", ts(&s.sealed_through));
         println!(
             "  pending        {} record(s), oldest hour {} s old",

@@ -224,6 +224,9 @@ async fn customer_not_subscribed_is_rejected_and_shown_on_the_customer() {
     let info = cust.get(v1::GetCustomerRequest { tenant_id: "p".into() }).await.unwrap().into_inner();
     assert!(info.not_subscribed_at.is_some(), "{info:?}");
     assert!(info.history.iter().any(|h| h.source.contains("CustomerNotSubscribed")));
+    let st = s.client.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.customers_not_subscribed, 1);
+    assert_eq!(st.customers_by_status.get("active"), Some(&1));
     s.stop().await;
 }
 

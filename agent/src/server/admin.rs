@@ -38,6 +38,12 @@ impl Admin for AdminService {
                 let (h, d) = acc.unwrap_or((i64::MAX, i64::MAX));
                 Some((h.min(r.key.hour_ms), d.min(r.deadline_ms)))
             });
+            let mut by_status = std::collections::HashMap::new();
+            let mut not_subscribed = 0u64;
+            for l in store.lifecycles()? {
+                *by_status.entry(l.status.name().to_string()).or_insert(0u64) += 1;
+                not_subscribed += u64::from(l.not_subscribed_at_ms.is_some());
+            }
             Ok::<_, crate::store::StoreError>((
                 store.open_bucket_count(),
                 store.size_on_disk(),
@@ -45,12 +51,14 @@ impl Admin for AdminService {
                 oldest,
                 store.sealed_through()?,
                 at_risk,
+                by_status,
+                not_subscribed,
             ))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(store_status)?;
-        let (open_buckets, size, pending, oldest, sealed_through, at_risk) = snapshot;
+        let (open_buckets, size, pending, oldest, sealed_through, at_risk, by_status, not_subscribed) = snapshot;
         let now = self.clock.now_ms();
         let counters = self.store.counters();
         Ok(Response::new(v1::StatusResponse {
@@ -101,6 +109,8 @@ impl Admin for AdminService {
                 .collect(),
             late_events: counters.late_events.load(Ordering::Relaxed),
             records_at_risk: at_risk,
+            customers_by_status: by_status,
+            customers_not_subscribed: not_subscribed,
         }))
     }
 

@@ -254,6 +254,11 @@ impl Store {
         }
     }
 
+    /// Every tracked marketplace customer's lifecycle.
+    pub fn lifecycles(&self) -> Result<Vec<crate::domain::customer::CustomerLifecycle>, StoreError> {
+        self.inner.db.scan_prefix(keys::LIFECYCLE_PREFIX).map(|kv| decode(&kv?.1)).collect()
+    }
+
     pub fn mappings(&self) -> Result<Vec<crate::domain::customer::TenantMapping>, StoreError> {
         self.inner.db.scan_prefix(keys::TENANT_PREFIX).map(|kv| decode(&kv?.1)).collect()
     }
