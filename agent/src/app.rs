@@ -52,6 +52,7 @@ pub async fn run(
     let config = Arc::new(config);
     let store = Store::open(&config.storage.data_dir)
         .map_err(|e| anyhow::anyhow!("storage.data_dir {}: {e}", config.storage.data_dir.display()))?;
+    let security = server::TcpSecurity::from_config(&config)?;
     let listeners = Listeners::bind(&config).await?;
     let mut ready = Ready {
         http: None,
@@ -126,7 +127,7 @@ pub async fn run(
     ready.http = http_addr;
     ready.admin = admin_addr;
     on_ready(&ready);
-    let served = server::serve(routes, listeners, shutdown).await;
+    let served = server::serve(routes, listeners, security, shutdown).await;
     tracing::info!("listeners closed; stopping the pipeline and flushing the store");
     running.stop().await;
     for (tx, task) in [http, admin].into_iter().flatten() {

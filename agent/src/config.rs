@@ -39,16 +39,31 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// gRPC on TCP. Must be a loopback address (non-loopback listeners come with TLS and tokens).
+    /// gRPC on TCP. A non-loopback address requires `tls` and a bearer token.
     pub listen: Option<String>,
     /// gRPC on a Unix socket (created 0660).
     pub unix_socket: Option<PathBuf>,
+    /// TLS for the TCP listener (rustls).
+    pub tls: Option<TlsConfig>,
+    /// A file holding the bearer token TCP callers must send (`authorization: Bearer …`); `METERD_TOKEN`
+    /// overrides it. Never logged or printed.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: Some("127.0.0.1:7171".into()), unix_socket: None }
+        Self { listen: Some("127.0.0.1:7171".into()), unix_socket: None, tls: None, token_file: None }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +276,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub const ENV_OVERRIDES: &[(&str, &[&str])] = &[
     ("METERD_LISTEN", &["server", "listen"]),
     ("METERD_UNIX_SOCKET", &["server", "unix_socket"]),
+    ("METERD_TOKEN_FILE", &["server", "token_file"]),
     ("METERD_DATA_DIR", &["storage", "data_dir"]),
     ("METERD_MAX_FUTURE_SKEW", &["ingest", "max_future_skew"]),
     ("METERD_DEFAULT_PRODUCT", &["ingest", "default_product"]),
@@ -302,10 +318,10 @@ impl Config {
             let addr: SocketAddr = listen.parse().map_err(|_| {
                 invalid("server.listen", format!("{listen:?} is not an IP:port such as 127.0.0.1:7171"))
             })?;
-            if !addr.ip().is_loopback() {
+            if !addr.ip().is_loopback() && (self.server.tls.is_none() || self.server.token_file.is_none()) {
                 return Err(invalid(
                     "server.listen",
-                    format!("{addr} is not a loopback address; this version serves only loopback TCP or a Unix socket"),
+                    format!("{addr} is not a loopback address: set [server.tls] and server.token_file to expose it"),
                 ));
             }
         }

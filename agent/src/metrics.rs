@@ -242,6 +242,8 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
             );
         }
     }
+    metric(&mut out, "meterd_auth_refused_total", "counter", "TCP calls refused for a missing or wrong bearer token.");
+    let _ = writeln!(out, "meterd_auth_refused_total {}", crate::server::auth::REFUSED.load(Ordering::Relaxed));
     m.call_latency.render(&mut out, "meterd_submit_call_seconds", "BatchMeterUsage call latency.");
     m.batch_size.render(&mut out, "meterd_submit_batch_records", "Records per BatchMeterUsage call.");
     out

@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod admin_http;
+pub mod auth;
 pub mod convert;
 mod customers;
 pub mod marketplace_http;
@@ -120,9 +121,61 @@ fn server_builder()
 }
 
 /// Serves `routes` on every bound listener until `shutdown` resolves, then lets in-flight calls finish.
+/// What protects the TCP listener: TLS (optionally mTLS) and a bearer token. The Unix socket relies on its
+/// file permissions.
+#[derive(Default)]
+pub struct TcpSecurity {
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub token: Option<String>,
+}
+
+impl TcpSecurity {
+    /// Reads the certificate, key, client CA and token files named in the config; errors name the key.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let read = |key: &str, p: &Path| {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("{key}: cannot read {}: {e}", p.display()))
+        };
+        let tls = match &config.server.tls {
+            Some(t) => {
+                let identity = tonic::transport::Identity::from_pem(
+                    read("server.tls.cert_file", &t.cert_file)?,
+                    read("server.tls.key_file", &t.key_file)?,
+                );
+                let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+                if let Some(ca) = &t.client_ca_file {
+                    tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+                        "server.tls.client_ca_file",
+                        ca,
+                    )?));
+                }
+                Some(tls)
+            }
+            None => None,
+        };
+        let token = match &config.server.token_file {
+            Some(p) => {
+                let raw = read("server.token_file", p)?;
+                let token = String::from_utf8(raw)
+                    .map_err(|_| anyhow::anyhow!("server.token_file: {} is not UTF-8", p.display()))?
+                    .trim()
+                    .to_string();
+                if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    anyhow::bail!(
+                        "server.token_file: the token must be at least 16 printable characters without spaces"
+                    );
+                }
+                Some(token)
+            }
+            None => None,
+        };
+        Ok(Self { tls, token })
+    }
+}
+
 pub async fn serve(
     routes: Routes,
     listeners: Listeners,
+    security: TcpSecurity,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -139,9 +192,13 @@ pub async fn serve(
         let stop = stopped(stop_rx.clone());
         // Without TCP_NODELAY, HTTP/2 window updates meet delayed ACKs and a large batch waits ~40 ms.
         let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
-        tasks.spawn(
-            async move { server_builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop).await },
-        );
+        let mut builder = server_builder();
+        if let Some(tls) = security.tls {
+            builder = builder.tls_config(tls).map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+        }
+        let mut builder = builder.layer(auth::AuthLayer::new(security.token));
+        let server = builder.add_routes(routes);
+        tasks.spawn(async move { server.serve_with_incoming_shutdown(incoming, stop).await });
     }
     if let Some((l, path)) = listeners.unix {
         let stop = stopped(stop_rx.clone());
