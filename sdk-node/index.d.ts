@@ -1,0 +1,196 @@
+// Type declarations of the `meterd` package (CommonJS and ESM entry points export the same names).
+
+/** A customer named by AWS account id and license ARN (Concurrent Agreements; `identity = "license"`). */
+export interface AwsCustomer {
+  accountId: string;
+  licenseArn: string;
+}
+
+/** A customer named by the CustomerIdentifier of a legacy listing (`identity = "legacy"`). */
+export interface LegacyCustomer {
+  customerIdentifier: string;
+  productCode?: string;
+}
+
+/** A tenant id (mapped to the marketplace identity by the agent), or an explicit identity. */
+export type Customer = string | AwsCustomer | LegacyCustomer;
+
+/** An exact quantity: a decimal string ("0.25"), a bigint, or a safe integer. Other numbers throw TypeError. */
+export type Quantity = string | bigint | number;
+
+export interface Usage {
+  customer: Customer;
+  /** The dimension's API key exactly as listed in AWS Marketplace. */
+  dimension: string;
+  quantity: Quantity;
+  /** When the usage happened; defaults to when the agent receives it. */
+  timestamp?: Date | null;
+  /** Up to 5 tags; they become the AWS UsageAllocations of the hourly record. */
+  tags?: Record<string, string> | null;
+  /** Unique per logical event; generated (UUID v4) once per call when absent and reused by its retries. */
+  idempotencyKey?: string | null;
+  /** The configured product; defaults to the client's, then the agent's default product. */
+  product?: string | null;
+}
+
+/** What the agent stored for an event (on disk before the Promise resolved). */
+export interface Receipt {
+  idempotencyKey: string;
+  /** True when the event was already stored under this key; it was counted once. */
+  replayed: boolean;
+  product: string;
+  eventTime: Date;
+  usageHour: Date;
+  recordedAt: Date;
+}
+
+export interface ClientOptions {
+  /** The whole budget of one call, retries included, in ms. Default 10000. */
+  timeoutMs?: number;
+  /** Time allowed to open a connection, in ms. Default 2000. */
+  connectTimeoutMs?: number;
+  /** Attempts per call, the first included. Default 10. */
+  maxAttempts?: number;
+  /** Product for events that name none. */
+  product?: string | null;
+  /** Events per request; larger batches are split and joined in order. Default 10000. */
+  maxBatchEvents?: number;
+}
+
+export interface ProductStatus {
+  name: string;
+  identity: 'license' | 'legacy';
+  dimensions: string[];
+}
+
+export interface AccountStatus {
+  name: string;
+  lastSuccessfulCall?: Date | null;
+  clockSkewMs?: number | null;
+  callsOk: number;
+  callsThrottled: number;
+  callsFailed: number;
+  recordsAccepted: number;
+  recordsRejected: number;
+  recordsExpired: number;
+}
+
+export interface AgentStatus {
+  version: string;
+  startedAt?: Date | null;
+  now?: Date | null;
+  dataDir: string;
+  schemaVersion: number;
+  eventsStored: number;
+  openBuckets: number;
+  storeSizeBytes: number;
+  products: ProductStatus[];
+  pendingRecords: number;
+  oldestPendingAgeSeconds: number;
+  mostUrgentDeadline?: Date | null;
+  sealedThrough?: Date | null;
+  accounts: AccountStatus[];
+  lateEvents: number;
+}
+
+export interface FlushResult {
+  recordsSealed: number;
+  hoursCarriedOnly: number;
+  sealedThrough?: Date | null;
+}
+
+/** One hour x customer x dimension. Decimal amounts are exact decimal strings; whole units are numbers. */
+export interface ReportRow {
+  hour?: Date | null;
+  product: string;
+  customer: string;
+  dimension: string;
+  state: 'open' | 'sealed' | 'in_flight' | 'accepted' | 'rejected' | 'expired' | 'carried';
+  recorded: string;
+  late: string;
+  carriedIn: string;
+  carriedOut: string;
+  sealed: number;
+  accepted: number;
+  rejected: number;
+  expired: number;
+  pending: number;
+  reason: string;
+  meteringRecordId: string;
+  deadline?: Date | null;
+}
+
+/** recorded = accepted + rejected + expired + pending + carried + open, exactly (decimal strings). */
+export interface ReportTotals {
+  recorded: string;
+  late: string;
+  accepted: string;
+  rejected: string;
+  expired: string;
+  pending: string;
+  carried: string;
+  open: string;
+  rejectedByReason: Record<string, number>;
+  expiredByReason: Record<string, number>;
+  reconciled: boolean;
+}
+
+export interface Report {
+  rows: ReportRow[];
+  totals: ReportTotals;
+}
+
+export type ErrorCode =
+  | 'INVALID_USAGE'
+  | 'CONFLICT'
+  | 'USAGE_REFUSED'
+  | 'CUSTOMER_NOT_ACTIVE'
+  | 'LATE_USAGE_REJECTED'
+  | 'AGENT_UNAVAILABLE'
+  | 'TIMEOUT'
+  | 'INVALID_TARGET'
+  | 'AGENT_ERROR';
+
+export class MeterdError extends Error {
+  static readonly code: ErrorCode | 'METERD_ERROR';
+  static readonly retryable: boolean;
+  constructor(message: string, details?: { field?: string | null; grpcCode?: number | null });
+  /** Stable across versions and languages (the Python SDK uses the same strings). */
+  readonly code: ErrorCode;
+  /** The field path that failed ("event.quantity", "events[2].tags"), when the error is about one field. */
+  readonly field: string | null;
+  /** The gRPC status code the error came from. */
+  readonly grpcCode: number | null;
+  /** True when the client already retried this kind itself; a later retry with the same key is safe. */
+  readonly retryable: boolean;
+}
+export class InvalidUsage extends MeterdError {}
+export class Conflict extends MeterdError {}
+export class UsageRefused extends MeterdError {}
+export class CustomerNotActive extends UsageRefused {}
+export class LateUsageRejected extends UsageRefused {}
+export class AgentUnavailable extends MeterdError {}
+export class Timeout extends MeterdError {}
+export class InvalidTarget extends MeterdError {}
+export class AgentError extends MeterdError {}
+
+export function awsCustomer(accountId: string, licenseArn: string): AwsCustomer;
+export function legacyCustomer(customerIdentifier: string, productCode?: string): LegacyCustomer;
+
+/** A client of one meterd agent. One connection, shared by every concurrent call. */
+export class Client {
+  /** @param target `host:port`, `http://host:port` or `unix:/path/to/meterd.sock` (default 127.0.0.1:7171). */
+  constructor(target?: string, options?: ClientOptions);
+  readonly target: string;
+  /** Records one event; resolves once the agent has it on disk. */
+  recordUsage(usage: Usage): Promise<Receipt>;
+  /** One Receipt or MeterdError per event, in order. Rejects only when the batch cannot be delivered. */
+  recordUsageBatch(usages: Iterable<Usage>): Promise<Array<Receipt | MeterdError>>;
+  status(): Promise<AgentStatus>;
+  /** Seals every ended hour now and wakes the submitters. */
+  flush(): Promise<FlushResult>;
+  /** Where every recorded unit went, per hour x customer x dimension. */
+  report(): Promise<Report>;
+  /** Drops the connection (a later call opens a new one). */
+  close(): void;
+}

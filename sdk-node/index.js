@@ -1,0 +1,201 @@
+'use strict';
+// meterd: record SaaS usage for AWS Marketplace through the local meterd agent.
+//
+// A thin facade over the native client (meterd.node, built from ../proto's Rust SDK): it checks and normalises
+// arguments (exact quantities only, Date timestamps, one customer shape), turns times into Dates and native
+// errors into MeterdError subclasses. Retries, idempotency keys, timeouts and batching are the Rust client's.
+
+const fs = require('node:fs');
+const path = require('node:path');
+const errors = require('./errors');
+
+/** The native addon. npm ≥ 11 skips a dependency's install script unless it is allowed (`--allow-scripts=meterd`
+ *  or `npm install-scripts approve meterd`); then the addon is built here, once, on first load. */
+function loadNative() {
+  const file = path.join(__dirname, 'meterd.node');
+  if (!fs.existsSync(file)) {
+    const { spawnSync } = require('node:child_process');
+    console.error('meterd: the native addon is not built yet; building it now with cargo (once)');
+    const r = spawnSync(process.execPath, [path.join(__dirname, 'scripts', 'build.js')], { stdio: 'inherit' });
+    if (r.status !== 0) throw new Error(`meterd: building the native addon failed; run: node ${path.join(__dirname, 'scripts', 'build.js')}`);
+  }
+  return require(file);
+}
+
+const { NativeClient } = loadNative();
+
+const USAGE_KEYS = new Set(['customer', 'dimension', 'quantity', 'timestamp', 'tags', 'idempotencyKey', 'product']);
+
+/** A customer named by AWS account id and license ARN (Concurrent Agreements; `identity = "license"`). */
+function awsCustomer(accountId, licenseArn) {
+  return { accountId, licenseArn };
+}
+
+/** A customer named by the CustomerIdentifier of a legacy listing (`identity = "legacy"`). */
+function legacyCustomer(customerIdentifier, productCode) {
+  return productCode === undefined ? { customerIdentifier } : { customerIdentifier, productCode };
+}
+
+function quantityText(q, where) {
+  if (typeof q === 'string') return q;
+  if (typeof q === 'bigint') return q.toString();
+  if (typeof q === 'number') {
+    if (Number.isSafeInteger(q)) return String(q);
+    throw new TypeError(
+      `${where}.quantity ${q} is not a safe integer: pass a decimal string ("0.25") or a bigint; ` +
+        'a JS number cannot hold most decimals exactly',
+    );
+  }
+  throw new TypeError(`${where}.quantity must be a string, bigint or safe integer, not ${typeof q}`);
+}
+
+function nativeUsage(u, i) {
+  const where = i === undefined ? 'usage' : `usages[${i}]`;
+  if (u === null || typeof u !== 'object') throw new TypeError(`${where} must be an object`);
+  for (const k of Object.keys(u)) {
+    if (!USAGE_KEYS.has(k)) throw new TypeError(`${where} has an unknown key ${JSON.stringify(k)}`);
+  }
+  const out = { dimension: u.dimension, quantity: quantityText(u.quantity, where) };
+  if (typeof u.dimension !== 'string') throw new TypeError(`${where}.dimension must be a string`);
+  const c = u.customer;
+  if (typeof c === 'string') out.tenantId = c;
+  else if (c && typeof c.accountId === 'string' && typeof c.licenseArn === 'string') {
+    out.awsAccountId = c.accountId;
+    out.licenseArn = c.licenseArn;
+  } else if (c && typeof c.customerIdentifier === 'string') {
+    out.customerIdentifier = c.customerIdentifier;
+    if (c.productCode !== undefined) out.productCode = c.productCode;
+  } else {
+    throw new TypeError(
+      `${where}.customer must be a tenant id (string), awsCustomer(accountId, licenseArn) or legacyCustomer(customerIdentifier)`,
+    );
+  }
+  if (u.timestamp !== undefined && u.timestamp !== null) {
+    if (!(u.timestamp instanceof Date) || Number.isNaN(u.timestamp.getTime())) {
+      throw new TypeError(`${where}.timestamp must be a valid Date`);
+    }
+    out.timestampMs = u.timestamp.getTime();
+  }
+  if (u.tags !== undefined && u.tags !== null) {
+    for (const [k, v] of Object.entries(u.tags)) {
+      if (typeof v !== 'string') throw new TypeError(`${where}.tags[${JSON.stringify(k)}] must be a string`);
+    }
+    out.tags = u.tags;
+  }
+  if (u.product !== undefined && u.product !== null) out.product = u.product;
+  if (u.idempotencyKey !== undefined && u.idempotencyKey !== null) out.idempotencyKey = u.idempotencyKey;
+  return out;
+}
+
+function receipt(r) {
+  return {
+    idempotencyKey: r.idempotencyKey,
+    replayed: r.replayed,
+    product: r.product,
+    eventTime: new Date(r.eventTimeMs),
+    usageHour: new Date(r.usageHourMs),
+    recordedAt: new Date(r.recordedAtMs),
+  };
+}
+
+/** `fooMs` epoch-millisecond fields become `foo` Dates (or null), recursively; `clockSkewMs` stays a number. */
+function withDates(value) {
+  if (Array.isArray(value)) return value.map(withDates);
+  if (value === null || typeof value !== 'object') return value;
+  const out = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (k.endsWith('Ms') && k !== 'clockSkewMs') out[k.slice(0, -2)] = v == null ? null : new Date(v);
+    else out[k] = withDates(v);
+  }
+  return out;
+}
+
+async function call(promise) {
+  try {
+    return await promise;
+  } catch (e) {
+    throw errors.convert(e);
+  }
+}
+
+class Client {
+  #native;
+  #target;
+
+  /**
+   * @param {string} [target] `host:port`, `http://host:port` or `unix:/path/to/meterd.sock`.
+   * @param {object} [options] `timeoutMs` (10000, the whole call with retries), `connectTimeoutMs` (2000),
+   *   `maxAttempts` (10), `product` (default product), `maxBatchEvents` (10000 per request).
+   */
+  constructor(target = '127.0.0.1:7171', options = {}) {
+    if (typeof target !== 'string') throw new TypeError('target must be a string');
+    const { timeoutMs = 10_000, connectTimeoutMs = 2_000, maxAttempts = 10, product = null, maxBatchEvents = 10_000, ...rest } =
+      options;
+    const unknown = Object.keys(rest);
+    if (unknown.length) throw new TypeError(`unknown option(s): ${unknown.join(', ')}`);
+    for (const [k, v] of Object.entries({ maxAttempts, maxBatchEvents })) {
+      if (!Number.isSafeInteger(v) || v < 1) throw new RangeError(`${k} must be a positive integer`);
+    }
+    try {
+      this.#native = new NativeClient(target, {
+        timeoutMs,
+        connectTimeoutMs,
+        maxAttempts,
+        product: product ?? undefined,
+        maxBatchEvents,
+      });
+    } catch (e) {
+      throw errors.convert(e);
+    }
+    this.#target = target;
+  }
+
+  get target() {
+    return this.#target;
+  }
+
+  /** Records one event; resolves once the agent has it on disk. Rejects with a MeterdError subclass. */
+  async recordUsage(usage) {
+    return receipt(await call(this.#native.recordUsage(nativeUsage(usage))));
+  }
+
+  /** Records many events; resolves to one Receipt or MeterdError per event, in order. */
+  async recordUsageBatch(usages) {
+    if (!Array.isArray(usages)) usages = Array.from(usages);
+    const results = await call(this.#native.recordUsageBatch(usages.map(nativeUsage)));
+    return results.map((r) => (r.receipt ? receipt(r.receipt) : errors.fromNative(r.error)));
+  }
+
+  async status() {
+    return withDates(await call(this.#native.status()));
+  }
+
+  async flush() {
+    return withDates(await call(this.#native.flush()));
+  }
+
+  async report() {
+    return withDates(await call(this.#native.report()));
+  }
+
+  /** Drops the connection (a later call opens a new one). */
+  close() {
+    this.#native.close();
+  }
+}
+
+module.exports = {
+  Client,
+  awsCustomer,
+  legacyCustomer,
+  MeterdError: errors.MeterdError,
+  InvalidUsage: errors.InvalidUsage,
+  Conflict: errors.Conflict,
+  UsageRefused: errors.UsageRefused,
+  CustomerNotActive: errors.CustomerNotActive,
+  LateUsageRejected: errors.LateUsageRejected,
+  AgentUnavailable: errors.AgentUnavailable,
+  Timeout: errors.Timeout,
+  InvalidTarget: errors.InvalidTarget,
+  AgentError: errors.AgentError,
+};

@@ -1,0 +1,197 @@
+//! `status()`, `flush()` and `report()` results: plain objects copied from the `meterd.v1.Admin` replies.
+//! Counters are numbers; times are epoch milliseconds (`index.js` turns them into `Date`s).
+
+use std::collections::HashMap;
+
+use meterd_proto::sdk::from_timestamp;
+use meterd_proto::{Timestamp, v1};
+use napi_derive::napi;
+
+use crate::usage::to_ms;
+
+fn ms(t: Option<Timestamp>) -> Option<f64> {
+    t.map(|t| to_ms(from_timestamp(Some(t))))
+}
+
+#[napi(object)]
+pub struct NativeProductStatus {
+    pub name: String,
+    pub identity: String,
+    pub dimensions: Vec<String>,
+}
+
+#[napi(object)]
+pub struct NativeAccountStatus {
+    pub name: String,
+    pub last_successful_call_ms: Option<f64>,
+    pub clock_skew_ms: Option<i64>,
+    pub calls_ok: i64,
+    pub calls_throttled: i64,
+    pub calls_failed: i64,
+    pub records_accepted: i64,
+    pub records_rejected: i64,
+    pub records_expired: i64,
+}
+
+#[napi(object)]
+pub struct NativeStatus {
+    pub version: String,
+    pub started_at_ms: Option<f64>,
+    pub now_ms: Option<f64>,
+    pub data_dir: String,
+    pub schema_version: u32,
+    pub events_stored: i64,
+    pub open_buckets: i64,
+    pub store_size_bytes: i64,
+    pub products: Vec<NativeProductStatus>,
+    pub pending_records: i64,
+    pub oldest_pending_age_seconds: i64,
+    pub most_urgent_deadline_ms: Option<f64>,
+    pub sealed_through_ms: Option<f64>,
+    pub accounts: Vec<NativeAccountStatus>,
+    pub late_events: i64,
+}
+
+impl From<v1::StatusResponse> for NativeStatus {
+    fn from(s: v1::StatusResponse) -> Self {
+        NativeStatus {
+            version: s.version,
+            started_at_ms: ms(s.started_at),
+            now_ms: ms(s.now),
+            data_dir: s.data_dir,
+            schema_version: s.schema_version,
+            events_stored: s.events_stored as i64,
+            open_buckets: s.open_buckets as i64,
+            store_size_bytes: s.store_size_bytes as i64,
+            products: s
+                .products
+                .into_iter()
+                .map(|p| NativeProductStatus { name: p.name, identity: p.identity, dimensions: p.dimensions })
+                .collect(),
+            pending_records: s.pending_records as i64,
+            oldest_pending_age_seconds: s.oldest_pending_age_seconds,
+            most_urgent_deadline_ms: ms(s.most_urgent_deadline),
+            sealed_through_ms: ms(s.sealed_through),
+            accounts: s
+                .accounts
+                .into_iter()
+                .map(|a| NativeAccountStatus {
+                    name: a.name,
+                    last_successful_call_ms: ms(a.last_successful_call),
+                    clock_skew_ms: a.clock_skew_ms,
+                    calls_ok: a.calls_ok as i64,
+                    calls_throttled: a.calls_throttled as i64,
+                    calls_failed: a.calls_failed as i64,
+                    records_accepted: a.records_accepted as i64,
+                    records_rejected: a.records_rejected as i64,
+                    records_expired: a.records_expired as i64,
+                })
+                .collect(),
+            late_events: s.late_events as i64,
+        }
+    }
+}
+
+#[napi(object)]
+pub struct NativeFlush {
+    pub records_sealed: i64,
+    pub hours_carried_only: i64,
+    pub sealed_through_ms: Option<f64>,
+}
+
+impl From<v1::FlushResponse> for NativeFlush {
+    fn from(f: v1::FlushResponse) -> Self {
+        NativeFlush {
+            records_sealed: f.records_sealed as i64,
+            hours_carried_only: f.hours_carried_only as i64,
+            sealed_through_ms: ms(f.sealed_through),
+        }
+    }
+}
+
+#[napi(object)]
+pub struct NativeReportRow {
+    pub hour_ms: Option<f64>,
+    pub product: String,
+    pub customer: String,
+    pub dimension: String,
+    pub state: String,
+    pub recorded: String,
+    pub late: String,
+    pub carried_in: String,
+    pub carried_out: String,
+    pub sealed: i64,
+    pub accepted: i64,
+    pub rejected: i64,
+    pub expired: i64,
+    pub pending: i64,
+    pub reason: String,
+    pub metering_record_id: String,
+    pub deadline_ms: Option<f64>,
+}
+
+#[napi(object)]
+pub struct NativeReportTotals {
+    pub recorded: String,
+    pub late: String,
+    pub accepted: String,
+    pub rejected: String,
+    pub expired: String,
+    pub pending: String,
+    pub carried: String,
+    pub open: String,
+    pub rejected_by_reason: HashMap<String, i64>,
+    pub expired_by_reason: HashMap<String, i64>,
+    pub reconciled: bool,
+}
+
+#[napi(object)]
+pub struct NativeReport {
+    pub rows: Vec<NativeReportRow>,
+    pub totals: NativeReportTotals,
+}
+
+impl From<v1::ReportResponse> for NativeReport {
+    fn from(r: v1::ReportResponse) -> Self {
+        let t = r.totals.unwrap_or_default();
+        let counts = |m: HashMap<String, u64>| m.into_iter().map(|(k, v)| (k, v as i64)).collect();
+        NativeReport {
+            rows: r
+                .rows
+                .into_iter()
+                .map(|row| NativeReportRow {
+                    hour_ms: ms(row.hour),
+                    product: row.product,
+                    customer: row.customer,
+                    dimension: row.dimension,
+                    state: row.state,
+                    recorded: row.recorded,
+                    late: row.late,
+                    carried_in: row.carried_in,
+                    carried_out: row.carried_out,
+                    sealed: row.sealed as i64,
+                    accepted: row.accepted as i64,
+                    rejected: row.rejected as i64,
+                    expired: row.expired as i64,
+                    pending: row.pending as i64,
+                    reason: row.reason,
+                    metering_record_id: row.metering_record_id,
+                    deadline_ms: ms(row.deadline),
+                })
+                .collect(),
+            totals: NativeReportTotals {
+                recorded: t.recorded,
+                late: t.late,
+                accepted: t.accepted,
+                rejected: t.rejected,
+                expired: t.expired,
+                pending: t.pending,
+                carried: t.carried,
+                open: t.open,
+                rejected_by_reason: counts(t.rejected_by_reason),
+                expired_by_reason: counts(t.expired_by_reason),
+                reconciled: t.reconciled,
+            },
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `NativeClient`: one `meterd_proto::sdk::Client`, its calls as Promises.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use meterd_proto::sdk::{self, ClientOptions, RetryPolicy};
+use napi::bindgen_prelude::within_runtime_if_available;
+use napi_derive::napi;
+
+use crate::admin::{NativeFlush, NativeReport, NativeStatus};
+use crate::error::to_js;
+use crate::usage::{NativeReceipt, NativeResult, NativeUsage, from_js};
+
+/// Options as `index.js` passes them (seconds as numbers, already defaulted).
+#[napi(object)]
+pub struct NativeOptions {
+    pub timeout_ms: f64,
+    pub connect_timeout_ms: f64,
+    pub max_attempts: u32,
+    pub product: Option<String>,
+    pub max_batch_events: u32,
+}
+
+#[napi]
+pub struct NativeClient {
+    target: String,
+    options: ClientOptions,
+    conn: Mutex<Option<sdk::Client>>,
+}
+
+fn duration(name: &str, ms: f64) -> napi::Result<Duration> {
+    if ms.is_finite() && ms > 0.0 && ms < 1e12 {
+        Ok(Duration::from_secs_f64(ms / 1000.0))
+    } else {
+        Err(napi::Error::from_reason(format!("{name} must be a positive number of milliseconds, not {ms}")))
+    }
+}
+
+#[napi]
+impl NativeClient {
+    #[napi(constructor)]
+    pub fn new(target: String, options: NativeOptions) -> napi::Result<Self> {
+        let options = ClientOptions {
+            timeout: duration("timeoutMs", options.timeout_ms)?,
+            connect_timeout: duration("connectTimeoutMs", options.connect_timeout_ms)?,
+            retry: RetryPolicy { max_attempts: options.max_attempts.max(1), ..RetryPolicy::default() },
+            default_product: options.product,
+            max_batch_events: options.max_batch_events.max(1) as usize,
+        };
+        let client = NativeClient { target, options, conn: Mutex::new(None) };
+        client.client()?; // a malformed target fails here, not on the first call
+        Ok(client)
+    }
+
+    /// The connection, opened lazily (again after `close()`).
+    fn client(&self) -> napi::Result<sdk::Client> {
+        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = within_runtime_if_available(|| sdk::Client::new(&self.target, self.options.clone())).map_err(to_js)?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    #[napi]
+    pub async fn record_usage(&self, usage: NativeUsage) -> napi::Result<NativeReceipt> {
+        let client = self.client()?;
+        client.record_usage(from_js(usage)).await.map(Into::into).map_err(to_js)
+    }
+
+    #[napi]
+    pub async fn record_usage_batch(&self, usages: Vec<NativeUsage>) -> napi::Result<Vec<NativeResult>> {
+        let client = self.client()?;
+        let usages: Vec<sdk::Usage> = usages.into_iter().map(from_js).collect();
+        let results = client.record_usage_batch(&usages).await.map_err(to_js)?;
+        Ok(results.into_iter().map(Into::into).collect())
+    }
+
+    #[napi]
+    pub async fn status(&self) -> napi::Result<NativeStatus> {
+        self.client()?.status().await.map(Into::into).map_err(to_js)
+    }
+
+    #[napi]
+    pub async fn flush(&self) -> napi::Result<NativeFlush> {
+        self.client()?.flush().await.map(Into::into).map_err(to_js)
+    }
+
+    #[napi]
+    pub async fn report(&self) -> napi::Result<NativeReport> {
+        self.client()?.report().await.map(Into::into).map_err(to_js)
+    }
+
+    /// Drops the connection; a later call opens a new one.
+    #[napi]
+    pub fn close(&self) {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}

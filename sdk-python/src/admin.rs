@@ -1,0 +1,226 @@
+//! `status()`, `flush()` and `report()` results: read-only copies of the `meterd.v1.Admin` replies.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use meterd_proto::sdk::from_timestamp;
+use meterd_proto::{Timestamp, v1};
+use pyo3::prelude::*;
+
+fn time(t: Option<Timestamp>) -> Option<DateTime<Utc>> {
+    t.map(|t| from_timestamp(Some(t)).into())
+}
+
+#[pyclass(frozen, get_all, module = "meterd")]
+#[derive(Clone)]
+pub struct ProductStatus {
+    pub name: String,
+    pub identity: String,
+    pub dimensions: Vec<String>,
+}
+
+#[pyclass(frozen, get_all, module = "meterd")]
+#[derive(Clone)]
+pub struct AccountStatus {
+    pub name: String,
+    pub last_successful_call: Option<DateTime<Utc>>,
+    pub clock_skew_ms: Option<i64>,
+    pub calls_ok: u64,
+    pub calls_throttled: u64,
+    pub calls_failed: u64,
+    pub records_accepted: u64,
+    pub records_rejected: u64,
+    pub records_expired: u64,
+}
+
+#[pyclass(frozen, get_all, module = "meterd")]
+pub struct AgentStatus {
+    pub version: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub now: Option<DateTime<Utc>>,
+    pub data_dir: String,
+    pub schema_version: u32,
+    pub events_stored: u64,
+    pub open_buckets: u64,
+    pub store_size_bytes: u64,
+    pub products: Vec<ProductStatus>,
+    pub pending_records: u64,
+    pub oldest_pending_age_seconds: i64,
+    pub most_urgent_deadline: Option<DateTime<Utc>>,
+    pub sealed_through: Option<DateTime<Utc>>,
+    pub accounts: Vec<AccountStatus>,
+    pub late_events: u64,
+}
+
+#[pymethods]
+impl AgentStatus {
+    fn __repr__(&self) -> String {
+        format!(
+            "AgentStatus(version={:?}, events_stored={}, open_buckets={}, pending_records={})",
+            self.version, self.events_stored, self.open_buckets, self.pending_records
+        )
+    }
+}
+
+pub fn status_to_py(py: Python<'_>, s: v1::StatusResponse) -> PyResult<Py<PyAny>> {
+    let status = AgentStatus {
+        version: s.version,
+        started_at: time(s.started_at),
+        now: time(s.now),
+        data_dir: s.data_dir,
+        schema_version: s.schema_version,
+        events_stored: s.events_stored,
+        open_buckets: s.open_buckets,
+        store_size_bytes: s.store_size_bytes,
+        products: s
+            .products
+            .into_iter()
+            .map(|p| ProductStatus { name: p.name, identity: p.identity, dimensions: p.dimensions })
+            .collect(),
+        pending_records: s.pending_records,
+        oldest_pending_age_seconds: s.oldest_pending_age_seconds,
+        most_urgent_deadline: time(s.most_urgent_deadline),
+        sealed_through: time(s.sealed_through),
+        accounts: s
+            .accounts
+            .into_iter()
+            .map(|a| AccountStatus {
+                name: a.name,
+                last_successful_call: time(a.last_successful_call),
+                clock_skew_ms: a.clock_skew_ms,
+                calls_ok: a.calls_ok,
+                calls_throttled: a.calls_throttled,
+                calls_failed: a.calls_failed,
+                records_accepted: a.records_accepted,
+                records_rejected: a.records_rejected,
+                records_expired: a.records_expired,
+            })
+            .collect(),
+        late_events: s.late_events,
+    };
+    Ok(Py::new(py, status)?.into_any())
+}
+
+#[pyclass(frozen, get_all, module = "meterd")]
+pub struct FlushResult {
+    pub records_sealed: u64,
+    pub hours_carried_only: u64,
+    pub sealed_through: Option<DateTime<Utc>>,
+}
+
+#[pymethods]
+impl FlushResult {
+    fn __repr__(&self) -> String {
+        format!("FlushResult(records_sealed={}, hours_carried_only={})", self.records_sealed, self.hours_carried_only)
+    }
+}
+
+pub fn flush_to_py(py: Python<'_>, f: v1::FlushResponse) -> PyResult<Py<PyAny>> {
+    let r = FlushResult {
+        records_sealed: f.records_sealed,
+        hours_carried_only: f.hours_carried_only,
+        sealed_through: time(f.sealed_through),
+    };
+    Ok(Py::new(py, r)?.into_any())
+}
+
+/// One hour x customer x dimension. Decimal amounts are exact decimal strings; whole units are ints.
+#[pyclass(frozen, get_all, module = "meterd")]
+#[derive(Clone)]
+pub struct ReportRow {
+    pub hour: Option<DateTime<Utc>>,
+    pub product: String,
+    pub customer: String,
+    pub dimension: String,
+    pub state: String,
+    pub recorded: String,
+    pub late: String,
+    pub carried_in: String,
+    pub carried_out: String,
+    pub sealed: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub expired: u64,
+    pub pending: u64,
+    pub reason: String,
+    pub metering_record_id: String,
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+#[pyclass(frozen, get_all, module = "meterd")]
+#[derive(Clone)]
+pub struct ReportTotals {
+    pub recorded: String,
+    pub late: String,
+    pub accepted: String,
+    pub rejected: String,
+    pub expired: String,
+    pub pending: String,
+    pub carried: String,
+    pub open: String,
+    pub rejected_by_reason: HashMap<String, u64>,
+    pub expired_by_reason: HashMap<String, u64>,
+    pub reconciled: bool,
+}
+
+#[pyclass(frozen, get_all, module = "meterd")]
+pub struct Report {
+    pub rows: Vec<ReportRow>,
+    pub totals: ReportTotals,
+}
+
+#[pymethods]
+impl Report {
+    fn __repr__(&self) -> String {
+        format!(
+            "Report(rows={}, recorded={:?}, accepted={:?}, reconciled={})",
+            self.rows.len(),
+            self.totals.recorded,
+            self.totals.accepted,
+            if self.totals.reconciled { "True" } else { "False" }
+        )
+    }
+}
+
+pub fn report_to_py(py: Python<'_>, r: v1::ReportResponse) -> PyResult<Py<PyAny>> {
+    let t = r.totals.unwrap_or_default();
+    let report = Report {
+        rows: r
+            .rows
+            .into_iter()
+            .map(|row| ReportRow {
+                hour: time(row.hour),
+                product: row.product,
+                customer: row.customer,
+                dimension: row.dimension,
+                state: row.state,
+                recorded: row.recorded,
+                late: row.late,
+                carried_in: row.carried_in,
+                carried_out: row.carried_out,
+                sealed: row.sealed,
+                accepted: row.accepted,
+                rejected: row.rejected,
+                expired: row.expired,
+                pending: row.pending,
+                reason: row.reason,
+                metering_record_id: row.metering_record_id,
+                deadline: time(row.deadline),
+            })
+            .collect(),
+        totals: ReportTotals {
+            recorded: t.recorded,
+            late: t.late,
+            accepted: t.accepted,
+            rejected: t.rejected,
+            expired: t.expired,
+            pending: t.pending,
+            carried: t.carried,
+            open: t.open,
+            rejected_by_reason: t.rejected_by_reason,
+            expired_by_reason: t.expired_by_reason,
+            reconciled: t.reconciled,
+        },
+    };
+    Ok(Py::new(py, report)?.into_any())
+}
