@@ -21,7 +21,8 @@ class MeterdError extends Error {
   }
 }
 
-/** The event breaks a rule; fix it, retrying cannot help. */
+/** The event (or another request, e.g. a customer call or an invalid registration token) breaks a rule; fix it,
+ *  retrying cannot help. */
 class InvalidUsage extends MeterdError {
   static code = 'INVALID_USAGE';
 }
@@ -40,6 +41,10 @@ class CustomerNotActive extends UsageRefused {
 /** The event's hour is already sealed and the agent's `pipeline.late_usage` policy is `reject`. */
 class LateUsageRejected extends UsageRefused {
   static code = 'LATE_USAGE_REJECTED';
+}
+/** The thing asked for does not exist, e.g. getCustomer of a tenant without a customer mapping. */
+class NotFound extends MeterdError {
+  static code = 'NOT_FOUND';
 }
 /** The agent could not be reached or could not store the event, after every retry. Nothing was stored. */
 class AgentUnavailable extends MeterdError {
@@ -61,7 +66,18 @@ class AgentError extends MeterdError {
 }
 
 const byCode = Object.fromEntries(
-  [InvalidUsage, Conflict, UsageRefused, CustomerNotActive, LateUsageRejected, AgentUnavailable, Timeout, InvalidTarget, AgentError].map(
+  [
+    InvalidUsage,
+    Conflict,
+    UsageRefused,
+    CustomerNotActive,
+    LateUsageRejected,
+    NotFound,
+    AgentUnavailable,
+    Timeout,
+    InvalidTarget,
+    AgentError,
+  ].map(
     (cls) => [cls.code, cls],
   ),
 );
@@ -89,6 +105,7 @@ module.exports = {
   UsageRefused,
   CustomerNotActive,
   LateUsageRejected,
+  NotFound,
   AgentUnavailable,
   Timeout,
   InvalidTarget,

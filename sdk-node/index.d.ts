@@ -140,12 +140,49 @@ export interface Report {
   totals: ReportTotals;
 }
 
+/** One lifecycle event in a customer's history. */
+export interface StatusChange {
+  at: Date;
+  status: 'active' | 'deprovisioning' | 'ended';
+  source: string;
+  eventId: string | null;
+  /** False when the event changed nothing (a duplicate, or older than the current status). */
+  applied: boolean;
+}
+
+/** A tenant's mapping to the marketplace identity AWS bills, and that identity's lifecycle. */
+export interface CustomerInfo {
+  tenantId: string;
+  product: string;
+  /** The identity the tenant maps to (null only if the agent sent none). */
+  customer: AwsCustomer | LegacyCustomer | null;
+  agreementId: string | null;
+  status: 'active' | 'deprovisioning' | 'ended';
+  history: StatusChange[];
+  /** Last time AWS answered CustomerNotSubscribed for this customer's usage. */
+  notSubscribedAt: Date | null;
+  /** Open hourly buckets moved from the tenant id to the identity by this call (put/resolve); 0 otherwise. */
+  bucketsMoved: number;
+}
+
+/** What applyEvent did. */
+export interface EventOutcome {
+  /** False for duplicates, events older than the current status, and agreements meterd has never seen. */
+  applied: boolean;
+  /** The customer's status afterwards ('' when the agreement is unknown). */
+  status: string;
+  /** Records sealed at once for the customer's final reporting hour. */
+  recordsSealed: number;
+  summary: string;
+}
+
 export type ErrorCode =
   | 'INVALID_USAGE'
   | 'CONFLICT'
   | 'USAGE_REFUSED'
   | 'CUSTOMER_NOT_ACTIVE'
   | 'LATE_USAGE_REJECTED'
+  | 'NOT_FOUND'
   | 'AGENT_UNAVAILABLE'
   | 'TIMEOUT'
   | 'INVALID_TARGET'
@@ -169,6 +206,8 @@ export class Conflict extends MeterdError {}
 export class UsageRefused extends MeterdError {}
 export class CustomerNotActive extends UsageRefused {}
 export class LateUsageRejected extends UsageRefused {}
+/** The thing asked for does not exist, e.g. getCustomer of a tenant without a customer mapping. */
+export class NotFound extends MeterdError {}
 export class AgentUnavailable extends MeterdError {}
 export class Timeout extends MeterdError {}
 export class InvalidTarget extends MeterdError {}
@@ -191,6 +230,22 @@ export class Client {
   flush(): Promise<FlushResult>;
   /** Where every recorded unit went, per hour x customer x dimension. */
   report(): Promise<Report>;
+  /** Creates or replaces the mapping of `tenantId` to `customer`; open usage held under the tenant id moves to it. */
+  putCustomer(
+    tenantId: string,
+    customer: AwsCustomer | LegacyCustomer,
+    options?: { product?: string | null; agreementId?: string | null },
+  ): Promise<CustomerInfo>;
+  /** Rejects with NotFound when the tenant has no mapping. */
+  getCustomer(tenantId: string): Promise<CustomerInfo>;
+  listCustomers(): Promise<CustomerInfo[]>;
+  /** False when there was no mapping. */
+  removeCustomer(tenantId: string): Promise<boolean>;
+  /** AWS ResolveCustomer for a registration token; stores the mapping for `tenantId`. An invalid token rejects
+   *  with InvalidUsage, an expired one with UsageRefused. */
+  resolveCustomer(registrationToken: string, tenantId: string, options?: { product?: string | null }): Promise<CustomerInfo>;
+  /** Applies one lifecycle event given as its JSON text (EventBridge event, SNS envelope or SNS message). */
+  applyEvent(eventJson: string): Promise<EventOutcome>;
   /** Drops the connection (a later call opens a new one). */
   close(): void;
 }

@@ -36,6 +36,21 @@ function legacyCustomer(customerIdentifier, productCode) {
   return productCode === undefined ? { customerIdentifier } : { customerIdentifier, productCode };
 }
 
+/** `{accountId, licenseArn}` / `{customerIdentifier, productCode?}` → the native identity fields, set on `out`;
+ *  false when `c` is neither shape. */
+function setIdentity(out, c) {
+  if (c && typeof c.accountId === 'string' && typeof c.licenseArn === 'string') {
+    out.awsAccountId = c.accountId;
+    out.licenseArn = c.licenseArn;
+  } else if (c && typeof c.customerIdentifier === 'string') {
+    out.customerIdentifier = c.customerIdentifier;
+    if (c.productCode !== undefined) out.productCode = c.productCode;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 function quantityText(q, where) {
   if (typeof q === 'string') return q;
   if (typeof q === 'bigint') return q.toString();
@@ -59,13 +74,7 @@ function nativeUsage(u, i) {
   if (typeof u.dimension !== 'string') throw new TypeError(`${where}.dimension must be a string`);
   const c = u.customer;
   if (typeof c === 'string') out.tenantId = c;
-  else if (c && typeof c.accountId === 'string' && typeof c.licenseArn === 'string') {
-    out.awsAccountId = c.accountId;
-    out.licenseArn = c.licenseArn;
-  } else if (c && typeof c.customerIdentifier === 'string') {
-    out.customerIdentifier = c.customerIdentifier;
-    if (c.productCode !== undefined) out.productCode = c.productCode;
-  } else {
+  else if (!setIdentity(out, c)) {
     throw new TypeError(
       `${where}.customer must be a tenant id (string), awsCustomer(accountId, licenseArn) or legacyCustomer(customerIdentifier)`,
     );
@@ -96,6 +105,43 @@ function receipt(r) {
     usageHour: new Date(r.usageHourMs),
     recordedAt: new Date(r.recordedAtMs),
   };
+}
+
+/** The native identity fields → `awsCustomer(...)` / `legacyCustomer(...)` shapes (null when there is none). */
+function identity(i) {
+  if (!i) return null;
+  if (i.awsAccountId != null) return awsCustomer(i.awsAccountId, i.licenseArn ?? '');
+  if (i.customerIdentifier != null) return legacyCustomer(i.customerIdentifier, i.productCode ?? undefined);
+  return null;
+}
+
+function customerInfo(c) {
+  const { identity: id, agreementId, history, notSubscribedAt, ...rest } = withDates(c);
+  return {
+    ...rest,
+    customer: identity(id),
+    agreementId: agreementId ?? null,
+    history: history.map((h) => ({ ...h, eventId: h.eventId ?? null })),
+    notSubscribedAt: notSubscribedAt ?? null,
+  };
+}
+
+function stringArg(name, v) {
+  if (typeof v !== 'string') throw new TypeError(`${name} must be a string`);
+  return v;
+}
+
+function optionsArg(name, options, keys) {
+  if (options === undefined || options === null) return {};
+  if (typeof options !== 'object') throw new TypeError(`${name} options must be an object`);
+  const unknown = Object.keys(options).filter((k) => !keys.includes(k));
+  if (unknown.length) throw new TypeError(`${name}: unknown option(s): ${unknown.join(', ')}`);
+  for (const k of keys) {
+    if (options[k] !== undefined && options[k] !== null && typeof options[k] !== 'string') {
+      throw new TypeError(`${name}: ${k} must be a string`);
+    }
+  }
+  return options;
 }
 
 /** `fooMs` epoch-millisecond fields become `foo` Dates (or null), recursively; `clockSkewMs` stays a number. */
@@ -178,6 +224,49 @@ class Client {
     return withDates(await call(this.#native.report()));
   }
 
+  /**
+   * Creates or replaces the mapping of `tenantId` to `customer` (`awsCustomer(...)` or `legacyCustomer(...)`).
+   * Open usage held under the tenant id moves to the identity (`bucketsMoved`).
+   */
+  async putCustomer(tenantId, customer, options) {
+    stringArg('tenantId', tenantId);
+    const { product, agreementId } = optionsArg('putCustomer', options, ['product', 'agreementId']);
+    const id = {};
+    if (!setIdentity(id, customer)) {
+      throw new TypeError(
+        'customer must be awsCustomer(accountId, licenseArn) or legacyCustomer(customerIdentifier) (the identity the tenant id maps to)',
+      );
+    }
+    return customerInfo(await call(this.#native.putCustomer(tenantId, id, product ?? undefined, agreementId ?? undefined)));
+  }
+
+  /** The mapping of `tenantId` and its lifecycle; rejects with NotFound when the tenant has none. */
+  async getCustomer(tenantId) {
+    return customerInfo(await call(this.#native.getCustomer(stringArg('tenantId', tenantId))));
+  }
+
+  async listCustomers() {
+    return (await call(this.#native.listCustomers())).map(customerInfo);
+  }
+
+  /** Removes the mapping of `tenantId` (the identity's history is kept); false when there was none. */
+  async removeCustomer(tenantId) {
+    return call(this.#native.removeCustomer(stringArg('tenantId', tenantId)));
+  }
+
+  /** Resolves a registration token with AWS ResolveCustomer and stores the mapping for `tenantId`. */
+  async resolveCustomer(registrationToken, tenantId, options) {
+    stringArg('registrationToken', registrationToken);
+    stringArg('tenantId', tenantId);
+    const { product } = optionsArg('resolveCustomer', options, ['product']);
+    return customerInfo(await call(this.#native.resolveCustomer(registrationToken, tenantId, product ?? undefined)));
+  }
+
+  /** Applies one lifecycle event given as its JSON text (EventBridge event, SNS envelope or SNS message). */
+  async applyEvent(eventJson) {
+    return call(this.#native.applyEvent(stringArg('eventJson', eventJson)));
+  }
+
   /** Drops the connection (a later call opens a new one). */
   close() {
     this.#native.close();
@@ -192,6 +281,7 @@ module.exports = {
   InvalidUsage: errors.InvalidUsage,
   Conflict: errors.Conflict,
   UsageRefused: errors.UsageRefused,
+  NotFound: errors.NotFound,
   CustomerNotActive: errors.CustomerNotActive,
   LateUsageRejected: errors.LateUsageRejected,
   AgentUnavailable: errors.AgentUnavailable,

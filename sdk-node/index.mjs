@@ -9,6 +9,7 @@ export const {
   InvalidUsage,
   Conflict,
   UsageRefused,
+  NotFound,
   CustomerNotActive,
   LateUsageRejected,
   AgentUnavailable,

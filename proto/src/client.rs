@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::v1::{admin_client::AdminClient, metering_client::MeteringClient};
+use crate::v1::{admin_client::AdminClient, customers_client::CustomersClient, metering_client::MeteringClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -118,6 +118,10 @@ impl Client {
 
     pub fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel.clone())
+    }
+
+    pub fn customers(&self) -> CustomersClient<Channel> {
+        CustomersClient::new(self.channel.clone())
     }
 
     pub fn channel(&self) -> Channel {

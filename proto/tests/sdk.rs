@@ -268,3 +268,41 @@ async fn against_the_real_agent() {
     assert!(totals.reconciled);
     assert_eq!(client.status().await.unwrap().events_stored, 3);
 }
+
+#[tokio::test]
+async fn customers_against_the_real_agent() {
+    const ARN: &str = "arn:aws:license-manager::111122223333:license:l-0123456789abcdef";
+    let agent = start_agent();
+    let client = Client::connect(&agent.target, ClientOptions::default()).await.unwrap();
+    client.record_usage(Usage::new("acme-co", "api_calls", 2u32)).await.unwrap(); // held under the tenant id
+    let aws = Customer::aws("111122223333", ARN);
+    let put = client.put_customer("acme-co", aws.clone(), None, Some("agmt-1111111111111111111111111")).await.unwrap();
+    assert_eq!((put.product.as_str(), put.status.as_str(), put.buckets_moved), ("demo", "active", 1));
+    assert_eq!(put.customer, Some(aws.clone()));
+    let got = client.get_customer("acme-co").await.unwrap();
+    assert_eq!(got.agreement_id.as_deref(), Some("agmt-1111111111111111111111111"));
+    assert_eq!(client.list_customers().await.unwrap().len(), 1);
+    let missing = client.get_customer("nobody").await.unwrap_err();
+    assert_eq!((missing.code(), missing.grpc_code()), ("NOT_FOUND", Some(5)));
+    let tenant_as_identity = client.put_customer("x", Customer::tenant("y"), None, None).await.unwrap_err();
+    assert_eq!(tenant_as_identity.code(), "INVALID_USAGE");
+
+    let event = format!(
+        r#"{{"version":"0","id":"2e72b7e1-0000-4f77-9e57-5a8bd2f7e1e5",
+            "detail-type":"License Deprovisioned - Manufacturer","source":"aws.agreement-marketplace",
+            "account":"999988887777","time":"2026-11-27T12:00:00Z","region":"us-east-1","resources":[],
+            "detail":{{"agreement":{{"id":"agmt-1111111111111111111111111"}},"license":{{"arn":"{ARN}"}},
+                       "acceptor":{{"accountId":"111122223333"}}}}}}"#
+    );
+    let outcome = client.apply_event(&event).await.unwrap();
+    assert!(outcome.applied, "{outcome:?}");
+    assert_eq!(outcome.status, "deprovisioning");
+    assert!(!client.apply_event(&event).await.unwrap().applied, "a duplicate changes nothing");
+    let after = client.get_customer("acme-co").await.unwrap();
+    assert_eq!(after.status, "deprovisioning");
+    assert_eq!(after.history.last().unwrap().event_id.as_deref(), Some("2e72b7e1-0000-4f77-9e57-5a8bd2f7e1e5"));
+    let refused = client.record_usage(Usage::new("acme-co", "api_calls", 1u32)).await.unwrap_err();
+    assert_eq!(refused.code(), "CUSTOMER_NOT_ACTIVE", "{refused:?}");
+    assert!(client.remove_customer("acme-co").await.unwrap());
+    assert!(!client.remove_customer("acme-co").await.unwrap());
+}

@@ -8,6 +8,7 @@ use napi::bindgen_prelude::within_runtime_if_available;
 use napi_derive::napi;
 
 use crate::admin::{NativeFlush, NativeReport, NativeStatus};
+use crate::customers::{NativeCustomerInfo, NativeEventOutcome, NativeIdentity, identity_from_js};
 use crate::error::to_js;
 use crate::usage::{NativeReceipt, NativeResult, NativeUsage, from_js};
 
@@ -90,6 +91,59 @@ impl NativeClient {
     #[napi]
     pub async fn report(&self) -> napi::Result<NativeReport> {
         self.client()?.report().await.map(Into::into).map_err(to_js)
+    }
+
+    #[napi]
+    pub async fn put_customer(
+        &self,
+        tenant_id: String,
+        customer: NativeIdentity,
+        product: Option<String>,
+        agreement_id: Option<String>,
+    ) -> napi::Result<NativeCustomerInfo> {
+        let client = self.client()?;
+        let customer = identity_from_js(customer);
+        client
+            .put_customer(&tenant_id, customer, product.as_deref(), agreement_id.as_deref())
+            .await
+            .map(Into::into)
+            .map_err(to_js)
+    }
+
+    #[napi]
+    pub async fn get_customer(&self, tenant_id: String) -> napi::Result<NativeCustomerInfo> {
+        self.client()?.get_customer(&tenant_id).await.map(Into::into).map_err(to_js)
+    }
+
+    #[napi]
+    pub async fn list_customers(&self) -> napi::Result<Vec<NativeCustomerInfo>> {
+        let all = self.client()?.list_customers().await.map_err(to_js)?;
+        Ok(all.into_iter().map(Into::into).collect())
+    }
+
+    #[napi]
+    pub async fn remove_customer(&self, tenant_id: String) -> napi::Result<bool> {
+        self.client()?.remove_customer(&tenant_id).await.map_err(to_js)
+    }
+
+    #[napi]
+    pub async fn resolve_customer(
+        &self,
+        registration_token: String,
+        tenant_id: String,
+        product: Option<String>,
+    ) -> napi::Result<NativeCustomerInfo> {
+        let client = self.client()?;
+        client
+            .resolve_customer(&registration_token, &tenant_id, product.as_deref())
+            .await
+            .map(Into::into)
+            .map_err(to_js)
+    }
+
+    #[napi]
+    pub async fn apply_event(&self, event_json: String) -> napi::Result<NativeEventOutcome> {
+        self.client()?.apply_event(&event_json).await.map(Into::into).map_err(to_js)
     }
 
     /// Drops the connection; a later call opens a new one.

@@ -5,5 +5,6 @@
 
 mod admin;
 mod client;
+mod customers;
 mod error;
 mod usage;

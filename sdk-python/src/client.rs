@@ -11,7 +11,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::{admin, aio, error, runtime, usage};
+use crate::{admin, aio, customers, error, runtime, usage};
 
 /// The connection of one client object, rebuilt in a forked child (see `runtime.rs`).
 struct Shared {
@@ -160,6 +160,60 @@ impl Client {
         admin::report_to_py(py, block(py, async move { client.report().await })?)
     }
 
+    #[pyo3(signature = (tenant_id, customer, product=None, agreement_id=None))]
+    fn put_customer(
+        &self,
+        py: Python<'_>,
+        tenant_id: String,
+        customer: &Bound<'_, PyAny>,
+        product: Option<String>,
+        agreement_id: Option<String>,
+    ) -> PyResult<Py<PyAny>> {
+        let customer = customers::identity(customer)?;
+        let client = self.shared.client(py)?;
+        let info = block(py, async move {
+            client.put_customer(&tenant_id, customer, product.as_deref(), agreement_id.as_deref()).await
+        })?;
+        customers::info_to_py(py, info)
+    }
+
+    fn get_customer(&self, py: Python<'_>, tenant_id: String) -> PyResult<Py<PyAny>> {
+        let client = self.shared.client(py)?;
+        customers::info_to_py(py, block(py, async move { client.get_customer(&tenant_id).await })?)
+    }
+
+    fn list_customers(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let client = self.shared.client(py)?;
+        customers::list_to_py(py, block(py, async move { client.list_customers().await })?)
+    }
+
+    fn remove_customer(&self, py: Python<'_>, tenant_id: String) -> PyResult<bool> {
+        let client = self.shared.client(py)?;
+        block(py, async move { client.remove_customer(&tenant_id).await })
+    }
+
+    #[pyo3(signature = (registration_token, tenant_id, product=None))]
+    fn resolve_customer(
+        &self,
+        py: Python<'_>,
+        registration_token: String,
+        tenant_id: String,
+        product: Option<String>,
+    ) -> PyResult<Py<PyAny>> {
+        let client = self.shared.client(py)?;
+        let info =
+            block(
+                py,
+                async move { client.resolve_customer(&registration_token, &tenant_id, product.as_deref()).await },
+            )?;
+        customers::info_to_py(py, info)
+    }
+
+    fn apply_event(&self, py: Python<'_>, event_json: String) -> PyResult<Py<PyAny>> {
+        let client = self.shared.client(py)?;
+        customers::outcome_to_py(py, block(py, async move { client.apply_event(&event_json).await })?)
+    }
+
     /// Releases the connection (a later call opens a new one).
     fn close(&self) {
         self.shared.close();
@@ -244,6 +298,60 @@ impl AsyncClient {
     fn report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.shared.client(py)?;
         aio::spawn(py, async move { client.report().await }, admin::report_to_py)
+    }
+
+    #[pyo3(signature = (tenant_id, customer, product=None, agreement_id=None))]
+    fn put_customer<'py>(
+        &self,
+        py: Python<'py>,
+        tenant_id: String,
+        customer: &Bound<'_, PyAny>,
+        product: Option<String>,
+        agreement_id: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let customer = customers::identity(customer)?;
+        let client = self.shared.client(py)?;
+        aio::spawn(
+            py,
+            async move { client.put_customer(&tenant_id, customer, product.as_deref(), agreement_id.as_deref()).await },
+            customers::info_to_py,
+        )
+    }
+
+    fn get_customer<'py>(&self, py: Python<'py>, tenant_id: String) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.shared.client(py)?;
+        aio::spawn(py, async move { client.get_customer(&tenant_id).await }, customers::info_to_py)
+    }
+
+    fn list_customers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.shared.client(py)?;
+        aio::spawn(py, async move { client.list_customers().await }, customers::list_to_py)
+    }
+
+    fn remove_customer<'py>(&self, py: Python<'py>, tenant_id: String) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.shared.client(py)?;
+        aio::spawn(py, async move { client.remove_customer(&tenant_id).await }, customers::bool_to_py)
+    }
+
+    #[pyo3(signature = (registration_token, tenant_id, product=None))]
+    fn resolve_customer<'py>(
+        &self,
+        py: Python<'py>,
+        registration_token: String,
+        tenant_id: String,
+        product: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.shared.client(py)?;
+        aio::spawn(
+            py,
+            async move { client.resolve_customer(&registration_token, &tenant_id, product.as_deref()).await },
+            customers::info_to_py,
+        )
+    }
+
+    fn apply_event<'py>(&self, py: Python<'py>, event_json: String) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.shared.client(py)?;
+        aio::spawn(py, async move { client.apply_event(&event_json).await }, customers::outcome_to_py)
     }
 
     /// Releases the connection (a later call opens a new one). Awaitable.

@@ -12,6 +12,7 @@ fn class_name(e: &Error) -> &'static str {
         Error::CustomerNotActive { .. } => "CustomerNotActive",
         Error::LateUsageRejected { .. } => "LateUsageRejected",
         Error::UsageRefused { .. } => "UsageRefused",
+        Error::NotFound { .. } => "NotFound",
         Error::AgentUnavailable { .. } => "AgentUnavailable",
         Error::Timeout { .. } => "Timeout",
         Error::InvalidTarget { .. } => "InvalidTarget",

@@ -5,6 +5,7 @@
 mod admin;
 mod aio;
 mod client;
+mod customers;
 mod error;
 mod runtime;
 mod usage;
@@ -26,6 +27,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<admin::Report>()?;
     m.add_class::<admin::ReportRow>()?;
     m.add_class::<admin::ReportTotals>()?;
+    m.add_class::<customers::CustomerInfo>()?;
+    m.add_class::<customers::StatusChange>()?;
+    m.add_class::<customers::EventOutcome>()?;
     m.add_function(wrap_pyfunction!(aio::_resolve_future, m)?)?;
     let quiesce = wrap_pyfunction!(aio::_quiesce_at_exit, m)?;
     m.py().import("atexit")?.call_method1("register", (&quiesce,))?;

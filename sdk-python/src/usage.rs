@@ -147,7 +147,7 @@ pub fn from_item(py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<sdk::Usage
     )
 }
 
-fn to_customer(obj: &Bound<'_, PyAny>) -> PyResult<sdk::Customer> {
+pub fn to_customer(obj: &Bound<'_, PyAny>) -> PyResult<sdk::Customer> {
     if let Ok(s) = obj.cast::<PyString>() {
         return Ok(sdk::Customer::Tenant(s.to_cow()?.into_owned()));
     }

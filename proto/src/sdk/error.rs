@@ -8,7 +8,8 @@ use tonic::Code;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The event breaks a rule (INVALID_ARGUMENT, OUT_OF_RANGE). Fix the event; retrying cannot help.
+    /// The event (or another request, e.g. a customer call) breaks a rule (INVALID_ARGUMENT, OUT_OF_RANGE). Fix
+    /// the request; retrying cannot help.
     #[error("{message}")]
     InvalidUsage { field: String, message: String },
     /// The idempotency key was already used for an event with different content (ALREADY_EXISTS).
@@ -23,6 +24,9 @@ pub enum Error {
     /// Another FAILED_PRECONDITION refusal.
     #[error("{message}")]
     UsageRefused { field: String, message: String },
+    /// The thing asked for does not exist (NOT_FOUND), e.g. a tenant without a customer mapping.
+    #[error("{message}")]
+    NotFound { field: String, message: String },
     /// The agent could not be reached or could not store the event (UNAVAILABLE, connection failures), after
     /// every retry. Nothing was acknowledged; retrying later with the same idempotency key is safe.
     #[error("{message}")]
@@ -48,6 +52,7 @@ impl Error {
             Error::CustomerNotActive { .. } => "CUSTOMER_NOT_ACTIVE",
             Error::LateUsageRejected { .. } => "LATE_USAGE_REJECTED",
             Error::UsageRefused { .. } => "USAGE_REFUSED",
+            Error::NotFound { .. } => "NOT_FOUND",
             Error::AgentUnavailable { .. } => "AGENT_UNAVAILABLE",
             Error::Timeout { .. } => "TIMEOUT",
             Error::InvalidTarget { .. } => "INVALID_TARGET",
@@ -62,7 +67,8 @@ impl Error {
             | Error::Conflict { field, .. }
             | Error::CustomerNotActive { field, .. }
             | Error::LateUsageRejected { field, .. }
-            | Error::UsageRefused { field, .. } => (!field.is_empty()).then_some(field.as_str()),
+            | Error::UsageRefused { field, .. }
+            | Error::NotFound { field, .. } => (!field.is_empty()).then_some(field.as_str()),
             _ => None,
         }
     }
@@ -74,6 +80,7 @@ impl Error {
             | Error::CustomerNotActive { message, .. }
             | Error::LateUsageRejected { message, .. }
             | Error::UsageRefused { message, .. }
+            | Error::NotFound { message, .. }
             | Error::AgentUnavailable { message }
             | Error::Timeout { message }
             | Error::InvalidTarget { message }
@@ -89,6 +96,7 @@ impl Error {
             Error::CustomerNotActive { .. } | Error::LateUsageRejected { .. } | Error::UsageRefused { .. } => {
                 Code::FailedPrecondition as i32
             }
+            Error::NotFound { .. } => Code::NotFound as i32,
             Error::AgentUnavailable { .. } => Code::Unavailable as i32,
             Error::Timeout { .. } => Code::DeadlineExceeded as i32,
             Error::InvalidTarget { .. } => return None,
@@ -105,7 +113,11 @@ impl Error {
     pub(crate) fn from_status(status: &tonic::Status, target: &str) -> Self {
         let message = status.message().to_string();
         match status.code() {
-            Code::InvalidArgument | Code::OutOfRange | Code::AlreadyExists | Code::FailedPrecondition => {
+            Code::InvalidArgument
+            | Code::OutOfRange
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::NotFound => {
                 let field = field_of(&message);
                 Self::refusal(status.code(), field, message)
             }
@@ -127,6 +139,7 @@ impl Error {
         match code {
             Code::InvalidArgument | Code::OutOfRange => Error::InvalidUsage { field, message },
             Code::AlreadyExists => Error::Conflict { field, message },
+            Code::NotFound => Error::NotFound { field, message },
             Code::FailedPrecondition if field.ends_with("timestamp") => Error::LateUsageRejected { field, message },
             Code::FailedPrecondition if field.contains("customer") => Error::CustomerNotActive { field, message },
             Code::FailedPrecondition => Error::UsageRefused { field, message },
@@ -189,6 +202,8 @@ mod tests {
         assert_eq!(e.code(), "CUSTOMER_NOT_ACTIVE");
         let e = Error::from_status(&tonic::Status::failed_precondition("no path here"), "t");
         assert_eq!((e.code(), e.field()), ("USAGE_REFUSED", None));
+        let e = Error::from_status(&tonic::Status::not_found("tenant_id: \"x\" has no mapping"), "t");
+        assert_eq!((e.code(), e.field(), e.grpc_code()), ("NOT_FOUND", Some("tenant_id"), Some(5)));
         let e = Error::from_status(&tonic::Status::unavailable("store closed"), "t");
         assert!(e.is_retryable());
         assert_eq!(e.code(), "AGENT_UNAVAILABLE");

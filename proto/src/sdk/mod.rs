@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+mod customers;
 mod error;
 mod retry;
 mod usage;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use customers::{CustomerInfo, EventOutcome, StatusChange};
 pub use error::Error;
 pub use retry::RetryPolicy;
 pub use usage::{Customer, Quantity, Receipt, Usage, from_timestamp, new_idempotency_key, to_timestamp};
@@ -187,6 +189,114 @@ impl Client {
             async move { a.report(req).await }
         })
         .await
+    }
+
+    /// Creates or replaces `tenant_id`'s mapping to `customer` ([`Customer::Aws`] or [`Customer::Legacy`]; a
+    /// tenant id is refused with [`Error::InvalidUsage`]). Open usage held under the tenant id moves to the
+    /// identity ([`CustomerInfo::buckets_moved`]). `product` defaults to the client's default product, then the
+    /// agent's.
+    pub async fn put_customer(
+        &self,
+        tenant_id: &str,
+        customer: Customer,
+        product: Option<&str>,
+        agreement_id: Option<&str>,
+    ) -> Result<CustomerInfo, Error> {
+        let request = v1::PutCustomerRequest {
+            tenant_id: tenant_id.to_string(),
+            product: self.product_or_default(product),
+            identity: Some(customers::put_identity(customer)?),
+            agreement_id: agreement_id.unwrap_or_default().to_string(),
+        };
+        let info = self
+            .call(|| {
+                let mut c = self.conn.customers();
+                let req = tonic::Request::new(request.clone());
+                async move { c.put(req).await }
+            })
+            .await?;
+        Ok(CustomerInfo::from_wire(info))
+    }
+
+    /// `tenant_id`'s mapping and lifecycle; [`Error::NotFound`] when the tenant has none.
+    pub async fn get_customer(&self, tenant_id: &str) -> Result<CustomerInfo, Error> {
+        let request = v1::GetCustomerRequest { tenant_id: tenant_id.to_string() };
+        let info = self
+            .call(|| {
+                let mut c = self.conn.customers();
+                let req = tonic::Request::new(request.clone());
+                async move { c.get(req).await }
+            })
+            .await?;
+        Ok(CustomerInfo::from_wire(info))
+    }
+
+    /// Every tenant mapping.
+    pub async fn list_customers(&self) -> Result<Vec<CustomerInfo>, Error> {
+        let response = self
+            .call(|| {
+                let mut c = self.conn.customers();
+                let req = tonic::Request::new(v1::ListCustomersRequest {});
+                async move { c.list(req).await }
+            })
+            .await?;
+        Ok(response.customers.into_iter().map(CustomerInfo::from_wire).collect())
+    }
+
+    /// Removes `tenant_id`'s mapping (the identity's history is kept); false when there was none. Later usage by
+    /// the tenant id is held again.
+    pub async fn remove_customer(&self, tenant_id: &str) -> Result<bool, Error> {
+        let request = v1::RemoveCustomerRequest { tenant_id: tenant_id.to_string() };
+        let response = self
+            .call(|| {
+                let mut c = self.conn.customers();
+                let req = tonic::Request::new(request.clone());
+                async move { c.remove(req).await }
+            })
+            .await?;
+        Ok(response.removed)
+    }
+
+    /// Resolves a registration token (the `x-amzn-marketplace-token` the buyer's browser posts) with AWS
+    /// ResolveCustomer and stores the mapping for `tenant_id`. An invalid token is [`Error::InvalidUsage`], an
+    /// expired one a FAILED_PRECONDITION refusal ([`Error::UsageRefused`]: the buyer must start again).
+    pub async fn resolve_customer(
+        &self,
+        registration_token: &str,
+        tenant_id: &str,
+        product: Option<&str>,
+    ) -> Result<CustomerInfo, Error> {
+        let request = v1::ResolveCustomerRequest {
+            registration_token: registration_token.to_string(),
+            tenant_id: tenant_id.to_string(),
+            product: self.product_or_default(product),
+        };
+        let info = self
+            .call(|| {
+                let mut c = self.conn.customers();
+                let req = tonic::Request::new(request.clone());
+                async move { c.resolve(req).await }
+            })
+            .await?;
+        Ok(CustomerInfo::from_wire(info))
+    }
+
+    /// Applies one lifecycle event given as its JSON document (EventBridge `aws.agreement-marketplace` event, SNS
+    /// envelope or SNS message). Idempotent: a duplicate returns `applied == false`.
+    pub async fn apply_event(&self, event_json: &str) -> Result<EventOutcome, Error> {
+        let request = v1::ApplyEventRequest { event_json: event_json.to_string() };
+        let response = self
+            .call(|| {
+                let mut c = self.conn.customers();
+                let req = tonic::Request::new(request.clone());
+                async move { c.apply_event(req).await }
+            })
+            .await?;
+        Ok(EventOutcome::from_wire(response))
+    }
+
+    fn product_or_default(&self, product: Option<&str>) -> String {
+        product.or(self.options.default_product.as_deref()).unwrap_or_default().to_string()
     }
 
     /// Runs one attempt after another until one succeeds, fails for good, the attempts run out, or the next pause

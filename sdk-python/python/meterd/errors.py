@@ -7,11 +7,13 @@ the status code it came from.
 ======================  ========================  =========================================================
 class                   ``code``                  when
 ======================  ========================  =========================================================
-``InvalidUsage``        ``INVALID_USAGE``         the event breaks a rule (also a ``ValueError``)
+``InvalidUsage``        ``INVALID_USAGE``         the event or request breaks a rule (also a ``ValueError``)
 ``Conflict``            ``CONFLICT``              the idempotency key was used for a different event
 ``CustomerNotActive``   ``CUSTOMER_NOT_ACTIVE``   the customer may no longer be metered
 ``LateUsageRejected``   ``LATE_USAGE_REJECTED``   the hour is sealed and the agent rejects late usage
-``UsageRefused``        ``USAGE_REFUSED``         another refusal (base of the two above)
+``UsageRefused``        ``USAGE_REFUSED``         another refusal (base of the two above; also an expired
+                                                  registration token in ``resolve_customer``)
+``NotFound``            ``NOT_FOUND``             no such thing, e.g. ``get_customer`` of an unmapped tenant
 ``AgentUnavailable``    ``AGENT_UNAVAILABLE``     the agent is down or cannot store, after every retry
 ``Timeout``             ``TIMEOUT``               no reply within the client's timeout, after every retry
 ``InvalidTarget``       ``INVALID_TARGET``        the target is not ``host:port`` / ``unix:/path`` (``ValueError``)
@@ -32,6 +34,7 @@ __all__ = [
     "InvalidUsage",
     "LateUsageRejected",
     "MeterdError",
+    "NotFound",
     "Timeout",
     "UsageRefused",
 ]
@@ -63,7 +66,8 @@ def _rebuild(cls, message, field, grpc_code):
 
 
 class InvalidUsage(MeterdError, ValueError):
-    """The event breaks a rule; fix the event, retrying cannot help."""
+    """The event (or another request, e.g. a customer call or an invalid registration token) breaks a rule; fix
+    it, retrying cannot help."""
 
     code = "INVALID_USAGE"
 
@@ -90,6 +94,12 @@ class LateUsageRejected(UsageRefused):
     """The event's hour is already sealed and the agent's ``pipeline.late_usage`` policy is ``reject``."""
 
     code = "LATE_USAGE_REJECTED"
+
+
+class NotFound(MeterdError, LookupError):
+    """The thing asked for does not exist, e.g. ``get_customer`` of a tenant without a customer mapping."""
+
+    code = "NOT_FOUND"
 
 
 class AgentUnavailable(MeterdError):
