@@ -73,6 +73,13 @@ pub struct StorageConfig {
     /// Terminal records and event keys older than this are compacted away ("45d": past the AWS month).
     #[serde(default = "default_retention", with = "humantime_serde_compat")]
     pub retention: Duration,
+    /// Memory sled may use for its page cache, in MiB (bounds the agent's memory; sled's own default is 1024).
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
+}
+
+fn default_cache_mb() -> u64 {
+    256
 }
 
 fn default_retention() -> Duration {
@@ -332,6 +339,9 @@ impl Config {
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must be a directory path"));
+        }
+        if !(16..=65536).contains(&self.storage.cache_mb) {
+            return Err(invalid("storage.cache_mb", "must be between 16 and 65536"));
         }
         if self.storage.retention < Duration::from_secs(2 * 24 * 3600) {
             return Err(invalid(

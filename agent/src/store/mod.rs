@@ -141,9 +141,14 @@ struct Inner {
 impl Store {
     /// Opens (or creates) the store in `dir`, created 0700 because it holds billing data.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, 256 * 1024 * 1024)
+    }
+
+    /// As [`Store::open`], with sled's page cache bounded to `cache_bytes` (sled's default is 1 GiB).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         create_private_dir(dir)
             .map_err(|e| StoreError::Io(format!("cannot create data dir {}: {e}", dir.display())))?;
-        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        let db = sled::Config::new().path(dir.join("sled")).cache_capacity(cache_bytes).open()?;
         match db.get(keys::SCHEMA_VERSION_KEY)? {
             None => {
                 db.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
