@@ -143,6 +143,10 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
     for ((p, d), q) in m.quantity_accepted.lock().expect("metrics lock").iter() {
         let _ = writeln!(out, "meterd_quantity_accepted{{product=\"{}\",dimension=\"{}\"}} {q}", esc(p), esc(d));
     }
+    metric(&mut out, "meterd_buckets_sealed_total", "counter", "Hourly buckets frozen into sealed records.");
+    let _ = writeln!(out, "meterd_buckets_sealed_total {}", ld(&st.buckets_sealed));
+    metric(&mut out, "meterd_records_sealed_total", "counter", "Records sealed for submission.");
+    let _ = writeln!(out, "meterd_records_sealed_total {}", ld(&st.records_sealed));
     metric(&mut out, "meterd_fsyncs_total", "counter", "Store fsyncs (shared by all writes in a group).");
     let _ = writeln!(out, "meterd_fsyncs_total {}", ld(&st.fsyncs));
     metric(&mut out, "meterd_fsync_seconds_total", "counter", "Time spent in store fsyncs.");

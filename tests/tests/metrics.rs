@@ -52,6 +52,9 @@ async fn metrics_agree_with_the_report() {
     let m = parse(&text);
     let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("{k} missing from\n{text}"));
     assert_eq!(get("meterd_events_accepted_total"), 5.0);
+    // a0, a1, a2 (api_calls), poison (gb_hours), the tenant's usage: five buckets, five records.
+    assert_eq!(get("meterd_buckets_sealed_total"), 5.0);
+    assert_eq!(get("meterd_records_sealed_total"), r.rows.iter().filter(|row| row.state != "open").count() as f64);
     assert_eq!(get("meterd_idempotent_replays_total"), 1.0);
     assert_eq!(get("meterd_events_refused_total{reason=\"invalid_quantity\"}"), 1.0);
     assert_eq!(get("meterd_quantity_accepted{product=\"app\",dimension=\"api_calls\"}"), 8.5);

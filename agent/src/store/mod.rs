@@ -122,6 +122,9 @@ pub struct StoreCounters {
     pub fsyncs: AtomicU64,
     pub fsync_micros: AtomicU64,
     pub late_events: AtomicU64,
+    /// Hourly buckets frozen into records, and records sealed (since start).
+    pub buckets_sealed: AtomicU64,
+    pub records_sealed: AtomicU64,
     pub write_groups: AtomicU64,
 }
 

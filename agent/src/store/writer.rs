@@ -423,6 +423,20 @@ impl Writer {
         params: &SealParams,
         deadline_cap: Option<UnixMillis>,
     ) -> Result<SealSummary, StoreError> {
+        let summary = self.seal_buckets_inner(batch, buckets, params, deadline_cap)?;
+        // Counted when planned; a failed apply_batch fails the whole command (rare) and over-counts by its size.
+        self.counters.buckets_sealed.fetch_add(summary.buckets, Ordering::Relaxed);
+        self.counters.records_sealed.fetch_add(summary.records, Ordering::Relaxed);
+        Ok(summary)
+    }
+
+    fn seal_buckets_inner(
+        &self,
+        batch: &mut sled::Batch,
+        buckets: Vec<(Vec<u8>, BucketKey, Bucket)>,
+        params: &SealParams,
+        deadline_cap: Option<UnixMillis>,
+    ) -> Result<SealSummary, StoreError> {
         let db = &self.db;
         let mut summary = SealSummary::default();
         // Group buckets by record; scan order is hour first, so a series' hours seal oldest first.
