@@ -75,48 +75,24 @@ pub async fn run(
         metrics.clone(),
     )
     .await;
-    let mut http_addr = None;
-    let mut admin_addr = None;
     let admin = match &config.admin {
         Some(a) => {
-            let l = tokio::net::TcpListener::bind(&a.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {}: {e}", a.listen))?;
-            admin_addr = Some(l.local_addr()?);
             let app = server::admin_http::router(store.clone(), clock.clone(), pipeline.clone(), metrics.clone());
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(async move {
-                let _ = axum::serve(l, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-            Some((tx, task))
+            Some(HttpServer::start("admin.listen", &a.listen, app).await?)
         }
         None => None,
     };
     let http = match &config.marketplace {
         Some(m) => {
-            let l = tokio::net::TcpListener::bind(&m.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("marketplace.listen: cannot listen on {}: {e}", m.listen))?;
-            http_addr = Some(l.local_addr()?);
             let product =
                 m.product.clone().or_else(|| config.default_product().map(str::to_string)).unwrap_or_default();
             let app = server::marketplace_http::router(customers, m.redirect_url.clone(), product);
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(async move {
-                let _ = axum::serve(l, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-            Some((tx, task))
+            Some(HttpServer::start("marketplace.listen", &m.listen, app).await?)
         }
         None => None,
     };
+    let http_addr = http.as_ref().map(|h| h.addr);
+    let admin_addr = admin.as_ref().map(|h| h.addr);
     tracing::info!(
         tcp = ?ready.tcp,
         unix = ?ready.unix,
@@ -130,14 +106,43 @@ pub async fn run(
     let served = server::serve(routes, listeners, security, shutdown).await;
     tracing::info!("listeners closed; stopping the pipeline and flushing the store");
     running.stop().await;
-    for (tx, task) in [http, admin].into_iter().flatten() {
-        let _ = tx.send(());
-        let _ = task.await;
+    for server in [http, admin].into_iter().flatten() {
+        server.stop().await;
     }
     store.close().await?;
     served?;
     tracing::info!("meterd stopped cleanly");
     Ok(())
+}
+
+/// A plain-HTTP side listener (admin, marketplace) with graceful shutdown.
+struct HttpServer {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    async fn start(key: &str, listen: &str, app: axum::Router) -> anyhow::Result<Self> {
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("{key}: cannot listen on {listen}: {e}"))?;
+        let addr = l.local_addr()?;
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(Self { addr, stop, task })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
