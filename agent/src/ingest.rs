@@ -82,13 +82,15 @@ impl Ingest {
         }
         .into_iter()
         .zip(tally);
+        // Summed per series first, so the metrics lock is taken once per series, not once per event.
+        let mut accepted = vec![crate::domain::quantity::Micros::ZERO; series.len()];
         let results: Vec<Result<Receipt, EventRefusal>> = results
             .into_iter()
             .map(|r| {
                 r.unwrap_or_else(|| {
                     let (outcome, (i, quantity)) = outcomes.next().expect("one outcome per valid event");
                     if let IngestOutcome::Stored(_) = outcome {
-                        self.metrics.accepted(&series[i].0, &series[i].1, quantity);
+                        accepted[i] = accepted[i].checked_add(quantity).unwrap_or(accepted[i]);
                     }
                     match outcome {
                         IngestOutcome::Stored(r) | IngestOutcome::Replayed(r) => Ok(r),
@@ -100,6 +102,11 @@ impl Ingest {
                 })
             })
             .collect();
+        for ((product, dimension), q) in series.iter().zip(accepted) {
+            if q != crate::domain::quantity::Micros::ZERO {
+                self.metrics.accepted(product, dimension, q);
+            }
+        }
         for r in &results {
             if let Err(e) = r {
                 self.metrics.refused(&match e {
