@@ -345,7 +345,33 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             if let Some(u) = &c.server.unix_socket {
                 println!("  unix_socket  {}", u.display());
             }
-            println!("  data_dir     {}", c.storage.data_dir.display());
+            if let Some(t) = &c.server.tls {
+                let mtls = if t.client_ca_file.is_some() { " + client certificates (mTLS)" } else { "" };
+                println!("  tls          {}{mtls}", t.cert_file.display());
+            }
+            if let Some(f) = &c.server.token_file {
+                // The path only: the token itself is never printed.
+                println!("  token        from {}", f.display());
+            }
+            if let Some(a) = &c.admin {
+                println!("  admin        {} (/metrics, /healthz, /readyz)", a.listen);
+            }
+            if let Some(m) = &c.marketplace {
+                println!("  marketplace  {} → {}", m.listen, m.redirect_url);
+            }
+            println!(
+                "  data_dir     {} (retention {})",
+                c.storage.data_dir.display(),
+                humantime::format_duration(c.storage.retention)
+            );
+            for (name, a) in &c.accounts {
+                println!(
+                    "  account {name}: region={} calls/s={}{}",
+                    a.region,
+                    a.calls_per_second,
+                    a.endpoint_url.as_deref().map(|u| format!(" endpoint={u}")).unwrap_or_default()
+                );
+            }
             for (name, p) in &c.products {
                 println!("  product {name}: identity={} dimensions=[{}]", p.identity.as_str(), p.dimensions.join(", "));
             }

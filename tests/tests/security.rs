@@ -81,7 +81,9 @@ dimensions = ["api_calls"]
     // check-config names the token file but never prints the token.
     let out = Command::new(meterd_bin()).arg("check-config").arg(&config_path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(TOKEN));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!shown.contains(TOKEN));
+    assert!(shown.contains("token        from") && shown.contains("tls "), "{shown}");
 
     let log = dir.path().join("meterd.log");
     let mut child = Command::new(meterd_bin())
