@@ -359,11 +359,13 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             if let Some(m) = &c.marketplace {
                 println!("  marketplace  {} → {}", m.listen, m.redirect_url);
             }
-            println!(
-                "  data_dir     {} (retention {})",
-                c.storage.data_dir.display(),
-                humantime::format_duration(c.storage.retention)
-            );
+            let secs = c.storage.retention.as_secs();
+            let retention = if secs % 86_400 == 0 {
+                format!("{}d", secs / 86_400)
+            } else {
+                humantime::format_duration(c.storage.retention).to_string()
+            };
+            println!("  data_dir     {} (retention {retention})", c.storage.data_dir.display());
             for (name, a) in &c.accounts {
                 println!(
                     "  account {name}: region={} calls/s={}{}",
