@@ -147,6 +147,13 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
     let _ = writeln!(out, "meterd_buckets_sealed_total {}", ld(&st.buckets_sealed));
     metric(&mut out, "meterd_records_sealed_total", "counter", "Records sealed for submission.");
     let _ = writeln!(out, "meterd_records_sealed_total {}", ld(&st.records_sealed));
+    metric(
+        &mut out,
+        "meterd_write_groups_total",
+        "counter",
+        "Atomic store writes (each carries every call that was waiting).",
+    );
+    let _ = writeln!(out, "meterd_write_groups_total {}", ld(&st.write_groups));
     metric(&mut out, "meterd_fsyncs_total", "counter", "Store fsyncs (shared by all writes in a group).");
     let _ = writeln!(out, "meterd_fsyncs_total {}", ld(&st.fsyncs));
     metric(&mut out, "meterd_fsync_seconds_total", "counter", "Time spent in store fsyncs.");
@@ -215,6 +222,9 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
         "Records sent again after a failed or unanswered attempt.",
     );
     let _ = writeln!(out, "meterd_submit_retries_total {}", ld(&m.retries));
+    metric(&mut out, "meterd_bisections_total", "counter", "Batches split to isolate a record AWS refused.");
+    let bisections: u64 = s.submit.iter().map(|(_, a)| ld(&a.bisections)).sum();
+    let _ = writeln!(out, "meterd_bisections_total {bisections}");
     metric(&mut out, "meterd_unprocessed_records_total", "counter", "Records AWS returned as UnprocessedRecords.");
     let unprocessed: u64 = s.submit.iter().map(|(_, a)| ld(&a.records_unprocessed)).sum();
     let _ = writeln!(out, "meterd_unprocessed_records_total {unprocessed}");

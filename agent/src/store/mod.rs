@@ -118,7 +118,6 @@ pub struct SealSummary {
 pub struct StoreCounters {
     pub events_stored: AtomicU64,
     pub replays: AtomicU64,
-    pub conflicts: AtomicU64,
     pub fsyncs: AtomicU64,
     pub fsync_micros: AtomicU64,
     pub late_events: AtomicU64,

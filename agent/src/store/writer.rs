@@ -271,7 +271,6 @@ impl Writer {
                         self.counters.replays.fetch_add(1, Ordering::Relaxed);
                         IngestOutcome::Replayed(receipt)
                     } else {
-                        self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
                         IngestOutcome::Conflict { existing: Receipt { replayed: false, ..receipt } }
                     });
                     continue;
