@@ -274,3 +274,38 @@ async fn http_fulfillment_form_and_event_endpoint() {
     assert!(body.contains("event_json.event"), "{body}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_record_keeps_the_identity_it_was_first_sent_as() {
+    // Invariant 4: every resend is byte-identical. A tenant re-mapped after its held record was first sent must
+    // not change the identity of that record's retries (it could bill two AWS keys for one hour).
+    let h = at(2026, 11, 26, 9, 0);
+    let s = Stack::start(h + 60_000, EmulatorConfig::default(), &["api_calls"], &["api_calls"], 2, "").await.unwrap();
+    let mut cust = v1::customers_client::CustomersClient::new(s.client.channel());
+    let put = |n: usize| v1::PutCustomerRequest {
+        tenant_id: "mover".into(),
+        product: String::new(),
+        identity: Some(v1::put_customer_request::Identity::AwsAccount(v1::AwsCustomer {
+            customer_aws_account_id: ACCOUNT.into(),
+            license_arn: arn(n),
+        })),
+        agreement_id: String::new(),
+    };
+    record(&s, tenant_event("m1", "mover", "4", h + 120_000)).await.unwrap();
+    s.advance(HOUR + 2 * 60_000, 10 * 60_000).await; // sealed, held (unmapped)
+    s.emulator.set_faults(meterd_emulator::Faults { internal_error_probability: 1.0, ..Default::default() });
+    cust.put(put(0)).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    // Both of the SDK's attempts fail: the call is over, the record stays in flight with an unknown outcome.
+    while s.emulator.counters().injected.internal_errors < 2 {
+        assert!(std::time::Instant::now() < deadline, "the held record was never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cust.put(put(1)).await.unwrap(); // re-mapped while the first send's outcome is unknown
+    s.emulator.set_faults(meterd_emulator::Faults::default());
+    s.advance(HOUR, 5 * 60_000).await;
+    s.wait_for("accepted", WAIT, |r| r.totals.as_ref().unwrap().accepted == "4").await;
+    let billed: Vec<_> = s.emulator.ledger().into_iter().map(|e| e.license_arn.unwrap_or_default()).collect();
+    assert_eq!(billed, vec![arn(0)], "resent under another identity");
+    s.stop().await;
+}

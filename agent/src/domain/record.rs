@@ -136,5 +136,8 @@ pub struct SealedRecord {
     pub carried_out: Micros,
     /// Part of `recorded` that arrived late (for an already sealed hour) and was counted here.
     pub late: Micros,
+    /// For a record held under a tenant id: the marketplace identity it was first sent as. Frozen from then on,
+    /// like the rest of the content, so a re-mapped tenant cannot change what a retry sends.
+    pub sent_as: Option<Identity>,
     pub state: RecordState,
 }

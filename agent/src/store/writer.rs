@@ -487,6 +487,7 @@ impl Writer {
                 carried_in,
                 carried_out: s.carried_out,
                 late,
+                sent_as: None,
                 state: if nothing_to_send { RecordState::Carried } else { RecordState::Sealed },
             };
             let rkey = keys::record_key(&record.key);
@@ -766,7 +767,12 @@ impl Writer {
             };
             let old: SealedRecord = decode(&old)?;
             // A record's content is frozen at seal time and a terminal state is final.
-            if old.quantity != r.quantity || old.allocations != r.allocations || old.deadline_ms != r.deadline_ms {
+            let identity_changed = old.sent_as.is_some() && old.sent_as != r.sent_as;
+            if old.quantity != r.quantity
+                || old.allocations != r.allocations
+                || old.deadline_ms != r.deadline_ms
+                || identity_changed
+            {
                 return Err(StoreError::Corrupt(format!("attempt to change the sealed content of {:?}", r.key)));
             }
             if old.state.is_terminal() {

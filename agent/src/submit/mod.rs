@@ -140,10 +140,14 @@ impl Submitter {
     }
 
     /// The identity AWS knows the record's customer by: its own, or a held tenant's mapping (None: unmapped).
+    /// Once sent, a held record keeps the identity it was sent as, whatever the tenant maps to later.
     fn wire_identity(&self, r: &SealedRecord) -> Result<Option<Identity>, StoreError> {
-        Ok(match &r.key.identity {
-            Identity::Tenant(t) => self.store.mapping(t)?.filter(|m| m.product == r.key.product).map(|m| m.identity),
-            other => Some(other.clone()),
+        Ok(match (&r.key.identity, &r.sent_as) {
+            (Identity::Tenant(_), Some(sent)) => Some(sent.clone()),
+            (Identity::Tenant(t), None) => {
+                self.store.mapping(t)?.filter(|m| m.product == r.key.product).map(|m| m.identity)
+            }
+            (other, _) => Some(other.clone()),
         })
     }
 
@@ -179,7 +183,13 @@ impl Submitter {
                         _ => 1,
                     };
                     let next_attempt_ms = now + backoff::record_retry_delay(attempts).as_millis() as i64;
-                    SealedRecord { state: RecordState::InFlight { attempts, next_attempt_ms }, ..r }
+                    let sent_as = match &r.key.identity {
+                        Identity::Tenant(_) => {
+                            Some(identities[&r.key].clone()).filter(|i| !matches!(i, Identity::Tenant(_)))
+                        }
+                        _ => None,
+                    };
+                    SealedRecord { state: RecordState::InFlight { attempts, next_attempt_ms }, sent_as, ..r }
                 })
                 .collect();
             self.store.update_records(in_flight.clone()).await?;
