@@ -76,10 +76,18 @@ pub struct StorageConfig {
     /// Memory sled may use for its page cache, in MiB (bounds the agent's memory; sled's own default is 1024).
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
+    /// Repack the store (copy its live keys into a fresh sled generation) when it takes more than this many
+    /// times the bytes of its keys and values; checked after each hourly retention pass. 0 turns it off.
+    #[serde(default = "default_repack_ratio")]
+    pub repack_ratio: f64,
 }
 
 fn default_cache_mb() -> u64 {
     256
+}
+
+fn default_repack_ratio() -> f64 {
+    4.0
 }
 
 fn default_retention() -> Duration {
@@ -342,6 +350,13 @@ impl Config {
         }
         if !(16..=65536).contains(&self.storage.cache_mb) {
             return Err(invalid("storage.cache_mb", "must be between 16 and 65536"));
+        }
+        let ratio = self.storage.repack_ratio;
+        if !(ratio == 0.0 || (2.5..=100.0).contains(&ratio)) {
+            return Err(invalid(
+                "storage.repack_ratio",
+                "must be 0 (off) or between 2.5 and 100: a fresh copy already takes about twice its live bytes",
+            ));
         }
         if self.storage.retention < Duration::from_secs(2 * 24 * 3600) {
             return Err(invalid(
@@ -630,6 +645,14 @@ mod tests {
             (format!("{GOOD}\n[ingest]\ndefault_product = \"nope\""), "ingest.default_product:"),
             (format!("{GOOD}\n[ingest]\nmax_batch_events = 0"), "ingest.max_batch_events:"),
             (format!("{GOOD}\n[ingest]\nmax_future_skew = \"2d\""), "ingest.max_future_skew:"),
+            (
+                GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\nrepack_ratio = 1.5"),
+                "storage.repack_ratio:",
+            ),
+            (
+                GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\ncache_mb = 8"),
+                "storage.cache_mb:",
+            ),
         ];
         for (text, key) in cases {
             let e = err(&text);

@@ -203,6 +203,17 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
     }
     metric(&mut out, "meterd_store_size_bytes", "gauge", "Bytes the store occupies on disk.");
     let _ = writeln!(out, "meterd_store_size_bytes {}", s.store_bytes);
+    metric(
+        &mut out,
+        "meterd_store_live_bytes",
+        "gauge",
+        "Bytes of keys and values in the store, as the last hourly repack check measured (0 before it).",
+    );
+    let _ = writeln!(out, "meterd_store_live_bytes {}", ld(&st.live_bytes));
+    metric(&mut out, "meterd_store_repacks_total", "counter", "Store repacks (copies into a fresh generation).");
+    let _ = writeln!(out, "meterd_store_repacks_total {}", ld(&st.repacks));
+    metric(&mut out, "meterd_store_repack_seconds_total", "counter", "Time writes waited for store repacks.");
+    let _ = writeln!(out, "meterd_store_repack_seconds_total {}", ld(&st.repack_micros) as f64 / 1e6);
 
     metric(&mut out, "meterd_submit_calls_total", "counter", "BatchMeterUsage calls, by account and outcome.");
     for (acct, a) in s.submit {

@@ -1,5 +1,5 @@
 //! Invariants 3, 5 and 7 as a property: over random interleavings of events (on time and late), seals,
-//! submission outcomes, expiries and restarts, every recorded micro-unit is accounted for exactly:
+//! submission outcomes, expiries, restarts and repacks, every recorded micro-unit is accounted for exactly:
 //! recorded = accepted + rejected + expired + pending + carried + open, and one record per
 //! (product, customer, dimension, hour) with allocations that sum to its quantity.
 
@@ -25,6 +25,8 @@ enum Op {
     /// Settle some pending records: 0 accept, 1 reject, 2 expire, 3 mark in flight.
     Settle(Vec<(u8, u8)>),
     Restart,
+    /// Copy the store into a fresh generation.
+    Repack,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,6 +35,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..10).prop_map(Op::Seal),
         2 => proptest::collection::vec((0u8..16, 0u8..4), 1..6).prop_map(Op::Settle),
         1 => Just(Op::Restart),
+        1 => Just(Op::Repack),
     ]
 }
 
@@ -113,6 +116,9 @@ proptest! {
                     rt.block_on(store.close()).unwrap();
                     drop(store);
                     store = Store::open(dir.path()).unwrap();
+                }
+                Op::Repack => {
+                    rt.block_on(store.repack()).unwrap();
                 }
             }
             let rep = report::build(&store).unwrap();

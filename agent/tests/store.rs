@@ -1,5 +1,5 @@
 //! The store driven directly: idempotency, group commit under concurrency, and a model-based property
-//! test (random ingest groups, concurrent calls and restarts compared against an in-memory model).
+//! test (random ingest groups, concurrent calls, restarts and repacks compared against an in-memory model).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -139,6 +139,8 @@ enum Op {
     /// Several concurrent ingest calls.
     Concurrent(Vec<Vec<Ev>>),
     Restart,
+    /// Copy the store into a fresh generation, optionally while a call is writing.
+    Repack(Vec<Ev>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -146,8 +148,9 @@ fn op() -> impl Strategy<Value = Op> {
     let ev = (0u8..24, 0u8..3, prop_oneof![Just(1_000_000u32), Just(250_000), 0u32..3_000_000], 0u8..3);
     prop_oneof![
         6 => proptest::collection::vec(ev.clone(), 1..8).prop_map(Op::Ingest),
-        3 => proptest::collection::vec(proptest::collection::vec(ev, 1..4), 2..6).prop_map(Op::Concurrent),
+        3 => proptest::collection::vec(proptest::collection::vec(ev.clone(), 1..4), 2..6).prop_map(Op::Concurrent),
         1 => Just(Op::Restart),
+        1 => proptest::collection::vec(ev, 0..4).prop_map(Op::Repack),
     ]
 }
 
@@ -244,6 +247,19 @@ proptest! {
                     rt.block_on(store.close()).unwrap();
                     drop(store);
                     store = Store::open(dir.path()).unwrap();
+                }
+                Op::Repack(evs) => {
+                    let evs: Vec<_> = evs.into_iter().map(to_event).collect();
+                    let (out, _) = rt.block_on(async {
+                        let s2 = store.clone();
+                        let evs = evs.clone();
+                        let write = tokio::spawn(async move { s2.ingest(evs, T0, Carry).await.unwrap() });
+                        let repacked = store.repack().await.unwrap();
+                        (write.await.unwrap(), repacked)
+                    });
+                    for (ev, o) in evs.iter().zip(&out) {
+                        prop_assert_eq!(kind(o), model.apply(ev), "{:?}", ev);
+                    }
                 }
             }
             let mut totals: BTreeMap<(i64, String), Micros> = BTreeMap::new();

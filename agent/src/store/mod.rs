@@ -9,12 +9,13 @@
 //! A PostgreSQL backend for fleets (PRODUCT.md §8) would implement the same operations; nothing outside
 //! this module touches sled.
 
+pub mod generation;
 pub mod keys;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -125,6 +126,34 @@ pub struct StoreCounters {
     pub buckets_sealed: AtomicU64,
     pub records_sealed: AtomicU64,
     pub write_groups: AtomicU64,
+    /// Repacks done (since start), the time they took, and the live bytes the last bloat check measured.
+    pub repacks: AtomicU64,
+    pub repack_micros: AtomicU64,
+    pub live_bytes: AtomicU64,
+}
+
+/// What a repack did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepackOutcome {
+    pub keys: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub millis: u64,
+}
+
+/// The live sled handle. A repack replaces it; readers take a clone per call so they never see a mix.
+pub(crate) type SharedDb = Arc<RwLock<sled::Db>>;
+
+pub(crate) fn current_db(shared: &SharedDb) -> sled::Db {
+    shared.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Below this a store is not worth repacking, whatever its ratio.
+pub const REPACK_MIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Whether a store of `on_disk` bytes holding `live` bytes of keys and values is bloated enough to repack.
+pub fn should_repack(on_disk: u64, live: u64, ratio: f64, min_bytes: u64) -> bool {
+    ratio > 0.0 && on_disk >= min_bytes && on_disk as f64 > ratio * live.max(1) as f64
 }
 
 #[derive(Clone)]
@@ -133,7 +162,7 @@ pub struct Store {
 }
 
 struct Inner {
-    db: sled::Db,
+    db: SharedDb,
     dir: PathBuf,
     commands: mpsc::Sender<writer::Command>,
     counters: Arc<StoreCounters>,
@@ -150,7 +179,12 @@ impl Store {
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         create_private_dir(dir)
             .map_err(|e| StoreError::Io(format!("cannot create data dir {}: {e}", dir.display())))?;
-        let db = sled::Config::new().path(dir.join("sled")).cache_capacity(cache_bytes).open()?;
+        let live = generation::current(dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+        // Leftovers of an interrupted repack (or of a finished one whose old generation was still open).
+        for old in generation::remove_others(dir, &live).map_err(|e| StoreError::Io(e.to_string()))? {
+            tracing::info!(generation = %old, "removed a store generation that is not live");
+        }
+        let db = open_sled(&dir.join(&live), cache_bytes)?;
         match db.get(keys::SCHEMA_VERSION_KEY)? {
             None => {
                 db.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
@@ -174,10 +208,12 @@ impl Store {
         counters
             .events_stored
             .store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64 + compacted.events, Ordering::Relaxed);
-        let (commands, threads) = writer::spawn(db.clone(), counters.clone());
+        let shared: SharedDb = Arc::new(RwLock::new(db));
+        let place = writer::Place { dir: dir.to_path_buf(), generation: live, cache_bytes };
+        let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone());
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
+                db: shared,
                 dir: dir.to_path_buf(),
                 commands,
                 counters,
@@ -236,9 +272,42 @@ impl Store {
         self.command(writer::Command::Compact { cutoff_ms, reply }, rx).await
     }
 
+    /// Copies every live key into a fresh sled generation and switches to it, giving back the space sled's log
+    /// keeps under churn. Writes wait while it runs (seconds per million keys); reads go on.
+    pub async fn repack(&self) -> Result<RepackOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::Repack { reply }, rx).await
+    }
+
+    /// Repacks when the live generation holds more than `ratio` times its live bytes and at least `min_bytes`
+    /// ([`REPACK_MIN_BYTES`] in the agent). Measuring reads every key, off the writer, so ingest goes on meanwhile.
+    pub async fn repack_if_bloated(&self, ratio: f64, min_bytes: u64) -> Result<Option<RepackOutcome>, StoreError> {
+        if ratio <= 0.0 {
+            return Ok(None);
+        }
+        let db = self.db();
+        let counters = self.inner.counters.clone();
+        let (on_disk, live) = tokio::task::spawn_blocking(move || {
+            let live = live_bytes(&db)?;
+            counters.live_bytes.store(live, Ordering::Relaxed);
+            Ok::<_, StoreError>((db.size_on_disk()?, live))
+        })
+        .await
+        .map_err(|e| StoreError::Io(e.to_string()))??;
+        if !should_repack(on_disk, live, ratio, min_bytes) {
+            return Ok(None);
+        }
+        self.repack().await.map(Some)
+    }
+
+    /// Bytes of keys and values the store holds (what a repack would copy).
+    pub fn live_bytes(&self) -> Result<u64, StoreError> {
+        live_bytes(&self.db())
+    }
+
     /// Everything compacted away so far.
     pub fn compacted(&self) -> Result<Compacted, StoreError> {
-        Ok(match self.inner.db.get(keys::COMPACTED_KEY)? {
+        Ok(match self.db().get(keys::COMPACTED_KEY)? {
             Some(v) => decode(&v)?,
             None => Compacted::default(),
         })
@@ -255,7 +324,7 @@ impl Store {
     }
 
     pub fn mapping(&self, tenant_id: &str) -> Result<Option<crate::domain::customer::TenantMapping>, StoreError> {
-        match self.inner.db.get(keys::tenant_key(tenant_id))? {
+        match self.db().get(keys::tenant_key(tenant_id))? {
             Some(v) => Ok(Some(decode(&v)?)),
             None => Ok(None),
         }
@@ -263,11 +332,11 @@ impl Store {
 
     /// Every tracked marketplace customer's lifecycle.
     pub fn lifecycles(&self) -> Result<Vec<crate::domain::customer::CustomerLifecycle>, StoreError> {
-        self.inner.db.scan_prefix(keys::LIFECYCLE_PREFIX).map(|kv| decode(&kv?.1)).collect()
+        self.db().scan_prefix(keys::LIFECYCLE_PREFIX).map(|kv| decode(&kv?.1)).collect()
     }
 
     pub fn mappings(&self) -> Result<Vec<crate::domain::customer::TenantMapping>, StoreError> {
-        self.inner.db.scan_prefix(keys::TENANT_PREFIX).map(|kv| decode(&kv?.1)).collect()
+        self.db().scan_prefix(keys::TENANT_PREFIX).map(|kv| decode(&kv?.1)).collect()
     }
 
     pub fn lifecycle(
@@ -275,7 +344,7 @@ impl Store {
         identity: &crate::domain::event::Identity,
     ) -> Result<Option<crate::domain::customer::CustomerLifecycle>, StoreError> {
         let Some(k) = keys::lifecycle_key(identity) else { return Ok(None) };
-        match self.inner.db.get(k)? {
+        match self.db().get(k)? {
             Some(v) => Ok(Some(decode(&v)?)),
             None => Ok(None),
         }
@@ -301,7 +370,7 @@ impl Store {
 
     /// Every hour before this is sealed (`i64::MIN` if none is).
     pub fn sealed_through(&self) -> Result<UnixMillis, StoreError> {
-        Ok(match self.inner.db.get(keys::SEALED_THROUGH_KEY)? {
+        Ok(match self.db().get(keys::SEALED_THROUGH_KEY)? {
             Some(v) => decode(&v)?,
             None => i64::MIN,
         })
@@ -310,37 +379,37 @@ impl Store {
     /// Pending records (Sealed or InFlight), most urgent deadline first, at most `limit`.
     pub fn pending_records(&self, limit: usize) -> Result<Vec<SealedRecord>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.inner.db.scan_prefix(keys::QUEUE_PREFIX) {
+        let db = self.db();
+        for kv in db.scan_prefix(keys::QUEUE_PREFIX) {
             if out.len() >= limit {
                 break;
             }
             let (q, _) = kv?;
             let rkey =
                 keys::record_key_of_queue_entry(&q).ok_or_else(|| StoreError::Corrupt("short queue key".into()))?;
-            let v =
-                self.inner.db.get(rkey)?.ok_or_else(|| StoreError::Corrupt("queue entry without its record".into()))?;
+            let v = db.get(rkey)?.ok_or_else(|| StoreError::Corrupt("queue entry without its record".into()))?;
             out.push(decode(&v)?);
         }
         Ok(out)
     }
 
     pub fn pending_count(&self) -> u64 {
-        self.inner.db.scan_prefix(keys::QUEUE_PREFIX).count() as u64
+        self.db().scan_prefix(keys::QUEUE_PREFIX).count() as u64
     }
 
     /// Every sealed record, in key order (hour first).
     pub fn records(&self) -> Result<Vec<SealedRecord>, StoreError> {
-        self.inner.db.scan_prefix(keys::RECORD_PREFIX).map(|kv| decode(&kv?.1)).collect()
+        self.db().scan_prefix(keys::RECORD_PREFIX).map(|kv| decode(&kv?.1)).collect()
     }
 
     /// Fractions waiting to be carried into a series' next sealed hour.
     pub fn carries(&self) -> Result<Vec<Micros>, StoreError> {
-        self.inner.db.scan_prefix(keys::CARRY_PREFIX).map(|kv| decode(&kv?.1)).collect()
+        self.db().scan_prefix(keys::CARRY_PREFIX).map(|kv| decode(&kv?.1)).collect()
     }
 
     /// The stored record of one idempotency key.
     pub fn event(&self, idempotency_key: &str) -> Result<Option<StoredEvent>, StoreError> {
-        match self.inner.db.get(keys::event_key(idempotency_key))? {
+        match self.db().get(keys::event_key(idempotency_key))? {
             None => Ok(None),
             Some(v) => Ok(Some(decode(&v)?)),
         }
@@ -348,8 +417,7 @@ impl Store {
 
     /// Every bucket with its running total, in key order (hour first).
     pub fn buckets(&self) -> Result<Vec<(BucketKey, Bucket)>, StoreError> {
-        self.inner
-            .db
+        self.db()
             .scan_prefix(keys::BUCKET_PREFIX)
             .map(|kv| {
                 let (k, v) = kv?;
@@ -360,7 +428,7 @@ impl Store {
     }
 
     pub fn open_bucket_count(&self) -> u64 {
-        self.inner.db.scan_prefix(keys::BUCKET_PREFIX).count() as u64
+        self.db().scan_prefix(keys::BUCKET_PREFIX).count() as u64
     }
 
     pub fn counters(&self) -> &StoreCounters {
@@ -371,15 +439,20 @@ impl Store {
         &self.inner.dir
     }
 
+    /// Bytes under the data dir: every generation (two exist while a repack runs) and sled's own files.
     pub fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0)
+        generation::dir_bytes(&self.inner.dir)
+    }
+
+    fn db(&self) -> sled::Db {
+        current_db(&self.inner.db)
     }
 
     /// Stops the writer after it has finished (and answered) what it was given, and fsyncs. Idempotent.
     pub async fn close(&self) -> Result<(), StoreError> {
         let _ = self.inner.commands.send(writer::Command::Stop).await;
         let threads = std::mem::take(&mut *self.inner.threads.lock().expect("not poisoned"));
-        let db = self.inner.db.clone();
+        let db = self.db();
         tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
@@ -390,6 +463,19 @@ impl Store {
         .map_err(|e| StoreError::Io(e.to_string()))??;
         Ok(())
     }
+}
+
+pub(crate) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    Ok(sled::Config::new().path(path).cache_capacity(cache_bytes).open()?)
+}
+
+fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {
+    let mut total = 0u64;
+    for kv in db.iter() {
+        let (k, v) = kv?;
+        total += (k.len() + v.len()) as u64;
+    }
+    Ok(total)
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {

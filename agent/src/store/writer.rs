@@ -14,7 +14,8 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    IngestOutcome, LifecycleOutcome, SealParams, SealSummary, StoreCounters, StoreError, decode, encode, keys,
+    IngestOutcome, LifecycleOutcome, RepackOutcome, SealParams, SealSummary, SharedDb, StoreCounters, StoreError,
+    current_db, decode, encode, generation, keys,
 };
 use crate::clock::{UnixMillis, hour_start};
 use crate::config::LateUsage;
@@ -31,6 +32,8 @@ use crate::domain::seal::{HourUsage, seal};
 const MAX_GROUP_EVENTS: usize = 16_384;
 /// Commands waiting for the writer; senders wait when it is full (backpressure, not memory growth).
 const QUEUE_DEPTH: usize = 4096;
+/// Keys per atomic batch while a repack copies into the new generation.
+const REPACK_BATCH_KEYS: usize = 10_000;
 
 type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -77,7 +80,19 @@ pub enum Command {
         at_ms: UnixMillis,
         reply: Answer<()>,
     },
+    /// Copy every live key into a fresh generation and switch to it.
+    Repack {
+        reply: Answer<RepackOutcome>,
+    },
     Stop,
+}
+
+/// Where the writer's generations live.
+pub struct Place {
+    pub dir: std::path::PathBuf,
+    /// Directory name of the live generation.
+    pub generation: String,
+    pub cache_bytes: u64,
 }
 
 /// A reply waiting for the fsync that makes its write durable.
@@ -89,25 +104,50 @@ fn pending<T: Send + 'static>(reply: Answer<T>, value: T) -> Pending {
     })
 }
 
+#[derive(Default)]
 struct AppliedGroup {
     replies: Vec<Pending>,
     new_events: u64,
 }
 
-pub fn spawn(db: sled::Db, counters: Arc<StoreCounters>) -> (mpsc::Sender<Command>, Vec<std::thread::JoinHandle<()>>) {
+/// Answers a command with an error without doing it; true for `Stop`.
+fn refuse(cmd: Command, e: StoreError) -> bool {
+    match cmd {
+        Command::Ingest { reply, .. } => drop(reply.send(Err(e))),
+        Command::Seal { reply, .. } => drop(reply.send(Err(e))),
+        Command::Update { reply, .. } => drop(reply.send(Err(e))),
+        Command::PutMapping { reply, .. } => drop(reply.send(Err(e))),
+        Command::RemoveMapping { reply, .. } => drop(reply.send(Err(e))),
+        Command::Lifecycle { reply, .. } => drop(reply.send(Err(e))),
+        Command::Compact { reply, .. } => drop(reply.send(Err(e))),
+        Command::NotSubscribed { reply, .. } => drop(reply.send(Err(e))),
+        Command::Repack { reply } => drop(reply.send(Err(e))),
+        Command::Stop => return true,
+    }
+    false
+}
+
+pub fn spawn(
+    shared: SharedDb,
+    place: Place,
+    counters: Arc<StoreCounters>,
+) -> (mpsc::Sender<Command>, Vec<std::thread::JoinHandle<()>>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let (flush_tx, flush_rx) = std_mpsc::channel::<AppliedGroup>();
+    let db = current_db(&shared);
     let flusher = {
-        let db = db.clone();
+        let shared = shared.clone();
         let counters = counters.clone();
         std::thread::Builder::new()
             .name("meterd-flusher".into())
-            .spawn(move || flusher_loop(db, flush_rx, counters))
+            .spawn(move || flusher_loop(shared, flush_rx, counters))
             .expect("spawn flusher thread")
     };
     let writer = std::thread::Builder::new()
         .name("meterd-writer".into())
-        .spawn(move || Writer { db, counters, warned: Default::default() }.run(rx, flush_tx))
+        .spawn(move || {
+            Writer { db, shared, place, counters, warned: Default::default(), broken: None }.run(rx, flush_tx)
+        })
         .expect("spawn writer thread");
     (tx, vec![writer, flusher])
 }
@@ -115,17 +155,26 @@ pub fn spawn(db: sled::Db, counters: Arc<StoreCounters>) -> (mpsc::Sender<Comman
 type IngestCall = (Vec<UsageEvent>, UnixMillis, LateUsage, Answer<Vec<IngestOutcome>>);
 
 struct Writer {
+    /// The live generation; readers see the same one through `shared`.
     db: sled::Db,
+    shared: SharedDb,
+    place: Place,
     counters: Arc<StoreCounters>,
+    /// Set when a repack could not tell which generation is live on disk: no write can be promised any more.
+    broken: Option<String>,
     /// Tenants already warned about (once per process), so a busy unmapped tenant does not flood the log.
     warned: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl Writer {
-    fn run(self, mut rx: mpsc::Receiver<Command>, flush_tx: std_mpsc::Sender<AppliedGroup>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>, flush_tx: std_mpsc::Sender<AppliedGroup>) {
         let mut stopping = false;
         while !stopping {
             let Some(first) = rx.blocking_recv() else { break };
+            if let Some(why) = &self.broken {
+                stopping = refuse(first, StoreError::Poisoned(why.clone()));
+                continue;
+            }
             let mut commands = vec![first];
             let mut n_events = 0;
             while n_events < MAX_GROUP_EVENTS {
@@ -139,7 +188,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut group = AppliedGroup { replies: Vec::new(), new_events: 0 };
+            let mut group = AppliedGroup::default();
             let mut ingests: Vec<IngestCall> = Vec::new();
             for cmd in commands {
                 match cmd {
@@ -200,6 +249,14 @@ impl Writer {
                                     let _ = reply.send(Err(e));
                                 }
                             },
+                            Command::Repack { reply } => {
+                                // Everything applied so far must be durable before it is copied; the flusher
+                                // may still be fsyncing the old generation for earlier groups, harmlessly.
+                                if !group.replies.is_empty() && flush_tx.send(std::mem::take(&mut group)).is_err() {
+                                    return;
+                                }
+                                let _ = reply.send(self.repack());
+                            }
                             Command::Stop => stopping = true,
                             Command::Ingest { .. } => unreachable!("handled above"),
                         }
@@ -705,6 +762,66 @@ impl Writer {
         Ok(())
     }
 
+    /// Copies the live generation into the next one and switches to it (see [`generation`]). Nothing is written
+    /// meanwhile: this thread is the only writer.
+    fn repack(&mut self) -> Result<RepackOutcome, StoreError> {
+        let started = std::time::Instant::now();
+        let bytes_before = self.db.size_on_disk()?;
+        self.db.flush()?;
+        let next = generation::next(&self.place.generation);
+        let path = self.place.dir.join(&next);
+        let io = |e: std::io::Error| StoreError::Io(format!("repack into {}: {e}", path.display()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(io)?;
+        }
+        let copied = (|| {
+            let fresh = super::open_sled(&path, self.place.cache_bytes)?;
+            let mut batch = sled::Batch::default();
+            let (mut keys, mut in_batch) = (0u64, 0usize);
+            for kv in self.db.iter() {
+                let (k, v) = kv?;
+                batch.insert(k, v);
+                keys += 1;
+                in_batch += 1;
+                if in_batch == REPACK_BATCH_KEYS {
+                    fresh.apply_batch(std::mem::take(&mut batch))?;
+                    in_batch = 0;
+                }
+            }
+            fresh.apply_batch(batch)?;
+            fresh.flush()?;
+            Ok::<_, StoreError>((fresh, keys))
+        })();
+        let (fresh, keys) = match copied {
+            Ok(c) => c,
+            Err(e) => {
+                // The old generation is still the live one, untouched.
+                let _ = std::fs::remove_dir_all(&path);
+                return Err(e);
+            }
+        };
+        if let Err(e) = generation::commit(&self.place.dir, &next) {
+            // CURRENT may or may not name the new generation now, so neither can safely take writes.
+            let why = format!("switching to repacked store generation {next} failed: {e}");
+            self.broken = Some(why.clone());
+            return Err(StoreError::Poisoned(why));
+        }
+        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        self.db = fresh;
+        let old = std::mem::replace(&mut self.place.generation, next);
+        // Open handles of the old generation (a reader mid-scan) keep working on the unlinked files.
+        match generation::remove_others(&self.place.dir, &self.place.generation) {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(generation = %old, error = %e, "could not remove the old store generation; the next start will")
+            }
+        }
+        let millis = started.elapsed().as_millis() as u64;
+        self.counters.repacks.fetch_add(1, Ordering::Relaxed);
+        self.counters.repack_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(RepackOutcome { keys, bytes_before, bytes_after: self.db.size_on_disk()?, millis })
+    }
+
     fn apply_compact(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
         let mut removed = super::Compacted::default();
         let mut batch = sled::Batch::default();
@@ -791,7 +908,7 @@ impl Writer {
     }
 }
 
-fn flusher_loop(db: sled::Db, rx: std_mpsc::Receiver<AppliedGroup>, counters: Arc<StoreCounters>) {
+fn flusher_loop(shared: SharedDb, rx: std_mpsc::Receiver<AppliedGroup>, counters: Arc<StoreCounters>) {
     let mut poisoned: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut groups = vec![first];
@@ -801,7 +918,8 @@ fn flusher_loop(db: sled::Db, rx: std_mpsc::Receiver<AppliedGroup>, counters: Ar
             None => {
                 counters.fsyncs.fetch_add(1, Ordering::Relaxed);
                 let started = std::time::Instant::now();
-                let r = db.flush().map(|_| ()).map_err(|e| {
+                // The live generation: a group applied before a repack was already fsynced by the repack.
+                let r = current_db(&shared).flush().map(|_| ()).map_err(|e| {
                     // After a failed fsync the kernel may have dropped dirty pages: nothing written since can
                     // be promised durable, so every later write is refused too.
                     let msg = e.to_string();
