@@ -44,6 +44,12 @@ pub enum Command {
         #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171")]
         target: String,
     },
+    /// Copy the store into a fresh generation now, giving back the space churn left (the agent also does this
+    /// by itself past `storage.repack_ratio`).
+    Repack {
+        #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171")]
+        target: String,
+    },
     /// Reconciliation per hour x customer x dimension: recorded, sealed, accepted, rejected, expired, pending.
     Report {
         #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171")]
@@ -154,6 +160,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { file } => Ok(check_config(&file)),
         Command::Status { target, json } => status(&target, json).await,
         Command::Flush { target } => flush(&target).await,
+        Command::Repack { target } => repack(&target).await,
         Command::Report { target, format } => report(&target, format).await,
         Command::Customers { target, command } => customers(&target, command).await,
         Command::Emulator { listen, config } => {
@@ -319,6 +326,20 @@ async fn flush(target: &str) -> anyhow::Result<ExitCode> {
         r.records_sealed,
         r.hours_carried_only,
         r.sealed_through.as_ref().map(|t| crate::clock::rfc3339(t.seconds * 1000)).unwrap_or_else(|| "-".into())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn repack(target: &str) -> anyhow::Result<ExitCode> {
+    let client = meterd_proto::client::Client::connect(target, Duration::from_secs(3)).await?;
+    let r = client.admin().repack(meterd_proto::v1::RepackRequest {}).await?.into_inner();
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!(
+        "repacked {} key(s) in {} ms: {:.1} MiB -> {:.1} MiB",
+        r.keys,
+        r.duration_ms,
+        mib(r.bytes_before),
+        mib(r.bytes_after)
     );
     Ok(ExitCode::SUCCESS)
 }

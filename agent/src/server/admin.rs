@@ -123,6 +123,17 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn repack(&self, _: Request<v1::RepackRequest>) -> Result<Response<v1::RepackResponse>, Status> {
+        let r = self.store.repack().await.map_err(store_status)?;
+        tracing::info!(keys = r.keys, bytes_before = r.bytes_before, bytes_after = r.bytes_after, "repacked the store");
+        Ok(Response::new(v1::RepackResponse {
+            keys: r.keys,
+            bytes_before: r.bytes_before,
+            bytes_after: r.bytes_after,
+            duration_ms: r.millis,
+        }))
+    }
+
     async fn report(&self, _: Request<v1::ReportRequest>) -> Result<Response<v1::ReportResponse>, Status> {
         let store = self.store.clone();
         let report = tokio::task::spawn_blocking(move || crate::report::build(&store))

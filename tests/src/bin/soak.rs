@@ -3,6 +3,7 @@
 //!
 //!     cargo build --release -p meterd -p meterd-tests
 //!     target/release/soak --minutes 30 --speed 720
+//!     target/release/soak --minutes 30 --speed 720 --repack-ratio 0   # baseline: sled alone
 //!
 //! At 720× a simulated day passes every two minutes, so 30 minutes cover ~15 days: many seals, submissions,
 //! faults, and retention compactions (retention is set to 3 days for the soak).
@@ -26,6 +27,9 @@ struct Args {
     /// Pause between one caller's batches.
     #[arg(long, default_value_t = 50)]
     pause_ms: u64,
+    /// The agent's `storage.repack_ratio` (0 turns repacking off, for a side-by-side baseline).
+    #[arg(long, default_value_t = 4.0)]
+    repack_ratio: f64,
 }
 
 const ACCOUNT: &str = "111122223333";
@@ -67,6 +71,22 @@ fn put_faults(emulator: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One scrape of the agent's `/metrics`, as a lookup of unlabelled samples.
+fn metrics(admin: &str) -> anyhow::Result<impl Fn(&str) -> f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin)?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let samples: std::collections::HashMap<String, f64> = out
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
+        .collect();
+    Ok(move |name: &str| samples.get(name).copied().unwrap_or(0.0))
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -82,6 +102,9 @@ listen = "127.0.0.1:0"
 [storage]
 data_dir = "{}"
 retention = "3d"
+repack_ratio = {}
+[admin]
+listen = "127.0.0.1:0"
 [pipeline]
 seal_grace = "2m"
 tick = "100ms"
@@ -90,7 +113,8 @@ identity = "license"
 product_code = "soak-product"
 dimensions = ["api_calls", "gb_hours"]
 "#,
-            data.display()
+            data.display(),
+            args.repack_ratio
         ),
     )?;
     let mut child = std::process::Command::new(meterd_tests::meterd_bin())
@@ -108,6 +132,7 @@ dimensions = ["api_calls", "gb_hours"]
         |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).map(str::to_string);
     let target = field("tcp").ok_or_else(|| anyhow::anyhow!("no tcp in {line:?}"))?;
     let emulator = field("emulator").ok_or_else(|| anyhow::anyhow!("no emulator in {line:?}"))?;
+    let admin = field("admin").ok_or_else(|| anyhow::anyhow!("no admin in {line:?}"))?;
     put_faults(&emulator)?;
     let pid = child.id();
     println!(
@@ -170,8 +195,19 @@ dimensions = ["api_calls", "gb_hours"]
     }
 
     println!(
-        "{:>5} {:>10} {:>10} {:>12} {:>9} {:>9} {:>8} {:>8} {:>10}",
-        "min", "rss_mib", "disk_mib", "events", "accepted", "pending", "expired", "records", "reconciled"
+        "{:>5} {:>8} {:>9} {:>9} {:>7} {:>10} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10}",
+        "min",
+        "rss_mib",
+        "disk_mib",
+        "live_mib",
+        "repacks",
+        "repack_s",
+        "events",
+        "accepted",
+        "pending",
+        "expired",
+        "records",
+        "reconciled"
     );
     let start = Instant::now();
     let mut minute = 0;
@@ -181,11 +217,15 @@ dimensions = ["api_calls", "gb_hours"]
         let st = client.admin().status(v1::StatusRequest {}).await?.into_inner();
         let r = client.admin().report(v1::ReportRequest {}).await?.into_inner();
         let t = r.totals.unwrap_or_default();
+        let m = metrics(&admin)?;
         println!(
-            "{:>5} {:>10.1} {:>10.1} {:>12} {:>9} {:>9} {:>8} {:>8} {:>10}",
+            "{:>5} {:>8.1} {:>9.1} {:>9.1} {:>7} {:>10.1} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10}",
             minute,
             rss_kib(pid) as f64 / 1024.0,
             dir_bytes(&data) as f64 / 1048576.0,
+            m("meterd_store_live_bytes") / 1048576.0,
+            m("meterd_store_repacks_total"),
+            m("meterd_store_repack_seconds_total"),
             st.events_stored,
             t.accepted,
             st.pending_records,
