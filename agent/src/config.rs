@@ -87,7 +87,7 @@ fn default_cache_mb() -> u64 {
 }
 
 fn default_repack_ratio() -> f64 {
-    4.0
+    3.0
 }
 
 fn default_retention() -> Duration {

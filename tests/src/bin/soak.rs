@@ -28,7 +28,7 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     pause_ms: u64,
     /// The agent's `storage.repack_ratio` (0 turns repacking off, for a side-by-side baseline).
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 3.0)]
     repack_ratio: f64,
 }
 
