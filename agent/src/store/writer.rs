@@ -35,6 +35,16 @@ const QUEUE_DEPTH: usize = 4096;
 /// Keys per atomic batch while a repack copies into the new generation.
 const REPACK_BATCH_KEYS: usize = 10_000;
 
+/// The old generation's cache was freed, but glibc keeps freed heap pages mapped; hand them back so the agent's
+/// memory does not ratchet up by one cache at each repack.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub enum Command {
@@ -775,6 +785,8 @@ impl Writer {
             std::fs::remove_dir_all(&path).map_err(io)?;
         }
         let copied = (|| {
+            // While it copies, the new generation's cache fills next to the old one's: the agent's memory peaks
+            // at up to twice the store's working set until the old generation is dropped below.
             let fresh = super::open_sled(&path, self.place.cache_bytes)?;
             let mut batch = sled::Batch::default();
             let (mut keys, mut in_batch) = (0u64, 0usize);
@@ -816,6 +828,7 @@ impl Writer {
                 tracing::warn!(generation = %old, error = %e, "could not remove the old store generation; the next start will")
             }
         }
+        give_back_freed_memory();
         let millis = started.elapsed().as_millis() as u64;
         self.counters.repacks.fetch_add(1, Ordering::Relaxed);
         self.counters.repack_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
