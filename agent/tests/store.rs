@@ -128,6 +128,17 @@ fn reopen_keeps_everything_and_checks_the_schema_version() {
     });
 }
 
+#[test]
+fn a_data_dir_in_use_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().expect("a second store on the same dir must be refused");
+        assert!(err.to_string().contains("is another meterd running on this data dir"), "{err}");
+        store.close().await.unwrap();
+    });
+}
+
 // ---- model-based property test ----
 
 type Ev = (u8, u8, u32, u8);

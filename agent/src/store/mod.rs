@@ -465,8 +465,26 @@ impl Store {
     }
 }
 
+/// How long `open` waits for sled's file lock. A sled instance dropped in this process releases it from a
+/// background thread a moment later (a restart in tests, or a store closed and reopened by an embedding app).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
-    Ok(sled::Config::new().path(path).cache_capacity(cache_bytes).open()?)
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).cache_capacity(cache_bytes).open() {
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Io(format!(
+                        "{} is locked by another process: is another meterd running on this data dir? ({e})",
+                        path.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {
