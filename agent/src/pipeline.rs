@@ -70,20 +70,9 @@ impl Pipeline {
                         Err(e) => tracing::error!(error = %e, "retention compaction failed; will retry"),
                     }
                     // Compaction frees keys; sled only gives their space back to a fresh copy.
-                    match sealer
-                        .store
-                        .repack_if_bloated(sealer.config.storage.repack_ratio, crate::store::REPACK_MIN_BYTES)
-                        .await
-                    {
-                        Ok(Some(r)) => tracing::info!(
-                            keys = r.keys,
-                            bytes_before = r.bytes_before,
-                            bytes_after = r.bytes_after,
-                            millis = r.millis,
-                            "repacked the store"
-                        ),
-                        Ok(None) => {}
-                        Err(e) => tracing::error!(error = %e, "repacking the store failed; the old copy stays live"),
+                    let ratio = sealer.config.storage.repack_ratio;
+                    if let Err(e) = sealer.store.repack_if_bloated(ratio, crate::store::REPACK_MIN_BYTES).await {
+                        tracing::error!(error = %e, "repacking the store failed; the old copy stays live");
                     }
                 }
                 match sealer.seal_due().await {

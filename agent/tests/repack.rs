@@ -218,6 +218,35 @@ fn a_repack_interrupted_after_the_switch_opens_the_new_generation() {
 }
 
 #[test]
+fn a_repack_whose_switch_fails_refuses_every_later_write_until_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        store.ingest(vec![event("before", "c", 5, T0 + 1)], T0, Carry).await.unwrap();
+        // CURRENT.tmp cannot be created: the switch fails after the copy.
+        std::fs::create_dir(dir.path().join("CURRENT.tmp")).unwrap();
+        let e = store.repack().await.unwrap_err();
+        assert!(e.to_string().contains("switching to repacked store generation"), "{e}");
+        // CURRENT may or may not name the copy after a failed switch, so no later write can be promised.
+        for key in ["later", "later-still"] {
+            let e = store.ingest(vec![event(key, "c", 1, T0 + 1)], T0, Carry).await.unwrap_err();
+            assert!(e.to_string().contains("refuses further writes"), "{e}");
+        }
+        store.close().await.unwrap();
+        std::fs::remove_dir(dir.path().join("CURRENT.tmp")).unwrap();
+    });
+    rt.block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.event("before").unwrap().unwrap().quantity, Micros(5));
+        assert!(store.event("later").unwrap().is_none());
+        store.ingest(vec![event("after-restart", "c", 1, T0 + 1)], T0, Carry).await.unwrap();
+        store.close().await.unwrap();
+    });
+    assert_eq!(generations(dir.path()), ["sled"], "the copy the switch never reached is deleted");
+}
+
+#[test]
 fn a_bloated_store_is_repacked_and_a_lean_one_is_left_alone() {
     assert!(should_repack(100 * MIB, 10 * MIB, 4.0, 64 * MIB));
     assert!(!should_repack(100 * MIB, 30 * MIB, 4.0, 64 * MIB), "within the ratio");

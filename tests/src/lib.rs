@@ -366,6 +366,14 @@ dimensions = [{}]
         (status, head.to_string(), body.to_string())
     }
 
+    /// Prometheus text as sample (name with labels) → value.
+    pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN))))
+            .collect()
+    }
+
     /// A raw HTTP/1.1 GET; returns (status, body).
     pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,7 +1,6 @@
 //! The admin listener: `/metrics` values agree with the report after an end-to-end run; health endpoints
 //! answer; no unbounded labels (tenant ids, customers) appear.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
@@ -9,12 +8,7 @@ use meterd_emulator::EmulatorConfig;
 use meterd_proto::v1;
 use meterd_tests::stack::{HOUR, Stack, http_get};
 
-fn parse(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN))))
-        .collect()
-}
+use meterd_tests::stack::parse_metrics as parse;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_agree_with_the_report() {

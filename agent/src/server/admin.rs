@@ -125,7 +125,6 @@ impl Admin for AdminService {
 
     async fn repack(&self, _: Request<v1::RepackRequest>) -> Result<Response<v1::RepackResponse>, Status> {
         let r = self.store.repack().await.map_err(store_status)?;
-        tracing::info!(keys = r.keys, bytes_before = r.bytes_before, bytes_after = r.bytes_after, "repacked the store");
         Ok(Response::new(v1::RepackResponse {
             keys: r.keys,
             bytes_before: r.bytes_before,

@@ -1,7 +1,7 @@
 //! Store generations on disk: which sled directory is the live one, and how a repack switches to a new one
 //! atomically.
 //!
-//! sled's log never gives space back on its own under steady churn, so a repack copies every live key into a
+//! sled's log does not reliably give space back under steady churn, so a repack copies every live key into a
 //! fresh directory and switches to it. The switch is one atomic rename of the `CURRENT` file (LevelDB's
 //! trick): a crash before the rename leaves the old generation live and a half-copied directory that the
 //! next start deletes; a crash after it leaves the new, fully fsynced generation live and the old one to

@@ -133,7 +133,7 @@ pub struct StoreCounters {
 }
 
 /// What a repack did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepackOutcome {
     pub keys: u64,
     pub bytes_before: u64,

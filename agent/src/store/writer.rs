@@ -181,10 +181,6 @@ impl Writer {
         let mut stopping = false;
         while !stopping {
             let Some(first) = rx.blocking_recv() else { break };
-            if let Some(why) = &self.broken {
-                stopping = refuse(first, StoreError::Poisoned(why.clone()));
-                continue;
-            }
             let mut commands = vec![first];
             let mut n_events = 0;
             while n_events < MAX_GROUP_EVENTS {
@@ -201,6 +197,11 @@ impl Writer {
             let mut group = AppliedGroup::default();
             let mut ingests: Vec<IngestCall> = Vec::new();
             for cmd in commands {
+                // Checked per command: a repack earlier in this same run may just have broken the store.
+                if let Some(why) = &self.broken {
+                    stopping |= refuse(cmd, StoreError::Poisoned(why.clone()));
+                    continue;
+                }
                 match cmd {
                     Command::Ingest { events, received_ms, late, reply } => {
                         ingests.push((events, received_ms, late, reply))
@@ -260,8 +261,9 @@ impl Writer {
                                 }
                             },
                             Command::Repack { reply } => {
-                                // Everything applied so far must be durable before it is copied; the flusher
-                                // may still be fsyncing the old generation for earlier groups, harmlessly.
+                                // Answer what was applied so far without waiting for the copy. Whichever
+                                // generation the flusher then fsyncs, those writes are durable: the repack fsyncs
+                                // the old generation before it copies.
                                 if !group.replies.is_empty() && flush_tx.send(std::mem::take(&mut group)).is_err() {
                                     return;
                                 }
@@ -829,10 +831,14 @@ impl Writer {
             }
         }
         give_back_freed_memory();
-        let millis = started.elapsed().as_millis() as u64;
+        let took = started.elapsed();
         self.counters.repacks.fetch_add(1, Ordering::Relaxed);
-        self.counters.repack_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        Ok(RepackOutcome { keys, bytes_before, bytes_after: self.db.size_on_disk()?, millis })
+        self.counters.repack_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let outcome =
+            RepackOutcome { keys, bytes_before, bytes_after: self.db.size_on_disk()?, millis: took.as_millis() as u64 };
+        tracing::info!(generation = %self.place.generation, keys, bytes_before, bytes_after = outcome.bytes_after,
+            millis = outcome.millis, "repacked the store");
+        Ok(outcome)
     }
 
     fn apply_compact(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {

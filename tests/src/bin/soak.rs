@@ -44,17 +44,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn dir_bytes(p: &std::path::Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
-        }
-    }
-    total
-}
-
 fn put_faults(emulator: &str) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     let hostport = emulator.trim_start_matches("http://");
@@ -72,18 +61,10 @@ fn put_faults(emulator: &str) -> anyhow::Result<()> {
 }
 
 /// One scrape of the agent's `/metrics`, as a lookup of unlabelled samples.
-fn metrics(admin: &str) -> anyhow::Result<impl Fn(&str) -> f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin)?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let samples: std::collections::HashMap<String, f64> = out
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once(' '))
-        .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
-        .collect();
+async fn metrics(admin: std::net::SocketAddr) -> anyhow::Result<impl Fn(&str) -> f64> {
+    let (status, body) = meterd_tests::stack::http_get(admin, "/metrics").await;
+    anyhow::ensure!(status == 200, "/metrics answered {status}");
+    let samples = meterd_tests::stack::parse_metrics(&body);
     Ok(move |name: &str| samples.get(name).copied().unwrap_or(0.0))
 }
 
@@ -132,7 +113,7 @@ dimensions = ["api_calls", "gb_hours"]
         |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).map(str::to_string);
     let target = field("tcp").ok_or_else(|| anyhow::anyhow!("no tcp in {line:?}"))?;
     let emulator = field("emulator").ok_or_else(|| anyhow::anyhow!("no emulator in {line:?}"))?;
-    let admin = field("admin").ok_or_else(|| anyhow::anyhow!("no admin in {line:?}"))?;
+    let admin: std::net::SocketAddr = field("admin").ok_or_else(|| anyhow::anyhow!("no admin in {line:?}"))?.parse()?;
     put_faults(&emulator)?;
     let pid = child.id();
     println!(
@@ -217,12 +198,12 @@ dimensions = ["api_calls", "gb_hours"]
         let st = client.admin().status(v1::StatusRequest {}).await?.into_inner();
         let r = client.admin().report(v1::ReportRequest {}).await?.into_inner();
         let t = r.totals.unwrap_or_default();
-        let m = metrics(&admin)?;
+        let m = metrics(admin).await?;
         println!(
             "{:>5} {:>8.1} {:>9.1} {:>9.1} {:>7} {:>10.1} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10}",
             minute,
             rss_kib(pid) as f64 / 1024.0,
-            dir_bytes(&data) as f64 / 1048576.0,
+            meterd::store::generation::dir_bytes(&data) as f64 / 1048576.0,
             m("meterd_store_live_bytes") / 1048576.0,
             m("meterd_store_repacks_total"),
             m("meterd_store_repack_seconds_total"),
