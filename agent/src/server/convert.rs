@@ -26,7 +26,9 @@ pub fn receipt_to_wire(r: &Receipt) -> v1::Receipt {
 /// idempotency key, which is safe because nothing was acknowledged.
 pub fn store_status(e: StoreError) -> Status {
     match e {
-        StoreError::Corrupt(_) | StoreError::UnsupportedSchema { .. } => Status::internal(e.to_string()),
+        StoreError::Corrupt(_) | StoreError::UnsupportedSchema { .. } | StoreError::Missing(_) => {
+            Status::internal(e.to_string())
+        }
         StoreError::Io(_) | StoreError::Closed | StoreError::Poisoned(_) => Status::unavailable(e.to_string()),
     }
 }

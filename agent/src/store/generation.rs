@@ -9,7 +9,6 @@
 //!
 //! A data dir without `CURRENT` is generation 0 in `sled/` (the layout before repacking existed).
 
-use std::io::Write;
 use std::path::Path;
 
 pub const CURRENT_FILE: &str = "CURRENT";
@@ -45,13 +44,7 @@ pub fn next(name: &str) -> String {
 
 /// Makes `name` the live generation: write, fsync, rename over `CURRENT`, fsync the directory.
 pub fn commit(dir: &Path, name: &str) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{CURRENT_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("{name}\n").as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(CURRENT_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    super::durable::write_file(dir, CURRENT_FILE, format!("{name}\n").as_bytes())
 }
 
 /// Deletes every generation directory except `keep`: a half-copied one from an interrupted repack, or the

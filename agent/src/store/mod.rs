@@ -9,6 +9,7 @@
 //! A PostgreSQL backend for fleets (PRODUCT.md §8) would implement the same operations; nothing outside
 //! this module touches sled.
 
+pub mod durable;
 pub mod generation;
 pub mod keys;
 mod writer;
@@ -38,6 +39,10 @@ pub enum StoreError {
     UnsupportedSchema { found: u32 },
     #[error("store is shut down")]
     Closed,
+    #[error(
+        "{0}. Refusing to start an empty store over a data dir that held one: acknowledged usage would be lost without a word. Restore the data dir from a backup, or move it away to start afresh"
+    )]
+    Missing(String),
     #[error(
         "an earlier fsync failed ({0}); the store refuses further writes because their durability cannot be promised. Restart meterd"
     )]
@@ -141,12 +146,34 @@ pub struct RepackOutcome {
     pub millis: u64,
 }
 
-/// The live sled handle. A repack replaces it; readers take a clone per call so they never see a mix.
-pub(crate) type SharedDb = Arc<RwLock<sled::Db>>;
+/// The live generation: sled's handle and the files its barrier fsyncs.
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub db: sled::Db,
+    pub files: Arc<durable::GenerationFiles>,
+}
 
-pub(crate) fn current_db(shared: &SharedDb) -> sled::Db {
+impl Live {
+    /// Everything written so far survives a power loss once this returns (see [`durable`]).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        Ok(self.files.sync(&self.db)?)
+    }
+}
+
+/// The live generation. A repack replaces it; readers take a clone per call so they never see a mix.
+pub(crate) type SharedDb = Arc<RwLock<Live>>;
+
+pub(crate) fn current(shared: &SharedDb) -> Live {
     shared.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
+
+pub(crate) fn current_db(shared: &SharedDb) -> sled::Db {
+    current(shared).db
+}
+
+/// Written once, durably, when a data dir first holds a store. From then on a missing or empty store in it is
+/// a loss to report, not a fresh start.
+pub const MARKER_FILE: &str = "STORE";
 
 /// Below this a store is not worth repacking, whatever its ratio.
 pub const REPACK_MIN_BYTES: u64 = 64 * 1024 * 1024;
@@ -177,18 +204,38 @@ impl Store {
 
     /// As [`Store::open`], with sled's page cache bounded to `cache_bytes` (sled's default is 1 GiB).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        create_private_dir(dir)
+        durable::create_dir_all(dir, 0o700)
             .map_err(|e| StoreError::Io(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let marker = read_marker(dir)?;
         let live = generation::current(dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+        if let Some(marker) = &marker {
+            // Checked before anything is removed or created: sled would happily start empty here.
+            check_generation_present(dir, &live, marker)?;
+        }
         // Leftovers of an interrupted repack (or of a finished one whose old generation was still open).
-        for old in generation::remove_others(dir, &live).map_err(|e| StoreError::Io(e.to_string()))? {
+        let removed = generation::remove_others(dir, &live).map_err(|e| StoreError::Io(e.to_string()))?;
+        for old in &removed {
             tracing::info!(generation = %old, "removed a store generation that is not live");
         }
-        let db = open_sled(&dir.join(&live), cache_bytes)?;
+        if !removed.is_empty() {
+            durable::sync_dir(dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+        }
+        let gen_dir = dir.join(&live);
+        let db = open_sled(&gen_dir, cache_bytes)?;
+        let files = durable::GenerationFiles::open(&gen_dir)
+            .map_err(|e| StoreError::Io(format!("cannot sync the store files in {}: {e}", gen_dir.display())))?;
+        let live_gen = Live { db: db.clone(), files: Arc::new(files) };
         match db.get(keys::SCHEMA_VERSION_KEY)? {
             None => {
+                if let Some(marker) = &marker {
+                    tracing::error!(dir = %dir.display(), "the store's schema key is missing from a data dir that held a store");
+                    return Err(StoreError::Missing(format!(
+                        "{} held a store ({marker}) but its store generation {live} is empty: the schema key is missing",
+                        dir.display()
+                    )));
+                }
                 db.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
+                live_gen.sync()?;
             }
             Some(v) => {
                 let found = u32::from_be_bytes(
@@ -199,6 +246,12 @@ impl Store {
                 }
             }
         }
+        if marker.is_none() {
+            // Only now that the schema key is durable: a crash before this leaves a data dir that opens as new.
+            let text = format!("meterd store\ncreated_at_ms={}\n", crate::clock::system_now_ms());
+            durable::write_file(dir, MARKER_FILE, text.as_bytes())
+                .map_err(|e| StoreError::Io(format!("cannot write {}: {e}", dir.join(MARKER_FILE).display())))?;
+        }
         let counters = Arc::new(StoreCounters::default());
         let compacted: Compacted = match db.get(keys::COMPACTED_KEY)? {
             Some(v) => decode(&v)?,
@@ -208,7 +261,7 @@ impl Store {
         counters
             .events_stored
             .store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64 + compacted.events, Ordering::Relaxed);
-        let shared: SharedDb = Arc::new(RwLock::new(db));
+        let shared: SharedDb = Arc::new(RwLock::new(live_gen));
         let place = writer::Place { dir: dir.to_path_buf(), generation: live, cache_bytes };
         let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone());
         Ok(Store {
@@ -452,17 +505,47 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         let _ = self.inner.commands.send(writer::Command::Stop).await;
         let threads = std::mem::take(&mut *self.inner.threads.lock().expect("not poisoned"));
-        let db = self.db();
+        let shared = self.inner.db.clone();
         tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
-            db.flush()
+            // After the writer stopped: the generation it left live (a repack may have switched it).
+            current(&shared).sync()
         })
         .await
         .map_err(|e| StoreError::Io(e.to_string()))??;
         Ok(())
     }
+}
+
+/// The marker's text, if this data dir has held a store.
+fn read_marker(dir: &Path) -> Result<Option<String>, StoreError> {
+    match std::fs::read_to_string(dir.join(MARKER_FILE)) {
+        Ok(s) => Ok(Some(s.lines().filter(|l| !l.starts_with("meterd")).collect::<Vec<_>>().join(", "))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io(format!("cannot read {}: {e}", dir.join(MARKER_FILE).display()))),
+    }
+}
+
+/// A data dir that held a store must still have its live generation, with sled's log and config in it.
+fn check_generation_present(dir: &Path, live: &str, marker: &str) -> Result<(), StoreError> {
+    let gen_dir = dir.join(live);
+    let missing = |what: String| {
+        tracing::error!(dir = %dir.display(), generation = live, "{what}");
+        Err(StoreError::Missing(format!("{} held a store ({marker}) but {what}", dir.display())))
+    };
+    if !gen_dir.is_dir() {
+        return missing(format!("its live store generation {} is missing", gen_dir.display()));
+    }
+    for file in ["db", "conf"] {
+        match std::fs::metadata(gen_dir.join(file)) {
+            Ok(m) if m.len() > 0 => {}
+            Ok(_) => return missing(format!("{} is empty", gen_dir.join(file).display())),
+            Err(_) => return missing(format!("{} is missing", gen_dir.join(file).display())),
+        }
+    }
+    Ok(())
 }
 
 /// How long `open` waits for sled's file lock. A sled instance dropped in this process releases it from a
@@ -502,13 +585,4 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("in-memory encoding cannot fail")
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    // An existing directory keeps the permissions its owner chose.
-    if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    }
-    Ok(())
 }

@@ -14,8 +14,8 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    IngestOutcome, LifecycleOutcome, RepackOutcome, SealParams, SealSummary, SharedDb, StoreCounters, StoreError,
-    current_db, decode, encode, generation, keys,
+    IngestOutcome, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb, StoreCounters, StoreError,
+    current, current_db, decode, durable, encode, generation, keys,
 };
 use crate::clock::{UnixMillis, hour_start};
 use crate::config::LateUsage;
@@ -779,7 +779,8 @@ impl Writer {
     fn repack(&mut self) -> Result<RepackOutcome, StoreError> {
         let started = std::time::Instant::now();
         let bytes_before = self.db.size_on_disk()?;
-        self.db.flush()?;
+        // Every acknowledged write is in the old generation: make it durable before copying from it.
+        current(&self.shared).sync()?;
         let next = generation::next(&self.place.generation);
         let path = self.place.dir.join(&next);
         let io = |e: std::io::Error| StoreError::Io(format!("repack into {}: {e}", path.display()));
@@ -803,7 +804,11 @@ impl Writer {
                 }
             }
             fresh.apply_batch(batch)?;
-            fresh.flush()?;
+            // The new generation must be whole on disk — log, config, directories, its entry in the data dir —
+            // before CURRENT may name it.
+            let files = durable::GenerationFiles::open(&path).map_err(io)?;
+            let fresh = Live { db: fresh, files: std::sync::Arc::new(files) };
+            fresh.sync()?;
             Ok::<_, StoreError>((fresh, keys))
         })();
         let (fresh, keys) = match copied {
@@ -820,12 +825,14 @@ impl Writer {
             self.broken = Some(why.clone());
             return Err(StoreError::Poisoned(why));
         }
-        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
-        self.db = fresh;
+        self.db = fresh.db.clone();
+        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         let old = std::mem::replace(&mut self.place.generation, next);
         // Open handles of the old generation (a reader mid-scan) keep working on the unlinked files.
-        match generation::remove_others(&self.place.dir, &self.place.generation) {
-            Ok(_) => {}
+        match generation::remove_others(&self.place.dir, &self.place.generation)
+            .and_then(|_| durable::sync_dir(&self.place.dir))
+        {
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(generation = %old, error = %e, "could not remove the old store generation; the next start will")
             }
@@ -938,7 +945,7 @@ fn flusher_loop(shared: SharedDb, rx: std_mpsc::Receiver<AppliedGroup>, counters
                 counters.fsyncs.fetch_add(1, Ordering::Relaxed);
                 let started = std::time::Instant::now();
                 // The live generation: a group applied before a repack was already fsynced by the repack.
-                let r = current_db(&shared).flush().map(|_| ()).map_err(|e| {
+                let r = current(&shared).sync().map_err(|e| {
                     // After a failed fsync the kernel may have dropped dirty pages: nothing written since can
                     // be promised durable, so every later write is refused too.
                     let msg = e.to_string();
