@@ -27,8 +27,8 @@ pub use state::{DropStats, Stats};
 pub const DEFAULT_CAPACITY: u64 = 4 << 30;
 
 /// How long an unmount retries on EBUSY (a just-killed process may still be closing its files)
-/// before it detaches the mount lazily.
-const UNMOUNT_PATIENCE: Duration = Duration::from_secs(3);
+/// before it detaches the mount lazily; see [`LazyFs::set_unmount_patience`].
+pub const DEFAULT_UNMOUNT_PATIENCE: Duration = Duration::from_secs(3);
 
 /// How long to wait for the FUSE session thread to notice an unmount.
 const SESSION_EXIT_PATIENCE: Duration = Duration::from_secs(5);
@@ -38,6 +38,7 @@ pub struct LazyFs {
     mountpoint: PathBuf,
     state: Arc<Mutex<State>>,
     session: Option<BackgroundSession>,
+    unmount_patience: Duration,
 }
 
 impl std::fmt::Debug for LazyFs {
@@ -69,7 +70,12 @@ impl LazyFs {
                 format!("LazyFs mountpoint {} must be an existing empty directory", mountpoint.display()),
             ));
         }
-        let mut fs = LazyFs { mountpoint, state: Arc::new(Mutex::new(State::new(capacity))), session: None };
+        let mut fs = LazyFs {
+            mountpoint,
+            state: Arc::new(Mutex::new(State::new(capacity))),
+            session: None,
+            unmount_patience: DEFAULT_UNMOUNT_PATIENCE,
+        };
         fs.start()?;
         Ok(fs)
     }
@@ -77,6 +83,12 @@ impl LazyFs {
     /// Where the filesystem is mounted (canonical path).
     pub fn path(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// How long an unmount (power loss, remount, drop) retries while the mount is busy before it
+    /// detaches it lazily. Files still open then fail with EIO instead of reaching the new mount.
+    pub fn set_unmount_patience(&mut self, patience: Duration) {
+        self.unmount_patience = patience;
     }
 
     /// Counters since the first mount.
@@ -138,7 +150,7 @@ impl LazyFs {
     fn unmount(&mut self) -> io::Result<()> {
         let Some(session) = self.session.take() else { return Ok(()) };
         let path = CString::new(self.mountpoint.as_os_str().as_bytes())?;
-        let deadline = Instant::now() + UNMOUNT_PATIENCE;
+        let deadline = Instant::now() + self.unmount_patience;
         loop {
             // SAFETY: a valid NUL-terminated path.
             if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
