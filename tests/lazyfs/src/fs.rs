@@ -331,7 +331,13 @@ impl Filesystem for LazyFsFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.with(|st| Ok(st.release(ino.0))));
+        reply_empty(
+            reply,
+            self.with(|st| {
+                st.release(ino.0);
+                Ok(())
+            }),
+        );
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
