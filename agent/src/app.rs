@@ -50,7 +50,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let store = Store::open_with_cache(&config.storage.data_dir, config.storage.cache_mb * 1024 * 1024)
+    let options = crate::store::StoreOptions {
+        cache_bytes: config.storage.cache_mb * 1024 * 1024,
+        min_free: config.storage.min_free,
+    };
+    let store = Store::open_with(&config.storage.data_dir, options)
         .map_err(|e| anyhow::anyhow!("storage.data_dir {}: {e}", config.storage.data_dir.display()))?;
     let security = server::TcpSecurity::from_config(&config)?;
     let listeners = Listeners::bind(&config).await?;

@@ -423,6 +423,9 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             "events_stored": s.events_stored,
             "open_buckets": s.open_buckets,
             "store_size_bytes": s.store_size_bytes,
+            "disk_free_bytes": s.disk_free_bytes,
+            "disk_reserve_bytes": s.disk_reserve_bytes,
+            "disk_full": s.disk_full,
             "late_events": s.late_events,
             "records_at_risk": s.records_at_risk,
             "customers_by_status": s.customers_by_status,
@@ -449,6 +452,13 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
         println!("  started        {}", ts(&s.started_at));
         println!("  now            {}", ts(&s.now));
         println!("  data dir       {} (schema v{}, {} bytes)", s.data_dir, s.schema_version, s.store_size_bytes);
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        println!(
+            "  disk           {:.1} MiB free, reserve {:.1} MiB{}",
+            mib(s.disk_free_bytes),
+            mib(s.disk_reserve_bytes),
+            if s.disk_full { " — DISK FULL: ingest refused until there is room (storage.min_free)" } else { "" }
+        );
         println!("  events stored  {}", s.events_stored);
         println!("  open buckets   {}", s.open_buckets);
         println!("  late events    {}", s.late_events);

@@ -80,6 +80,15 @@ pub struct StorageConfig {
     /// times the bytes of its keys and values; checked after each hourly retention pass. 0 turns it off.
     #[serde(default = "default_repack_ratio")]
     pub repack_ratio: f64,
+    /// Free space kept on the data dir's filesystem ("256MiB", "5%"): below it ingest is refused with
+    /// RESOURCE_EXHAUSTED (sealing, submission and reads go on) and the agent does not start.
+    #[serde(default, deserialize_with = "min_free_from_str")]
+    pub min_free: crate::store::space::MinFree,
+}
+
+fn min_free_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::store::space::MinFree, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::store::space::MinFree::parse(&s).map_err(serde::de::Error::custom)
 }
 
 fn default_cache_mb() -> u64 {

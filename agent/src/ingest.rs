@@ -78,7 +78,18 @@ impl Ingest {
         let mut outcomes = if valid.is_empty() {
             Vec::new()
         } else {
-            self.store.ingest(valid, now, self.config.pipeline.late_usage).await?
+            let n = valid.len();
+            match self.store.ingest(valid, now, self.config.pipeline.late_usage).await {
+                Ok(o) => o,
+                Err(e) => {
+                    if let StoreError::DiskFull(_) = e {
+                        for _ in 0..n {
+                            self.metrics.refused("disk_full");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
         }
         .into_iter()
         .zip(tally);

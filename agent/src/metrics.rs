@@ -214,6 +214,12 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
     let _ = writeln!(out, "meterd_store_repacks_total {}", ld(&st.repacks));
     metric(&mut out, "meterd_store_repack_seconds_total", "counter", "Time writes waited for store repacks.");
     let _ = writeln!(out, "meterd_store_repack_seconds_total {}", ld(&st.repack_micros) as f64 / 1e6);
+    metric(&mut out, "meterd_disk_free_bytes", "gauge", "Free bytes on the data dir's filesystem (last ingest).");
+    let _ = writeln!(out, "meterd_disk_free_bytes {}", ld(&st.disk_free_bytes));
+    metric(&mut out, "meterd_disk_reserve_bytes", "gauge", "Free space kept on the data dir's filesystem.");
+    let _ = writeln!(out, "meterd_disk_reserve_bytes {}", ld(&st.disk_reserve_bytes));
+    metric(&mut out, "meterd_disk_full", "gauge", "1 while ingest is refused because free space is below the reserve.");
+    let _ = writeln!(out, "meterd_disk_full {}", u8::from(st.disk_full.load(Ordering::Relaxed)));
 
     metric(&mut out, "meterd_submit_calls_total", "counter", "BatchMeterUsage calls, by account and outcome.");
     for (acct, a) in s.submit {

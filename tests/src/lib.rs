@@ -156,6 +156,8 @@ impl Drop for Agent {
 
 /// The agent and the emulator in this process, sharing one manual clock: the real AWS SDK talks HTTP to
 /// the emulator; the test moves time.
+pub mod crash;
+
 pub mod stack {
     use std::sync::Arc;
     use std::time::{Duration, Instant};

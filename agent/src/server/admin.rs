@@ -111,6 +111,9 @@ impl Admin for AdminService {
             records_at_risk: at_risk,
             customers_by_status: by_status,
             customers_not_subscribed: not_subscribed,
+            disk_free_bytes: counters.disk_free_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            disk_reserve_bytes: counters.disk_reserve_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            disk_full: counters.disk_full.load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 

@@ -31,6 +31,15 @@ pub fn router(store: Store, clock: SharedClock, pipeline: Pipeline, metrics: Arc
 }
 
 async fn ready(State(a): State<Admin>) -> Response {
+    let c = a.store.counters();
+    if c.disk_full.load(std::sync::atomic::Ordering::Relaxed) {
+        let full = crate::store::space::DiskFull {
+            free_bytes: c.disk_free_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            reserve_bytes: c.disk_reserve_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            free_inodes: u64::MAX,
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{full}: ingest refused\n")).into_response();
+    }
     match tokio::task::spawn_blocking(move || a.store.sealed_through()).await {
         Ok(Ok(_)) => "ready\n".into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),

@@ -30,6 +30,8 @@ pub fn store_status(e: StoreError) -> Status {
             Status::internal(e.to_string())
         }
         StoreError::Io(_) | StoreError::Closed | StoreError::Poisoned(_) => Status::unavailable(e.to_string()),
+        // Not retried by the SDKs: the operator has to make room; sealing and submission go on meanwhile.
+        StoreError::DiskFull(_) => Status::resource_exhausted(e.to_string()),
     }
 }
 

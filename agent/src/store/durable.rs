@@ -79,6 +79,8 @@ pub struct GenerationFiles {
     log: File,
     /// Directory entries as of the last barrier: `(generation dir, blobs dir)`.
     synced: Mutex<(BTreeSet<String>, BTreeSet<String>)>,
+    /// Set by a repack once this generation is fully synced and replaced: its directory may be gone.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl GenerationFiles {
@@ -86,7 +88,12 @@ impl GenerationFiles {
     /// generation itself durable: its log and config, its directories, and its entry in `parent`.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         let log = File::options().read(true).write(true).open(dir.join("db"))?;
-        let files = GenerationFiles { dir: dir.to_path_buf(), log, synced: Mutex::new(Default::default()) };
+        let files = GenerationFiles {
+            dir: dir.to_path_buf(),
+            log,
+            synced: Mutex::new(Default::default()),
+            retired: Default::default(),
+        };
         // sled writes `conf` once, at creation, without an fsync; a store whose conf is lost does not open.
         File::open(dir.join("conf"))?.sync_all()?;
         files.log.sync_all()?;
@@ -97,12 +104,25 @@ impl GenerationFiles {
 
     /// The barrier after `db.flush()`: afterwards everything sled wrote before the flush survives a power loss.
     pub fn sync(&self, db: &sled::Db) -> Result<(), sled::Error> {
+        if self.retired.load(std::sync::atomic::Ordering::Acquire) {
+            // A flusher that took this generation just before a repack switched away from it: everything written
+            // to it was synced by the repack before the switch, and its directory may already be deleted.
+            return Ok(());
+        }
         db.flush()?;
         // fdatasync, not fsync: it persists the data and the size (the metadata needed to read it back), and
         // skips timestamps. sled's own sync_file_range did neither the size nor the device cache.
         self.log.sync_data()?;
-        self.sync_dirs(false)?;
-        Ok(())
+        match self.sync_dirs(false) {
+            // Retired while this barrier ran: the repack synced it first, then deleted the directory.
+            Err(_) if self.retired.load(std::sync::atomic::Ordering::Acquire) => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Marks the generation as replaced after a repack synced it; later barriers on it have nothing to do.
+    pub fn retire(&self) {
+        self.retired.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// fsyncs the generation's directory and `blobs/` when their entries changed since the last barrier
@@ -176,5 +196,18 @@ mod tests {
         assert_eq!(synced.0, names(&d.path().join("g")).unwrap());
         assert_eq!(synced.1, names(&d.path().join("g/blobs")).unwrap());
         assert!(!synced.1.is_empty(), "a 300 kB value is stored as a blob file");
+    }
+
+    #[test]
+    fn a_barrier_on_a_generation_a_repack_replaced_and_deleted_is_not_an_error_but_on_a_live_one_it_is() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("g");
+        let db = sled::Config::new().path(&dir).open().unwrap();
+        let files = GenerationFiles::open(&dir).unwrap();
+        db.insert(b"k", b"v").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(files.sync(&db).is_err(), "a live generation whose directory vanished cannot be called durable");
+        files.retire();
+        files.sync(&db).unwrap();
     }
 }

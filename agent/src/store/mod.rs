@@ -6,12 +6,13 @@
 //! thread fsyncs behind it, so many callers share one fsync (group commit) while the writer already
 //! prepares the next group. A reply never leaves before the fsync that covers its write.
 //!
-//! A PostgreSQL backend for fleets (PRODUCT.md §8) would implement the same operations; nothing outside
+//! A PostgreSQL backend for fleets would implement the same operations; nothing outside
 //! this module touches sled.
 
 pub mod durable;
 pub mod generation;
 pub mod keys;
+pub mod space;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,9 @@ pub enum StoreError {
     UnsupportedSchema { found: u32 },
     #[error("store is shut down")]
     Closed,
+    /// Below the free-space reserve: nothing was written.
+    #[error("{0}")]
+    DiskFull(space::DiskFull),
     #[error(
         "{0}. Refusing to start an empty store over a data dir that held one: acknowledged usage would be lost without a word. Restore the data dir from a backup, or move it away to start afresh"
     )]
@@ -133,6 +137,11 @@ pub struct StoreCounters {
     pub write_groups: AtomicU64,
     /// Repacks done (since start), the time they took, and the live bytes the last bloat check measured.
     pub repacks: AtomicU64,
+    /// Free bytes on the data dir's filesystem and the reserve, as of the last check (every ingest group), and
+    /// whether ingest is refused for lack of room.
+    pub disk_free_bytes: AtomicU64,
+    pub disk_reserve_bytes: AtomicU64,
+    pub disk_full: std::sync::atomic::AtomicBool,
     pub repack_micros: AtomicU64,
     pub live_bytes: AtomicU64,
 }
@@ -183,6 +192,15 @@ pub fn should_repack(on_disk: u64, live: u64, ratio: f64, min_bytes: u64) -> boo
     ratio > 0.0 && on_disk >= min_bytes && on_disk as f64 > ratio * live.max(1) as f64
 }
 
+/// How to open a store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// sled's page cache (bounds the agent's memory).
+    pub cache_bytes: u64,
+    /// Free space kept on the data dir's filesystem (`storage.min_free`).
+    pub min_free: space::MinFree,
+}
+
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -204,6 +222,18 @@ impl Store {
 
     /// As [`Store::open`], with sled's page cache bounded to `cache_bytes` (sled's default is 1 GiB).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_with(dir, StoreOptions { cache_bytes, min_free: space::MinFree::Bytes(0) })
+    }
+
+    /// Opens the store with every setting. Refuses, without writing a byte, when the data dir's filesystem has
+    /// less free space than the reserve: sled may leave a store it cannot read back when opened on a full disk.
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        let StoreOptions { cache_bytes, min_free } = options;
+        let room = space::space_of(dir).map_err(|e| StoreError::Io(format!("statvfs {}: {e}", dir.display())))?;
+        if let Some(full) = space::shortfall(&room, min_free, 0) {
+            tracing::error!(dir = %dir.display(), "{full}: not opening the store");
+            return Err(StoreError::DiskFull(full));
+        }
         durable::create_dir_all(dir, 0o700)
             .map_err(|e| StoreError::Io(format!("cannot create data dir {}: {e}", dir.display())))?;
         let marker = read_marker(dir)?;
@@ -253,6 +283,8 @@ impl Store {
                 .map_err(|e| StoreError::Io(format!("cannot write {}: {e}", dir.join(MARKER_FILE).display())))?;
         }
         let counters = Arc::new(StoreCounters::default());
+        counters.disk_free_bytes.store(room.free_bytes, Ordering::Relaxed);
+        counters.disk_reserve_bytes.store(min_free.bytes(room.total_bytes), Ordering::Relaxed);
         let compacted: Compacted = match db.get(keys::COMPACTED_KEY)? {
             Some(v) => decode(&v)?,
             None => Compacted::default(),
@@ -262,7 +294,7 @@ impl Store {
             .events_stored
             .store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64 + compacted.events, Ordering::Relaxed);
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
-        let place = writer::Place { dir: dir.to_path_buf(), generation: live, cache_bytes };
+        let place = writer::Place { dir: dir.to_path_buf(), generation: live, cache_bytes, min_free };
         let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone());
         Ok(Store {
             inner: Arc::new(Inner {

@@ -103,6 +103,7 @@ pub struct Place {
     /// Directory name of the live generation.
     pub generation: String,
     pub cache_bytes: u64,
+    pub min_free: super::space::MinFree,
 }
 
 /// A reply waiting for the fsync that makes its write durable.
@@ -294,6 +295,12 @@ impl Writer {
         if calls.is_empty() {
             return;
         }
+        if let Err(e) = self.check_room(0) {
+            for (_, _, _, reply) in calls {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
         self.counters.write_groups.fetch_add(1, Ordering::Relaxed);
         match self.decide_ingests(&calls) {
             Ok((outcomes, new_events)) => {
@@ -308,6 +315,25 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Refuses (nothing written) when the data dir's filesystem is below the reserve plus `extra` bytes; keeps
+    /// the figures for `status` and metrics. One statvfs, about a microsecond, per ingest group.
+    fn check_room(&self, extra: u64) -> Result<(), StoreError> {
+        let room = super::space::space_of(&self.place.dir)
+            .map_err(|e| StoreError::Io(format!("statvfs {}: {e}", self.place.dir.display())))?;
+        let full = super::space::shortfall(&room, self.place.min_free, extra);
+        self.counters.disk_free_bytes.store(room.free_bytes, Ordering::Relaxed);
+        self.counters.disk_reserve_bytes.store(self.place.min_free.bytes(room.total_bytes), Ordering::Relaxed);
+        if extra == 0 {
+            let was = self.counters.disk_full.swap(full.is_some(), Ordering::Relaxed);
+            match (&full, was) {
+                (Some(f), false) => tracing::error!("{f}: refusing ingest until there is room again"),
+                (None, true) => tracing::warn!("disk space is above the reserve again: ingest resumed"),
+                _ => {}
+            }
+        }
+        full.map_or(Ok(()), |f| Err(StoreError::DiskFull(f)))
     }
 
     /// Decides every event of a run of ingest calls and writes them as one atomic batch.
@@ -779,6 +805,8 @@ impl Writer {
     fn repack(&mut self) -> Result<RepackOutcome, StoreError> {
         let started = std::time::Instant::now();
         let bytes_before = self.db.size_on_disk()?;
+        // A copy is never larger than the generation it copies: room for that on top of the reserve.
+        self.check_room(bytes_before)?;
         // Every acknowledged write is in the old generation: make it durable before copying from it.
         current(&self.shared).sync()?;
         let next = generation::next(&self.place.generation);
@@ -826,7 +854,8 @@ impl Writer {
             return Err(StoreError::Poisoned(why));
         }
         self.db = fresh.db.clone();
-        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        let replaced = std::mem::replace(&mut *self.shared.write().unwrap_or_else(|e| e.into_inner()), fresh);
+        replaced.files.retire();
         let old = std::mem::replace(&mut self.place.generation, next);
         // Open handles of the old generation (a reader mid-scan) keep working on the unlinked files.
         match generation::remove_others(&self.place.dir, &self.place.generation)

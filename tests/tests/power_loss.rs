@@ -1,0 +1,152 @@
+//! Invariant 1 under a power loss, not just a process crash: "an OK reply means the event is on disk".
+//!
+//! kill -9 keeps the kernel's page cache, so it cannot tell a real barrier (fsync/fdatasync) from a write that
+//! only reached the cache. Here the data dir lives on `meterd-lazyfs`, a FUSE filesystem that keeps every write
+//! and directory operation in memory and, on `power_loss()`, drops everything not made durable by an fsync —
+//! the way Jepsen tests databases with LazyFS. Each run: concurrent callers (single events and batches),
+//! repacks or seals in flight, SIGKILL at a random moment, power loss, restart; every acknowledged event must
+//! still be there with its original receipt and every start must be clean. The control runs the same loop with
+//! the page cache kept (a plain kill -9): the harness itself must lose nothing.
+//!
+//! Needs root and /dev/fuse (CI has both). `METERD_POWER_SEED` replays a run, `METERD_POWER_RUNS` sets how many.
+
+use std::time::Duration;
+
+use meterd_lazyfs::LazyFs;
+use meterd_proto::v1;
+use meterd_tests::crash::{Acked, Attempted, Load, assert_all_acknowledged_present, load, random_event, retry_all};
+use meterd_tests::{Agent, basic_config};
+use rand::{Rng, SeedableRng};
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Crash {
+    /// SIGKILL, then drop every write not fsynced.
+    PowerLoss,
+    /// SIGKILL only: the page cache survives (the control).
+    KillOnly,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+struct Mounted {
+    // Field order matters: the agent must die before the filesystem under it is unmounted.
+    agent: Option<Agent>,
+    fs: LazyFs,
+    _mnt: tempfile::TempDir,
+}
+
+fn mount() -> Mounted {
+    let mnt = tempfile::tempdir().unwrap();
+    let fs = LazyFs::mount(mnt.path()).expect("mount lazyfs (needs root and /dev/fuse)");
+    Mounted { agent: None, fs, _mnt: mnt }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_power_loss() {
+    let runs = env_or("METERD_POWER_RUNS", 20);
+    crash_loop(Crash::PowerLoss, runs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_kill_only_on_the_same_filesystem_loses_nothing() {
+    crash_loop(Crash::KillOnly, 5).await;
+}
+
+/// The idle case: one batch acknowledged, the power goes at once (before sled's 500 ms background sync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_acknowledged_just_before_the_power_goes_survives() {
+    let mut m = mount();
+    let data = m.fs.path().join("data");
+    m.agent = Some(Agent::start(&basic_config(&data, "")).unwrap());
+    let client = m.agent.as_ref().unwrap().client().await.unwrap();
+    // Let the store's own start-up writes settle first, so the only unsynced writes are the batch's.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let events: Vec<_> = (0..100).map(|i| random_event(&mut rng, format!("idle-{i}"), None)).collect();
+    let r = client.metering().record_usage_batch(v1::RecordUsageBatchRequest { events: events.clone() }).await.unwrap();
+    let acked: Acked = Default::default();
+    for (ev, res) in events.into_iter().zip(r.into_inner().results) {
+        let Some(v1::event_result::Outcome::Receipt(rc)) = res.outcome else { panic!("{res:?}") };
+        acked.lock().unwrap().push((ev, rc));
+    }
+    m.agent.as_mut().unwrap().kill9();
+    let dropped = m.fs.power_loss().unwrap();
+    eprintln!("power loss right after the reply dropped {dropped:?}");
+    let agent = m.agent.take().unwrap().restart().expect("a clean start after the power loss");
+    assert_all_acknowledged_present(&agent.client().await.unwrap(), &acked, "idle").await;
+    m.agent = Some(agent);
+}
+
+async fn crash_loop(crash: Crash, runs: usize) {
+    let seed: u64 = env_or("METERD_POWER_SEED", 20261129);
+    eprintln!("power-loss test ({crash:?}) seed={seed} runs={runs} (METERD_POWER_SEED replays it)");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut m = mount();
+    let data = m.fs.path().join("data");
+    m.agent = Some(Agent::start(&basic_config(&data, "")).unwrap());
+    let acked: Acked = Default::default();
+    let attempted: Attempted = Default::default();
+    let (mut bytes_dropped, mut entries_reverted) = (0u64, 0u64);
+    // A fifth of the events land an hour or two back, so `Admin.Flush` has hours to seal (and later ones are late).
+    let shape = Load { past_share: 0.2, ..Load::default() };
+
+    for run in 0..runs {
+        let target = m.agent.as_ref().unwrap().target();
+        let load = tokio::spawn(load(target.clone(), acked.clone(), attempted.clone(), run, seed, shape));
+        // Maintenance in flight when the power goes: repacks (generation switches), seals, or neither.
+        let side = match run % 3 {
+            1 => Some((
+                "repacks",
+                tokio::spawn(meterd_tests::crash::until_killed(target, |c| async move {
+                    c.admin().repack(v1::RepackRequest {}).await.is_ok()
+                })),
+            )),
+            2 => Some((
+                "seals",
+                tokio::spawn(meterd_tests::crash::until_killed(target, |c| async move {
+                    c.admin().flush(v1::FlushRequest {}).await.is_ok()
+                })),
+            )),
+            _ => None,
+        };
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        m.agent.as_mut().unwrap().kill9();
+        load.await.unwrap();
+        let side = match side {
+            Some((what, h)) => format!(", {} {what} finished", h.await.unwrap()),
+            None => String::new(),
+        };
+        match crash {
+            Crash::PowerLoss => {
+                let d = m.fs.power_loss().unwrap();
+                bytes_dropped += d.bytes_lost;
+                entries_reverted += d.entries_reverted;
+                eprintln!("run {run}: power loss dropped {d:?}{side}");
+            }
+            Crash::KillOnly => {
+                m.fs.remount_keep_all().unwrap();
+                eprintln!("run {run}: kill only{side}");
+            }
+        }
+        // Every start must be clean: the agent opens the store that was there, or says why not and stops.
+        let agent = m.agent.take().unwrap().restart().unwrap_or_else(|e| panic!("run {run}: start failed: {e}"));
+        let client = agent.client().await.unwrap();
+        m.agent = Some(agent);
+        assert_all_acknowledged_present(&client, &acked, &format!("run {run} ({crash:?})")).await;
+        eprintln!("run {run}: {} acknowledged so far, all intact", acked.lock().unwrap().len());
+    }
+    eprintln!("{runs} runs: {bytes_dropped} unsynced bytes and {entries_reverted} directory entries dropped in all");
+
+    // Clients retry what was never acknowledged; afterwards the ledger counts every event exactly once.
+    let agent = m.agent.as_mut().unwrap();
+    let client = agent.client().await.unwrap();
+    let (_, expected_total, attempted_n) = retry_all(&client, &attempted).await;
+    let report = client.admin().report(v1::ReportRequest {}).await.unwrap().into_inner();
+    let totals = report.totals.unwrap();
+    let recorded = meterd::domain::quantity::Micros::parse_event(&totals.recorded).unwrap().0;
+    assert_eq!(recorded, expected_total, "recorded usage != the sum of {attempted_n} distinct events");
+    assert!(totals.reconciled, "{totals:?}");
+    assert_eq!(agent.terminate().unwrap(), Some(0), "SIGTERM must exit 0");
+}
