@@ -66,15 +66,14 @@ pub async fn run(
         crate::pipeline::Pipeline::start(config.clone(), store.clone(), clock.clone(), metrics.clone()).await?;
     let customers =
         crate::customers::Customers::new(config.clone(), store.clone(), clock.clone(), pipeline.clone()).await?;
-    let routes = server::routes(
+    let (routes, health) = server::routes(
         config.clone(),
         store.clone(),
         clock.clone(),
         pipeline.clone(),
         customers.clone(),
         metrics.clone(),
-    )
-    .await;
+    );
     let admin = match &config.admin {
         Some(a) => {
             let app = server::admin_http::router(store.clone(), clock.clone(), pipeline.clone(), metrics.clone());
@@ -103,7 +102,7 @@ pub async fn run(
     ready.http = http_addr;
     ready.admin = admin_addr;
     on_ready(&ready);
-    let served = server::serve(routes, listeners, security, shutdown).await;
+    let served = server::serve(routes, health, listeners, security, shutdown).await;
     tracing::info!("listeners closed; stopping the pipeline and flushing the store");
     running.stop().await;
     for server in [http, admin].into_iter().flatten() {
