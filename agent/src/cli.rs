@@ -188,7 +188,7 @@ fn init_logging(format: &LogFormat, level: &str) {
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let demo = args.simulate && args.config.is_none();
     // The demo's own data dir, unless METERD_DATA_DIR names one to keep: removed when this function returns.
-    let mut throwaway = None;
+    let mut throwaway_dir = None;
     let mut config = match (&args.config, args.simulate) {
         (Some(path), _) => Config::load(path)?,
         (None, true) => {
@@ -196,7 +196,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 Some(d) => PathBuf::from(d),
                 None => {
                     let d = std::env::temp_dir().join(format!("meterd-simulate-{}", std::process::id()));
-                    throwaway = Some(ThrowawayDir(d.clone()));
+                    throwaway_dir = Some(ThrowawayDir(d.clone()));
                     d
                 }
             };
@@ -226,17 +226,16 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let feeder_config = Arc::new(config.clone());
     let feed = demo || args.feed;
     let emulator = sim.emulator.clone();
-    let throwaway_path = throwaway.as_ref().map(|t| t.0.clone());
+    let (data_dir, throwaway) = (config.storage.data_dir.clone(), throwaway_dir.is_some());
     tracing::info!(speed = args.speed, emulator = %emulator_url, "simulating: submitting to the embedded emulator, not AWS");
     crate::app::run(
         config,
         sim.clock.clone(),
         Some(emulator_url),
         move |ready| {
-            match &throwaway_path {
-                Some(dir) => print_line(&format!("{} data_dir={} (throwaway: removed on exit)", ready.line(), dir.display())),
-                None => print_ready(ready),
-            }
+            // Where the demo's data is, and whether it outlives the run.
+            let note = if throwaway { " (throwaway: removed on exit)" } else { "" };
+            print_line(&format!("{} data_dir={}{note}", ready.line(), data_dir.display()));
             if let Some(tcp) = ready.tcp {
                 if feed {
                     tokio::spawn(crate::simulate::feed(tcp.to_string(), feeder_config));
