@@ -93,7 +93,10 @@ impl Customers {
                     return Err(invalid("aws_account.customer_aws_account_id", "must be digits (an AWS account id)"));
                 }
                 if !is_license_arn(license_arn) {
-                    return Err(invalid("aws_account.license_arn", format!("{} is not a license ARN", echo(license_arn))));
+                    return Err(invalid(
+                        "aws_account.license_arn",
+                        format!("{} is not a license ARN", echo(license_arn)),
+                    ));
                 }
             }
             (Identity::Legacy { customer_identifier }, IdentityMode::Legacy) => {

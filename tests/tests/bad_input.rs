@@ -90,7 +90,9 @@ async fn huge_values_are_refused_with_bounded_messages() {
     let long_key = "k".repeat(128);
     m.record_usage(v1::RecordUsageRequest { event: Some(event(&long_key)) }).await.unwrap();
     let err = m
-        .record_usage(v1::RecordUsageRequest { event: Some(v1::UsageEvent { quantity: "2".into(), ..event(&long_key) }) })
+        .record_usage(v1::RecordUsageRequest {
+            event: Some(v1::UsageEvent { quantity: "2".into(), ..event(&long_key) }),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);

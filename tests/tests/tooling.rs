@@ -84,10 +84,12 @@ async fn health_checks_every_service_and_watch_follows_the_spec() {
     // Watch on an unknown service: SERVICE_UNKNOWN, and the call stays open (a later registration would be
     // sent on it). Nothing else is ever sent before shutdown, so a wait that ends without a message or the
     // stream's end cannot be a false alarm, however slow the machine.
-    let mut unknown = health.watch(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap().into_inner();
+    let mut unknown =
+        health.watch(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap().into_inner();
     let first = unknown.message().await.unwrap().expect("a first message");
     assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
-    let mut known = health.watch(HealthCheckRequest { service: "meterd.v1.Customers".into() }).await.unwrap().into_inner();
+    let mut known =
+        health.watch(HealthCheckRequest { service: "meterd.v1.Customers".into() }).await.unwrap().into_inner();
     assert_eq!(known.message().await.unwrap().expect("a first message").status, serving);
     assert!(
         tokio::time::timeout(Duration::from_millis(300), unknown.message()).await.is_err(),
@@ -117,7 +119,8 @@ fn simulate_until_sigterm(tmp: &std::path::Path, env: &[(&str, &std::path::Path)
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    let child = &mut child.0;
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = lines.next().expect("a ready line").unwrap();
     // Keep draining (the demo narrates every few seconds) so the agent never blocks on a full pipe.
@@ -128,6 +131,16 @@ fn simulate_until_sigterm(tmp: &std::path::Path, env: &[(&str, &std::path::Path)
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(0), "{ready}");
     ready
+}
+
+/// A failed assertion must not leave the agent running (it would hold the test's output pipe open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn data_dir_of(ready: &str) -> PathBuf {

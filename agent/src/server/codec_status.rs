@@ -33,9 +33,9 @@ pub fn remap(status: &Status) -> Option<Status> {
         Code::Internal if m.starts_with("failed to decode Protobuf message") => {
             Some(Status::invalid_argument(format!("request: not a valid protobuf message ({m})")))
         }
-        Code::Internal if m.starts_with("Unexpected EOF decoding stream") => Some(Status::invalid_argument(
-            "request: truncated: the body ended inside a gRPC message frame",
-        )),
+        Code::Internal if m.starts_with("Unexpected EOF decoding stream") => {
+            Some(Status::invalid_argument("request: truncated: the body ended inside a gRPC message frame"))
+        }
         Code::Internal if m.starts_with("Missing request message") => {
             Some(Status::invalid_argument("request: the body holds no gRPC message"))
         }

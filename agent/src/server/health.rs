@@ -39,9 +39,9 @@ impl Health {
     }
 
     fn status(&self, service: &str) -> Option<ServingStatus> {
-        SERVICES.contains(&service).then(|| {
-            if *self.stopping.borrow() { ServingStatus::NotServing } else { ServingStatus::Serving }
-        })
+        SERVICES
+            .contains(&service)
+            .then(|| if *self.stopping.borrow() { ServingStatus::NotServing } else { ServingStatus::Serving })
     }
 }
 
