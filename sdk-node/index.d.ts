@@ -91,6 +91,12 @@ export interface AgentStatus {
   sealedThrough?: Date | null;
   accounts: AccountStatus[];
   lateEvents: number;
+  /** Pending records held under a tenant id with no marketplace identity yet: lost at their deadline. */
+  recordsAtRisk: number;
+  /** Marketplace customers by lifecycle state ('active', 'deprovisioning', 'ended'). */
+  customersByStatus: Record<string, number>;
+  /** Customers AWS last answered CustomerNotSubscribed for. */
+  customersNotSubscribed: number;
 }
 
 export interface FlushResult {
@@ -133,6 +139,8 @@ export interface ReportTotals {
   rejectedByReason: Record<string, number>;
   expiredByReason: Record<string, number>;
   reconciled: boolean;
+  /** Terminal records older than storage.retention: gone from the rows, still counted in these totals. */
+  compactedRecords: number;
 }
 
 export interface Report {

@@ -70,15 +70,14 @@ pub async fn run(
         crate::pipeline::Pipeline::start(config.clone(), store.clone(), clock.clone(), metrics.clone()).await?;
     let customers =
         crate::customers::Customers::new(config.clone(), store.clone(), clock.clone(), pipeline.clone()).await?;
-    let routes = server::routes(
+    let (routes, health) = server::routes(
         config.clone(),
         store.clone(),
         clock.clone(),
         pipeline.clone(),
         customers.clone(),
         metrics.clone(),
-    )
-    .await;
+    );
     let admin = match &config.admin {
         Some(a) => {
             let app = server::admin_http::router(store.clone(), clock.clone(), pipeline.clone(), metrics.clone());
@@ -107,7 +106,7 @@ pub async fn run(
     ready.http = http_addr;
     ready.admin = admin_addr;
     on_ready(&ready);
-    let served = server::serve(routes, listeners, security, shutdown).await;
+    let served = server::serve(routes, health, listeners, security, shutdown).await;
     tracing::info!("listeners closed; stopping the pipeline and flushing the store");
     running.stop().await;
     for server in [http, admin].into_iter().flatten() {
@@ -149,13 +148,17 @@ impl HttpServer {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed by this call, not when the future is first
+/// polled: a SIGTERM sent right after the ready line (before serving starts) must stop the agent cleanly, not
+/// kill it with the default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
     }
 }

@@ -187,12 +187,19 @@ fn init_logging(format: &LogFormat, level: &str) {
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let demo = args.simulate && args.config.is_none();
+    // The demo's own data dir, unless METERD_DATA_DIR names one to keep: removed when this function returns.
+    let mut throwaway_dir = None;
     let mut config = match (&args.config, args.simulate) {
         (Some(path), _) => Config::load(path)?,
         (None, true) => {
-            let dir = std::env::var_os("METERD_DATA_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| std::env::temp_dir().join(format!("meterd-simulate-{}", std::process::id())));
+            let dir = match std::env::var_os("METERD_DATA_DIR") {
+                Some(d) => PathBuf::from(d),
+                None => {
+                    let d = std::env::temp_dir().join(format!("meterd-simulate-{}", std::process::id()));
+                    throwaway_dir = Some(ThrowawayDir(d.clone()));
+                    d
+                }
+            };
             Config::simulate_default(dir, |k| std::env::var(k).ok())?
         }
         (None, false) => {
@@ -219,13 +226,16 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let feeder_config = Arc::new(config.clone());
     let feed = demo || args.feed;
     let emulator = sim.emulator.clone();
+    let (data_dir, throwaway) = (config.storage.data_dir.clone(), throwaway_dir.is_some());
     tracing::info!(speed = args.speed, emulator = %emulator_url, "simulating: submitting to the embedded emulator, not AWS");
     crate::app::run(
         config,
         sim.clock.clone(),
         Some(emulator_url),
         move |ready| {
-            print_ready(ready);
+            // Where the demo's data is, and whether it outlives the run.
+            let note = if throwaway { " (throwaway: removed on exit)" } else { "" };
+            print_line(&format!("{} data_dir={}{note}", ready.line(), data_dir.display()));
             if let Some(tcp) = ready.tcp {
                 if feed {
                     tokio::spawn(crate::simulate::feed(tcp.to_string(), feeder_config));
@@ -241,9 +251,28 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_ready(ready: &crate::app::Ready) {
+    print_line(&ready.line());
+}
+
+/// Scripts wait for the ready line: flush it even when stdout is a pipe.
+fn print_line(line: &str) {
     use std::io::Write;
-    println!("{}", ready.line());
+    println!("{line}");
     let _ = std::io::stdout().flush();
+}
+
+/// `run --simulate`'s default data dir under the temp dir: nothing in it outlives the demo, so it is removed
+/// when the run ends (after the store is closed), on a clean stop or an error alike.
+struct ThrowawayDir(PathBuf);
+
+impl Drop for ThrowawayDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("warning: cannot remove the simulation's data dir {}: {e}", self.0.display());
+        }
+    }
 }
 
 async fn customers(target: &str, command: CustomersCommand) -> anyhow::Result<ExitCode> {

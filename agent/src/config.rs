@@ -45,8 +45,8 @@ pub struct ServerConfig {
     pub unix_socket: Option<PathBuf>,
     /// TLS for the TCP listener (rustls).
     pub tls: Option<TlsConfig>,
-    /// A file holding the bearer token TCP callers must send (`authorization: Bearer …`); `METERD_TOKEN`
-    /// overrides it. Never logged or printed.
+    /// A file holding the bearer token TCP callers must send (`authorization: Bearer …`);
+    /// `METERD_TOKEN_FILE` overrides the path. The token is never logged or printed.
     pub token_file: Option<PathBuf>,
 }
 

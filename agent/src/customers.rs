@@ -11,6 +11,7 @@ use aws_sdk_marketplacemetering::error::ProvideErrorMetadata;
 use crate::clock::SharedClock;
 use crate::config::{Config, IdentityMode};
 use crate::domain::customer::TenantMapping;
+use crate::domain::echo::echo;
 use crate::domain::event::Identity;
 use crate::domain::lifecycle;
 use crate::domain::validate::{is_license_arn, valid_id};
@@ -72,7 +73,7 @@ impl Customers {
             .config
             .products
             .get(name)
-            .ok_or_else(|| invalid("product", format!("{name:?} is not a configured product")))?;
+            .ok_or_else(|| invalid("product", format!("{} is not a configured product", echo(name))))?;
         Ok((name, p))
     }
 
@@ -92,7 +93,10 @@ impl Customers {
                     return Err(invalid("aws_account.customer_aws_account_id", "must be digits (an AWS account id)"));
                 }
                 if !is_license_arn(license_arn) {
-                    return Err(invalid("aws_account.license_arn", format!("{license_arn:?} is not a license ARN")));
+                    return Err(invalid(
+                        "aws_account.license_arn",
+                        format!("{} is not a license ARN", echo(license_arn)),
+                    ));
                 }
             }
             (Identity::Legacy { customer_identifier }, IdentityMode::Legacy) => {

@@ -50,6 +50,9 @@ pub struct NativeStatus {
     pub sealed_through_ms: Option<f64>,
     pub accounts: Vec<NativeAccountStatus>,
     pub late_events: i64,
+    pub records_at_risk: i64,
+    pub customers_by_status: HashMap<String, i64>,
+    pub customers_not_subscribed: i64,
 }
 
 impl From<v1::StatusResponse> for NativeStatus {
@@ -88,6 +91,9 @@ impl From<v1::StatusResponse> for NativeStatus {
                 })
                 .collect(),
             late_events: s.late_events as i64,
+            records_at_risk: s.records_at_risk as i64,
+            customers_by_status: s.customers_by_status.into_iter().map(|(k, v)| (k, v as i64)).collect(),
+            customers_not_subscribed: s.customers_not_subscribed as i64,
         }
     }
 }
@@ -143,6 +149,7 @@ pub struct NativeReportTotals {
     pub rejected_by_reason: HashMap<String, i64>,
     pub expired_by_reason: HashMap<String, i64>,
     pub reconciled: bool,
+    pub compacted_records: i64,
 }
 
 #[napi(object)]
@@ -191,6 +198,7 @@ impl From<v1::ReportResponse> for NativeReport {
                 rejected_by_reason: counts(t.rejected_by_reason),
                 expired_by_reason: counts(t.expired_by_reason),
                 reconciled: t.reconciled,
+                compacted_records: t.compacted_records as i64,
             },
         }
     }

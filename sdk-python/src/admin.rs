@@ -50,6 +50,9 @@ pub struct AgentStatus {
     pub sealed_through: Option<DateTime<Utc>>,
     pub accounts: Vec<AccountStatus>,
     pub late_events: u64,
+    pub records_at_risk: u64,
+    pub customers_by_status: HashMap<String, u64>,
+    pub customers_not_subscribed: u64,
 }
 
 #[pymethods]
@@ -97,6 +100,9 @@ pub fn status_to_py(py: Python<'_>, s: v1::StatusResponse) -> PyResult<Py<PyAny>
             })
             .collect(),
         late_events: s.late_events,
+        records_at_risk: s.records_at_risk,
+        customers_by_status: s.customers_by_status,
+        customers_not_subscribed: s.customers_not_subscribed,
     };
     Ok(Py::new(py, status)?.into_any())
 }
@@ -161,6 +167,7 @@ pub struct ReportTotals {
     pub rejected_by_reason: HashMap<String, u64>,
     pub expired_by_reason: HashMap<String, u64>,
     pub reconciled: bool,
+    pub compacted_records: u64,
 }
 
 #[pyclass(frozen, get_all, module = "meterd")]
@@ -220,6 +227,7 @@ pub fn report_to_py(py: Python<'_>, r: v1::ReportResponse) -> PyResult<Py<PyAny>
             rejected_by_reason: t.rejected_by_reason,
             expired_by_reason: t.expired_by_reason,
             reconciled: t.reconciled,
+            compacted_records: t.compacted_records,
         },
     };
     Ok(Py::new(py, report)?.into_any())

@@ -45,6 +45,13 @@ fn spawn_until_first_line(mut cmd: Command) -> anyhow::Result<(Child, String)> {
     }
 }
 
+/// A fresh temporary directory under `root` for a benchmark's data, creating `root` first if needed (a
+/// benchmark's `--data-root` may name a directory that does not exist yet).
+pub fn bench_data_dir(root: &Path) -> anyhow::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(root).map_err(|e| anyhow::anyhow!("--data-root {}: {e}", root.display()))?;
+    Ok(tempfile::tempdir_in(root)?)
+}
+
 /// A config for one product `app` (license identity) listening on an ephemeral loopback port.
 pub fn basic_config(data_dir: &Path, extra: &str) -> String {
     format!(
@@ -444,5 +451,16 @@ impl Drop for EmulatorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bench_data_dir_creates_a_missing_root() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("not/yet/there");
+        let dir = super::bench_data_dir(&root).unwrap();
+        assert!(dir.path().is_dir() && dir.path().starts_with(&root));
     }
 }

@@ -1,5 +1,6 @@
 //! Seal → submit → account, end to end: the agent in-process with a manual clock, the real
-//! `aws-sdk-marketplacemetering` client talking HTTP to the emulator. Invariants 3–8 of PRODUCT.md §2.
+//! `aws-sdk-marketplacemetering` client talking HTTP to the emulator. Invariants 3–8 of
+//! docs/ARCHITECTURE.md.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use super::echo::echo;
 use super::validate::is_license_arn;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +103,7 @@ pub fn parse(text: &str) -> Result<LifecycleEvent, EventError> {
 fn parse_eventbridge(v: &Value) -> Result<LifecycleEvent, EventError> {
     let source = str_at(v, &["source"]).ok_or_else(|| err("source", "is required"))?;
     if source != "aws.agreement-marketplace" {
-        return Err(err("source", format!("{source:?} is not aws.agreement-marketplace")));
+        return Err(err("source", format!("{} is not aws.agreement-marketplace", echo(source))));
     }
     let dt = str_at(v, &["detail-type"]).ok_or_else(|| err("detail-type", "is required"))?;
     // "License Deprovisioned - Manufacturer", "Purchase Agreement Ended - Proposer", ...
@@ -111,7 +112,7 @@ fn parse_eventbridge(v: &Value) -> Result<LifecycleEvent, EventError> {
         "License Updated" | "Purchase Agreement Created" | "Purchase Agreement Amended" => LifecycleKind::Active,
         "License Deprovisioned" => LifecycleKind::Deprovisioning,
         "Purchase Agreement Ended" => LifecycleKind::Ended,
-        other => return Err(err("detail-type", format!("{other:?} is not a lifecycle event meterd acts on"))),
+        other => return Err(err("detail-type", format!("{} is not a lifecycle event meterd acts on", echo(other)))),
     };
     let detail = v.get("detail").filter(|d| d.is_object()).ok_or_else(|| err("detail", "is required"))?;
     let agreement_id = str_at(detail, &["agreement", "id"]).map(str::to_string);
@@ -119,12 +120,12 @@ fn parse_eventbridge(v: &Value) -> Result<LifecycleEvent, EventError> {
     let subject = if base.starts_with("License") {
         let raw = str_at(detail, &["license", "arn"]).ok_or_else(|| err("detail.license.arn", "is required"))?;
         let license_arn = normalize_license_arn(raw)
-            .ok_or_else(|| err("detail.license.arn", format!("{raw:?} is not a license ARN")))?;
+            .ok_or_else(|| err("detail.license.arn", format!("{} is not a license ARN", echo(raw))))?;
         let account_id = str_at(detail, &["acceptor", "accountId"]).map(str::to_string);
         if let Some(a) = &account_id
             && !a.bytes().all(|b| b.is_ascii_digit())
         {
-            return Err(err("detail.acceptor.accountId", format!("{a:?} is not an AWS account id")));
+            return Err(err("detail.acceptor.accountId", format!("{} is not an AWS account id", echo(a))));
         }
         Subject::License { license_arn, account_id }
     } else {
@@ -149,7 +150,7 @@ fn parse_sns_message(v: &Value) -> Result<LifecycleEvent, EventError> {
         "unsubscribe-pending" => LifecycleKind::Deprovisioning,
         "unsubscribe-success" | "subscribe-fail" => LifecycleKind::Ended,
         "entitlement-updated" => return Err(err("action", "entitlement-updated concerns contracts; nothing to meter")),
-        other => return Err(err("action", format!("{other:?} is not a subscription action"))),
+        other => return Err(err("action", format!("{} is not a subscription action", echo(other)))),
     };
     let customer_identifier =
         str_at(v, &["customer-identifier"]).ok_or_else(|| err("customer-identifier", "is required"))?.to_string();
@@ -158,7 +159,7 @@ fn parse_sns_message(v: &Value) -> Result<LifecycleEvent, EventError> {
         return Err(err("customer-identifier", "must be 1-255 characters without control characters"));
     }
     if !crate::config::valid_product_code(&product_code) {
-        return Err(err("product-code", format!("{product_code:?} is not a product code")));
+        return Err(err("product-code", format!("{} is not a product code", echo(&product_code))));
     }
     Ok(LifecycleEvent {
         kind,

@@ -2,6 +2,7 @@
 
 pub mod customer;
 pub mod deadline;
+pub mod echo;
 pub mod event;
 pub mod lifecycle;
 pub mod quantity;

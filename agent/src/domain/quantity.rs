@@ -15,17 +15,18 @@ pub const MAX_EVENT_UNITS: u64 = i32::MAX as u64;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Micros(pub u128);
 
+/// Variants that quote the caller's value hold it already quoted and bounded ([`super::echo::echo`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
     #[error("is required (a decimal string such as \"3\" or \"0.25\")")]
     Empty,
     #[error("must not be negative")]
     Negative,
-    #[error("{0:?} is not a plain decimal number (digits, optionally '.' and 1-6 more digits)")]
+    #[error("{0} is not a plain decimal number (digits, optionally '.' and 1-6 more digits)")]
     Malformed(String),
-    #[error("{0:?} has more than 6 decimal places")]
+    #[error("{0} has more than 6 decimal places")]
     TooPrecise(String),
-    #[error("{0:?} exceeds the per-event maximum of 2147483647")]
+    #[error("{0} exceeds the per-event maximum of 2147483647")]
     TooLarge(String),
 }
 
@@ -50,16 +51,16 @@ impl Micros {
         };
         let all_digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
         if !all_digits(int) || frac.is_some_and(|f| !all_digits(f)) {
-            return Err(QuantityError::Malformed(s.to_string()));
+            return Err(QuantityError::Malformed(super::echo::echo(s)));
         }
         let frac = frac.unwrap_or("");
         if frac.len() > 6 {
-            return Err(QuantityError::TooPrecise(s.to_string()));
+            return Err(QuantityError::TooPrecise(super::echo::echo(s)));
         }
         let int_trimmed = int.trim_start_matches('0');
         // More than 10 significant integer digits can never be <= i32::MAX; stop before u64 overflow.
         if int_trimmed.len() > 10 {
-            return Err(QuantityError::TooLarge(s.to_string()));
+            return Err(QuantityError::TooLarge(super::echo::echo(s)));
         }
         let units: u64 = if int_trimmed.is_empty() { 0 } else { int_trimmed.parse().expect("checked digits") };
         let mut frac_micros: u64 = 0;
@@ -68,7 +69,7 @@ impl Micros {
         }
         let micros = Micros(u128::from(units) * u128::from(SCALE) + u128::from(frac_micros));
         if micros > Micros::from_units(MAX_EVENT_UNITS) {
-            return Err(QuantityError::TooLarge(s.to_string()));
+            return Err(QuantityError::TooLarge(super::echo::echo(s)));
         }
         Ok(micros)
     }

@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use meterd_proto::v1;
 use regex::Regex;
 
+use super::echo::echo;
 use super::event::{Identity, TagSet, UsageEvent};
 use super::quantity::Micros;
 use crate::clock::UnixMillis;
@@ -117,7 +118,7 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
     let product = config.products.get(product_name).ok_or_else(|| {
         FieldError::new(
             "product",
-            format!("{product_name:?} is not a configured product (known: {})", config.product_names()),
+            format!("{} is not a configured product (known: {})", echo(product_name), config.product_names()),
         )
     })?;
 
@@ -153,7 +154,7 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
             }
             if !is_license_arn(&a.license_arn) {
                 let hint = if a.license_arn.starts_with("aws:") { " (it lacks the leading \"arn:\")" } else { "" };
-                return Err(FieldError::new(f, format!("{:?} is not a valid license ARN{hint}", a.license_arn)));
+                return Err(FieldError::new(f, format!("{} is not a valid license ARN{hint}", echo(&a.license_arn))));
             }
             Identity::Aws { account_id: a.customer_aws_account_id.clone(), license_arn: a.license_arn.clone() }
         }
@@ -170,7 +171,7 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
             if !l.product_code.is_empty() && Some(&l.product_code) != product.product_code.as_ref() {
                 return Err(FieldError::new(
                     "customer.legacy.product_code",
-                    format!("{:?} does not match product {product_name:?}'s product code", l.product_code),
+                    format!("{} does not match product {product_name:?}'s product code", echo(&l.product_code)),
                 ));
             }
             Identity::Legacy { customer_identifier: l.customer_identifier.clone() }
@@ -185,8 +186,8 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
         return Err(FieldError::new(
             "dimension",
             format!(
-                "{:?} is not a dimension of product {product_name:?} (known: {}; names are case-sensitive)",
-                ev.dimension,
+                "{} is not a dimension of product {product_name:?} (known: {}; names are case-sensitive)",
+                echo(&ev.dimension),
                 product.dimensions.join(", ")
             ),
         ));
@@ -242,7 +243,7 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
     }
     let mut tags = TagSet::new();
     for (k, v) in &ev.tags {
-        let field = format!("tags[{k:?}]");
+        let field = format!("tags[{}]", echo(k));
         if k.is_empty() || k.chars().count() > MAX_TAG_KEY_LEN {
             return Err(FieldError::new(field, format!("tag keys are 1-{MAX_TAG_KEY_LEN} characters")));
         }
@@ -477,7 +478,7 @@ mod tests {
         refused(with_tags(&six), "tags", "at most 5");
         refused(with_tags(&[("", "v")]), "tags[\"\"]", "1-100");
         let long_key = "k".repeat(101);
-        refused(with_tags(&[(&long_key, "v")]), &format!("tags[{long_key:?}]"), "1-100");
+        refused(with_tags(&[(&long_key, "v")]), &format!("tags[{}]", echo(&long_key)), "1-100");
         refused(with_tags(&[("k", "")]), "tags[\"k\"]", "1-256");
         refused(with_tags(&[("k", &"v".repeat(257))]), "tags[\"k\"]", "1-256");
         refused(with_tags(&[("k>", "v")]), "tags[\"k>\"]", "key contains '>'");

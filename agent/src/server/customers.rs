@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{store_status, timestamp};
 use crate::customers::{CustomerError, Customers};
 use crate::domain::customer::TenantMapping;
+use crate::domain::echo::echo;
 use crate::domain::event::Identity;
 
 pub struct CustomersService {
@@ -85,7 +86,7 @@ impl CustomersApi for CustomersService {
             .store()
             .mapping(&t)
             .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("tenant_id: {t:?} has no mapping")))?;
+            .ok_or_else(|| Status::not_found(format!("tenant_id: {} has no mapping", echo(&t))))?;
         Ok(Response::new(info(&self.customers, &m, 0)?))
     }
 

@@ -4,6 +4,7 @@ use meterd_proto::v1::{self, metering_server::Metering};
 use tonic::{Code, Request, Response, Status};
 
 use super::convert::{receipt_to_wire, store_status};
+use crate::domain::echo::echo;
 use crate::domain::validate::FieldError;
 use crate::ingest::{EventRefusal, Ingest};
 
@@ -21,8 +22,9 @@ fn refusal(prefix: &str, key: &str, r: &EventRefusal) -> (Code, String, String) 
             Code::AlreadyExists,
             format!("{prefix}.idempotency_key"),
             format!(
-                "{prefix}.idempotency_key: {key:?} was already used for a different event (recorded at {} for hour {} of product {:?}); \
+                "{prefix}.idempotency_key: {} was already used for a different event (recorded at {} for hour {} of product {:?}); \
                  a retry must resend identical content, a new event needs a new key",
+                echo(key),
                 crate::clock::rfc3339(existing.recorded_at_ms),
                 crate::clock::rfc3339(existing.hour_ms),
                 existing.product

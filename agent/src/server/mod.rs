@@ -3,8 +3,10 @@
 mod admin;
 pub mod admin_http;
 pub mod auth;
+pub mod codec_status;
 pub mod convert;
 mod customers;
+pub mod health;
 pub mod marketplace_http;
 mod metering;
 mod request_id;
@@ -31,22 +33,26 @@ pub use metering::MeteringService;
 /// Largest request accepted: a 100k-event batch with long tags fits.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// All gRPC services of the agent, ready to be served on any number of listeners.
-pub async fn routes(
+/// All gRPC services of the agent, ready to be served on any number of listeners, and the health state
+/// [`serve`] flips to NOT_SERVING when shutdown begins.
+pub fn routes(
     config: Arc<Config>,
     store: Store,
     clock: SharedClock,
     pipeline: crate::pipeline::Pipeline,
     registry: crate::customers::Customers,
     metrics: Arc<crate::metrics::Metrics>,
-) -> Routes {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<MeteringServer<MeteringService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(meterd_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("descriptor sets are valid");
+) -> (Routes, health::Health) {
+    let health = health::Health::new();
+    // Both reflection versions: grpcurl and current tools speak v1, grpcio-reflection's client and older
+    // grpcurl builds only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(meterd_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().expect("descriptor sets are valid");
+    let reflection_v1alpha = reflection().build_v1alpha().expect("descriptor sets are valid");
     let started_at_ms = clock.now_ms();
     let ingest = Ingest::new(config.clone(), store.clone(), clock.clone(), metrics);
     let metering = MeteringServer::new(MeteringService { ingest })
@@ -59,9 +65,10 @@ pub async fn routes(
         .add_service(metering)
         .add_service(admin)
         .add_service(customers)
-        .add_service(health_service)
-        .add_service(reflection);
-    builder.routes()
+        .add_service(health.service())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    (builder.routes(), health)
 }
 
 /// Bound listeners, so callers (and tests) know the real addresses before serving starts.
@@ -111,13 +118,18 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
+type BaseLayers = tower::layer::util::Stack<
+    codec_status::CodecStatusLayer,
+    tower::layer::util::Stack<request_id::RequestIdLayer, tower::layer::util::Identity>,
+>;
+
 /// Large windows let a 1,000-event batch (~110 KB) arrive without waiting for window updates.
-fn server_builder()
--> tonic::transport::Server<tower::layer::util::Stack<request_id::RequestIdLayer, tower::layer::util::Identity>> {
+fn server_builder() -> tonic::transport::Server<BaseLayers> {
     tonic::transport::Server::builder()
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
         .layer(request_id::RequestIdLayer)
+        .layer(codec_status::CodecStatusLayer)
 }
 
 /// Serves `routes` on every bound listener until `shutdown` resolves, then lets in-flight calls finish.
@@ -174,6 +186,7 @@ impl TcpSecurity {
 
 pub async fn serve(
     routes: Routes,
+    health: health::Health,
     listeners: Listeners,
     security: TcpSecurity,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -181,6 +194,8 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
+        // Ends open health watches first: graceful shutdown waits for every open call.
+        health.stopping();
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

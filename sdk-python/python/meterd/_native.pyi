@@ -141,6 +141,15 @@ class AgentStatus:
     def accounts(self) -> list[AccountStatus]: ...
     @property
     def late_events(self) -> int: ...
+    @property
+    def records_at_risk(self) -> int:
+        """Pending records held under a tenant id with no marketplace identity yet: lost at their deadline."""
+    @property
+    def customers_by_status(self) -> dict[str, int]:
+        """Marketplace customers by lifecycle state ("active", "deprovisioning", "ended")."""
+    @property
+    def customers_not_subscribed(self) -> int:
+        """Customers AWS last answered CustomerNotSubscribed for."""
 
 @final
 class FlushResult:
@@ -216,6 +225,9 @@ class ReportTotals:
     def expired_by_reason(self) -> dict[str, int]: ...
     @property
     def reconciled(self) -> bool: ...
+    @property
+    def compacted_records(self) -> int:
+        """Terminal records older than storage.retention: gone from the rows, still counted in these totals."""
 
 @final
 class Report:

@@ -26,7 +26,7 @@ struct Args {
     /// Concurrent callers for the many-callers unary workload.
     #[arg(long, default_value_t = 64)]
     callers: usize,
-    /// Where data dirs go (defaults to the current directory's disk).
+    /// Where data dirs go (created if missing; defaults to the current directory's disk).
     #[arg(long, default_value = ".")]
     data_root: std::path::PathBuf,
     /// Skip the SQLite baseline.
@@ -192,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
         Workload { name: "batch x1", callers: 1, batch: args.batch_size },
         Workload { name: "batch x4", callers: 4, batch: args.batch_size },
     ];
-    let root = tempfile::tempdir_in(&args.data_root)?;
+    let root = meterd_tests::bench_data_dir(&args.data_root)?;
     let agent = Agent::start(&basic_config(&root.path().join("meterd"), "[ingest]\nmax_batch_events = 100000"))?;
     let target = agent.target();
     let sqlite_path = root.path().join("baseline.sqlite");

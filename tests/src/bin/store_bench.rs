@@ -29,8 +29,7 @@ const HOUR: i64 = 3_600_000;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    std::fs::create_dir_all(&args.data_root)?;
-    let dir = tempfile::tempdir_in(&args.data_root)?;
+    let dir = meterd_tests::bench_data_dir(&args.data_root)?;
     let store = Store::open(dir.path())?;
     let now = 1_790_000_000_000 / HOUR * HOUR + 1000;
     let until = Instant::now() + Duration::from_secs(args.seconds);

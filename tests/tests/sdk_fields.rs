@@ -1,0 +1,131 @@
+//! The SDKs' public types keep up with the API: every field of each reply message (and of the usage event)
+//! in the proto descriptors must appear in the Python typings (`snake_case`) and the Node typings
+//! (`camelCase`), unless listed below as deliberately renamed or left out, with the reason.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use prost::Message;
+
+/// proto message → (Python class, Node interface).
+const TYPES: &[(&str, &str, &str)] = &[
+    ("UsageEvent", "Usage", "Usage"),
+    ("AwsCustomer", "AwsCustomer", "AwsCustomer"),
+    ("LegacyCustomer", "LegacyCustomer", "LegacyCustomer"),
+    ("Receipt", "Receipt", "Receipt"),
+    ("StatusResponse", "AgentStatus", "AgentStatus"),
+    ("ProductStatus", "ProductStatus", "ProductStatus"),
+    ("AccountStatus", "AccountStatus", "AccountStatus"),
+    ("FlushResponse", "FlushResult", "FlushResult"),
+    ("ReportRow", "ReportRow", "ReportRow"),
+    ("ReportTotals", "ReportTotals", "ReportTotals"),
+    ("ReportResponse", "Report", "Report"),
+    ("StatusChange", "StatusChange", "StatusChange"),
+    ("CustomerInfo", "CustomerInfo", "CustomerInfo"),
+    ("ApplyEventResponse", "EventOutcome", "EventOutcome"),
+];
+
+/// (proto message, proto field, why the SDKs do not expose it under its proto name).
+const EXCEPTIONS: &[(&str, &str, &str)] = &[
+    // The SDKs take one `customer` argument (a tenant id string or an identity object) instead of the oneof.
+    ("UsageEvent", "customer", "exposed as the customer argument"),
+    // The identity oneof of CustomerInfo is exposed as `customer` (an AwsCustomer or LegacyCustomer).
+    ("CustomerInfo", "aws_account", "inside `customer`"),
+    ("CustomerInfo", "legacy", "inside `customer`"),
+    // The Node SDK names the account id `accountId` (the Python SDK `account_id`): shorter, same meaning.
+    ("AwsCustomer", "customer_aws_account_id", "named account_id / accountId"),
+];
+
+fn camel(snake: &str) -> String {
+    let mut out = String::new();
+    let mut up = false;
+    for c in snake.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            out.extend(c.to_uppercase());
+            up = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Property names of `class NAME` in a `.pyi` file: every `def x(self` in its body.
+fn python_fields(pyi: &str, class: &str) -> BTreeSet<String> {
+    let start = pyi.find(&format!("\nclass {class}:")).unwrap_or_else(|| panic!("class {class} not in the .pyi"));
+    let body = &pyi[start + 1..];
+    let end = body[1..].find("\nclass ").map_or(body.len(), |e| e + 1);
+    let mut names = BTreeSet::new();
+    for line in body[..end].lines() {
+        let line = line.trim_start();
+        if let Some(rest) = line.strip_prefix("def ").or_else(|| line.strip_prefix("async def ")) {
+            names.insert(rest.split('(').next().unwrap().to_string());
+        }
+        // Constructor keyword arguments (one per line: `dimension: str,`) count as fields too.
+        let ident: String = line.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if !ident.is_empty() && line[ident.len()..].starts_with(": ") {
+            names.insert(ident);
+        }
+    }
+    names
+}
+
+/// Property names of `export interface NAME { ... }` in a `.d.ts` file.
+fn node_fields(dts: &str, iface: &str) -> BTreeSet<String> {
+    let start = dts
+        .find(&format!("export interface {iface} {{"))
+        .unwrap_or_else(|| panic!("interface {iface} not in index.d.ts"));
+    let body = &dts[start..];
+    let body = &body[..body.find("\n}").expect("interface end")];
+    body.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let l = l.trim();
+            let name: String = l.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            (!name.is_empty() && l[name.len()..].trim_start().starts_with(['?', ':'])).then_some(name)
+        })
+        .collect()
+}
+
+#[test]
+fn every_proto_field_is_in_both_sdks_typings() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let pyi = std::fs::read_to_string(root.join("sdk-python/python/meterd/_native.pyi")).unwrap();
+    let dts = std::fs::read_to_string(root.join("sdk-node/index.d.ts")).unwrap();
+    let set = prost_types::FileDescriptorSet::decode(meterd_proto::v1::FILE_DESCRIPTOR_SET).unwrap();
+    let messages: Vec<_> =
+        set.file.iter().filter(|f| f.package() == "meterd.v1").flat_map(|f| f.message_type.iter()).collect();
+    let mut missing = Vec::new();
+    for (proto, py_class, node_iface) in TYPES {
+        let m = messages.iter().find(|m| m.name() == *proto).unwrap_or_else(|| panic!("no message {proto}"));
+        let (py, node) = (python_fields(&pyi, py_class), node_fields(&dts, node_iface));
+        for f in &m.field {
+            let name = f.name();
+            if EXCEPTIONS.iter().any(|(p, n, _)| p == proto && *n == name) {
+                continue;
+            }
+            if !py.contains(name) {
+                missing.push(format!("Python {py_class}.{name} (proto {proto})"));
+            }
+            if !node.contains(&camel(name)) {
+                missing.push(format!("Node {node_iface}.{} (proto {proto})", camel(name)));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "fields missing from the SDK typings:\n  {}", missing.join("\n  "));
+}
+
+#[test]
+fn the_parsers_see_fields() {
+    let pyi =
+        "@final\nclass A:\n    @property\n    def x_y(self) -> int: ...\n@final\nclass B:\n    def z(self): ...\n";
+    assert_eq!(python_fields(pyi, "A"), BTreeSet::from(["x_y".to_string()]));
+    let init =
+        "\nclass U:\n    def __init__(\n        self,\n        *,\n        dimension: str,\n    ) -> None: ...\n";
+    assert_eq!(python_fields(init, "U"), BTreeSet::from(["__init__".to_string(), "dimension".to_string()]));
+    let dts = "export interface A {\n  xY: number;\n  /** doc */\n  z?: string | null;\n}\n";
+    assert_eq!(node_fields(dts, "A"), BTreeSet::from(["xY".to_string(), "z".to_string()]));
+    assert_eq!(camel("compacted_records"), "compactedRecords");
+}
