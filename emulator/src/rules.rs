@@ -181,10 +181,7 @@ fn timestamp_ms(secs: f64) -> Option<i64> {
 
 /// Shape checks of `BatchMeterUsage` (the model's constraints) → `ValidationException`.
 /// `strict_wire`: a `CustomerIdentifier` member beside `CustomerAWSAccountId` is an error even when empty.
-pub fn batch_shape(
-    input: BatchMeterUsageInput,
-    strict_wire: bool,
-) -> Result<(Option<String>, Vec<Record>), AwsError> {
+pub fn batch_shape(input: BatchMeterUsageInput, strict_wire: bool) -> Result<(Option<String>, Vec<Record>), AwsError> {
     let mut errors = Vec::new();
     let product_code = input.product_code.filter(|p| !p.is_empty());
     if let Some(pc) = &product_code {

@@ -12,8 +12,8 @@ use crate::config::{EmuCustomer, EmuToken, EmulatorConfig, Faults};
 use crate::counters::Counters;
 use crate::decimal::Quantity;
 use crate::faults::{CallFaults, FaultRng, TokenBucket};
-use crate::requests::RequestLog;
 use crate::ledger::{DedupKey, Fingerprint, Ledger, LedgerEntry, Lookup, ledger_allocations};
+use crate::requests::RequestLog;
 use crate::rules::{self, Identity, LicenseInfo, QtyKind};
 use crate::wire::{self, AwsError};
 

@@ -45,8 +45,14 @@ async fn strict_names_every_offending_record_and_refuses_a_non_empty_one_too() {
     let m = v["message"].as_str().unwrap();
     assert!(m.starts_with("2 validation errors detected"), "{m}");
     assert!(!m.contains("UsageRecords[0]"), "{m}");
-    assert!(m.contains("Value '' at 'usageRecords.2.member.customerIdentifier'") && m.contains("UsageRecords[1]"), "{m}");
-    assert!(m.contains("Value 'cust-x' at 'usageRecords.3.member.customerIdentifier'") && m.contains("UsageRecords[2]"), "{m}");
+    assert!(
+        m.contains("Value '' at 'usageRecords.2.member.customerIdentifier'") && m.contains("UsageRecords[1]"),
+        "{m}"
+    );
+    assert!(
+        m.contains("Value 'cust-x' at 'usageRecords.3.member.customerIdentifier'") && m.contains("UsageRecords[2]"),
+        "{m}"
+    );
     assert_nothing_billed(&env);
 }
 
@@ -58,7 +64,8 @@ async fn strict_accepts_what_the_other_sdks_send_and_legacy_records() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["Results"][0]["Status"], "Success");
     // A legacy record is identified by its CustomerIdentifier: strict has nothing to say about it.
-    let out = bmu_legacy(&env.client, LEGACY_PRODUCT, vec![legacy_rec(LEGACY_CUSTOMER, "users", 1, HOUR)]).await.unwrap();
+    let out =
+        bmu_legacy(&env.client, LEGACY_PRODUCT, vec![legacy_rec(LEGACY_CUSTOMER, "users", 1, HOUR)]).await.unwrap();
     assert_eq!(out.results()[0].status().unwrap().as_str(), "Success");
     assert_eq!(env.emu.ledger().len(), 2);
 }

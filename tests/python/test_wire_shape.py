@@ -26,9 +26,13 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def meterd_bin():
-    path = pathlib.Path(os.environ.get("METERD_BIN", REPO / "target" / "debug" / "meterd"))
+    path = pathlib.Path(
+        os.environ.get("METERD_BIN", REPO / "target" / "debug" / "meterd")
+    )
     if not path.exists():
-        pytest.fail(f"meterd binary not found at {path}; build it (cargo build -p meterd) or set METERD_BIN")
+        pytest.fail(
+            f"meterd binary not found at {path}; build it (cargo build -p meterd) or set METERD_BIN"
+        )
     return path
 
 
@@ -62,7 +66,7 @@ def as_boto3_params(body):
     records = []
     for r in body["UsageRecords"]:
         r = {k: v for k, v in r.items() if v != ""}
-        r["Timestamp"] = dt.datetime.fromtimestamp(r["Timestamp"], dt.timezone.utc)
+        r["Timestamp"] = dt.datetime.fromtimestamp(r["Timestamp"], dt.UTC)
         records.append(r)
     params["UsageRecords"] = records
     return params
@@ -108,14 +112,25 @@ dimensions = ["users"]
     log = open(work / "meterd.log", "w")  # noqa: SIM115 (kept open by the child)
     # 600x: a simulated hour every 6 s, so hours end and are submitted well inside the 24 h (144 s) window.
     proc = subprocess.Popen(
-        [str(meterd_bin()), "run", "--simulate", "--speed", "600", "--feed", "--config", str(cfg)],
+        [
+            str(meterd_bin()),
+            "run",
+            "--simulate",
+            "--speed",
+            "600",
+            "--feed",
+            "--config",
+            str(cfg),
+        ],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
         env={**os.environ, "METERD_LOG": "warn"},
     )
     lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in proc.stdout], daemon=True
+    ).start()
     try:
         try:
             ready = lines.get(timeout=60)
@@ -125,12 +140,21 @@ dimensions = ["users"]
         emulator = dict(f.split("=", 1) for f in ready.split()[2:])["emulator"]
         deadline = time.monotonic() + 180  # a bound against hangs only
         while True:
-            batches = [r for r in get_json(emulator + "/_emulator/requests") if r["operation"] == "BatchMeterUsage"]
-            kinds = {("legacy" if "ProductCode" in json.loads(r["body"]) else "license") for r in batches}
+            batches = [
+                r
+                for r in get_json(emulator + "/_emulator/requests")
+                if r["operation"] == "BatchMeterUsage"
+            ]
+            kinds = {
+                ("legacy" if "ProductCode" in json.loads(r["body"]) else "license")
+                for r in batches
+            }
             if kinds == {"license", "legacy"}:
                 break
             if time.monotonic() > deadline:
-                pytest.fail(f"meterd sent {kinds or 'nothing'} in 180 s; see {work / 'meterd.log'}")
+                pytest.fail(
+                    f"meterd sent {kinds or 'nothing'} in 180 s; see {work / 'meterd.log'}"
+                )
             time.sleep(0.5)
         yield batches
     finally:
@@ -146,7 +170,11 @@ def test_the_strict_emulator_accepted_every_batch(sent_bodies):
 
 
 def test_license_records_have_the_members_and_types_boto3_sends(sent_bodies):
-    license_batches = [json.loads(r["body"]) for r in sent_bodies if "ProductCode" not in json.loads(r["body"])]
+    license_batches = [
+        json.loads(r["body"])
+        for r in sent_bodies
+        if "ProductCode" not in json.loads(r["body"])
+    ]
     assert license_batches
     for body in license_batches:
         for record in body["UsageRecords"]:
@@ -158,7 +186,11 @@ def test_license_records_have_the_members_and_types_boto3_sends(sent_bodies):
 
 
 def test_legacy_records_keep_their_customer_identifier_as_boto3_sends_it(sent_bodies):
-    legacy_batches = [json.loads(r["body"]) for r in sent_bodies if "ProductCode" in json.loads(r["body"])]
+    legacy_batches = [
+        json.loads(r["body"])
+        for r in sent_bodies
+        if "ProductCode" in json.loads(r["body"])
+    ]
     assert legacy_batches
     for body in legacy_batches:
         assert body["ProductCode"] == "legacy-prod"
@@ -172,12 +204,18 @@ def test_legacy_records_keep_their_customer_identifier_as_boto3_sends_it(sent_bo
 def test_the_boto3_reference_omits_an_identity_it_was_not_given():
     # The reference itself: boto3 sends only the members it was given (so the comparison above can tell).
     record = {
-        "Timestamp": dt.datetime(2026, 11, 27, 12, tzinfo=dt.timezone.utc),
+        "Timestamp": dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC),
         "CustomerAWSAccountId": "123456789012",
         "LicenseArn": "arn:aws:license-manager::123456789012:license:l-1",
         "Dimension": "api_calls",
         "Quantity": 3,
     }
     body = boto3_body({"UsageRecords": [record]})
-    assert set(body["UsageRecords"][0]) == {"Timestamp", "CustomerAWSAccountId", "LicenseArn", "Dimension", "Quantity"}
+    assert set(body["UsageRecords"][0]) == {
+        "Timestamp",
+        "CustomerAWSAccountId",
+        "LicenseArn",
+        "Dimension",
+        "Quantity",
+    }
     assert body["UsageRecords"][0]["Timestamp"] == 1_795_780_800

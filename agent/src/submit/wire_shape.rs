@@ -146,7 +146,10 @@ mod tests {
     #[test]
     fn acts_on_batch_meter_usage_only() {
         let body = br#"{"UsageRecords":[{"CustomerIdentifier":"","Dimension":"d"}]}"#;
-        assert_eq!(rewrite(Some(BATCH_METER_USAGE_TARGET), body).unwrap().unwrap(), br#"{"UsageRecords":[{"Dimension":"d"}]}"#);
+        assert_eq!(
+            rewrite(Some(BATCH_METER_USAGE_TARGET), body).unwrap().unwrap(),
+            br#"{"UsageRecords":[{"Dimension":"d"}]}"#
+        );
         for other in [Some("AWSMPMeteringService.MeterUsage"), Some("AWSMPMeteringService.ResolveCustomer"), None] {
             assert_eq!(rewrite(other, body).unwrap(), None, "{other:?}");
         }
@@ -167,7 +170,6 @@ mod tests {
         }
         assert!(without_empty_customer_identifier(br#"{"UsageRecords":[{"CustomerIdentifier":5}]}"#).is_err());
     }
-
 }
 
 /// Through the real SDK: what it builds on its own (pinning the SDK behaviour the interceptor works around) and
@@ -299,7 +301,13 @@ mod sdk_tests {
 
     async fn batch(client: &Client, records: Vec<UsageRecord>) -> Sent {
         let cap = Capture::default();
-        let r = client.batch_meter_usage().set_usage_records(Some(records)).customize().interceptor(cap.clone()).send().await;
+        let r = client
+            .batch_meter_usage()
+            .set_usage_records(Some(records))
+            .customize()
+            .interceptor(cap.clone())
+            .send()
+            .await;
         assert!(r.is_err(), "the capture aborts the call");
         cap.take()
     }
@@ -327,7 +335,15 @@ mod sdk_tests {
         let names: Vec<&str> = UsageRecord::SCHEMA.members().iter().filter_map(|m| m.member_name()).collect();
         assert_eq!(
             names,
-            ["Timestamp", "CustomerIdentifier", "Dimension", "Quantity", "UsageAllocations", "CustomerAWSAccountId", "LicenseArn"],
+            [
+                "Timestamp",
+                "CustomerIdentifier",
+                "Dimension",
+                "Quantity",
+                "UsageAllocations",
+                "CustomerAWSAccountId",
+                "LicenseArn"
+            ],
             "the SDK's UsageRecord model changed (e.g. it gained QuantityAsDecimal): revisit submit/wire_shape.rs and \
              the whole-unit carry of fractions (docs/ARCHITECTURE.md, \"Wire shape\")"
         );
@@ -362,7 +378,8 @@ mod sdk_tests {
         };
         let scope: Vec<&str> = field("Credential=").split('/').collect();
         let signed: Vec<&str> = field("SignedHeaders=").split(';').collect();
-        let time = chrono::NaiveDateTime::parse_from_str(sent.header("x-amz-date"), "%Y%m%dT%H%M%SZ").unwrap().and_utc();
+        let time =
+            chrono::NaiveDateTime::parse_from_str(sent.header("x-amz-date"), "%Y%m%dT%H%M%SZ").unwrap().and_utc();
         let time = std::time::UNIX_EPOCH + Duration::from_secs(time.timestamp() as u64);
         // The signer adds host (from the URI) and x-amz-date (from `time`) itself.
         let headers = sent
@@ -426,4 +443,3 @@ mod sdk_tests {
         assert_eq!(legacy_only.body, batch(&bare, vec![legacy_record()]).await.body);
     }
 }
-
