@@ -3,7 +3,6 @@
 
 mod common;
 
-use aws_sdk_marketplacemetering::error::ProvideErrorMetadata;
 use common::*;
 use meterd_emulator::{EmulatorConfig, LoggedRequest};
 
