@@ -30,7 +30,8 @@ fn demo_license_arn(product: &str) -> String {
 pub async fn prepare(mut config: Config, speed: f64) -> anyhow::Result<Simulation> {
     let clock: SharedClock =
         if (speed - 1.0).abs() < f64::EPSILON { Arc::new(SystemClock) } else { ScaledClock::new(speed) };
-    let mut emu = EmulatorConfig { rate_limit_per_sec: 10.0, seed: 1, ..EmulatorConfig::default() };
+    // strict_wire: the demo (and the SDK tests built on it) also checks meterd's wire shape.
+    let mut emu = EmulatorConfig { rate_limit_per_sec: 10.0, seed: 1, strict_wire: true, ..EmulatorConfig::default() };
     for (name, p) in config.products.iter_mut() {
         let code = p.product_code.get_or_insert_with(|| format!("sim-{name}")).clone();
         emu.products.push(EmuProduct { product_code: code.clone(), dimensions: p.dimensions.clone() });

@@ -22,6 +22,10 @@ pub struct EmulatorConfig {
     pub meter_usage_window_secs: u64,
     /// Added to the clock's time; changeable at run time.
     pub clock_offset_secs: i64,
+    /// Refuse (`ValidationException`) a BatchMeterUsage record that has `CustomerAWSAccountId` and any
+    /// `CustomerIdentifier` member, even `""` (what the bare Rust SDK sends): holds a client to the shape the other
+    /// AWS SDKs send. Off by default, where `""` counts as absent.
+    pub strict_wire: bool,
     pub products: Vec<EmuProduct>,
     /// Customers subscribed at start.
     pub customers: Vec<EmuCustomer>,
@@ -37,6 +41,7 @@ impl Default for EmulatorConfig {
             submission_window_secs: 86_400,
             meter_usage_window_secs: 21_600,
             clock_offset_secs: 0,
+            strict_wire: false,
             products: Vec::new(),
             customers: Vec::new(),
             registration_tokens: Vec::new(),
@@ -328,6 +333,8 @@ mod tests {
         assert_eq!(c.rate_limit_per_sec, 10.0);
         assert_eq!(c.submission_window_secs, 86_400);
         assert_eq!(c.meter_usage_window_secs, 21_600);
+        assert!(!c.strict_wire);
+        assert!(EmulatorConfig::from_toml_str("strict_wire = true").unwrap().strict_wire);
     }
 
     #[test]

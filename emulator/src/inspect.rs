@@ -17,6 +17,7 @@ pub(crate) fn routes() -> Router<Emulator> {
         .route("/ledger", get(ledger))
         .route("/totals", get(totals))
         .route("/counters", get(counters))
+        .route("/requests", get(requests))
         .route("/reset", post(reset))
         .route("/customers", get(customers).put(add_customer).delete(remove_customer))
         .route("/faults", get(faults).put(set_faults))
@@ -42,6 +43,10 @@ async fn totals(State(emu): State<Emulator>) -> Response {
 
 async fn counters(State(emu): State<Emulator>) -> Response {
     Json(emu.counters()).into_response()
+}
+
+async fn requests(State(emu): State<Emulator>) -> Response {
+    Json(emu.requests()).into_response()
 }
 
 async fn reset(State(emu): State<Emulator>) -> StatusCode {

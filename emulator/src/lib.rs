@@ -11,6 +11,7 @@ mod decimal;
 mod faults;
 mod inspect;
 mod ledger;
+mod requests;
 mod rules;
 mod server;
 mod service;
@@ -24,6 +25,7 @@ pub use config::{ConfigError, EmuCustomer, EmuProduct, EmuToken, EmulatorConfig,
 pub use counters::{Counters, InjectedFaults};
 pub use decimal::Quantity;
 pub use ledger::{LedgerAllocation, LedgerEntry, LedgerTag, Total};
+pub use requests::LoggedRequest;
 pub use server::EmulatorHandle;
 pub use standalone::{run_standalone, serve_standalone};
 
@@ -61,6 +63,12 @@ impl Emulator {
     /// Billed quantity per product, customer and dimension, as exact decimal strings.
     pub fn totals(&self) -> Vec<Total> {
         self.shared.lock().ledger.totals()
+    }
+
+    /// The last AWS API requests processed (up to 64), oldest first, bodies as sent. Calls refused before their
+    /// body was read (injected faults, the rate limit) are not in it.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.shared.lock().requests.entries()
     }
 
     pub fn counters(&self) -> Counters {

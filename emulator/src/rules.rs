@@ -180,7 +180,8 @@ fn timestamp_ms(secs: f64) -> Option<i64> {
 }
 
 /// Shape checks of `BatchMeterUsage` (the model's constraints) → `ValidationException`.
-pub fn batch_shape(input: BatchMeterUsageInput) -> Result<(Option<String>, Vec<Record>), AwsError> {
+/// `strict_wire`: a `CustomerIdentifier` member beside `CustomerAWSAccountId` is an error even when empty.
+pub fn batch_shape(input: BatchMeterUsageInput, strict_wire: bool) -> Result<(Option<String>, Vec<Record>), AwsError> {
     let mut errors = Vec::new();
     let product_code = input.product_code.filter(|p| !p.is_empty());
     if let Some(pc) = &product_code {
@@ -225,7 +226,17 @@ pub fn batch_shape(input: BatchMeterUsageInput) -> Result<(Option<String>, Vec<R
             r.quantity_as_decimal.as_deref(),
             ("Quantity", "QuantityAsDecimal"),
         );
-        // The Rust SDK always sends "CustomerIdentifier":"" (a Smithy @default), so empty means absent.
+        if strict_wire
+            && r.customer_aws_account_id.is_some()
+            && let Some(c) = &r.customer_identifier
+        {
+            errors.push(format!(
+                "Value '{c}' at '{path}.customerIdentifier' failed to satisfy constraint: Member must be absent \
+                 when customerAWSAccountId is set (UsageRecords[{i}] has both CustomerIdentifier and \
+                 CustomerAWSAccountId; strict_wire)"
+            ));
+        }
+        // The bare Rust SDK always sends "CustomerIdentifier":"" (a Smithy @default), so empty means absent.
         let customer_identifier = r.customer_identifier.filter(|c| !c.is_empty());
         if let Some(c) = &customer_identifier {
             length(&mut errors, &format!("{path}.customerIdentifier"), c, 0, 255);

@@ -13,6 +13,7 @@ use crate::counters::Counters;
 use crate::decimal::Quantity;
 use crate::faults::{CallFaults, FaultRng, TokenBucket};
 use crate::ledger::{DedupKey, Fingerprint, Ledger, LedgerEntry, Lookup, ledger_allocations};
+use crate::requests::RequestLog;
 use crate::rules::{self, Identity, LicenseInfo, QtyKind};
 use crate::wire::{self, AwsError};
 
@@ -77,6 +78,7 @@ pub(crate) struct State {
     tokens: HashMap<String, EmuToken>,
     pub ledger: Ledger,
     pub counters: Counters,
+    pub requests: RequestLog,
     client_tokens: HashMap<String, (TokenParams, Result<String, AwsError>)>,
 }
 
@@ -99,6 +101,7 @@ impl State {
             tokens: cfg.registration_tokens.iter().map(|t| (t.token.clone(), t.clone())).collect(),
             ledger: Ledger::default(),
             counters: Counters::default(),
+            requests: RequestLog::default(),
             client_tokens: HashMap::new(),
         };
         for t in &cfg.registration_tokens {
@@ -272,13 +275,14 @@ impl Shared {
         {
             *st.counters.rejections.entry(e.code.to_string()).or_default() += 1;
         }
+        st.requests.push(op.name(), request_id, body, result.as_ref().err().map(|e| e.code));
         result
     }
 
     fn batch_meter_usage(&self, st: &mut State, m: &Map<String, Value>, request_id: &str) -> Result<Value, AwsError> {
         let now_ms = self.now_ms(st);
         let input = wire::batch_meter_usage_input(m)?;
-        let (product_code, records) = rules::batch_shape(input)?;
+        let (product_code, records) = rules::batch_shape(input, self.initial.strict_wire)?;
         let batch = rules::batch_identity(product_code.as_deref(), &records, &st.products, &st.licenses)?;
         let allocations = rules::batch_allocations(&records)?;
         if let Some(p) = &batch.product

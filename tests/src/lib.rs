@@ -249,6 +249,8 @@ dimensions = [{}]
             if emu.rate_limit_per_sec == 0.0 {
                 emu.rate_limit_per_sec = 10.0;
             }
+            // Always: every end-to-end run also checks meterd sends license records as the other AWS SDKs do.
+            emu.strict_wire = true;
             if emu.submission_window_secs == 0 {
                 emu.submission_window_secs = 24 * 3600;
             }

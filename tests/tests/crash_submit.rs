@@ -18,7 +18,7 @@ fn arn(c: usize) -> String {
 
 fn emulator_toml(seed: u64) -> String {
     let mut s = format!(
-        "seed = {seed}\nrate_limit_per_sec = 10.0\n[[products]]\nproduct_code = \"crashprod\"\ndimensions = [\"api_calls\", \"gb_hours\"]\n"
+        "seed = {seed}\nrate_limit_per_sec = 10.0\nstrict_wire = true\n[[products]]\nproduct_code = \"crashprod\"\ndimensions = [\"api_calls\", \"gb_hours\"]\n"
     );
     for c in 0..CUSTOMERS {
         s.push_str(&format!(

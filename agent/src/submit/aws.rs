@@ -74,7 +74,8 @@ impl Intercept for SkewInterceptor {
 }
 
 /// The metering client of one account, with meterd's settings: few SDK retries (meterd retries durably on
-/// top), explicit timeouts, the app id in the user agent, and the skew probe.
+/// top), explicit timeouts, the app id in the user agent, the skew probe, and the wire-shape fix
+/// (`wire_shape.rs`: no `"CustomerIdentifier": ""` on license records).
 pub async fn client(account: &AccountConfig, clock: SharedClock, skew: Arc<Skew>) -> anyhow::Result<Client> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(account.region.clone()))
@@ -103,7 +104,8 @@ pub async fn client(account: &AccountConfig, clock: SharedClock, skew: Arc<Skew>
                 .operation_timeout(account.call_timeout * 2)
                 .build(),
         )
-        .interceptor(SkewInterceptor { skew, clock });
+        .interceptor(SkewInterceptor { skew, clock })
+        .interceptor(super::wire_shape::WireShapeInterceptor);
     if let Some(role) = &account.role_arn {
         let provider =
             aws_config::sts::AssumeRoleProvider::builder(role).session_name("meterd").configure(&sdk).build().await;

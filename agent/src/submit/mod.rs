@@ -7,6 +7,7 @@
 
 pub mod aws;
 mod backoff;
+pub mod wire_shape;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
