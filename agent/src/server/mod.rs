@@ -7,7 +7,9 @@ pub mod convert;
 mod customers;
 pub mod marketplace_http;
 mod metering;
+pub mod rate_limit;
 mod request_id;
+pub mod sns;
 
 use std::future::Future;
 use std::net::SocketAddr;
