@@ -15,17 +15,8 @@ use crate::Emulator;
 pub const PATH: &str = "/service/AWSMPCommerceService_v20200301/operation/DescribeAgreement";
 
 /// Statuses AWS documents for an agreement.
-pub const STATUSES: &[&str] = &[
-    "ACTIVE",
-    "ARCHIVED",
-    "CANCELLED",
-    "EXPIRED",
-    "RENEWED",
-    "REPLACED",
-    "ROLLED_BACK",
-    "SUPERSEDED",
-    "TERMINATED",
-];
+pub const STATUSES: &[&str] =
+    &["ACTIVE", "ARCHIVED", "CANCELLED", "EXPIRED", "RENEWED", "REPLACED", "ROLLED_BACK", "SUPERSEDED", "TERMINATED"];
 
 fn cbor_response(status: StatusCode, fields: &[(&str, &str)], request_id: &str) -> Response {
     let mut e = minicbor::Encoder::new(Vec::new());
