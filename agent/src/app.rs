@@ -68,8 +68,14 @@ pub async fn run(
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let (pipeline, running) =
         crate::pipeline::Pipeline::start(config.clone(), store.clone(), clock.clone(), metrics.clone()).await?;
-    let customers =
-        crate::customers::Customers::new(config.clone(), store.clone(), clock.clone(), pipeline.clone()).await?;
+    let customers = crate::customers::Customers::new(
+        config.clone(),
+        store.clone(),
+        clock.clone(),
+        pipeline.clone(),
+        metrics.clone(),
+    )
+    .await?;
     let (routes, health) = server::routes(
         config.clone(),
         store.clone(),
@@ -89,7 +95,11 @@ pub async fn run(
         Some(m) => {
             let product =
                 m.product.clone().or_else(|| config.default_product().map(str::to_string)).unwrap_or_default();
-            let app = server::marketplace_http::router(customers, m.redirect_url.clone(), product);
+            if let Some(why) = m.events_off_reason() {
+                tracing::warn!("{why}");
+            }
+            let app = server::marketplace_http::MarketplaceHttp::from_config(m, customers, product, metrics.clone())?
+                .router();
             Some(HttpServer::start("marketplace.listen", &m.listen, app).await?)
         }
         None => None,
@@ -133,7 +143,8 @@ impl HttpServer {
         let addr = l.local_addr()?;
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(l, app)
+            // Peer addresses reach the handlers (the marketplace endpoints rate limit per client).
+            let _ = axum::serve(l, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .with_graceful_shutdown(async move {
                     let _ = rx.await;
                 })

@@ -106,6 +106,17 @@ pub enum CustomersCommand {
     Remove { tenant_id: String },
     /// Apply a lifecycle event (EventBridge or SNS JSON) from a file, or from stdin with "-".
     ApplyEvent { file: PathBuf },
+    /// Move a customer (tenant id, license ARN or legacy customer identifier) back to active after a wrong
+    /// end-of-subscription; recorded in its history with who and why.
+    Reinstate {
+        customer: String,
+        /// Why (kept in the customer's history).
+        #[arg(long)]
+        reason: String,
+        /// Who (kept in the history); default: $USER@host.
+        #[arg(long)]
+        operator: Option<String>,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -343,8 +354,24 @@ async fn customers(target: &str, command: CustomersCommand) -> anyhow::Result<Ex
             let r = c.apply_event(v1::ApplyEventRequest { event_json: json }).await?.into_inner();
             println!("{} (records sealed now: {})", r.summary, r.records_sealed);
         }
+        CustomersCommand::Reinstate { customer, reason, operator } => {
+            let operator = operator.unwrap_or_else(default_operator);
+            let r = c.reinstate(v1::ReinstateCustomerRequest { customer, operator, reason }).await?.into_inner();
+            println!("{}", r.summary);
+            if let Some(h) = r.history.last() {
+                let at = h.at.as_ref().map(|t| crate::clock::rfc3339(t.seconds * 1000)).unwrap_or_default();
+                println!("  history: {at}  {}  {}", h.status, h.source);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `$USER@hostname`, for the audit entry of a reinstatement.
+fn default_operator() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    if host.is_empty() { user } else { format!("{user}@{host}") }
 }
 
 async fn flush(target: &str) -> anyhow::Result<ExitCode> {
@@ -408,6 +435,29 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             }
             if let Some(m) = &c.marketplace {
                 println!("  marketplace  {} → {}", m.listen, m.redirect_url);
+                println!(
+                    "  fulfillment  {} ({}/min per client, burst {})",
+                    crate::server::marketplace_http::FULFILLMENT_PATH,
+                    m.rate_limit.per_minute,
+                    m.rate_limit.burst
+                );
+                match m.events_off_reason() {
+                    Some(why) => println!("  events       off (404): {why}"),
+                    None => {
+                        let mut how = Vec::new();
+                        if let Some(f) = &m.events_secret_file {
+                            how.push(format!("EventBridge secret from {} in {}", f.display(), m.events_secret_header));
+                        }
+                        if !m.sns_topics.is_empty() {
+                            how.push(format!("signed SNS from {} topic(s)", m.sns_topics.len()));
+                        }
+                        println!(
+                            "  events       {} ({})",
+                            crate::server::marketplace_http::EVENTS_PATH,
+                            how.join("; ")
+                        );
+                    }
+                }
             }
             let secs = c.storage.retention.as_secs();
             let retention = if secs % 86_400 == 0 {

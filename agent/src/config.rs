@@ -204,6 +204,73 @@ pub struct MarketplaceHttpConfig {
     /// The product the fulfillment form registers for (default: the default product).
     #[serde(default)]
     pub product: Option<String>,
+    /// EventBridge API destination: a file holding the secret its connection sends (API-key header, or the
+    /// password of basic auth). Together with `sns_topics`, what turns `/internal/marketplace/events` on.
+    #[serde(default)]
+    pub events_secret_file: Option<PathBuf>,
+    /// The header the API destination's API-key connection sends the secret in.
+    #[serde(default = "default_events_header")]
+    pub events_secret_header: String,
+    /// When set, EventBridge events must name one of these accounts (`account`: the seller account).
+    #[serde(default)]
+    pub events_accounts: Vec<String>,
+    /// SNS topics whose signed messages are accepted (and whose subscriptions meterd confirms).
+    #[serde(default)]
+    pub sns_topics: Vec<String>,
+    /// Which hosts may serve SNS signing certificates (a regex over `host[:port]` of `SigningCertURL`; default:
+    /// the SNS endpoints of every AWS partition). Only for tests or private endpoints.
+    #[serde(default)]
+    pub sns_cert_host_pattern: Option<String>,
+    /// Extra PEM trust roots for fetching SNS certificates, besides the public web roots. Only for tests.
+    #[serde(default)]
+    pub sns_extra_roots_file: Option<PathBuf>,
+    /// Per-source-IP request limit on the fulfillment form (each valid form costs a ResolveCustomer call).
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// Per-source-IP request limit on the events endpoint (AWS delivers from few addresses, in bursts).
+    #[serde(default = "default_events_rate_limit")]
+    pub events_rate_limit: RateLimitConfig,
+    /// Proxies whose `X-Forwarded-For` is believed (their address is the TCP peer); empty: the peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+fn default_events_rate_limit() -> RateLimitConfig {
+    RateLimitConfig { per_minute: 600, burst: 100 }
+}
+
+fn default_events_header() -> String {
+    "x-meterd-events-key".into()
+}
+
+/// A token bucket per client IP address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per minute from one address.
+    pub per_minute: u32,
+    /// Requests one address may send at once before the sustained rate applies.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { per_minute: 30, burst: 10 }
+    }
+}
+
+/// SNS serves signing certificates from `sns.<region>.amazonaws.com` (China: `.amazonaws.com.cn`; GovCloud
+/// Regions use the same form).
+pub const SNS_CERT_HOST_PATTERN: &str = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$";
+
+impl MarketplaceHttpConfig {
+    /// Why `/internal/marketplace/events` is off, or None when an authentication method is configured.
+    pub fn events_off_reason(&self) -> Option<&'static str> {
+        (self.events_secret_file.is_none() && self.sns_topics.is_empty()).then_some(
+            "lifecycle events over HTTP are off: set marketplace.events_secret_file (EventBridge API destination) \
+             and/or marketplace.sns_topics (SNS HTTPS subscription) to authenticate them",
+        )
+    }
 }
 
 /// Where and as whom a product's records are submitted.
@@ -508,6 +575,7 @@ impl Config {
             {
                 return Err(invalid("marketplace.product", format!("{p:?} is not a configured product")));
             }
+            validate_marketplace_auth(m)?;
         }
         if let Some(default) = &self.ingest.default_product
             && !self.products.contains_key(default)
@@ -561,6 +629,51 @@ dimensions = ["api_calls", "storage_gb_hours"]
     }
 }
 
+fn validate_marketplace_auth(m: &MarketplaceHttpConfig) -> Result<(), ConfigError> {
+    let h = &m.events_secret_header;
+    if h.is_empty() || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(invalid("marketplace.events_secret_header", "must be 1-64 lowercase letters, digits and '-'"));
+    }
+    if matches!(h.as_str(), "authorization" | "host" | "content-type" | "content-length" | "x-forwarded-for") {
+        return Err(invalid("marketplace.events_secret_header", format!("{h:?} is a standard header; pick your own")));
+    }
+    for (i, a) in m.events_accounts.iter().enumerate() {
+        if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(format!("marketplace.events_accounts[{i}]"), "must be a 12-digit AWS account id"));
+        }
+    }
+    for (i, t) in m.sns_topics.iter().enumerate() {
+        let parts: Vec<&str> = t.split(':').collect();
+        if parts.len() != 6
+            || parts[0] != "arn"
+            || !parts[1].starts_with("aws")
+            || parts[2] != "sns"
+            || parts[5].is_empty()
+        {
+            return Err(invalid(
+                format!("marketplace.sns_topics[{i}]"),
+                format!("{t:?} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"),
+            ));
+        }
+    }
+    if let Some(p) = &m.sns_cert_host_pattern {
+        regex::Regex::new(p).map_err(|e| invalid("marketplace.sns_cert_host_pattern", format!("not a regex: {e}")))?;
+    }
+    for (i, p) in m.trusted_proxies.iter().enumerate() {
+        p.parse::<std::net::IpAddr>()
+            .map_err(|_| invalid(format!("marketplace.trusted_proxies[{i}]"), format!("{p:?} is not an IP address")))?;
+    }
+    for (key, r) in [("rate_limit", &m.rate_limit), ("events_rate_limit", &m.events_rate_limit)] {
+        if !(1..=100_000).contains(&r.per_minute) {
+            return Err(invalid(format!("marketplace.{key}.per_minute"), "must be between 1 and 100000"));
+        }
+        if !(1..=10_000).contains(&r.burst) {
+            return Err(invalid(format!("marketplace.{key}.burst"), "must be between 1 and 10000"));
+        }
+    }
+    Ok(())
+}
+
 pub fn valid_product_code(code: &str) -> bool {
     !code.is_empty() && code.len() <= 255 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/=:_.@".contains(&b))
 }
@@ -612,6 +725,31 @@ mod tests {
         dimensions = ["api_calls", "gb"]
     "#;
 
+    const MP: &str = "\n[marketplace]\nlisten = \"127.0.0.1:0\"\nredirect_url = \"https://x.example\"\n";
+
+    #[test]
+    fn marketplace_events_are_off_until_authenticated() {
+        let c = parse(&format!("{GOOD}{MP}")).unwrap();
+        let m = c.marketplace.unwrap();
+        assert!(m.events_off_reason().unwrap().contains("events_secret_file"));
+        assert_eq!((m.rate_limit.per_minute, m.events_secret_header.as_str()), (30, "x-meterd-events-key"));
+        let c = parse(&format!("{GOOD}{MP}sns_topics = [\"arn:aws:sns:us-east-1:287250355862:aws-mp-n1\"]")).unwrap();
+        assert!(c.marketplace.unwrap().events_off_reason().is_none());
+        let re = regex::Regex::new(SNS_CERT_HOST_PATTERN).unwrap();
+        for ok in ["sns.us-east-1.amazonaws.com", "sns.cn-north-1.amazonaws.com.cn", "sns.us-gov-west-1.amazonaws.com"]
+        {
+            assert!(re.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "sns.us-east-1.amazonaws.com.evil.com",
+            "evil.com",
+            "sns.us-east-1.amazonaws.com:8443",
+            "xsns.a.amazonaws.com",
+        ] {
+            assert!(!re.is_match(bad), "{bad}");
+        }
+    }
+
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_with_env(text, Path::new("meterd.toml"), |_| None)
     }
@@ -662,6 +800,13 @@ mod tests {
                 GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\ncache_mb = 8"),
                 "storage.cache_mb:",
             ),
+            (format!("{GOOD}{MP}sns_topics = [\"arn:aws:sqs:us-east-1:1:x\"]"), "marketplace.sns_topics[0]:"),
+            (format!("{GOOD}{MP}events_accounts = [\"12\"]"), "marketplace.events_accounts[0]:"),
+            (format!("{GOOD}{MP}events_secret_header = \"Authorization\""), "marketplace.events_secret_header:"),
+            (format!("{GOOD}{MP}events_secret_header = \"authorization\""), "marketplace.events_secret_header:"),
+            (format!("{GOOD}{MP}sns_cert_host_pattern = \"(\""), "marketplace.sns_cert_host_pattern:"),
+            (format!("{GOOD}{MP}trusted_proxies = [\"proxy\"]"), "marketplace.trusted_proxies[0]:"),
+            (format!("{GOOD}{MP}rate_limit = {{ per_minute = 0 }}"), "marketplace.rate_limit.per_minute:"),
         ];
         for (text, key) in cases {
             let e = err(&text);

@@ -10,7 +10,7 @@ use aws_sdk_marketplacemetering::error::ProvideErrorMetadata;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, IdentityMode};
-use crate::domain::customer::TenantMapping;
+use crate::domain::customer::{CustomerStatus, StatusChange, TenantMapping};
 use crate::domain::echo::echo;
 use crate::domain::event::Identity;
 use crate::domain::lifecycle;
@@ -45,6 +45,26 @@ pub struct Customers {
     pipeline: Pipeline,
     /// One ResolveCustomer client per account (it must be the account that published the product).
     clients: Arc<BTreeMap<String, Client>>,
+    /// DescribeAgreement clients per account, to confirm end-of-subscription events.
+    agreements: Arc<BTreeMap<String, aws_sdk_marketplaceagreement::Client>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// What applying a lifecycle event did; `unconfirmed` says why it was not applied when AWS did not confirm it.
+#[derive(Debug)]
+pub struct EventResult {
+    pub event: lifecycle::LifecycleEvent,
+    pub outcome: LifecycleOutcome,
+    pub unconfirmed: Option<String>,
+}
+
+/// What reinstating a customer did.
+#[derive(Debug)]
+pub struct Reinstated {
+    pub previous: CustomerStatus,
+    pub lifecycle: crate::domain::customer::CustomerLifecycle,
+    /// Since when usage for this customer was refused (the previous status's start).
+    pub refused_since_ms: Option<i64>,
 }
 
 impl Customers {
@@ -53,12 +73,23 @@ impl Customers {
         store: Store,
         clock: SharedClock,
         pipeline: Pipeline,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Self> {
         let mut clients = BTreeMap::new();
+        let mut agreements = BTreeMap::new();
         for (name, acct) in &config.accounts {
             clients.insert(name.clone(), crate::submit::aws::client(acct, clock.clone(), Arc::default()).await?);
+            agreements.insert(name.clone(), crate::submit::aws::agreement_client(acct).await?);
         }
-        Ok(Self { config, store, clock, pipeline, clients: Arc::new(clients) })
+        Ok(Self {
+            config,
+            store,
+            clock,
+            pipeline,
+            clients: Arc::new(clients),
+            agreements: Arc::new(agreements),
+            metrics,
+        })
     }
 
     fn product<'a>(&'a self, product: &'a str) -> Result<(&'a str, &'a crate::config::ProductConfig), CustomerError> {
@@ -213,12 +244,44 @@ impl Customers {
         Ok((name.to_string(), identity, agreement))
     }
 
-    /// Applies a lifecycle event document; a leaving customer's final hour is sealed and sent first.
-    pub async fn apply_event(
-        &self,
-        json: &str,
-    ) -> Result<(lifecycle::LifecycleEvent, LifecycleOutcome), CustomerError> {
+    /// Applies a lifecycle event document; a leaving customer's final hour is sealed and sent first. An event
+    /// that would stop usage and names an agreement is first confirmed with AWS (DescribeAgreement): if AWS does
+    /// not confirm it, it is recorded in the customer's history, counted, and not applied.
+    pub async fn apply_event(&self, json: &str) -> Result<EventResult, CustomerError> {
         let ev = lifecycle::parse(json).map_err(|e| invalid(&format!("event_json.{}", e.field), e.message))?;
+        if ev.kind != lifecycle::LifecycleKind::Active
+            && let Some((reason, message)) = self.confirm_end(&ev).await?
+        {
+            self.metrics.lifecycle_unconfirmed(reason);
+            tracing::warn!(kind = ?ev.kind, subject = ?ev.subject, event_id = ?ev.event_id, reason, %message,
+                "lifecycle event not confirmed by AWS; not applied");
+            let status = match ev.kind {
+                lifecycle::LifecycleKind::Deprovisioning => {
+                    CustomerStatus::Deprovisioning { since_ms: self.clock.now_ms() }
+                }
+                _ => CustomerStatus::Ended { since_ms: self.clock.now_ms(), reason: ev.source_type.clone() },
+            };
+            // No event id on the entry: a redelivery after AWS has caught up must not look like a duplicate.
+            let entry = StatusChange {
+                at_ms: self.clock.now_ms(),
+                status,
+                source: format!(
+                    "{} (event {}): not applied, not confirmed by AWS: {message}",
+                    ev.source_type,
+                    ev.event_id.as_deref().unwrap_or("without id")
+                ),
+                event_id: None,
+                applied: false,
+            };
+            let amended = self.store.amend_lifecycle(ev.subject.clone(), entry, false).await?;
+            let outcome = LifecycleOutcome {
+                applied: false,
+                status: amended.as_ref().map(|a| a.lifecycle.status.clone()),
+                records_sealed: 0,
+                unknown_agreement: amended.is_none() && matches!(ev.subject, lifecycle::Subject::Agreement { .. }),
+            };
+            return Ok(EventResult { event: ev, outcome, unconfirmed: Some(message) });
+        }
         let p = &self.config.pipeline;
         let params = SealParams {
             cutoff_hour_ms: 0,
@@ -233,7 +296,119 @@ impl Customers {
         }
         tracing::info!(kind = ?ev.kind, subject = ?ev.subject, applied = outcome.applied,
             records_sealed = outcome.records_sealed, "lifecycle event");
-        Ok((ev, outcome))
+        Ok(EventResult { event: ev, outcome, unconfirmed: None })
+    }
+
+    /// Asks AWS whether the agreement of an end-of-subscription event really is no longer active. None: confirmed,
+    /// or nothing to ask (legacy SNS messages and license events without an agreement id have no API: their
+    /// signature is the guard). Some((metric reason, message)): AWS did not confirm it. Transient failures are
+    /// errors (UNAVAILABLE / 503), so the sender retries.
+    async fn confirm_end(
+        &self,
+        ev: &lifecycle::LifecycleEvent,
+    ) -> Result<Option<(&'static str, String)>, CustomerError> {
+        let Some(agreement) = ev.agreement_id.as_deref() else { return Ok(None) };
+        let account = ev
+            .product_code
+            .as_deref()
+            .and_then(|code| self.config.products.iter().find(|(_, p)| p.product_code.as_deref() == Some(code)))
+            .and_then(|(name, _)| self.config.account_of(name))
+            .or_else(|| self.config.accounts.keys().next().map(String::as_str));
+        let Some(client) = account.and_then(|a| self.agreements.get(a)) else {
+            return Ok(Some(("no_account", "no [accounts] entry to call DescribeAgreement with".into())));
+        };
+        match client.describe_agreement().agreement_id(agreement).send().await {
+            Ok(out) => {
+                let status = out.status().map(|s| s.as_str().to_string()).unwrap_or_default();
+                if status == "ACTIVE" || status.is_empty() {
+                    Ok(Some((
+                        "agreement_active",
+                        format!(
+                            "DescribeAgreement says agreement {agreement} is {}",
+                            if status.is_empty() { "without status" } else { "ACTIVE" }
+                        ),
+                    )))
+                } else {
+                    tracing::info!(agreement, status = %status, "AWS confirms the agreement is no longer active");
+                    Ok(None)
+                }
+            }
+            Err(e) => {
+                let code = e.code().unwrap_or("").to_string();
+                let message = e.message().unwrap_or("").to_string();
+                match code.as_str() {
+                    "ResourceNotFoundException" => Ok(Some((
+                        "agreement_not_found",
+                        format!("DescribeAgreement does not know agreement {agreement}: {message}"),
+                    ))),
+                    "AccessDeniedException" => Ok(Some((
+                        "access_denied",
+                        format!("DescribeAgreement refused ({message}): grant aws-marketplace:DescribeAgreement"),
+                    ))),
+                    "ValidationException" => Ok(Some((
+                        "agreement_invalid",
+                        format!("DescribeAgreement refused agreement id {agreement:?}: {message}"),
+                    ))),
+                    _ => Err(CustomerError::Unavailable(format!(
+                        "cannot confirm the event with AWS (DescribeAgreement): {}",
+                        aws_smithy_types::error::display::DisplayErrorContext(&e)
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Moves a customer named by tenant id, license ARN or legacy customer identifier back to Active after an
+    /// end-of-subscription that should not have happened; the history records who, when and why.
+    pub async fn reinstate(&self, customer: &str, operator: &str, reason: &str) -> Result<Reinstated, CustomerError> {
+        let customer = customer.trim();
+        if customer.is_empty() {
+            return Err(invalid("customer", "is required (tenant id, license ARN or customer identifier)"));
+        }
+        for (field, v, max) in [("operator", operator, 128), ("reason", reason, 500)] {
+            if v.trim().is_empty() {
+                return Err(invalid(field, "is required"));
+            }
+            if v.chars().count() > max || v.chars().any(char::is_control) {
+                return Err(invalid(field, format!("must be at most {max} characters without control characters")));
+            }
+        }
+        let subject = if let Some(arn) = lifecycle::normalize_license_arn(customer) {
+            lifecycle::Subject::License { license_arn: arn, account_id: None }
+        } else if let Some(m) = self.store.mapping(customer)? {
+            match m.identity {
+                Identity::Aws { license_arn, .. } => lifecycle::Subject::License { license_arn, account_id: None },
+                Identity::Legacy { customer_identifier } => {
+                    lifecycle::Subject::Legacy { customer_identifier, product_code: String::new() }
+                }
+                Identity::Tenant(_) => {
+                    return Err(CustomerError::NotFound(format!("{customer:?} has no marketplace identity")));
+                }
+            }
+        } else {
+            lifecycle::Subject::Legacy { customer_identifier: customer.to_string(), product_code: String::new() }
+        };
+        let entry = StatusChange {
+            at_ms: self.clock.now_ms(),
+            status: CustomerStatus::Active,
+            source: format!("reinstated by {}: {}", operator.trim(), reason.trim()),
+            event_id: None,
+            applied: true,
+        };
+        let out = self.store.amend_lifecycle(subject, entry, true).await?.ok_or_else(|| {
+            CustomerError::NotFound(format!(
+                "customer: {customer:?} is not a known tenant, license ARN or customer identifier with a lifecycle"
+            ))
+        })?;
+        if !out.changed {
+            return Err(invalid("customer", format!("{customer:?} is already active; nothing to reinstate")));
+        }
+        let refused_since_ms = match &out.previous {
+            CustomerStatus::Active => None,
+            CustomerStatus::Deprovisioning { since_ms } | CustomerStatus::Ended { since_ms, .. } => Some(*since_ms),
+        };
+        tracing::warn!(customer, operator, reason, previous = out.previous.name(), "customer reinstated");
+        Ok(Reinstated { previous: out.previous, lifecycle: out.lifecycle, refused_since_ms })
     }
 
     pub fn store(&self) -> &Store {

@@ -67,6 +67,10 @@ pub struct Metrics {
     pub call_latency: Histogram,
     pub batch_size: Histogram,
     pub retries: AtomicU64,
+    /// Marketplace HTTP requests refused, by (endpoint, reason): unauthenticated events, rate limits.
+    pub marketplace_refused: Mutex<BTreeMap<(String, String), u64>>,
+    /// End-of-subscription events AWS did not confirm (not applied), by reason.
+    pub lifecycle_unconfirmed: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Default for Metrics {
@@ -78,6 +82,8 @@ impl Default for Metrics {
             call_latency: Histogram::new(&LATENCY_BOUNDS),
             batch_size: Histogram::new(&BATCH_BOUNDS),
             retries: AtomicU64::new(0),
+            marketplace_refused: Mutex::default(),
+            lifecycle_unconfirmed: Mutex::default(),
         }
     }
 }
@@ -91,6 +97,15 @@ impl Metrics {
         let mut m = self.quantity_accepted.lock().expect("metrics lock");
         let e = m.entry((product.to_string(), dimension.to_string())).or_default();
         *e = e.checked_add(q).unwrap_or(*e);
+    }
+
+    pub fn marketplace_refused(&self, endpoint: &str, reason: &str) {
+        let mut m = self.marketplace_refused.lock().expect("metrics lock");
+        *m.entry((endpoint.to_string(), reason.to_string())).or_default() += 1;
+    }
+
+    pub fn lifecycle_unconfirmed(&self, reason: &str) {
+        *self.lifecycle_unconfirmed.lock().expect("metrics lock").entry(reason.to_string()).or_default() += 1;
     }
 
     pub fn rejected(&self, reason: &str) {
@@ -170,6 +185,29 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
     metric(&mut out, "meterd_records_rejected_total", "counter", "Records rejected, by reason.");
     for (reason, n) in m.records_rejected.lock().expect("metrics lock").iter() {
         let _ = writeln!(out, "meterd_records_rejected_total{{reason=\"{}\"}} {n}", esc(reason));
+    }
+    metric(
+        &mut out,
+        "meterd_marketplace_requests_refused_total",
+        "counter",
+        "Marketplace HTTP requests refused, by endpoint and reason (unauthenticated, rate limited, ...).",
+    );
+    for ((e, reason), n) in m.marketplace_refused.lock().expect("metrics lock").iter() {
+        let _ = writeln!(
+            out,
+            "meterd_marketplace_requests_refused_total{{endpoint=\"{}\",reason=\"{}\"}} {n}",
+            esc(e),
+            esc(reason)
+        );
+    }
+    metric(
+        &mut out,
+        "meterd_lifecycle_events_unconfirmed_total",
+        "counter",
+        "End-of-subscription events AWS did not confirm, so not applied, by reason.",
+    );
+    for (reason, n) in m.lifecycle_unconfirmed.lock().expect("metrics lock").iter() {
+        let _ = writeln!(out, "meterd_lifecycle_events_unconfirmed_total{{reason=\"{}\"}} {n}", esc(reason));
     }
     metric(&mut out, "meterd_records_expired_total", "counter", "Records that missed their deadline (never sent).");
     let _ = writeln!(out, "meterd_records_expired_total {expired}");

@@ -23,6 +23,7 @@ pub(crate) fn routes() -> Router<Emulator> {
         .route("/faults", get(faults).put(set_faults))
         .route("/rate_limit", get(rate_limit).put(set_rate_limit))
         .route("/clock", get(clock).put(set_clock))
+        .route("/agreements", get(agreements).put(set_agreement))
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
@@ -155,5 +156,28 @@ async fn set_clock(State(emu): State<Emulator>, c: Result<Json<ClockSet>, JsonRe
             Json(clock_view(&emu)).into_response()
         }
         Err(e) => bad_request(e),
+    }
+}
+
+async fn agreements(State(emu): State<Emulator>) -> Response {
+    Json(emu.agreements()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgreementStatus {
+    agreement_id: String,
+    status: String,
+}
+
+/// Sets an agreement's status as DescribeAgreement will answer it: `{"agreement_id": "...", "status": "TERMINATED"}`.
+async fn set_agreement(State(emu): State<Emulator>, a: Result<Json<AgreementStatus>, JsonRejection>) -> Response {
+    let a = match body(a) {
+        Ok(a) => a,
+        Err(e) => return bad_request(e),
+    };
+    match emu.set_agreement_status(&a.agreement_id, &a.status) {
+        Ok(()) => Json(emu.agreements()).into_response(),
+        Err(e) => bad_request(e.to_string()),
     }
 }

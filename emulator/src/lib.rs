@@ -4,6 +4,7 @@
 //! 1 MB, identity shapes, dimensions, tags, allocations, subscriptions) with seeded fault injection and an
 //! inspection API. See `README.md` for what is and is not modelled.
 
+mod agreement;
 mod clock;
 mod config;
 mod counters;
@@ -141,5 +142,29 @@ impl Emulator {
     pub fn now_millis(&self) -> i64 {
         let st = self.shared.lock();
         self.shared.now_ms(&st)
+    }
+
+    /// An agreement's status as DescribeAgreement answers it (tokens' agreements start ACTIVE).
+    pub fn agreement_status(&self, agreement_id: &str) -> Option<String> {
+        self.shared.lock().agreements.get(agreement_id).cloned()
+    }
+
+    /// Sets (or creates) an agreement with one of the statuses AWS documents (ACTIVE, TERMINATED, EXPIRED, ...).
+    pub fn set_agreement_status(&self, agreement_id: &str, status: &str) -> Result<(), ConfigError> {
+        if agreement_id.is_empty() {
+            return Err(ConfigError::Invalid { key: "agreement_id".into(), message: "is required".into() });
+        }
+        if !agreement::STATUSES.contains(&status) {
+            return Err(ConfigError::Invalid {
+                key: "status".into(),
+                message: format!("{status:?} is not one of {}", agreement::STATUSES.join(", ")),
+            });
+        }
+        self.shared.lock().agreements.insert(agreement_id.to_string(), status.to_string());
+        Ok(())
+    }
+
+    pub fn agreements(&self) -> std::collections::BTreeMap<String, String> {
+        self.shared.lock().agreements.clone()
     }
 }

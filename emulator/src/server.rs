@@ -33,6 +33,7 @@ const READ_LIMIT: usize = 8 * 1024 * 1024;
 pub(crate) fn router(emu: Emulator) -> Router {
     Router::new()
         .route("/", post(aws_call).fallback(not_found))
+        .route(crate::agreement::PATH, post(crate::agreement::describe_agreement))
         .nest("/_emulator", crate::inspect::routes())
         .fallback(not_found)
         .with_state(emu)

@@ -76,6 +76,8 @@ pub(crate) struct State {
     /// license still names a product, as a cancelled agreement's license does.
     licenses: HashMap<String, LicenseInfo>,
     tokens: HashMap<String, EmuToken>,
+    /// Agreement id → status, for DescribeAgreement.
+    pub agreements: BTreeMap<String, String>,
     pub ledger: Ledger,
     pub counters: Counters,
     pub requests: RequestLog,
@@ -99,6 +101,12 @@ impl State {
             customers: BTreeSet::new(),
             licenses: HashMap::new(),
             tokens: cfg.registration_tokens.iter().map(|t| (t.token.clone(), t.clone())).collect(),
+            agreements: cfg
+                .registration_tokens
+                .iter()
+                .filter_map(|t| t.agreement_id.clone())
+                .map(|a| (a, "ACTIVE".to_string()))
+                .collect(),
             ledger: Ledger::default(),
             counters: Counters::default(),
             requests: RequestLog::default(),

@@ -200,7 +200,28 @@ fn meterd_bin() -> PathBuf {
 struct Agent {
     child: Child,
     target: String,
+    /// The embedded emulator (`--simulate`), `http://IP:PORT`.
+    emulator: String,
     _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Tells the embedded emulator the agreement ended, so DescribeAgreement confirms an end event.
+    fn end_agreement(&self, agreement_id: &str) {
+        use std::io::{Read, Write};
+        let addr = self.emulator.trim_start_matches("http://");
+        let body = format!(r#"{{"agreement_id":"{agreement_id}","status":"TERMINATED"}}"#);
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "PUT /_emulator/agreements HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 }
 
 impl Drop for Agent {
@@ -235,7 +256,8 @@ fn start_agent() -> Agent {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let target = line.split_whitespace().find_map(|f| f.strip_prefix("tcp=")).expect("ready line").to_string();
-    Agent { child, target, _dir: dir }
+    let emulator = line.split_whitespace().find_map(|f| f.strip_prefix("emulator=")).expect("ready line").to_string();
+    Agent { child, target, emulator, _dir: dir }
 }
 
 #[tokio::test]
@@ -294,6 +316,8 @@ async fn customers_against_the_real_agent() {
             "detail":{{"agreement":{{"id":"agmt-1111111111111111111111111"}},"license":{{"arn":"{ARN}"}},
                        "acceptor":{{"accountId":"111122223333"}}}}}}"#
     );
+    // meterd confirms end events with AWS (DescribeAgreement) before applying them.
+    agent.end_agreement("agmt-1111111111111111111111111");
     let outcome = client.apply_event(&event).await.unwrap();
     assert!(outcome.applied, "{outcome:?}");
     assert_eq!(outcome.status, "deprovisioning");

@@ -48,10 +48,22 @@ class Agent {
         const tcp = /tcp=127\.0\.0\.1:(\d+)/.exec(line);
         if (!tcp) return reject(new Error(`unexpected first line: ${line}`));
         this.port = Number(tcp[1]);
+        const emu = /emulator=(\S+)/.exec(line);
+        this.emulator = emu ? emu[1] : null;
         resolve(this);
       });
       lines.on('line', () => {}); // keep draining stdout
     });
+  }
+
+  /** Tells the embedded emulator the agreement ended, so DescribeAgreement confirms an end event. */
+  async endAgreement(agreementId) {
+    const r = await fetch(`${this.emulator}/_emulator/agreements`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ agreement_id: agreementId, status: 'TERMINATED' }),
+    });
+    if (r.status !== 200) throw new Error(`emulator answered ${r.status}: ${await r.text()}`);
   }
 
   signal(sig) {

@@ -88,6 +88,8 @@ test('applyEvent: License Deprovisioned ends metering for the customer', async (
   await client.putCustomer(tenant, meterd.awsCustomer(ACCOUNT, LICENSE), { product: 'demo', agreementId: AGREEMENT });
   await client.recordUsage({ customer: tenant, dimension: 'api_calls', quantity: 3 });
 
+  // meterd confirms end events with AWS (DescribeAgreement) before applying them.
+  await agent.endAgreement(AGREEMENT);
   const outcome = await client.applyEvent(licenseDeprovisioned());
   assert.equal(outcome.applied, true);
   assert.equal(outcome.status, 'deprovisioning');

@@ -78,6 +78,22 @@ dimensions = ["api_calls", "storage_gb_hours"]
         assert line.startswith("meterd ready"), line
         fields = dict(f.split("=", 1) for f in line.split()[2:])
         self.port = int(fields["tcp"].rsplit(":", 1)[1])
+        self.emulator = fields.get("emulator")
+
+    def end_agreement(self, agreement_id: str) -> None:
+        """Tells the embedded emulator the agreement ended, so DescribeAgreement confirms an end event."""
+        import json
+        import urllib.request
+
+        assert self.emulator, "no embedded emulator (run --simulate)"
+        req = urllib.request.Request(
+            f"{self.emulator}/_emulator/agreements",
+            data=json.dumps({"agreement_id": agreement_id, "status": "TERMINATED"}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="PUT",
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

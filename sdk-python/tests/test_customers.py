@@ -69,6 +69,8 @@ def test_license_deprovisioned_event_ends_metering(own_agent: Agent, tenant: str
         c.put_customer(tenant, meterd.AwsCustomer(ACCOUNT, LICENSE), product="demo", agreement_id=AGREEMENT)
         c.record_usage(customer=tenant, dimension="api_calls", quantity=3)
 
+        # meterd confirms end events with AWS (DescribeAgreement) before applying them.
+        own_agent.end_agreement(AGREEMENT)
         outcome = c.apply_event(license_deprovisioned())
         assert isinstance(outcome, meterd.EventOutcome)
         assert outcome.applied and outcome.status == "deprovisioning", outcome

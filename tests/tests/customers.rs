@@ -156,6 +156,8 @@ async fn usage_before_the_mapping_is_held_then_sent_and_unmapped_usage_expires()
 async fn deprovisioning_sends_the_open_hour_at_once_and_refuses_later_usage() {
     let h = at(2026, 11, 23, 9, 0);
     let s = Stack::start(h + 60_000, EmulatorConfig::default(), &["api_calls"], &["api_calls"], 2, "").await.unwrap();
+    // AWS confirms the agreement ended (DescribeAgreement), so the end events below are applied.
+    s.emulator.set_agreement_status("agmt-0", "TERMINATED").unwrap();
     let mut cust = v1::customers_client::CustomersClient::new(s.client.channel());
     s.record("d1", 0, "api_calls", "4", h + 120_000).await.unwrap();
     s.record("other", 1, "api_calls", "9", h + 120_000).await.unwrap();
@@ -234,8 +236,16 @@ async fn customer_not_subscribed_is_rejected_and_shown_on_the_customer() {
 async fn http_fulfillment_form_and_event_endpoint() {
     let h = at(2026, 11, 24, 9, 0);
     let emu = EmulatorConfig { registration_tokens: vec![token("tok-web", 0)], ..EmulatorConfig::default() };
-    let marketplace = "\n[marketplace]\nlisten = \"127.0.0.1:0\"\nredirect_url = \"https://app.example.com/welcome\"\n";
-    let s = Stack::start(h + 60_000, emu, &["api_calls"], &["api_calls"], 1, marketplace).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("events.secret");
+    std::fs::write(&secret, "s3cret-for-the-api-destination\n").unwrap();
+    let marketplace = format!(
+        "\n[marketplace]\nlisten = \"127.0.0.1:0\"\nredirect_url = \"https://app.example.com/welcome\"\nevents_secret_file = {:?}\n",
+        secret.display().to_string()
+    );
+    let s = Stack::start(h + 60_000, emu, &["api_calls"], &["api_calls"], 1, &marketplace).await.unwrap();
+    s.emulator.set_agreement_status("agmt-0000", "TERMINATED").unwrap();
+    let key = [("x-meterd-events-key", "s3cret-for-the-api-destination")];
     let http = s.http.expect("marketplace listener");
     let form = "application/x-www-form-urlencoded";
 
@@ -261,7 +271,8 @@ async fn http_fulfillment_form_and_event_endpoint() {
 
     record(&s, tenant_event("w1", tenant, "6", h + 120_000)).await.unwrap();
     let ev = eventbridge("License Deprovisioned - Manufacturer", &arn(0), "agmt-0000", "ev-http");
-    let (code, _, body) = meterd_tests::stack::http_post(http, "/marketplace/events", "application/json", &ev).await;
+    let (code, _, body) =
+        meterd_tests::stack::http_post_with(http, "/internal/marketplace/events", "application/json", &key, &ev).await;
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -269,9 +280,10 @@ async fn http_fulfillment_form_and_event_endpoint() {
         (Some(true), Some("deprovisioning"), Some(1))
     );
     s.wait_for("final hour accepted", WAIT, |r| r.totals.as_ref().unwrap().accepted == "6").await;
-    let (code, _, body) = meterd_tests::stack::http_post(http, "/marketplace/events", "application/json", "{").await;
+    let (code, _, body) =
+        meterd_tests::stack::http_post_with(http, "/internal/marketplace/events", "application/json", &key, "{").await;
     assert_eq!(code, 400);
-    assert!(body.contains("event_json.event"), "{body}");
+    assert!(body.contains("not a JSON object"), "{body}");
     s.stop().await;
 }
 

@@ -23,6 +23,16 @@ fn status(e: CustomerError) -> Status {
     }
 }
 
+fn status_change(h: &crate::domain::customer::StatusChange) -> v1::StatusChange {
+    v1::StatusChange {
+        at: Some(timestamp(h.at_ms)),
+        status: h.status.name().to_string(),
+        source: h.source.clone(),
+        event_id: h.event_id.clone().unwrap_or_default(),
+        applied: h.applied,
+    }
+}
+
 fn info(c: &Customers, m: &TenantMapping, moved: u64) -> Result<v1::CustomerInfo, Status> {
     let life = c.store().lifecycle(&m.identity).map_err(store_status)?;
     let identity = match &m.identity {
@@ -43,20 +53,7 @@ fn info(c: &Customers, m: &TenantMapping, moved: u64) -> Result<v1::CustomerInfo
         agreement_id: m.agreement_id.clone().unwrap_or_default(),
         status: life.as_ref().map_or("active", |l| l.status.name()).to_string(),
         not_subscribed_at: life.as_ref().and_then(|l| l.not_subscribed_at_ms).map(timestamp),
-        history: life
-            .map(|l| {
-                l.history
-                    .iter()
-                    .map(|h| v1::StatusChange {
-                        at: Some(timestamp(h.at_ms)),
-                        status: h.status.name().to_string(),
-                        source: h.source.clone(),
-                        event_id: h.event_id.clone().unwrap_or_default(),
-                        applied: h.applied,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        history: life.map(|l| l.history.iter().map(status_change).collect()).unwrap_or_default(),
         buckets_moved: moved,
     })
 }
@@ -119,8 +116,11 @@ impl CustomersApi for CustomersService {
         &self,
         request: Request<v1::ApplyEventRequest>,
     ) -> Result<Response<v1::ApplyEventResponse>, Status> {
-        let (ev, out) = self.customers.apply_event(&request.into_inner().event_json).await.map_err(status)?;
-        let summary = if out.unknown_agreement {
+        let crate::customers::EventResult { event: ev, outcome: out, unconfirmed } =
+            self.customers.apply_event(&request.into_inner().event_json).await.map_err(status)?;
+        let summary = if let Some(why) = unconfirmed {
+            format!("{}: not applied, AWS did not confirm it: {why}", ev.source_type)
+        } else if out.unknown_agreement {
             format!("{}: agreement not known to meterd; nothing changed", ev.source_type)
         } else if out.applied {
             format!("{}: customer is now {}", ev.source_type, out.status.as_ref().map_or("?", |s| s.name()))
@@ -132,6 +132,31 @@ impl CustomersApi for CustomersService {
             status: out.status.as_ref().map_or("", |s| s.name()).to_string(),
             records_sealed: out.records_sealed,
             summary,
+        }))
+    }
+
+    async fn reinstate(
+        &self,
+        request: Request<v1::ReinstateCustomerRequest>,
+    ) -> Result<Response<v1::ReinstateCustomerResponse>, Status> {
+        let r = request.into_inner();
+        let out = self.customers.reinstate(&r.customer, &r.operator, &r.reason).await.map_err(status)?;
+        let since = out
+            .refused_since_ms
+            .map(|ms| chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339()));
+        let summary = format!(
+            "{} is active again (was {}). Usage sent for it since {} was refused (FAILED_PRECONDITION) and is not in \
+             meterd: resend it with its original idempotency keys and timestamps if it should be billed (hours older \
+             than the submission window can no longer be billed).",
+            r.customer.trim(),
+            out.previous.name(),
+            since.as_deref().unwrap_or("then"),
+        );
+        Ok(Response::new(v1::ReinstateCustomerResponse {
+            previous_status: out.previous.name().to_string(),
+            refused_since: out.refused_since_ms.map(timestamp),
+            summary,
+            history: out.lifecycle.history.iter().map(status_change).collect(),
         }))
     }
 }

@@ -9,7 +9,9 @@ mod customers;
 pub mod health;
 pub mod marketplace_http;
 mod metering;
+pub mod rate_limit;
 mod request_id;
+pub mod sns;
 
 use std::future::Future;
 use std::net::SocketAddr;

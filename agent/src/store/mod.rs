@@ -103,6 +103,14 @@ pub struct LifecycleOutcome {
     pub unknown_agreement: bool,
 }
 
+/// What amending a customer's lifecycle did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmendOutcome {
+    pub previous: crate::domain::customer::CustomerStatus,
+    pub lifecycle: crate::domain::customer::CustomerLifecycle,
+    pub changed: bool,
+}
+
 /// What a seal should do.
 #[derive(Debug, Clone)]
 pub struct SealParams {
@@ -348,6 +356,19 @@ impl Store {
     ) -> Result<LifecycleOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.command(writer::Command::Lifecycle { event, params, reply }, rx).await
+    }
+
+    /// Appends `entry` to the history of the customer `subject` names (an agreement is looked up), and with
+    /// `reinstate` moves a customer that is not Active back to Active. None: no such customer. An already Active
+    /// customer is not reinstated (nothing is written; `changed` is false).
+    pub async fn amend_lifecycle(
+        &self,
+        subject: crate::domain::lifecycle::Subject,
+        entry: crate::domain::customer::StatusChange,
+        reinstate: bool,
+    ) -> Result<Option<AmendOutcome>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::Amend { subject, entry, reinstate, reply }, rx).await
     }
 
     /// Removes terminal records of hours before `cutoff_ms` and event keys recorded before it (durably), folding

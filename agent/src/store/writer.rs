@@ -79,6 +79,13 @@ pub enum Command {
         params: SealParams,
         reply: Answer<LifecycleOutcome>,
     },
+    /// An entry in a customer's history (an operator's reinstatement, an event AWS did not confirm).
+    Amend {
+        subject: Subject,
+        entry: StatusChange,
+        reinstate: bool,
+        reply: Answer<Option<super::AmendOutcome>>,
+    },
     /// Retention: drop terminal history older than the cutoff.
     Compact {
         cutoff_ms: UnixMillis,
@@ -130,6 +137,7 @@ fn refuse(cmd: Command, e: StoreError) -> bool {
         Command::PutMapping { reply, .. } => drop(reply.send(Err(e))),
         Command::RemoveMapping { reply, .. } => drop(reply.send(Err(e))),
         Command::Lifecycle { reply, .. } => drop(reply.send(Err(e))),
+        Command::Amend { reply, .. } => drop(reply.send(Err(e))),
         Command::Compact { reply, .. } => drop(reply.send(Err(e))),
         Command::NotSubscribed { reply, .. } => drop(reply.send(Err(e))),
         Command::Repack { reply } => drop(reply.send(Err(e))),
@@ -241,6 +249,14 @@ impl Writer {
                             }
                             Command::Lifecycle { event, params, reply } => {
                                 match self.apply_lifecycle(&event, &params) {
+                                    Ok(o) => group.replies.push(pending(reply, o)),
+                                    Err(e) => {
+                                        let _ = reply.send(Err(e));
+                                    }
+                                }
+                            }
+                            Command::Amend { subject, entry, reinstate, reply } => {
+                                match self.apply_amend(&subject, entry, reinstate) {
                                     Ok(o) => group.replies.push(pending(reply, o)),
                                     Err(e) => {
                                         let _ = reply.send(Err(e));
@@ -766,6 +782,40 @@ impl Writer {
         batch.insert(lk, encode(&life));
         self.db.apply_batch(batch)?;
         Ok(outcome)
+    }
+
+    fn apply_amend(
+        &self,
+        subject: &Subject,
+        mut entry: StatusChange,
+        reinstate: bool,
+    ) -> Result<Option<super::AmendOutcome>, StoreError> {
+        let lk = match subject {
+            Subject::License { license_arn, .. } => {
+                keys::lifecycle_key(&Identity::Aws { account_id: String::new(), license_arn: license_arn.clone() })
+            }
+            Subject::Legacy { customer_identifier, .. } => {
+                keys::lifecycle_key(&Identity::Legacy { customer_identifier: customer_identifier.clone() })
+            }
+            Subject::Agreement { agreement_id } => self.db.get(keys::agreement_key(agreement_id))?.map(|v| v.to_vec()),
+        };
+        let Some(lk) = lk else { return Ok(None) };
+        let Some(v) = self.db.get(&lk)? else { return Ok(None) };
+        let mut life = decode::<CustomerLifecycle>(&v)?;
+        let previous = life.status.clone();
+        if reinstate {
+            if previous.accepts_usage() {
+                return Ok(Some(super::AmendOutcome { previous, lifecycle: life, changed: false }));
+            }
+            life.status = CustomerStatus::Active;
+            entry.status = CustomerStatus::Active;
+        }
+        life.history.push(entry);
+        if life.history.len() > MAX_HISTORY {
+            life.history.remove(0);
+        }
+        self.db.insert(lk, encode(&life))?;
+        Ok(Some(super::AmendOutcome { previous, lifecycle: life, changed: true }))
     }
 
     /// Keeps AWS's word on the customer: the status does not change (AWS decides eligibility at each call and a

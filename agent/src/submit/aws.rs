@@ -77,6 +77,43 @@ impl Intercept for SkewInterceptor {
 /// top), explicit timeouts, the app id in the user agent, the skew probe, and the wire-shape fix
 /// (`wire_shape.rs`: no `"CustomerIdentifier": ""` on license records).
 pub async fn client(account: &AccountConfig, clock: SharedClock, skew: Arc<Skew>) -> anyhow::Result<Client> {
+    let sdk = sdk_config(account).await?;
+    let mut conf = aws_sdk_marketplacemetering::config::Builder::from(&sdk)
+        .retry_config(RetryConfig::standard().with_max_attempts(2).with_initial_backoff(Duration::from_millis(200)))
+        .timeout_config(timeouts(account))
+        .interceptor(SkewInterceptor { skew, clock })
+        .interceptor(super::wire_shape::WireShapeInterceptor);
+    if let Some(role) = &account.role_arn {
+        let provider =
+            aws_config::sts::AssumeRoleProvider::builder(role).session_name("meterd").configure(&sdk).build().await;
+        conf = conf.credentials_provider(provider);
+    }
+    Ok(Client::from_conf(conf.build()))
+}
+
+/// The Marketplace Agreement API client of one account (DescribeAgreement confirms that an agreement ended).
+pub async fn agreement_client(account: &AccountConfig) -> anyhow::Result<aws_sdk_marketplaceagreement::Client> {
+    let sdk = sdk_config(account).await?;
+    let mut conf = aws_sdk_marketplaceagreement::config::Builder::from(&sdk)
+        .retry_config(RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(200)))
+        .timeout_config(timeouts(account));
+    if let Some(role) = &account.role_arn {
+        let provider =
+            aws_config::sts::AssumeRoleProvider::builder(role).session_name("meterd").configure(&sdk).build().await;
+        conf = conf.credentials_provider(provider);
+    }
+    Ok(aws_sdk_marketplaceagreement::Client::from_conf(conf.build()))
+}
+
+fn timeouts(account: &AccountConfig) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3).min(account.call_timeout))
+        .operation_attempt_timeout(account.call_timeout)
+        .operation_timeout(account.call_timeout * 2)
+        .build()
+}
+
+async fn sdk_config(account: &AccountConfig) -> anyhow::Result<aws_types::SdkConfig> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(account.region.clone()))
         .app_name(AppName::new(account.app_id.clone())?);
@@ -94,24 +131,7 @@ pub async fn client(account: &AccountConfig, clock: SharedClock, skew: Arc<Skew>
     } else if let Some(profile) = &account.profile {
         loader = loader.profile_name(profile);
     }
-    let sdk = loader.load().await;
-    let mut conf = aws_sdk_marketplacemetering::config::Builder::from(&sdk)
-        .retry_config(RetryConfig::standard().with_max_attempts(2).with_initial_backoff(Duration::from_millis(200)))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3).min(account.call_timeout))
-                .operation_attempt_timeout(account.call_timeout)
-                .operation_timeout(account.call_timeout * 2)
-                .build(),
-        )
-        .interceptor(SkewInterceptor { skew, clock })
-        .interceptor(super::wire_shape::WireShapeInterceptor);
-    if let Some(role) = &account.role_arn {
-        let provider =
-            aws_config::sts::AssumeRoleProvider::builder(role).session_name("meterd").configure(&sdk).build().await;
-        conf = conf.credentials_provider(provider);
-    }
-    Ok(Client::from_conf(conf.build()))
+    Ok(loader.load().await)
 }
 
 /// The wire form of a sealed record. Deterministic: a resend carries exactly the same fields.

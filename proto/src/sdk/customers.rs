@@ -49,6 +49,40 @@ pub struct EventOutcome {
     pub summary: String,
 }
 
+/// What [`super::Client::reinstate_customer`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reinstated {
+    /// `deprovisioning` or `ended`.
+    pub previous_status: String,
+    /// Since when usage for this customer was refused; that usage is not in meterd.
+    pub refused_since: Option<SystemTime>,
+    pub summary: String,
+    pub history: Vec<StatusChange>,
+}
+
+impl Reinstated {
+    pub(crate) fn from_wire(r: v1::ReinstateCustomerResponse) -> Self {
+        Reinstated {
+            previous_status: r.previous_status,
+            refused_since: r.refused_since.map(|t| from_timestamp(Some(t))),
+            summary: r.summary,
+            history: r.history.into_iter().map(StatusChange::from_wire).collect(),
+        }
+    }
+}
+
+impl StatusChange {
+    fn from_wire(h: v1::StatusChange) -> Self {
+        StatusChange {
+            at: from_timestamp(h.at),
+            status: h.status,
+            source: h.source,
+            event_id: non_empty(h.event_id),
+            applied: h.applied,
+        }
+    }
+}
+
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
@@ -90,17 +124,7 @@ impl CustomerInfo {
             customer,
             agreement_id: non_empty(c.agreement_id),
             status: c.status,
-            history: c
-                .history
-                .into_iter()
-                .map(|h| StatusChange {
-                    at: from_timestamp(h.at),
-                    status: h.status,
-                    source: h.source,
-                    event_id: non_empty(h.event_id),
-                    applied: h.applied,
-                })
-                .collect(),
+            history: c.history.into_iter().map(StatusChange::from_wire).collect(),
             not_subscribed_at: c.not_subscribed_at.map(|t| from_timestamp(Some(t))),
             buckets_moved: c.buckets_moved,
         }

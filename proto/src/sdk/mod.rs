@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use customers::{CustomerInfo, EventOutcome, StatusChange};
+pub use customers::{CustomerInfo, EventOutcome, Reinstated, StatusChange};
 pub use error::Error;
 pub use retry::RetryPolicy;
 pub use usage::{Customer, Quantity, Receipt, Usage, from_timestamp, new_idempotency_key, to_timestamp};
@@ -293,6 +293,24 @@ impl Client {
             })
             .await?;
         Ok(EventOutcome::from_wire(response))
+    }
+
+    /// Moves a customer (tenant id, license ARN or legacy customer identifier) back to active, audited with
+    /// `operator` and `reason`. Usage sent while it was not active was refused; resend it if it should be billed.
+    pub async fn reinstate_customer(&self, customer: &str, operator: &str, reason: &str) -> Result<Reinstated, Error> {
+        let request = v1::ReinstateCustomerRequest {
+            customer: customer.to_string(),
+            operator: operator.to_string(),
+            reason: reason.to_string(),
+        };
+        let response = self
+            .call(|| {
+                let mut c = self.conn.customers();
+                let req = tonic::Request::new(request.clone());
+                async move { c.reinstate(req).await }
+            })
+            .await?;
+        Ok(Reinstated::from_wire(response))
     }
 
     fn product_or_default(&self, product: Option<&str>) -> String {
