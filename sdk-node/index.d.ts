@@ -97,6 +97,14 @@ export interface AgentStatus {
   customersByStatus: Record<string, number>;
   /** Customers AWS last answered CustomerNotSubscribed for. */
   customersNotSubscribed: number;
+  /** Records AWS answered DuplicateRecord for on their first send (revenue lost), and their whole units. */
+  recordsLost: number;
+  unitsLost: number;
+  /** Free bytes on the data dir's filesystem (as of the last ingest) and the reserve kept (storage.min_free). */
+  diskFreeBytes: number;
+  diskReserveBytes: number;
+  /** True while ingest is refused because free space is below the reserve. */
+  diskFull: boolean;
 }
 
 export interface FlushResult {
@@ -141,6 +149,11 @@ export interface ReportTotals {
   reconciled: boolean;
   /** Terminal records older than storage.retention: gone from the rows, still counted in these totals. */
   compactedRecords: number;
+  /** Records AWS answered DuplicateRecord for on their first send (revenue lost), and their whole units. */
+  lostRecords: number;
+  lostUnits: number;
+  /** Units of held tenant records merged into their identity's next hour (their AWS key was taken). */
+  mergedUnits: number;
 }
 
 export interface Report {

@@ -409,7 +409,7 @@ async fn report(target: &str, format: ReportFormat) -> anyhow::Result<ExitCode> 
         ReportFormat::Csv => print!("{}", report.to_csv()),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
     }
-    Ok(if report.totals.reconciled { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
@@ -509,6 +509,8 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             "records_at_risk": s.records_at_risk,
             "customers_by_status": s.customers_by_status,
             "customers_not_subscribed": s.customers_not_subscribed,
+            "records_lost": s.records_lost,
+            "units_lost": s.units_lost,
             "sealed_through": ts(&s.sealed_through),
             "pending_records": s.pending_records,
             "oldest_pending_age_seconds": s.oldest_pending_age_seconds,
@@ -549,6 +551,12 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             if statuses.is_empty() { "none tracked".to_string() } else { statuses.join(", ") },
             s.customers_not_subscribed
         );
+        if s.records_lost > 0 {
+            println!(
+                "  LOST REVENUE   {} unit(s) in {} record(s): AWS answered DuplicateRecord on their first send (meterd report)",
+                s.units_lost, s.records_lost
+            );
+        }
         println!("  sealed through {}", ts(&s.sealed_through));
         println!(
             "  pending        {} record(s), oldest hour {} s old",

@@ -167,6 +167,11 @@ pub struct PipelineConfig {
     #[serde(with = "humantime_serde_compat")]
     pub safety_margin: Duration,
     pub late_usage: LateUsage,
+    /// Usage whose timestamp is older than this is refused (FAILED_PRECONDITION), whatever `late_usage` says
+    /// ("24h"). AWS would refuse usage that old itself, and carrying it into the current hour bills the buyer
+    /// for the wrong period. At most `storage.retention` (the dedupe horizon).
+    #[serde(with = "humantime_serde_compat")]
+    pub max_lateness: Duration,
     /// Send a record with quantity 0 when a sealed hour's usage rounds down to nothing.
     pub zero_records: bool,
     /// How often the sealer and submitters wake up ("1s").
@@ -181,6 +186,7 @@ impl Default for PipelineConfig {
             submission_window: Duration::from_secs(24 * 3600),
             safety_margin: Duration::from_secs(1800),
             late_usage: LateUsage::Carry,
+            max_lateness: Duration::from_secs(24 * 3600),
             zero_records: false,
             tick: Duration::from_secs(1),
         }
@@ -438,6 +444,21 @@ impl Config {
             return Err(invalid(
                 "storage.retention",
                 "must be at least 2d: it must outlive the submission window and any client retry",
+            ));
+        }
+        if self.pipeline.max_lateness < Duration::from_secs(3600) {
+            return Err(invalid(
+                "pipeline.max_lateness",
+                "must be at least 1h: usage of the hour in progress must always be accepted",
+            ));
+        }
+        if self.pipeline.max_lateness > self.storage.retention {
+            return Err(invalid(
+                "pipeline.max_lateness",
+                format!(
+                    "must not be longer than storage.retention ({}): older events could not be deduplicated",
+                    humantime::format_duration(self.storage.retention)
+                ),
             ));
         }
         if self.ingest.max_batch_events == 0 || self.ingest.max_batch_events > 100_000 {
@@ -763,6 +784,7 @@ mod tests {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.default_product(), Some("app"));
         assert_eq!(c.ingest.max_future_skew, Duration::from_secs(300));
+        assert_eq!(c.pipeline.max_lateness, Duration::from_secs(24 * 3600));
     }
 
     #[test]
@@ -792,6 +814,13 @@ mod tests {
             (format!("{GOOD}\n[ingest]\ndefault_product = \"nope\""), "ingest.default_product:"),
             (format!("{GOOD}\n[ingest]\nmax_batch_events = 0"), "ingest.max_batch_events:"),
             (format!("{GOOD}\n[ingest]\nmax_future_skew = \"2d\""), "ingest.max_future_skew:"),
+            (format!("{GOOD}\n[pipeline]\nmax_lateness = \"46d\""), "pipeline.max_lateness:"),
+            (format!("{GOOD}\n[pipeline]\nmax_lateness = \"30m\""), "pipeline.max_lateness:"),
+            (
+                GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\nretention = \"3d\"")
+                    + "\n[pipeline]\nmax_lateness = \"4d\"",
+                "pipeline.max_lateness:",
+            ),
             (
                 GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\nrepack_ratio = 1.5"),
                 "storage.repack_ratio:",

@@ -25,6 +25,11 @@ pub enum EventRefusal {
     LateRejected {
         hour_ms: crate::clock::UnixMillis,
     },
+    /// The event's timestamp is older than `pipeline.max_lateness`: too late to bill for its own period.
+    TooLate {
+        event_time_ms: crate::clock::UnixMillis,
+        max_lateness: std::time::Duration,
+    },
     /// The customer is deprovisioned or ended, or the tenant maps to another product.
     NotActive {
         message: String,
@@ -54,8 +59,23 @@ impl Ingest {
         let now = self.clock.now_ms();
         let mut results: Vec<Option<Result<Receipt, EventRefusal>>> = Vec::with_capacity(events.len());
         let mut valid = Vec::with_capacity(events.len());
+        let max_lateness = self.config.pipeline.max_lateness;
+        let oldest_ms = now.saturating_sub(max_lateness.as_millis() as i64);
         for ev in events {
             match validate(ev, &self.config, now) {
+                // Refused before the store: AWS would not take usage this old, and counting it in today's hour
+                // would bill the buyer for the wrong period.
+                // A retry of an event stored while it was young enough still gets its receipt.
+                Ok(e) if e.timestamp_ms.is_some_and(|t| t < oldest_ms) => {
+                    let key = &e.idempotency_key;
+                    results.push(Some(match self.store.event(key)? {
+                        Some(s) if s.digest == e.content_digest() => Ok(Receipt::from_stored(key, &s, true)),
+                        Some(s) => Err(EventRefusal::Conflict { existing: Receipt::from_stored(key, &s, false) }),
+                        None => {
+                            Err(EventRefusal::TooLate { event_time_ms: e.timestamp_ms.unwrap_or(now), max_lateness })
+                        }
+                    }));
+                }
                 Ok(e) => {
                     valid.push(e);
                     results.push(None);
@@ -129,6 +149,7 @@ impl Ingest {
                     EventRefusal::Conflict { .. } => "conflict".into(),
                     EventRefusal::Overflow => "overflow".into(),
                     EventRefusal::LateRejected { .. } => "late_rejected".into(),
+                    EventRefusal::TooLate { .. } => "too_late".into(),
                     EventRefusal::NotActive { .. } => "not_active".into(),
                 });
             }

@@ -59,7 +59,8 @@ impl Histogram {
 /// What the request path and the submitters count; gauges are read from the store at scrape time.
 #[derive(Debug)]
 pub struct Metrics {
-    /// Refused events by reason (`invalid_<field>`, `conflict`, `late_rejected`, `not_active`, `overflow`).
+    /// Refused events by reason (`invalid_<field>`, `conflict`, `late_rejected`, `too_late`, `not_active`,
+    /// `overflow`).
     pub events_refused: Mutex<BTreeMap<String, u64>>,
     /// Exact quantity accepted per (product, dimension), in micro-units.
     pub quantity_accepted: Mutex<BTreeMap<(String, String), Micros>>,
@@ -124,6 +125,8 @@ pub struct Snapshot<'a> {
     pub at_risk: u64,
     pub open_buckets: u64,
     pub store_bytes: u64,
+    /// Revenue lost (DuplicateRecord on a first send), durable in the store: never goes back, even on restart.
+    pub lost: crate::store::Lost,
 }
 
 fn esc(v: &str) -> String {
@@ -209,6 +212,22 @@ pub fn render(m: &Metrics, s: &Snapshot<'_>) -> String {
     for (reason, n) in m.lifecycle_unconfirmed.lock().expect("metrics lock").iter() {
         let _ = writeln!(out, "meterd_lifecycle_events_unconfirmed_total{{reason=\"{}\"}} {n}", esc(reason));
     }
+    metric(
+        &mut out,
+        "meterd_records_lost_total",
+        "counter",
+        "Records AWS answered DuplicateRecord for on their first send: it holds another quantity, never billed.",
+    );
+    let _ = writeln!(out, "meterd_records_lost_total {}", s.lost.records);
+    metric(&mut out, "meterd_units_lost_total", "counter", "Whole units of those records.");
+    let _ = writeln!(out, "meterd_units_lost_total {}", s.lost.units);
+    metric(
+        &mut out,
+        "meterd_records_merged_total",
+        "counter",
+        "Held tenant records merged into their identity's next hour because their AWS key was taken.",
+    );
+    let _ = writeln!(out, "meterd_records_merged_total {}", ld(&st.records_merged));
     metric(&mut out, "meterd_records_expired_total", "counter", "Records that missed their deadline (never sent).");
     let _ = writeln!(out, "meterd_records_expired_total {expired}");
     metric(&mut out, "meterd_records_pending", "gauge", "Sealed records not yet in a terminal state.");

@@ -2,7 +2,11 @@
 //!
 //! Totals reconcile exactly: recorded = accepted + rejected + expired + pending + carried + open, where
 //! the first four are whole units sent (or to be sent) to AWS, `carried` is the fraction waiting for a
-//! series' next hour, and `open` is usage in hours not sealed yet.
+//! series' next hour, and `open` is usage in hours not sealed yet. A held record merged into its identity's
+//! next hour (its AWS key was taken) counts nothing itself: its units are in `carried` until that hour seals.
+//!
+//! Reconciling is not the same as being paid: units AWS answered DuplicateRecord for on a first send are
+//! `rejected` in the ledger and also `lost` — shown apart, so "reconciled" never hides them.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +27,7 @@ pub struct Row {
     pub product: String,
     pub customer: String,
     pub dimension: String,
-    /// open | sealed | in_flight | accepted | rejected | expired | carried
+    /// open | sealed | in_flight | accepted | rejected | expired | carried | merged
     pub state: String,
     pub recorded: String,
     pub late: String,
@@ -56,6 +60,12 @@ pub struct Totals {
     pub compacted_records: u64,
     /// True when recorded == accepted + rejected + expired + pending + carried + open, to the micro-unit.
     pub reconciled: bool,
+    /// Records, and their whole units, AWS answered DuplicateRecord for on a first send: it holds another
+    /// quantity under their key and will never bill these (part of `rejected`; kept through retention).
+    pub lost_records: u64,
+    pub lost_units: u64,
+    /// Whole units of held records merged into their identity's next hour (their AWS key was taken).
+    pub merged_units: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,6 +109,7 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
             RecordState::Sealed | RecordState::InFlight { .. } => {
                 row.pending = q;
                 if let Identity::Tenant(t) = &r.key.identity
+                    && r.sent_as.is_none()
                     && store.mapping(t)?.is_none()
                 {
                     row.reason = AT_RISK.into();
@@ -111,9 +122,17 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
                     row.reason = "DuplicateRecord on resend: verify".into();
                 }
             }
-            RecordState::Rejected { reason, .. } => {
+            RecordState::Rejected { reason, aws_request_id, .. } => {
                 row.rejected = q;
-                row.reason = reason.label();
+                row.reason = if reason.is_lost() {
+                    format!(
+                        "LOST: {} (AWS holds another quantity for this hour; request id {})",
+                        reason.label(),
+                        aws_request_id.as_deref().unwrap_or("-")
+                    )
+                } else {
+                    reason.label()
+                };
                 *totals.rejected_by_reason.entry(reason.label()).or_default() += q;
             }
             RecordState::Expired { reason, .. } => {
@@ -122,6 +141,14 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
                 *totals.expired_by_reason.entry(format!("{reason:?}")).or_default() += q;
             }
             RecordState::Carried => {}
+            RecordState::Merged { into, into_hour_ms, .. } => {
+                totals.merged_units += q;
+                row.reason = format!(
+                    "merged: another record has this AWS key; {q} units carried to {} from {}",
+                    into.label(),
+                    crate::clock::rfc3339(*into_hour_ms)
+                );
+            }
         }
         recorded = recorded.checked_add(r.recorded).unwrap_or(recorded);
         late = late.checked_add(r.late).unwrap_or(late);
@@ -193,6 +220,9 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
     totals.carried = carried.to_string();
     totals.open = open.to_string();
     totals.reconciled = accounted == Some(recorded);
+    let lost = store.lost()?;
+    totals.lost_records = lost.records;
+    totals.lost_units = lost.units;
     Ok(Report { rows, totals })
 }
 
@@ -226,6 +256,15 @@ impl Report {
             ));
         }
         out
+    }
+
+    /// What `meterd report` exits with: 3 when the ledger does not reconcile, 4 when revenue was lost.
+    pub fn exit_code(&self) -> u8 {
+        match (self.totals.reconciled, self.totals.lost_records > 0 || self.totals.lost_units > 0) {
+            (false, _) => 3,
+            (true, true) => 4,
+            (true, false) => 0,
+        }
     }
 
     pub fn to_table(&self) -> String {
@@ -268,6 +307,11 @@ impl Report {
             ));
         }
         let t = &self.totals;
+        let verdict = match (t.reconciled, t.lost_units > 0 || t.lost_records > 0) {
+            (false, _) => "DOES NOT RECONCILE",
+            (true, true) => "reconciled, REVENUE LOST",
+            (true, false) => "reconciled",
+        };
         out.push_str(&format!(
             "\ntotals: recorded {} (late {}) = accepted {} + rejected {} + expired {} + pending {} + carried {} + open {}  [{}]\n",
             t.recorded,
@@ -278,8 +322,21 @@ impl Report {
             t.pending,
             t.carried,
             t.open,
-            if t.reconciled { "reconciled" } else { "DOES NOT RECONCILE" }
+            verdict
         ));
+        if t.lost_records > 0 || t.lost_units > 0 {
+            out.push_str(&format!(
+                "LOST REVENUE: {} units in {} records that AWS answered DuplicateRecord on their first send (it already \
+                 holds another quantity for those hours: they will never be billed; see docs/operations.md)\n",
+                t.lost_units, t.lost_records
+            ));
+        }
+        if t.merged_units > 0 {
+            out.push_str(&format!(
+                "merged: {} units of held tenant usage carried into their identity's next hour (AWS key already taken)\n",
+                t.merged_units
+            ));
+        }
         out
     }
 }

@@ -1,11 +1,15 @@
 //! Invariants 3, 5 and 7 as a property: over random interleavings of events (on time and late), seals,
 //! submission outcomes, expiries, restarts and repacks, every recorded micro-unit is accounted for exactly:
 //! recorded = accepted + rejected + expired + pending + carried + open, and one record per
-//! (product, customer, dimension, hour) with allocations that sum to its quantity.
+//! (product, customer, dimension, hour) with allocations that sum to its quantity. Customers are named three
+//! ways — by marketplace identity, or by tenant ids that are mapped (and re-mapped) to those identities at random
+//! moments, often after the identity already has usage for the same hours — and still at most one record per
+//! AWS key (customer as AWS knows it, dimension, hour) can ever be sent.
 
 use std::collections::HashSet;
 
 use meterd::config::LateUsage;
+use meterd::domain::customer::TenantMapping;
 use meterd::domain::event::{Identity, TagSet, UsageEvent};
 use meterd::domain::quantity::Micros;
 use meterd::domain::record::{ExpiryReason, RecordState, RejectReason};
@@ -19,10 +23,13 @@ const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
 #[derive(Debug, Clone)]
 enum Op {
     /// (customer, dimension, micro-quantity, hour offset, tag) — hour offsets may be already sealed (late).
+    /// Customers 0-2 are marketplace identities, 3-5 tenant ids.
     Record(Vec<(u8, u8, u32, u8, u8)>),
+    /// Map tenant `3 + a` to identity `b`.
+    Map(u8, u8),
     /// Move time to `T0 + n hours` (never backwards) and seal ended hours.
     Seal(u8),
-    /// Settle some pending records: 0 accept, 1 reject, 2 expire, 3 mark in flight.
+    /// Settle some pending records: 0 accept, 1 reject, 2 expire, 3 mark in flight, 4 DuplicateRecord (lost).
     Settle(Vec<(u8, u8)>),
     Restart,
     /// Copy the store into a fresh generation.
@@ -31,12 +38,33 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => proptest::collection::vec((0u8..3, 0u8..2, 0u32..4_000_000, 0u8..8, 0u8..3), 1..10).prop_map(Op::Record),
+        5 => proptest::collection::vec((0u8..6, 0u8..2, 0u32..4_000_000, 0u8..8, 0u8..3), 1..10).prop_map(Op::Record),
+        2 => (0u8..3, 0u8..3).prop_map(|(a, b)| Op::Map(a, b)),
         2 => (0u8..10).prop_map(Op::Seal),
-        2 => proptest::collection::vec((0u8..16, 0u8..4), 1..6).prop_map(Op::Settle),
+        2 => proptest::collection::vec((0u8..16, 0u8..5), 1..6).prop_map(Op::Settle),
         1 => Just(Op::Restart),
         1 => Just(Op::Repack),
     ]
+}
+
+fn customer(c: u8) -> Identity {
+    if c < 3 {
+        Identity::Aws { account_id: format!("10000000000{c}"), license_arn: format!("arn:aws:x::1:l{c}") }
+    } else {
+        Identity::Tenant(format!("t{c}"))
+    }
+}
+
+/// The customer AWS would see a record sent as (its lifecycle key), or None if it is never sent.
+fn aws_customer(store: &Store, r: &meterd::domain::record::SealedRecord) -> Option<Vec<u8>> {
+    let wire = match (&r.state, &r.key.identity, &r.sent_as) {
+        (RecordState::Carried | RecordState::Merged { .. }, _, _) => return None,
+        (_, Identity::Tenant(_), Some(sent)) => sent.clone(),
+        (RecordState::Expired { .. }, Identity::Tenant(_), None) => return None,
+        (_, Identity::Tenant(t), None) => store.mapping(t).unwrap()?.identity,
+        (_, id, _) => id.clone(),
+    };
+    meterd::store::keys::lifecycle_key(&wire)
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -54,6 +82,7 @@ proptest! {
         let late_policy = if reject_late { LateUsage::Reject } else { LateUsage::Carry };
         let mut now = T0;
         let mut recorded = Micros::ZERO;
+        let mut lost_units = 0u64;
         let mut key = 0u64;
         for op in ops {
             match op {
@@ -65,7 +94,7 @@ proptest! {
                             UsageEvent {
                                 idempotency_key: format!("k{key}"),
                                 product: "p".into(),
-                                identity: Identity::Aws { account_id: format!("10000000000{c}"), license_arn: "arn:aws:x::1:l".into() },
+                                identity: customer(*c),
                                 dimension: format!("d{d}"),
                                 quantity: Micros(u128::from(*q)),
                                 timestamp_ms: Some(T0 + i64::from(*h) * HOUR + 1000),
@@ -93,6 +122,16 @@ proptest! {
                     }))
                     .unwrap();
                 }
+                Op::Map(t, c) => {
+                    let m = TenantMapping {
+                        tenant_id: format!("t{}", 3 + t),
+                        product: "p".into(),
+                        identity: customer(c),
+                        agreement_id: None,
+                        updated_at_ms: now,
+                    };
+                    rt.block_on(store.put_mapping(m, now)).unwrap();
+                }
                 Op::Settle(choices) => {
                     let pending = store.pending_records(usize::MAX).unwrap();
                     let mut seen = HashSet::new();
@@ -102,13 +141,27 @@ proptest! {
                         if !seen.insert(usize::from(i)) {
                             continue;
                         }
+                        // As the submitter does: a held record goes out only once its tenant is mapped, and keeps
+                        // the identity it is sent as; an unmapped one can only expire.
+                        let mut sent_as = r.sent_as.clone();
+                        if let Identity::Tenant(t) = &r.key.identity && sent_as.is_none() {
+                            match store.mapping(t).unwrap() {
+                                Some(m) => sent_as = Some(m.identity),
+                                None if what == 2 => {}
+                                None => continue,
+                            }
+                        }
                         let state = match what {
                             0 => RecordState::Accepted { metering_record_id: Some("id".into()), aws_request_id: None, at_ms: now, verify: false },
                             1 => RecordState::Rejected { reason: RejectReason::CustomerNotSubscribed, aws_request_id: None, at_ms: now },
                             2 => RecordState::Expired { reason: ExpiryReason::DeadlinePassed, at_ms: now },
+                            4 => {
+                                lost_units += u64::from(r.quantity);
+                                RecordState::Rejected { reason: RejectReason::DuplicateRecord, aws_request_id: None, at_ms: now }
+                            }
                             _ => RecordState::InFlight { attempts: 1, next_attempt_ms: now },
                         };
-                        updates.push(meterd::domain::record::SealedRecord { state, ..r.clone() });
+                        updates.push(meterd::domain::record::SealedRecord { state, sent_as, ..r.clone() });
                     }
                     rt.block_on(store.update_records(updates)).unwrap();
                 }
@@ -124,10 +177,16 @@ proptest! {
             let rep = report::build(&store).unwrap();
             prop_assert!(rep.totals.reconciled, "does not reconcile: {:?}", rep.totals);
             prop_assert_eq!(rep.totals.recorded.clone(), recorded.to_string());
-            // One record per (product, customer, dimension, hour); allocations sum to the quantity.
+            prop_assert_eq!(rep.totals.lost_units, lost_units);
+            // One record per (product, customer, dimension, hour) and per AWS key; allocations sum to the quantity.
             let mut keys = HashSet::new();
+            let mut aws_keys = HashSet::new();
             for r in store.records().unwrap() {
                 prop_assert!(keys.insert(r.key.clone()), "two records for {:?}", r.key);
+                if let Some(customer) = aws_customer(&store, &r) {
+                    let k = (r.key.hour_ms, customer, r.key.dimension.clone());
+                    prop_assert!(aws_keys.insert(k.clone()), "two records for AWS key {:?}: {:?}", k, r);
+                }
                 if !r.allocations.is_empty() {
                     prop_assert_eq!(r.allocations.iter().map(|a| u64::from(a.quantity)).sum::<u64>(), u64::from(r.quantity));
                 }

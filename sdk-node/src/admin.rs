@@ -53,6 +53,11 @@ pub struct NativeStatus {
     pub records_at_risk: i64,
     pub customers_by_status: HashMap<String, i64>,
     pub customers_not_subscribed: i64,
+    pub records_lost: i64,
+    pub units_lost: i64,
+    pub disk_free_bytes: i64,
+    pub disk_reserve_bytes: i64,
+    pub disk_full: bool,
 }
 
 impl From<v1::StatusResponse> for NativeStatus {
@@ -94,6 +99,11 @@ impl From<v1::StatusResponse> for NativeStatus {
             records_at_risk: s.records_at_risk as i64,
             customers_by_status: s.customers_by_status.into_iter().map(|(k, v)| (k, v as i64)).collect(),
             customers_not_subscribed: s.customers_not_subscribed as i64,
+            records_lost: s.records_lost as i64,
+            units_lost: s.units_lost as i64,
+            disk_free_bytes: s.disk_free_bytes as i64,
+            disk_reserve_bytes: s.disk_reserve_bytes as i64,
+            disk_full: s.disk_full,
         }
     }
 }
@@ -150,6 +160,9 @@ pub struct NativeReportTotals {
     pub expired_by_reason: HashMap<String, i64>,
     pub reconciled: bool,
     pub compacted_records: i64,
+    pub lost_records: i64,
+    pub lost_units: i64,
+    pub merged_units: i64,
 }
 
 #[napi(object)]
@@ -199,6 +212,9 @@ impl From<v1::ReportResponse> for NativeReport {
                 expired_by_reason: counts(t.expired_by_reason),
                 reconciled: t.reconciled,
                 compacted_records: t.compacted_records as i64,
+                lost_records: t.lost_records as i64,
+                lost_units: t.lost_units as i64,
+                merged_units: t.merged_units as i64,
             },
         }
     }

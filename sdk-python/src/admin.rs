@@ -53,6 +53,11 @@ pub struct AgentStatus {
     pub records_at_risk: u64,
     pub customers_by_status: HashMap<String, u64>,
     pub customers_not_subscribed: u64,
+    pub records_lost: u64,
+    pub units_lost: u64,
+    pub disk_free_bytes: u64,
+    pub disk_reserve_bytes: u64,
+    pub disk_full: bool,
 }
 
 #[pymethods]
@@ -103,6 +108,11 @@ pub fn status_to_py(py: Python<'_>, s: v1::StatusResponse) -> PyResult<Py<PyAny>
         records_at_risk: s.records_at_risk,
         customers_by_status: s.customers_by_status,
         customers_not_subscribed: s.customers_not_subscribed,
+        records_lost: s.records_lost,
+        units_lost: s.units_lost,
+        disk_free_bytes: s.disk_free_bytes,
+        disk_reserve_bytes: s.disk_reserve_bytes,
+        disk_full: s.disk_full,
     };
     Ok(Py::new(py, status)?.into_any())
 }
@@ -168,6 +178,9 @@ pub struct ReportTotals {
     pub expired_by_reason: HashMap<String, u64>,
     pub reconciled: bool,
     pub compacted_records: u64,
+    pub lost_records: u64,
+    pub lost_units: u64,
+    pub merged_units: u64,
 }
 
 #[pyclass(frozen, get_all, module = "meterd")]
@@ -228,6 +241,9 @@ pub fn report_to_py(py: Python<'_>, r: v1::ReportResponse) -> PyResult<Py<PyAny>
             expired_by_reason: t.expired_by_reason,
             reconciled: t.reconciled,
             compacted_records: t.compacted_records,
+            lost_records: t.lost_records,
+            lost_units: t.lost_units,
+            merged_units: t.merged_units,
         },
     };
     Ok(Py::new(py, report)?.into_any())

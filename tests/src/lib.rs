@@ -308,6 +308,29 @@ dimensions = [{}]
                 .unwrap())
         }
 
+        /// Another system (a second agent, another meterer of the product) bills `quantity` for `customer`'s
+        /// hour straight at the emulator, as AWS would see it: meterd's own record for that key then gets
+        /// DuplicateRecord. Returns the emulator's answer body.
+        pub async fn bill_elsewhere(&self, customer: usize, dimension: &str, quantity: u64, hour_ms: i64) -> String {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let addr = self.emu_handle.as_ref().expect("emulator running").addr();
+            let body = serde_json::json!({"UsageRecords": [{
+                "Timestamp": hour_ms / 1000, "CustomerAWSAccountId": ACCOUNT, "LicenseArn": arn(customer),
+                "Dimension": dimension, "Quantity": quantity,
+            }]})
+            .to_string();
+            let req = format!(
+                "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\n\
+                 X-Amz-Target: AWSMPMeteringService.BatchMeterUsage\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the emulator");
+            s.write_all(req.as_bytes()).await.expect("write");
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).await.expect("read");
+            buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+        }
+
         pub async fn report(&self) -> v1::ReportResponse {
             self.client.admin().report(v1::ReportRequest {}).await.expect("report").into_inner()
         }

@@ -321,3 +321,112 @@ async fn a_held_record_keeps_the_identity_it_was_first_sent_as() {
     assert_eq!(billed, vec![arn(0)], "resent under another identity");
     s.stop().await;
 }
+
+fn put_license(tenant: &str, n: usize) -> v1::PutCustomerRequest {
+    v1::PutCustomerRequest {
+        tenant_id: tenant.into(),
+        product: String::new(),
+        identity: Some(v1::put_customer_request::Identity::AwsAccount(v1::AwsCustomer {
+            customer_aws_account_id: ACCOUNT.into(),
+            license_arn: arn(n),
+        })),
+        agreement_id: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_and_its_identity_in_the_same_hour_are_billed_once_and_in_full() {
+    // Invariant 3 across every way of naming a customer: usage held under a tenant while unmapped, the identity
+    // named directly in the same hour, and a second tenant mapped to the same identity. AWS keeps one record per
+    // (customer, dimension, hour): a second one would be answered DuplicateRecord and never billed.
+    let h = at(2026, 11, 27, 9, 0);
+    let s = Stack::start(h + 60_000, EmulatorConfig::default(), &["api_calls"], &["api_calls"], 2, "").await.unwrap();
+    let mut cust = v1::customers_client::CustomersClient::new(s.client.channel());
+    record(&s, tenant_event("t1", "first", "3", h + 120_000)).await.unwrap();
+    record(&s, tenant_event("t2", "second", "4", h + 120_000)).await.unwrap();
+    s.record("direct", 1, "api_calls", "5", h + 180_000).await.unwrap();
+    s.advance(HOUR + 2 * 60_000, 10 * 60_000).await;
+    s.wait_for("the identity's own record", WAIT, |r| r.totals.as_ref().unwrap().accepted == "5").await;
+
+    // Both tenants turn out to be that same customer.
+    cust.put(put_license("first", 1)).await.unwrap();
+    cust.put(put_license("second", 1)).await.unwrap();
+    // An event naming the identity directly for the sealed hour is late: carried into the open hour.
+    let late = s.record("direct-late", 1, "api_calls", "1", h + 240_000).await.unwrap();
+    assert_eq!(late.usage_hour.unwrap().seconds * 1000, h + HOUR);
+    s.advance(HOUR, 10 * 60_000).await;
+    let r = s
+        .wait_for("everything billed", WAIT, |r| {
+            let t = r.totals.as_ref().unwrap();
+            t.accepted == "13" && t.pending == "0"
+        })
+        .await;
+    let t = r.totals.as_ref().unwrap();
+    assert!(t.reconciled, "{t:?}");
+    assert_eq!((t.rejected.as_str(), t.lost_units, t.merged_units), ("0", 0, 7), "{t:?}");
+    let merged: Vec<_> = r.rows.iter().filter(|row| row.state == "merged").collect();
+    assert_eq!(merged.len(), 2, "both held records were merged: {:?}", r.rows);
+    assert!(merged.iter().all(|row| row.reason.contains(&arn(1))), "{merged:?}");
+    assert_eq!(s.emulator.counters().rejected("DuplicateRecord"), 0, "a second record for an AWS key was sent");
+    let billed: Vec<_> = s.emulator.ledger().into_iter().map(|e| (e.hour_start, e.quantity)).collect();
+    assert_eq!(billed.len(), 2, "one record per hour: {billed:?}");
+    assert_eq!(s.emulator.totals()[0].quantity, "13");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_record_whose_key_is_free_is_sent_as_the_identity() {
+    // The merge only applies when the key is taken: a tenant mapped to an identity with no record for that hour
+    // bills in its own hour, and a second tenant mapped to it for that hour is merged, not sent twice.
+    let h = at(2026, 11, 28, 9, 0);
+    let s = Stack::start(h + 60_000, EmulatorConfig::default(), &["api_calls"], &["api_calls"], 1, "").await.unwrap();
+    let mut cust = v1::customers_client::CustomersClient::new(s.client.channel());
+    record(&s, tenant_event("a", "one", "2", h + 120_000)).await.unwrap();
+    record(&s, tenant_event("b", "two", "6", h + 120_000)).await.unwrap();
+    s.advance(HOUR + 2 * 60_000, 10 * 60_000).await;
+    cust.put(put_license("one", 0)).await.unwrap();
+    let r = s.wait_for("first tenant billed in its hour", WAIT, |r| r.totals.as_ref().unwrap().accepted == "2").await;
+    let sent = r.rows.iter().find(|row| row.customer == "tenant:one").unwrap();
+    assert_eq!((sent.state.as_str(), sent.hour.as_ref().unwrap().seconds * 1000), ("accepted", h));
+    cust.put(put_license("two", 0)).await.unwrap();
+    s.advance(HOUR, 10 * 60_000).await;
+    let r = s.wait_for("second tenant billed next hour", WAIT, |r| r.totals.as_ref().unwrap().accepted == "8").await;
+    assert!(r.totals.as_ref().unwrap().reconciled);
+    assert_eq!(s.emulator.counters().rejected("DuplicateRecord"), 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_record_on_a_first_send_is_reported_as_lost_revenue() {
+    // Someone else (another system metering the product, a second agent) billed the hour first: AWS answers
+    // meterd's record with DuplicateRecord. The ledger still reconciles, but the revenue is lost and must show.
+    let h = at(2026, 11, 29, 9, 0);
+    let extra = "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let s =
+        Stack::start(h + 60_000, EmulatorConfig::default(), &["api_calls"], &["api_calls"], 1, extra).await.unwrap();
+    let answer = s.bill_elsewhere(0, "api_calls", 2, h).await;
+    assert!(answer.contains("\"Success\""), "{answer}");
+    s.record("mine", 0, "api_calls", "9", h + 120_000).await.unwrap();
+    s.advance(HOUR + 2 * 60_000, 10 * 60_000).await;
+    let r = s.wait_for("rejected", WAIT, |r| r.totals.as_ref().unwrap().rejected == "9").await;
+    let t = r.totals.clone().unwrap();
+    assert!(t.reconciled, "the ledger reconciles: {t:?}");
+    assert_eq!((t.lost_records, t.lost_units), (1, 9), "{t:?}");
+    let row = r.rows.iter().find(|row| row.state == "rejected").unwrap();
+    assert!(row.reason.starts_with("LOST: DuplicateRecord"), "{}", row.reason);
+    let report = meterd::server::convert::report_from_wire(&r);
+    assert_eq!(report.exit_code(), 4, "meterd report exits non-zero");
+    assert!(report.to_table().contains("REVENUE LOST"), "{}", report.to_table());
+    let st = s.client.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!((st.records_lost, st.units_lost), (1, 9));
+    let (_, text) = meterd_tests::stack::http_get(s.admin.unwrap(), "/metrics").await;
+    let m = meterd_tests::stack::parse_metrics(&text);
+    assert_eq!(m.get("meterd_records_lost_total"), Some(&1.0), "{text}");
+    assert_eq!(m.get("meterd_units_lost_total"), Some(&9.0));
+    assert_eq!(
+        m.get("meterd_records_rejected_total{reason=\"DuplicateRecord\"}"),
+        Some(&1.0),
+        "the rejected alert's series"
+    );
+    s.stop().await;
+}

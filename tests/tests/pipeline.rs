@@ -269,3 +269,32 @@ async fn late_usage_is_carried_into_the_open_hour_or_refused_by_policy() {
     assert_eq!(s.client.admin().status(v1::StatusRequest {}).await.unwrap().into_inner().events_stored, 0);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_older_than_max_lateness_is_refused_and_younger_late_usage_is_carried() {
+    // A 40-day-old event was once accepted and billed in the current hour: the wrong period for the buyer, and
+    // usage AWS itself would refuse. Default pipeline.max_lateness is 24h.
+    let h = at(2026, 11, 20, 14, 0);
+    let s = Stack::start(h + 60_000, EmulatorConfig::default(), &["api_calls"], &["api_calls"], 1, "").await.unwrap();
+    let err = s.record("old", 0, "api_calls", "3", h - 40 * 24 * HOUR).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("pipeline.max_lateness"), "{}", err.message());
+    assert!(err.message().starts_with("event.timestamp:"), "{}", err.message());
+    // Just inside the bound: accepted.
+    s.record("late", 0, "api_calls", "2", h + 60_000 - 23 * HOUR).await.unwrap();
+    s.advance(HOUR + 2 * 60_000, 10 * 60_000).await;
+    let r = s.wait_for("sent", WAIT, pending_done).await;
+    assert_eq!(r.totals.as_ref().unwrap().accepted, "2");
+    // Now older than max_lateness, but already stored: a retry still gets its receipt.
+    let again = s.record("late", 0, "api_calls", "2", h + 60_000 - 23 * HOUR).await.unwrap();
+    assert!(again.replayed, "a retry of a stored event is answered, not refused");
+    // After the seal, an event 25 h old is refused, one 2 h old is carried into the open hour.
+    let now = s.clock.now_ms();
+    let err = s.record("old2", 0, "api_calls", "1", now - 25 * HOUR).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    let late = s.record("late2", 0, "api_calls", "1", now - 2 * HOUR).await.unwrap();
+    assert_eq!(late.usage_hour.unwrap().seconds * 1000, now / HOUR * HOUR, "carried into the open hour");
+    let st = s.client.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.events_stored, 2, "refused events are not stored");
+    s.stop().await;
+}

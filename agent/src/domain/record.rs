@@ -6,6 +6,8 @@
 //!   │           └──(retryable failure: stays InFlight, retried with backoff until its deadline)
 //!   └───────────┴──────▶ Expired (deadline passed; never sent again)
 //! Carried: an hour whose usage was all a fraction of a unit; nothing to send, all carried on.
+//! Merged: a record held under a tenant whose AWS key (the identity it maps to, the hour, the dimension) is
+//!   already taken by another record; never sent, its units carried into the identity's next open hour.
 //! ```
 //! A record's content never changes after sealing, so every send is byte-identical.
 
@@ -44,6 +46,12 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Revenue AWS will never pay for this record: it already holds another quantity under the same key, so
+    /// nothing meterd can resend bills these units.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, RejectReason::DuplicateRecord)
+    }
+
     pub fn label(&self) -> String {
         match self {
             RejectReason::CustomerNotSubscribed => "CustomerNotSubscribed".into(),
@@ -88,6 +96,15 @@ pub enum RecordState {
     },
     /// The hour's usage was all a fraction of a unit: nothing to send, it all rode on in the carry.
     Carried,
+    /// A held tenant record whose AWS key was already taken when the tenant was mapped (another record of the
+    /// identity, or of another tenant mapped to it, for the same hour and dimension). AWS keeps the first
+    /// record per key, so this one is never sent: its whole units were carried into `into`'s series and bill
+    /// in that identity's next sealed hour (`into_hour_ms`, or the first one sealed after it).
+    Merged {
+        into: Identity,
+        into_hour_ms: UnixMillis,
+        at_ms: UnixMillis,
+    },
 }
 
 impl RecordState {
@@ -98,6 +115,7 @@ impl RecordState {
                 | RecordState::Rejected { .. }
                 | RecordState::Expired { .. }
                 | RecordState::Carried
+                | RecordState::Merged { .. }
         )
     }
 
@@ -109,6 +127,7 @@ impl RecordState {
             RecordState::Rejected { .. } => "rejected",
             RecordState::Expired { .. } => "expired",
             RecordState::Carried => "carried",
+            RecordState::Merged { .. } => "merged",
         }
     }
 

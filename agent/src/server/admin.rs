@@ -29,6 +29,7 @@ impl Admin for AdminService {
             let mut at_risk = 0u64;
             for r in &pending {
                 if let crate::domain::event::Identity::Tenant(t) = &r.key.identity
+                    && r.sent_as.is_none()
                     && store.mapping(t)?.is_none()
                 {
                     at_risk += 1;
@@ -53,12 +54,13 @@ impl Admin for AdminService {
                 at_risk,
                 by_status,
                 not_subscribed,
+                store.lost()?,
             ))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(store_status)?;
-        let (open_buckets, size, pending, oldest, sealed_through, at_risk, by_status, not_subscribed) = snapshot;
+        let (open_buckets, size, pending, oldest, sealed_through, at_risk, by_status, not_subscribed, lost) = snapshot;
         let now = self.clock.now_ms();
         let counters = self.store.counters();
         Ok(Response::new(v1::StatusResponse {
@@ -111,6 +113,8 @@ impl Admin for AdminService {
             records_at_risk: at_risk,
             customers_by_status: by_status,
             customers_not_subscribed: not_subscribed,
+            records_lost: lost.records,
+            units_lost: lost.units,
             disk_free_bytes: counters.disk_free_bytes.load(std::sync::atomic::Ordering::Relaxed),
             disk_reserve_bytes: counters.disk_reserve_bytes.load(std::sync::atomic::Ordering::Relaxed),
             disk_full: counters.disk_full.load(std::sync::atomic::Ordering::Relaxed),

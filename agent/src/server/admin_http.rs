@@ -54,6 +54,7 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
         let mut at_risk = 0;
         for r in &pending {
             if let crate::domain::event::Identity::Tenant(t) = &r.key.identity
+                && r.sent_as.is_none()
                 && a.store.mapping(t)?.is_none()
             {
                 at_risk += 1;
@@ -69,6 +70,7 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
             at_risk,
             open_buckets: a.store.open_bucket_count(),
             store_bytes: a.store.size_on_disk(),
+            lost: a.store.lost()?,
         };
         Ok::<_, crate::store::StoreError>(render(&a.metrics, &snapshot))
     })

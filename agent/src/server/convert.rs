@@ -74,6 +74,9 @@ pub fn report_to_wire(r: &crate::report::Report) -> v1::ReportResponse {
             expired_by_reason: t.expired_by_reason.clone().into_iter().collect(),
             reconciled: t.reconciled,
             compacted_records: t.compacted_records,
+            lost_records: t.lost_records,
+            lost_units: t.lost_units,
+            merged_units: t.merged_units,
         }),
     }
 }
@@ -119,6 +122,9 @@ pub fn report_from_wire(r: &v1::ReportResponse) -> crate::report::Report {
             expired_by_reason: t.expired_by_reason.into_iter().collect(),
             reconciled: t.reconciled,
             compacted_records: t.compacted_records,
+            lost_records: t.lost_records,
+            lost_units: t.lost_units,
+            merged_units: t.merged_units,
         },
     }
 }

@@ -39,6 +39,16 @@ fn refusal(prefix: &str, key: &str, r: &EventRefusal) -> (Code, String, String) 
                 crate::clock::rfc3339(*hour_ms)
             ),
         ),
+        EventRefusal::TooLate { event_time_ms, max_lateness } => (
+            Code::FailedPrecondition,
+            format!("{prefix}.timestamp"),
+            format!(
+                "{prefix}.timestamp: {} is older than pipeline.max_lateness ({}): usage that late is not billed \
+                 (AWS refuses it, and counting it now would bill the wrong period)",
+                crate::clock::rfc3339(*event_time_ms),
+                humantime::format_duration(*max_lateness)
+            ),
+        ),
         EventRefusal::NotActive { message } => {
             (Code::FailedPrecondition, format!("{prefix}.customer"), format!("{prefix}.customer: {message}"))
         }

@@ -6,6 +6,7 @@
 //! | `e/`   | `e/` + idempotency key                | postcard `StoredEvent`      |
 //! | `b/`   | `b/` + [`encode_bucket_key`]          | postcard `Bucket`           |
 //! | `m/`   | `m/sealed_through`                    | i64: every hour before it is sealed |
+//! | `m/`   | `m/lost`                              | postcard `Lost`: revenue AWS will never pay |
 //! | `r/`   | `r/` + hour + product + customer + dim | postcard `SealedRecord`     |
 //! | `q/`   | `q/` + deadline + record key          | empty: the pending queue, oldest deadline first |
 //! | `c/`   | `c/` + product + customer + dimension | postcard `Micros`: fraction carried to the next hour |
@@ -24,6 +25,8 @@ pub const BUCKET_PREFIX: &[u8] = b"b/";
 pub const SEALED_THROUGH_KEY: &[u8] = b"m/sealed_through";
 /// Totals of history compacted away, so the report still reconciles.
 pub const COMPACTED_KEY: &[u8] = b"m/compacted";
+/// Records AWS will never pay for (DuplicateRecord on a first send): never compacted, never decreases.
+pub const LOST_KEY: &[u8] = b"m/lost";
 pub const RECORD_PREFIX: &[u8] = b"r/";
 pub const QUEUE_PREFIX: &[u8] = b"q/";
 pub const CARRY_PREFIX: &[u8] = b"c/";
@@ -88,6 +91,19 @@ pub fn record_key(k: &crate::domain::record::RecordKey) -> Vec<u8> {
     out
 }
 
+/// `r/` + hour: the prefix of every record of that hour.
+pub fn record_hour_prefix(hour_ms: i64) -> Vec<u8> {
+    [RECORD_PREFIX, &hour_bytes(hour_ms)[..]].concat()
+}
+
+/// Whether a record key (`r/` + hour + series) belongs to `identity`'s series of `product`.
+pub fn record_key_is_of(record_key: &[u8], product: &str, identity: &Identity) -> bool {
+    let mut series = Vec::with_capacity(32);
+    put_str(&mut series, product);
+    put_identity(&mut series, identity);
+    record_key.get(RECORD_PREFIX.len() + 8..).is_some_and(|rest| rest.starts_with(&series))
+}
+
 /// Queue entry: `q/` + deadline + the record key, so a scan yields the most urgent record first.
 pub fn queue_key(deadline_ms: i64, record_key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(10 + record_key.len());
@@ -119,6 +135,11 @@ pub fn bucket_hour_bound(hour_ms: i64) -> Vec<u8> {
 
 fn put_series(out: &mut Vec<u8>, product: &str, identity: &Identity, dimension: &str) {
     put_str(out, product);
+    put_identity(out, identity);
+    put_str(out, dimension);
+}
+
+fn put_identity(out: &mut Vec<u8>, identity: &Identity) {
     match identity {
         Identity::Tenant(t) => {
             out.push(0);
@@ -134,7 +155,6 @@ fn put_series(out: &mut Vec<u8>, product: &str, identity: &Identity, dimension: 
             put_str(out, customer_identifier);
         }
     }
-    put_str(out, dimension);
 }
 
 pub fn encode_bucket_key(k: &BucketKey) -> Vec<u8> {

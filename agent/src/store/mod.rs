@@ -91,6 +91,14 @@ pub struct Compacted {
     pub expired: u64,
 }
 
+/// Records AWS answered DuplicateRecord on their first send: it already holds another quantity under their
+/// key, so their units are never billed. Kept apart from the records so retention never hides them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lost {
+    pub records: u64,
+    pub units: u64,
+}
+
 /// What applying a lifecycle event did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LifecycleOutcome {
@@ -143,6 +151,8 @@ pub struct StoreCounters {
     pub buckets_sealed: AtomicU64,
     pub records_sealed: AtomicU64,
     pub write_groups: AtomicU64,
+    /// Held tenant records merged into their identity's next hour because their AWS key was taken (since start).
+    pub records_merged: AtomicU64,
     /// Repacks done (since start), the time they took, and the live bytes the last bloat check measured.
     pub repacks: AtomicU64,
     /// Free bytes on the data dir's filesystem and the reserve, as of the last check (every ingest group), and
@@ -416,6 +426,14 @@ impl Store {
         Ok(match self.db().get(keys::COMPACTED_KEY)? {
             Some(v) => decode(&v)?,
             None => Compacted::default(),
+        })
+    }
+
+    /// Revenue lost so far (DuplicateRecord on a first send).
+    pub fn lost(&self) -> Result<Lost, StoreError> {
+        Ok(match self.db().get(keys::LOST_KEY)? {
+            Some(v) => decode(&v)?,
+            None => Lost::default(),
         })
     }
 

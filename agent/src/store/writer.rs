@@ -646,20 +646,30 @@ impl Writer {
                     applied: true,
                 }],
             };
-            batch.insert(lk, encode(&life));
+            batch.insert(lk.clone(), encode(&life));
         }
-        // Open usage held under the tenant moves to the identity it now maps to (buckets merge; nothing sealed
-        // changes). Sealed records stay and are sent with the mapped identity.
+        // AWS keeps one record per (customer, dimension, hour) and answers DuplicateRecord to any other: held
+        // usage may take an AWS key of the identity only if no other record has it. Usage that cannot takes the
+        // identity's next hour nobody else has (counted there as late), never a second record.
+        let customer = lk;
+        let open_hour = hour_start(now_ms).max(self.sealed_through()?);
+        let tenant = Identity::Tenant(m.tenant_id.clone());
         let mut moved = 0;
         let mut merged: HashMap<Vec<u8>, Bucket> = HashMap::new();
         for kv in self.db.scan_prefix(keys::BUCKET_PREFIX) {
             let (k, v) = kv?;
             let bk = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if bk.identity != Identity::Tenant(m.tenant_id.clone()) || bk.product != m.product {
+            if bk.identity != tenant || bk.product != m.product {
                 continue;
             }
-            let b: Bucket = decode(&v)?;
-            let target = keys::encode_bucket_key(&BucketKey { identity: m.identity.clone(), ..bk });
+            let mut b: Bucket = decode(&v)?;
+            let mut hour_ms = bk.hour_ms;
+            // Only a customer sealed early (deprovisioned) has records for open hours.
+            if self.aws_key_taken(hour_ms, &bk.product, &customer, &bk.dimension, &[])? {
+                hour_ms = self.free_hour(hour_ms.max(open_hour), &bk.product, &customer, &bk.dimension)?;
+                b.late = b.total;
+            }
+            let target = keys::encode_bucket_key(&BucketKey { identity: m.identity.clone(), hour_ms, ..bk });
             let mut t = match merged.remove(&target) {
                 Some(t) => t,
                 None => match self.db.get(&target)? {
@@ -674,11 +684,129 @@ impl Writer {
             batch.remove(k);
             moved += 1;
         }
+        // Sealed records held under the tenant, never sent: each takes its AWS key now (and keeps it: `sent_as`
+        // is frozen), or, when another record has that key, is merged into the identity's next free hour.
+        let mut carries: HashMap<Vec<u8>, Micros> = HashMap::new();
+        for kv in self.db.scan_prefix(keys::RECORD_PREFIX) {
+            let (k, v) = kv?;
+            if !keys::record_key_is_of(&k, &m.product, &tenant) {
+                continue;
+            }
+            let r: SealedRecord = decode(&v)?;
+            if r.sent_as.is_some() || r.state != RecordState::Sealed {
+                continue;
+            }
+            if !self.aws_key_taken(r.key.hour_ms, &r.key.product, &customer, &r.key.dimension, &k)? {
+                batch.insert(k.to_vec(), encode(&SealedRecord { sent_as: Some(m.identity.clone()), ..r }));
+                continue;
+            }
+            let into_hour_ms = self.free_hour(open_hour, &r.key.product, &customer, &r.key.dimension)?;
+            // The whole units ride in the identity's carry, so every micro-unit stays counted exactly once
+            // (recorded here, carried, then sealed into the identity's next record).
+            let ck = keys::carry_key(&r.key.product, &m.identity, &r.key.dimension);
+            let c = match carries.get(&ck) {
+                Some(c) => *c,
+                None => match self.db.get(&ck)? {
+                    Some(v) => decode(&v)?,
+                    None => Micros::ZERO,
+                },
+            };
+            let c = c
+                .checked_add(Micros::from_units(u64::from(r.quantity)))
+                .ok_or_else(|| StoreError::Corrupt("carry overflow".into()))?;
+            carries.insert(ck, c);
+            // The carry is sealed with the series' next bucket: make sure there is one.
+            let prefix = keys::record_prefix(into_hour_ms, &r.key.product, &m.identity, &r.key.dimension);
+            if r.quantity > 0
+                && !merged.keys().any(|b| b.starts_with(&prefix))
+                && self.db.scan_prefix(&prefix).next().is_none()
+            {
+                let placeholder = BucketKey {
+                    hour_ms: into_hour_ms,
+                    product: r.key.product.clone(),
+                    identity: m.identity.clone(),
+                    dimension: r.key.dimension.clone(),
+                    tags: Default::default(),
+                };
+                merged.insert(keys::encode_bucket_key(&placeholder), Bucket::default());
+            }
+            tracing::warn!(record = ?r.key, into = %m.identity.label(), units = r.quantity,
+                into_hour = %crate::clock::rfc3339(into_hour_ms),
+                "held usage maps to an AWS key another record already has: merged into the identity's next hour");
+            self.counters.records_merged.fetch_add(1, Ordering::Relaxed);
+            batch.remove(keys::queue_key(r.deadline_ms, &k));
+            let state = RecordState::Merged { into: m.identity.clone(), into_hour_ms, at_ms: now_ms };
+            batch.insert(k.to_vec(), encode(&SealedRecord { state, ..r }));
+        }
+        for (k, c) in carries {
+            batch.insert(k, encode(&c));
+        }
         for (k, b) in merged {
             batch.insert(k, encode(&b));
         }
         self.db.apply_batch(batch)?;
         Ok(moved)
+    }
+
+    /// The AWS customer a record is (or will be) sent as, as its `s/` key; None when it never goes out.
+    fn aws_customer(&self, r: &SealedRecord) -> Result<Option<Vec<u8>>, StoreError> {
+        let wire = match (&r.state, &r.key.identity, &r.sent_as) {
+            (RecordState::Carried | RecordState::Merged { .. }, _, _) => return Ok(None),
+            (_, Identity::Tenant(_), Some(sent)) => sent.clone(),
+            // Held and expired unmapped: never sent.
+            (RecordState::Expired { .. }, Identity::Tenant(_), None) => return Ok(None),
+            // Held under a tenant mapped before `sent_as` was fixed at mapping time: it goes out as the mapping.
+            (_, Identity::Tenant(t), None) => match self.db.get(keys::tenant_key(t))? {
+                Some(v) => match decode::<TenantMapping>(&v)? {
+                    m if m.product == r.key.product => m.identity,
+                    _ => return Ok(None),
+                },
+                None => return Ok(None),
+            },
+            (_, identity, _) => identity.clone(),
+        };
+        Ok(keys::lifecycle_key(&wire))
+    }
+
+    /// Whether a record other than the one at `except` has the AWS key (customer, dimension, hour) of `product`.
+    fn aws_key_taken(
+        &self,
+        hour_ms: UnixMillis,
+        product: &str,
+        customer: &[u8],
+        dimension: &str,
+        except: &[u8],
+    ) -> Result<bool, StoreError> {
+        for kv in self.db.scan_prefix(keys::record_hour_prefix(hour_ms)) {
+            let (k, v) = kv?;
+            if k.as_ref() == except {
+                continue;
+            }
+            let r: SealedRecord = decode(&v)?;
+            if r.key.product == product
+                && r.key.dimension == dimension
+                && self.aws_customer(&r)?.as_deref() == Some(customer)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The first hour from `from_ms` whose AWS key of this customer no record has. Records of open hours exist
+    /// only for customers sealed early, so this looks at one or two hours.
+    fn free_hour(
+        &self,
+        from_ms: UnixMillis,
+        product: &str,
+        customer: &[u8],
+        dimension: &str,
+    ) -> Result<UnixMillis, StoreError> {
+        let mut hour_ms = from_ms;
+        while self.aws_key_taken(hour_ms, product, customer, dimension, &[])? {
+            hour_ms += crate::clock::HOUR_MS;
+        }
+        Ok(hour_ms)
     }
 
     fn apply_lifecycle(&self, ev: &LifecycleEvent, params: &SealParams) -> Result<LifecycleOutcome, StoreError> {
@@ -982,6 +1110,7 @@ impl Writer {
 
     fn apply_update(&self, records: &[SealedRecord]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        let mut lost: Option<super::Lost> = None;
         for r in records {
             let rkey = keys::record_key(&r.key);
             let Some(old) = self.db.get(&rkey)? else {
@@ -1000,6 +1129,20 @@ impl Writer {
             if old.state.is_terminal() {
                 return Err(StoreError::Corrupt(format!("record {:?} is already {}", r.key, old.state.name())));
             }
+            if let RecordState::Rejected { reason, .. } = &r.state
+                && reason.is_lost()
+            {
+                // Counted in the same write as the state, so the total can neither miss nor double one.
+                let l = match lost.as_mut() {
+                    Some(l) => l,
+                    None => lost.insert(match self.db.get(keys::LOST_KEY)? {
+                        Some(v) => decode(&v)?,
+                        None => super::Lost::default(),
+                    }),
+                };
+                l.records += 1;
+                l.units += u64::from(r.quantity);
+            }
             let qkey = keys::queue_key(r.deadline_ms, &rkey);
             if r.state.is_terminal() {
                 batch.remove(qkey);
@@ -1007,6 +1150,9 @@ impl Writer {
                 batch.insert(qkey, &[][..]);
             }
             batch.insert(rkey, encode(r));
+        }
+        if let Some(l) = lost {
+            batch.insert(keys::LOST_KEY, encode(&l));
         }
         self.db.apply_batch(batch)?;
         Ok(())

@@ -268,8 +268,12 @@ impl Submitter {
                                 }
                             }
                             Some(RecordResult::DuplicateRecord) => {
-                                tracing::error!(record = ?r.key, "DuplicateRecord: AWS already holds another quantity for this hour \
-                                    (another system metered it?); this record is not billed");
+                                // A first send: AWS billed this key with another quantity. Rejected as lost (the
+                                // store counts it in `m/lost`); see docs/operations.md#revenue-lost.
+                                tracing::error!(record = ?r.key, units = r.quantity,
+                                    request_id = request_id.as_deref().unwrap_or("-"),
+                                    "REVENUE LOST: DuplicateRecord on the first send: AWS already holds another quantity \
+                                    for this hour (another system or agent metered it?); these units are never billed");
                                 self.stats.records_rejected.fetch_add(1, Ordering::Relaxed);
                                 self.metrics.rejected("DuplicateRecord");
                                 RecordState::Rejected {

@@ -150,6 +150,21 @@ class AgentStatus:
     @property
     def customers_not_subscribed(self) -> int:
         """Customers AWS last answered CustomerNotSubscribed for."""
+    @property
+    def records_lost(self) -> int:
+        """Records AWS answered DuplicateRecord for on their first send (revenue lost)."""
+    @property
+    def units_lost(self) -> int:
+        """Whole units of those records."""
+    @property
+    def disk_free_bytes(self) -> int:
+        """Free bytes on the data dir's filesystem, as of the last ingest."""
+    @property
+    def disk_reserve_bytes(self) -> int:
+        """Free space the agent keeps (storage.min_free)."""
+    @property
+    def disk_full(self) -> bool:
+        """True while ingest is refused because free space is below the reserve."""
 
 @final
 class FlushResult:
@@ -228,6 +243,15 @@ class ReportTotals:
     @property
     def compacted_records(self) -> int:
         """Terminal records older than storage.retention: gone from the rows, still counted in these totals."""
+    @property
+    def lost_records(self) -> int:
+        """Records AWS answered DuplicateRecord for on their first send (revenue lost)."""
+    @property
+    def lost_units(self) -> int:
+        """Whole units of those records."""
+    @property
+    def merged_units(self) -> int:
+        """Units of held tenant records merged into their identity's next hour (their AWS key was taken)."""
 
 @final
 class Report:
