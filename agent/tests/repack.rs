@@ -32,10 +32,16 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
+/// Opens a sled directory directly, waiting for the lock: a sled instance dropped in this process (a closed
+/// store, or this file's own handles) releases its file lock from a background thread a moment later.
+fn sled_open(path: &Path) -> sled::Db {
+    meterd::store::open_sled(path, 64 << 20).unwrap()
+}
+
 /// Every key and value of the live generation, read with sled directly (the store must be closed).
 fn dump(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let live = generation::current(dir).unwrap();
-    let db = sled::open(dir.join(live)).unwrap();
+    let db = sled_open(&dir.join(live));
     db.iter().map(|kv| kv.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
 }
 
@@ -174,7 +180,7 @@ fn a_repack_interrupted_before_the_switch_leaves_the_old_generation_live() {
     let before = dump(dir.path());
     // What a crash mid-copy leaves: part of the next generation and maybe an unrenamed CURRENT.tmp.
     {
-        let half = sled::open(dir.path().join("sled-1")).unwrap();
+        let half = sled_open(&dir.path().join("sled-1"));
         half.insert(b"e/half-copied", b"garbage".to_vec()).unwrap();
         half.flush().unwrap();
     }
@@ -203,7 +209,7 @@ fn a_repack_interrupted_after_the_switch_opens_the_new_generation() {
     let after = dump(dir.path());
     // What a crash after CURRENT was renamed but before the old generation was deleted leaves.
     {
-        let old = sled::open(dir.path().join("sled")).unwrap();
+        let old = sled_open(&dir.path().join("sled"));
         old.insert(b"e/stale", b"garbage".to_vec()).unwrap();
         old.flush().unwrap();
     }

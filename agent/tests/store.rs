@@ -119,7 +119,7 @@ fn reopen_keeps_everything_and_checks_the_schema_version() {
         store.close().await.unwrap();
         drop(store);
         // A store written by a newer meterd is refused rather than misread.
-        let db = sled::open(dir.path().join("sled")).unwrap();
+        let db = meterd::store::open_sled(&dir.path().join("sled"), 64 << 20).unwrap();
         db.insert(meterd::store::keys::SCHEMA_VERSION_KEY, &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
         drop(db);

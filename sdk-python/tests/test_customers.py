@@ -113,6 +113,8 @@ def test_async_customer_calls(own_agent: Agent, tenant: str) -> None:
             assert info.customer == aws
             got, listed = await asyncio.gather(c.get_customer(tenant), c.list_customers())
             assert got.status == "active" and [i.tenant_id for i in listed] == [tenant]
+            # An end event is applied only once AWS confirms the agreement ended.
+            own_agent.end_agreement(AGREEMENT)
             outcome = await c.apply_event(license_deprovisioned())
             assert outcome.applied and outcome.status == "deprovisioning"
             with pytest.raises(meterd.CustomerNotActive):

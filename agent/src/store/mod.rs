@@ -621,9 +621,10 @@ fn check_generation_present(dir: &Path, live: &str, marker: &str) -> Result<(), 
 
 /// How long `open` waits for sled's file lock. A sled instance dropped in this process releases it from a
 /// background thread a moment later (a restart in tests, or a store closed and reopened by an embedding app).
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub(crate) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+/// Opens a sled directory, waiting (10 s at most) for its file lock; public for tests that inspect a closed store.
+pub fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match sled::Config::new().path(path).cache_capacity(cache_bytes).open() {
