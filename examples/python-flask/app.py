@@ -20,23 +20,27 @@ app = Flask(__name__)
 meter = meterd.Client(os.environ.get("METERD_TARGET", "127.0.0.1:7171"), timeout=2.0)
 
 
+@app.errorhandler(meterd.MeterdError)
+def metering_failed(e: meterd.MeterdError):
+    """Every route's metering failure, in one place (an unhandled one would be a bare 500)."""
+    if isinstance(e, meterd.InvalidUsage):  # a bug in this app: say so loudly
+        return jsonify(error="metering bug", field=e.field, detail=str(e)), 500
+    # Agent down (or refusing) for longer than the retry budget: do not give the work away; the app keeps serving.
+    return jsonify(error="metering unavailable", code=e.code), 503
+
+
 @app.get("/work")
 def work():
     tenant = request.headers.get("x-tenant", "anonymous")
     # ... the billable work happens here ...
-    try:
-        # One line per billable unit. Passing the request id as the key makes a client retry of this HTTP
-        # request count once, too.
-        receipt = meter.record_usage(
-            customer=tenant,
-            dimension="api_calls",
-            quantity=1,
-            idempotency_key=request.headers.get("x-request-id"),
-        )
-    except meterd.InvalidUsage as e:  # a bug in this app: say so loudly
-        return jsonify(error="metering bug", field=e.field, detail=str(e)), 500
-    except meterd.MeterdError as e:  # agent down longer than the retry budget: do not give the work away
-        return jsonify(error="metering unavailable", code=e.code), 503
+    # One line per billable unit. Passing the request id as the key makes a client retry of this HTTP
+    # request count once, too. A failure is answered by `metering_failed` above.
+    receipt = meter.record_usage(
+        customer=tenant,
+        dimension="api_calls",
+        quantity=1,
+        idempotency_key=request.headers.get("x-request-id"),
+    )
     return jsonify(tenant=tenant, usage_key=receipt.idempotency_key, hour=receipt.usage_hour.isoformat())
 
 
