@@ -1,7 +1,7 @@
 //! The emulated service: its mutable state and the three operations. Everything here runs under one lock and
 //! never awaits, so each call sees and leaves a consistent ledger.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::http::StatusCode;
@@ -74,6 +74,9 @@ pub(crate) struct State {
     /// Every license ever known (config, tokens, added customers): removing a customer unsubscribes it but its
     /// license still names a product, as a cancelled agreement's license does.
     licenses: HashMap<String, LicenseInfo>,
+    /// Every (product, CustomerIdentifier) ever known, likewise: an identifier that never existed is
+    /// `InvalidCustomerIdentifierException`, one whose subscription ended is `CustomerNotSubscribed`.
+    legacy_customers: HashSet<(String, String)>,
     tokens: HashMap<String, EmuToken>,
     pub ledger: Ledger,
     pub counters: Counters,
@@ -96,6 +99,7 @@ impl State {
                 .collect(),
             customers: BTreeSet::new(),
             licenses: HashMap::new(),
+            legacy_customers: HashSet::new(),
             tokens: cfg.registration_tokens.iter().map(|t| (t.token.clone(), t.clone())).collect(),
             ledger: Ledger::default(),
             counters: Counters::default(),
@@ -118,6 +122,9 @@ impl State {
             self.licenses
                 .entry(l.clone())
                 .or_insert_with(|| LicenseInfo { product: c.product_code.clone(), account: a.clone() });
+        }
+        if let Some(id) = &c.customer_identifier {
+            self.legacy_customers.insert((c.product_code.clone(), id.clone()));
         }
     }
 
@@ -279,7 +286,13 @@ impl Shared {
         let now_ms = self.now_ms(st);
         let input = wire::batch_meter_usage_input(m)?;
         let (product_code, records) = rules::batch_shape(input)?;
-        let batch = rules::batch_identity(product_code.as_deref(), &records, &st.products, &st.licenses)?;
+        let batch = rules::batch_identity(
+            product_code.as_deref(),
+            &records,
+            &st.products,
+            &st.licenses,
+            &st.legacy_customers,
+        )?;
         let allocations = rules::batch_allocations(&records)?;
         if let Some(p) = &batch.product
             && let Some(dims) = st.products.get(p)
@@ -303,15 +316,18 @@ impl Shared {
                 unprocessed.push(Value::Object(r.echo));
                 continue;
             }
-            if !st.is_subscribed(&identity) {
+            let hour = hour_start_ms(r.timestamp_ms.unwrap_or_default());
+            let key = DedupKey { identity: identity.clone(), dimension: r.dimension.clone(), hour_start_ms: hour };
+            let fp = Fingerprint { quantity: r.quantity, allocations: allocs };
+            let lookup = st.ledger.lookup(&key, &fp);
+            // An identical resend of a billed record is idempotent even after the customer unsubscribed: the
+            // first answer was Success and the usage is billed, so the resend must not contradict it.
+            if !matches!(lookup, Lookup::Same { .. }) && !st.is_subscribed(&identity) {
                 st.counters.not_subscribed += 1;
                 results.push(json!({ "UsageRecord": r.echo, "Status": "CustomerNotSubscribed" }));
                 continue;
             }
-            let hour = hour_start_ms(r.timestamp_ms.unwrap_or_default());
-            let key = DedupKey { identity: identity.clone(), dimension: r.dimension.clone(), hour_start_ms: hour };
-            let fp = Fingerprint { quantity: r.quantity, allocations: allocs };
-            match st.ledger.lookup(&key, &fp) {
+            match lookup {
                 Lookup::Fresh => {
                     let id = st.rng.record_id();
                     let entry = self.entry(
@@ -329,8 +345,11 @@ impl Shared {
                     st.counters.records_accepted += 1;
                     results.push(json!({ "UsageRecord": r.echo, "MeteringRecordId": id, "Status": "Success" }));
                 }
-                Lookup::Same(id) => {
+                Lookup::Same { id, other_allocations } => {
                     st.counters.records_replayed += 1;
+                    if other_allocations {
+                        st.counters.replayed_with_other_allocations += 1;
+                    }
                     results.push(json!({ "UsageRecord": r.echo, "MeteringRecordId": id, "Status": "Success" }));
                 }
                 Lookup::Conflict => {
@@ -459,8 +478,11 @@ impl Shared {
                 st.counters.records_accepted += 1;
                 Ok(id)
             }
-            Lookup::Same(id) => {
+            Lookup::Same { id, other_allocations } => {
                 st.counters.records_replayed += 1;
+                if other_allocations {
+                    st.counters.replayed_with_other_allocations += 1;
+                }
                 Ok(id)
             }
             Lookup::Conflict => {
