@@ -11,7 +11,7 @@ use crate::clock::{Clock, epoch_millis, hour_start_ms};
 use crate::config::{EmuCustomer, EmuToken, EmulatorConfig, Faults};
 use crate::counters::Counters;
 use crate::decimal::Quantity;
-use crate::faults::{CallFaults, FaultRng, TokenBucket};
+use crate::faults::{CallFaults, FaultRng, RateLimitMode, RateLimiter};
 use crate::ledger::{DedupKey, Fingerprint, Ledger, LedgerEntry, Lookup, ledger_allocations};
 use crate::rules::{self, Identity, LicenseInfo, QtyKind};
 use crate::wire::{self, AwsError};
@@ -66,8 +66,9 @@ pub(crate) struct State {
     pub clock_offset_secs: i64,
     pub faults: Faults,
     pub rate_limit_per_sec: f64,
-    batch_bucket: TokenBucket,
-    meter_bucket: TokenBucket,
+    rate_limit_mode: RateLimitMode,
+    batch_bucket: RateLimiter,
+    meter_bucket: RateLimiter,
     rng: FaultRng,
     products: BTreeMap<String, BTreeSet<String>>,
     pub customers: BTreeSet<EmuCustomer>,
@@ -89,8 +90,9 @@ impl State {
             clock_offset_secs: cfg.clock_offset_secs,
             faults: cfg.faults.clone(),
             rate_limit_per_sec: cfg.rate_limit_per_sec,
-            batch_bucket: TokenBucket::new(cfg.rate_limit_per_sec),
-            meter_bucket: TokenBucket::new(cfg.rate_limit_per_sec),
+            rate_limit_mode: cfg.rate_limit_mode,
+            batch_bucket: RateLimiter::new(cfg.rate_limit_mode, cfg.rate_limit_per_sec),
+            meter_bucket: RateLimiter::new(cfg.rate_limit_mode, cfg.rate_limit_per_sec),
             rng: FaultRng::new(cfg.seed),
             products: cfg
                 .products
@@ -145,8 +147,8 @@ impl State {
 
     pub fn set_rate_limit(&mut self, per_sec: f64) {
         self.rate_limit_per_sec = per_sec;
-        self.batch_bucket = TokenBucket::new(per_sec);
-        self.meter_bucket = TokenBucket::new(per_sec);
+        self.batch_bucket = RateLimiter::new(self.rate_limit_mode, per_sec);
+        self.meter_bucket = RateLimiter::new(self.rate_limit_mode, per_sec);
     }
 
     fn is_subscribed(&self, id: &Identity) -> bool {
