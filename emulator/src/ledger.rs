@@ -29,7 +29,10 @@ pub(crate) enum Lookup {
     /// The same quantity as the accepted record with this MeteringRecordId: AWS defines `DuplicateRecord` as
     /// "the same customer, dimension, and time, but a different quantity", so this is an idempotent `Success`
     /// and the first record's allocations stay. `other_allocations` says the resend's allocations differ.
-    Same { id: String, other_allocations: bool },
+    Same {
+        id: String,
+        other_allocations: bool,
+    },
     /// Same key, different quantity: not billed.
     Conflict,
 }

@@ -283,7 +283,9 @@ pub fn batch_identity(
     let mut identities = Vec::with_capacity(records.len());
     if let Some(pc) = product_code {
         if !products.contains_key(pc) {
-            return Err(product_err(format!("The product code {pc} does not match a product published by this seller")));
+            return Err(product_err(format!(
+                "The product code {pc} does not match a product published by this seller"
+            )));
         }
         for (i, r) in records.iter().enumerate() {
             let n = i + 1;

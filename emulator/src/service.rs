@@ -288,13 +288,8 @@ impl Shared {
         let now_ms = self.now_ms(st);
         let input = wire::batch_meter_usage_input(m)?;
         let (product_code, records) = rules::batch_shape(input)?;
-        let batch = rules::batch_identity(
-            product_code.as_deref(),
-            &records,
-            &st.products,
-            &st.licenses,
-            &st.legacy_customers,
-        )?;
+        let batch =
+            rules::batch_identity(product_code.as_deref(), &records, &st.products, &st.licenses, &st.legacy_customers)?;
         let allocations = rules::batch_allocations(&records)?;
         if let Some(p) = &batch.product
             && let Some(dims) = st.products.get(p)
