@@ -144,6 +144,8 @@ async fn run(args: &Args, mode: RateLimitMode, other_client: Option<f64>) -> any
     let start = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        // The agent's clock follows real time: throttled records are resent after a backoff on that clock.
+        s.clock.advance(250);
         let st = s.client.admin().status(v1::StatusRequest {}).await?.into_inner();
         if st.pending_records == 0 {
             break;
