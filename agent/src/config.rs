@@ -299,7 +299,8 @@ pub struct AccountConfig {
     /// Appended to the AWS user agent so the seller's calls are attributable.
     #[serde(default = "default_app_id")]
     pub app_id: String,
-    /// BatchMeterUsage calls per second (AWS allows 10 per account and Region; others may share it).
+    /// Ceiling of BatchMeterUsage calls per second (AWS allows 10 per account and Region). The submitter paces
+    /// adaptively below it: it slows down on throttling (another tool sharing the quota) and climbs back.
     #[serde(default = "default_rate")]
     pub calls_per_second: f64,
     /// Per-call timeout ("10s").
@@ -311,7 +312,7 @@ fn default_app_id() -> String {
     "meterd".into()
 }
 fn default_rate() -> f64 {
-    5.0
+    10.0
 }
 fn default_call_timeout() -> Duration {
     Duration::from_secs(10)
@@ -785,6 +786,8 @@ mod tests {
         assert_eq!(c.default_product(), Some("app"));
         assert_eq!(c.ingest.max_future_skew, Duration::from_secs(300));
         assert_eq!(c.pipeline.max_lateness, Duration::from_secs(24 * 3600));
+        // The pacer's ceiling defaults to AWS's whole quota: it backs off by itself when the quota is shared.
+        assert!(c.accounts.values().all(|a| a.calls_per_second == 10.0));
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub async fn prepare(mut config: Config, speed: f64) -> anyhow::Result<Simulatio
             role_arn: None,
             test_credentials: true,
             app_id: "meterd-simulate".into(),
-            calls_per_second: 5.0,
+            calls_per_second: 10.0,
             call_timeout: Duration::from_secs(10),
         },
     )]);

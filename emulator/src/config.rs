@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::faults::RateLimitMode;
 use crate::rules;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -15,6 +16,9 @@ pub struct EmulatorConfig {
     /// BatchMeterUsage calls per second (MeterUsage has its own bucket at the same rate); excess calls get
     /// `ThrottlingException`. AWS's quota is 10. `0` turns the limit off.
     pub rate_limit_per_sec: f64,
+    /// How the limit is enforced: `token_bucket` (burst of one second's worth) or `rolling_window` (at most
+    /// `rate_limit_per_sec` calls in any rolling second). AWS does not document its shape.
+    pub rate_limit_mode: RateLimitMode,
     /// How long after the start of a record's hour BatchMeterUsage still accepts it (AWS: 24 h). The month-end
     /// cap (06:00 UTC on the 1st of the next month) applies on top.
     pub submission_window_secs: u64,
@@ -38,6 +42,7 @@ impl Default for EmulatorConfig {
         Self {
             seed: 0,
             rate_limit_per_sec: 10.0,
+            rate_limit_mode: RateLimitMode::TokenBucket,
             submission_window_secs: 86_400,
             meter_usage_window_secs: 21_600,
             clock_offset_secs: 0,
@@ -331,6 +336,11 @@ mod tests {
     fn defaults_match_aws() {
         let c = EmulatorConfig::from_toml_str("").unwrap();
         assert_eq!(c.rate_limit_per_sec, 10.0);
+        assert_eq!(c.rate_limit_mode, RateLimitMode::TokenBucket);
+        let c = EmulatorConfig::from_toml_str("rate_limit_mode = \"rolling_window\"").unwrap();
+        assert_eq!(c.rate_limit_mode, RateLimitMode::RollingWindow);
+        let e = EmulatorConfig::from_toml_str("rate_limit_mode = \"leaky\"").unwrap_err().to_string();
+        assert!(e.contains("rolling_window"), "{e}");
         assert_eq!(c.submission_window_secs, 86_400);
         assert_eq!(c.meter_usage_window_secs, 21_600);
         assert!(!c.strict_wire);

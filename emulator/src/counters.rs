@@ -36,6 +36,9 @@ pub struct Counters {
     pub records_accepted: u64,
     /// Identical resends answered `Success` with the first MeteringRecordId (not billed again).
     pub records_replayed: u64,
+    /// Of those, resends with the same quantity but other allocations (the first record's allocations stay
+    /// billed): AWS does not call them duplicates, but they mean the sender's allocations changed.
+    pub replayed_with_other_allocations: u64,
     /// `DuplicateRecord` statuses plus MeterUsage `DuplicateRequestException`s: not billed.
     pub duplicates: u64,
     /// `CustomerNotSubscribed` statuses.

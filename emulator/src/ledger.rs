@@ -15,8 +15,9 @@ pub(crate) struct DedupKey {
     pub hour_start_ms: i64,
 }
 
-/// What makes two records for one key "identical": the quantity by value and the allocations (tag sets with
-/// their quantities), not the exact timestamp within the hour or the wire form of the numbers.
+/// What a record for one key is compared by: the quantity by value (not its wire form, nor the exact timestamp
+/// within the hour), and the allocations (tag sets with their quantities), which only decide whether a replay
+/// is reported as carrying other allocations.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Fingerprint {
     pub quantity: Quantity,
@@ -25,9 +26,14 @@ pub(crate) struct Fingerprint {
 
 pub(crate) enum Lookup {
     Fresh,
-    /// Identical to the accepted record with this MeteringRecordId.
-    Same(String),
-    /// Same key, different content: not billed.
+    /// The same quantity as the accepted record with this MeteringRecordId: AWS defines `DuplicateRecord` as
+    /// "the same customer, dimension, and time, but a different quantity", so this is an idempotent `Success`
+    /// and the first record's allocations stay. `other_allocations` says the resend's allocations differ.
+    Same {
+        id: String,
+        other_allocations: bool,
+    },
+    /// Same key, different quantity: not billed.
     Conflict,
 }
 
@@ -90,7 +96,10 @@ impl Ledger {
     pub fn lookup(&self, key: &DedupKey, fp: &Fingerprint) -> Lookup {
         match self.index.get(key) {
             None => Lookup::Fresh,
-            Some((first, i)) if first == fp => Lookup::Same(self.entries[*i].metering_record_id.clone()),
+            Some((first, i)) if first.quantity == fp.quantity => Lookup::Same {
+                id: self.entries[*i].metering_record_id.clone(),
+                other_allocations: first.allocations != fp.allocations,
+            },
             Some(_) => Lookup::Conflict,
         }
     }

@@ -22,7 +22,7 @@ mod wire;
 use std::sync::Arc;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{ConfigError, EmuCustomer, EmuProduct, EmuToken, EmulatorConfig, Faults};
+pub use config::{ConfigError, EmuCustomer, EmuProduct, EmuToken, EmulatorConfig, Faults, RateLimitMode};
 pub use counters::{Counters, InjectedFaults};
 pub use decimal::Quantity;
 pub use ledger::{LedgerAllocation, LedgerEntry, LedgerTag, Total};

@@ -2,13 +2,13 @@
 //! real service uses for it; the first failing rule (in the order the stages run) decides the answer, and any
 //! request-level failure refuses the whole request.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::LazyLock;
 
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use crate::clock::{hour_start_ms, month_grace_end_ms, rfc3339, same_month};
+use crate::clock::{month_grace_end_ms, rfc3339, same_month};
 use crate::decimal::Quantity;
 use crate::wire::{AwsError, BatchMeterUsageInput, MeterUsageInput, RawAllocation, WireInt};
 
@@ -276,44 +276,67 @@ fn allocation_shapes(errors: &mut Vec<String>, path: &str, allocs: Option<&[RawA
     }
 }
 
-/// Identity shapes, product and license checks → `ValidationException`, `InvalidProductCodeException`,
-/// `InvalidLicenseException`. Unknown licenses and customers are not errors here: they become
-/// `CustomerNotSubscribed` per record.
+/// Identity shapes, product, license and customer-identifier checks → `InvalidProductCodeException`,
+/// `InvalidLicenseException`, `InvalidCustomerIdentifierException` (the modelled errors a seller's handler and
+/// a bisecting agent see; each names the record). Unknown licenses and accounts are not errors here: they
+/// become `CustomerNotSubscribed` per record. `legacy_customers` holds every (product, CustomerIdentifier)
+/// ever known, subscribed or not.
 pub fn batch_identity(
     product_code: Option<&str>,
     records: &[Record],
     products: &BTreeMap<String, BTreeSet<String>>,
     licenses: &HashMap<String, LicenseInfo>,
+    legacy_customers: &HashSet<(String, String)>,
 ) -> Result<BatchIdentity, AwsError> {
-    let shape = |m: String| AwsError::validation(vec![m]);
+    let customer_err = |m: String| AwsError::client("InvalidCustomerIdentifierException", m);
+    let license_err = |m: String| AwsError::client("InvalidLicenseException", m);
+    let product_err = |m: String| AwsError::client("InvalidProductCodeException", m);
     let mut identities = Vec::with_capacity(records.len());
     if let Some(pc) = product_code {
         if !products.contains_key(pc) {
-            return Err(AwsError::client(
-                "InvalidProductCodeException",
-                format!("The product code {pc} does not match a product published by this seller"),
-            ));
+            return Err(product_err(format!(
+                "The product code {pc} does not match a product published by this seller"
+            )));
         }
         for (i, r) in records.iter().enumerate() {
             let n = i + 1;
             if r.license.is_some() {
-                return Err(shape(format!(
+                // The fix is on the request (drop ProductCode), so the error names the product code.
+                return Err(product_err(format!(
                     "usageRecords.{n}: LicenseArn records (Concurrent Agreements) must not be sent with a request \
                      ProductCode; remove ProductCode from the request"
                 )));
             }
             identities.push(match (&r.customer_identifier, &r.account) {
                 (Some(_), Some(_)) => {
-                    return Err(shape(format!(
+                    return Err(customer_err(format!(
                         "usageRecords.{n}: CustomerIdentifier and CustomerAWSAccountId are mutually exclusive"
                     )));
                 }
                 (Some(c), None) => {
+                    if !legacy_customers.contains(&(pc.to_string(), c.clone())) {
+                        return Err(customer_err(format!(
+                            "usageRecords.{n}: CustomerIdentifier '{c}' does not exist for product {pc}"
+                        )));
+                    }
                     Identity::ProductCustomer { product: pc.to_string(), customer_identifier: c.clone() }
                 }
-                (None, Some(a)) => Identity::ProductAccount { product: pc.to_string(), account: a.clone() },
+                (None, Some(a)) => {
+                    // The same buyer keyed by ProductCode and by LicenseArn is two dedup keys: AWS warns that
+                    // metering both bills twice, and new (Concurrent Agreements) products must not use ProductCode.
+                    if let Some((license, _)) =
+                        licenses.iter().find(|(_, info)| info.product == pc && &info.account == a)
+                    {
+                        return Err(product_err(format!(
+                            "usageRecords.{n}: product {pc} is metered by license for CustomerAWSAccountId {a} \
+                             ({license}); send CustomerAWSAccountId + LicenseArn without a request ProductCode \
+                             (metering both ways bills twice)"
+                        )));
+                    }
+                    Identity::ProductAccount { product: pc.to_string(), account: a.clone() }
+                }
                 (None, None) => {
-                    return Err(shape(format!(
+                    return Err(customer_err(format!(
                         "usageRecords.{n}: a record needs CustomerIdentifier or CustomerAWSAccountId"
                     )));
                 }
@@ -330,25 +353,26 @@ pub fn batch_identity(
             } else {
                 "CustomerIdentifier records (legacy integrations) need the request ProductCode"
             };
-            return Err(shape(format!("usageRecords.{n}: {why}")));
+            return Err(customer_err(format!("usageRecords.{n}: {why}")));
         }
-        let (Some(account), Some(license)) = (&r.account, &r.license) else {
-            return Err(shape(format!(
+        let Some(license) = &r.license else {
+            return Err(license_err(format!(
                 "usageRecords.{n}: without a request ProductCode every record needs CustomerAWSAccountId and LicenseArn"
             )));
         };
+        let Some(account) = &r.account else {
+            return Err(customer_err(format!(
+                "usageRecords.{n}: LicenseArn {license} needs the CustomerAWSAccountId it was granted to"
+            )));
+        };
         if !is_license_arn(license) {
-            return Err(AwsError::client(
-                "InvalidLicenseException",
-                format!("usageRecords.{n}: LicenseArn '{license}' is not a valid license ARN"),
-            ));
+            return Err(license_err(format!("usageRecords.{n}: LicenseArn '{license}' is not a valid license ARN")));
         }
         if let Some(info) = licenses.get(license) {
             if &info.account != account {
-                return Err(AwsError::client(
-                    "InvalidLicenseException",
-                    format!("usageRecords.{n}: LicenseArn {license} does not belong to CustomerAWSAccountId {account}"),
-                ));
+                return Err(license_err(format!(
+                    "usageRecords.{n}: LicenseArn {license} does not belong to CustomerAWSAccountId {account}"
+                )));
             }
             batch_products.insert(info.product.clone());
         }
@@ -356,13 +380,10 @@ pub fn batch_identity(
     }
     if batch_products.len() > 1 {
         let list: Vec<_> = batch_products.into_iter().collect();
-        return Err(AwsError::client(
-            "InvalidLicenseException",
-            format!(
-                "LicenseArns of more than one product in one request ({}); make one call per product",
-                list.join(", ")
-            ),
-        ));
+        return Err(license_err(format!(
+            "LicenseArns of more than one product in one request ({}); make one call per product",
+            list.join(", ")
+        )));
     }
     Ok(BatchIdentity { product: batch_products.into_iter().next(), identities })
 }
@@ -484,7 +505,8 @@ pub fn dimension_check(product: &str, dims: &BTreeSet<String>, dimension: &str) 
 }
 
 /// `TimestampOutOfBoundsException` unless the record's time is not in the future and `now` is before its
-/// deadline: min(hour start + window, 06:00 UTC on the 1st of the next month when the hour is in an earlier month).
+/// deadline: min(timestamp + window, 06:00 UTC on the 1st of the next month when the record is from an earlier
+/// month). AWS counts the window from the record's time ("up to 24 hours in the past"), not from its hour.
 pub fn timestamp_check(
     ts_ms: Option<i64>,
     secs: f64,
@@ -499,19 +521,17 @@ pub fn timestamp_check(
     if ts > now_ms {
         return Err(oob(format!("Timestamp {} is in the future (service time {})", rfc3339(ts), rfc3339(now_ms))));
     }
-    let hour = hour_start_ms(ts);
-    let mut deadline = hour.saturating_add(window_ms);
+    let mut deadline = ts.saturating_add(window_ms);
     if month_cap
-        && !same_month(hour, now_ms)
-        && let Some(cap) = month_grace_end_ms(hour)
+        && !same_month(ts, now_ms)
+        && let Some(cap) = month_grace_end_ms(ts)
     {
         deadline = deadline.min(cap);
     }
     if now_ms >= deadline {
         return Err(oob(format!(
-            "Timestamp {} is out of the allowed range: usage for the hour {} was accepted until {} (service time {})",
+            "Timestamp {} is out of the allowed range: it was accepted until {} (service time {})",
             rfc3339(ts),
-            rfc3339(hour),
             rfc3339(deadline),
             rfc3339(now_ms)
         )));
@@ -633,6 +653,11 @@ mod tests {
         assert!(timestamp_check(Some(rec), 0.0, now + h, hours(24), true).is_err());
         // A March 31 00:00 record at 05:00 on April 1 is past its 24 h window already.
         assert!(timestamp_check(Some(rec - 23 * h), 0.0, now, hours(24), true).is_err());
+        // The window counts from the record's timestamp: a record from 12:59 is still accepted 23 h 59 m
+        // later (13 min before the 24 h are up), and refused at exactly 24 h.
+        let ts = 1_795_780_800_000 + 59 * 60_000; // 2026-11-27T12:59:00Z
+        assert!(timestamp_check(Some(ts), 0.0, ts + hours(24) - 60_000, hours(24), true).is_ok());
+        assert!(timestamp_check(Some(ts), 0.0, ts + hours(24), hours(24), true).is_err());
         // Future by one millisecond.
         assert!(timestamp_check(Some(now + 1), 0.0, now, hours(24), true).is_err());
     }

@@ -1,7 +1,7 @@
 //! The emulated service: its mutable state and the three operations. Everything here runs under one lock and
 //! never awaits, so each call sees and leaves a consistent ledger.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::http::StatusCode;
@@ -11,7 +11,7 @@ use crate::clock::{Clock, epoch_millis, hour_start_ms};
 use crate::config::{EmuCustomer, EmuToken, EmulatorConfig, Faults};
 use crate::counters::Counters;
 use crate::decimal::Quantity;
-use crate::faults::{CallFaults, FaultRng, TokenBucket};
+use crate::faults::{CallFaults, FaultRng, RateLimitMode, RateLimiter};
 use crate::ledger::{DedupKey, Fingerprint, Ledger, LedgerEntry, Lookup, ledger_allocations};
 use crate::requests::RequestLog;
 use crate::rules::{self, Identity, LicenseInfo, QtyKind};
@@ -67,14 +67,18 @@ pub(crate) struct State {
     pub clock_offset_secs: i64,
     pub faults: Faults,
     pub rate_limit_per_sec: f64,
-    batch_bucket: TokenBucket,
-    meter_bucket: TokenBucket,
+    rate_limit_mode: RateLimitMode,
+    batch_bucket: RateLimiter,
+    meter_bucket: RateLimiter,
     rng: FaultRng,
     products: BTreeMap<String, BTreeSet<String>>,
     pub customers: BTreeSet<EmuCustomer>,
     /// Every license ever known (config, tokens, added customers): removing a customer unsubscribes it but its
     /// license still names a product, as a cancelled agreement's license does.
     licenses: HashMap<String, LicenseInfo>,
+    /// Every (product, CustomerIdentifier) ever known, likewise: an identifier that never existed is
+    /// `InvalidCustomerIdentifierException`, one whose subscription ended is `CustomerNotSubscribed`.
+    legacy_customers: HashSet<(String, String)>,
     tokens: HashMap<String, EmuToken>,
     /// Agreement id → status, for DescribeAgreement.
     pub agreements: BTreeMap<String, String>,
@@ -90,8 +94,9 @@ impl State {
             clock_offset_secs: cfg.clock_offset_secs,
             faults: cfg.faults.clone(),
             rate_limit_per_sec: cfg.rate_limit_per_sec,
-            batch_bucket: TokenBucket::new(cfg.rate_limit_per_sec),
-            meter_bucket: TokenBucket::new(cfg.rate_limit_per_sec),
+            rate_limit_mode: cfg.rate_limit_mode,
+            batch_bucket: RateLimiter::new(cfg.rate_limit_mode, cfg.rate_limit_per_sec),
+            meter_bucket: RateLimiter::new(cfg.rate_limit_mode, cfg.rate_limit_per_sec),
             rng: FaultRng::new(cfg.seed),
             products: cfg
                 .products
@@ -100,6 +105,7 @@ impl State {
                 .collect(),
             customers: BTreeSet::new(),
             licenses: HashMap::new(),
+            legacy_customers: HashSet::new(),
             tokens: cfg.registration_tokens.iter().map(|t| (t.token.clone(), t.clone())).collect(),
             agreements: cfg
                 .registration_tokens
@@ -130,6 +136,9 @@ impl State {
                 .entry(l.clone())
                 .or_insert_with(|| LicenseInfo { product: c.product_code.clone(), account: a.clone() });
         }
+        if let Some(id) = &c.customer_identifier {
+            self.legacy_customers.insert((c.product_code.clone(), id.clone()));
+        }
     }
 
     pub fn add_customer(&mut self, c: EmuCustomer) {
@@ -149,8 +158,8 @@ impl State {
 
     pub fn set_rate_limit(&mut self, per_sec: f64) {
         self.rate_limit_per_sec = per_sec;
-        self.batch_bucket = TokenBucket::new(per_sec);
-        self.meter_bucket = TokenBucket::new(per_sec);
+        self.batch_bucket = RateLimiter::new(self.rate_limit_mode, per_sec);
+        self.meter_bucket = RateLimiter::new(self.rate_limit_mode, per_sec);
     }
 
     fn is_subscribed(&self, id: &Identity) -> bool {
@@ -291,7 +300,8 @@ impl Shared {
         let now_ms = self.now_ms(st);
         let input = wire::batch_meter_usage_input(m)?;
         let (product_code, records) = rules::batch_shape(input, self.initial.strict_wire)?;
-        let batch = rules::batch_identity(product_code.as_deref(), &records, &st.products, &st.licenses)?;
+        let batch =
+            rules::batch_identity(product_code.as_deref(), &records, &st.products, &st.licenses, &st.legacy_customers)?;
         let allocations = rules::batch_allocations(&records)?;
         if let Some(p) = &batch.product
             && let Some(dims) = st.products.get(p)
@@ -315,15 +325,18 @@ impl Shared {
                 unprocessed.push(Value::Object(r.echo));
                 continue;
             }
-            if !st.is_subscribed(&identity) {
+            let hour = hour_start_ms(r.timestamp_ms.unwrap_or_default());
+            let key = DedupKey { identity: identity.clone(), dimension: r.dimension.clone(), hour_start_ms: hour };
+            let fp = Fingerprint { quantity: r.quantity, allocations: allocs };
+            let lookup = st.ledger.lookup(&key, &fp);
+            // An identical resend of a billed record is idempotent even after the customer unsubscribed: the
+            // first answer was Success and the usage is billed, so the resend must not contradict it.
+            if !matches!(lookup, Lookup::Same { .. }) && !st.is_subscribed(&identity) {
                 st.counters.not_subscribed += 1;
                 results.push(json!({ "UsageRecord": r.echo, "Status": "CustomerNotSubscribed" }));
                 continue;
             }
-            let hour = hour_start_ms(r.timestamp_ms.unwrap_or_default());
-            let key = DedupKey { identity: identity.clone(), dimension: r.dimension.clone(), hour_start_ms: hour };
-            let fp = Fingerprint { quantity: r.quantity, allocations: allocs };
-            match st.ledger.lookup(&key, &fp) {
+            match lookup {
                 Lookup::Fresh => {
                     let id = st.rng.record_id();
                     let entry = self.entry(
@@ -341,8 +354,11 @@ impl Shared {
                     st.counters.records_accepted += 1;
                     results.push(json!({ "UsageRecord": r.echo, "MeteringRecordId": id, "Status": "Success" }));
                 }
-                Lookup::Same(id) => {
+                Lookup::Same { id, other_allocations } => {
                     st.counters.records_replayed += 1;
+                    if other_allocations {
+                        st.counters.replayed_with_other_allocations += 1;
+                    }
                     results.push(json!({ "UsageRecord": r.echo, "MeteringRecordId": id, "Status": "Success" }));
                 }
                 Lookup::Conflict => {
@@ -471,8 +487,11 @@ impl Shared {
                 st.counters.records_accepted += 1;
                 Ok(id)
             }
-            Lookup::Same(id) => {
+            Lookup::Same { id, other_allocations } => {
                 st.counters.records_replayed += 1;
+                if other_allocations {
+                    st.counters.replayed_with_other_allocations += 1;
+                }
                 Ok(id)
             }
             Lookup::Conflict => {

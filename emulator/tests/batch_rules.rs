@@ -63,15 +63,38 @@ async fn legacy_product_code_and_customer_identifier_are_billed() {
 
 #[tokio::test]
 async fn product_code_with_account_id_is_a_separate_key() {
-    // 2025-style records (ProductCode + CustomerAWSAccountId) are accepted, keyed apart from LicenseArn records:
-    // the double-billing AWS warns about when both are sent for one customer and hour.
-    let env = start().await;
-    let by_account = record_builder("requests", HOUR).customer_aws_account_id(ACCOUNT).quantity(2).build().unwrap();
-    let out = bmu_legacy(&env.client, PRODUCT, vec![by_account]).await.unwrap();
+    // 2025-style records (ProductCode + CustomerAWSAccountId) are accepted for a customer that holds no license
+    // of the product, keyed apart from its CustomerIdentifier records.
+    let mut cfg = config();
+    cfg.customers.push(EmuCustomer {
+        product_code: LEGACY_PRODUCT.into(),
+        aws_account_id: Some(OTHER_ACCOUNT.into()),
+        ..EmuCustomer::default()
+    });
+    let env = start_with(cfg).await;
+    let by_account = record_builder("users", HOUR).customer_aws_account_id(OTHER_ACCOUNT).quantity(2).build().unwrap();
+    let out = bmu_legacy(&env.client, LEGACY_PRODUCT, vec![by_account]).await.unwrap();
     assert_eq!(statuses(&out), vec![Status::Success]);
+    let e = &env.emu.ledger()[0];
+    assert_eq!((e.product_code.as_str(), e.customer_aws_account_id.as_deref()), (LEGACY_PRODUCT, Some(OTHER_ACCOUNT)));
+}
+
+#[tokio::test]
+async fn a_license_customer_metered_by_product_code_and_account_is_refused() {
+    // The same buyer keyed by ProductCode + account and by LicenseArn would be two dedup keys: billed twice.
+    let env = start().await;
     let out = bmu(&env.client, vec![rec("requests", 5, HOUR)]).await.unwrap();
     assert_eq!(statuses(&out), vec![Status::Success]);
-    assert_eq!(env.emu.ledger().len(), 2);
+    let by_account = record_builder("requests", HOUR).customer_aws_account_id(ACCOUNT).quantity(5).build().unwrap();
+    let r = bmu_legacy(&env.client, PRODUCT, vec![by_account]).await;
+    let msg = message(r.as_ref().unwrap_err());
+    assert_eq!(code(r), "InvalidProductCodeException");
+    assert!(msg.contains("usageRecords.1") && msg.contains(LICENSE), "{msg}");
+    assert_eq!(env.emu.ledger().len(), 1, "billed once");
+    // Also after the license's agreement ended: the product is still a Concurrent Agreements product.
+    env.emu.remove_customer(&EmuCustomer { license_arn: Some(LICENSE.into()), ..Default::default() });
+    let by_account = record_builder("requests", HOUR).customer_aws_account_id(ACCOUNT).quantity(5).build().unwrap();
+    assert_eq!(code(bmu_legacy(&env.client, PRODUCT, vec![by_account]).await), "InvalidProductCodeException");
 }
 
 #[tokio::test]
@@ -130,7 +153,7 @@ async fn license_records_with_a_request_product_code_are_refused() {
     let env = start().await;
     let r = bmu_legacy(&env.client, PRODUCT, vec![rec("requests", 1, HOUR)]).await;
     let msg = message(r.as_ref().unwrap_err());
-    assert_eq!(code(r), "ValidationException");
+    assert_eq!(code(r), "InvalidProductCodeException");
     assert!(msg.contains("remove ProductCode"), "{msg}");
     assert_nothing_billed(&env);
 }
@@ -139,22 +162,44 @@ async fn license_records_with_a_request_product_code_are_refused() {
 async fn legacy_records_without_product_code_are_refused() {
     let env = start().await;
     let r = bmu(&env.client, vec![legacy_rec(LEGACY_CUSTOMER, "users", 1, HOUR)]).await;
-    assert_eq!(code(r), "ValidationException");
+    assert_eq!(code(r), "InvalidCustomerIdentifierException");
+}
+
+#[tokio::test]
+async fn an_unknown_customer_identifier_is_invalid_customer_identifier() {
+    let env = start().await;
+    let r = bmu_legacy(
+        &env.client,
+        LEGACY_PRODUCT,
+        vec![legacy_rec(LEGACY_CUSTOMER, "users", 1, HOUR), legacy_rec("cust-nobody", "users", 1, HOUR)],
+    )
+    .await;
+    let msg = message(r.as_ref().unwrap_err());
+    assert_eq!(code(r), "InvalidCustomerIdentifierException");
+    assert!(msg.contains("usageRecords.2") && msg.contains("cust-nobody"), "{msg}");
+    assert_nothing_billed(&env);
+    // A known identifier whose subscription ended is a per-record status, not an unknown identifier.
+    env.emu.remove_customer(&EmuCustomer::legacy(LEGACY_PRODUCT, LEGACY_CUSTOMER));
+    let out = bmu_legacy(&env.client, LEGACY_PRODUCT, vec![legacy_rec(LEGACY_CUSTOMER, "users", 1, HOUR)]).await;
+    assert_eq!(statuses(&out.unwrap()), vec![Status::CustomerNotSubscribed]);
 }
 
 #[tokio::test]
 async fn mixing_identity_shapes_in_one_request_is_refused() {
     let env = start().await;
-    // Legacy and Concurrent Agreements records together: one of the two shapes is always wrong for the request.
+    // Legacy and Concurrent Agreements records together: one of the two shapes is always wrong for the request,
+    // and the error is the modelled one for the record's identity, naming the record.
     let r = bmu(&env.client, vec![rec("requests", 1, HOUR), legacy_rec(LEGACY_CUSTOMER, "requests", 1, HOUR)]).await;
-    assert_eq!(code(r), "ValidationException");
+    let msg = message(r.as_ref().unwrap_err());
+    assert_eq!(code(r), "InvalidCustomerIdentifierException");
+    assert!(msg.contains("usageRecords.2"), "{msg}");
     let r = bmu_legacy(
         &env.client,
         LEGACY_PRODUCT,
         vec![legacy_rec(LEGACY_CUSTOMER, "users", 1, HOUR), rec("users", 1, HOUR)],
     )
     .await;
-    assert_eq!(code(r), "ValidationException");
+    assert_eq!(code(r), "InvalidProductCodeException");
     // CustomerIdentifier and CustomerAWSAccountId in one record.
     let both = record_builder("users", HOUR)
         .customer_identifier(LEGACY_CUSTOMER)
@@ -164,13 +209,20 @@ async fn mixing_identity_shapes_in_one_request_is_refused() {
         .unwrap();
     let r = bmu_legacy(&env.client, LEGACY_PRODUCT, vec![both]).await;
     let msg = message(r.as_ref().unwrap_err());
-    assert_eq!(code(r), "ValidationException");
+    assert_eq!(code(r), "InvalidCustomerIdentifierException");
     assert!(msg.contains("mutually exclusive"), "{msg}");
     // An account without a license and no ProductCode.
     let no_license = record_builder("requests", HOUR).customer_aws_account_id(ACCOUNT).quantity(1).build().unwrap();
-    assert_eq!(code(bmu(&env.client, vec![no_license]).await), "ValidationException");
+    assert_eq!(code(bmu(&env.client, vec![no_license]).await), "InvalidLicenseException");
+    // A license without its account.
+    let no_account = record_builder("requests", HOUR).license_arn(LICENSE).quantity(1).build().unwrap();
+    assert_eq!(code(bmu(&env.client, vec![no_account]).await), "InvalidCustomerIdentifierException");
+    // A record with no identity at all, with a ProductCode.
+    let nobody = record_builder("users", HOUR).quantity(1).build().unwrap();
+    assert_eq!(code(bmu_legacy(&env.client, LEGACY_PRODUCT, vec![nobody]).await), "InvalidCustomerIdentifierException");
     assert_nothing_billed(&env);
-    assert_eq!(env.emu.counters().rejected("ValidationException"), 4);
+    assert_eq!(env.emu.counters().rejected("ValidationException"), 0);
+    assert_eq!(env.emu.counters().rejected("InvalidCustomerIdentifierException"), 4);
 }
 
 #[tokio::test]
@@ -449,17 +501,23 @@ async fn a_future_timestamp_refuses_the_whole_batch() {
 }
 
 #[tokio::test]
-async fn the_24_hour_window_counts_from_the_hour_start() {
+async fn the_24_hour_window_counts_from_the_record_timestamp() {
     let env = start().await;
-    // Service time 12:30; the 12:00 hour of yesterday closed at 12:00 today, the 13:00 hour is still open.
-    let r = bmu(&env.client, vec![rec("requests", 1, HOUR - 86_400 + 1800)]).await;
+    // Service time 12:30. A record stamped 12:29 yesterday is more than 24 h old; one stamped 12:31 yesterday
+    // (23 h 59 m old, in an hour that started 24 h 30 m ago) is still accepted.
+    let r = bmu(&env.client, vec![rec("requests", 1, NOW - 86_400 - 60)]).await;
     assert_eq!(code(r), "TimestampOutOfBoundsException");
-    let r = bmu(&env.client, vec![rec("requests", 1, HOUR), rec("requests", 1, HOUR - 86_400 + 3600)]).await.unwrap();
+    let r = bmu(&env.client, vec![rec("requests", 1, HOUR), rec("requests", 1, NOW - 86_400 + 60)]).await.unwrap();
     assert_eq!(statuses(&r), vec![Status::Success, Status::Success]);
+    // Exactly 24 h is "24 hours or more": refused.
+    let r = bmu(&env.client, vec![rec("gb_stored", 1, NOW - 86_400)]).await;
+    assert_eq!(code(r), "TimestampOutOfBoundsException");
     // A window from the config.
     let env = start_with(meterd_emulator::EmulatorConfig { submission_window_secs: 6 * 3600, ..config() }).await;
-    let r = bmu(&env.client, vec![rec("requests", 1, HOUR - 6 * 3600)]).await;
+    let r = bmu(&env.client, vec![rec("requests", 1, NOW - 6 * 3600)]).await;
     assert_eq!(code(r), "TimestampOutOfBoundsException");
+    let r = bmu(&env.client, vec![rec("requests", 1, NOW - 6 * 3600 + 1)]).await.unwrap();
+    assert_eq!(statuses(&r), vec![Status::Success]);
 }
 
 #[tokio::test]
@@ -496,10 +554,8 @@ async fn unsubscribed_and_unknown_customers_fail_per_record() {
     .unwrap();
     assert_eq!(statuses(&out), vec![Status::Success, Status::CustomerNotSubscribed, Status::CustomerNotSubscribed]);
     assert!(out.results()[1].metering_record_id().is_none());
-    let out = bmu_legacy(&env.client, LEGACY_PRODUCT, vec![legacy_rec("cust-nobody", "users", 1, HOUR)]).await.unwrap();
-    assert_eq!(statuses(&out), vec![Status::CustomerNotSubscribed]);
     assert_eq!(env.emu.ledger().len(), 1);
-    assert_eq!(env.emu.counters().not_subscribed, 3);
+    assert_eq!(env.emu.counters().not_subscribed, 2);
 }
 
 #[tokio::test]

@@ -62,22 +62,32 @@ async fn the_key_is_the_utc_hour_not_the_exact_timestamp() {
 }
 
 #[tokio::test]
-async fn different_allocations_are_a_duplicate() {
+async fn the_same_quantity_with_other_allocations_is_a_replay_not_a_duplicate() {
+    // AWS defines DuplicateRecord as the same key with a different *quantity*: other allocations of the same
+    // quantity are answered like an identical resend, the first allocations stay billed, and a counter tells.
     let env = start().await;
-    let with = |tag: &str| {
+    let with = |q: i32, tag: &str| {
         record_builder("requests", HOUR)
             .customer_aws_account_id(ACCOUNT)
             .license_arn(LICENSE)
-            .quantity(2)
-            .usage_allocations(alloc(2, &[("team", tag)]))
+            .quantity(q)
+            .usage_allocations(alloc(q, &[("team", tag)]))
             .build()
             .unwrap()
     };
-    bmu(&env.client, vec![with("a")]).await.unwrap();
-    let out = bmu(&env.client, vec![with("b")]).await.unwrap();
-    assert_eq!(statuses(&out), vec![Status::DuplicateRecord]);
-    let out = bmu(&env.client, vec![with("a")]).await.unwrap();
+    let first = bmu(&env.client, vec![with(2, "a")]).await.unwrap();
+    let id = first.results()[0].metering_record_id().unwrap().to_string();
+    let out = bmu(&env.client, vec![with(2, "b")]).await.unwrap();
     assert_eq!(statuses(&out), vec![Status::Success]);
+    assert_eq!(out.results()[0].metering_record_id(), Some(id.as_str()));
+    let ledger = env.emu.ledger();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].allocations[0].tags[0].value, "a", "the first allocations stay");
+    let c = env.emu.counters();
+    assert_eq!((c.records_replayed, c.replayed_with_other_allocations, c.duplicates), (1, 1, 0));
+    // A different quantity is still a duplicate.
+    let out = bmu(&env.client, vec![with(3, "a")]).await.unwrap();
+    assert_eq!(statuses(&out), vec![Status::DuplicateRecord]);
 }
 
 #[tokio::test]
@@ -140,4 +150,20 @@ async fn unsubscribed_records_do_not_claim_the_key() {
     let out = bmu(&env.client, vec![rec_for(PENDING_ACCOUNT, PENDING_LICENSE, "requests", 2, HOUR)]).await.unwrap();
     assert_eq!(statuses(&out), vec![Status::Success]);
     assert_eq!(env.emu.ledger()[0].quantity, "2");
+}
+
+#[tokio::test]
+async fn an_identical_resend_after_unsubscribing_is_still_success_with_the_same_id() {
+    // The record was billed; an identical retry (a lost answer) must not contradict that.
+    let env = start().await;
+    let first = bmu(&env.client, vec![rec("requests", 4, HOUR)]).await.unwrap();
+    let id = first.results()[0].metering_record_id().unwrap().to_string();
+    env.emu.remove_customer(&meterd_emulator::EmuCustomer { license_arn: Some(LICENSE.into()), ..Default::default() });
+    let out = bmu(&env.client, vec![rec("requests", 4, HOUR)]).await.unwrap();
+    assert_eq!(statuses(&out), vec![Status::Success]);
+    assert_eq!(out.results()[0].metering_record_id(), Some(id.as_str()));
+    // Anything new for the customer is refused: another quantity for that hour, or another hour.
+    let out = bmu(&env.client, vec![rec("requests", 5, HOUR), rec("gb_stored", 4, HOUR)]).await.unwrap();
+    assert_eq!(statuses(&out), vec![Status::CustomerNotSubscribed, Status::CustomerNotSubscribed]);
+    assert_eq!(env.emu.ledger().len(), 1);
 }

@@ -246,6 +246,31 @@ async fn rate_limit_changes_at_run_time_and_buckets_are_per_operation() {
 }
 
 #[tokio::test]
+async fn a_rolling_window_gives_no_credit_for_the_time_since_a_burst() {
+    let env = start_with(EmulatorConfig {
+        rate_limit_per_sec: 0.01,
+        rate_limit_mode: meterd_emulator::RateLimitMode::RollingWindow,
+        ..config()
+    })
+    .await;
+    // The mode survives a run-time rate change.
+    env.emu.set_rate_limit(3.0);
+    let start = Instant::now();
+    for _ in 0..3 {
+        bmu(&env.client, vec![rec("requests", 1, HOUR)]).await.unwrap();
+    }
+    // A token bucket has refilled 1.5 calls' worth by now; a rolling window has nothing until a second after
+    // the first call.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fourth = bmu(&env.client, vec![rec("requests", 1, HOUR)]).await;
+    // Only conclusive if the machine was quick enough to stay inside the first call's second.
+    if start.elapsed() < Duration::from_millis(950) {
+        assert_eq!(code(fourth), "ThrottlingException");
+        assert_eq!(env.emu.counters().rate_limited, 1);
+    }
+}
+
+#[tokio::test]
 async fn sdk_standard_retries_ride_over_throttling_and_500s() {
     // The agent keeps the SDK's standard retries under its own; the SDK must classify the emulator's
     // throttles and 500s as retryable, exactly as it does AWS's.

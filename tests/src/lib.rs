@@ -379,6 +379,13 @@ dimensions = [{}]
         }
     }
 
+    impl Stack {
+        /// Where the emulator listens (for a second client sharing its quota).
+        pub fn emulator_addr(&self) -> Option<std::net::SocketAddr> {
+            self.emu_handle.as_ref().map(|h| h.addr())
+        }
+    }
+
     /// A raw HTTP/1.1 POST (the marketplace endpoints take forms and JSON); returns (status, headers, body).
     pub async fn http_post(
         addr: std::net::SocketAddr,

@@ -134,13 +134,17 @@ async fn the_fault_matrix_still_ends_with_everything_accepted_once() {
         }
     }
     s.advance(HOUR + 2 * 60_000, 30 * 60_000).await;
-    // Backoffs run on the agent's clock: keep time moving (well inside the 24 h window) while faults hit.
+    // Backoffs run on the agent's clock: keep time moving (well inside the 24 h window) while faults hit. The
+    // pacer runs on real time and, with half of all calls throttled, sends slowly: bound the loop by real time
+    // (generously, for a loaded machine) as well as by steps; 5,000 steps of 10 s of agent time (at least 150 s of
+    // real time, at 30 ms each) stay inside the window.
+    let started = std::time::Instant::now();
     let mut r = s.report().await;
-    for _ in 0..400 {
-        if pending_done(&r) {
+    for _ in 0..5_000 {
+        if pending_done(&r) || started.elapsed() > std::time::Duration::from_secs(300) {
             break;
         }
-        s.advance(60_000, 60_000).await;
+        s.advance(10_000, 10_000).await;
         r = s.report().await;
     }
     assert!(pending_done(&r), "not drained: {:?}", r.totals);

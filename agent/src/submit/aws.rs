@@ -12,8 +12,12 @@ use aws_sdk_marketplacemetering::config::timeout::TimeoutConfig;
 use aws_sdk_marketplacemetering::config::{Credentials, Intercept, RuntimeComponents};
 use aws_sdk_marketplacemetering::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_marketplacemetering::operation::RequestId;
+use aws_sdk_marketplacemetering::operation::batch_meter_usage::BatchMeterUsageError;
 use aws_sdk_marketplacemetering::types::{Tag, UsageAllocation, UsageRecord, UsageRecordResultStatus};
-use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeDeserializationInterceptorContextRef, InterceptorContext,
+};
+use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
 use aws_smithy_types::DateTime;
 use aws_smithy_types::config_bag::ConfigBag;
 
@@ -73,6 +77,28 @@ impl Intercept for SkewInterceptor {
     }
 }
 
+/// Forbids the SDK's own retry of a `ThrottlingException`: the submitter's adaptive pacer must see every
+/// throttle (to lower its rate) and space every attempt, which a retry inside the SDK would hide and bypass.
+/// Other retryable failures (5xx, transport) keep the SDK's quick retry.
+#[derive(Debug)]
+struct ThrottlingIsPacedByMeterd;
+
+impl ClassifyRetry for ThrottlingIsPacedByMeterd {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let throttled = ctx
+            .output_or_error()
+            .and_then(Result::err)
+            .and_then(|e| e.as_operation_error())
+            .and_then(|e| e.downcast_ref::<BatchMeterUsageError>())
+            .is_some_and(|e| e.code() == Some("ThrottlingException"));
+        if throttled { RetryAction::RetryForbidden } else { RetryAction::NoActionIndicated }
+    }
+
+    fn name(&self) -> &'static str {
+        "meterd-throttling-is-paced-by-meterd"
+    }
+}
+
 /// The metering client of one account, with meterd's settings: few SDK retries (meterd retries durably on
 /// top), explicit timeouts, the app id in the user agent, the skew probe, and the wire-shape fix
 /// (`wire_shape.rs`: no `"CustomerIdentifier": ""` on license records).
@@ -82,7 +108,8 @@ pub async fn client(account: &AccountConfig, clock: SharedClock, skew: Arc<Skew>
         .retry_config(RetryConfig::standard().with_max_attempts(2).with_initial_backoff(Duration::from_millis(200)))
         .timeout_config(timeouts(account))
         .interceptor(SkewInterceptor { skew, clock })
-        .interceptor(super::wire_shape::WireShapeInterceptor);
+        .interceptor(super::wire_shape::WireShapeInterceptor)
+        .retry_classifier(ThrottlingIsPacedByMeterd);
     if let Some(role) = &account.role_arn {
         let provider =
             aws_config::sts::AssumeRoleProvider::builder(role).session_name("meterd").configure(&sdk).build().await;
@@ -286,4 +313,50 @@ pub fn estimated_wire_bytes(r: &SealedRecord) -> usize {
     let allocations: usize =
         r.allocations.iter().map(|a| 40 + a.tags.iter().map(|(k, v)| k.len() + v.len() + 30).sum::<usize>()).sum();
     120 + identity + r.key.dimension.len() + allocations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn emulator(faults: meterd_emulator::Faults) -> (meterd_emulator::Emulator, meterd_emulator::EmulatorHandle) {
+        let mut cfg = meterd_emulator::EmulatorConfig::demo();
+        cfg.rate_limit_per_sec = 0.0;
+        cfg.faults = faults;
+        let emu = meterd_emulator::Emulator::new(cfg, Arc::new(meterd_emulator::SystemClock));
+        let handle = emu.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
+        (emu, handle)
+    }
+
+    async fn test_client(endpoint: String) -> Client {
+        let account = AccountConfig {
+            region: "us-east-1".into(),
+            endpoint_url: Some(endpoint),
+            profile: None,
+            role_arn: None,
+            test_credentials: true,
+            app_id: "meterd-test".into(),
+            calls_per_second: 10.0,
+            call_timeout: Duration::from_secs(5),
+        };
+        let clock: SharedClock = Arc::new(crate::clock::SystemClock);
+        client(&account, clock, Arc::new(Skew::default())).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn throttling_is_not_retried_inside_the_sdk_but_5xx_are() {
+        let (emu, handle) = emulator(meterd_emulator::Faults { throttle_probability: 1.0, ..Default::default() }).await;
+        let c = test_client(handle.endpoint_url()).await;
+        let outcome = send(&c, None, Vec::new()).await;
+        assert!(matches!(outcome, CallOutcome::Retryable { throttled: true, .. }), "{outcome:?}");
+        // One attempt: the submitter's pacer saw this throttle and will space the retry itself.
+        assert_eq!(emu.counters().calls_to("BatchMeterUsage"), 1);
+
+        let (emu, handle) =
+            emulator(meterd_emulator::Faults { internal_error_probability: 1.0, ..Default::default() }).await;
+        let c = test_client(handle.endpoint_url()).await;
+        let outcome = send(&c, None, Vec::new()).await;
+        assert!(matches!(outcome, CallOutcome::Retryable { throttled: false, .. }), "{outcome:?}");
+        assert_eq!(emu.counters().calls_to("BatchMeterUsage"), 2, "the SDK's own retry of a 500 stays");
+    }
 }

@@ -1,28 +1,9 @@
-//! Pacing: a token bucket that keeps meterd under its share of AWS's rate limit, and exponential backoff
-//! with full jitter so many records (or agents) retrying never move in lockstep.
+//! Exponential backoff with full jitter, so many records (or agents) retrying never move in lockstep. (Call
+//! pacing is `pacing.rs`.)
 
 use std::time::Duration;
 
 use rand::Rng;
-
-/// Calls are spaced at least 1/rate apart (burst of one): meterd itself never causes throttling.
-pub struct RateLimiter {
-    interval: Duration,
-    next: Option<tokio::time::Instant>,
-}
-
-impl RateLimiter {
-    pub fn new(calls_per_second: f64) -> Self {
-        Self { interval: Duration::from_secs_f64(1.0 / calls_per_second), next: None }
-    }
-
-    pub async fn acquire(&mut self) {
-        let now = tokio::time::Instant::now();
-        let at = self.next.map_or(now, |n| n.max(now));
-        self.next = Some(at + self.interval);
-        tokio::time::sleep_until(at).await;
-    }
-}
 
 const BASE: Duration = Duration::from_millis(500);
 const CAP: Duration = Duration::from_secs(300);
@@ -50,16 +31,5 @@ mod tests {
             assert!(d <= CAP);
             assert!(d <= BASE.saturating_mul(1 << attempt.min(16)));
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn rate_limiter_spaces_calls() {
-        let mut l = RateLimiter::new(5.0);
-        let start = tokio::time::Instant::now();
-        for _ in 0..11 {
-            l.acquire().await;
-        }
-        // 11 calls at 5/s: the last may start after 10 intervals, never sooner.
-        assert!(start.elapsed() >= Duration::from_millis(2000));
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod aws;
 mod backoff;
+pub mod pacing;
 pub mod wire_shape;
 
 use std::collections::{HashMap, HashSet};
@@ -51,8 +52,10 @@ pub struct Submitter {
     client: Client,
     pub stats: Arc<SubmitStats>,
     metrics: Arc<crate::metrics::Metrics>,
-    limiter: backoff::RateLimiter,
-    /// Set after throttling or an account problem: no call before this instant.
+    /// The adaptive send rate (at most the account's `calls_per_second`), on time since `pace_origin`.
+    pacer: pacing::Pacer,
+    pace_origin: tokio::time::Instant,
+    /// Set after an account problem: no call before this instant.
     pause_until: Option<tokio::time::Instant>,
     throttle_streak: u32,
     /// Until the first pass ends: records found in flight at start-up are resent at once, unchanged.
@@ -74,7 +77,8 @@ impl Submitter {
         let client = aws::client(acct, clock.clone(), stats.skew.clone()).await?;
         Ok(Self {
             account: account.to_string(),
-            limiter: backoff::RateLimiter::new(acct.calls_per_second),
+            pacer: pacing::Pacer::new(acct.calls_per_second, 0.0),
+            pace_origin: tokio::time::Instant::now(),
             config,
             store,
             clock,
@@ -223,13 +227,18 @@ impl Submitter {
                 continue;
             }
 
-            self.limiter.acquire().await;
+            let wait = self.pacer.reserve(self.pace_origin.elapsed().as_secs_f64());
+            if wait > 0.0 {
+                tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
+            }
             calls += 1;
             self.metrics.batch_size.observe(wire.len() as f64);
             self.metrics.retries.fetch_add(sent_before.len() as u64, Ordering::Relaxed);
             let started = std::time::Instant::now();
             let outcome = aws::send(&self.client, product_code.as_deref(), wire).await;
             self.metrics.call_latency.observe(started.elapsed().as_secs_f64());
+            let throttled = matches!(outcome, CallOutcome::Retryable { throttled: true, .. });
+            self.pacer.on_response(self.pace_origin.elapsed().as_secs_f64(), throttled);
             let now = self.clock.now_ms();
             match outcome {
                 CallOutcome::Answered { results, unprocessed, request_id } => {
@@ -314,11 +323,12 @@ impl Submitter {
                 }
                 CallOutcome::Retryable { throttled, reason } => {
                     if throttled {
+                        // The pacer has lowered the send rate: that is the backoff, and the records stay in
+                        // flight to be resent unchanged. Pausing the whole pass on top would waste the quota
+                        // the lower rate still has.
                         self.stats.calls_throttled.fetch_add(1, Ordering::Relaxed);
-                        self.throttle_streak += 1;
-                        let pause = backoff::full_jitter(self.throttle_streak);
-                        self.pause_until = Some(tokio::time::Instant::now() + pause);
-                        tracing::warn!(%reason, ?pause, "throttled by AWS; pausing this account's submitter");
+                        tracing::warn!(%reason, calls_per_second = format!("{:.2}", self.pacer.rate()),
+                            "throttled by AWS; lowered this account's send rate");
                     } else {
                         self.stats.calls_failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%reason, records = sendable.len(), "BatchMeterUsage failed; records stay in flight and are resent");
@@ -364,8 +374,17 @@ impl Submitter {
         let tick = self.config.pipeline.tick;
         self.stop = Some(stop.clone());
         loop {
-            if let Err(e) = self.pass().await {
-                tracing::error!(account = %self.account, error = %e, "submitter pass failed");
+            let busy = match self.pass().await {
+                Ok(calls) => calls > 0,
+                Err(e) => {
+                    tracing::error!(account = %self.account, error = %e, "submitter pass failed");
+                    false
+                }
+            };
+            // A pass that made calls may have left work (a scan is bounded): look again at once rather than
+            // idling a tick with quota to spare.
+            if busy && !*stop.borrow() {
+                continue;
             }
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}

@@ -235,9 +235,11 @@ def test_legacy_product_code_and_customer_identifier(mm):
     rec = {"Timestamp": hour_start(), "CustomerIdentifier": "cust-legacy", "Dimension": "users", "Quantity": 2}
     out = mm.batch_meter_usage(ProductCode=LEGACY_PRODUCT, UsageRecords=[rec])
     assert out["Results"][0]["Status"] == "Success"
-    with pytest.raises(ClientError) as e:
+    # Identity errors are the modelled exceptions, so boto3 raises its generated classes for them.
+    with pytest.raises(mm.exceptions.InvalidProductCodeException):
         mm.batch_meter_usage(ProductCode=PRODUCT, UsageRecords=[record()])
-    assert error_of(e) == ("ValidationException", 400)
+    with pytest.raises(mm.exceptions.InvalidCustomerIdentifierException):
+        mm.batch_meter_usage(ProductCode=LEGACY_PRODUCT, UsageRecords=[dict(rec, CustomerIdentifier="cust-nobody")])
 
 
 def test_request_level_errors_refuse_the_whole_batch(mm, emulator):
