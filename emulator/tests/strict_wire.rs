@@ -74,10 +74,10 @@ async fn off_by_default_an_empty_customer_identifier_counts_as_absent() {
     let env = start().await;
     let out = bmu(&env.client, vec![rec("requests", 1, HOUR)]).await.unwrap();
     assert_eq!(out.results()[0].status().unwrap().as_str(), "Success");
-    // A non-empty one beside an account is still refused, as AWS refuses it.
+    // A non-empty one beside an account is still refused, as AWS refuses it (the modelled identity exception).
     let body = format!(r#"{{"UsageRecords":[{}]}}"#, license_member("requests", Some("cust-x")));
     let r = aws_raw(env.addr(), "BatchMeterUsage", &body).await;
-    assert_eq!(r.json()["__type"], "ValidationException");
+    assert_eq!(r.json()["__type"], "InvalidCustomerIdentifierException");
 }
 
 #[tokio::test]
