@@ -64,7 +64,9 @@ impl Metering for Scripted {
         let results = keys
             .iter()
             .map(|k| v1::EventResult {
-                outcome: Some(if k.starts_with("bad") {
+                // "bad-" cannot begin a generated key (a UUID has 8 hex digits before its first dash); a bare
+                // "bad" prefix matched one generated key in 4,096 and made the batch test flaky.
+                outcome: Some(if k.starts_with("bad-") {
                     v1::event_result::Outcome::Error(v1::EventError {
                         code: 3,
                         field: "events[0].quantity".into(),
@@ -177,7 +179,8 @@ async fn batches_are_split_in_order_and_keep_keys_across_retries() {
     let results = client.record_usage_batch(&usages).await.unwrap();
     assert_eq!(results.len(), 10);
     assert!(matches!(&results[5], Err(Error::InvalidUsage { .. })));
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 9);
+    let failed: Vec<_> = results.iter().enumerate().filter(|(i, r)| *i != 5 && r.is_err()).collect();
+    assert!(failed.is_empty(), "only usage 5 may fail: {failed:?}");
     let seen = server.seen.lock().unwrap().clone();
     assert_eq!(seen.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 4, 2], "chunk 1 retried once");
     assert_eq!(seen[0], seen[1], "the retried chunk resent the same keys");
