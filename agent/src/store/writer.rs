@@ -687,11 +687,17 @@ impl Writer {
         // Sealed records held under the tenant, never sent: each takes its AWS key now (and keeps it: `sent_as`
         // is frozen), or, when another record has that key, is merged into the identity's next free hour.
         let mut carries: HashMap<Vec<u8>, Micros> = HashMap::new();
-        for kv in self.db.scan_prefix(keys::RECORD_PREFIX) {
-            let (k, v) = kv?;
-            if !keys::record_key_is_of(&k, &m.product, &tenant) {
+        // Only pending records can still be sent: walk the queue (bounded by the submission window), not every
+        // record ever sealed.
+        for kv in self.db.scan_prefix(keys::QUEUE_PREFIX) {
+            let (q, _) = kv?;
+            let k = keys::record_key_of_queue_entry(&q).ok_or_else(|| StoreError::Corrupt("short queue key".into()))?;
+            if !keys::record_key_is_of(k, &m.product, &tenant) {
                 continue;
             }
+            let Some(v) = self.db.get(k)? else {
+                return Err(StoreError::Corrupt("queue entry without its record".into()));
+            };
             let r: SealedRecord = decode(&v)?;
             if r.sent_as.is_some() || r.state != RecordState::Sealed {
                 continue;
