@@ -702,7 +702,7 @@ impl Writer {
             if r.sent_as.is_some() || r.state != RecordState::Sealed {
                 continue;
             }
-            if !self.aws_key_taken(r.key.hour_ms, &r.key.product, &customer, &r.key.dimension, &k)? {
+            if !self.aws_key_taken(r.key.hour_ms, &r.key.product, &customer, &r.key.dimension, k)? {
                 batch.insert(k.to_vec(), encode(&SealedRecord { sent_as: Some(m.identity.clone()), ..r }));
                 continue;
             }
@@ -740,7 +740,7 @@ impl Writer {
                 into_hour = %crate::clock::rfc3339(into_hour_ms),
                 "held usage maps to an AWS key another record already has: merged into the identity's next hour");
             self.counters.records_merged.fetch_add(1, Ordering::Relaxed);
-            batch.remove(keys::queue_key(r.deadline_ms, &k));
+            batch.remove(keys::queue_key(r.deadline_ms, k));
             let state = RecordState::Merged { into: m.identity.clone(), into_hour_ms, at_ms: now_ms };
             batch.insert(k.to_vec(), encode(&SealedRecord { state, ..r }));
         }
