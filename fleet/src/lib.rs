@@ -1,5 +1,6 @@
 //! meterd fleet mode on PostgreSQL: the parts of the shared ledger that coordinate agents.
 //!
+//! - [`connect`]: the database URL, password file and TLS (rustls, libpq's `sslmode` semantics).
 //! - [`migrate`]: the schema, versioned, applied at start under a transaction-scoped advisory lock (so that many
 //!   agents starting at once apply each migration exactly once, and a pooler cannot strand the lock).
 //! - [`nodes`]: the node registry — unique node ids, incarnations, heartbeats.
@@ -8,6 +9,7 @@
 //!
 //! The database's `now()` is the only clock: agents' clocks may disagree; the database is the one they share.
 
+pub mod connect;
 pub mod lease;
 pub mod migrate;
 pub mod nodes;

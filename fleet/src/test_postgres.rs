@@ -85,10 +85,21 @@ pub struct TestPostgres {
     dir: tempfile::TempDir,
     port: u16,
     running: bool,
+    /// Extra server options (TLS settings).
+    options: String,
 }
 
 impl TestPostgres {
     pub fn start() -> Result<Self, HarnessError> {
+        Self::start_with(None)
+    }
+
+    /// A server that also accepts TLS, with this certificate chain and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self, HarnessError> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Result<Self, HarnessError> {
         let bindir = bindir()?;
         let dir = tempfile::Builder::new().prefix("meterd-pg-").tempdir().map_err(|e| failed("temp dir", e))?;
         if is_root() {
@@ -104,7 +115,26 @@ impl TestPostgres {
             c.arg("-D").arg(&data).args(["-U", "meterd", "--auth=trust", "-E", "UTF8", "--locale=C"]);
             c
         })?;
-        let mut pg = TestPostgres { bindir, dir, port: 0, running: false };
+        let mut options = String::new();
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&cert_path, cert).map_err(|e| failed("write server.crt", e))?;
+            std::fs::write(&key_path, key).map_err(|e| failed("write server.key", e))?;
+            use std::os::unix::fs::PermissionsExt;
+            // The server refuses a key others can read.
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| failed("chmod server.key", e))?;
+            if is_root() {
+                run("chown the TLS files to postgres", {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres").arg(&cert_path).arg(&key_path);
+                    c
+                })?;
+            }
+            options =
+                format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", cert_path.display(), key_path.display());
+        }
+        let mut pg = TestPostgres { bindir, dir, port: 0, running: false, options };
         // A port picked now can be taken before the server binds it: try a few.
         let mut last = None;
         for _ in 0..5 {
@@ -128,9 +158,10 @@ impl TestPostgres {
     fn pg_ctl_start(&self) -> Result<(), HarnessError> {
         // The socket directory is the temp dir itself (the default /var/run/postgresql needs root to create).
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.options
         );
         run("pg_ctl start", {
             let mut c = as_server_user(&self.bindir.join("pg_ctl"));
