@@ -30,7 +30,14 @@ pub(crate) struct CloudTrailLog {
 }
 
 impl CloudTrailLog {
-    pub fn push(&mut self, operation: &str, request_id: &str, now_ms: i64, body: &[u8], answer: Result<&Value, (&str, &str)>) {
+    pub fn push(
+        &mut self,
+        operation: &str,
+        request_id: &str,
+        now_ms: i64,
+        body: &[u8],
+        answer: Result<&Value, (&str, &str)>,
+    ) {
         let request = serde_json::from_slice::<Value>(body).map(|v| camel(&v)).unwrap_or(Value::Null);
         let mut event = json!({
             "eventVersion": "1.08",

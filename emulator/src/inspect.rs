@@ -68,7 +68,13 @@ async fn cloudtrail(State(emu): State<Emulator>, q: axum::extract::Query<CloudTr
         Some(other) => return bad_request(format!("format {other:?}: use log-file (default) or lookup-events")),
     };
     drop(st);
-    ([(axum::http::header::CONTENT_TYPE, "application/json"), (axum::http::HeaderName::from_static("x-emulator-cloudtrail-dropped"), dropped.as_str())], body)
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/json"),
+            (axum::http::HeaderName::from_static("x-emulator-cloudtrail-dropped"), dropped.as_str()),
+        ],
+        body,
+    )
         .into_response()
 }
 

@@ -52,7 +52,7 @@ fn rfc3339(ms: i64) -> String {
 fn usage(i: usize, base_hour: i64) -> (String, String, String, String) {
     let ts = base_hour - (1 + (i % 3) as i64) * HOUR + (i as i64 * 7919) % HOUR;
     let quantity = format!("{}.{:02}", i % 5, i % 100);
-    let dimension = if i % 2 == 0 { "api_calls" } else { "gb_hours" };
+    let dimension = if i.is_multiple_of(2) { "api_calls" } else { "gb_hours" };
     (rfc3339(ts), arn(i % 7), dimension.to_string(), quantity)
 }
 
@@ -75,7 +75,7 @@ fn write_jsonl(path: &Path, rows: usize, base_hour: i64) -> Micros {
     for i in 0..rows {
         let (ts, arn, dim, q) = usage(i, base_hour);
         // Half the rows carry their own key, half are keyed by their content; quantities as JSON numbers.
-        let key = if i % 2 == 0 { format!(",\"idempotency_key\":\"jsonl-{i}\"") } else { String::new() };
+        let key = if i.is_multiple_of(2) { format!(",\"idempotency_key\":\"jsonl-{i}\"") } else { String::new() };
         writeln!(
             f,
             r#"{{"timestamp":"{ts}","customer_aws_account_id":"{ACCOUNT}","license_arn":"{arn}","dimension":"{dim}","quantity":{q},"tags":{{"team":"t{}"}}{key}}}"#,
@@ -152,7 +152,7 @@ async fn csv_and_jsonl_rows_reach_the_ledger_exactly_and_a_rerun_replays() {
     assert_eq!((c["rows"], c["accepted"], c["replayed"], c["refused"]), (3_000, 3_000, 0, 0), "{}", first.stdout);
     assert_eq!(recorded(&agent).await, csv_total.to_string());
     // stderr is not a terminal here: plain progress lines, the last one with every count.
-    let last = first.stderr.lines().filter(|l| l.starts_with("import: ")).last().expect("a progress line");
+    let last = first.stderr.lines().rfind(|l| l.starts_with("import: ")).expect("a progress line");
     assert!(last.contains("3000 rows") && last.contains("rows/s") && last.contains("accepted 3000"), "{last}");
     assert!(last.contains("100.0% of"), "{last}");
     assert!(!csv.with_extension("csv.refused.jsonl").exists(), "no refusal file when nothing is refused");
@@ -172,7 +172,11 @@ async fn csv_and_jsonl_rows_reach_the_ledger_exactly_and_a_rerun_replays() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    let stdin_run = Run { code: out.status.code().unwrap(), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::new() };
+    let stdin_run = Run {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::new(),
+    };
     assert_eq!((stdin_run.code, stdin_run.counts()["replayed"]), (0, 3_000), "{}", stdin_run.stdout);
     assert_eq!(recorded(&agent).await, both.to_string());
 
@@ -243,16 +247,18 @@ async fn every_refusal_reason_is_written_with_its_row_and_the_exit_status_says_s
         )
     };
     let lines = [
-        row(&open, "api_calls", "1", ""),                                        // 1 stored
-        "this is not JSON".to_string(),                                            // 2 malformed
-        row("last tuesday", "api_calls", "1", ""),                                 // 3 invalid (timestamp, here)
-        row(&open, "no_such_dimension", "1", ""),                                  // 4 invalid (dimension, agent)
-        row(&rfc3339(hour - 3 * 24 * HOUR), "api_calls", "1", ""),                 // 5 past_deadline
-        row(&open, "api_calls", "2", r#","idempotency_key":"k-1""#),               // 6 stored
-        row(&open, "api_calls", "3", r#","idempotency_key":"k-1""#),               // 7 conflict
-        row(&rfc3339(hour - HOUR + 60_000), "api_calls", "1", ""),                 // 8 late
-        format!(r#"{{"timestamp":"{open}","tenant_id":"t-other","product":"app","dimension":"api_calls","quantity":"1"}}"#), // 9 not_active
-        row(&open, "api_calls", "1.0000001", ""),                                  // 10 invalid (quantity, agent)
+        row(&open, "api_calls", "1", ""),                            // 1 stored
+        "this is not JSON".to_string(),                              // 2 malformed
+        row("last tuesday", "api_calls", "1", ""),                   // 3 invalid (timestamp, here)
+        row(&open, "no_such_dimension", "1", ""),                    // 4 invalid (dimension, agent)
+        row(&rfc3339(hour - 3 * 24 * HOUR), "api_calls", "1", ""),   // 5 past_deadline
+        row(&open, "api_calls", "2", r#","idempotency_key":"k-1""#), // 6 stored
+        row(&open, "api_calls", "3", r#","idempotency_key":"k-1""#), // 7 conflict
+        row(&rfc3339(hour - HOUR + 60_000), "api_calls", "1", ""),   // 8 late
+        format!(
+            r#"{{"timestamp":"{open}","tenant_id":"t-other","product":"app","dimension":"api_calls","quantity":"1"}}"#
+        ), // 9 not_active
+        row(&open, "api_calls", "1.0000001", ""),                    // 10 invalid (quantity, agent)
     ];
     let file = dir.path().join("bad.jsonl");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();

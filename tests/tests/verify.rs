@@ -71,7 +71,10 @@ async fn a_clean_run_reconciles_and_missing_foreign_and_mismatched_records_are_e
     assert_eq!(status, 200, "{body}");
     let trail: Value = serde_json::from_str(&body).unwrap();
     let e = &trail["Records"][0];
-    assert_eq!((e["eventSource"].as_str(), e["eventName"].as_str()), (Some("metering-marketplace.amazonaws.com"), Some("BatchMeterUsage")));
+    assert_eq!(
+        (e["eventSource"].as_str(), e["eventName"].as_str()),
+        (Some("metering-marketplace.amazonaws.com"), Some("BatchMeterUsage"))
+    );
     assert_eq!(e["requestParameters"]["usageRecords"][0]["customerAWSAccountId"], ACCOUNT);
     let ids = success_ids(&trail);
     assert_eq!(ids.len(), 3, "{trail}");
@@ -140,7 +143,12 @@ async fn a_clean_run_reconciles_and_missing_foreign_and_mismatched_records_are_e
     assert_eq!(v["summary"]["matched"], 3);
 
     // Several files at once (a directory of them is read the same way): every problem is found together.
-    let run = verify(&s.target, &[&write(dir.path(), "m2.json", &missing), &write(dir.path(), "f2.json", &with_foreign)], "json").await;
+    let run = verify(
+        &s.target,
+        &[&write(dir.path(), "m2.json", &missing), &write(dir.path(), "f2.json", &with_foreign)],
+        "json",
+    )
+    .await;
     let v = json(&run);
     let kinds: Vec<&str> = v["discrepancies"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap()).collect();
     // The missing record is in f2.json (the full trail), so only the foreign call remains.

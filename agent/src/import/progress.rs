@@ -75,7 +75,11 @@ impl Stats {
         let outcome = if dry_run {
             format!("valid={} (dry run: nothing sent)", self.valid.load(Ordering::Relaxed))
         } else {
-            format!("accepted={} replayed={}", self.accepted.load(Ordering::Relaxed), self.replayed.load(Ordering::Relaxed))
+            format!(
+                "accepted={} replayed={}",
+                self.accepted.load(Ordering::Relaxed),
+                self.replayed.load(Ordering::Relaxed)
+            )
         };
         let mut out = format!(
             "rows={rows} {outcome} refused={}{} in {elapsed:.1} s, {:.0} rows/s, peak RSS {}\n",
@@ -100,7 +104,11 @@ pub fn peak_rss() -> Option<u64> {
 
 fn clock_text(secs: f64) -> String {
     let s = secs.round() as u64;
-    if s >= 3600 { format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) } else { format!("{}:{:02}", s / 60, s % 60) }
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
 }
 
 pub struct Progress {

@@ -139,10 +139,9 @@ impl Fields {
             &self.product_code,
         ) {
             (Some(t), None, None, None, None) => Ok(Identity::TenantId(t.clone())),
-            (None, Some(a), Some(l), None, None) => Ok(Identity::AwsAccount(v1::AwsCustomer {
-                customer_aws_account_id: a.clone(),
-                license_arn: l.clone(),
-            })),
+            (None, Some(a), Some(l), None, None) => {
+                Ok(Identity::AwsAccount(v1::AwsCustomer { customer_aws_account_id: a.clone(), license_arn: l.clone() }))
+            }
             (None, None, None, Some(c), p) => Ok(Identity::Legacy(v1::LegacyCustomer {
                 customer_identifier: c.clone(),
                 product_code: p.clone().unwrap_or_default(),
@@ -216,11 +215,17 @@ impl<R: Read> Reader<R> {
         Ok(match format {
             Format::Csv => {
                 let mut inner = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(input);
-                let header: Vec<String> =
-                    inner.headers().map_err(|e| anyhow::anyhow!("CSV header: {e}"))?.iter().map(str::to_string).collect();
+                let header: Vec<String> = inner
+                    .headers()
+                    .map_err(|e| anyhow::anyhow!("CSV header: {e}"))?
+                    .iter()
+                    .map(str::to_string)
+                    .collect();
                 let mut probe = Fields::default();
                 for name in &header {
-                    probe.set(name, "x".into(), key_column).map_err(|r| anyhow::anyhow!("CSV header: {}", r.message))?;
+                    probe
+                        .set(name, "x".into(), key_column)
+                        .map_err(|r| anyhow::anyhow!("CSV header: {}", r.message))?;
                 }
                 for required in ["timestamp", "dimension", "quantity"] {
                     anyhow::ensure!(header.iter().any(|h| h == required), "CSV header: no {required:?} column");
@@ -352,9 +357,8 @@ fn jsonl_row(number: u64, line: u64, text: &str, key_column: &str) -> Row {
         .try_for_each(|(name, raw)| {
             let raw = raw.get();
             if name == "tags" {
-                let tags: BTreeMap<String, String> = serde_json::from_str(raw).map_err(|_| {
-                    Refusal::invalid("tags", "tags: must be an object of strings".to_string())
-                })?;
+                let tags: BTreeMap<String, String> = serde_json::from_str(raw)
+                    .map_err(|_| Refusal::invalid("tags", "tags: must be an object of strings".to_string()))?;
                 f.tags.extend(tags);
                 return Ok(());
             }
@@ -421,7 +425,10 @@ mod tests {
 
     #[test]
     fn jsonl_numbers_reach_the_agent_digit_for_digit() {
-        let r = rows(Format::Jsonl, r#"{"timestamp":"2026-11-29T10:15:00Z","tenant_id":"t","dimension":"d","quantity":2147483647.000001}"#);
+        let r = rows(
+            Format::Jsonl,
+            r#"{"timestamp":"2026-11-29T10:15:00Z","tenant_id":"t","dimension":"d","quantity":2147483647.000001}"#,
+        );
         assert_eq!(r[0].fields.as_ref().unwrap().to_event().unwrap().0.quantity, "2147483647.000001");
     }
 

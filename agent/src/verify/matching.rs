@@ -286,7 +286,11 @@ mod tests {
     #[test]
     fn a_clean_ledger_reconciles_resends_included() {
         let v = run(
-            vec![row("aws:1/a", H, "accepted", 5, "m1"), row("aws:1/b", H, "rejected", 0, ""), row("aws:1/c", H, "open", 0, "")],
+            vec![
+                row("aws:1/a", H, "accepted", 5, "m1"),
+                row("aws:1/b", H, "rejected", 0, ""),
+                row("aws:1/c", H, "open", 0, ""),
+            ],
             vec![
                 rec("aws:1/a", H, 5, "m1", "Success"),
                 rec("aws:1/a", H, 5, "m1", "Success"),
@@ -340,7 +344,8 @@ mod tests {
     #[test]
     fn the_window_limits_both_sides() {
         let rows = vec![row("aws:1/a", H, "accepted", 5, "m1"), row("aws:1/b", H + 3_600_000, "accepted", 1, "m2")];
-        let records = vec![rec("aws:1/b", H + 3_600_000, 1, "m2", "Success"), rec("aws:1/z", H - 3_600_000, 1, "m3", "Success")];
+        let records =
+            vec![rec("aws:1/b", H + 3_600_000, 1, "m2", "Success"), rec("aws:1/z", H - 3_600_000, 1, "m3", "Success")];
         let report = v1::ReportResponse { rows, totals: None };
         let trail = Trail { records, ..Default::default() };
         let v = verify(&report, &trail, Window { from_ms: Some(H + 3_600_000), to_ms: None });

@@ -69,8 +69,8 @@ impl Trail {
 
     fn read_file(&mut self, path: &Path) -> anyhow::Result<()> {
         let bytes = read_maybe_gzip(path)?;
-        let doc: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))?;
+        let doc: Value =
+            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))?;
         self.files += 1;
         let events: Vec<Value> = match &doc {
             Value::Object(o) if member(o, "Records").is_some_and(Value::is_array) => {
@@ -165,14 +165,20 @@ impl Trail {
                 }
                 let unprocessed = response.and_then(|r| member(r, "unprocessedRecords")).and_then(Value::as_array);
                 for u in unprocessed.into_iter().flatten().filter_map(Value::as_object) {
-                    self.records.push(TrailRecord { status: "Unprocessed".into(), ..usage_record(&base, &product_code, Some(u)) });
+                    self.records.push(TrailRecord {
+                        status: "Unprocessed".into(),
+                        ..usage_record(&base, &product_code, Some(u))
+                    });
                 }
             }
             // No response logged: what was asked, with no outcome.
             None => {
                 let asked = request.and_then(|r| member(r, "usageRecords")).and_then(Value::as_array);
                 for u in asked.into_iter().flatten().filter_map(Value::as_object) {
-                    self.records.push(TrailRecord { status: "NoResponse".into(), ..usage_record(&base, &product_code, Some(u)) });
+                    self.records.push(TrailRecord {
+                        status: "NoResponse".into(),
+                        ..usage_record(&base, &product_code, Some(u))
+                    });
                 }
             }
         }
@@ -206,7 +212,8 @@ fn lookup_events(path: &Path, entries: &[Value]) -> anyhow::Result<Vec<Value>> {
         .iter()
         .enumerate()
         .map(|(i, entry)| {
-            let o = entry.as_object().ok_or_else(|| anyhow::anyhow!("{}: Events[{i}] is not an object", path.display()))?;
+            let o =
+                entry.as_object().ok_or_else(|| anyhow::anyhow!("{}: Events[{i}] is not an object", path.display()))?;
             match member(o, "CloudTrailEvent") {
                 Some(Value::String(s)) => serde_json::from_str(s)
                     .map_err(|e| anyhow::anyhow!("{}: Events[{i}].CloudTrailEvent is not JSON: {e}", path.display())),
