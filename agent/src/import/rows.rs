@@ -252,6 +252,14 @@ impl<R: Read> Reader<R> {
                     Ok(true) => {
                         *number += 1;
                         let line = record.position().map_or(0, |p| p.line());
+                        if record.as_byte_record().as_slice().len() > MAX_ROW_BYTES {
+                            return Ok(Some(Row {
+                                number: *number,
+                                line,
+                                input: "null".into(),
+                                fields: Err(Refusal::malformed(format!("row longer than {MAX_ROW_BYTES} bytes"))),
+                            }));
+                        }
                         Ok(Some(csv_row(*number, line, header, &record, key_column)))
                     }
                     Err(e) => match e.kind() {
@@ -487,6 +495,17 @@ mod tests {
         assert_eq!(r[0].fields.as_ref().err().unwrap().reason, "malformed");
         assert_eq!(r[0].line, 2);
         assert_eq!(r[1].fields.as_ref().unwrap().timestamp.as_deref(), Some("a,b"));
+    }
+
+    #[test]
+    fn an_overlong_csv_row_is_malformed() {
+        let text = format!(
+            "timestamp,tenant_id,dimension,quantity\n2026-11-29T10:15:00Z,{},d,1\n2026-11-29T10:15:00Z,t,d,1\n",
+            "t".repeat(MAX_ROW_BYTES)
+        );
+        let r = rows(Format::Csv, &text);
+        assert_eq!(r[0].fields.as_ref().err().unwrap().reason, "malformed");
+        assert!(r[1].fields.is_ok());
     }
 
     #[test]
