@@ -163,8 +163,12 @@ async fn csv_and_jsonl_rows_reach_the_ledger_exactly_and_a_rerun_replays() {
     let both = csv_total.checked_add(jsonl_total).unwrap();
     assert_eq!(recorded(&agent).await, both.to_string());
 
-    // Both again, the CSV from stdin: every row is a replay, nothing is counted twice.
-    let again = import(&agent, &[jsonl.to_str().unwrap()]);
+    // Both again, the JSONL gzipped and the CSV from stdin: every row is a replay, nothing is counted twice.
+    let gz = dir.path().join("usage.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    enc.write_all(&std::fs::read(&jsonl).unwrap()).unwrap();
+    enc.finish().unwrap();
+    let again = import(&agent, &[gz.to_str().unwrap()]);
     assert_eq!((again.counts()["replayed"], again.counts()["accepted"]), (2_000, 0), "{}", again.stdout);
     let out = Command::new(meterd_bin())
         .args(["import", "-", "--format", "csv", "--target", &agent.target()])
@@ -220,6 +224,42 @@ async fn an_import_killed_midway_and_run_again_ends_with_exact_totals() {
     assert_eq!(c["accepted"] + c["replayed"], ROWS as u64, "{}", rerun.stdout);
     assert_eq!(recorded(&agent).await, total.to_string());
     assert_eq!(events_stored(&agent).await, ROWS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_dies_midway_stops_the_import_and_a_rerun_after_its_restart_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(&config(&dir.path().join("data"), "")).unwrap();
+    let base = meterd::clock::hour_start(now_ms());
+    let file = dir.path().join("rows.csv");
+    const ROWS: usize = 20_000;
+    let total = write_csv(&file, ROWS, base);
+    let child = Command::new(meterd_bin())
+        .args(["import", file.to_str().unwrap(), "--batch", "100", "--in-flight", "1", "--target", &agent.target()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while events_stored(&agent).await == 0 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the import stored nothing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    agent.kill9();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("import interrupted: rows 1..") && stderr.contains("Run the same command again"),
+        "{stderr}"
+    );
+
+    let agent = agent.restart().unwrap();
+    let rerun = import(&agent, &[file.to_str().unwrap()]);
+    assert_eq!(rerun.code, 0, "{}{}", rerun.stdout, rerun.stderr);
+    let c = rerun.counts();
+    assert!(c["replayed"] > 0 && c["accepted"] + c["replayed"] == ROWS as u64, "{}", rerun.stdout);
+    assert_eq!(recorded(&agent).await, total.to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
