@@ -72,16 +72,16 @@ pub fn to_table(v: &Verification) -> String {
     );
     if !v.discrepancies.is_empty() {
         out.push_str(&format!(
-            "\n{:<9} {:<20} {:<16} {:<40} {:<16} {:>8} {:>10}  {:<36}  {}\n",
+            "\n{:<9} {:<24} {:<16} {:<40} {:<16} {:>8} {:>10}  {:<36}  {}\n",
             "kind", "hour", "product", "customer", "dimension", "meterd", "cloudtrail", "metering_record_id", "detail"
         ));
         let q = |x: Option<u64>| x.map_or("-".to_string(), |q| q.to_string());
         for d in &v.discrepancies {
             out.push_str(&format!(
-                "{:<9} {:<20} {:<16} {:<40} {:<16} {:>8} {:>10}  {:<36}  {}\n",
+                "{:<9} {:<24} {:<16} {:<40} {:<16} {:>8} {:>10}  {:<36}  {}\n",
                 d.kind,
                 d.hour,
-                d.product,
+                if d.product.is_empty() { "-" } else { &d.product },
                 d.customer,
                 d.dimension,
                 q(d.meterd_quantity),
@@ -130,4 +130,55 @@ pub fn to_csv(v: &Verification) -> anyhow::Result<String> {
         ])?;
     }
     Ok(String::from_utf8(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matching::{Discrepancy, Summary, Verification};
+    use super::*;
+
+    fn sample() -> Verification {
+        let d = Discrepancy {
+            kind: "foreign",
+            hour: "2026-11-29T10:00:00.000Z".into(),
+            product: String::new(),
+            customer: "aws:111122223333/arn:aws:license-manager::111122223333:license:l-1".into(),
+            dimension: "api_calls".into(),
+            meterd_quantity: None,
+            cloudtrail_quantity: Some(7),
+            metering_record_id: "m-9".into(),
+            status: "Success".into(),
+            event_id: "e-1".into(),
+            event_time: "2026-11-29T11:00:00Z".into(),
+            field: String::new(),
+            detail: "AWS billed usage meterd never sent, \"quoted\"".into(),
+        };
+        Verification {
+            reconciled: false,
+            summary: Summary { foreign: 1, matched: 2, meterd_accepted: 2, ..Default::default() },
+            discrepancies: vec![d],
+        }
+    }
+
+    #[test]
+    fn the_table_has_the_counts_and_one_line_per_discrepancy() {
+        let t = to_table(&sample());
+        assert!(
+            t.contains("matched 2, confirmed in flight 0, missing 0, foreign 1, mismatched 0: DISCREPANCIES"),
+            "{t}"
+        );
+        let line = t.lines().find(|l| l.starts_with("foreign")).unwrap();
+        assert!(line.contains("m-9") && line.contains("-   ") && line.contains(" 7 "), "{line}");
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let c = to_csv(&sample()).unwrap();
+        let mut r = csv::Reader::from_reader(c.as_bytes());
+        let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(&rows[0][0], "foreign");
+        assert_eq!(&rows[0][6], "7");
+        assert_eq!(&rows[0][12], "AWS billed usage meterd never sent, \"quoted\"");
+    }
 }
