@@ -64,6 +64,11 @@ pub enum Command {
         #[command(subcommand)]
         command: CustomersCommand,
     },
+    /// Backfill usage from a CSV or JSON Lines file (or "-" for stdin) through the agent's ingest; exits 3 when
+    /// any row was refused (listed in the refusal file). Columns: docs/operations.md.
+    Import(crate::import::cli::ImportArgs),
+    /// Match meterd's ledger with CloudTrail's MeterUsage/BatchMeterUsage records; exits 3 on any discrepancy.
+    Verify(crate::verify::cli::VerifyArgs),
     /// Run the AWS Marketplace Metering emulator standalone (for your own tests).
     Emulator {
         /// Address to listen on, e.g. 127.0.0.1:4599 (port 0 picks one; the URL is printed).
@@ -174,6 +179,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Repack { target } => repack(&target).await,
         Command::Report { target, format } => report(&target, format).await,
         Command::Customers { target, command } => customers(&target, command).await,
+        Command::Import(args) => crate::import::run(args.into_options()).await,
+        Command::Verify(args) => crate::verify::run(args.into_options()).await,
         Command::Emulator { listen, config } => {
             init_logging(&LogFormat::Text, "info");
             meterd_emulator::run_standalone(listen, config.as_deref()).await?;

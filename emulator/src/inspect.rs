@@ -18,6 +18,7 @@ pub(crate) fn routes() -> Router<Emulator> {
         .route("/totals", get(totals))
         .route("/counters", get(counters))
         .route("/requests", get(requests))
+        .route("/cloudtrail", get(cloudtrail))
         .route("/reset", post(reset))
         .route("/customers", get(customers).put(add_customer).delete(remove_customer))
         .route("/faults", get(faults).put(set_faults))
@@ -48,6 +49,33 @@ async fn counters(State(emu): State<Emulator>) -> Response {
 
 async fn requests(State(emu): State<Emulator>) -> Response {
     Json(emu.requests()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloudTrailQuery {
+    format: Option<String>,
+}
+
+/// The metering calls processed, as a CloudTrail log file, or (`?format=lookup-events`) as `aws cloudtrail
+/// lookup-events` prints them.
+async fn cloudtrail(State(emu): State<Emulator>, q: axum::extract::Query<CloudTrailQuery>) -> Response {
+    let st = emu.shared.lock();
+    let dropped = st.cloudtrail.dropped.to_string();
+    let body = match q.format.as_deref() {
+        None | Some("log-file") => st.cloudtrail.log_file(),
+        Some("lookup-events") => st.cloudtrail.lookup_events().to_string(),
+        Some(other) => return bad_request(format!("format {other:?}: use log-file (default) or lookup-events")),
+    };
+    drop(st);
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/json"),
+            (axum::http::HeaderName::from_static("x-emulator-cloudtrail-dropped"), dropped.as_str()),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn reset(State(emu): State<Emulator>) -> StatusCode {

@@ -6,6 +6,7 @@
 
 mod agreement;
 mod clock;
+mod cloudtrail;
 mod config;
 mod counters;
 mod decimal;
@@ -70,6 +71,12 @@ impl Emulator {
     /// body was read (injected faults, the rate limit) are not in it.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.shared.lock().requests.entries()
+    }
+
+    /// CloudTrail-shaped records of the metering calls processed (the last 10,000), as a CloudTrail log file:
+    /// `{"Records": [...]}` (see `cloudtrail.rs` for the shape and its source).
+    pub fn cloudtrail(&self) -> serde_json::Value {
+        serde_json::from_str(&self.shared.lock().cloudtrail.log_file()).unwrap_or_default()
     }
 
     pub fn counters(&self) -> Counters {

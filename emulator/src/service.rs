@@ -85,6 +85,7 @@ pub(crate) struct State {
     pub ledger: Ledger,
     pub counters: Counters,
     pub requests: RequestLog,
+    pub cloudtrail: crate::cloudtrail::CloudTrailLog,
     client_tokens: HashMap<String, (TokenParams, Result<String, AwsError>)>,
 }
 
@@ -116,6 +117,7 @@ impl State {
             ledger: Ledger::default(),
             counters: Counters::default(),
             requests: RequestLog::default(),
+            cloudtrail: Default::default(),
             client_tokens: HashMap::new(),
         };
         for t in &cfg.registration_tokens {
@@ -293,6 +295,11 @@ impl Shared {
             *st.counters.rejections.entry(e.code.to_string()).or_default() += 1;
         }
         st.requests.push(op.name(), request_id, body, result.as_ref().err().map(|e| e.code));
+        if matches!(op, Operation::BatchMeterUsage | Operation::MeterUsage) {
+            let now = self.now_ms(&st);
+            let answer = result.as_ref().map_err(|e| (e.code, e.message.as_str()));
+            st.cloudtrail.push(op.name(), request_id, now, body, answer);
+        }
         result
     }
 

@@ -118,6 +118,7 @@ impl Admin for AdminService {
             disk_free_bytes: counters.disk_free_bytes.load(std::sync::atomic::Ordering::Relaxed),
             disk_reserve_bytes: counters.disk_reserve_bytes.load(std::sync::atomic::Ordering::Relaxed),
             disk_full: counters.disk_full.load(std::sync::atomic::Ordering::Relaxed),
+            policy: Some(submission_policy(&self.config)),
         }))
     }
 
@@ -147,5 +148,21 @@ impl Admin for AdminService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(store_status)?;
         Ok(Response::new(super::convert::report_to_wire(&report)))
+    }
+}
+
+/// The pipeline rules a client checks usage against before sending it (`meterd import`).
+fn submission_policy(config: &crate::config::Config) -> v1::SubmissionPolicy {
+    let p = &config.pipeline;
+    v1::SubmissionPolicy {
+        submission_window_seconds: p.submission_window.as_secs(),
+        safety_margin_seconds: p.safety_margin.as_secs(),
+        max_lateness_seconds: p.max_lateness.as_secs(),
+        late_usage: match p.late_usage {
+            crate::config::LateUsage::Carry => "carry",
+            crate::config::LateUsage::Reject => "reject",
+        }
+        .to_string(),
+        max_batch_events: u32::try_from(config.ingest.max_batch_events).unwrap_or(u32::MAX),
     }
 }
