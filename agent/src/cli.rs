@@ -469,7 +469,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             for (name, a) in &c.accounts {
                 println!(
                     "  account {name}: region={} calls/s={}{}",
-                    a.region,
+                    a.region.as_deref().unwrap_or("(from the environment or instance metadata)"),
                     a.calls_per_second,
                     a.endpoint_url.as_deref().map(|u| format!(" endpoint={u}")).unwrap_or_default()
                 );

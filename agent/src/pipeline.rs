@@ -99,6 +99,7 @@ impl Pipeline {
             cutoff_hour_ms,
             now_ms: self.clock.now_ms(),
             window_ms: p.submission_window.as_millis() as i64,
+            product_windows_ms: self.config.product_windows_ms(),
             margin_ms: p.safety_margin.as_millis() as i64,
             zero_records: p.zero_records,
         }

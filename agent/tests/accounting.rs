@@ -117,6 +117,7 @@ proptest! {
                         cutoff_hour_ms: now / HOUR * HOUR,
                         now_ms: now,
                         window_ms: 24 * HOUR,
+                        product_windows_ms: Default::default(),
                         margin_ms: 0,
                         zero_records: false,
                     }))
@@ -217,6 +218,7 @@ fn a_terminal_state_is_final_and_sealed_content_is_frozen() {
             cutoff_hour_ms: T0 + HOUR,
             now_ms: T0 + HOUR,
             window_ms: 24 * HOUR,
+            product_windows_ms: Default::default(),
             margin_ms: 0,
             zero_records: false,
         };
@@ -263,6 +265,7 @@ fn retention_compacts_terminal_history_and_the_report_still_reconciles() {
             cutoff_hour_ms: T0 + 6 * HOUR,
             now_ms: T0 + 6 * HOUR,
             window_ms: 24 * HOUR,
+            product_windows_ms: Default::default(),
             margin_ms: 0,
             zero_records: false,
         };

@@ -12,6 +12,7 @@ mod decimal;
 mod faults;
 mod inspect;
 mod ledger;
+mod register;
 mod requests;
 mod rules;
 mod server;
@@ -162,6 +163,28 @@ impl Emulator {
         }
         self.shared.lock().agreements.insert(agreement_id.to_string(), status.to_string());
         Ok(())
+    }
+
+    /// The RegisterUsage signing key's public half (`public_key`: base64url of the uncompressed P-256 point,
+    /// and the same as a `jwk`), as served at `GET /_emulator/register_usage/public_key`.
+    pub fn register_usage_public_key(&self) -> serde_json::Value {
+        self.shared.signer.public_key()
+    }
+
+    /// Whether the emulated host is an ECS/EKS container platform (RegisterUsage answers there only).
+    pub fn set_container_platform(&self, on: bool) {
+        self.shared.lock().container_platform = on;
+    }
+
+    /// Whether the buyer running the product is entitled to `product_code` (MeterUsage and RegisterUsage answer
+    /// `CustomerNotEntitledException` when not).
+    pub fn set_entitled(&self, product_code: &str, entitled: bool) {
+        let mut st = self.shared.lock();
+        if entitled {
+            st.not_entitled.remove(product_code);
+        } else {
+            st.not_entitled.insert(product_code.to_string());
+        }
     }
 
     pub fn agreements(&self) -> std::collections::BTreeMap<String, String> {

@@ -124,17 +124,15 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
 
     // Customer.
     use v1::customer::Identity as Wire;
-    let wire = ev
-        .customer
-        .as_ref()
-        .and_then(|c| c.identity.as_ref())
-        .ok_or_else(|| FieldError::new("customer", "is required: set tenant_id, aws_account or legacy"))?;
+    let wire = ev.customer.as_ref().and_then(|c| c.identity.as_ref());
     let identity = match wire {
-        Wire::TenantId(t) => {
+        _ if product.identity == IdentityMode::Deployment => super::deployment::event_identity(wire, product_name)?,
+        None => return Err(FieldError::new("customer", "is required: set tenant_id, aws_account or legacy")),
+        Some(Wire::TenantId(t)) => {
             check_id("customer.tenant_id", t, "your tenant id")?;
             Identity::Tenant(t.clone())
         }
-        Wire::AwsAccount(a) => {
+        Some(Wire::AwsAccount(a)) => {
             if product.identity != IdentityMode::License {
                 return Err(FieldError::new(
                     "customer.aws_account",
@@ -158,7 +156,7 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
             }
             Identity::Aws { account_id: a.customer_aws_account_id.clone(), license_arn: a.license_arn.clone() }
         }
-        Wire::Legacy(l) => {
+        Some(Wire::Legacy(l)) => {
             if product.identity != IdentityMode::Legacy {
                 return Err(FieldError::new(
                     "customer.legacy",

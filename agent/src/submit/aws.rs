@@ -141,9 +141,11 @@ fn timeouts(account: &AccountConfig) -> TimeoutConfig {
 }
 
 async fn sdk_config(account: &AccountConfig) -> anyhow::Result<aws_types::SdkConfig> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(account.region.clone()))
-        .app_name(AppName::new(account.app_id.clone())?);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).app_name(AppName::new(account.app_id.clone())?);
+    // Unset: the standard Region chain (AWS_REGION, the profile, then the instance's IMDS) decides.
+    if let Some(region) = &account.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
     if let Some(url) = &account.endpoint_url {
         loader = loader.endpoint_url(url);
     }
@@ -158,7 +160,13 @@ async fn sdk_config(account: &AccountConfig) -> anyhow::Result<aws_types::SdkCon
     } else if let Some(profile) = &account.profile {
         loader = loader.profile_name(profile);
     }
-    Ok(loader.load().await)
+    let sdk = loader.load().await;
+    anyhow::ensure!(
+        sdk.region().is_some(),
+        "no AWS Region: set region in [accounts.NAME], or AWS_REGION, or a profile's region, or run on an instance \
+         whose metadata service (IMDS) answers"
+    );
+    Ok(sdk)
 }
 
 /// The wire form of a sealed record. Deterministic: a resend carries exactly the same fields.
@@ -172,6 +180,7 @@ pub fn usage_record(r: &SealedRecord, identity: &Identity) -> anyhow::Result<Usa
         Identity::Aws { account_id, license_arn } => b = b.customer_aws_account_id(account_id).license_arn(license_arn),
         Identity::Legacy { customer_identifier } => b = b.customer_identifier(customer_identifier),
         Identity::Tenant(t) => anyhow::bail!("tenant {t:?} has no marketplace identity yet"),
+        Identity::Deployment => anyhow::bail!("a deployment record is sent with MeterUsage, not BatchMeterUsage"),
     }
     for a in &r.allocations {
         let mut ab = UsageAllocation::builder().allocated_usage_quantity(a.quantity as i32);
@@ -196,6 +205,7 @@ pub fn wire_key_of_record(r: &SealedRecord, identity: &Identity) -> WireKey {
         Identity::Aws { account_id, license_arn } => format!("{account_id}|{license_arn}"),
         Identity::Legacy { customer_identifier } => customer_identifier.clone(),
         Identity::Tenant(t) => format!("tenant|{t}"),
+        Identity::Deployment => "deployment".into(),
     };
     WireKey { customer, dimension: r.key.dimension.clone(), timestamp_secs: r.key.hour_ms.div_euclid(1000) }
 }
@@ -309,6 +319,7 @@ pub fn estimated_wire_bytes(r: &SealedRecord) -> usize {
         Identity::Aws { account_id, license_arn } => account_id.len() + license_arn.len() + 60,
         Identity::Legacy { customer_identifier } => customer_identifier.len() + 30,
         Identity::Tenant(t) => t.len() + 30,
+        Identity::Deployment => 0,
     };
     let allocations: usize =
         r.allocations.iter().map(|a| 40 + a.tags.iter().map(|(k, v)| k.len() + v.len() + 30).sum::<usize>()).sum();
@@ -330,7 +341,7 @@ mod tests {
 
     async fn test_client(endpoint: String) -> Client {
         let account = AccountConfig {
-            region: "us-east-1".into(),
+            region: Some("us-east-1".into()),
             endpoint_url: Some(endpoint),
             profile: None,
             role_arn: None,
