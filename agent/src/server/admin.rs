@@ -118,6 +118,22 @@ impl Admin for AdminService {
             disk_free_bytes: counters.disk_free_bytes.load(std::sync::atomic::Ordering::Relaxed),
             disk_reserve_bytes: counters.disk_reserve_bytes.load(std::sync::atomic::Ordering::Relaxed),
             disk_full: counters.disk_full.load(std::sync::atomic::Ordering::Relaxed),
+            deployment_checks: self
+                .pipeline
+                .deployment
+                .snapshot()
+                .into_iter()
+                .map(|(product, check, r)| v1::DeploymentCheck {
+                    product,
+                    check,
+                    state: r.state.to_string(),
+                    error_code: r.error_code,
+                    message: r.message,
+                    at: Some(timestamp(r.at_ms)),
+                    attempts: r.attempts,
+                    signature: r.signature,
+                })
+                .collect(),
         }))
     }
 

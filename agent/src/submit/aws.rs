@@ -13,6 +13,7 @@ use aws_sdk_marketplacemetering::config::{Credentials, Intercept, RuntimeCompone
 use aws_sdk_marketplacemetering::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_marketplacemetering::operation::RequestId;
 use aws_sdk_marketplacemetering::operation::batch_meter_usage::BatchMeterUsageError;
+use aws_sdk_marketplacemetering::operation::meter_usage::MeterUsageError;
 use aws_sdk_marketplacemetering::types::{Tag, UsageAllocation, UsageRecord, UsageRecordResultStatus};
 use aws_smithy_runtime_api::client::interceptors::context::{
     BeforeDeserializationInterceptorContextRef, InterceptorContext,
@@ -89,8 +90,12 @@ impl ClassifyRetry for ThrottlingIsPacedByMeterd {
             .output_or_error()
             .and_then(Result::err)
             .and_then(|e| e.as_operation_error())
-            .and_then(|e| e.downcast_ref::<BatchMeterUsageError>())
-            .is_some_and(|e| e.code() == Some("ThrottlingException"));
+            .and_then(|e| {
+                e.downcast_ref::<BatchMeterUsageError>()
+                    .map(|e| e.code())
+                    .or_else(|| e.downcast_ref::<MeterUsageError>().map(|e| e.code()))
+            })
+            .is_some_and(|code| code == Some("ThrottlingException"));
         if throttled { RetryAction::RetryForbidden } else { RetryAction::NoActionIndicated }
     }
 
