@@ -421,3 +421,43 @@ async fn register_usage_paths() {
     verify_token(&d.emulator, &c.signature);
     d.stop().await;
 }
+
+/// `meterd check-config --aws`: one DryRun per dimension, printed; exit 1 when one fails, 0 when all pass.
+#[test]
+fn check_config_aws_sends_a_dry_run_per_dimension() {
+    let emulator = meterd_tests::EmulatorProcess::start(&format!(
+        "[[products]]\nproduct_code = \"{CODE}\"\ndimensions = [\"vcpu_hours\"]\n"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |dims: &str| {
+        let path = dir.path().join("meterd.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[storage]\ndata_dir = \"{}\"\n[accounts.instance]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
+                 test_credentials = true\n[products.ami]\nidentity = \"deployment\"\nproduct_code = \"{CODE}\"\n\
+                 dimensions = {dims}\n",
+                dir.path().join("data").display(),
+                emulator.url
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(meterd_tests::meterd_bin())
+            .args(["check-config", "--aws"])
+            .arg(&path)
+            .env("METERD_LOG", "error")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (code, out) = run("[\"vcpu_hours\", \"gb_stored\"]");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("aws: ami dry_run:vcpu_hours: ok"), "{out}");
+    assert!(out.contains("aws: ami dry_run:gb_stored: FAILED InvalidUsageDimensionException"), "{out}");
+    let (code, out) = run("[\"vcpu_hours\"]");
+    assert_eq!(code, Some(0), "{out}");
+    // Nothing was metered: two DryRuns of vcpu_hours, one of gb_stored.
+    assert_eq!(emulator.inspect("/_emulator/ledger").unwrap(), serde_json::json!([]));
+    assert_eq!(emulator.inspect("/_emulator/counters").unwrap()["calls"]["MeterUsage"], 3);
+}
