@@ -816,6 +816,21 @@ mod tests {
 
     const MP: &str = "\n[marketplace]\nlisten = \"127.0.0.1:0\"\nredirect_url = \"https://x.example\"\n";
 
+    const DEP: &str = "\n[products.ami]\nidentity = \"deployment\"\ndimensions = [\"vcpu_hours\"]\n";
+
+    #[test]
+    fn a_deployment_product_gets_meter_usage_s_window_and_an_account_may_leave_the_region_unset() {
+        let text = format!("{GOOD}{DEP}product_code = \"pc\"\nregister_usage = true\n[accounts.instance]\napp_id = \"x\"\n");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.submission_window_of("ami"), Duration::from_secs(6 * 3600));
+        assert_eq!(c.submission_window_of("app"), Duration::from_secs(24 * 3600));
+        assert_eq!(c.product_windows_ms(), [("ami".to_string(), 6 * 3_600_000)].into());
+        assert_eq!(c.accounts["instance"].region, None);
+        assert!(c.products["ami"].register_usage);
+        let c = parse(&format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"3h\"")).unwrap();
+        assert_eq!(c.submission_window_of("ami"), Duration::from_secs(3 * 3600));
+    }
+
     #[test]
     fn marketplace_events_are_off_until_authenticated() {
         let c = parse(&format!("{GOOD}{MP}")).unwrap();
@@ -906,6 +921,12 @@ mod tests {
             (format!("{GOOD}{MP}sns_cert_host_pattern = \"(\""), "marketplace.sns_cert_host_pattern:"),
             (format!("{GOOD}{MP}trusted_proxies = [\"proxy\"]"), "marketplace.trusted_proxies[0]:"),
             (format!("{GOOD}{MP}rate_limit = {{ per_minute = 0 }}"), "marketplace.rate_limit.per_minute:"),
+            (format!("{GOOD}{DEP}"), "products.ami.product_code:"),
+            (format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"7h\""), "products.ami.submission_window:"),
+            (format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"1h\""), "products.ami.submission_window:"),
+            (format!("{GOOD}{DEP}product_code = \"pc\"\npublic_key_version = 0"), "products.ami.public_key_version:"),
+            (GOOD.replace("identity = \"license\"", "identity = \"license\"\nregister_usage = true"), "products.app.register_usage:"),
+            (format!("{GOOD}{DEP}product_code = \"pc\"\n[pipeline]\nseal_grace = \"4h\"\nsafety_margin = \"1h\""), "products.ami.submission_window:"),
         ];
         for (text, key) in cases {
             let e = err(&text);

@@ -291,6 +291,10 @@ mod tests {
             identity = "legacy"
             product_code = "pc123"
             dimensions = ["seats"]
+            [products.ami]
+            identity = "deployment"
+            product_code = "ami123"
+            dimensions = ["vcpu_hours"]
             "#,
             Path::new("t.toml"),
             |_| None,
@@ -360,6 +364,19 @@ mod tests {
         let allowed = with_tags(&[("team", "a b"), ("cost-center", "x=1;y<2"), ("p", "a/b:c@d.e_f+g!\"#$%&'()*,")]);
         assert!(validate(&allowed, &c, NOW).is_ok());
         assert!(validate(&v1::UsageEvent { timestamp: ts(NOW / 1000 + 299, 0), ..good() }, &c, NOW).is_ok());
+    }
+
+    #[test]
+    fn deployment_products_take_events_without_a_customer_only() {
+        let c = config();
+        let ev = v1::UsageEvent { product: "ami".into(), dimension: "vcpu_hours".into(), customer: None, ..good() };
+        assert_eq!(validate(&ev, &c, NOW).unwrap().identity, Identity::Deployment);
+        // An empty Customer message names nobody either.
+        let empty = v1::UsageEvent { customer: Some(v1::Customer { identity: None }), ..ev.clone() };
+        assert_eq!(validate(&empty, &c, NOW).unwrap().identity, Identity::Deployment);
+        refused(v1::UsageEvent { customer: good().customer, ..ev.clone() }, "customer.aws_account", "identity = \"deployment\"");
+        // Other products still require a customer.
+        refused(v1::UsageEvent { customer: None, ..good() }, "customer", "is required");
     }
 
     #[test]
