@@ -614,7 +614,8 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             println!("  product {}: identity={} dimensions=[{}]", p.name, p.identity, p.dimensions.join(", "));
         }
         for c in &s.deployment_checks {
-            let error = if c.error_code.is_empty() { String::new() } else { format!(": {} {}", c.error_code, c.message) };
+            let error =
+                if c.error_code.is_empty() { String::new() } else { format!(": {} {}", c.error_code, c.message) };
             println!("  check {} {}: {} (attempts {}){error}", c.product, c.check, c.state, c.attempts);
         }
         for a in &s.accounts {

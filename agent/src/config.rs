@@ -820,7 +820,8 @@ mod tests {
 
     #[test]
     fn a_deployment_product_gets_meter_usage_s_window_and_an_account_may_leave_the_region_unset() {
-        let text = format!("{GOOD}{DEP}product_code = \"pc\"\nregister_usage = true\n[accounts.instance]\napp_id = \"x\"\n");
+        let text =
+            format!("{GOOD}{DEP}product_code = \"pc\"\nregister_usage = true\n[accounts.instance]\napp_id = \"x\"\n");
         let c = parse(&text).unwrap();
         assert_eq!(c.submission_window_of("ami"), Duration::from_secs(6 * 3600));
         assert_eq!(c.submission_window_of("app"), Duration::from_secs(24 * 3600));
@@ -922,11 +923,23 @@ mod tests {
             (format!("{GOOD}{MP}trusted_proxies = [\"proxy\"]"), "marketplace.trusted_proxies[0]:"),
             (format!("{GOOD}{MP}rate_limit = {{ per_minute = 0 }}"), "marketplace.rate_limit.per_minute:"),
             (format!("{GOOD}{DEP}"), "products.ami.product_code:"),
-            (format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"7h\""), "products.ami.submission_window:"),
-            (format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"1h\""), "products.ami.submission_window:"),
+            (
+                format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"7h\""),
+                "products.ami.submission_window:",
+            ),
+            (
+                format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"1h\""),
+                "products.ami.submission_window:",
+            ),
             (format!("{GOOD}{DEP}product_code = \"pc\"\npublic_key_version = 0"), "products.ami.public_key_version:"),
-            (GOOD.replace("identity = \"license\"", "identity = \"license\"\nregister_usage = true"), "products.app.register_usage:"),
-            (format!("{GOOD}{DEP}product_code = \"pc\"\n[pipeline]\nseal_grace = \"4h\"\nsafety_margin = \"1h\""), "products.ami.submission_window:"),
+            (
+                GOOD.replace("identity = \"license\"", "identity = \"license\"\nregister_usage = true"),
+                "products.app.register_usage:",
+            ),
+            (
+                format!("{GOOD}{DEP}product_code = \"pc\"\n[pipeline]\nseal_grace = \"4h\"\nsafety_margin = \"1h\""),
+                "products.ami.submission_window:",
+            ),
         ];
         for (text, key) in cases {
             let e = err(&text);

@@ -110,7 +110,10 @@ pub(crate) fn register_usage(m: &Map<String, Value>, host: &Host<'_>) -> Result<
     if input.public_key_version != Some(PUBLIC_KEY_VERSION) {
         return Err(AwsError::client(
             "InvalidPublicKeyVersionException",
-            format!("Public key version {} does not exist (the current one is {PUBLIC_KEY_VERSION})", input.public_key_version.unwrap_or(0)),
+            format!(
+                "Public key version {} does not exist (the current one is {PUBLIC_KEY_VERSION})",
+                input.public_key_version.unwrap_or(0)
+            ),
         ));
     }
     let mut claims = json!({
@@ -164,7 +167,10 @@ mod tests {
         assert_eq!(code(ok, Host { container_platform: false, ..host(&signer) }), "PlatformNotSupportedException");
         assert_eq!(code(ok, Host { product_known: false, ..host(&signer) }), "InvalidProductCodeException");
         assert_eq!(code(ok, Host { entitled: false, ..host(&signer) }), "CustomerNotEntitledException");
-        assert_eq!(code(r#"{"ProductCode":"p1","PublicKeyVersion":2}"#, host(&signer)), "InvalidPublicKeyVersionException");
+        assert_eq!(
+            code(r#"{"ProductCode":"p1","PublicKeyVersion":2}"#, host(&signer)),
+            "InvalidPublicKeyVersionException"
+        );
         assert_eq!(code(r#"{"ProductCode":"p1","PublicKeyVersion":0}"#, host(&signer)), "ValidationException");
         assert_eq!(code(r#"{"PublicKeyVersion":1}"#, host(&signer)), "ValidationException");
         let long = format!(r#"{{"ProductCode":"p1","PublicKeyVersion":1,"Nonce":"{}"}}"#, "n".repeat(256));

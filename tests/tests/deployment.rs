@@ -88,16 +88,7 @@ dimensions = ["vcpu_hours", "gb_stored"]
         ));
         let (addr, admin) = tokio::time::timeout(Duration::from_secs(20), ready_rx).await.unwrap().unwrap();
         let client = meterd_proto::client::Client::connect(&addr.to_string(), Duration::from_secs(5)).await.unwrap();
-        Deploy {
-            clock,
-            emulator,
-            handle: Some(handle),
-            client,
-            admin,
-            stop: Some(stop),
-            join: Some(join),
-            _data: data,
-        }
+        Deploy { clock, emulator, handle: Some(handle), client, admin, stop: Some(stop), join: Some(join), _data: data }
     }
 
     async fn record(&self, key: &str, dimension: &str, quantity: &str, at_ms: i64, tags: &[(&str, &str)]) {
@@ -191,11 +182,14 @@ async fn hourly_meter_usage_records_are_exact_and_customers_are_refused() {
 
     // An event that names a customer is refused, naming the field; nothing is stored.
     let mut named = event("named", "vcpu_hours", "1", t0 + 60_000, &[]);
-    named.customer =
-        Some(v1::Customer { identity: Some(v1::customer::Identity::TenantId("acme".into())) });
+    named.customer = Some(v1::Customer { identity: Some(v1::customer::Identity::TenantId("acme".into())) });
     let e = d.client.metering().record_usage(v1::RecordUsageRequest { event: Some(named) }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("customer.tenant_id") && e.message().contains("identity = \"deployment\""), "{}", e.message());
+    assert!(
+        e.message().contains("customer.tenant_id") && e.message().contains("identity = \"deployment\""),
+        "{}",
+        e.message()
+    );
 
     // Hour 0: vcpu 1.5 untagged + 2.25 for team a = 3.75 → 3 units, 0.75 carried; gb 10.
     d.record("v0a", "vcpu_hours", "1.5", t0 + 6 * 60_000, &[]).await;
@@ -268,7 +262,9 @@ async fn hourly_meter_usage_records_are_exact_and_customers_are_refused() {
     }
     let m = d.metrics().await;
     assert!(
-        m.contains("meterd_deployment_check_ok{product=\"ami\",check=\"dry_run:vcpu_hours\",state=\"ok\",error=\"\"} 1"),
+        m.contains(
+            "meterd_deployment_check_ok{product=\"ami\",check=\"dry_run:vcpu_hours\",state=\"ok\",error=\"\"} 1"
+        ),
         "{m}"
     );
     assert_eq!(d.status().await.products[0].identity, "deployment");
@@ -295,9 +291,7 @@ async fn a_record_not_accepted_within_six_hours_expires_unsent() {
         d.advance(60_000, 60_000).await;
     }
     d.advance(5 * HOUR, 10 * 60_000).await;
-    let r = d
-        .wait_report("the record expired", |r| r.totals.as_ref().unwrap().expired == "5")
-        .await;
+    let r = d.wait_report("the record expired", |r| r.totals.as_ref().unwrap().expired == "5").await;
     let t = r.totals.unwrap();
     assert!(t.reconciled && t.accepted == "0" && t.pending == "0", "{t:?}");
     assert!(d.emulator.ledger().is_empty());

@@ -132,14 +132,17 @@ mod tests {
         assert_eq!(t.len(), 64);
         assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
         // The state, deadline and accounting are not sent: a resend in any state carries the same token.
-        let resend = SealedRecord { state: RecordState::InFlight { attempts: 3, next_attempt_ms: 9 }, deadline_ms: 5, ..a.clone() };
+        let resend = SealedRecord {
+            state: RecordState::InFlight { attempts: 3, next_attempt_ms: 9 },
+            deadline_ms: 5,
+            ..a.clone()
+        };
         assert_eq!(client_token("pc", &resend), t);
         // Anything sent changes it.
         assert_ne!(client_token("pc2", &a), t);
         assert_ne!(client_token("pc", &record(8, vec![])), t);
-        let tagged = |v: &str| {
-            record(7, vec![Allocation { tags: [("team".to_string(), v.to_string())].into(), quantity: 7 }])
-        };
+        let tagged =
+            |v: &str| record(7, vec![Allocation { tags: [("team".to_string(), v.to_string())].into(), quantity: 7 }]);
         assert_ne!(client_token("pc", &tagged("a")), client_token("pc", &tagged("b")));
         let mut other_hour = a.clone();
         other_hour.key.hour_ms += 3_600_000;

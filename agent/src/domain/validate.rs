@@ -374,7 +374,11 @@ mod tests {
         // An empty Customer message names nobody either.
         let empty = v1::UsageEvent { customer: Some(v1::Customer { identity: None }), ..ev.clone() };
         assert_eq!(validate(&empty, &c, NOW).unwrap().identity, Identity::Deployment);
-        refused(v1::UsageEvent { customer: good().customer, ..ev.clone() }, "customer.aws_account", "identity = \"deployment\"");
+        refused(
+            v1::UsageEvent { customer: good().customer, ..ev.clone() },
+            "customer.aws_account",
+            "identity = \"deployment\"",
+        );
         // Other products still require a customer.
         refused(v1::UsageEvent { customer: None, ..good() }, "customer", "is required");
     }

@@ -43,12 +43,26 @@ const RECORD_EXCEPTIONS: &[&str] = &[
 /// What one MeterUsage call came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MeterOutcome {
-    Accepted { metering_record_id: String, request_id: Option<String> },
+    Accepted {
+        metering_record_id: String,
+        request_id: Option<String>,
+    },
     /// `DuplicateRequestException`: AWS already holds a different quantity for this dimension and hour.
-    Duplicate { request_id: Option<String> },
-    Rejected { exception: String, message: String, request_id: Option<String> },
-    Retryable { throttled: bool, reason: String },
-    AccountProblem { reason: String },
+    Duplicate {
+        request_id: Option<String>,
+    },
+    Rejected {
+        exception: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    Retryable {
+        throttled: bool,
+        reason: String,
+    },
+    AccountProblem {
+        reason: String,
+    },
 }
 
 /// The call for one sealed record of a deployment-mode product; `dry_run` asks AWS to check it only.
@@ -92,7 +106,12 @@ pub async fn send(client: &Client, product_code: &str, r: &SealedRecord) -> Mete
 /// `DryRun = true` for one dimension at `hour_secs`: `Ok` when AWS answers `DryRunOperation` (the call would have
 /// succeeded), else the exception's code and message (a missing entitlement, a wrong product code or dimension,
 /// no IAM permission — `UnauthorizedException`/`AccessDeniedException` —, no credentials or Region).
-pub async fn dry_run(client: &Client, product_code: &str, dimension: &str, hour_secs: i64) -> Result<(), (String, String)> {
+pub async fn dry_run(
+    client: &Client,
+    product_code: &str,
+    dimension: &str,
+    hour_secs: i64,
+) -> Result<(), (String, String)> {
     let call = client
         .meter_usage()
         .product_code(product_code)
@@ -105,11 +124,7 @@ pub async fn dry_run(client: &Client, product_code: &str, dimension: &str, hour_
         Ok(_) => Err(("DryRunIgnored".into(), "MeterUsage answered as if DryRun were not set".into())),
         Err(SdkError::ServiceError(se)) => {
             let code = se.err().code().unwrap_or("Unknown").to_string();
-            if code == "DryRunOperation" {
-                Ok(())
-            } else {
-                Err((code, se.err().message().unwrap_or("").to_string()))
-            }
+            if code == "DryRunOperation" { Ok(()) } else { Err((code, se.err().message().unwrap_or("").to_string())) }
         }
         Err(e) => Err(("NoAnswer".into(), aws_smithy_types::error::display::DisplayErrorContext(&e).to_string())),
     }
@@ -123,7 +138,9 @@ fn classify(e: SdkError<MeterUsageError, HttpResponse>) -> MeterOutcome {
             let message = err.message().unwrap_or("").to_string();
             let request_id = err.meta().request_id().map(str::to_string);
             match code.as_str() {
-                "ThrottlingException" => MeterOutcome::Retryable { throttled: true, reason: format!("{code}: {message}") },
+                "ThrottlingException" => {
+                    MeterOutcome::Retryable { throttled: true, reason: format!("{code}: {message}") }
+                }
                 "InternalServiceErrorException" => {
                     MeterOutcome::Retryable { throttled: false, reason: format!("{code}: {message}") }
                 }
@@ -227,7 +244,11 @@ impl Submitter {
                         "REVENUE LOST: DuplicateRequestException on the first send: this host already metered another \
                         quantity for this dimension and hour (a second meterd on the same instance?); these units are \
                         never billed");
-                    RecordState::Rejected { reason: RejectReason::DuplicateRecord, aws_request_id: request_id, at_ms: now }
+                    RecordState::Rejected {
+                        reason: RejectReason::DuplicateRecord,
+                        aws_request_id: request_id,
+                        at_ms: now,
+                    }
                 }
                 MeterOutcome::Rejected { exception, message, request_id } => {
                     self.stats.calls_failed.fetch_add(1, Ordering::Relaxed);
@@ -283,13 +304,21 @@ mod tests {
             classify(SdkError::service_error(err, raw))
         };
         assert!(matches!(outcome("ThrottlingException", 400), MeterOutcome::Retryable { throttled: true, .. }));
-        assert!(matches!(outcome("InternalServiceErrorException", 500), MeterOutcome::Retryable { throttled: false, .. }));
+        assert!(matches!(
+            outcome("InternalServiceErrorException", 500),
+            MeterOutcome::Retryable { throttled: false, .. }
+        ));
         assert!(matches!(outcome("SomethingNew", 503), MeterOutcome::Retryable { throttled: false, .. }));
         assert!(matches!(outcome("DuplicateRequestException", 400), MeterOutcome::Duplicate { .. }));
         for c in RECORD_EXCEPTIONS {
             assert!(matches!(outcome(c, 400), MeterOutcome::Rejected { .. }), "{c}");
         }
-        for c in ["CustomerNotEntitledException", "InvalidProductCodeException", "UnauthorizedException", "InvalidEndpointRegionException"] {
+        for c in [
+            "CustomerNotEntitledException",
+            "InvalidProductCodeException",
+            "UnauthorizedException",
+            "InvalidEndpointRegionException",
+        ] {
             assert!(matches!(outcome(c, 400), MeterOutcome::AccountProblem { .. }), "{c}");
         }
     }

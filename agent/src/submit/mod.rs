@@ -146,8 +146,8 @@ impl Submitter {
                 break;
             }
             let batch = take_batch(&mut due);
-            let deployment = self.config.products.get(&batch[0].key.product).map(|p| p.identity)
-                == Some(IdentityMode::Deployment);
+            let deployment =
+                self.config.products.get(&batch[0].key.product).map(|p| p.identity) == Some(IdentityMode::Deployment);
             calls += if deployment { self.submit_meter_usage(batch).await? } else { self.submit(batch).await? };
         }
         Ok(calls)

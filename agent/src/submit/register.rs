@@ -17,7 +17,7 @@ use aws_sdk_marketplacemetering::Client;
 use aws_sdk_marketplacemetering::error::{ProvideErrorMetadata, SdkError};
 
 use crate::clock::{SharedClock, UnixMillis, hour_start};
-use crate::config::{Config, IdentityMode};
+use crate::config::{Config, IdentityMode, ProductConfig};
 
 /// Outcome of one start-up check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +107,14 @@ pub async fn dry_run_all(
             let c = match result {
                 Ok(()) => {
                     tracing::info!(product = %name, dimension = %d, "MeterUsage DryRun passed");
-                    Check { state: "ok", error_code: String::new(), message: String::new(), at_ms: now, attempts: 1, signature: String::new() }
+                    Check {
+                        state: "ok",
+                        error_code: String::new(),
+                        message: String::new(),
+                        at_ms: now,
+                        attempts: 1,
+                        signature: String::new(),
+                    }
                 }
                 Err((error_code, message)) => {
                     all_ok = false;
@@ -133,13 +140,14 @@ fn transient(code: &str, server_error: bool) -> bool {
 pub async fn register(
     client: &Client,
     product: &str,
-    product_code: &str,
-    public_key_version: i32,
+    config: &ProductConfig,
     clock: &SharedClock,
     checks: &DeploymentChecks,
     max_delay: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let product_code = config.product_code.as_deref().unwrap_or_default();
+    let public_key_version = config.public_key_version;
     let mut attempts = 0u32;
     loop {
         attempts += 1;
@@ -157,14 +165,18 @@ pub async fn register(
             Ok(o) => {
                 tracing::info!(%product, attempts, "RegisterUsage succeeded: the buyer is entitled");
                 let at = o.public_key_rotation_timestamp().map(|t| t.secs()).unwrap_or_default();
-                checks.set(product, "register_usage", Check {
-                    state: "ok",
-                    error_code: String::new(),
-                    message: format!("nonce {nonce}; public key rotated at {at}"),
-                    at_ms: now,
-                    attempts,
-                    signature: o.signature().unwrap_or_default().to_string(),
-                });
+                checks.set(
+                    product,
+                    "register_usage",
+                    Check {
+                        state: "ok",
+                        error_code: String::new(),
+                        message: format!("nonce {nonce}; public key rotated at {at}"),
+                        at_ms: now,
+                        attempts,
+                        signature: o.signature().unwrap_or_default().to_string(),
+                    },
+                );
                 return;
             }
             Err(SdkError::ServiceError(se)) => (
@@ -172,18 +184,28 @@ pub async fn register(
                 se.err().message().unwrap_or("").to_string(),
                 se.raw().status().is_server_error(),
             ),
-            Err(e) => ("NoAnswer".to_string(), aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(), true),
+            Err(e) => {
+                ("NoAnswer".to_string(), aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(), true)
+            }
         };
         if !transient(&code, server_error) {
             tracing::error!(%product, error_code = %code, %message, attempts,
                 "RegisterUsage refused: this container is not registered for metering (meterd keeps recording and \
                  metering; the product decides what to do)");
-            checks.set(product, "register_usage", Check { state: "failed", error_code: code, message, at_ms: now, attempts, signature: String::new() });
+            checks.set(
+                product,
+                "register_usage",
+                Check { state: "failed", error_code: code, message, at_ms: now, attempts, signature: String::new() },
+            );
             return;
         }
         let delay = super::backoff::full_jitter(attempts).min(max_delay);
         tracing::warn!(%product, error_code = %code, %message, attempts, ?delay, "RegisterUsage failed; retrying");
-        checks.set(product, "register_usage", Check { state: "retrying", error_code: code, message, at_ms: now, attempts, signature: String::new() });
+        checks.set(
+            product,
+            "register_usage",
+            Check { state: "retrying", error_code: code, message, at_ms: now, attempts, signature: String::new() },
+        );
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -211,7 +233,14 @@ pub async fn run(
     for name in &products {
         let Some(p) = config.products.get(name) else { continue };
         for d in &p.dimensions {
-            let pending = Check { state: "pending", error_code: String::new(), message: String::new(), at_ms: clock.now_ms(), attempts: 0, signature: String::new() };
+            let pending = Check {
+                state: "pending",
+                error_code: String::new(),
+                message: String::new(),
+                at_ms: clock.now_ms(),
+                attempts: 0,
+                signature: String::new(),
+            };
             checks.set(name, &format!("dry_run:{d}"), pending.clone());
             if p.register_usage {
                 checks.set(name, "register_usage", pending.clone());
@@ -220,10 +249,7 @@ pub async fn run(
     }
     let registrations = products.iter().filter_map(|name| {
         let p = config.products.get(name)?;
-        p.register_usage.then(|| {
-            let code = p.product_code.as_deref().unwrap_or_default();
-            register(&client, name, code, p.public_key_version, &clock, &checks, Duration::from_secs(300), stop.clone())
-        })
+        p.register_usage.then(|| register(&client, name, p, &clock, &checks, Duration::from_secs(300), stop.clone()))
     });
     let registrations: Vec<_> = registrations.collect();
     // RegisterUsage first: AWS asks for it at launch; the DryRun checks run beside it.

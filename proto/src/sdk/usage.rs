@@ -246,4 +246,11 @@ mod tests {
         assert_eq!(to_timestamp(before), prost_types::Timestamp { seconds: -2, nanos: 500_000_000 });
         assert_eq!(from_timestamp(Some(to_timestamp(before))), before);
     }
+
+    #[test]
+    fn a_deployment_event_names_no_customer() {
+        let e = Usage::new(Customer::Deployment, "vcpu_hours", "1").to_wire(None);
+        assert_eq!(e.customer, None);
+        assert!(Usage::new("acme", "d", "1").to_wire(None).customer.is_some());
+    }
 }
