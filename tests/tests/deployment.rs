@@ -401,6 +401,7 @@ async fn register_usage_paths() {
     loop {
         let s = d.status().await;
         let c = check(&s.deployment_checks, "register_usage");
+        assert_ne!(c.state, "failed", "throttling is transient: retried, not final");
         if c.state == "retrying" && c.attempts >= 2 {
             assert_eq!(c.error_code, "ThrottlingException");
             break;
