@@ -26,6 +26,7 @@ pub(crate) fn routes() -> Router<Emulator> {
         .route("/agreements", get(agreements).put(set_agreement))
         .route("/register_usage/public_key", get(register_usage_public_key))
         .route("/entitlements", axum::routing::put(set_entitlement))
+        .route("/imds", get(crate::imds::inspect))
 }
 
 fn bad_request(message: impl Into<String>) -> Response {

@@ -10,6 +10,7 @@ mod config;
 mod counters;
 mod decimal;
 mod faults;
+mod imds;
 mod inspect;
 mod ledger;
 mod register;
@@ -26,6 +27,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, EmuCustomer, EmuProduct, EmuToken, EmulatorConfig, Faults, RateLimitMode};
 pub use counters::{Counters, InjectedFaults};
 pub use decimal::Quantity;
+pub use imds::ImdsState;
 pub use ledger::{LedgerAllocation, LedgerEntry, LedgerTag, Total};
 pub use requests::LoggedRequest;
 pub use server::EmulatorHandle;
@@ -185,6 +187,11 @@ impl Emulator {
         } else {
             st.not_entitled.insert(product_code.to_string());
         }
+    }
+
+    /// What the emulated instance metadata service was asked, and which access keys signed AWS calls.
+    pub fn imds(&self) -> ImdsState {
+        self.shared.imds.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn agreements(&self) -> std::collections::BTreeMap<String, String> {

@@ -203,6 +203,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Signs RegisterUsage answers; kept across `reset` so a served public key stays valid.
     pub signer: crate::register::Signer,
+    /// The emulated instance metadata service's log (kept across `reset`).
+    pub imds: crate::imds::Imds,
 }
 
 /// The decisions taken for one call before its body is looked at.
@@ -216,7 +218,7 @@ impl Shared {
     pub fn new(config: EmulatorConfig, clock: Arc<dyn Clock>) -> Self {
         let state = Mutex::new(State::from_config(&config));
         let signer = crate::register::Signer::new(epoch_millis(clock.now()).div_euclid(1000));
-        Self { initial: config, clock, state, signer }
+        Self { initial: config, clock, state, signer, imds: Default::default() }
     }
 
     /// A poisoned lock only means another call panicked mid-way; the state itself is still usable.

@@ -456,3 +456,58 @@ fn check_config_aws_sends_a_dry_run_per_dimension() {
     assert_eq!(emulator.inspect("/_emulator/ledger").unwrap(), serde_json::json!([]));
     assert_eq!(emulator.inspect("/_emulator/counters").unwrap()["calls"]["MeterUsage"], 3);
 }
+
+/// On the buyer's instance: no Region and no credentials in the config. The standard chains find both in the
+/// instance metadata service (IMDSv2: a session token, the Region, the instance profile's credentials), and the
+/// MeterUsage calls are signed with the instance profile's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_and_credentials_come_from_the_instance_metadata() {
+    let emulator = meterd_tests::EmulatorProcess::start(&format!(
+        "[[products]]\nproduct_code = \"{CODE}\"\ndimensions = [\"vcpu_hours\"]\n"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{}\"\n[pipeline]\nseal_grace = \"4h\"\ntick = \"20ms\"\n\
+         [accounts.instance]\nendpoint_url = \"{}\"\n[products.ami]\nidentity = \"deployment\"\n\
+         product_code = \"{CODE}\"\ndimensions = [\"vcpu_hours\"]\n",
+        dir.path().join("data").display(),
+        emulator.url
+    );
+    let nowhere = dir.path().join("no-such-file");
+    let nowhere = nowhere.to_str().unwrap();
+    let agent = meterd_tests::Agent::start_with_aws_env(
+        &config,
+        &[
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", emulator.url.as_str()),
+            ("AWS_CONFIG_FILE", nowhere),
+            ("AWS_SHARED_CREDENTIALS_FILE", nowhere),
+        ],
+    )
+    .unwrap();
+    let client = agent.client().await.unwrap();
+    let hour = meterd::clock::system_now_ms() / HOUR * HOUR - HOUR;
+    let ev = event("imds-1", "vcpu_hours", "7", hour + 60_000, &[]);
+    client.metering().record_usage(v1::RecordUsageRequest { event: Some(ev) }).await.unwrap();
+    client.admin().flush(v1::FlushRequest {}).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let ledger = emulator.inspect("/_emulator/ledger").unwrap();
+        if ledger.as_array().unwrap().len() == 1 {
+            assert_eq!(
+                (ledger[0]["quantity"].as_str(), ledger[0]["hour_start"].as_i64()),
+                (Some("7"), Some(hour / 1000))
+            );
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "never billed: {}", emulator.inspect("/_emulator/requests").unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let imds = emulator.inspect("/_emulator/imds").unwrap();
+    assert!(imds["tokens"].as_u64().unwrap() >= 1, "{imds}");
+    assert!(imds["region_requests"].as_u64().unwrap() >= 1, "{imds}");
+    assert!(imds["credential_requests"].as_u64().unwrap() >= 1, "{imds}");
+    assert_eq!(imds["access_keys"], serde_json::json!(["ASIAEMULATORIMDS0001"]), "{imds}");
+    let s = client.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(check(&s.deployment_checks, "dry_run:vcpu_hours").state, "ok");
+}
