@@ -330,6 +330,21 @@ async fn dry_run_failures_are_reported_in_status_and_metrics() {
         assert_eq!((c.state.as_str(), c.error_code.as_str()), ("failed", "CustomerNotEntitledException"), "{c:?}");
     }
     d.stop().await;
+
+    // A throttled DryRun is tried again, not reported as a failure. Seed 1 with a 50% throttle throttles the
+    // emulator's first call and lets the next ones through (the draws depend on the call order only).
+    let emu = EmulatorConfig {
+        seed: 1,
+        faults: Faults { throttle_probability: 0.5, ..Faults::default() },
+        ..EmulatorConfig::default()
+    };
+    let d = Deploy::start(t0, emu, &["vcpu_hours", "gb_stored"], "").await;
+    let checks = d.settled_checks().await;
+    let first = check(&checks, "dry_run:vcpu_hours");
+    assert_eq!((first.state.as_str(), first.attempts), ("ok", 2), "{first:?}");
+    assert_eq!(check(&checks, "dry_run:gb_stored").state, "ok");
+    assert_eq!(d.emulator.counters().injected.throttling, 1);
+    d.stop().await;
 }
 
 /// The `Signature` JWT verifies with the public key the emulator serves, and names the product and nonce.

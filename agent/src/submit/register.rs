@@ -101,9 +101,21 @@ pub async fn dry_run_all(
         let Some(p) = config.products.get(name) else { continue };
         let code = p.product_code.clone().unwrap_or_default();
         for d in &p.dimensions {
-            let now = clock.now_ms();
             let check = format!("dry_run:{d}");
-            let result = super::meter_usage::dry_run(client, &code, d, hour_start(now).div_euclid(1000)).await;
+            // A throttled or unanswered DryRun says nothing about the setup: try again a few times before
+            // reporting it (the agent's own submitter may share the quota at start).
+            let mut attempts = 0;
+            let (now, result) = loop {
+                attempts += 1;
+                let now = clock.now_ms();
+                let result = super::meter_usage::dry_run(client, &code, d, hour_start(now).div_euclid(1000)).await;
+                match &result {
+                    Err((code, _)) if attempts < DRY_RUN_ATTEMPTS && transient(code, code == "NoAnswer") => {
+                        tokio::time::sleep(super::backoff::full_jitter(attempts)).await;
+                    }
+                    _ => break (now, result),
+                }
+            };
             let c = match result {
                 Ok(()) => {
                     tracing::info!(product = %name, dimension = %d, "MeterUsage DryRun passed");
@@ -112,7 +124,7 @@ pub async fn dry_run_all(
                         error_code: String::new(),
                         message: String::new(),
                         at_ms: now,
-                        attempts: 1,
+                        attempts,
                         signature: String::new(),
                     }
                 }
@@ -121,7 +133,7 @@ pub async fn dry_run_all(
                     tracing::error!(product = %name, dimension = %d, %error_code, %message,
                         "MeterUsage DryRun failed: records of this dimension will be refused (check the entitlement, \
                          product_code, dimension key, the IAM permission aws-marketplace:MeterUsage and the Region)");
-                    Check { state: "failed", error_code, message, at_ms: now, attempts: 1, signature: String::new() }
+                    Check { state: "failed", error_code, message, at_ms: now, attempts, signature: String::new() }
                 }
             };
             checks.set(name, &check, c);
@@ -130,7 +142,10 @@ pub async fn dry_run_all(
     all_ok
 }
 
-/// Whether a RegisterUsage failure may go away by itself (then it is retried).
+/// How many times a DryRun is tried when the answer is transient (throttling, 5xx, no answer).
+const DRY_RUN_ATTEMPTS: u32 = 3;
+
+/// Whether a RegisterUsage or DryRun failure may go away by itself (then it is retried).
 fn transient(code: &str, server_error: bool) -> bool {
     code == "ThrottlingException" || code == "InternalServiceErrorException" || server_error
 }
