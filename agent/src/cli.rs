@@ -29,6 +29,10 @@ pub enum Command {
     CheckConfig {
         /// Path to the TOML config file.
         file: PathBuf,
+        /// Also ask AWS: a MeterUsage DryRun for each dimension of every `identity = "deployment"` product
+        /// (entitlement, product code, dimension, IAM permission, credentials, Region); exits 1 if one fails.
+        #[arg(long)]
+        aws: bool,
     },
     /// Show the state of a running agent: queue depth, oldest pending, most urgent deadline, skew.
     Status {
@@ -173,7 +177,13 @@ pub fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args).await,
-        Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::CheckConfig { file, aws } => {
+            let code = check_config(&file);
+            if !aws || code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            check_aws(&file).await
+        }
         Command::Status { target, json } => status(&target, json).await,
         Command::Flush { target } => flush(&target).await,
         Command::Repack { target } => repack(&target).await,
@@ -476,7 +486,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             for (name, a) in &c.accounts {
                 println!(
                     "  account {name}: region={} calls/s={}{}",
-                    a.region,
+                    a.region.as_deref().unwrap_or("(from the environment or instance metadata)"),
                     a.calls_per_second,
                     a.endpoint_url.as_deref().map(|u| format!(" endpoint={u}")).unwrap_or_default()
                 );
@@ -491,6 +501,39 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `check-config --aws`: the deployment-mode DryRun checks, printed one line per dimension.
+async fn check_aws(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(file)?;
+    let clock: crate::clock::SharedClock = Arc::new(SystemClock);
+    let checks = crate::submit::register::DeploymentChecks::default();
+    let mut checked = 0;
+    for (account, a) in &config.accounts {
+        let products = crate::submit::register::deployment_products(&config, account);
+        if products.is_empty() {
+            continue;
+        }
+        let client = crate::submit::aws::client(a, clock.clone(), Default::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("accounts.{account}: {e:#}"))?;
+        crate::submit::register::dry_run_all(&client, &config, &products, &clock, &checks).await;
+        checked += products.len();
+    }
+    if checked == 0 {
+        println!("aws: no identity = \"deployment\" product to check (BatchMeterUsage has no DryRun)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = 0;
+    for (product, check, r) in checks.snapshot() {
+        if r.state == "ok" {
+            println!("aws: {product} {check}: ok (MeterUsage DryRun would succeed)");
+        } else {
+            failed += 1;
+            println!("aws: {product} {check}: FAILED {}: {}", r.error_code, r.message);
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -533,6 +576,10 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             "products": s.products.iter().map(|p| serde_json::json!({
                 "name": p.name, "identity": p.identity, "dimensions": p.dimensions,
             })).collect::<Vec<_>>(),
+            "deployment_checks": s.deployment_checks.iter().map(|c| serde_json::json!({
+                "product": c.product, "check": c.check, "state": c.state, "error_code": c.error_code,
+                "message": c.message, "at": ts(&c.at), "attempts": c.attempts, "signature": c.signature,
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -572,6 +619,11 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
         println!("  next deadline  {}", ts(&s.most_urgent_deadline));
         for p in &s.products {
             println!("  product {}: identity={} dimensions=[{}]", p.name, p.identity, p.dimensions.join(", "));
+        }
+        for c in &s.deployment_checks {
+            let error =
+                if c.error_code.is_empty() { String::new() } else { format!(": {} {}", c.error_code, c.message) };
+            println!("  check {} {}: {} (attempts {}){error}", c.product, c.check, c.state, c.attempts);
         }
         for a in &s.accounts {
             println!(

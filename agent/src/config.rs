@@ -283,7 +283,11 @@ impl MarketplaceHttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
-    pub region: String,
+    /// The AWS Region. Optional: when unset, the standard chain decides (`AWS_REGION`, the profile, then the
+    /// instance's own Region from IMDS on EC2) — what an agent on the buyer's host (`identity = "deployment"`)
+    /// wants, since MeterUsage must be called in the Region the instance or task runs in.
+    #[serde(default)]
+    pub region: Option<String>,
     /// Override the AWS endpoint (the emulator, a VPC endpoint).
     #[serde(default)]
     pub endpoint_url: Option<String>,
@@ -326,6 +330,9 @@ pub enum IdentityMode {
     License,
     /// Legacy listings: `ProductCode` + `CustomerIdentifier`.
     Legacy,
+    /// meterd runs in the buyer's own account (AMI or container product): `MeterUsage` with `ProductCode`, no
+    /// customer on the wire (AWS knows the buyer from the credentials); events name no customer.
+    Deployment,
 }
 
 impl IdentityMode {
@@ -333,6 +340,7 @@ impl IdentityMode {
         match self {
             IdentityMode::License => "license",
             IdentityMode::Legacy => "legacy",
+            IdentityMode::Deployment => "deployment",
         }
     }
 }
@@ -350,6 +358,20 @@ pub struct ProductConfig {
     /// The `[accounts.NAME]` its records are submitted with; optional when exactly one account exists.
     #[serde(default)]
     pub account: Option<String>,
+    /// How long AWS accepts a record after its hour starts, for this product (default: `pipeline.submission_window`;
+    /// for `identity = "deployment"`, 6h — MeterUsage's window — and never more).
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub submission_window: Option<Duration>,
+    /// A paid container product (Amazon ECS/EKS): call `RegisterUsage` at start. Only with `identity = "deployment"`.
+    #[serde(default)]
+    pub register_usage: bool,
+    /// The `PublicKeyVersion` sent with `RegisterUsage` (the AWS public key the product verifies the answer with).
+    #[serde(default = "default_public_key_version")]
+    pub public_key_version: i32,
+}
+
+fn default_public_key_version() -> i32 {
+    1
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -366,7 +388,7 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
@@ -483,6 +505,9 @@ impl Config {
                 (IdentityMode::Legacy, None) => {
                     return Err(invalid(format!("{key}.product_code"), "is required for identity = \"legacy\""));
                 }
+                (IdentityMode::Deployment, None) => {
+                    return Err(invalid(format!("{key}.product_code"), "is required for identity = \"deployment\""));
+                }
                 (_, Some(code)) if !valid_product_code(code) => {
                     return Err(invalid(
                         format!("{key}.product_code"),
@@ -508,6 +533,7 @@ impl Config {
                 }
             }
         }
+        crate::domain::deployment::validate_products(self)?;
         let p = &self.pipeline;
         if p.submission_window < Duration::from_secs(3600) || p.submission_window > Duration::from_secs(48 * 3600) {
             return Err(invalid("pipeline.submission_window", "must be between 1h and 48h (AWS: 24h)"));
@@ -523,8 +549,9 @@ impl Config {
         }
         for (name, a) in &self.accounts {
             let key = format!("accounts.{name}");
-            if a.region.is_empty()
-                || !a.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            if let Some(region) = &a.region
+                && (region.is_empty()
+                    || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
             {
                 return Err(invalid(format!("{key}.region"), "must be an AWS Region such as us-east-1"));
             }
@@ -623,6 +650,27 @@ impl Config {
         }
     }
 
+    /// How long AWS accepts a record of `product` after its hour starts.
+    pub fn submission_window_of(&self, product: &str) -> Duration {
+        match self.products.get(product) {
+            Some(p) => p.submission_window.unwrap_or(match p.identity {
+                IdentityMode::Deployment => crate::domain::deployment::METER_USAGE_WINDOW,
+                _ => self.pipeline.submission_window,
+            }),
+            None => self.pipeline.submission_window,
+        }
+    }
+
+    /// Every product's submission window in ms where it differs from `pipeline.submission_window`.
+    pub fn product_windows_ms(&self) -> std::collections::BTreeMap<String, i64> {
+        self.products
+            .keys()
+            .map(|p| (p.clone(), self.submission_window_of(p)))
+            .filter(|(_, w)| *w != self.pipeline.submission_window)
+            .map(|(p, w)| (p, w.as_millis() as i64))
+            .collect()
+    }
+
     /// The product events without a `product` field are counted under, if any.
     pub fn default_product(&self) -> Option<&str> {
         match &self.ingest.default_product {
@@ -644,6 +692,15 @@ data_dir = {:?}
 identity = "license"
 product_code = "demo-product-code"
 dimensions = ["api_calls", "storage_gb_hours"]
+
+# An AMI product with usage pricing: meterd on the buyer's instance, MeterUsage, no customer in the events.
+[products.demo_ami]
+identity = "deployment"
+product_code = "demo-ami-product-code"
+dimensions = ["vcpu_hours"]
+
+[ingest]
+default_product = "demo"
 "#,
             data_dir.display().to_string()
         );
@@ -731,6 +788,16 @@ mod humantime_serde_compat {
         humantime::parse_duration(&s)
             .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"5m\" or \"24h\": {e}")))
     }
+
+    /// An optional duration (the key may be left out).
+    pub mod option {
+        use serde::Deserializer;
+        use std::time::Duration;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -748,6 +815,22 @@ mod tests {
     "#;
 
     const MP: &str = "\n[marketplace]\nlisten = \"127.0.0.1:0\"\nredirect_url = \"https://x.example\"\n";
+
+    const DEP: &str = "\n[products.ami]\nidentity = \"deployment\"\ndimensions = [\"vcpu_hours\"]\n";
+
+    #[test]
+    fn a_deployment_product_gets_meter_usage_s_window_and_an_account_may_leave_the_region_unset() {
+        let text =
+            format!("{GOOD}{DEP}product_code = \"pc\"\nregister_usage = true\n[accounts.instance]\napp_id = \"x\"\n");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.submission_window_of("ami"), Duration::from_secs(6 * 3600));
+        assert_eq!(c.submission_window_of("app"), Duration::from_secs(24 * 3600));
+        assert_eq!(c.product_windows_ms(), [("ami".to_string(), 6 * 3_600_000)].into());
+        assert_eq!(c.accounts["instance"].region, None);
+        assert!(c.products["ami"].register_usage);
+        let c = parse(&format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"3h\"")).unwrap();
+        assert_eq!(c.submission_window_of("ami"), Duration::from_secs(3 * 3600));
+    }
 
     #[test]
     fn marketplace_events_are_off_until_authenticated() {
@@ -839,6 +922,24 @@ mod tests {
             (format!("{GOOD}{MP}sns_cert_host_pattern = \"(\""), "marketplace.sns_cert_host_pattern:"),
             (format!("{GOOD}{MP}trusted_proxies = [\"proxy\"]"), "marketplace.trusted_proxies[0]:"),
             (format!("{GOOD}{MP}rate_limit = {{ per_minute = 0 }}"), "marketplace.rate_limit.per_minute:"),
+            (format!("{GOOD}{DEP}"), "products.ami.product_code:"),
+            (
+                format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"7h\""),
+                "products.ami.submission_window:",
+            ),
+            (
+                format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"1h\""),
+                "products.ami.submission_window:",
+            ),
+            (format!("{GOOD}{DEP}product_code = \"pc\"\npublic_key_version = 0"), "products.ami.public_key_version:"),
+            (
+                GOOD.replace("identity = \"license\"", "identity = \"license\"\nregister_usage = true"),
+                "products.app.register_usage:",
+            ),
+            (
+                format!("{GOOD}{DEP}product_code = \"pc\"\n[pipeline]\nseal_grace = \"4h\"\nsafety_margin = \"1h\""),
+                "products.ami.submission_window:",
+            ),
         ];
         for (text, key) in cases {
             let e = err(&text);

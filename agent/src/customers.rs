@@ -287,6 +287,7 @@ impl Customers {
             cutoff_hour_ms: 0,
             now_ms: self.clock.now_ms(),
             window_ms: p.submission_window.as_millis() as i64,
+            product_windows_ms: self.config.product_windows_ms(),
             margin_ms: p.safety_margin.as_millis() as i64,
             zero_records: p.zero_records,
         };
@@ -381,7 +382,7 @@ impl Customers {
                 Identity::Legacy { customer_identifier } => {
                     lifecycle::Subject::Legacy { customer_identifier, product_code: String::new() }
                 }
-                Identity::Tenant(_) => {
+                Identity::Tenant(_) | Identity::Deployment => {
                     return Err(CustomerError::NotFound(format!("{customer:?} has no marketplace identity")));
                 }
             }

@@ -18,6 +18,8 @@ pub struct Pipeline {
     nudge: Arc<Notify>,
     /// (account name, its submitter's counters)
     pub submit_stats: Arc<Vec<(String, Arc<SubmitStats>)>>,
+    /// Start-up checks of deployment-mode products (DryRun, RegisterUsage), for status and metrics.
+    pub deployment: Arc<crate::submit::register::DeploymentChecks>,
 }
 
 pub struct Running {
@@ -44,15 +46,26 @@ impl Pipeline {
         let nudge = Arc::new(Notify::new());
         let mut tasks = tokio::task::JoinSet::new();
         let mut stats = Vec::new();
+        let deployment = Arc::new(crate::submit::register::DeploymentChecks::default());
         for account in config.accounts.keys() {
             let s = Submitter::new(account, config.clone(), store.clone(), clock.clone(), metrics.clone()).await?;
             stats.push((account.clone(), s.stats.clone()));
+            if !crate::submit::register::deployment_products(&config, account).is_empty() {
+                tasks.spawn(crate::submit::register::run(
+                    s.client(),
+                    config.clone(),
+                    account.clone(),
+                    clock.clone(),
+                    deployment.clone(),
+                    stop_rx.clone(),
+                ));
+            }
             tasks.spawn(s.run(stop_rx.clone(), nudge.clone()));
         }
         if config.accounts.is_empty() {
             tracing::warn!("no [accounts.NAME] configured: usage is recorded and sealed but not submitted");
         }
-        let pipeline = Pipeline { config, store, clock, nudge, submit_stats: Arc::new(stats) };
+        let pipeline = Pipeline { config, store, clock, nudge, submit_stats: Arc::new(stats), deployment };
         let sealer = pipeline.clone();
         let mut stop_sealer = stop_rx;
         tasks.spawn(async move {
@@ -99,6 +112,7 @@ impl Pipeline {
             cutoff_hour_ms,
             now_ms: self.clock.now_ms(),
             window_ms: p.submission_window.as_millis() as i64,
+            product_windows_ms: self.config.product_windows_ms(),
             margin_ms: p.safety_margin.as_millis() as i64,
             zero_records: p.zero_records,
         }

@@ -46,7 +46,14 @@ fn mapping(t: &str) -> TenantMapping {
 }
 
 fn seal_before(hour_ms: i64) -> SealParams {
-    SealParams { cutoff_hour_ms: hour_ms, now_ms: hour_ms, window_ms: 24 * HOUR, margin_ms: 0, zero_records: false }
+    SealParams {
+        cutoff_hour_ms: hour_ms,
+        now_ms: hour_ms,
+        window_ms: 24 * HOUR,
+        product_windows_ms: Default::default(),
+        margin_ms: 0,
+        zero_records: false,
+    }
 }
 
 /// The AWS key each record would be sent under, for every record that can still be or was sent.

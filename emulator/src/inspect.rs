@@ -25,6 +25,9 @@ pub(crate) fn routes() -> Router<Emulator> {
         .route("/rate_limit", get(rate_limit).put(set_rate_limit))
         .route("/clock", get(clock).put(set_clock))
         .route("/agreements", get(agreements).put(set_agreement))
+        .route("/register_usage/public_key", get(register_usage_public_key))
+        .route("/entitlements", axum::routing::put(set_entitlement))
+        .route("/imds", get(crate::imds::inspect))
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
@@ -81,6 +84,27 @@ async fn cloudtrail(State(emu): State<Emulator>, q: axum::extract::Query<CloudTr
 async fn reset(State(emu): State<Emulator>) -> StatusCode {
     emu.reset();
     StatusCode::NO_CONTENT
+}
+
+async fn register_usage_public_key(State(emu): State<Emulator>) -> Response {
+    Json(emu.register_usage_public_key()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entitlement {
+    product_code: String,
+    entitled: bool,
+}
+
+async fn set_entitlement(State(emu): State<Emulator>, r: Result<Json<Entitlement>, JsonRejection>) -> Response {
+    match body(r) {
+        Ok(e) => {
+            emu.set_entitled(&e.product_code, e.entitled);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_request(e),
+    }
 }
 
 async fn customers(State(emu): State<Emulator>) -> Response {

@@ -2,6 +2,7 @@
 
 pub mod customer;
 pub mod deadline;
+pub mod deployment;
 pub mod echo;
 pub mod event;
 pub mod lifecycle;

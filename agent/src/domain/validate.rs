@@ -124,17 +124,15 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
 
     // Customer.
     use v1::customer::Identity as Wire;
-    let wire = ev
-        .customer
-        .as_ref()
-        .and_then(|c| c.identity.as_ref())
-        .ok_or_else(|| FieldError::new("customer", "is required: set tenant_id, aws_account or legacy"))?;
+    let wire = ev.customer.as_ref().and_then(|c| c.identity.as_ref());
     let identity = match wire {
-        Wire::TenantId(t) => {
+        _ if product.identity == IdentityMode::Deployment => super::deployment::event_identity(wire, product_name)?,
+        None => return Err(FieldError::new("customer", "is required: set tenant_id, aws_account or legacy")),
+        Some(Wire::TenantId(t)) => {
             check_id("customer.tenant_id", t, "your tenant id")?;
             Identity::Tenant(t.clone())
         }
-        Wire::AwsAccount(a) => {
+        Some(Wire::AwsAccount(a)) => {
             if product.identity != IdentityMode::License {
                 return Err(FieldError::new(
                     "customer.aws_account",
@@ -158,7 +156,7 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
             }
             Identity::Aws { account_id: a.customer_aws_account_id.clone(), license_arn: a.license_arn.clone() }
         }
-        Wire::Legacy(l) => {
+        Some(Wire::Legacy(l)) => {
             if product.identity != IdentityMode::Legacy {
                 return Err(FieldError::new(
                     "customer.legacy",
@@ -293,6 +291,10 @@ mod tests {
             identity = "legacy"
             product_code = "pc123"
             dimensions = ["seats"]
+            [products.ami]
+            identity = "deployment"
+            product_code = "ami123"
+            dimensions = ["vcpu_hours"]
             "#,
             Path::new("t.toml"),
             |_| None,
@@ -362,6 +364,23 @@ mod tests {
         let allowed = with_tags(&[("team", "a b"), ("cost-center", "x=1;y<2"), ("p", "a/b:c@d.e_f+g!\"#$%&'()*,")]);
         assert!(validate(&allowed, &c, NOW).is_ok());
         assert!(validate(&v1::UsageEvent { timestamp: ts(NOW / 1000 + 299, 0), ..good() }, &c, NOW).is_ok());
+    }
+
+    #[test]
+    fn deployment_products_take_events_without_a_customer_only() {
+        let c = config();
+        let ev = v1::UsageEvent { product: "ami".into(), dimension: "vcpu_hours".into(), customer: None, ..good() };
+        assert_eq!(validate(&ev, &c, NOW).unwrap().identity, Identity::Deployment);
+        // An empty Customer message names nobody either.
+        let empty = v1::UsageEvent { customer: Some(v1::Customer { identity: None }), ..ev.clone() };
+        assert_eq!(validate(&empty, &c, NOW).unwrap().identity, Identity::Deployment);
+        refused(
+            v1::UsageEvent { customer: good().customer, ..ev.clone() },
+            "customer.aws_account",
+            "identity = \"deployment\"",
+        );
+        // Other products still require a customer.
+        refused(v1::UsageEvent { customer: None, ..good() }, "customer", "is required");
     }
 
     #[test]

@@ -119,6 +119,22 @@ impl Admin for AdminService {
             disk_reserve_bytes: counters.disk_reserve_bytes.load(std::sync::atomic::Ordering::Relaxed),
             disk_full: counters.disk_full.load(std::sync::atomic::Ordering::Relaxed),
             policy: Some(submission_policy(&self.config)),
+            deployment_checks: self
+                .pipeline
+                .deployment
+                .snapshot()
+                .into_iter()
+                .map(|(product, check, r)| v1::DeploymentCheck {
+                    product,
+                    check,
+                    state: r.state.to_string(),
+                    error_code: r.error_code,
+                    message: r.message,
+                    at: Some(timestamp(r.at_ms)),
+                    attempts: r.attempts,
+                    signature: r.signature,
+                })
+                .collect(),
         }))
     }
 

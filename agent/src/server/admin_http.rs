@@ -72,7 +72,7 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
             store_bytes: a.store.size_on_disk(),
             lost: a.store.lost()?,
         };
-        Ok::<_, crate::store::StoreError>(render(&a.metrics, &snapshot))
+        Ok::<_, crate::store::StoreError>(render(&a.metrics, &snapshot) + &a.pipeline.deployment.render_metrics())
     })
     .await;
     match gathered {

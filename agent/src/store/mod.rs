@@ -126,8 +126,17 @@ pub struct SealParams {
     pub cutoff_hour_ms: UnixMillis,
     pub now_ms: UnixMillis,
     pub window_ms: i64,
+    /// Products whose window is not `window_ms` (e.g. MeterUsage's 6 h for `identity = "deployment"`).
+    pub product_windows_ms: std::collections::BTreeMap<String, i64>,
     pub margin_ms: i64,
     pub zero_records: bool,
+}
+
+impl SealParams {
+    /// How long AWS accepts a record of `product` after its hour starts, in ms.
+    pub fn window_for(&self, product: &str) -> i64 {
+        self.product_windows_ms.get(product).copied().unwrap_or(self.window_ms)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

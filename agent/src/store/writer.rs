@@ -584,7 +584,7 @@ impl Writer {
             let s = seal(&usage);
             carries.insert(ck, s.carried_out);
             let nothing_to_send = s.quantity == 0 && !params.zero_records;
-            let mut deadline_ms = deadline(rk.hour_ms, params.window_ms, params.margin_ms);
+            let mut deadline_ms = deadline(rk.hour_ms, params.window_for(&rk.product), params.margin_ms);
             if let Some(cap) = deadline_cap {
                 deadline_ms = deadline_ms.min(cap);
             }

@@ -7,7 +7,9 @@
 
 pub mod aws;
 mod backoff;
+pub mod meter_usage;
 pub mod pacing;
+pub mod register;
 pub mod wire_shape;
 
 use std::collections::{HashMap, HashSet};
@@ -92,6 +94,11 @@ impl Submitter {
         })
     }
 
+    /// The account's metering client (the deployment start-up checks share it).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     fn mine(&self, r: &SealedRecord) -> bool {
         self.config.account_of(&r.key.product) == Some(self.account.as_str())
     }
@@ -139,7 +146,9 @@ impl Submitter {
                 break;
             }
             let batch = take_batch(&mut due);
-            calls += self.submit(batch).await?;
+            let deployment =
+                self.config.products.get(&batch[0].key.product).map(|p| p.identity) == Some(IdentityMode::Deployment);
+            calls += if deployment { self.submit_meter_usage(batch).await? } else { self.submit(batch).await? };
         }
         Ok(calls)
     }
