@@ -405,9 +405,19 @@ async fn report(target: &str, format: ReportFormat) -> anyhow::Result<ExitCode> 
     let r = client.admin().report(meterd_proto::v1::ReportRequest {}).await?.into_inner();
     let report = crate::server::convert::report_from_wire(&r);
     match format {
-        ReportFormat::Table => print!("{}", report.to_table()),
+        ReportFormat::Table => {
+            print!("{}", report.to_table());
+            for d in &r.usage_drops {
+                println!("USAGE DROP: {}", crate::server::convert::drop_line(d));
+            }
+        }
+        // CSV stays one row per record; drops are in the table and JSON forms.
         ReportFormat::Csv => print!("{}", report.to_csv()),
-        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Json => {
+            let mut v = serde_json::to_value(&report)?;
+            v["usage_drops"] = r.usage_drops.iter().map(crate::server::convert::drop_json).collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
     }
     Ok(ExitCode::from(report.exit_code()))
 }
@@ -493,40 +503,7 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
         t.as_ref().map(|t| crate::clock::rfc3339(t.seconds * 1000 + i64::from(t.nanos / 1_000_000))).unwrap_or_default()
     };
     if json {
-        let v = serde_json::json!({
-            "version": s.version,
-            "started_at": ts(&s.started_at),
-            "now": ts(&s.now),
-            "data_dir": s.data_dir,
-            "schema_version": s.schema_version,
-            "events_stored": s.events_stored,
-            "open_buckets": s.open_buckets,
-            "store_size_bytes": s.store_size_bytes,
-            "disk_free_bytes": s.disk_free_bytes,
-            "disk_reserve_bytes": s.disk_reserve_bytes,
-            "disk_full": s.disk_full,
-            "late_events": s.late_events,
-            "records_at_risk": s.records_at_risk,
-            "customers_by_status": s.customers_by_status,
-            "customers_not_subscribed": s.customers_not_subscribed,
-            "records_lost": s.records_lost,
-            "units_lost": s.units_lost,
-            "sealed_through": ts(&s.sealed_through),
-            "pending_records": s.pending_records,
-            "oldest_pending_age_seconds": s.oldest_pending_age_seconds,
-            "most_urgent_deadline": ts(&s.most_urgent_deadline),
-            "accounts": s.accounts.iter().map(|a| serde_json::json!({
-                "name": a.name,
-                "last_successful_call": ts(&a.last_successful_call),
-                "clock_skew_ms": a.clock_skew_ms,
-                "calls_ok": a.calls_ok, "calls_throttled": a.calls_throttled, "calls_failed": a.calls_failed,
-                "records_accepted": a.records_accepted, "records_rejected": a.records_rejected,
-                "records_expired": a.records_expired,
-            })).collect::<Vec<_>>(),
-            "products": s.products.iter().map(|p| serde_json::json!({
-                "name": p.name, "identity": p.identity, "dimensions": p.dimensions,
-            })).collect::<Vec<_>>(),
-        });
+        let v = crate::server::status::to_json(&s);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("meterd {} at {target}", s.version);
@@ -563,6 +540,14 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             s.pending_records, s.oldest_pending_age_seconds
         );
         println!("  next deadline  {}", ts(&s.most_urgent_deadline));
+        if s.usage_drops.is_empty() {
+            println!("  usage drops    none in the last ended hour");
+        } else {
+            println!("  USAGE DROPS    {} in the last ended hour (is the product still calling meterd?):", s.usage_drops.len());
+            for d in &s.usage_drops {
+                println!("    {}", crate::server::convert::drop_line(d));
+            }
+        }
         for p in &s.products {
             println!("  product {}: identity={} dimensions=[{}]", p.name, p.identity, p.dimensions.join(", "));
         }

@@ -28,6 +28,9 @@ pub struct Config {
     /// Optional HTTP endpoints for the fulfillment form and lifecycle events.
     #[serde(default)]
     pub marketplace: Option<MarketplaceHttpConfig>,
+    /// Usage-drop (silence) detection: when an ended hour falls far below its own baseline.
+    #[serde(default)]
+    pub silence: SilenceConfig,
     /// AWS seller accounts (Region, credentials, endpoint) by name; products refer to one.
     #[serde(default)]
     pub accounts: BTreeMap<String, AccountConfig>,
@@ -190,6 +193,46 @@ impl Default for PipelineConfig {
             zero_records: false,
             tick: Duration::from_secs(1),
         }
+    }
+}
+
+/// Usage-drop detection (`domain/silence.rs`): an ended hour below `drop_below_percent` of its baseline (the
+/// same hour on the previous days and weekdays) is a drop, for baselines of at least `min_baseline`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SilenceConfig {
+    /// Default 20: an hour under 20% of its baseline is a drop. 1-99.
+    pub drop_below_percent: u32,
+    /// Usage per hour a baseline needs before it can be flagged (a decimal string, default "10"): small series
+    /// would flap.
+    pub min_baseline: String,
+    /// Per product × dimension, how many of the biggest customers are watched one by one (default 10, at most
+    /// 100; 0 watches only the totals).
+    pub top_customers: usize,
+}
+
+impl Default for SilenceConfig {
+    fn default() -> Self {
+        Self { drop_below_percent: 20, min_baseline: "10".into(), top_customers: 10 }
+    }
+}
+
+impl SilenceConfig {
+    /// The detector's settings; errors name the key.
+    pub fn settings(&self) -> Result<crate::domain::silence::Settings, ConfigError> {
+        if !(1..=99).contains(&self.drop_below_percent) {
+            return Err(invalid("silence.drop_below_percent", "must be between 1 and 99"));
+        }
+        if self.top_customers > 100 {
+            return Err(invalid("silence.top_customers", "must be at most 100"));
+        }
+        let min_baseline = crate::domain::quantity::Micros::parse_event(&self.min_baseline)
+            .map_err(|e| invalid("silence.min_baseline", e.to_string()))?;
+        Ok(crate::domain::silence::Settings {
+            drop_below_percent: self.drop_below_percent,
+            min_baseline,
+            top_customers: self.top_customers,
+        })
     }
 }
 
@@ -575,6 +618,7 @@ impl Config {
                 _ => {}
             }
         }
+        self.silence.settings()?;
         if let Some(a) = &self.admin {
             let addr: SocketAddr = a.listen.parse().map_err(|_| invalid("admin.listen", "must be an IP:port"))?;
             if !addr.ip().is_loopback() {

@@ -11,6 +11,7 @@ pub mod marketplace_http;
 mod metering;
 pub mod rate_limit;
 mod request_id;
+pub mod status;
 pub mod sns;
 
 use std::future::Future;
