@@ -247,6 +247,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             // Where the demo's data is, and whether it outlives the run.
             let note = if throwaway { " (throwaway: removed on exit)" } else { "" };
             print_line(&format!("{} data_dir={}{note}", ready.line(), data_dir.display()));
+            if let Some(admin) = ready.admin {
+                print_line(&format!("simulate: dashboard at http://{admin}/"));
+            }
             if let Some(tcp) = ready.tcp {
                 if feed {
                     tokio::spawn(crate::simulate::feed(tcp.to_string(), feeder_config));

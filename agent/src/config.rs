@@ -239,8 +239,15 @@ impl SilenceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminHttpConfig {
-    /// Loopback address for `/metrics`, `/healthz` and `/readyz` ("127.0.0.1:7172").
+    /// Address for `/metrics`, `/healthz`, `/readyz` and the dashboard (`/`), e.g. "127.0.0.1:7172". Loopback,
+    /// or any address when `server.token_file` is set: then `/metrics` and `/api/…` need that bearer token.
     pub listen: String,
+}
+
+impl AdminHttpConfig {
+    pub fn is_loopback(&self) -> bool {
+        self.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -418,6 +425,7 @@ pub const ENV_OVERRIDES: &[(&str, &[&str])] = &[
     ("METERD_LISTEN", &["server", "listen"]),
     ("METERD_UNIX_SOCKET", &["server", "unix_socket"]),
     ("METERD_TOKEN_FILE", &["server", "token_file"]),
+    ("METERD_ADMIN_LISTEN", &["admin", "listen"]),
     ("METERD_DATA_DIR", &["storage", "data_dir"]),
     ("METERD_MAX_FUTURE_SKEW", &["ingest", "max_future_skew"]),
     ("METERD_DEFAULT_PRODUCT", &["ingest", "default_product"]),
@@ -621,8 +629,11 @@ impl Config {
         self.silence.settings()?;
         if let Some(a) = &self.admin {
             let addr: SocketAddr = a.listen.parse().map_err(|_| invalid("admin.listen", "must be an IP:port"))?;
-            if !addr.ip().is_loopback() {
-                return Err(invalid("admin.listen", "must be a loopback address"));
+            if !addr.ip().is_loopback() && self.server.token_file.is_none() {
+                return Err(invalid(
+                    "admin.listen",
+                    "must be a loopback address, unless server.token_file is set (then /metrics and the dashboard's data need that token)",
+                ));
             }
         }
         if let Some(m) = &self.marketplace {
@@ -683,6 +694,10 @@ impl Config {
             r#"
 [storage]
 data_dir = {:?}
+
+# The dashboard and /metrics, on a free loopback port (printed at start; METERD_ADMIN_LISTEN picks one).
+[admin]
+listen = "127.0.0.1:0"
 
 [products.demo]
 identity = "license"

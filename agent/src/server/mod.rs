@@ -6,6 +6,7 @@ pub mod auth;
 pub mod codec_status;
 pub mod convert;
 mod customers;
+pub mod dashboard;
 pub mod health;
 pub mod marketplace_http;
 mod metering;
