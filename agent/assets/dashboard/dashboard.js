@@ -78,6 +78,8 @@
       height: window.innerWidth < 700 ? 220 : 300,
       series,
       bands,
+      // Hours in UTC, like the report and every timestamp on the page.
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
       scales: { y: { range: (u, min, max) => [0, max > 0 ? max * 1.05 : 1] } },
       axes: [{}, { size: 60 }],
     }, data, el);
