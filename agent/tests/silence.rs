@@ -13,7 +13,7 @@ use meterd::store::{IngestOutcome, SealParams, Store};
 
 const DAY: i64 = 24 * HOUR_MS;
 /// Monday 2026-11-02 00:00 UTC.
-const MONDAY: i64 = 1_794_268_800_000;
+const MONDAY: i64 = 1_793_577_600_000;
 
 fn customer(name: &str) -> Identity {
     Identity::Aws {

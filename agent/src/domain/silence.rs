@@ -179,7 +179,7 @@ mod tests {
     use super::*;
 
     /// Monday 2026-11-02 00:00 UTC.
-    const MONDAY: i64 = 1_794_268_800_000;
+    const MONDAY: i64 = 1_793_577_600_000;
 
     fn key(customer: &str) -> SeriesKey {
         SeriesKey { product: "p".into(), dimension: "d".into(), customer: customer.into() }
