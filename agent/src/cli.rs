@@ -546,7 +546,10 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
         if s.usage_drops.is_empty() {
             println!("  usage drops    none in the last ended hour");
         } else {
-            println!("  USAGE DROPS    {} in the last ended hour (is the product still calling meterd?):", s.usage_drops.len());
+            println!(
+                "  USAGE DROPS    {} in the last ended hour (is the product still calling meterd?):",
+                s.usage_drops.len()
+            );
             for d in &s.usage_drops {
                 println!("    {}", crate::server::convert::drop_line(d));
             }

@@ -840,6 +840,41 @@ mod tests {
     }
 
     #[test]
+    fn silence_settings_are_validated_naming_the_key() {
+        let s = parse(GOOD).unwrap().silence.settings().unwrap();
+        assert_eq!(
+            (s.drop_below_percent, s.min_baseline, s.top_customers),
+            (20, crate::domain::quantity::Micros::from_units(10), 10)
+        );
+        let s =
+            parse(&format!("{GOOD}\n[silence]\ndrop_below_percent = 35\nmin_baseline = \"0.5\"\ntop_customers = 0\n"))
+                .unwrap()
+                .silence
+                .settings()
+                .unwrap();
+        assert_eq!((s.drop_below_percent, s.min_baseline.0, s.top_customers), (35, 500_000, 0));
+        for (bad, key) in [
+            ("drop_below_percent = 0", "silence.drop_below_percent: must be between 1 and 99"),
+            ("drop_below_percent = 100", "silence.drop_below_percent: must be between 1 and 99"),
+            ("min_baseline = \"ten\"", "silence.min_baseline: \"ten\" is not a plain decimal"),
+            ("top_customers = 101", "silence.top_customers: must be at most 100"),
+        ] {
+            let e = err(&format!("{GOOD}\n[silence]\n{bad}\n"));
+            assert!(e.starts_with(key), "{bad}: {e}");
+        }
+        assert!(err(&format!("{GOOD}\n[silence]\nthreshold = 3\n")).contains("unknown field `threshold`"));
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_needs_the_token_file() {
+        let open = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:7172\"\n");
+        assert!(err(&open).starts_with("admin.listen: must be a loopback address, unless server.token_file is set"));
+        let with_token =
+            open.replace("listen = \"127.0.0.1:7171\"", "listen = \"127.0.0.1:7171\"\ntoken_file = \"/etc/t\"");
+        assert!(!parse(&with_token).unwrap().admin.unwrap().is_loopback());
+    }
+
+    #[test]
     fn accepts_a_minimal_config() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.default_product(), Some("app"));

@@ -60,7 +60,8 @@ pub fn render_metric(config: &Config, drops: &[UsageDrop]) -> String {
     for (name, p) in &config.products {
         for dim in &p.dimensions {
             let n = drops.iter().filter(|d| &d.product == name && &d.dimension == dim).count();
-            let _ = writeln!(out, "meterd_usage_drops{{product=\"{}\",dimension=\"{}\"}} {n}", escape(name), escape(dim));
+            let _ =
+                writeln!(out, "meterd_usage_drops{{product=\"{}\",dimension=\"{}\"}} {n}", escape(name), escape(dim));
         }
     }
     out

@@ -111,7 +111,9 @@ pub async fn feed(target: String, config: Arc<Config>) {
         if n % 10 == 0 {
             let held = v1::UsageEvent {
                 idempotency_key: format!("demo-{}-{n}-held", std::process::id()),
-                customer: Some(v1::Customer { identity: Some(v1::customer::Identity::TenantId(DEMO_UNMAPPED_TENANT.into())) }),
+                customer: Some(v1::Customer {
+                    identity: Some(v1::customer::Identity::TenantId(DEMO_UNMAPPED_TENANT.into())),
+                }),
                 dimension: p.dimensions[0].clone(),
                 quantity: "1".into(),
                 timestamp: None,

@@ -56,7 +56,10 @@ async fn record_hour(store: &Store, hour_ms: i64, customers: &[&str]) {
         }
     }
     for r in store.ingest(events, hour_ms + HOUR_MS - 1, LateUsage::Carry).await.unwrap() {
-        assert!(matches!(r, IngestOutcome::Stored(ref receipt) if receipt.hour_ms / HOUR_MS == hour_ms / HOUR_MS), "{r:?}");
+        assert!(
+            matches!(r, IngestOutcome::Stored(ref receipt) if receipt.hour_ms / HOUR_MS == hour_ms / HOUR_MS),
+            "{r:?}"
+        );
     }
 }
 

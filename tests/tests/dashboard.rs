@@ -110,7 +110,8 @@ async fn a_non_loopback_admin_listener_needs_the_token_for_data_but_not_for_prob
 #[tokio::test]
 async fn on_loopback_the_dashboard_needs_no_token() {
     let dir = tempfile::tempdir().unwrap();
-    let mut agent = Agent::start(&basic_config(&dir.path().join("data"), "[admin]\nlisten = \"127.0.0.1:0\"\n")).unwrap();
+    let mut agent =
+        Agent::start(&basic_config(&dir.path().join("data"), "[admin]\nlisten = \"127.0.0.1:0\"\n")).unwrap();
     let addr = agent.admin.clone().unwrap();
     let (code, body) = get(&addr, "/api/dashboard", None).await;
     assert_eq!(code, 200, "{body}");

@@ -72,7 +72,8 @@ pub struct UsageDrop {
 /// The hours a baseline for `hour_ms` reads, newest first, without duplicates (the same hour a week ago is
 /// both the 7th day and the 1st week): 10 hours with the defaults.
 pub fn baseline_hours(hour_ms: UnixMillis) -> Vec<UnixMillis> {
-    let mut hours: Vec<_> = (1..=DAYS).map(|d| hour_ms - d * DAY_MS).chain((1..=WEEKS).map(|w| hour_ms - w * WEEK_MS)).collect();
+    let mut hours: Vec<_> =
+        (1..=DAYS).map(|d| hour_ms - d * DAY_MS).chain((1..=WEEKS).map(|w| hour_ms - w * WEEK_MS)).collect();
     hours.sort_unstable_by(|a, b| b.cmp(a));
     hours.dedup();
     hours
@@ -303,8 +304,7 @@ mod tests {
         let h = MONDAY + 2 * WEEK_MS;
         let mut usage = Usage::new();
         history(&mut usage, "c", start, h, |x| if x == h - DAY_MS { 0 } else { 100 });
-        let per_hour: BTreeMap<_, _> =
-            usage.iter().filter_map(|(h, s)| s.get(&key("c")).map(|q| (*h, *q))).collect();
+        let per_hour: BTreeMap<_, _> = usage.iter().filter_map(|(h, s)| s.get(&key("c")).map(|q| (*h, *q))).collect();
         let b = baseline(&per_hour, h, start);
         assert_eq!(b, Some(Micros::from_units(100)));
     }

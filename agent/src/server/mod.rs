@@ -12,8 +12,8 @@ pub mod marketplace_http;
 mod metering;
 pub mod rate_limit;
 mod request_id;
-pub mod status;
 pub mod sns;
+pub mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
