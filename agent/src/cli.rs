@@ -444,7 +444,8 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 println!("  token        from {}", f.display());
             }
             if let Some(a) = &c.admin {
-                println!("  admin        {} (/metrics, /healthz, /readyz)", a.listen);
+                let auth = if a.is_loopback() { "" } else { "; /metrics and /api/… need the token" };
+                println!("  admin        {} (dashboard /, /metrics, /healthz, /readyz{auth})", a.listen);
             }
             if let Some(m) = &c.marketplace {
                 println!("  marketplace  {} → {}", m.listen, m.redirect_url);
