@@ -190,6 +190,7 @@
     const headers = {};
     const token = sessionStorage.getItem("meterd-token");
     if (token) headers.Authorization = "Bearer " + token;
+    let doc;
     try {
       const r = await fetch("/api/dashboard", { headers, cache: "no-store" });
       if (r.status === 401) {
@@ -198,13 +199,17 @@
         return;
       }
       if (!r.ok) throw new Error(r.status + " " + (await r.text()).trim());
-      render(await r.json());
-      $("error").hidden = true;
+      doc = await r.json();
     } catch (e) {
       // Shown on the page, not thrown: the agent may be restarting; the next poll tries again.
       $("error").textContent = "Cannot load /api/dashboard: " + e.message + " (retrying every " + POLL_MS / 1000 + " s)";
       $("error").hidden = false;
+      return;
     }
+    $("error").hidden = true;
+    // Outside the try: a bug in rendering is a page error (seen in the console and by the browser test), not a
+    // "cannot load" banner.
+    render(doc);
   }
 
   $("token-form").addEventListener("submit", (ev) => {

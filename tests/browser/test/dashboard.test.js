@@ -152,5 +152,6 @@ test("the dashboard shows the report's hours and the held tenant, without consol
   await page.screenshot({ path: path.join(ARTIFACTS, "dashboard-phone.png"), fullPage: true });
 
   assert.deepEqual(problems, [], "the page logged errors");
+  assert.equal(await page.locator("#error").isHidden(), true, await page.locator("#error").innerText());
   console.log(`screenshots: ${path.join(ARTIFACTS, "dashboard.png")}, dashboard-phone.png`);
 });
