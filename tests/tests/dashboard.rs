@@ -45,6 +45,22 @@ async fn a_customer_that_stops_shows_as_a_usage_drop_everywhere_within_the_first
     assert_eq!((d.observed.as_str(), d.baseline.as_str()), ("0", "40"));
     assert_eq!(s.report().await.usage_drops, status.usage_drops);
 
+    // The CLI an operator runs shows it: `meterd status`, `status --json`, `report` (table and JSON).
+    let (status_text, report_text) = (cli(&s.target, &["status"]).await, cli(&s.target, &["report"]).await);
+    let line = format!("app/api_calls customer {}: 0 recorded, baseline 40", d.customer);
+    assert!(
+        status_text.contains("USAGE DROPS    1 in the last ended hour") && status_text.contains(&line),
+        "{status_text}"
+    );
+    assert!(
+        report_text.contains(&format!("USAGE DROP: {}", meterd::clock::rfc3339(stop))) && report_text.contains(&line),
+        "{report_text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&cli(&s.target, &["status", "--json"]).await).unwrap();
+    assert_eq!(json["usage_drops"][0]["baseline"], "40");
+    let json: serde_json::Value = serde_json::from_str(&cli(&s.target, &["report", "--format", "json"]).await).unwrap();
+    assert_eq!(json["usage_drops"][0]["customer"], d.customer.as_str());
+
     let (code, text) = http_get(admin, "/metrics").await;
     assert_eq!(code, 200);
     assert_eq!(parse_metrics(&text).get("meterd_usage_drops{product=\"app\",dimension=\"api_calls\"}"), Some(&1.0));
@@ -59,6 +75,14 @@ async fn a_customer_that_stops_shows_as_a_usage_drop_everywhere_within_the_first
     assert_eq!(doc["usage"]["hours"].as_array().unwrap().len(), 3 * 24 + 11);
     assert_eq!(doc["totals"]["reconciled"], true);
     s.stop().await;
+}
+
+/// `meterd ARGS --target TARGET`'s stdout (off the runtime's threads: the agent runs on them).
+async fn cli(target: &str, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(meterd_tests::meterd_bin());
+    cmd.args(args).args(["--target", target]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// GET with an optional bearer token; returns (status, body).
