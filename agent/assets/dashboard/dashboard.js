@@ -221,6 +221,11 @@
   window.addEventListener("resize", () => {
     if (chart) chart.setSize({ width: chartWidth(), height: window.innerWidth < 700 ? 220 : 300 });
   });
-  poll();
-  setInterval(poll, POLL_MS);
+  // The next poll is scheduled when this one is done, so a slow answer (a large store: the report reads every
+  // stored record) never piles requests up.
+  async function loop() {
+    await poll();
+    setTimeout(loop, POLL_MS);
+  }
+  loop();
 })();
