@@ -264,6 +264,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             // Where the demo's data is, and whether it outlives the run.
             let note = if throwaway { " (throwaway: removed on exit)" } else { "" };
             print_line(&format!("{} data_dir={}{note}", ready.line(), data_dir.display()));
+            if let Some(admin) = ready.admin {
+                print_line(&format!("simulate: dashboard at http://{admin}/"));
+            }
             if let Some(tcp) = ready.tcp {
                 if feed {
                     tokio::spawn(crate::simulate::feed(tcp.to_string(), feeder_config));
@@ -422,9 +425,19 @@ async fn report(target: &str, format: ReportFormat) -> anyhow::Result<ExitCode> 
     let r = client.admin().report(meterd_proto::v1::ReportRequest {}).await?.into_inner();
     let report = crate::server::convert::report_from_wire(&r);
     match format {
-        ReportFormat::Table => print!("{}", report.to_table()),
+        ReportFormat::Table => {
+            print!("{}", report.to_table());
+            for d in &r.usage_drops {
+                println!("USAGE DROP: {}", crate::server::convert::drop_line(d));
+            }
+        }
+        // CSV stays one row per record; drops are in the table and JSON forms.
         ReportFormat::Csv => print!("{}", report.to_csv()),
-        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Json => {
+            let mut v = serde_json::to_value(&report)?;
+            v["usage_drops"] = r.usage_drops.iter().map(crate::server::convert::drop_json).collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
     }
     Ok(ExitCode::from(report.exit_code()))
 }
@@ -448,7 +461,8 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 println!("  token        from {}", f.display());
             }
             if let Some(a) = &c.admin {
-                println!("  admin        {} (/metrics, /healthz, /readyz)", a.listen);
+                let auth = if a.is_loopback() { "" } else { "; /metrics and /api/… need the token" };
+                println!("  admin        {} (dashboard /, /metrics, /healthz, /readyz{auth})", a.listen);
             }
             if let Some(m) = &c.marketplace {
                 println!("  marketplace  {} → {}", m.listen, m.redirect_url);
@@ -543,44 +557,7 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
         t.as_ref().map(|t| crate::clock::rfc3339(t.seconds * 1000 + i64::from(t.nanos / 1_000_000))).unwrap_or_default()
     };
     if json {
-        let v = serde_json::json!({
-            "version": s.version,
-            "started_at": ts(&s.started_at),
-            "now": ts(&s.now),
-            "data_dir": s.data_dir,
-            "schema_version": s.schema_version,
-            "events_stored": s.events_stored,
-            "open_buckets": s.open_buckets,
-            "store_size_bytes": s.store_size_bytes,
-            "disk_free_bytes": s.disk_free_bytes,
-            "disk_reserve_bytes": s.disk_reserve_bytes,
-            "disk_full": s.disk_full,
-            "late_events": s.late_events,
-            "records_at_risk": s.records_at_risk,
-            "customers_by_status": s.customers_by_status,
-            "customers_not_subscribed": s.customers_not_subscribed,
-            "records_lost": s.records_lost,
-            "units_lost": s.units_lost,
-            "sealed_through": ts(&s.sealed_through),
-            "pending_records": s.pending_records,
-            "oldest_pending_age_seconds": s.oldest_pending_age_seconds,
-            "most_urgent_deadline": ts(&s.most_urgent_deadline),
-            "accounts": s.accounts.iter().map(|a| serde_json::json!({
-                "name": a.name,
-                "last_successful_call": ts(&a.last_successful_call),
-                "clock_skew_ms": a.clock_skew_ms,
-                "calls_ok": a.calls_ok, "calls_throttled": a.calls_throttled, "calls_failed": a.calls_failed,
-                "records_accepted": a.records_accepted, "records_rejected": a.records_rejected,
-                "records_expired": a.records_expired,
-            })).collect::<Vec<_>>(),
-            "products": s.products.iter().map(|p| serde_json::json!({
-                "name": p.name, "identity": p.identity, "dimensions": p.dimensions,
-            })).collect::<Vec<_>>(),
-            "deployment_checks": s.deployment_checks.iter().map(|c| serde_json::json!({
-                "product": c.product, "check": c.check, "state": c.state, "error_code": c.error_code,
-                "message": c.message, "at": ts(&c.at), "attempts": c.attempts, "signature": c.signature,
-            })).collect::<Vec<_>>(),
-        });
+        let v = crate::server::status::to_json(&s);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("meterd {} at {target}", s.version);
@@ -617,6 +594,17 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             s.pending_records, s.oldest_pending_age_seconds
         );
         println!("  next deadline  {}", ts(&s.most_urgent_deadline));
+        if s.usage_drops.is_empty() {
+            println!("  usage drops    none in the last ended hour");
+        } else {
+            println!(
+                "  USAGE DROPS    {} in the last ended hour (is the product still calling meterd?):",
+                s.usage_drops.len()
+            );
+            for d in &s.usage_drops {
+                println!("    {}", crate::server::convert::drop_line(d));
+            }
+        }
         for p in &s.products {
             println!("  product {}: identity={} dimensions=[{}]", p.name, p.identity, p.dimensions.join(", "));
         }

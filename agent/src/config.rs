@@ -28,6 +28,9 @@ pub struct Config {
     /// Optional HTTP endpoints for the fulfillment form and lifecycle events.
     #[serde(default)]
     pub marketplace: Option<MarketplaceHttpConfig>,
+    /// Usage-drop (silence) detection: when an ended hour falls far below its own baseline.
+    #[serde(default)]
+    pub silence: SilenceConfig,
     /// AWS seller accounts (Region, credentials, endpoint) by name; products refer to one.
     #[serde(default)]
     pub accounts: BTreeMap<String, AccountConfig>,
@@ -193,11 +196,58 @@ impl Default for PipelineConfig {
     }
 }
 
+/// Usage-drop detection (`domain/silence.rs`): an ended hour below `drop_below_percent` of its baseline (the
+/// same hour on the previous days and weekdays) is a drop, for baselines of at least `min_baseline`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SilenceConfig {
+    /// Default 20: an hour under 20% of its baseline is a drop. 1-99.
+    pub drop_below_percent: u32,
+    /// Usage per hour a baseline needs before it can be flagged (a decimal string, default "10"): small series
+    /// would flap.
+    pub min_baseline: String,
+    /// Per product × dimension, how many of the biggest customers are watched one by one (default 10, at most
+    /// 100; 0 watches only the totals).
+    pub top_customers: usize,
+}
+
+impl Default for SilenceConfig {
+    fn default() -> Self {
+        Self { drop_below_percent: 20, min_baseline: "10".into(), top_customers: 10 }
+    }
+}
+
+impl SilenceConfig {
+    /// The detector's settings; errors name the key.
+    pub fn settings(&self) -> Result<crate::domain::silence::Settings, ConfigError> {
+        if !(1..=99).contains(&self.drop_below_percent) {
+            return Err(invalid("silence.drop_below_percent", "must be between 1 and 99"));
+        }
+        if self.top_customers > 100 {
+            return Err(invalid("silence.top_customers", "must be at most 100"));
+        }
+        let min_baseline = crate::domain::quantity::Micros::parse_event(&self.min_baseline)
+            .map_err(|e| invalid("silence.min_baseline", e.to_string()))?;
+        Ok(crate::domain::silence::Settings {
+            drop_below_percent: self.drop_below_percent,
+            min_baseline,
+            top_customers: self.top_customers,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminHttpConfig {
-    /// Loopback address for `/metrics`, `/healthz` and `/readyz` ("127.0.0.1:7172").
+    /// Address for `/metrics`, `/healthz`, `/readyz` and the dashboard (`/`), e.g. "127.0.0.1:7172". Loopback,
+    /// or any address when `server.token_file` is set: then `/metrics` and `/api/…` need that bearer token.
     pub listen: String,
+}
+
+impl AdminHttpConfig {
+    pub fn is_loopback(&self) -> bool {
+        self.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -397,6 +447,7 @@ pub const ENV_OVERRIDES: &[(&str, &[&str])] = &[
     ("METERD_LISTEN", &["server", "listen"]),
     ("METERD_UNIX_SOCKET", &["server", "unix_socket"]),
     ("METERD_TOKEN_FILE", &["server", "token_file"]),
+    ("METERD_ADMIN_LISTEN", &["admin", "listen"]),
     ("METERD_DATA_DIR", &["storage", "data_dir"]),
     ("METERD_MAX_FUTURE_SKEW", &["ingest", "max_future_skew"]),
     ("METERD_DEFAULT_PRODUCT", &["ingest", "default_product"]),
@@ -602,10 +653,14 @@ impl Config {
                 _ => {}
             }
         }
+        self.silence.settings()?;
         if let Some(a) = &self.admin {
             let addr: SocketAddr = a.listen.parse().map_err(|_| invalid("admin.listen", "must be an IP:port"))?;
-            if !addr.ip().is_loopback() {
-                return Err(invalid("admin.listen", "must be a loopback address"));
+            if !addr.ip().is_loopback() && self.server.token_file.is_none() {
+                return Err(invalid(
+                    "admin.listen",
+                    "must be a loopback address, unless server.token_file is set (then /metrics and the dashboard's data need that token)",
+                ));
             }
         }
         if let Some(m) = &self.marketplace {
@@ -687,6 +742,10 @@ impl Config {
             r#"
 [storage]
 data_dir = {:?}
+
+# The dashboard and /metrics, on a free loopback port (printed at start; METERD_ADMIN_LISTEN picks one).
+[admin]
+listen = "127.0.0.1:0"
 
 [products.demo]
 identity = "license"
@@ -861,6 +920,41 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn silence_settings_are_validated_naming_the_key() {
+        let s = parse(GOOD).unwrap().silence.settings().unwrap();
+        assert_eq!(
+            (s.drop_below_percent, s.min_baseline, s.top_customers),
+            (20, crate::domain::quantity::Micros::from_units(10), 10)
+        );
+        let s =
+            parse(&format!("{GOOD}\n[silence]\ndrop_below_percent = 35\nmin_baseline = \"0.5\"\ntop_customers = 0\n"))
+                .unwrap()
+                .silence
+                .settings()
+                .unwrap();
+        assert_eq!((s.drop_below_percent, s.min_baseline.0, s.top_customers), (35, 500_000, 0));
+        for (bad, key) in [
+            ("drop_below_percent = 0", "silence.drop_below_percent: must be between 1 and 99"),
+            ("drop_below_percent = 100", "silence.drop_below_percent: must be between 1 and 99"),
+            ("min_baseline = \"ten\"", "silence.min_baseline: \"ten\" is not a plain decimal"),
+            ("top_customers = 101", "silence.top_customers: must be at most 100"),
+        ] {
+            let e = err(&format!("{GOOD}\n[silence]\n{bad}\n"));
+            assert!(e.starts_with(key), "{bad}: {e}");
+        }
+        assert!(err(&format!("{GOOD}\n[silence]\nthreshold = 3\n")).contains("unknown field `threshold`"));
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_needs_the_token_file() {
+        let open = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:7172\"\n");
+        assert!(err(&open).starts_with("admin.listen: must be a loopback address, unless server.token_file is set"));
+        let with_token =
+            open.replace("listen = \"127.0.0.1:7171\"", "listen = \"127.0.0.1:7171\"\ntoken_file = \"/etc/t\"");
+        assert!(!parse(&with_token).unwrap().admin.unwrap().is_loopback());
     }
 
     #[test]

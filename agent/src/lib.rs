@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod report;
 pub mod server;
+pub mod silence;
 pub mod simulate;
 pub mod store;
 pub mod submit;

@@ -13,6 +13,8 @@ use crate::clock::{EmulatorClock, ScaledClock, SharedClock, SystemClock};
 use crate::config::{AccountConfig, Config, IdentityMode};
 
 pub const DEMO_ACCOUNT_ID: &str = "111122223333";
+/// A tenant the demo records usage for but never maps: its usage is held, at risk.
+pub const DEMO_UNMAPPED_TENANT: &str = "demo-unmapped-tenant";
 
 pub struct Simulation {
     pub config: Config,
@@ -111,6 +113,24 @@ pub async fn feed(target: String, config: Arc<Config>) {
         };
         if let Err(e) = m.record_usage(v1::RecordUsageRequest { event: Some(event) }).await {
             tracing::warn!(error = %e.message(), "demo feeder: record_usage failed");
+        }
+        // Every 10th round, usage of a tenant no one has mapped to a marketplace identity: the demo shows it
+        // held, at risk (dashboard, `meterd status`) until `meterd customers put demo-unmapped-tenant …`.
+        if n % 10 == 0 {
+            let held = v1::UsageEvent {
+                idempotency_key: format!("demo-{}-{n}-held", std::process::id()),
+                customer: Some(v1::Customer {
+                    identity: Some(v1::customer::Identity::TenantId(DEMO_UNMAPPED_TENANT.into())),
+                }),
+                dimension: p.dimensions[0].clone(),
+                quantity: "1".into(),
+                timestamp: None,
+                tags: Default::default(),
+                product: name.clone(),
+            };
+            if let Err(e) = m.record_usage(v1::RecordUsageRequest { event: Some(held) }).await {
+                tracing::warn!(error = %e.message(), "demo feeder: record_usage failed");
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -80,6 +80,8 @@ pub struct Agent {
     child: Option<Child>,
     pub tcp: Option<String>,
     pub unix: Option<PathBuf>,
+    /// The admin listener's address, when configured.
+    pub admin: Option<String>,
     pub config_path: PathBuf,
     _config_dir: tempfile::TempDir,
 }
@@ -122,6 +124,7 @@ impl Agent {
         Ok(Agent {
             tcp: field("tcp"),
             unix: field("unix").map(PathBuf::from),
+            admin: field("admin"),
             child: Some(child),
             config_path: config_path.to_path_buf(),
             _config_dir: config_dir,

@@ -23,6 +23,7 @@ const TYPES: &[(&str, &str, &str)] = &[
     ("StatusChange", "StatusChange", "StatusChange"),
     ("CustomerInfo", "CustomerInfo", "CustomerInfo"),
     ("ApplyEventResponse", "EventOutcome", "EventOutcome"),
+    ("UsageDrop", "UsageDrop", "UsageDrop"),
 ];
 
 /// (proto message, proto field, why the SDKs do not expose it under its proto name).

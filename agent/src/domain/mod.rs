@@ -9,4 +9,5 @@ pub mod lifecycle;
 pub mod quantity;
 pub mod record;
 pub mod seal;
+pub mod silence;
 pub mod validate;
