@@ -65,7 +65,14 @@ async fn record_hour(store: &Store, hour_ms: i64, customers: &[&str]) {
 
 async fn seal_through(store: &Store, end_ms: i64) {
     store
-        .seal(SealParams { cutoff_hour_ms: end_ms, now_ms: end_ms, window_ms: DAY, margin_ms: 0, zero_records: false })
+        .seal(SealParams {
+            cutoff_hour_ms: end_ms,
+            now_ms: end_ms,
+            window_ms: DAY,
+            margin_ms: 0,
+            zero_records: false,
+            product_windows_ms: Default::default(),
+        })
         .await
         .unwrap();
 }

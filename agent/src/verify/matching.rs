@@ -279,7 +279,7 @@ mod tests {
     }
 
     fn run(rows: Vec<v1::ReportRow>, records: Vec<TrailRecord>) -> Verification {
-        let report = v1::ReportResponse { rows, totals: None };
+        let report = v1::ReportResponse { rows, totals: None, usage_drops: Vec::new() };
         verify(&report, &Trail { records, ..Default::default() }, Window::default())
     }
 
@@ -346,7 +346,7 @@ mod tests {
         let rows = vec![row("aws:1/a", H, "accepted", 5, "m1"), row("aws:1/b", H + 3_600_000, "accepted", 1, "m2")];
         let records =
             vec![rec("aws:1/b", H + 3_600_000, 1, "m2", "Success"), rec("aws:1/z", H - 3_600_000, 1, "m3", "Success")];
-        let report = v1::ReportResponse { rows, totals: None };
+        let report = v1::ReportResponse { rows, totals: None, usage_drops: Vec::new() };
         let trail = Trail { records, ..Default::default() };
         let v = verify(&report, &trail, Window { from_ms: Some(H + 3_600_000), to_ms: None });
         assert!(v.reconciled, "{:?}", v.discrepancies);
