@@ -295,7 +295,10 @@ async fn a_record_not_accepted_within_six_hours_expires_unsent() {
     let t = r.totals.unwrap();
     assert!(t.reconciled && t.accepted == "0" && t.pending == "0", "{t:?}");
     assert!(d.emulator.ledger().is_empty());
-    // Expired means never sent again.
+    // Expired means never sent again. The start-up DryRuns (also MeterUsage calls, failing with every 5xx here)
+    // retry on real time with jittered backoff: wait until they have settled before counting, or a late DryRun
+    // retry on a loaded machine would look like a resend.
+    d.settled_checks().await;
     let calls = d.emulator.counters().calls_to("MeterUsage");
     d.emulator.set_faults(Faults::default());
     d.advance(HOUR, 10 * 60_000).await;
