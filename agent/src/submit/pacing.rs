@@ -431,8 +431,7 @@ mod tests {
         // Another client steadily makes 5 calls/s on the same quota: meterd must get most of what it leaves
         // (the other client loses some calls to meterd too, which leaves meterd more), and probing for more
         // must not cost many throttles (returning to the throttled rate quickly cost 6–8% here).
-        for (shape, quota) in [("token bucket", Quota::token_bucket()), ("rolling window", Quota::rolling_window())]
-        {
+        for (shape, quota) in [("token bucket", Quota::token_bucket()), ("rolling window", Quota::rolling_window())] {
             let mut quota = quota;
             let r = simulate(&mut quota, Some(5.0), 1);
             let left = 10.0 - r.other_rate;
