@@ -360,7 +360,8 @@ impl Writer {
         let mut claimed: HashMap<&str, StoredEvent> = HashMap::new();
         let mut buckets: HashMap<Vec<u8>, Bucket> = HashMap::new();
         let mut mappings: HashMap<String, Option<TenantMapping>> = HashMap::new();
-        let mut statuses: HashMap<Vec<u8>, Option<CustomerStatus>> = HashMap::new();
+        // Per lifecycle key: the customer's status and the account its license is bound to ("" for none).
+        let mut statuses: HashMap<Vec<u8>, Option<(CustomerStatus, String)>> = HashMap::new();
         let mut batch = sled::Batch::default();
         let mut all = Vec::with_capacity(calls.len());
         let mut new_events = 0u64;
@@ -423,14 +424,40 @@ impl Writer {
                         Some(s) => s.clone(),
                         None => {
                             let s = match db.get(&lk)? {
-                                Some(v) => Some(decode::<CustomerLifecycle>(&v)?.status),
+                                Some(v) => {
+                                    let life = decode::<CustomerLifecycle>(&v)?;
+                                    let bound = match life.identity {
+                                        Identity::Aws { account_id, .. } => account_id,
+                                        _ => String::new(),
+                                    };
+                                    Some((life.status, bound))
+                                }
                                 None => None,
                             };
                             statuses.insert(lk.clone(), s.clone());
                             s
                         }
                     };
-                    if let Some(st) = st.filter(|s| !s.accepts_usage()) {
+                    // A license is granted to one account, known here from its License event or a tenant
+                    // mapping: usage naming another account could never be billed (AWS refuses the pair, or
+                    // takes it as a second record of the license's hour), so it is refused now, not acked and
+                    // lost at submission.
+                    if let (Identity::Aws { account_id, license_arn }, Some((_, bound))) = (&identity, &st)
+                        && !bound.is_empty()
+                        && bound != account_id
+                    {
+                        outcomes.push(IngestOutcome::NotActive {
+                            message: format!(
+                                "license {} belongs to CustomerAWSAccountId {} (from its License event or a tenant \
+                                 mapping), not {}: AWS would refuse this usage",
+                                crate::domain::echo::echo(license_arn),
+                                crate::domain::echo::echo(bound),
+                                crate::domain::echo::echo(account_id)
+                            ),
+                        });
+                        continue;
+                    }
+                    if let Some(st) = st.map(|(s, _)| s).filter(|s| !s.accepts_usage()) {
                         outcomes.push(IngestOutcome::NotActive {
                             message: format!(
                                 "the customer's subscription is {} ({st:?}); usage after the end is not billed",

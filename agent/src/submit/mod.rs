@@ -79,7 +79,7 @@ impl Submitter {
         let client = aws::client(acct, clock.clone(), stats.skew.clone()).await?;
         Ok(Self {
             account: account.to_string(),
-            pacer: pacing::Pacer::new(acct.calls_per_second, 0.0),
+            pacer: pacing::Pacer::new(acct.calls_per_second),
             pace_origin: tokio::time::Instant::now(),
             config,
             store,
@@ -240,6 +240,7 @@ impl Submitter {
             if wait > 0.0 {
                 tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
             }
+            self.pacer.sent(self.pace_origin.elapsed().as_secs_f64());
             calls += 1;
             self.metrics.batch_size.observe(wire.len() as f64);
             self.metrics.retries.fetch_add(sent_before.len() as u64, Ordering::Relaxed);
