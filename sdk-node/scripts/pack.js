@@ -4,7 +4,7 @@
 //     fields make npm install only the matching one. Its package.json is npm/<platform>/package.json.
 //   meterd (meterd-<version>.tgz): index.js (CJS), index.mjs (ESM), index.d.ts, errors.js, with optionalDependencies
 //     on the platform packages packed here and no scripts at all: installing it runs nothing and needs no cargo.
-// Steps: `napi build --platform --release --strip` (cargo; skipped with --prebuilt DIR, which takes the
+// Steps: `napi build --platform --release` (cargo; skipped with --prebuilt DIR, which takes the
 // meterd.<platform>.node files the release workflow built on each platform's runner), `napi artifacts` (copies
 // them into npm/<platform>/), then `npm pack` for each platform package and for a staged copy of the main one.
 // Publishing is `npm publish <tarball>` for each, platform packages first (.github/workflows/release.yml).
@@ -46,7 +46,7 @@ const artifacts = opts.prebuilt || path.join(here, 'artifacts');
 if (!opts.prebuilt) {
   fs.rmSync(artifacts, { recursive: true, force: true });
   // --no-js and a throwaway --dts: index.js and index.d.ts are the hand-written facade, not napi's generated ones.
-  run(napi, ['build', '--platform', '--release', '--strip', '--no-js', '--dts', 'native.d.ts', '--output-dir', artifacts], here);
+  run(napi, ['build', '--platform', '--release', '--no-js', '--dts', 'native.d.ts', '--output-dir', artifacts], here);
 }
 const built = fs.readdirSync(artifacts).filter((f) => f.endsWith('.node'));
 if (built.length === 0) usage(`no ${pkg.napi.binaryName}.<platform>.node in ${artifacts}`);

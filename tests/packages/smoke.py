@@ -28,4 +28,4 @@ with meterd.Client(target) as client:
     rows = [r for r in client.report().rows if r.customer == f"tenant:{tenant}"]
     recorded = sum((Decimal(r.recorded) for r in rows), Decimal(0))
 assert recorded == Decimal("3.5"), f"report shows {recorded} recorded for {tenant}: {rows}"
-print(f"python: meterd {meterd.__version__} from {native.name}: recorded {recorded} for {tenant}, read back from the report")
+print(f"python: meterd {meterd.__version__}: recorded {recorded} for {tenant}, read back from the report")
