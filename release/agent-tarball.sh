@@ -59,7 +59,7 @@ meterd $version
 commit $commit
 target $target
 glibc >= $glibc (dynamically linked: ${needed% }; everything else is static)
-built with $(rustc -V 2>/dev/null || echo "rustc (unknown)") on $(ldd --version 2>/dev/null | head -1 | sed 's/^ldd //')
+built with $(rustc -V 2>/dev/null || echo "rustc (unknown)") on $(ldd --version 2>/dev/null | head -1 | sed 's/^ldd (\(.*\)) .*/\1/')
 INFO
 mkdir -p "$out"
 tar -C "$stage" --owner=0 --group=0 --numeric-owner -czf "$out/$pkg.tar.gz" "$pkg"

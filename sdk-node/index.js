@@ -27,8 +27,8 @@ function platformPackage() {
  *  1. meterd.node beside this file: a source build (`npm install ./sdk-node` runs scripts/build.js);
  *  2. the prebuilt platform package: an optionalDependency of the published package, of which npm installs only
  *     the one whose os/cpu/libc match (no install script, no cargo);
- *  3. in a source checkout whose install script was skipped (npm ≥ 11 skips a dependency's install script unless
- *     allowed: `--allow-scripts=meterd` or `npm install-scripts approve meterd`): build it now with cargo, once. */
+ *  3. in a source checkout whose install script did not run (`--ignore-scripts`, an npm `allowScripts` policy):
+ *     build it now with cargo, once. */
 function loadNative() {
   const file = path.join(__dirname, 'meterd.node');
   if (fs.existsSync(file)) return require(file);
