@@ -5,8 +5,8 @@
 //   meterd (meterd-<version>.tgz): index.js (CJS), index.mjs (ESM), index.d.ts, errors.js, with optionalDependencies
 //     on the platform packages packed here and no scripts at all: installing it runs nothing and needs no cargo.
 // Steps: `napi build --platform --release` (cargo; skipped with --prebuilt DIR, which takes the
-// meterd.<platform>.node files the release workflow built on each platform's runner), `napi artifacts` (copies
-// them into npm/<platform>/), then `npm pack` for each platform package and for a staged copy of the main one.
+// meterd.<platform>.node files the release workflow built on each platform's runner), copies them into
+// npm/<platform>/, then `npm pack` for each platform package and for a staged copy of the main one.
 // Publishing is `npm publish <tarball>` for each, platform packages first (.github/workflows/release.yml).
 'use strict';
 const { spawnSync } = require('node:child_process');
@@ -50,7 +50,14 @@ if (!opts.prebuilt) {
 }
 const built = fs.readdirSync(artifacts).filter((f) => f.endsWith('.node'));
 if (built.length === 0) usage(`no ${pkg.napi.binaryName}.<platform>.node in ${artifacts}`);
-run(napi, ['artifacts', '--output-dir', artifacts, '--npm-dir', 'npm'], here);
+// What `napi artifacts` does, which refuses to run unless every configured target was built: meterd.<platform>.node
+// into npm/<platform>/. A local build has only the host's.
+for (const file of built) {
+  const platform = file.slice(pkg.napi.binaryName.length + 1, -'.node'.length);
+  const dir = path.join(here, 'npm', platform);
+  if (!fs.existsSync(path.join(dir, 'package.json'))) usage(`${file}: no npm/${platform}/package.json (napi create-npm-dirs)`);
+  fs.copyFileSync(path.join(artifacts, file), path.join(dir, file));
+}
 
 fs.mkdirSync(opts.out, { recursive: true });
 const pack = (dir) => {
@@ -67,7 +74,7 @@ for (const platform of fs.readdirSync(path.join(here, 'npm')).sort()) {
   if (!fs.existsSync(addon)) continue; // not built in this run
   if (p.version !== pkg.version) usage(`${p.name} is version ${p.version}, the package ${pkg.version}: run \`npx napi version\``);
   tarballs.push(pack(dir));
-  fs.rmSync(addon); // the copy napi artifacts made; the tarball has it
+  fs.rmSync(addon); // the copy made above; the tarball has it
   optionalDependencies[p.name] = p.version;
 }
 if (tarballs.length === 0) usage(`none of ${built.join(', ')} matches a package in npm/`);
