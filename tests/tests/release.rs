@@ -36,7 +36,12 @@ fn version_names_the_release_and_the_commit() {
     let text = String::from_utf8(out.stdout).unwrap();
     let commit = match git_head() {
         Some(head) => head[..12].to_string(),
-        None => "unknown".to_string(), // an exported tree without git-archival.txt filled in
+        // A tree exported with `git archive`: the commit it wrote into git-archival.txt, if it did.
+        None => read("agent/git-archival.txt")
+            .trim()
+            .strip_prefix("commit: ")
+            .filter(|c| c.len() >= 12 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map_or("unknown".to_string(), |c| c[..12].to_string()),
     };
     assert_eq!(text.trim(), format!("meterd {} (commit {commit})", workspace_version()));
 }
