@@ -10,10 +10,13 @@ use clap::{Parser, Subcommand};
 use crate::clock::SystemClock;
 use crate::config::{Config, LogFormat};
 
+/// `meterd --version`: the crate version and the source commit (see agent/build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("METERD_GIT_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
 #[command(
     name = "meterd",
-    version,
+    version = VERSION,
     about = "Records SaaS usage durably and meters it to AWS Marketplace, exactly once"
 )]
 pub struct Cli {
