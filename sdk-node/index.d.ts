@@ -19,7 +19,8 @@ export type Customer = string | AwsCustomer | LegacyCustomer;
 export type Quantity = string | bigint | number;
 
 export interface Usage {
-  customer: Customer;
+  /** `null` for products with `identity = "deployment"` (AMI and container products): no customer is sent. */
+  customer: Customer | null;
   /** The dimension's API key exactly as listed in AWS Marketplace. */
   dimension: string;
   quantity: Quantity;

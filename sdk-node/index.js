@@ -107,10 +107,13 @@ function nativeUsage(u, i) {
   const out = { dimension: u.dimension, quantity: quantityText(u.quantity, where) };
   if (typeof u.dimension !== 'string') throw new TypeError(`${where}.dimension must be a string`);
   const c = u.customer;
-  if (typeof c === 'string') out.tenantId = c;
+  // null: no customer — products with identity = "deployment" (AMI and container products), where AWS knows the
+  // buyer from the credentials. An absent key stays an error, so forgetting the customer is not silently allowed.
+  if (c === null) out.deployment = true;
+  else if (typeof c === 'string') out.tenantId = c;
   else if (!setIdentity(out, c)) {
     throw new TypeError(
-      `${where}.customer must be a tenant id (string), awsCustomer(accountId, licenseArn) or legacyCustomer(customerIdentifier)`,
+      `${where}.customer must be a tenant id (string), awsCustomer(accountId, licenseArn), legacyCustomer(customerIdentifier) or null (identity = "deployment" products)`,
     );
   }
   if (u.timestamp !== undefined && u.timestamp !== null) {

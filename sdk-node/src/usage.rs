@@ -22,10 +22,13 @@ pub struct NativeUsage {
     pub tags: Option<HashMap<String, String>>,
     pub product: Option<String>,
     pub idempotency_key: Option<String>,
+    /// No customer (`identity = "deployment"` products): `customer: null` in JS.
+    pub deployment: Option<bool>,
 }
 
 pub fn from_js(u: NativeUsage) -> sdk::Usage {
     let customer = match (u.tenant_id, u.aws_account_id, u.customer_identifier) {
+        _ if u.deployment == Some(true) => Customer::Deployment,
         (Some(t), _, _) => Customer::Tenant(t),
         (None, Some(account_id), _) => Customer::Aws { account_id, license_arn: u.license_arn.unwrap_or_default() },
         (None, None, Some(customer_identifier)) => {

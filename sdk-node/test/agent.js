@@ -9,8 +9,10 @@ const readline = require('node:readline');
 
 const METERD_BIN = process.env.METERD_BIN || path.resolve(__dirname, '../../target/debug/meterd');
 
+const DEMO_PRODUCTS = `[products.demo]\nidentity = "license"\ndimensions = ["api_calls", "storage_gb_hours"]\n`;
+
 class Agent {
-  constructor() {
+  constructor(products = DEMO_PRODUCTS) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meterd-node-test-'));
     this.unixSocket = path.join(this.dir, 'meterd.sock');
     this.config = path.join(this.dir, 'meterd.toml');
@@ -18,7 +20,7 @@ class Agent {
       this.config,
       `[server]\nlisten = "127.0.0.1:0"\nunix_socket = "${this.unixSocket}"\n\n` +
         `[storage]\ndata_dir = "${path.join(this.dir, 'data')}"\n\n[pipeline]\nlate_usage = "reject"\n\n` +
-        `[products.demo]\nidentity = "license"\ndimensions = ["api_calls", "storage_gb_hours"]\n`,
+        products,
     );
     this.port = null;
     this.proc = null;
@@ -91,8 +93,8 @@ class Agent {
   }
 }
 
-async function startAgent() {
-  return new Agent().start();
+async function startAgent(products) {
+  return new Agent(products).start();
 }
 
 /** Exact sum of a tenant's recorded amounts in the report, as a string (decimals via BigInt micro-units). */

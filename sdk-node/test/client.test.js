@@ -275,3 +275,32 @@ test('concurrent calls share one client', async () => {
   assert.equal(r.totals.reconciled, true);
   assert.equal(await recordedFor(client, tenant), '500');
 });
+
+test('a deployment product (identity = "deployment") records usage with customer: null', async () => {
+  const own = await startAgent('[products.ami]\nidentity = "deployment"\nproduct_code = "ami-prod"\ndimensions = ["vcpu_hours"]\n');
+  const c = new meterd.Client(own.target);
+  try {
+    const r = await c.recordUsage({ customer: null, dimension: 'vcpu_hours', quantity: 2 });
+    assert.equal(r.product, 'ami');
+    const results = await c.recordUsageBatch([
+      { customer: null, dimension: 'vcpu_hours', quantity: '0.5' },
+      { customer: 'tenant-1', dimension: 'vcpu_hours', quantity: 1 },
+    ]);
+    assert.equal(results[0].product, 'ami');
+    assert.ok(results[1] instanceof meterd.InvalidUsage, String(results[1]));
+    assert.match(results[1].field, /^events\[1\]\.customer/);
+    await assert.rejects(c.recordUsage({ customer: 'tenant-1', dimension: 'vcpu_hours', quantity: 1 }), meterd.InvalidUsage);
+    // Leaving the key out is still an error: only an explicit null means "no customer".
+    await assert.rejects(c.recordUsage({ dimension: 'vcpu_hours', quantity: 1 }), TypeError);
+    let micros = 0n;
+    for (const row of (await c.report()).rows) {
+      if (row.dimension !== 'vcpu_hours') continue;
+      const [whole, frac = ''] = row.recorded.split('.');
+      micros += BigInt(whole) * 1_000_000n + BigInt((frac + '000000').slice(0, 6));
+    }
+    assert.equal(micros, 2_500_000n);
+  } finally {
+    c.close();
+    await own.stop();
+  }
+});

@@ -148,6 +148,10 @@ pub fn from_item(py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<sdk::Usage
 }
 
 pub fn to_customer(obj: &Bound<'_, PyAny>) -> PyResult<sdk::Customer> {
+    // None: no customer — products with identity = "deployment" (AMI and container products).
+    if obj.is_none() {
+        return Ok(sdk::Customer::Deployment);
+    }
     if let Ok(s) = obj.cast::<PyString>() {
         return Ok(sdk::Customer::Tenant(s.to_cow()?.into_owned()));
     }
@@ -163,7 +167,7 @@ pub fn to_customer(obj: &Bound<'_, PyAny>) -> PyResult<sdk::Customer> {
         });
     }
     Err(PyTypeError::new_err(format!(
-        "customer must be a tenant id (str), meterd.AwsCustomer or meterd.LegacyCustomer, not {}",
+        "customer must be a tenant id (str), meterd.AwsCustomer, meterd.LegacyCustomer or None (identity = \"deployment\" products), not {}",
         obj.get_type().name()?
     )))
 }

@@ -24,10 +24,16 @@ DEMO_ACCOUNT = "111122223333"
 DEMO_LICENSE = "arn:aws:license-manager::111122223333:license:l-demo-demo"
 
 
+DEMO_PRODUCTS = """[products.demo]
+identity = "license"
+dimensions = ["api_calls", "storage_gb_hours"]
+"""
+
+
 class Agent:
     """One `meterd run --simulate --speed 1 --config FILE` process; restartable on the same port and data dir."""
 
-    def __init__(self, workdir: Path, late_usage: str = "reject") -> None:
+    def __init__(self, workdir: Path, late_usage: str = "reject", products: str = DEMO_PRODUCTS) -> None:
         self.workdir = workdir
         self.unix_socket = workdir / "meterd.sock"
         self.config = workdir / "meterd.toml"
@@ -43,10 +49,7 @@ data_dir = "{workdir / "data"}"
 [pipeline]
 late_usage = "{late_usage}"
 
-[products.demo]
-identity = "license"
-dimensions = ["api_calls", "storage_gb_hours"]
-"""
+{products}"""
         )
         self.proc: subprocess.Popen[str] | None = None
         self.port: int | None = None

@@ -378,3 +378,28 @@ def test_fork_safety_like_a_prefork_server(agent: Agent, tenant: str) -> None:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
     assert recorded_for(client, tenant) == 1 + 3 * 6 + 1
+
+
+def test_a_deployment_product_records_usage_without_a_customer(tmp_path) -> None:
+    """identity = "deployment" (AMI and container products): customer=None sends no customer; naming one is refused."""
+    products = '[products.ami]\nidentity = "deployment"\nproduct_code = "ami-prod"\ndimensions = ["vcpu_hours"]\n'
+    agent = Agent(tmp_path, products=products)
+    try:
+        with meterd.Client(agent.target) as client:
+            r = client.record_usage(customer=None, dimension="vcpu_hours", quantity=2)
+            assert r.product == "ami"
+            results = client.record_usage_batch(
+                [
+                    {"customer": None, "dimension": "vcpu_hours", "quantity": "0.5"},
+                    meterd.Usage(customer=None, dimension="vcpu_hours", quantity=1),
+                    {"customer": "tenant-1", "dimension": "vcpu_hours", "quantity": 1},
+                ]
+            )
+            assert isinstance(results[0], meterd.Receipt) and isinstance(results[1], meterd.Receipt)
+            assert isinstance(results[2], meterd.InvalidUsage) and results[2].field.startswith("events[2].customer")
+            with pytest.raises(meterd.InvalidUsage, match="deployment"):
+                client.record_usage(customer="tenant-1", dimension="vcpu_hours", quantity=1)
+            rows = [r for r in client.report().rows if r.dimension == "vcpu_hours"]
+            assert sum((Decimal(r.recorded) for r in rows), Decimal(0)) == Decimal("3.5")
+    finally:
+        agent.stop()

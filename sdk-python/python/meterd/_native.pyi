@@ -13,7 +13,8 @@ from meterd.errors import MeterdError
 __version__: str
 
 #: A tenant id (``str``, mapped to the marketplace identity by the agent), or an explicit identity.
-CustomerLike: TypeAlias = Union[str, AwsCustomer, LegacyCustomer]
+#: ``None``: no customer, for products with ``identity = "deployment"`` (AMI and container products).
+CustomerLike: TypeAlias = Union[str, AwsCustomer, LegacyCustomer, None]
 #: The identity a tenant id maps to (:meth:`Client.put_customer`).
 IdentityLike: TypeAlias = Union[AwsCustomer, LegacyCustomer]
 #: An exact quantity. ``float`` is refused with ``TypeError``.
