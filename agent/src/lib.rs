@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod report;
 pub mod server;
+#[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod store;
 pub mod submit;

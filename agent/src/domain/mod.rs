@@ -1,9 +1,12 @@
 //! Pure domain logic: quantities, events and buckets, validation, sealing and deadlines. No I/O here.
 
+pub mod backlog;
+pub mod catalog;
 pub mod customer;
 pub mod deadline;
 pub mod echo;
 pub mod event;
+pub mod ingest;
 pub mod lifecycle;
 pub mod quantity;
 pub mod record;

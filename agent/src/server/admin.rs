@@ -26,19 +26,7 @@ impl Admin for AdminService {
         let store = self.store.clone();
         let snapshot = tokio::task::spawn_blocking(move || {
             let pending = store.pending_records(usize::MAX)?;
-            let mut at_risk = 0u64;
-            for r in &pending {
-                if let crate::domain::event::Identity::Tenant(t) = &r.key.identity
-                    && r.sent_as.is_none()
-                    && store.mapping(t)?.is_none()
-                {
-                    at_risk += 1;
-                }
-            }
-            let oldest = pending.into_iter().fold(None::<(i64, i64)>, |acc, r| {
-                let (h, d) = acc.unwrap_or((i64::MAX, i64::MAX));
-                Some((h.min(r.key.hour_ms), d.min(r.deadline_ms)))
-            });
+            let backlog = crate::domain::backlog::Backlog::of(&pending, |t| store.mapping(t).map(|m| m.is_some()))?;
             let mut by_status = std::collections::HashMap::new();
             let mut not_subscribed = 0u64;
             for l in store.lifecycles()? {
@@ -48,10 +36,8 @@ impl Admin for AdminService {
             Ok::<_, crate::store::StoreError>((
                 store.open_bucket_count(),
                 store.size_on_disk(),
-                store.pending_count(),
-                oldest,
+                backlog,
                 store.sealed_through()?,
-                at_risk,
                 by_status,
                 not_subscribed,
                 store.lost()?,
@@ -60,7 +46,7 @@ impl Admin for AdminService {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(store_status)?;
-        let (open_buckets, size, pending, oldest, sealed_through, at_risk, by_status, not_subscribed, lost) = snapshot;
+        let (open_buckets, size, backlog, sealed_through, by_status, not_subscribed, lost) = snapshot;
         let now = self.clock.now_ms();
         let counters = self.store.counters();
         Ok(Response::new(v1::StatusResponse {
@@ -82,10 +68,10 @@ impl Admin for AdminService {
                     dimensions: p.dimensions.clone(),
                 })
                 .collect(),
-            pending_records: pending,
-            oldest_pending_age_seconds: oldest.map_or(0, |(h, _)| (now - h).max(0) / 1000),
-            most_urgent_deadline: oldest.map(|(_, d)| timestamp(d)),
-            sealed_through: (sealed_through != i64::MIN).then(|| timestamp(sealed_through)),
+            pending_records: backlog.pending,
+            oldest_pending_age_seconds: backlog.oldest_pending_age_seconds(now),
+            most_urgent_deadline: backlog.most_urgent_deadline_ms.map(timestamp),
+            sealed_through: sealed_through.map(timestamp),
             accounts: self
                 .pipeline
                 .submit_stats
@@ -110,7 +96,7 @@ impl Admin for AdminService {
                 })
                 .collect(),
             late_events: counters.late_events.load(Ordering::Relaxed),
-            records_at_risk: at_risk,
+            records_at_risk: backlog.at_risk,
             customers_by_status: by_status,
             customers_not_subscribed: not_subscribed,
             records_lost: lost.records,
@@ -126,7 +112,7 @@ impl Admin for AdminService {
         Ok(Response::new(v1::FlushResponse {
             records_sealed: s.records,
             hours_carried_only: s.carried_only,
-            sealed_through: (s.sealed_through != 0).then(|| timestamp(s.sealed_through)),
+            sealed_through: s.sealed_through.map(timestamp),
         }))
     }
 
@@ -141,8 +127,9 @@ impl Admin for AdminService {
     }
 
     async fn report(&self, _: Request<v1::ReportRequest>) -> Result<Response<v1::ReportResponse>, Status> {
-        let store = self.store.clone();
-        let report = tokio::task::spawn_blocking(move || crate::report::build(&store))
+        let snapshot = self.store.snapshot().await.map_err(store_status)?;
+        // Building the rows is pure work over the snapshot, kept off the async workers.
+        let report = tokio::task::spawn_blocking(move || crate::report::from_snapshot(&snapshot))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(store_status)?;
