@@ -105,6 +105,20 @@ export interface AgentStatus {
   diskReserveBytes: number;
   /** True while ingest is refused because free space is below the reserve. */
   diskFull: boolean;
+  /** Usage drops of the last ended hour. */
+  usageDrops: UsageDrop[];
+}
+
+/** An ended hour far below its own baseline (the same hour on previous days and weekdays). */
+export interface UsageDrop {
+  hour?: Date | null;
+  product: string;
+  dimension: string;
+  /** Empty for the product x dimension as a whole; otherwise one of its biggest customers. */
+  customer: string;
+  /** Usage recorded in the hour, and the baseline (exact decimal strings). */
+  observed: string;
+  baseline: string;
 }
 
 export interface FlushResult {
@@ -159,6 +173,8 @@ export interface ReportTotals {
 export interface Report {
   rows: ReportRow[];
   totals: ReportTotals;
+  /** Usage drops of the last ended hour. */
+  usageDrops: UsageDrop[];
 }
 
 /** One lifecycle event in a customer's history. */

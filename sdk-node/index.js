@@ -9,16 +9,50 @@ const fs = require('node:fs');
 const path = require('node:path');
 const errors = require('./errors');
 
-/** The native addon. npm ≥ 11 skips a dependency's install script unless it is allowed (`--allow-scripts=meterd`
- *  or `npm install-scripts approve meterd`); then the addon is built here, once, on first load. */
+/** The prebuilt package for this platform, named as `napi create-npm-dirs` names them (npm/<platform>/). */
+function platformPackage() {
+  const { platform, arch } = process;
+  let abi = '';
+  if (platform === 'linux') {
+    // glibcVersionRuntime is absent on musl (Alpine), which needs its own build.
+    const header = process.report && process.report.getReport ? process.report.getReport().header : {};
+    abi = header.glibcVersionRuntime ? '-gnu' : '-musl';
+  } else if (platform === 'win32') {
+    abi = '-msvc';
+  }
+  return `@meterd/meterd-${platform}-${arch}${abi}`;
+}
+
+/** The native addon, the first of:
+ *  1. meterd.node beside this file: a source build (`npm install ./sdk-node` runs scripts/build.js);
+ *  2. the prebuilt platform package: an optionalDependency of the published package, of which npm installs only
+ *     the one whose os/cpu/libc match (no install script, no cargo);
+ *  3. in a source checkout whose install script did not run (`--ignore-scripts`, an npm `allowScripts` policy):
+ *     build it now with cargo, once. */
 function loadNative() {
   const file = path.join(__dirname, 'meterd.node');
-  if (!fs.existsSync(file)) {
-    const { spawnSync } = require('node:child_process');
-    console.error('meterd: the native addon is not built yet; building it now with cargo (once)');
-    const r = spawnSync(process.execPath, [path.join(__dirname, 'scripts', 'build.js')], { stdio: 'inherit' });
-    if (r.status !== 0) throw new Error(`meterd: building the native addon failed; run: node ${path.join(__dirname, 'scripts', 'build.js')}`);
+  if (fs.existsSync(file)) return require(file);
+  const pkg = platformPackage();
+  try {
+    return require(pkg);
+  } catch (e) {
+    // Only "not installed" falls through; an addon that is there but cannot load (ERR_DLOPEN_FAILED, e.g. a
+    // glibc older than the build's) is reported as it is.
+    if (e.code !== 'MODULE_NOT_FOUND' || !String(e.message).includes(pkg)) throw e;
   }
+  const build = path.join(__dirname, 'scripts', 'build.js');
+  if (!fs.existsSync(build) || !fs.existsSync(path.join(__dirname, 'Cargo.toml'))) {
+    throw new Error(
+      `meterd: no native addon for ${process.platform}-${process.arch}: the prebuilt package ${pkg} is not ` +
+        'installed (npm leaves optional dependencies out with --omit=optional or --no-optional, and prebuilt ' +
+        'packages exist for linux x64/arm64 (glibc) and macOS x64/arm64). Build from source instead: ' +
+        'npm install <meterd checkout>/sdk-node (needs cargo).',
+    );
+  }
+  const { spawnSync } = require('node:child_process');
+  console.error('meterd: the native addon is not built yet; building it now with cargo (once)');
+  const r = spawnSync(process.execPath, [build], { stdio: 'inherit' });
+  if (r.status !== 0) throw new Error(`meterd: building the native addon failed; run: node ${build}`);
   return require(file);
 }
 

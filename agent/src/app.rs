@@ -86,7 +86,16 @@ pub async fn run(
     );
     let admin = match &config.admin {
         Some(a) => {
-            let app = server::admin_http::router(store.clone(), clock.clone(), pipeline.clone(), metrics.clone());
+            let source = server::status::Source {
+                config: config.clone(),
+                store: store.clone(),
+                clock: clock.clone(),
+                pipeline: pipeline.clone(),
+                started_at_ms: clock.now_ms(),
+            };
+            // Loopback is protected by the host; any other address by the gRPC listener's token.
+            let token = if a.is_loopback() { None } else { security.token.clone() };
+            let app = server::admin_http::router(source, metrics.clone(), token);
             Some(HttpServer::start("admin.listen", &a.listen, app).await?)
         }
         None => None,

@@ -10,10 +10,13 @@ use clap::{Parser, Subcommand};
 use crate::clock::SystemClock;
 use crate::config::{Config, LogFormat};
 
+/// `meterd --version`: the crate version and the source commit (see agent/build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("METERD_GIT_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
 #[command(
     name = "meterd",
-    version,
+    version = VERSION,
     about = "Records SaaS usage durably and meters it to AWS Marketplace, exactly once"
 )]
 pub struct Cli {
@@ -29,6 +32,10 @@ pub enum Command {
     CheckConfig {
         /// Path to the TOML config file.
         file: PathBuf,
+        /// Also ask AWS: a MeterUsage DryRun for each dimension of every `identity = "deployment"` product
+        /// (entitlement, product code, dimension, IAM permission, credentials, Region); exits 1 if one fails.
+        #[arg(long)]
+        aws: bool,
     },
     /// Show the state of a running agent: queue depth, oldest pending, most urgent deadline, skew.
     Status {
@@ -64,6 +71,11 @@ pub enum Command {
         #[command(subcommand)]
         command: CustomersCommand,
     },
+    /// Backfill usage from a CSV or JSON Lines file (or "-" for stdin) through the agent's ingest; exits 3 when
+    /// any row was refused (listed in the refusal file). Columns: docs/operations.md.
+    Import(crate::import::cli::ImportArgs),
+    /// Match meterd's ledger with CloudTrail's MeterUsage/BatchMeterUsage records; exits 3 on any discrepancy.
+    Verify(crate::verify::cli::VerifyArgs),
     /// Run the AWS Marketplace Metering emulator standalone (for your own tests).
     #[cfg(feature = "simulate")]
     Emulator {
@@ -169,12 +181,20 @@ pub fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args).await,
-        Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::CheckConfig { file, aws } => {
+            let code = check_config(&file);
+            if !aws || code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            check_aws(&file).await
+        }
         Command::Status { target, json } => status(&target, json).await,
         Command::Flush { target } => flush(&target).await,
         Command::Repack { target } => repack(&target).await,
         Command::Report { target, format } => report(&target, format).await,
         Command::Customers { target, command } => customers(&target, command).await,
+        Command::Import(args) => crate::import::run(args.into_options()).await,
+        Command::Verify(args) => crate::verify::run(args.into_options()).await,
         #[cfg(feature = "simulate")]
         Command::Emulator { listen, config } => {
             init_logging(&LogFormat::Text, "info");
@@ -265,6 +285,9 @@ async fn run_simulated(
             // Where the demo's data is, and whether it outlives the run.
             let note = if throwaway { " (throwaway: removed on exit)" } else { "" };
             print_line(&format!("{} data_dir={}{note}", ready.line(), data_dir.display()));
+            if let Some(admin) = ready.admin {
+                print_line(&format!("simulate: dashboard at http://{admin}/"));
+            }
             if let Some(tcp) = ready.tcp {
                 if feed {
                     tokio::spawn(crate::simulate::feed(tcp.to_string(), feeder_config));
@@ -423,9 +446,19 @@ async fn report(target: &str, format: ReportFormat) -> anyhow::Result<ExitCode> 
     let r = client.admin().report(meterd_proto::v1::ReportRequest {}).await?.into_inner();
     let report = crate::server::convert::report_from_wire(&r);
     match format {
-        ReportFormat::Table => print!("{}", report.to_table()),
+        ReportFormat::Table => {
+            print!("{}", report.to_table());
+            for d in &r.usage_drops {
+                println!("USAGE DROP: {}", crate::server::convert::drop_line(d));
+            }
+        }
+        // CSV stays one row per record; drops are in the table and JSON forms.
         ReportFormat::Csv => print!("{}", report.to_csv()),
-        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Json => {
+            let mut v = serde_json::to_value(&report)?;
+            v["usage_drops"] = r.usage_drops.iter().map(crate::server::convert::drop_json).collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
     }
     Ok(ExitCode::from(report.exit_code()))
 }
@@ -449,7 +482,8 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 println!("  token        from {}", f.display());
             }
             if let Some(a) = &c.admin {
-                println!("  admin        {} (/metrics, /healthz, /readyz)", a.listen);
+                let auth = if a.is_loopback() { "" } else { "; /metrics and /api/… need the token" };
+                println!("  admin        {} (dashboard /, /metrics, /healthz, /readyz{auth})", a.listen);
             }
             if let Some(m) = &c.marketplace {
                 println!("  marketplace  {} → {}", m.listen, m.redirect_url);
@@ -487,7 +521,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             for (name, a) in &c.accounts {
                 println!(
                     "  account {name}: region={} calls/s={}{}",
-                    a.region,
+                    a.region.as_deref().unwrap_or("(from the environment or instance metadata)"),
                     a.calls_per_second,
                     a.endpoint_url.as_deref().map(|u| format!(" endpoint={u}")).unwrap_or_default()
                 );
@@ -504,6 +538,39 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `check-config --aws`: the deployment-mode DryRun checks, printed one line per dimension.
+async fn check_aws(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(file)?;
+    let clock: crate::clock::SharedClock = Arc::new(SystemClock);
+    let checks = crate::submit::register::DeploymentChecks::default();
+    let mut checked = 0;
+    for (account, a) in &config.accounts {
+        let products = crate::submit::register::deployment_products(&config, account);
+        if products.is_empty() {
+            continue;
+        }
+        let client = crate::submit::aws::client(a, clock.clone(), Default::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("accounts.{account}: {e:#}"))?;
+        crate::submit::register::dry_run_all(&client, &config, &products, &clock, &checks).await;
+        checked += products.len();
+    }
+    if checked == 0 {
+        println!("aws: no identity = \"deployment\" product to check (BatchMeterUsage has no DryRun)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = 0;
+    for (product, check, r) in checks.snapshot() {
+        if r.state == "ok" {
+            println!("aws: {product} {check}: ok (MeterUsage DryRun would succeed)");
+        } else {
+            failed += 1;
+            println!("aws: {product} {check}: FAILED {}: {}", r.error_code, r.message);
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
     let client = meterd_proto::client::Client::connect(target, Duration::from_secs(3)).await?;
     let s = client.admin().status(meterd_proto::v1::StatusRequest {}).await?.into_inner();
@@ -511,40 +578,7 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
         t.as_ref().map(|t| crate::clock::rfc3339(t.seconds * 1000 + i64::from(t.nanos / 1_000_000))).unwrap_or_default()
     };
     if json {
-        let v = serde_json::json!({
-            "version": s.version,
-            "started_at": ts(&s.started_at),
-            "now": ts(&s.now),
-            "data_dir": s.data_dir,
-            "schema_version": s.schema_version,
-            "events_stored": s.events_stored,
-            "open_buckets": s.open_buckets,
-            "store_size_bytes": s.store_size_bytes,
-            "disk_free_bytes": s.disk_free_bytes,
-            "disk_reserve_bytes": s.disk_reserve_bytes,
-            "disk_full": s.disk_full,
-            "late_events": s.late_events,
-            "records_at_risk": s.records_at_risk,
-            "customers_by_status": s.customers_by_status,
-            "customers_not_subscribed": s.customers_not_subscribed,
-            "records_lost": s.records_lost,
-            "units_lost": s.units_lost,
-            "sealed_through": ts(&s.sealed_through),
-            "pending_records": s.pending_records,
-            "oldest_pending_age_seconds": s.oldest_pending_age_seconds,
-            "most_urgent_deadline": ts(&s.most_urgent_deadline),
-            "accounts": s.accounts.iter().map(|a| serde_json::json!({
-                "name": a.name,
-                "last_successful_call": ts(&a.last_successful_call),
-                "clock_skew_ms": a.clock_skew_ms,
-                "calls_ok": a.calls_ok, "calls_throttled": a.calls_throttled, "calls_failed": a.calls_failed,
-                "records_accepted": a.records_accepted, "records_rejected": a.records_rejected,
-                "records_expired": a.records_expired,
-            })).collect::<Vec<_>>(),
-            "products": s.products.iter().map(|p| serde_json::json!({
-                "name": p.name, "identity": p.identity, "dimensions": p.dimensions,
-            })).collect::<Vec<_>>(),
-        });
+        let v = crate::server::status::to_json(&s);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("meterd {} at {target}", s.version);
@@ -581,8 +615,24 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             s.pending_records, s.oldest_pending_age_seconds
         );
         println!("  next deadline  {}", ts(&s.most_urgent_deadline));
+        if s.usage_drops.is_empty() {
+            println!("  usage drops    none in the last ended hour");
+        } else {
+            println!(
+                "  USAGE DROPS    {} in the last ended hour (is the product still calling meterd?):",
+                s.usage_drops.len()
+            );
+            for d in &s.usage_drops {
+                println!("    {}", crate::server::convert::drop_line(d));
+            }
+        }
         for p in &s.products {
             println!("  product {}: identity={} dimensions=[{}]", p.name, p.identity, p.dimensions.join(", "));
+        }
+        for c in &s.deployment_checks {
+            let error =
+                if c.error_code.is_empty() { String::new() } else { format!(": {} {}", c.error_code, c.message) };
+            println!("  check {} {}: {} (attempts {}){error}", c.product, c.check, c.state, c.attempts);
         }
         for a in &s.accounts {
             println!(

@@ -28,6 +28,9 @@ pub struct Config {
     /// Optional HTTP endpoints for the fulfillment form and lifecycle events.
     #[serde(default)]
     pub marketplace: Option<MarketplaceHttpConfig>,
+    /// Usage-drop (silence) detection: when an ended hour falls far below its own baseline.
+    #[serde(default)]
+    pub silence: SilenceConfig,
     /// AWS seller accounts (Region, credentials, endpoint) by name; products refer to one.
     #[serde(default)]
     pub accounts: BTreeMap<String, AccountConfig>,
@@ -185,11 +188,58 @@ impl Default for PipelineConfig {
     }
 }
 
+/// Usage-drop detection (`domain/silence.rs`): an ended hour below `drop_below_percent` of its baseline (the
+/// same hour on the previous days and weekdays) is a drop, for baselines of at least `min_baseline`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SilenceConfig {
+    /// Default 20: an hour under 20% of its baseline is a drop. 1-99.
+    pub drop_below_percent: u32,
+    /// Usage per hour a baseline needs before it can be flagged (a decimal string, default "10"): small series
+    /// would flap.
+    pub min_baseline: String,
+    /// Per product × dimension, how many of the biggest customers are watched one by one (default 10, at most
+    /// 100; 0 watches only the totals).
+    pub top_customers: usize,
+}
+
+impl Default for SilenceConfig {
+    fn default() -> Self {
+        Self { drop_below_percent: 20, min_baseline: "10".into(), top_customers: 10 }
+    }
+}
+
+impl SilenceConfig {
+    /// The detector's settings; errors name the key.
+    pub fn settings(&self) -> Result<crate::domain::silence::Settings, ConfigError> {
+        if !(1..=99).contains(&self.drop_below_percent) {
+            return Err(invalid("silence.drop_below_percent", "must be between 1 and 99"));
+        }
+        if self.top_customers > 100 {
+            return Err(invalid("silence.top_customers", "must be at most 100"));
+        }
+        let min_baseline = crate::domain::quantity::Micros::parse_event(&self.min_baseline)
+            .map_err(|e| invalid("silence.min_baseline", e.to_string()))?;
+        Ok(crate::domain::silence::Settings {
+            drop_below_percent: self.drop_below_percent,
+            min_baseline,
+            top_customers: self.top_customers,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminHttpConfig {
-    /// Loopback address for `/metrics`, `/healthz` and `/readyz` ("127.0.0.1:7172").
+    /// Address for `/metrics`, `/healthz`, `/readyz` and the dashboard (`/`), e.g. "127.0.0.1:7172". Loopback,
+    /// or any address when `server.token_file` is set: then `/metrics` and `/api/…` need that bearer token.
     pub listen: String,
+}
+
+impl AdminHttpConfig {
+    pub fn is_loopback(&self) -> bool {
+        self.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -275,7 +325,11 @@ impl MarketplaceHttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
-    pub region: String,
+    /// The AWS Region. Optional: when unset, the standard chain decides (`AWS_REGION`, the profile, then the
+    /// instance's own Region from IMDS on EC2) — what an agent on the buyer's host (`identity = "deployment"`)
+    /// wants, since MeterUsage must be called in the Region the instance or task runs in.
+    #[serde(default)]
+    pub region: Option<String>,
     /// Override the AWS endpoint (the emulator, a VPC endpoint).
     #[serde(default)]
     pub endpoint_url: Option<String>,
@@ -318,6 +372,9 @@ pub enum IdentityMode {
     License,
     /// Legacy listings: `ProductCode` + `CustomerIdentifier`.
     Legacy,
+    /// meterd runs in the buyer's own account (AMI or container product): `MeterUsage` with `ProductCode`, no
+    /// customer on the wire (AWS knows the buyer from the credentials); events name no customer.
+    Deployment,
 }
 
 impl IdentityMode {
@@ -325,6 +382,7 @@ impl IdentityMode {
         match self {
             IdentityMode::License => "license",
             IdentityMode::Legacy => "legacy",
+            IdentityMode::Deployment => "deployment",
         }
     }
 }
@@ -342,6 +400,20 @@ pub struct ProductConfig {
     /// The `[accounts.NAME]` its records are submitted with; optional when exactly one account exists.
     #[serde(default)]
     pub account: Option<String>,
+    /// How long AWS accepts a record after its hour starts, for this product (default: `pipeline.submission_window`;
+    /// for `identity = "deployment"`, 6h — MeterUsage's window — and never more).
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub submission_window: Option<Duration>,
+    /// A paid container product (Amazon ECS/EKS): call `RegisterUsage` at start. Only with `identity = "deployment"`.
+    #[serde(default)]
+    pub register_usage: bool,
+    /// The `PublicKeyVersion` sent with `RegisterUsage` (the AWS public key the product verifies the answer with).
+    #[serde(default = "default_public_key_version")]
+    pub public_key_version: i32,
+}
+
+fn default_public_key_version() -> i32 {
+    1
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -358,7 +430,7 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
@@ -367,6 +439,7 @@ pub const ENV_OVERRIDES: &[(&str, &[&str])] = &[
     ("METERD_LISTEN", &["server", "listen"]),
     ("METERD_UNIX_SOCKET", &["server", "unix_socket"]),
     ("METERD_TOKEN_FILE", &["server", "token_file"]),
+    ("METERD_ADMIN_LISTEN", &["admin", "listen"]),
     ("METERD_DATA_DIR", &["storage", "data_dir"]),
     ("METERD_MAX_FUTURE_SKEW", &["ingest", "max_future_skew"]),
     ("METERD_DEFAULT_PRODUCT", &["ingest", "default_product"]),
@@ -475,6 +548,9 @@ impl Config {
                 (IdentityMode::Legacy, None) => {
                     return Err(invalid(format!("{key}.product_code"), "is required for identity = \"legacy\""));
                 }
+                (IdentityMode::Deployment, None) => {
+                    return Err(invalid(format!("{key}.product_code"), "is required for identity = \"deployment\""));
+                }
                 (_, Some(code)) if !valid_product_code(code) => {
                     return Err(invalid(
                         format!("{key}.product_code"),
@@ -500,6 +576,7 @@ impl Config {
                 }
             }
         }
+        validate_products(self)?;
         let p = &self.pipeline;
         if p.submission_window < Duration::from_secs(3600) || p.submission_window > Duration::from_secs(48 * 3600) {
             return Err(invalid("pipeline.submission_window", "must be between 1h and 48h (AWS: 24h)"));
@@ -515,8 +592,9 @@ impl Config {
         }
         for (name, a) in &self.accounts {
             let key = format!("accounts.{name}");
-            if a.region.is_empty()
-                || !a.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            if let Some(region) = &a.region
+                && (region.is_empty()
+                    || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
             {
                 return Err(invalid(format!("{key}.region"), "must be an AWS Region such as us-east-1"));
             }
@@ -567,10 +645,14 @@ impl Config {
                 _ => {}
             }
         }
+        self.silence.settings()?;
         if let Some(a) = &self.admin {
             let addr: SocketAddr = a.listen.parse().map_err(|_| invalid("admin.listen", "must be an IP:port"))?;
-            if !addr.ip().is_loopback() {
-                return Err(invalid("admin.listen", "must be a loopback address"));
+            if !addr.ip().is_loopback() && self.server.token_file.is_none() {
+                return Err(invalid(
+                    "admin.listen",
+                    "must be a loopback address, unless server.token_file is set (then /metrics and the dashboard's data need that token)",
+                ));
             }
         }
         if let Some(m) = &self.marketplace {
@@ -615,6 +697,27 @@ impl Config {
         }
     }
 
+    /// How long AWS accepts a record of `product` after its hour starts.
+    pub fn submission_window_of(&self, product: &str) -> Duration {
+        match self.products.get(product) {
+            Some(p) => p.submission_window.unwrap_or(match p.identity {
+                IdentityMode::Deployment => crate::domain::deployment::METER_USAGE_WINDOW,
+                _ => self.pipeline.submission_window,
+            }),
+            None => self.pipeline.submission_window,
+        }
+    }
+
+    /// Every product's submission window in ms where it differs from `pipeline.submission_window`.
+    pub fn product_windows_ms(&self) -> std::collections::BTreeMap<String, i64> {
+        self.products
+            .keys()
+            .map(|p| (p.clone(), self.submission_window_of(p)))
+            .filter(|(_, w)| *w != self.pipeline.submission_window)
+            .map(|(p, w)| (p, w.as_millis() as i64))
+            .collect()
+    }
+
     /// The product events without a `product` field are counted under, if any.
     pub fn default_product(&self) -> Option<&str> {
         match &self.ingest.default_product {
@@ -629,6 +732,7 @@ impl Config {
         let p = &self.pipeline;
         crate::domain::seal::SealPolicy {
             window_ms: p.submission_window.as_millis() as i64,
+            product_windows_ms: self.product_windows_ms(),
             margin_ms: p.safety_margin.as_millis() as i64,
             zero_records: p.zero_records,
         }
@@ -646,6 +750,7 @@ impl Config {
                     let identity = match p.identity {
                         IdentityMode::License => Mode::License,
                         IdentityMode::Legacy => Mode::Legacy,
+                        IdentityMode::Deployment => Mode::Deployment,
                     };
                     let product =
                         Product { identity, product_code: p.product_code.clone(), dimensions: p.dimensions.clone() };
@@ -670,10 +775,23 @@ impl Config {
 [storage]
 data_dir = {:?}
 
+# The dashboard and /metrics, on a free loopback port (printed at start; METERD_ADMIN_LISTEN picks one).
+[admin]
+listen = "127.0.0.1:0"
+
 [products.demo]
 identity = "license"
 product_code = "demo-product-code"
 dimensions = ["api_calls", "storage_gb_hours"]
+
+# An AMI product with usage pricing: meterd on the buyer's instance, MeterUsage, no customer in the events.
+[products.demo_ami]
+identity = "deployment"
+product_code = "demo-ami-product-code"
+dimensions = ["vcpu_hours"]
+
+[ingest]
+default_product = "demo"
 "#,
             data_dir.display().to_string()
         );
@@ -750,6 +868,43 @@ fn set_path(doc: &mut toml::Table, path: &[&str], value: toml::Value) {
 }
 
 /// Durations written as humantime strings ("5m", "24h", "90s").
+/// Checks the per-product settings `identity = "deployment"` adds (submission windows, register_usage).
+fn validate_products(config: &Config) -> Result<(), ConfigError> {
+    let p = &config.pipeline;
+    for (name, product) in &config.products {
+        let key = format!("products.{name}");
+        let deployment = product.identity == IdentityMode::Deployment;
+        if let Some(w) = product.submission_window {
+            if deployment && w > crate::domain::deployment::METER_USAGE_WINDOW {
+                return Err(invalid(
+                    format!("{key}.submission_window"),
+                    "must be at most 6h for identity = \"deployment\": MeterUsage refuses older records",
+                ));
+            }
+            if w < Duration::from_secs(3600) || w > Duration::from_secs(48 * 3600) {
+                return Err(invalid(format!("{key}.submission_window"), "must be between 1h and 48h"));
+            }
+        }
+        if p.seal_grace + p.safety_margin + Duration::from_secs(3600) >= config.submission_window_of(name) {
+            return Err(invalid(
+                format!("{key}.submission_window"),
+                "1h + pipeline.seal_grace + pipeline.safety_margin must be shorter than this product's submission \
+                 window, or no record could be sent in time",
+            ));
+        }
+        if product.register_usage && !deployment {
+            return Err(invalid(
+                format!("{key}.register_usage"),
+                "is only for paid container products: set identity = \"deployment\"",
+            ));
+        }
+        if product.public_key_version < 1 {
+            return Err(invalid(format!("{key}.public_key_version"), "must be at least 1"));
+        }
+    }
+    Ok(())
+}
+
 mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -758,6 +913,16 @@ mod humantime_serde_compat {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"5m\" or \"24h\": {e}")))
+    }
+
+    /// An optional duration (the key may be left out).
+    pub mod option {
+        use serde::Deserializer;
+        use std::time::Duration;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
     }
 }
 
@@ -776,6 +941,22 @@ mod tests {
     "#;
 
     const MP: &str = "\n[marketplace]\nlisten = \"127.0.0.1:0\"\nredirect_url = \"https://x.example\"\n";
+
+    const DEP: &str = "\n[products.ami]\nidentity = \"deployment\"\ndimensions = [\"vcpu_hours\"]\n";
+
+    #[test]
+    fn a_deployment_product_gets_meter_usage_s_window_and_an_account_may_leave_the_region_unset() {
+        let text =
+            format!("{GOOD}{DEP}product_code = \"pc\"\nregister_usage = true\n[accounts.instance]\napp_id = \"x\"\n");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.submission_window_of("ami"), Duration::from_secs(6 * 3600));
+        assert_eq!(c.submission_window_of("app"), Duration::from_secs(24 * 3600));
+        assert_eq!(c.product_windows_ms(), [("ami".to_string(), 6 * 3_600_000)].into());
+        assert_eq!(c.accounts["instance"].region, None);
+        assert!(c.products["ami"].register_usage);
+        let c = parse(&format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"3h\"")).unwrap();
+        assert_eq!(c.submission_window_of("ami"), Duration::from_secs(3 * 3600));
+    }
 
     #[test]
     fn marketplace_events_are_off_until_authenticated() {
@@ -806,6 +987,41 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn silence_settings_are_validated_naming_the_key() {
+        let s = parse(GOOD).unwrap().silence.settings().unwrap();
+        assert_eq!(
+            (s.drop_below_percent, s.min_baseline, s.top_customers),
+            (20, crate::domain::quantity::Micros::from_units(10), 10)
+        );
+        let s =
+            parse(&format!("{GOOD}\n[silence]\ndrop_below_percent = 35\nmin_baseline = \"0.5\"\ntop_customers = 0\n"))
+                .unwrap()
+                .silence
+                .settings()
+                .unwrap();
+        assert_eq!((s.drop_below_percent, s.min_baseline.0, s.top_customers), (35, 500_000, 0));
+        for (bad, key) in [
+            ("drop_below_percent = 0", "silence.drop_below_percent: must be between 1 and 99"),
+            ("drop_below_percent = 100", "silence.drop_below_percent: must be between 1 and 99"),
+            ("min_baseline = \"ten\"", "silence.min_baseline: \"ten\" is not a plain decimal"),
+            ("top_customers = 101", "silence.top_customers: must be at most 100"),
+        ] {
+            let e = err(&format!("{GOOD}\n[silence]\n{bad}\n"));
+            assert!(e.starts_with(key), "{bad}: {e}");
+        }
+        assert!(err(&format!("{GOOD}\n[silence]\nthreshold = 3\n")).contains("unknown field `threshold`"));
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_needs_the_token_file() {
+        let open = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:7172\"\n");
+        assert!(err(&open).starts_with("admin.listen: must be a loopback address, unless server.token_file is set"));
+        let with_token =
+            open.replace("listen = \"127.0.0.1:7171\"", "listen = \"127.0.0.1:7171\"\ntoken_file = \"/etc/t\"");
+        assert!(!parse(&with_token).unwrap().admin.unwrap().is_loopback());
     }
 
     #[test]
@@ -867,6 +1083,24 @@ mod tests {
             (format!("{GOOD}{MP}sns_cert_host_pattern = \"(\""), "marketplace.sns_cert_host_pattern:"),
             (format!("{GOOD}{MP}trusted_proxies = [\"proxy\"]"), "marketplace.trusted_proxies[0]:"),
             (format!("{GOOD}{MP}rate_limit = {{ per_minute = 0 }}"), "marketplace.rate_limit.per_minute:"),
+            (format!("{GOOD}{DEP}"), "products.ami.product_code:"),
+            (
+                format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"7h\""),
+                "products.ami.submission_window:",
+            ),
+            (
+                format!("{GOOD}{DEP}product_code = \"pc\"\nsubmission_window = \"1h\""),
+                "products.ami.submission_window:",
+            ),
+            (format!("{GOOD}{DEP}product_code = \"pc\"\npublic_key_version = 0"), "products.ami.public_key_version:"),
+            (
+                GOOD.replace("identity = \"license\"", "identity = \"license\"\nregister_usage = true"),
+                "products.app.register_usage:",
+            ),
+            (
+                format!("{GOOD}{DEP}product_code = \"pc\"\n[pipeline]\nseal_grace = \"4h\"\nsafety_margin = \"1h\""),
+                "products.ami.submission_window:",
+            ),
         ];
         for (text, key) in cases {
             let e = err(&text);

@@ -374,7 +374,7 @@ impl Customers {
                 Identity::Legacy { customer_identifier } => {
                     lifecycle::Subject::Legacy { customer_identifier, product_code: String::new() }
                 }
-                Identity::Tenant(_) => {
+                Identity::Tenant(_) | Identity::Deployment => {
                     return Err(CustomerError::NotFound(format!("{customer:?} has no marketplace identity")));
                 }
             }

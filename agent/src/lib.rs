@@ -9,12 +9,15 @@ pub mod clock;
 pub mod config;
 pub mod customers;
 pub mod domain;
+pub mod import;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod report;
 pub mod server;
+pub mod silence;
 #[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod store;
 pub mod submit;
+pub mod verify;

@@ -20,6 +20,8 @@ pub struct Pipeline {
     nudge: Arc<Notify>,
     /// (account name, its submitter's counters)
     pub submit_stats: Arc<Vec<(String, Arc<SubmitStats>)>>,
+    /// Start-up checks of deployment-mode products (DryRun, RegisterUsage), for status and metrics.
+    pub deployment: Arc<crate::submit::register::DeploymentChecks>,
 }
 
 pub struct Running {
@@ -46,16 +48,27 @@ impl Pipeline {
         let nudge = Arc::new(Notify::new());
         let mut tasks = tokio::task::JoinSet::new();
         let mut stats = Vec::new();
+        let deployment = Arc::new(crate::submit::register::DeploymentChecks::default());
         for account in config.accounts.keys() {
             let s = Submitter::new(account, config.clone(), store.clone(), clock.clone(), metrics.clone()).await?;
             stats.push((account.clone(), s.stats.clone()));
+            if !crate::submit::register::deployment_products(&config, account).is_empty() {
+                tasks.spawn(crate::submit::register::run(
+                    s.client(),
+                    config.clone(),
+                    account.clone(),
+                    clock.clone(),
+                    deployment.clone(),
+                    stop_rx.clone(),
+                ));
+            }
             tasks.spawn(s.run(stop_rx.clone(), nudge.clone()));
         }
         if config.accounts.is_empty() {
             tracing::warn!("no [accounts.NAME] configured: usage is recorded and sealed but not submitted");
         }
         let seal_policy = config.seal_policy();
-        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats: Arc::new(stats) };
+        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats: Arc::new(stats), deployment };
         let sealer = pipeline.clone();
         let mut stop_sealer = stop_rx;
         tasks.spawn(async move {

@@ -29,6 +29,8 @@ impl meterd_emulator::Clock for EmulatorClock {
 }
 
 pub const DEMO_ACCOUNT_ID: &str = "111122223333";
+/// A tenant the demo records usage for but never maps: its usage is held, at risk.
+pub const DEMO_UNMAPPED_TENANT: &str = "demo-unmapped-tenant";
 
 pub struct Simulation {
     pub config: Config,
@@ -51,26 +53,32 @@ pub async fn prepare(mut config: Config, speed: f64) -> anyhow::Result<Simulatio
     for (name, p) in config.products.iter_mut() {
         let code = p.product_code.get_or_insert_with(|| format!("sim-{name}")).clone();
         emu.products.push(EmuProduct { product_code: code.clone(), dimensions: p.dimensions.clone() });
-        emu.customers.push(match p.identity {
-            IdentityMode::License => EmuCustomer::licensed(&code, DEMO_ACCOUNT_ID, &demo_license_arn(name)),
-            IdentityMode::Legacy => EmuCustomer {
+        match p.identity {
+            IdentityMode::License => {
+                emu.customers.push(EmuCustomer::licensed(&code, DEMO_ACCOUNT_ID, &demo_license_arn(name)))
+            }
+            IdentityMode::Legacy => emu.customers.push(EmuCustomer {
                 product_code: code.clone(),
                 customer_identifier: Some("demo-customer".into()),
                 ..EmuCustomer::default()
-            },
-        });
+            }),
+            // The buyer is whoever's credentials sign the MeterUsage call: nobody to subscribe.
+            IdentityMode::Deployment => {}
+        }
         p.account = Some("simulated".into());
     }
     if emu.submission_window_secs == 0 {
         emu.submission_window_secs = 24 * 3600;
     }
+    // Paid container products register at start; the simulated host is a container platform for them.
+    emu.container_platform = config.products.values().any(|p| p.register_usage);
     let emulator = Emulator::new(emu, Arc::new(EmulatorClock(clock.clone())));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let handle = emulator.start(listener).await?;
     config.accounts = BTreeMap::from([(
         "simulated".to_string(),
         AccountConfig {
-            region: "us-east-1".into(),
+            region: Some("us-east-1".into()),
             endpoint_url: Some(handle.endpoint_url()),
             profile: None,
             role_arn: None,
@@ -95,18 +103,20 @@ pub async fn feed(target: String, config: Arc<Config>) {
     for n in 0u64.. {
         let (name, p) = products[(n as usize) % products.len()];
         let customer = match p.identity {
-            IdentityMode::License => v1::customer::Identity::AwsAccount(v1::AwsCustomer {
+            IdentityMode::License => Some(v1::customer::Identity::AwsAccount(v1::AwsCustomer {
                 customer_aws_account_id: DEMO_ACCOUNT_ID.into(),
                 license_arn: demo_license_arn(name),
-            }),
-            IdentityMode::Legacy => v1::customer::Identity::Legacy(v1::LegacyCustomer {
+            })),
+            IdentityMode::Legacy => Some(v1::customer::Identity::Legacy(v1::LegacyCustomer {
                 customer_identifier: "demo-customer".into(),
                 product_code: String::new(),
-            }),
+            })),
+            // An AMI or container product's events name no customer.
+            IdentityMode::Deployment => None,
         };
         let event = v1::UsageEvent {
             idempotency_key: format!("demo-{}-{n}", std::process::id()),
-            customer: Some(v1::Customer { identity: Some(customer) }),
+            customer: customer.map(|identity| v1::Customer { identity: Some(identity) }),
             dimension: p.dimensions[(n as usize / products.len()) % p.dimensions.len()].clone(),
             quantity: format!("{}.{}", n % 3, n % 10),
             timestamp: None,
@@ -119,6 +129,24 @@ pub async fn feed(target: String, config: Arc<Config>) {
         };
         if let Err(e) = m.record_usage(v1::RecordUsageRequest { event: Some(event) }).await {
             tracing::warn!(error = %e.message(), "demo feeder: record_usage failed");
+        }
+        // Every 10th round, usage of a tenant no one has mapped to a marketplace identity: the demo shows it
+        // held, at risk (dashboard, `meterd status`) until `meterd customers put demo-unmapped-tenant …`.
+        if n % 10 == 0 {
+            let held = v1::UsageEvent {
+                idempotency_key: format!("demo-{}-{n}-held", std::process::id()),
+                customer: Some(v1::Customer {
+                    identity: Some(v1::customer::Identity::TenantId(DEMO_UNMAPPED_TENANT.into())),
+                }),
+                dimension: p.dimensions[0].clone(),
+                quantity: "1".into(),
+                timestamp: None,
+                tags: Default::default(),
+                product: name.clone(),
+            };
+            if let Err(e) = m.record_usage(v1::RecordUsageRequest { event: Some(held) }).await {
+                tracing::warn!(error = %e.message(), "demo feeder: record_usage failed");
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

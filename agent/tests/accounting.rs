@@ -4,7 +4,9 @@
 //! (product, customer, dimension, hour) with allocations that sum to its quantity. Customers are named three
 //! ways — by marketplace identity, or by tenant ids that are mapped (and re-mapped) to those identities at random
 //! moments, often after the identity already has usage for the same hours — and still at most one record per
-//! AWS key (customer as AWS knows it, dimension, hour) can ever be sent.
+//! AWS key (customer as AWS knows it, dimension, hour) can ever be sent. A deployment-mode product (`identity =
+//! "deployment"`: no customer, MeterUsage, a 6 h window) shares the store and obeys the same invariants: one
+//! record per dimension × hour, deadlines from its own window.
 
 use std::collections::HashSet;
 
@@ -23,7 +25,7 @@ const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
 #[derive(Debug, Clone)]
 enum Op {
     /// (customer, dimension, micro-quantity, hour offset, tag) — hour offsets may be already sealed (late).
-    /// Customers 0-2 are marketplace identities, 3-5 tenant ids.
+    /// Customers 0-2 are marketplace identities, 3-5 tenant ids, 6 the deployment product's (no customer).
     Record(Vec<(u8, u8, u32, u8, u8)>),
     /// Map tenant `3 + a` to identity `b`.
     Map(u8, u8),
@@ -38,7 +40,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => proptest::collection::vec((0u8..6, 0u8..2, 0u32..4_000_000, 0u8..8, 0u8..3), 1..10).prop_map(Op::Record),
+        5 => proptest::collection::vec((0u8..7, 0u8..2, 0u32..4_000_000, 0u8..8, 0u8..3), 1..10).prop_map(Op::Record),
         2 => (0u8..3, 0u8..3).prop_map(|(a, b)| Op::Map(a, b)),
         2 => (0u8..10).prop_map(Op::Seal),
         2 => proptest::collection::vec((0u8..16, 0u8..5), 1..6).prop_map(Op::Settle),
@@ -47,8 +49,18 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The deployment-mode product, and its window (MeterUsage: 6 h).
+const DEPLOYMENT_PRODUCT: &str = "ami";
+const DEPLOYMENT_WINDOW: i64 = 6 * HOUR;
+
+fn product(c: u8) -> String {
+    if c == 6 { DEPLOYMENT_PRODUCT } else { "p" }.into()
+}
+
 fn customer(c: u8) -> Identity {
-    if c < 3 {
+    if c == 6 {
+        Identity::Deployment
+    } else if c < 3 {
         Identity::Aws { account_id: format!("10000000000{c}"), license_arn: format!("arn:aws:x::1:l{c}") }
     } else {
         Identity::Tenant(format!("t{c}"))
@@ -59,6 +71,8 @@ fn customer(c: u8) -> Identity {
 fn aws_customer(store: &Store, r: &meterd::domain::record::SealedRecord) -> Option<Vec<u8>> {
     let wire = match (&r.state, &r.key.identity, &r.sent_as) {
         (RecordState::Carried | RecordState::Merged { .. }, _, _) => return None,
+        // AWS knows a deployment's buyer by the call's credentials: one key per product (host), dimension, hour.
+        (_, Identity::Deployment, _) => return Some(format!("deployment/{}", r.key.product).into_bytes()),
         (_, Identity::Tenant(_), Some(sent)) => sent.clone(),
         (RecordState::Expired { .. }, Identity::Tenant(_), None) => return None,
         (_, Identity::Tenant(t), None) => store.mapping(t).unwrap()?.identity,
@@ -93,7 +107,7 @@ proptest! {
                             key += 1;
                             UsageEvent {
                                 idempotency_key: format!("k{key}"),
-                                product: "p".into(),
+                                product: product(*c),
                                 identity: customer(*c),
                                 dimension: format!("d{d}"),
                                 quantity: Micros(u128::from(*q)),
@@ -117,6 +131,7 @@ proptest! {
                         cutoff_hour_ms: now / HOUR * HOUR,
                         now_ms: now,
                         window_ms: 24 * HOUR,
+                        product_windows_ms: [(DEPLOYMENT_PRODUCT.to_string(), DEPLOYMENT_WINDOW)].into(),
                         margin_ms: 0,
                         zero_records: false,
                     }))
@@ -191,6 +206,9 @@ proptest! {
                     prop_assert_eq!(r.allocations.iter().map(|a| u64::from(a.quantity)).sum::<u64>(), u64::from(r.quantity));
                 }
                 prop_assert_eq!(r.key.hour_ms % HOUR, 0);
+                let window = if r.key.product == DEPLOYMENT_PRODUCT { DEPLOYMENT_WINDOW } else { 24 * HOUR };
+                prop_assert_eq!(r.deadline_ms, meterd::domain::deadline::deadline(r.key.hour_ms, window, 0));
+                prop_assert_eq!(r.key.identity == Identity::Deployment, r.key.product == DEPLOYMENT_PRODUCT);
                 prop_assert!(store.sealed_through().unwrap().is_some_and(|s| r.key.hour_ms < s));
             }
         }
@@ -217,6 +235,7 @@ fn a_terminal_state_is_final_and_sealed_content_is_frozen() {
             cutoff_hour_ms: T0 + HOUR,
             now_ms: T0 + HOUR,
             window_ms: 24 * HOUR,
+            product_windows_ms: Default::default(),
             margin_ms: 0,
             zero_records: false,
         };
@@ -263,6 +282,7 @@ fn retention_compacts_terminal_history_and_the_report_still_reconciles() {
             cutoff_hour_ms: T0 + 6 * HOUR,
             now_ms: T0 + 6 * HOUR,
             window_ms: 24 * HOUR,
+            product_windows_ms: Default::default(),
             margin_ms: 0,
             zero_records: false,
         };

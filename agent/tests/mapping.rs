@@ -9,7 +9,7 @@ use meterd::domain::lifecycle::{LifecycleEvent, LifecycleKind, Subject};
 use meterd::domain::quantity::Micros;
 use meterd::domain::record::{RecordState, RejectReason, SealedRecord};
 use meterd::report;
-use meterd::store::{SealParams, Store, keys};
+use meterd::store::{IngestOutcome, SealParams, Store, keys};
 
 const HOUR: i64 = 3_600_000;
 const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
@@ -46,7 +46,14 @@ fn mapping(t: &str) -> TenantMapping {
 }
 
 fn seal_before(hour_ms: i64) -> SealParams {
-    SealParams { cutoff_hour_ms: hour_ms, now_ms: hour_ms, window_ms: 24 * HOUR, margin_ms: 0, zero_records: false }
+    SealParams {
+        cutoff_hour_ms: hour_ms,
+        now_ms: hour_ms,
+        window_ms: 24 * HOUR,
+        product_windows_ms: Default::default(),
+        margin_ms: 0,
+        zero_records: false,
+    }
 }
 
 /// The AWS key each record would be sent under, for every record that can still be or was sent.
@@ -238,6 +245,37 @@ fn duplicate_record_on_a_first_send_counts_as_lost_revenue() {
         // Retention removes the record, not the loss.
         store.compact(T0 + 100 * HOUR).await.unwrap();
         assert_eq!(report::build(&store).await.unwrap().totals.lost_units, 6);
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
+fn usage_naming_a_bound_license_under_another_account_is_refused() {
+    // meterd keys a license customer by its ARN (invariant 3, lifecycle): a second account on the same license
+    // would be a second record AWS cannot bill. Once the license's account is known (here from a tenant
+    // mapping), usage naming another account is refused at ingest instead of acked and lost at submission.
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        store.put_mapping(mapping("t"), T0).await.unwrap();
+        let other = Identity::Aws { account_id: "444455556666".into(), license_arn: ARN.into() };
+        let out = store
+            .ingest(vec![ev("a", identity(), 2, T0 + 1), ev("b", other, 3, T0 + 2)], T0 + 2, LateUsage::Carry)
+            .await
+            .unwrap();
+        assert!(matches!(out[0], IngestOutcome::Stored(_)), "{out:?}");
+        assert!(matches!(out[1], IngestOutcome::NotActive(_)), "{out:?}");
+        let (_, refusal) = out[1].refusal().unwrap();
+        assert_eq!(refusal.field, "customer");
+        assert!(
+            refusal.message.contains("444455556666") && refusal.message.contains("111122223333"),
+            "{}",
+            refusal.message
+        );
+        store.seal(seal_before(T0 + HOUR)).await.unwrap();
+        let records = store.records().unwrap();
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_one_record_per_aws_key(&store).await;
         store.close().await.unwrap();
     });
 }

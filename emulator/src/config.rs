@@ -34,6 +34,12 @@ pub struct EmulatorConfig {
     /// Customers subscribed at start.
     pub customers: Vec<EmuCustomer>,
     pub registration_tokens: Vec<EmuToken>,
+    /// Whether this emulated host is a container platform (Amazon ECS/EKS): when false (the default),
+    /// `RegisterUsage` answers `PlatformNotSupportedException`, as it does on an EC2 instance.
+    pub container_platform: bool,
+    /// Product codes whose buyer (the account the emulated host runs in) is not entitled: `MeterUsage` and
+    /// `RegisterUsage` answer `CustomerNotEntitledException`, DryRun included.
+    pub not_entitled: Vec<String>,
     pub faults: Faults,
 }
 
@@ -50,6 +56,8 @@ impl Default for EmulatorConfig {
             products: Vec::new(),
             customers: Vec::new(),
             registration_tokens: Vec::new(),
+            container_platform: false,
+            not_entitled: Vec::new(),
             faults: Faults::default(),
         }
     }

@@ -18,12 +18,16 @@ pub(crate) fn routes() -> Router<Emulator> {
         .route("/totals", get(totals))
         .route("/counters", get(counters))
         .route("/requests", get(requests))
+        .route("/cloudtrail", get(cloudtrail))
         .route("/reset", post(reset))
         .route("/customers", get(customers).put(add_customer).delete(remove_customer))
         .route("/faults", get(faults).put(set_faults))
         .route("/rate_limit", get(rate_limit).put(set_rate_limit))
         .route("/clock", get(clock).put(set_clock))
         .route("/agreements", get(agreements).put(set_agreement))
+        .route("/register_usage/public_key", get(register_usage_public_key))
+        .route("/entitlements", axum::routing::put(set_entitlement))
+        .route("/imds", get(crate::imds::inspect))
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
@@ -50,9 +54,57 @@ async fn requests(State(emu): State<Emulator>) -> Response {
     Json(emu.requests()).into_response()
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloudTrailQuery {
+    format: Option<String>,
+}
+
+/// The metering calls processed, as a CloudTrail log file, or (`?format=lookup-events`) as `aws cloudtrail
+/// lookup-events` prints them.
+async fn cloudtrail(State(emu): State<Emulator>, q: axum::extract::Query<CloudTrailQuery>) -> Response {
+    let st = emu.shared.lock();
+    let dropped = st.cloudtrail.dropped.to_string();
+    let body = match q.format.as_deref() {
+        None | Some("log-file") => st.cloudtrail.log_file(),
+        Some("lookup-events") => st.cloudtrail.lookup_events().to_string(),
+        Some(other) => return bad_request(format!("format {other:?}: use log-file (default) or lookup-events")),
+    };
+    drop(st);
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/json"),
+            (axum::http::HeaderName::from_static("x-emulator-cloudtrail-dropped"), dropped.as_str()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 async fn reset(State(emu): State<Emulator>) -> StatusCode {
     emu.reset();
     StatusCode::NO_CONTENT
+}
+
+async fn register_usage_public_key(State(emu): State<Emulator>) -> Response {
+    Json(emu.register_usage_public_key()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entitlement {
+    product_code: String,
+    entitled: bool,
+}
+
+async fn set_entitlement(State(emu): State<Emulator>, r: Result<Json<Entitlement>, JsonRejection>) -> Response {
+    match body(r) {
+        Ok(e) => {
+            emu.set_entitled(&e.product_code, e.entitled);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_request(e),
+    }
 }
 
 async fn customers(State(emu): State<Emulator>) -> Response {

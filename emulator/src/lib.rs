@@ -6,12 +6,15 @@
 
 mod agreement;
 mod clock;
+mod cloudtrail;
 mod config;
 mod counters;
 mod decimal;
 mod faults;
+mod imds;
 mod inspect;
 mod ledger;
+mod register;
 mod requests;
 mod rules;
 mod server;
@@ -25,6 +28,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, EmuCustomer, EmuProduct, EmuToken, EmulatorConfig, Faults, RateLimitMode};
 pub use counters::{Counters, InjectedFaults};
 pub use decimal::Quantity;
+pub use imds::ImdsState;
 pub use ledger::{LedgerAllocation, LedgerEntry, LedgerTag, Total};
 pub use requests::LoggedRequest;
 pub use server::EmulatorHandle;
@@ -70,6 +74,12 @@ impl Emulator {
     /// body was read (injected faults, the rate limit) are not in it.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.shared.lock().requests.entries()
+    }
+
+    /// CloudTrail-shaped records of the metering calls processed (the last 10,000), as a CloudTrail log file:
+    /// `{"Records": [...]}` (see `cloudtrail.rs` for the shape and its source).
+    pub fn cloudtrail(&self) -> serde_json::Value {
+        serde_json::from_str(&self.shared.lock().cloudtrail.log_file()).unwrap_or_default()
     }
 
     pub fn counters(&self) -> Counters {
@@ -162,6 +172,33 @@ impl Emulator {
         }
         self.shared.lock().agreements.insert(agreement_id.to_string(), status.to_string());
         Ok(())
+    }
+
+    /// The RegisterUsage signing key's public half (`public_key`: base64url of the uncompressed P-256 point,
+    /// and the same as a `jwk`), as served at `GET /_emulator/register_usage/public_key`.
+    pub fn register_usage_public_key(&self) -> serde_json::Value {
+        self.shared.signer.public_key()
+    }
+
+    /// Whether the emulated host is an ECS/EKS container platform (RegisterUsage answers there only).
+    pub fn set_container_platform(&self, on: bool) {
+        self.shared.lock().container_platform = on;
+    }
+
+    /// Whether the buyer running the product is entitled to `product_code` (MeterUsage and RegisterUsage answer
+    /// `CustomerNotEntitledException` when not).
+    pub fn set_entitled(&self, product_code: &str, entitled: bool) {
+        let mut st = self.shared.lock();
+        if entitled {
+            st.not_entitled.remove(product_code);
+        } else {
+            st.not_entitled.insert(product_code.to_string());
+        }
+    }
+
+    /// What the emulated instance metadata service was asked, and which access keys signed AWS calls.
+    pub fn imds(&self) -> ImdsState {
+        self.shared.imds.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn agreements(&self) -> std::collections::BTreeMap<String, String> {

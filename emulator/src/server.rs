@@ -35,6 +35,7 @@ pub(crate) fn router(emu: Emulator) -> Router {
         .route("/", post(aws_call).fallback(not_found))
         .route(crate::agreement::PATH, post(crate::agreement::describe_agreement))
         .nest("/_emulator", crate::inspect::routes())
+        .merge(crate::imds::routes())
         .fallback(not_found)
         .with_state(emu)
 }
@@ -54,6 +55,7 @@ async fn not_found(req: Request) -> Response {
 
 async fn aws_call(State(emu): State<Emulator>, headers: HeaderMap, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
+    emu.shared.imds.saw_authorization(&headers);
     let conn = req.extensions().get::<ConnControl>().cloned();
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
     let op = Operation::from_target(target);

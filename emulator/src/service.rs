@@ -85,7 +85,11 @@ pub(crate) struct State {
     pub ledger: Ledger,
     pub counters: Counters,
     pub requests: RequestLog,
+    pub cloudtrail: crate::cloudtrail::CloudTrailLog,
     client_tokens: HashMap<String, (TokenParams, Result<String, AwsError>)>,
+    /// RegisterUsage: whether this host is a container platform, and the products its buyer is not entitled to.
+    pub container_platform: bool,
+    pub not_entitled: BTreeSet<String>,
 }
 
 impl State {
@@ -116,7 +120,10 @@ impl State {
             ledger: Ledger::default(),
             counters: Counters::default(),
             requests: RequestLog::default(),
+            cloudtrail: Default::default(),
             client_tokens: HashMap::new(),
+            container_platform: cfg.container_platform,
+            not_entitled: cfg.not_entitled.iter().cloned().collect(),
         };
         for t in &cfg.registration_tokens {
             st.learn_license(&t.customer());
@@ -196,6 +203,10 @@ pub(crate) struct Shared {
     pub initial: EmulatorConfig,
     pub clock: Arc<dyn Clock>,
     state: Mutex<State>,
+    /// Signs RegisterUsage answers; kept across `reset` so a served public key stays valid.
+    pub signer: crate::register::Signer,
+    /// The emulated instance metadata service's log (kept across `reset`).
+    pub imds: crate::imds::Imds,
 }
 
 /// The decisions taken for one call before its body is looked at.
@@ -208,7 +219,8 @@ pub(crate) enum Admission {
 impl Shared {
     pub fn new(config: EmulatorConfig, clock: Arc<dyn Clock>) -> Self {
         let state = Mutex::new(State::from_config(&config));
-        Self { initial: config, clock, state }
+        let signer = crate::register::Signer::new(epoch_millis(clock.now()).div_euclid(1000));
+        Self { initial: config, clock, state, signer, imds: Default::default() }
     }
 
     /// A poisoned lock only means another call panicked mid-way; the state itself is still usable.
@@ -275,10 +287,17 @@ impl Shared {
                 Operation::BatchMeterUsage => self.batch_meter_usage(&mut st, &m, request_id),
                 Operation::MeterUsage => self.meter_usage(&mut st, &m, request_id),
                 Operation::ResolveCustomer => resolve_customer(&st, &m),
-                Operation::RegisterUsage => Err(AwsError::client(
-                    "PlatformNotSupportedException",
-                    "RegisterUsage is for paid container products on Amazon ECS/EKS; this emulator is not one",
-                )),
+                Operation::RegisterUsage => {
+                    let product = m.get("ProductCode").and_then(Value::as_str).unwrap_or_default();
+                    let host = crate::register::Host {
+                        container_platform: st.container_platform,
+                        product_known: st.products.contains_key(product),
+                        entitled: !st.not_entitled.contains(product),
+                        signer: &self.signer,
+                        now_secs: self.now_ms(&st).div_euclid(1000),
+                    };
+                    crate::register::register_usage(&m, &host)
+                }
                 Operation::Unknown(t) => Err(AwsError::client(
                     "UnknownOperationException",
                     format!("Unknown operation: X-Amz-Target '{t}' (expected {}<Operation>)", wire::TARGET_PREFIX),
@@ -293,6 +312,11 @@ impl Shared {
             *st.counters.rejections.entry(e.code.to_string()).or_default() += 1;
         }
         st.requests.push(op.name(), request_id, body, result.as_ref().err().map(|e| e.code));
+        if matches!(op, Operation::BatchMeterUsage | Operation::MeterUsage) {
+            let now = self.now_ms(&st);
+            let answer = result.as_ref().map_err(|e| (e.code, e.message.as_str()));
+            st.cloudtrail.push(op.name(), request_id, now, body, answer);
+        }
         result
     }
 
@@ -458,6 +482,12 @@ impl Shared {
         rules::dimension_check(&req.product, dims, &req.dimension)?;
         let window_ms = secs_to_ms(self.initial.meter_usage_window_secs);
         rules::timestamp_check(req.timestamp_ms, req.timestamp_secs, now_ms, window_ms, false)?;
+        if st.not_entitled.contains(&req.product) {
+            return Err(AwsError::client(
+                "CustomerNotEntitledException",
+                format!("The account running this software is not entitled to product {}", req.product),
+            ));
+        }
         if req.dry_run {
             return Err(AwsError::new(
                 StatusCode::PRECONDITION_FAILED,

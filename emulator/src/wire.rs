@@ -117,6 +117,13 @@ pub struct MeterUsageInput {
 }
 
 #[derive(Clone, Debug, Default)]
+pub struct RegisterUsageInput {
+    pub product_code: Option<String>,
+    pub public_key_version: Option<WireInt>,
+    pub nonce: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
 pub struct ResolveCustomerInput {
     pub registration_token: Option<String>,
 }
@@ -300,6 +307,15 @@ pub fn meter_usage_input(m: &Map<String, Value>) -> Result<MeterUsageInput, AwsE
         dry_run: top.boolean("DryRun")?,
         allocations: allocations(&top, "UsageAllocations")?,
         client_token: top.string("ClientToken")?,
+    })
+}
+
+pub fn register_usage_input(m: &Map<String, Value>) -> Result<RegisterUsageInput, AwsError> {
+    let top = Obj::new(m, "");
+    Ok(RegisterUsageInput {
+        product_code: top.string("ProductCode")?,
+        public_key_version: top.integer("PublicKeyVersion")?,
+        nonce: top.string("Nonce")?,
     })
 }
 

@@ -33,6 +33,30 @@ pub struct NativeAccountStatus {
     pub records_expired: i64,
 }
 
+/// An ended hour far below its own baseline: the product may have stopped calling meterd.
+#[napi(object)]
+pub struct NativeUsageDrop {
+    pub hour_ms: Option<f64>,
+    pub product: String,
+    pub dimension: String,
+    pub customer: String,
+    pub observed: String,
+    pub baseline: String,
+}
+
+fn drops(d: Vec<v1::UsageDrop>) -> Vec<NativeUsageDrop> {
+    d.into_iter()
+        .map(|d| NativeUsageDrop {
+            hour_ms: ms(d.hour),
+            product: d.product,
+            dimension: d.dimension,
+            customer: d.customer,
+            observed: d.observed,
+            baseline: d.baseline,
+        })
+        .collect()
+}
+
 #[napi(object)]
 pub struct NativeStatus {
     pub version: String,
@@ -58,6 +82,7 @@ pub struct NativeStatus {
     pub disk_free_bytes: i64,
     pub disk_reserve_bytes: i64,
     pub disk_full: bool,
+    pub usage_drops: Vec<NativeUsageDrop>,
 }
 
 impl From<v1::StatusResponse> for NativeStatus {
@@ -104,6 +129,7 @@ impl From<v1::StatusResponse> for NativeStatus {
             disk_free_bytes: s.disk_free_bytes as i64,
             disk_reserve_bytes: s.disk_reserve_bytes as i64,
             disk_full: s.disk_full,
+            usage_drops: drops(s.usage_drops),
         }
     }
 }
@@ -169,6 +195,7 @@ pub struct NativeReportTotals {
 pub struct NativeReport {
     pub rows: Vec<NativeReportRow>,
     pub totals: NativeReportTotals,
+    pub usage_drops: Vec<NativeUsageDrop>,
 }
 
 impl From<v1::ReportResponse> for NativeReport {
@@ -216,6 +243,7 @@ impl From<v1::ReportResponse> for NativeReport {
                 lost_units: t.lost_units as i64,
                 merged_units: t.merged_units as i64,
             },
+            usage_drops: drops(r.usage_drops),
         }
     }
 }

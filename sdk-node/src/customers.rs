@@ -31,7 +31,7 @@ impl NativeIdentity {
                 customer_identifier: Some(customer_identifier),
                 product_code,
             },
-            Some(Customer::Tenant(_)) | None => NativeIdentity {
+            Some(Customer::Tenant(_) | Customer::Deployment) | None => NativeIdentity {
                 aws_account_id: None,
                 license_arn: None,
                 customer_identifier: None,

@@ -33,6 +33,32 @@ pub struct AccountStatus {
     pub records_expired: u64,
 }
 
+/// An ended hour far below its own baseline: the product may have stopped calling meterd.
+#[pyclass(frozen, get_all, module = "meterd")]
+#[derive(Clone)]
+pub struct UsageDrop {
+    pub hour: Option<DateTime<Utc>>,
+    pub product: String,
+    pub dimension: String,
+    /// Empty for the product x dimension as a whole.
+    pub customer: String,
+    pub observed: String,
+    pub baseline: String,
+}
+
+fn drops(d: Vec<v1::UsageDrop>) -> Vec<UsageDrop> {
+    d.into_iter()
+        .map(|d| UsageDrop {
+            hour: time(d.hour),
+            product: d.product,
+            dimension: d.dimension,
+            customer: d.customer,
+            observed: d.observed,
+            baseline: d.baseline,
+        })
+        .collect()
+}
+
 #[pyclass(frozen, get_all, module = "meterd")]
 pub struct AgentStatus {
     pub version: String,
@@ -58,6 +84,7 @@ pub struct AgentStatus {
     pub disk_free_bytes: u64,
     pub disk_reserve_bytes: u64,
     pub disk_full: bool,
+    pub usage_drops: Vec<UsageDrop>,
 }
 
 #[pymethods]
@@ -113,6 +140,7 @@ pub fn status_to_py(py: Python<'_>, s: v1::StatusResponse) -> PyResult<Py<PyAny>
         disk_free_bytes: s.disk_free_bytes,
         disk_reserve_bytes: s.disk_reserve_bytes,
         disk_full: s.disk_full,
+        usage_drops: drops(s.usage_drops),
     };
     Ok(Py::new(py, status)?.into_any())
 }
@@ -187,6 +215,7 @@ pub struct ReportTotals {
 pub struct Report {
     pub rows: Vec<ReportRow>,
     pub totals: ReportTotals,
+    pub usage_drops: Vec<UsageDrop>,
 }
 
 #[pymethods]
@@ -245,6 +274,7 @@ pub fn report_to_py(py: Python<'_>, r: v1::ReportResponse) -> PyResult<Py<PyAny>
             lost_units: t.lost_units,
             merged_units: t.merged_units,
         },
+        usage_drops: drops(r.usage_drops),
     };
     Ok(Py::new(py, report)?.into_any())
 }

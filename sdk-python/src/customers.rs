@@ -86,7 +86,7 @@ impl CustomerInfo {
                 )?
                 .into_any(),
             ),
-            Some(sdk::Customer::Tenant(_)) | None => None,
+            Some(sdk::Customer::Tenant(_) | sdk::Customer::Deployment) | None => None,
         })
     }
 

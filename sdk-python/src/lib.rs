@@ -27,6 +27,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<admin::Report>()?;
     m.add_class::<admin::ReportRow>()?;
     m.add_class::<admin::ReportTotals>()?;
+    m.add_class::<admin::UsageDrop>()?;
     m.add_class::<customers::CustomerInfo>()?;
     m.add_class::<customers::StatusChange>()?;
     m.add_class::<customers::EventOutcome>()?;

@@ -9,7 +9,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def exported_metrics():
-    src = (ROOT / "agent/src/metrics.rs").read_text()
+    # metrics.rs renders most metrics; silence.rs renders meterd_usage_drops.
+    src = "".join((ROOT / f).read_text() for f in ["agent/src/metrics.rs", "agent/src/silence.rs"])
     names = set(re.findall(r"\b(meterd_[a-z_]+)\b", src))
     # Histograms export _bucket/_sum/_count series.
     for base in list(names):
@@ -23,7 +24,7 @@ def test_alert_rules_are_well_formed_and_use_exported_metrics():
     rules = [r for g in doc["groups"] for r in g["rules"]]
     assert len(rules) >= 5
     names = {r["alert"] for r in rules}
-    for wanted in ["MeterdMeteringStalled", "MeterdDeadlineNear", "MeterdRecordsAtRisk", "MeterdRecordsRejected", "MeterdClockSkew"]:
+    for wanted in ["MeterdMeteringStalled", "MeterdDeadlineNear", "MeterdRecordsAtRisk", "MeterdRecordsRejected", "MeterdClockSkew", "MeterdUsageDrop"]:
         assert wanted in names
     for r in rules:
         assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, r

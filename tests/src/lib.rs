@@ -72,11 +72,16 @@ dimensions = ["api_calls", "gb_hours"]
     )
 }
 
+/// Marker in an env list: remove the test's own `AWS_*` variables first.
+const CLEAR_AWS_ENV: &str = "\0clear-aws-env";
+
 /// A running `meterd run` process.
 pub struct Agent {
     child: Option<Child>,
     pub tcp: Option<String>,
     pub unix: Option<PathBuf>,
+    /// The admin listener's address, when configured.
+    pub admin: Option<String>,
     pub config_path: PathBuf,
     _config_dir: tempfile::TempDir,
 }
@@ -90,11 +95,27 @@ impl Agent {
         Self::start_with(&config_path, config_dir, &[])
     }
 
+    /// [`Agent::start`] with `env` set and every `AWS_*` variable of the test's own environment removed, so the
+    /// agent's AWS credential and Region chains see only what the test gives them.
+    pub fn start_with_aws_env(config: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let config_dir = tempfile::tempdir()?;
+        let config_path = config_dir.path().join("meterd.toml");
+        std::fs::write(&config_path, config)?;
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        env.push((CLEAR_AWS_ENV, ""));
+        Self::start_with(&config_path, config_dir, &env)
+    }
+
     fn start_with(config_path: &Path, config_dir: tempfile::TempDir, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(meterd_bin());
         cmd.arg("run").arg("--config").arg(config_path);
         cmd.env("METERD_LOG", std::env::var("METERD_LOG").unwrap_or_else(|_| "warn".into()));
-        for (k, v) in env {
+        if env.iter().any(|(k, _)| *k == CLEAR_AWS_ENV) {
+            for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("AWS_")) {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env.iter().filter(|(k, _)| *k != CLEAR_AWS_ENV) {
             cmd.env(k, v);
         }
         let (child, line) = spawn_until_first_line(cmd)?;
@@ -103,6 +124,7 @@ impl Agent {
         Ok(Agent {
             tcp: field("tcp"),
             unix: field("unix").map(PathBuf::from),
+            admin: field("admin"),
             child: Some(child),
             config_path: config_path.to_path_buf(),
             _config_dir: config_dir,

@@ -24,6 +24,7 @@ const TYPES: &[(&str, &str, &str)] = &[
     ("StatusChange", "StatusChange", "StatusChange"),
     ("CustomerInfo", "CustomerInfo", "CustomerInfo"),
     ("ApplyEventResponse", "EventOutcome", "EventOutcome"),
+    ("UsageDrop", "UsageDrop", "UsageDrop"),
 ];
 
 /// (proto message, proto field, why the SDKs do not expose it under its proto name).
@@ -35,6 +36,11 @@ const EXCEPTIONS: &[(&str, &str, &str)] = &[
     ("CustomerInfo", "legacy", "inside `customer`"),
     // The Node SDK names the account id `accountId` (the Python SDK `account_id`): shorter, same meaning.
     ("AwsCustomer", "customer_aws_account_id", "named account_id / accountId"),
+    // The submission rules `meterd import` checks rows against before sending; tooling reads them, applications
+    // recording usage have no use for them.
+    ("StatusResponse", "policy", "for tooling (meterd import), not exposed by the SDKs"),
+    // Start-up checks of deployment-mode products: read with `meterd status` (text and --json); not yet in the SDKs.
+    ("StatusResponse", "deployment_checks", "meterd status only, for now"),
 ];
 
 /// Public messages the SDKs do not mirror as a data type, and why. Every message of `meterd.v1` is either in

@@ -12,6 +12,9 @@ pub enum IdentityMode {
     License,
     /// Legacy listings: `ProductCode` + `CustomerIdentifier`.
     Legacy,
+    /// AMI and container products: no customer on the event; the buyer is whoever's host meterd runs on,
+    /// known to AWS by the credentials `MeterUsage` is signed with.
+    Deployment,
 }
 
 /// One metered product.

@@ -17,6 +17,8 @@ pub enum Identity {
     Aws { account_id: String, license_arn: String },
     /// Legacy listings: `CustomerIdentifier` (the product code comes from the product).
     Legacy { customer_identifier: String },
+    /// `identity = "deployment"`: the buyer whose host meterd runs on, known to AWS by the call's credentials.
+    Deployment,
 }
 
 impl Identity {
@@ -26,6 +28,7 @@ impl Identity {
             Identity::Tenant(t) => format!("tenant:{t}"),
             Identity::Aws { account_id, license_arn } => format!("aws:{account_id}/{license_arn}"),
             Identity::Legacy { customer_identifier } => format!("legacy:{customer_identifier}"),
+            Identity::Deployment => "deployment".into(),
         }
     }
 }

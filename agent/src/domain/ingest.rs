@@ -42,6 +42,8 @@ pub enum Inactive {
     MappedElsewhere { tenant: String, mapped_product: String, product: String },
     /// The customer is deprovisioning or ended.
     Status(CustomerStatus),
+    /// The license is bound (by its License event or a tenant mapping) to another account than the event names.
+    OtherAccount { license_arn: String, bound_account: String, account_id: String },
 }
 
 /// The class of a refusal: the edge picks its status code from it, metrics their reason label.
@@ -117,6 +119,19 @@ impl IngestOutcome {
                     format!("the customer's subscription is {} ({st:?}); usage after the end is not billed", st.name()),
                 ),
             ),
+            IngestOutcome::NotActive(Inactive::OtherAccount { license_arn, bound_account, account_id }) => (
+                RefusalKind::NotActive,
+                e(
+                    "customer",
+                    format!(
+                        "license {} belongs to CustomerAWSAccountId {} (from its License event or a tenant mapping), \
+                         not {}: AWS would refuse this usage",
+                        super::echo::echo(license_arn),
+                        super::echo::echo(bound_account),
+                        super::echo::echo(account_id)
+                    ),
+                ),
+            ),
             IngestOutcome::Overflow => {
                 (RefusalKind::Overflow, e("quantity", "the hourly total of this bucket would overflow".into()))
             }
@@ -172,8 +187,28 @@ impl CustomerRef {
         match identity {
             Identity::Aws { license_arn, .. } => Some(CustomerRef::License(license_arn.clone())),
             Identity::Legacy { customer_identifier } => Some(CustomerRef::Legacy(customer_identifier.clone())),
-            Identity::Tenant(_) => None,
+            // A deployment's buyer has no lifecycle meterd can see: AWS decides entitlement at each MeterUsage.
+            Identity::Tenant(_) | Identity::Deployment => None,
         }
+    }
+}
+
+/// What the lifecycle gate knows of a customer: its status, and for a license the account it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    pub status: CustomerStatus,
+    /// The `CustomerAWSAccountId` of the license's lifecycle (its License event or a tenant mapping); None for a
+    /// legacy customer.
+    pub bound_account: Option<String>,
+}
+
+impl Standing {
+    pub fn of(life: &super::customer::CustomerLifecycle) -> Self {
+        let bound_account = match &life.identity {
+            Identity::Aws { account_id, .. } => Some(account_id.clone()),
+            _ => None,
+        };
+        Standing { status: life.status.clone(), bound_account }
     }
 }
 
@@ -182,7 +217,7 @@ pub trait Lookups {
     type Error;
     fn event(&mut self, idempotency_key: &str) -> Result<Option<StoredEvent>, Self::Error>;
     fn mapping(&mut self, tenant_id: &str) -> Result<Option<TenantMapping>, Self::Error>;
-    fn status(&mut self, customer: &CustomerRef) -> Result<Option<CustomerStatus>, Self::Error>;
+    fn standing(&mut self, customer: &CustomerRef) -> Result<Option<Standing>, Self::Error>;
     fn bucket(&mut self, key: &BucketKey) -> Result<Option<Bucket>, Self::Error>;
 }
 
@@ -226,7 +261,7 @@ pub struct IngestGroup {
     events: Vec<(String, StoredEvent)>,
     buckets: HashMap<BucketKey, Bucket>,
     mappings: HashMap<String, Option<TenantMapping>>,
-    statuses: HashMap<CustomerRef, Option<CustomerStatus>>,
+    standings: HashMap<CustomerRef, Option<Standing>>,
     replays: u64,
     late_events: u64,
     unmapped: Vec<String>,
@@ -293,15 +328,28 @@ impl IngestGroup {
             }
         }
         if let Some(c) = CustomerRef::of(&identity) {
-            let st = match self.statuses.get(&c) {
+            let standing = match self.standings.get(&c) {
                 Some(s) => s.clone(),
                 None => {
-                    let s = look.status(&c)?;
-                    self.statuses.insert(c, s.clone());
+                    let s = look.standing(&c)?;
+                    self.standings.insert(c, s.clone());
                     s
                 }
             };
-            if let Some(st) = st.filter(|s| !s.accepts_usage()) {
+            // A license is granted to one account: usage naming another could never be billed (AWS refuses the
+            // pair, or takes it as a second record of the license's hour), so it is refused now, not acked and
+            // lost at submission.
+            if let (Identity::Aws { account_id, license_arn }, Some(Standing { bound_account: Some(bound), .. })) =
+                (&identity, &standing)
+                && bound != account_id
+            {
+                return Ok(IngestOutcome::NotActive(Inactive::OtherAccount {
+                    license_arn: license_arn.clone(),
+                    bound_account: bound.clone(),
+                    account_id: account_id.clone(),
+                }));
+            }
+            if let Some(st) = standing.map(|s| s.status).filter(|s| !s.accepts_usage()) {
                 return Ok(IngestOutcome::NotActive(Inactive::Status(st)));
             }
         }
@@ -382,6 +430,8 @@ mod tests {
         events: HashMap<String, StoredEvent>,
         mappings: HashMap<String, TenantMapping>,
         statuses: HashMap<CustomerRef, CustomerStatus>,
+        /// The account each license's lifecycle names.
+        bound: HashMap<CustomerRef, String>,
         buckets: HashMap<BucketKey, Bucket>,
     }
 
@@ -393,8 +443,11 @@ mod tests {
         fn mapping(&mut self, t: &str) -> Result<Option<TenantMapping>, Self::Error> {
             Ok(self.mappings.get(t).cloned())
         }
-        fn status(&mut self, c: &CustomerRef) -> Result<Option<CustomerStatus>, Self::Error> {
-            Ok(self.statuses.get(c).cloned())
+        fn standing(&mut self, c: &CustomerRef) -> Result<Option<Standing>, Self::Error> {
+            Ok(self
+                .statuses
+                .get(c)
+                .map(|status| Standing { status: status.clone(), bound_account: self.bound.get(c).cloned() }))
         }
         fn bucket(&mut self, k: &BucketKey) -> Result<Option<Bucket>, Self::Error> {
             Ok(self.buckets.get(k).cloned())
@@ -525,6 +578,21 @@ mod tests {
         let (kind, f) = out[0].refusal().unwrap();
         assert_eq!((kind, f.field.as_str()), (RefusalKind::NotActive, "customer"));
         assert!(f.message.contains("mapped to product \"p\", not \"q\""), "{f:?}");
+    }
+
+    #[test]
+    fn a_license_bound_to_another_account_is_refused_naming_both() {
+        let mut l = Ledger::default();
+        let lic = CustomerRef::License("arn:l".into());
+        l.statuses.insert(lic.clone(), CustomerStatus::Active);
+        l.bound.insert(lic, "210987654321".into());
+        let theirs = Identity::Aws { account_id: "210987654321".into(), license_arn: "arn:l".into() };
+        let out = decide_all(&mut l, None, CARRY, T0, &[ev("a", aws(), 1, None), ev("b", theirs, 1, None)]);
+        let (kind, f) = out[0].refusal().unwrap();
+        assert_eq!((kind, f.field.as_str()), (RefusalKind::NotActive, "customer"));
+        assert!(f.message.contains("belongs to CustomerAWSAccountId \"210987654321\""), "{f:?}");
+        assert!(f.message.contains("not \"123456789012\""), "{f:?}");
+        assert!(matches!(out[1], IngestOutcome::Stored(_)), "the bound account's own usage is stored: {:?}", out[1]);
     }
 
     #[test]

@@ -14,16 +14,27 @@ pub struct SealParams {
     pub cutoff_hour_ms: UnixMillis,
     pub now_ms: UnixMillis,
     pub window_ms: i64,
+    /// Products whose window is not `window_ms` (e.g. MeterUsage's 6 h for `identity = "deployment"`).
+    pub product_windows_ms: std::collections::BTreeMap<String, i64>,
     pub margin_ms: i64,
     pub zero_records: bool,
 }
 
+impl SealParams {
+    /// How long AWS accepts a record of `product` after its hour starts, in ms.
+    pub fn window_for(&self, product: &str) -> i64 {
+        self.product_windows_ms.get(product).copied().unwrap_or(self.window_ms)
+    }
+}
+
 /// How records are sealed, from the configuration: built once, so every seal (the sealer's, a flush, a leaving
 /// customer's final hour) uses the same window, margin and zero-record rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealPolicy {
     /// `pipeline.submission_window`.
     pub window_ms: i64,
+    /// `products.NAME.submission_window` where it differs (a deployment product's is 6 h by default).
+    pub product_windows_ms: std::collections::BTreeMap<String, i64>,
     /// `pipeline.safety_margin`.
     pub margin_ms: i64,
     /// `pipeline.zero_records`.
@@ -37,6 +48,7 @@ impl SealPolicy {
             cutoff_hour_ms,
             now_ms,
             window_ms: self.window_ms,
+            product_windows_ms: self.product_windows_ms.clone(),
             margin_ms: self.margin_ms,
             zero_records: self.zero_records,
         }
@@ -88,7 +100,7 @@ pub fn seal_record(
     recorded.try_add(carried_in)?;
     let s = seal(&usage);
     let nothing_to_send = s.quantity == 0 && !params.zero_records;
-    let mut deadline_ms = deadline(key.hour_ms, params.window_ms, params.margin_ms);
+    let mut deadline_ms = deadline(key.hour_ms, params.window_for(&key.product), params.margin_ms);
     if let Some(cap) = deadline_cap {
         deadline_ms = deadline_ms.min(cap);
     }
@@ -229,7 +241,7 @@ mod tests {
         assert_eq!(groups.len(), 2);
         assert_eq!((groups[0].usage.buckets.len(), groups[0].late), (2, Micros(100)));
         let params =
-            SealParams { cutoff_hour_ms: 0, now_ms: 7, window_ms: 3_600_000, margin_ms: 60_000, zero_records: false };
+            SealParams { cutoff_hour_ms: 0, now_ms: 7, window_ms: 3_600_000, product_windows_ms: Default::default(), margin_ms: 60_000, zero_records: false };
         let r = seal_record(groups[0].clone(), Micros(400_000), &params, None).unwrap();
         assert_eq!(
             (r.quantity, r.carried_out, r.recorded, r.state.clone()),
@@ -238,7 +250,7 @@ mod tests {
         assert_eq!((r.deadline_ms, r.sealed_at_ms), (3_540_000, 7));
         let r = seal_record(groups[1].clone(), Micros::ZERO, &params, Some(10)).unwrap();
         assert_eq!((r.quantity, r.state, r.deadline_ms), (0, RecordState::Carried, 10));
-        let zero = SealParams { zero_records: true, ..params };
+        let zero = SealParams { zero_records: true, ..params.clone() };
         assert_eq!(seal_record(groups[1].clone(), Micros::ZERO, &zero, None).unwrap().state, RecordState::Sealed);
         // Sums that do not fit stop the seal instead of dropping a term.
         let huge = group_buckets([(bk(0, ""), b(u128::MAX, u128::MAX)), (bk(0, "a"), b(1, 1))]);

@@ -157,14 +157,18 @@ pub fn validate(ev: RawEvent, catalog: &Catalog, now_ms: UnixMillis) -> Result<U
     })?;
 
     // Customer.
-    let wire =
-        ev.customer.ok_or_else(|| FieldError::new("customer", "is required: set tenant_id, aws_account or legacy"))?;
-    let identity = match wire {
-        RawCustomer::TenantId(t) => {
+    if product.identity == IdentityMode::Deployment {
+        // Checked before the rest: such an event names no customer at all.
+        super::deployment::event_identity(ev.customer.as_ref(), product_name)?;
+    }
+    let identity = match ev.customer {
+        None if product.identity == IdentityMode::Deployment => Identity::Deployment,
+        None => return Err(FieldError::new("customer", "is required: set tenant_id, aws_account or legacy")),
+        Some(RawCustomer::TenantId(t)) => {
             check_id("customer.tenant_id", &t, "your tenant id")?;
             Identity::Tenant(t)
         }
-        RawCustomer::AwsAccount { customer_aws_account_id, license_arn } => {
+        Some(RawCustomer::AwsAccount { customer_aws_account_id, license_arn }) => {
             if product.identity != IdentityMode::License {
                 return Err(FieldError::new(
                     "customer.aws_account",
@@ -188,7 +192,7 @@ pub fn validate(ev: RawEvent, catalog: &Catalog, now_ms: UnixMillis) -> Result<U
             }
             Identity::Aws { account_id: customer_aws_account_id, license_arn }
         }
-        RawCustomer::Legacy { customer_identifier, product_code } => {
+        Some(RawCustomer::Legacy { customer_identifier, product_code }) => {
             if product.identity != IdentityMode::Legacy {
                 return Err(FieldError::new(
                     "customer.legacy",
@@ -317,6 +321,7 @@ mod tests {
             products: [
                 ("lic".to_string(), product(IdentityMode::License, None, &["api_calls", "Storage"])),
                 ("leg".to_string(), product(IdentityMode::Legacy, Some("pc123"), &["seats"])),
+                ("ami".to_string(), product(IdentityMode::Deployment, Some("ami123"), &["vcpu_hours"])),
             ]
             .into(),
             default_product: Some("lic".into()),
@@ -376,6 +381,22 @@ mod tests {
         let allowed = with_tags(&[("team", "a b"), ("cost-center", "x=1;y<2"), ("p", "a/b:c@d.e_f+g!\"#$%&'()*,")]);
         assert!(validate(allowed, &c, NOW).is_ok());
         assert!(validate(RawEvent { timestamp: ts(NOW / 1000 + 299, 0), ..good() }, &c, NOW).is_ok());
+    }
+
+    #[test]
+    fn deployment_products_take_events_without_a_customer_only() {
+        let c = config();
+        let ev = RawEvent { product: "ami".into(), dimension: "vcpu_hours".into(), customer: None, ..good() };
+        assert_eq!(validate(ev.clone(), &c, NOW).unwrap().identity, Identity::Deployment);
+        // (An empty Customer message is no customer: server/convert.rs maps it to None.)
+        refused(RawEvent { customer: good().customer, ..ev.clone() }, "customer.aws_account", "identity = \"deployment\"");
+        refused(
+            RawEvent { customer: Some(RawCustomer::TenantId("t".into())), ..ev.clone() },
+            "customer.tenant_id",
+            "leave customer unset",
+        );
+        // Other products still require a customer.
+        refused(RawEvent { customer: None, ..good() }, "customer", "is required");
     }
 
     #[test]

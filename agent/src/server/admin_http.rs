@@ -1,11 +1,14 @@
-//! The admin listener (plain HTTP, loopback): `/metrics` for Prometheus, `/healthz` (the process answers) and
-//! `/readyz` (the store accepts reads; the agent can take usage).
+//! The admin listener (plain HTTP, loopback by default): `/metrics` for Prometheus, `/healthz` (the process
+//! answers), `/readyz` (the store accepts reads; the agent can take usage) and the dashboard (`/`,
+//! `/api/dashboard`, `server/dashboard.rs`). On a non-loopback address (allowed only with `server.token_file`),
+//! `/metrics` and `/api/…` need the same bearer token as gRPC; probes and the page's static assets stay open.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -16,18 +19,56 @@ use crate::store::Store;
 
 #[derive(Clone)]
 struct Admin {
+    config: Arc<crate::config::Config>,
     store: Store,
     clock: SharedClock,
     pipeline: Pipeline,
     metrics: Arc<Metrics>,
 }
 
-pub fn router(store: Store, clock: SharedClock, pipeline: Pipeline, metrics: Arc<Metrics>) -> Router {
-    Router::new()
+/// `token`: required on `/metrics` and `/api/…` when set (the listener is not loopback).
+pub fn router(source: super::status::Source, metrics: Arc<Metrics>, token: Option<String>) -> Router {
+    let admin = Admin {
+        config: source.config.clone(),
+        store: source.store.clone(),
+        clock: source.clock.clone(),
+        pipeline: source.pipeline.clone(),
+        metrics,
+    };
+    let guarded = Router::new()
         .route("/metrics", get(metrics_text))
+        .with_state(admin.clone())
+        .merge(super::dashboard::api(source));
+    let guarded = match token {
+        Some(t) => {
+            let token: Arc<[u8]> = Arc::from(t.into_bytes());
+            guarded.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+                let token = token.clone();
+                async move { require_token(&token, req, next).await }
+            }))
+        }
+        None => guarded,
+    };
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(Admin { store, clock, pipeline, metrics })
+        .with_state(admin)
+        .merge(super::dashboard::assets())
+        .merge(guarded)
+}
+
+async fn require_token(expected: &[u8], req: Request, next: Next) -> Response {
+    if super::auth::authorized(expected, req.headers().get(header::AUTHORIZATION)) {
+        return next.run(req).await;
+    }
+    super::auth::REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(path = %req.uri().path(), "admin request refused: missing or wrong bearer token");
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "a valid bearer token is required (authorization: Bearer <token>, the token of server.token_file)\n",
+    )
+        .into_response()
 }
 
 async fn ready(State(a): State<Admin>) -> Response {
@@ -52,6 +93,8 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
     let gathered = tokio::task::spawn_blocking(move || {
         let pending = a.store.pending_records(usize::MAX)?;
         let backlog = crate::domain::backlog::Backlog::of(&pending, |t| a.store.mapping(t).map(|m| m.is_some()))?;
+        let settings = crate::silence::settings(&a.config);
+        let drops = crate::silence::last_ended_hour(&a.store, &settings, now_ms)?;
         let snapshot = Snapshot {
             now_ms,
             store: a.store.counters(),
@@ -64,7 +107,10 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
             store_bytes: a.store.size_on_disk(),
             lost: a.store.lost()?,
         };
-        Ok::<_, crate::store::StoreError>(render(&a.metrics, &snapshot))
+        let mut body = render(&a.metrics, &snapshot);
+        body.push_str(&a.pipeline.deployment.render_metrics());
+        body.push_str(&crate::silence::render_metric(&a.config, &drops));
+        Ok::<_, crate::store::StoreError>(body)
     })
     .await;
     match gathered {

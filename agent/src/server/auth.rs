@@ -43,7 +43,7 @@ pub struct Auth<S> {
     token: Option<Arc<[u8]>>,
 }
 
-fn authorized(expected: &[u8], header: Option<&http::HeaderValue>) -> bool {
+pub(crate) fn authorized(expected: &[u8], header: Option<&http::HeaderValue>) -> bool {
     let Some(given) = header.and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")) else { return false };
     // Lengths differ → unequal; ct_eq itself only runs on equal lengths.
     given.len() == expected.len() && bool::from(given.ct_eq(expected))

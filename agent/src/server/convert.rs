@@ -118,7 +118,43 @@ pub fn report_to_wire(r: &crate::report::Report) -> v1::ReportResponse {
             lost_units: t.lost_units,
             merged_units: t.merged_units,
         }),
+        // Filled in by Admin.Report: drops are not part of the ledger.
+        usage_drops: Vec::new(),
     }
+}
+
+pub fn drop_to_wire(d: &crate::domain::silence::UsageDrop) -> v1::UsageDrop {
+    v1::UsageDrop {
+        hour: Some(timestamp(d.hour_ms)),
+        product: d.product.clone(),
+        dimension: d.dimension.clone(),
+        customer: d.customer.clone().unwrap_or_default(),
+        observed: d.observed.to_string(),
+        baseline: d.baseline.to_string(),
+    }
+}
+
+/// One drop as the CLI and the dashboard show it (JSON; quantities stay exact decimal strings).
+pub fn drop_json(d: &v1::UsageDrop) -> serde_json::Value {
+    let hour = d.hour.as_ref().map(|t| crate::clock::rfc3339(t.seconds * 1000)).unwrap_or_default();
+    serde_json::json!({
+        "hour": hour,
+        "product": d.product,
+        "dimension": d.dimension,
+        "customer": (!d.customer.is_empty()).then_some(&d.customer),
+        "observed": d.observed,
+        "baseline": d.baseline,
+    })
+}
+
+/// One line per drop for `meterd status` and `meterd report`.
+pub fn drop_line(d: &v1::UsageDrop) -> String {
+    let hour = d.hour.as_ref().map(|t| crate::clock::rfc3339(t.seconds * 1000)).unwrap_or_default();
+    let who = if d.customer.is_empty() { String::new() } else { format!(" customer {}", d.customer) };
+    format!(
+        "{hour} {}/{}{who}: {} recorded, baseline {} (same hour on previous days and weekdays)",
+        d.product, d.dimension, d.observed, d.baseline
+    )
 }
 
 /// The CLI renders reports it receives over gRPC with the same code the agent uses.

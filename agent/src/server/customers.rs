@@ -44,7 +44,7 @@ fn info(c: &Customers, m: &TenantMapping, moved: u64) -> Result<v1::CustomerInfo
             customer_identifier: customer_identifier.clone(),
             product_code: String::new(),
         })),
-        Identity::Tenant(_) => None,
+        Identity::Tenant(_) | Identity::Deployment => None,
     };
     Ok(v1::CustomerInfo {
         tenant_id: m.tenant_id.clone(),

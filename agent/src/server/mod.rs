@@ -6,12 +6,14 @@ pub mod auth;
 pub mod codec_status;
 pub mod convert;
 mod customers;
+pub mod dashboard;
 pub mod health;
 pub mod marketplace_http;
 mod metering;
 pub mod rate_limit;
 mod request_id;
 pub mod sns;
+pub mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -46,7 +46,8 @@ pub fn lifecycle_key(identity: &Identity) -> Option<Vec<u8>> {
         Identity::Legacy { customer_identifier } => {
             Some([LIFECYCLE_PREFIX, b"g", customer_identifier.as_bytes()].concat())
         }
-        Identity::Tenant(_) => None,
+        // A deployment's buyer has no lifecycle meterd can see: AWS decides entitlement at each MeterUsage.
+        Identity::Tenant(_) | Identity::Deployment => None,
     }
 }
 
@@ -163,6 +164,7 @@ fn put_identity(out: &mut Vec<u8>, identity: &Identity) {
             out.push(2);
             put_str(out, customer_identifier);
         }
+        Identity::Deployment => out.push(3),
     }
 }
 
@@ -213,6 +215,7 @@ pub fn decode_bucket_key(key: &[u8]) -> Result<BucketKey, KeyError> {
         0 => Identity::Tenant(r.str()?),
         1 => Identity::Aws { account_id: r.str()?, license_arn: r.str()? },
         2 => Identity::Legacy { customer_identifier: r.str()? },
+        3 => Identity::Deployment,
         _ => return Err(KeyError(r.pos - 1)),
     };
     let dimension = r.str()?;
@@ -239,6 +242,7 @@ mod tests {
             ("[0-9]{12}", "arn:aws:[a-z/:0-9-]{1,30}")
                 .prop_map(|(account_id, license_arn)| Identity::Aws { account_id, license_arn }),
             "\\PC{1,20}".prop_map(|customer_identifier| Identity::Legacy { customer_identifier }),
+            Just(Identity::Deployment),
         ]
     }
 

@@ -545,6 +545,38 @@ impl Store {
         self.db().scan_prefix(keys::RECORD_PREFIX).map(|kv| decode(&kv?.1)).collect()
     }
 
+    /// The sealed records of one hour (a prefix scan: reads nothing outside that hour).
+    pub fn records_of_hour(&self, hour_ms: UnixMillis) -> Result<Vec<SealedRecord>, StoreError> {
+        self.db().scan_prefix(keys::record_hour_prefix(hour_ms)).map(|kv| decode(&kv?.1)).collect()
+    }
+
+    /// The open buckets of one hour (a range scan bounded by the hour).
+    pub fn buckets_of_hour(&self, hour_ms: UnixMillis) -> Result<Vec<(BucketKey, Bucket)>, StoreError> {
+        self.db()
+            .range(keys::bucket_hour_bound(hour_ms)..keys::bucket_hour_bound(hour_ms + crate::clock::HOUR_MS))
+            .map(|kv| {
+                let (k, v) = kv?;
+                let key = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((key, decode(&v)?))
+            })
+            .collect()
+    }
+
+    /// The hour of the oldest sealed record or open bucket still stored (`None` when there is none): where the
+    /// store's history starts.
+    pub fn first_hour(&self) -> Result<Option<UnixMillis>, StoreError> {
+        let db = self.db();
+        let record = match db.scan_prefix(keys::RECORD_PREFIX).next() {
+            Some(kv) => Some(decode::<SealedRecord>(&kv?.1)?.key.hour_ms),
+            None => None,
+        };
+        let bucket = match db.scan_prefix(keys::BUCKET_PREFIX).next() {
+            Some(kv) => Some(keys::decode_bucket_key(&kv?.0).map_err(|e| StoreError::Corrupt(e.to_string()))?.hour_ms),
+            None => None,
+        };
+        Ok(record.into_iter().chain(bucket).min())
+    }
+
     /// Fractions waiting to be carried into a series' next sealed hour.
     pub fn carries(&self) -> Result<Vec<Micros>, StoreError> {
         self.db().scan_prefix(keys::CARRY_PREFIX).map(|kv| decode(&kv?.1)).collect()

@@ -21,7 +21,7 @@ use crate::clock::{UnixMillis, hour_start};
 use crate::domain::customer::{CustomerLifecycle, CustomerStatus, StatusChange, TenantMapping, final_hour_deadline};
 use crate::domain::event::Identity;
 use crate::domain::event::{Bucket, BucketKey, StoredEvent, UsageEvent};
-use crate::domain::ingest::{CustomerRef, IngestGroup, Lookups};
+use crate::domain::ingest::{CustomerRef, IngestGroup, Lookups, Standing};
 use crate::domain::lifecycle::{LifecycleEvent, Subject};
 use crate::domain::quantity::{Micros, Overflow};
 use crate::domain::record::{RecordState, SealedRecord, check_update, lost_units};
@@ -43,9 +43,9 @@ impl Lookups for SledLookups<'_> {
     fn mapping(&mut self, tenant_id: &str) -> Result<Option<TenantMapping>, StoreError> {
         self.0.get(keys::tenant_key(tenant_id))?.map(|v| decode(&v)).transpose()
     }
-    fn status(&mut self, customer: &CustomerRef) -> Result<Option<CustomerStatus>, StoreError> {
+    fn standing(&mut self, customer: &CustomerRef) -> Result<Option<Standing>, StoreError> {
         Ok(match self.0.get(keys::customer_key(customer))? {
-            Some(v) => Some(decode::<CustomerLifecycle>(&v)?.status),
+            Some(v) => Some(Standing::of(&decode::<CustomerLifecycle>(&v)?)),
             None => None,
         })
     }

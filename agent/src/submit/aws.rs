@@ -13,6 +13,7 @@ use aws_sdk_marketplacemetering::config::{Credentials, Intercept, RuntimeCompone
 use aws_sdk_marketplacemetering::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_marketplacemetering::operation::RequestId;
 use aws_sdk_marketplacemetering::operation::batch_meter_usage::BatchMeterUsageError;
+use aws_sdk_marketplacemetering::operation::meter_usage::MeterUsageError;
 use aws_sdk_marketplacemetering::types::{Tag, UsageAllocation, UsageRecord, UsageRecordResultStatus};
 use aws_smithy_runtime_api::client::interceptors::context::{
     BeforeDeserializationInterceptorContextRef, InterceptorContext,
@@ -89,8 +90,12 @@ impl ClassifyRetry for ThrottlingIsPacedByMeterd {
             .output_or_error()
             .and_then(Result::err)
             .and_then(|e| e.as_operation_error())
-            .and_then(|e| e.downcast_ref::<BatchMeterUsageError>())
-            .is_some_and(|e| e.code() == Some("ThrottlingException"));
+            .and_then(|e| {
+                e.downcast_ref::<BatchMeterUsageError>()
+                    .map(|e| e.code())
+                    .or_else(|| e.downcast_ref::<MeterUsageError>().map(|e| e.code()))
+            })
+            .is_some_and(|code| code == Some("ThrottlingException"));
         if throttled { RetryAction::RetryForbidden } else { RetryAction::NoActionIndicated }
     }
 
@@ -141,9 +146,11 @@ fn timeouts(account: &AccountConfig) -> TimeoutConfig {
 }
 
 async fn sdk_config(account: &AccountConfig) -> anyhow::Result<aws_types::SdkConfig> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(account.region.clone()))
-        .app_name(AppName::new(account.app_id.clone())?);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).app_name(AppName::new(account.app_id.clone())?);
+    // Unset: the standard Region chain (AWS_REGION, the profile, then the instance's IMDS) decides.
+    if let Some(region) = &account.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
     if let Some(url) = &account.endpoint_url {
         loader = loader.endpoint_url(url);
     }
@@ -158,7 +165,13 @@ async fn sdk_config(account: &AccountConfig) -> anyhow::Result<aws_types::SdkCon
     } else if let Some(profile) = &account.profile {
         loader = loader.profile_name(profile);
     }
-    Ok(loader.load().await)
+    let sdk = loader.load().await;
+    anyhow::ensure!(
+        sdk.region().is_some(),
+        "no AWS Region: set region in [accounts.NAME], or AWS_REGION, or a profile's region, or run on an instance \
+         whose metadata service (IMDS) answers"
+    );
+    Ok(sdk)
 }
 
 /// The wire form of a sealed record. Deterministic: a resend carries exactly the same fields.
@@ -172,6 +185,7 @@ pub fn usage_record(r: &SealedRecord, identity: &Identity) -> anyhow::Result<Usa
         Identity::Aws { account_id, license_arn } => b = b.customer_aws_account_id(account_id).license_arn(license_arn),
         Identity::Legacy { customer_identifier } => b = b.customer_identifier(customer_identifier),
         Identity::Tenant(t) => anyhow::bail!("tenant {t:?} has no marketplace identity yet"),
+        Identity::Deployment => anyhow::bail!("a deployment record is sent with MeterUsage, not BatchMeterUsage"),
     }
     for a in &r.allocations {
         let mut ab = UsageAllocation::builder().allocated_usage_quantity(a.quantity as i32);
@@ -196,6 +210,7 @@ pub fn wire_key_of_record(r: &SealedRecord, identity: &Identity) -> WireKey {
         Identity::Aws { account_id, license_arn } => format!("{account_id}|{license_arn}"),
         Identity::Legacy { customer_identifier } => customer_identifier.clone(),
         Identity::Tenant(t) => format!("tenant|{t}"),
+        Identity::Deployment => "deployment".into(),
     };
     WireKey { customer, dimension: r.key.dimension.clone(), timestamp_secs: r.key.hour_ms.div_euclid(1000) }
 }
@@ -309,6 +324,7 @@ pub fn estimated_wire_bytes(r: &SealedRecord) -> usize {
         Identity::Aws { account_id, license_arn } => account_id.len() + license_arn.len() + 60,
         Identity::Legacy { customer_identifier } => customer_identifier.len() + 30,
         Identity::Tenant(t) => t.len() + 30,
+        Identity::Deployment => 0,
     };
     let allocations: usize =
         r.allocations.iter().map(|a| 40 + a.tags.iter().map(|(k, v)| k.len() + v.len() + 30).sum::<usize>()).sum();
@@ -330,7 +346,7 @@ mod tests {
 
     async fn test_client(endpoint: String) -> Client {
         let account = AccountConfig {
-            region: "us-east-1".into(),
+            region: Some("us-east-1".into()),
             endpoint_url: Some(endpoint),
             profile: None,
             role_arn: None,

@@ -7,7 +7,9 @@
 
 pub mod aws;
 mod backoff;
+pub mod meter_usage;
 pub mod pacing;
+pub mod register;
 pub mod wire_shape;
 
 use std::collections::{HashMap, HashSet};
@@ -77,7 +79,7 @@ impl Submitter {
         let client = aws::client(acct, clock.clone(), stats.skew.clone()).await?;
         Ok(Self {
             account: account.to_string(),
-            pacer: pacing::Pacer::new(acct.calls_per_second, 0.0),
+            pacer: pacing::Pacer::new(acct.calls_per_second),
             pace_origin: tokio::time::Instant::now(),
             config,
             store,
@@ -90,6 +92,11 @@ impl Submitter {
             recovering: true,
             stop: None,
         })
+    }
+
+    /// The account's metering client (the deployment start-up checks share it).
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     fn mine(&self, r: &SealedRecord) -> bool {
@@ -139,7 +146,9 @@ impl Submitter {
                 break;
             }
             let batch = take_batch(&mut due);
-            calls += self.submit(batch).await?;
+            let deployment =
+                self.config.products.get(&batch[0].key.product).map(|p| p.identity) == Some(IdentityMode::Deployment);
+            calls += if deployment { self.submit_meter_usage(batch).await? } else { self.submit(batch).await? };
         }
         Ok(calls)
     }
@@ -231,6 +240,7 @@ impl Submitter {
             if wait > 0.0 {
                 tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
             }
+            self.pacer.sent(self.pace_origin.elapsed().as_secs_f64());
             calls += 1;
             self.metrics.batch_size.observe(wire.len() as f64);
             self.metrics.retries.fetch_add(sent_before.len() as u64, Ordering::Relaxed);

@@ -287,7 +287,7 @@ mod sdk_tests {
     /// meterd's own client, as the submitter builds it.
     async fn meterd_client() -> Client {
         let account = AccountConfig {
-            region: "us-east-1".into(),
+            region: Some("us-east-1".into()),
             endpoint_url: Some("http://127.0.0.1:1".into()),
             profile: None,
             role_arn: None,

@@ -38,7 +38,14 @@ fn ev(key: &str, who: Identity, micros: u128, at_ms: i64, tag: Option<&str>) -> 
 }
 
 fn seal_before(hour_ms: i64) -> SealParams {
-    SealParams { cutoff_hour_ms: hour_ms, now_ms: hour_ms, window_ms: 24 * HOUR, margin_ms: 0, zero_records: false }
+    SealParams {
+        cutoff_hour_ms: hour_ms,
+        now_ms: hour_ms,
+        window_ms: 24 * HOUR,
+        product_windows_ms: Default::default(),
+        margin_ms: 0,
+        zero_records: false,
+    }
 }
 
 /// Runs every case, each on a fresh directory.

@@ -98,7 +98,7 @@ pub(crate) fn put_identity(customer: Customer) -> Result<v1::put_customer_reques
             customer_identifier,
             product_code: product_code.unwrap_or_default(),
         })),
-        Customer::Tenant(_) => Err(Error::InvalidUsage {
+        Customer::Tenant(_) | Customer::Deployment => Err(Error::InvalidUsage {
             field: "customer".into(),
             message: "customer: must be an AWS identity (account id + license ARN) or a legacy customer identifier, \
                       not a tenant id"

@@ -15,6 +15,9 @@ pub enum Customer {
     /// `CustomerIdentifier` from `ResolveCustomer` (products with `identity = "legacy"`), optionally with the
     /// product code to double-check.
     Legacy { customer_identifier: String, product_code: Option<String> },
+    /// No customer: products with `identity = "deployment"` (AMI and container products, the agent on the buyer's
+    /// host), whose buyer AWS knows from the credentials the agent meters with.
+    Deployment,
 }
 
 impl Customer {
@@ -30,9 +33,10 @@ impl Customer {
         Customer::Legacy { customer_identifier: customer_identifier.into(), product_code: None }
     }
 
-    fn to_wire(&self) -> v1::Customer {
+    fn to_wire(&self) -> Option<v1::Customer> {
         use v1::customer::Identity;
         let identity = match self {
+            Customer::Deployment => return None,
             Customer::Tenant(t) => Identity::TenantId(t.clone()),
             Customer::Aws { account_id, license_arn } => Identity::AwsAccount(v1::AwsCustomer {
                 customer_aws_account_id: account_id.clone(),
@@ -43,7 +47,7 @@ impl Customer {
                 product_code: product_code.clone().unwrap_or_default(),
             }),
         };
-        v1::Customer { identity: Some(identity) }
+        Some(v1::Customer { identity: Some(identity) })
     }
 }
 
@@ -151,7 +155,7 @@ impl Usage {
     pub(crate) fn to_wire(&self, default_product: Option<&str>) -> v1::UsageEvent {
         v1::UsageEvent {
             idempotency_key: self.idempotency_key.clone().unwrap_or_else(new_idempotency_key),
-            customer: Some(self.customer.to_wire()),
+            customer: self.customer.to_wire(),
             dimension: self.dimension.clone(),
             quantity: self.quantity.0.clone(),
             timestamp: self.timestamp.map(to_timestamp),
@@ -241,5 +245,12 @@ mod tests {
         let before = UNIX_EPOCH - Duration::from_millis(1500);
         assert_eq!(to_timestamp(before), prost_types::Timestamp { seconds: -2, nanos: 500_000_000 });
         assert_eq!(from_timestamp(Some(to_timestamp(before))), before);
+    }
+
+    #[test]
+    fn a_deployment_event_names_no_customer() {
+        let e = Usage::new(Customer::Deployment, "vcpu_hours", "1").to_wire(None);
+        assert_eq!(e.customer, None);
+        assert!(Usage::new("acme", "d", "1").to_wire(None).customer.is_some());
     }
 }

@@ -25,6 +25,7 @@ from meterd._native import (
     ReportTotals,
     StatusChange,
     Usage,
+    UsageDrop,
     __version__,
 )
 from meterd.errors import (
@@ -68,6 +69,7 @@ __all__ = [
     "StatusChange",
     "Timeout",
     "Usage",
+    "UsageDrop",
     "UsageRefused",
     "__version__",
 ]

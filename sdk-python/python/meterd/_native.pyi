@@ -165,6 +165,29 @@ class AgentStatus:
     @property
     def disk_full(self) -> bool:
         """True while ingest is refused because free space is below the reserve."""
+    @property
+    def usage_drops(self) -> list[UsageDrop]:
+        """Usage drops of the last ended hour."""
+
+@final
+class UsageDrop:
+    """An ended hour far below its own baseline (the same hour on previous days and weekdays)."""
+
+    @property
+    def hour(self) -> Optional[datetime.datetime]: ...
+    @property
+    def product(self) -> str: ...
+    @property
+    def dimension(self) -> str: ...
+    @property
+    def customer(self) -> str:
+        """Empty for the product x dimension as a whole; otherwise one of its biggest customers."""
+    @property
+    def observed(self) -> str:
+        """Usage recorded in the hour (exact decimal)."""
+    @property
+    def baseline(self) -> str:
+        """The baseline it is compared with (exact decimal)."""
 
 @final
 class FlushResult:
@@ -259,6 +282,9 @@ class Report:
     def rows(self) -> list[ReportRow]: ...
     @property
     def totals(self) -> ReportTotals: ...
+    @property
+    def usage_drops(self) -> list[UsageDrop]:
+        """Usage drops of the last ended hour."""
 
 @final
 class StatusChange:

@@ -4,7 +4,9 @@
 //!     cargo build --release -p meterd -p meterd-tests
 //!     target/release/ingest-bench --seconds 5
 //!
-//! Prints events/s and p50/p99 call latency per workload, side by side, with the ratio meterd/SQLite.
+//! Prints events/s and p50/p99 call latency per workload, side by side, with the ratio meterd/SQLite, and the
+//! transport's own ceiling on this machine: the same gRPC calls against a tonic server in its own process that
+//! validates nothing and stores nothing (`ingest-bench --serve-noop`, started by the benchmark itself).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +34,83 @@ struct Args {
     /// Skip the SQLite baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Skip the no-op ceiling.
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Internal: serve the no-op Metering service on an ephemeral loopback port, print `tcp=ADDR`, serve forever.
+    #[arg(long, hide = true)]
+    serve_noop: bool,
+}
+
+/// The transport ceiling: answers every call with a receipt built from the request (the fields meterd fills), and
+/// stores nothing. What meterd does on top of this — validation, dedupe, the fsynced group commit — is the gap
+/// between the two columns.
+struct NoopMetering;
+
+fn noop_receipt(ev: &v1::UsageEvent) -> v1::Receipt {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let ts = |ms: i64| prost_types::Timestamp { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 };
+    let now_ms = now.as_millis() as i64;
+    v1::Receipt {
+        idempotency_key: ev.idempotency_key.clone(),
+        replayed: false,
+        product: "app".into(),
+        event_time: Some(ev.timestamp.unwrap_or_else(|| ts(now_ms))),
+        usage_hour: Some(ts(now_ms - now_ms % 3_600_000)),
+        recorded_at: Some(ts(now_ms)),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::metering_server::Metering for NoopMetering {
+    async fn record_usage(
+        &self,
+        request: tonic::Request<v1::RecordUsageRequest>,
+    ) -> std::result::Result<tonic::Response<v1::RecordUsageResponse>, tonic::Status> {
+        let ev = request.into_inner().event.unwrap_or_default();
+        Ok(tonic::Response::new(v1::RecordUsageResponse { receipt: Some(noop_receipt(&ev)) }))
+    }
+
+    async fn record_usage_batch(
+        &self,
+        request: tonic::Request<v1::RecordUsageBatchRequest>,
+    ) -> std::result::Result<tonic::Response<v1::RecordUsageBatchResponse>, tonic::Status> {
+        let results = request
+            .into_inner()
+            .events
+            .iter()
+            .map(|ev| v1::EventResult { outcome: Some(v1::event_result::Outcome::Receipt(noop_receipt(ev))) })
+            .collect();
+        Ok(tonic::Response::new(v1::RecordUsageBatchResponse { results }))
+    }
+}
+
+async fn serve_noop() -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("tcp={}", listener.local_addr()?);
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let service = v1::metering_server::MeteringServer::new(NoopMetering)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await?;
+    Ok(())
+}
+
+/// Runs this binary again as the no-op server; returns the process and its address.
+fn start_noop() -> anyhow::Result<(std::process::Child, String)> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--serve-noop")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    let addr = line.trim().strip_prefix("tcp=").ok_or_else(|| anyhow::anyhow!("no-op server said {line:?}"))?;
+    Ok((child, addr.to_string()))
 }
 
 #[derive(Clone, Copy)]
@@ -186,6 +265,9 @@ fn fmt_us(us: u64) -> String {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.serve_noop {
+        return serve_noop().await;
+    }
     let workloads = [
         Workload { name: "unary x1", callers: 1, batch: 1 },
         Workload { name: "unary xN", callers: args.callers, batch: 1 },
@@ -197,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
     let target = agent.target();
     let sqlite_path = root.path().join("baseline.sqlite");
     let run_id = format!("{}", meterd::clock::system_now_ms());
+    let noop = if args.no_ceiling { None } else { Some(start_noop()?) };
 
     println!(
         "ingest benchmark: {} s per workload, batch = {} events, N = {} callers",
@@ -205,30 +288,61 @@ async fn main() -> anyhow::Result<()> {
     println!("meterd: {}  data: {}", meterd_tests::meterd_bin().display(), root.path().display());
     println!();
     println!(
-        "{:<10} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>7}",
-        "workload", "meterd ev/s", "p50", "p99", "sqlite ev/s", "p50", "p99", "ratio"
+        "{:<10} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>7} | {:>12} {:>9} {:>9} | {:>8}",
+        "workload",
+        "meterd ev/s",
+        "p50",
+        "p99",
+        "sqlite ev/s",
+        "p50",
+        "p99",
+        "ratio",
+        "no-op ev/s",
+        "p50",
+        "p99",
+        "of no-op"
     );
-    println!("{}", "-".repeat(92));
+    println!("{}", "-".repeat(135));
     for w in workloads {
         let m = run_meterd(&target, w, args.seconds, &run_id).await?;
         let name = w.name.replace('N', &args.callers.to_string());
-        if args.no_baseline {
-            println!("{:<10} | {:>12.0} {:>9} {:>9} |", name, m.events_per_sec, fmt_us(m.p50_us), fmt_us(m.p99_us));
-            continue;
-        }
-        let s = tokio::task::block_in_place(|| run_sqlite(&sqlite_path, w, args.seconds, &run_id))?;
+        let sqlite = if args.no_baseline {
+            format!("{:>12} {:>9} {:>9} | {:>7}", "-", "-", "-", "-")
+        } else {
+            let s = tokio::task::block_in_place(|| run_sqlite(&sqlite_path, w, args.seconds, &run_id))?;
+            format!(
+                "{:>12.0} {:>9} {:>9} | {:>6.1}x",
+                s.events_per_sec,
+                fmt_us(s.p50_us),
+                fmt_us(s.p99_us),
+                m.events_per_sec / s.events_per_sec.max(1e-9)
+            )
+        };
+        let ceiling = match &noop {
+            Some((_, addr)) => {
+                let n = run_meterd(addr, w, args.seconds, &run_id).await?;
+                format!(
+                    "{:>12.0} {:>9} {:>9} | {:>7.0}%",
+                    n.events_per_sec,
+                    fmt_us(n.p50_us),
+                    fmt_us(n.p99_us),
+                    100.0 * m.events_per_sec / n.events_per_sec.max(1e-9)
+                )
+            }
+            None => format!("{:>12} {:>9} {:>9} | {:>8}", "-", "-", "-", "-"),
+        };
         println!(
-            "{:<10} | {:>12.0} {:>9} {:>9} | {:>12.0} {:>9} {:>9} | {:>6.1}x",
+            "{:<10} | {:>12.0} {:>9} {:>9} | {sqlite} | {ceiling}",
             name,
             m.events_per_sec,
             fmt_us(m.p50_us),
             fmt_us(m.p99_us),
-            s.events_per_sec,
-            fmt_us(s.p50_us),
-            fmt_us(s.p99_us),
-            m.events_per_sec / s.events_per_sec.max(1e-9)
         );
     }
     drop(agent);
+    if let Some((mut child, _)) = noop {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     Ok(())
 }

@@ -1,0 +1,214 @@
+//! What `Admin.Status` and `Admin.Report` answer, gathered once here so the gRPC service and the dashboard's
+//! JSON endpoint (`server/dashboard.rs`) show the same numbers from the same code.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use meterd_proto::v1;
+use tonic::Status;
+
+use super::convert::{drop_to_wire, store_status, timestamp};
+use crate::clock::{SharedClock, UnixMillis};
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::store::{SCHEMA_VERSION, Store};
+
+/// Everything status and report read.
+#[derive(Clone)]
+pub struct Source {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub clock: SharedClock,
+    pub pipeline: Pipeline,
+    pub started_at_ms: UnixMillis,
+}
+
+impl Source {
+    /// `Admin.Status`, and the dashboard's status part.
+    pub async fn status(&self) -> Result<v1::StatusResponse, Status> {
+        let store = self.store.clone();
+        let (settings, now) = (crate::silence::settings(&self.config), self.clock.now_ms());
+        let snapshot = tokio::task::spawn_blocking(move || {
+            let pending = store.pending_records(usize::MAX)?;
+            let backlog = crate::domain::backlog::Backlog::of(&pending, |t| store.mapping(t).map(|m| m.is_some()))?;
+            let mut by_status = std::collections::HashMap::new();
+            let mut not_subscribed = 0u64;
+            for l in store.lifecycles()? {
+                *by_status.entry(l.status.name().to_string()).or_insert(0u64) += 1;
+                not_subscribed += u64::from(l.not_subscribed_at_ms.is_some());
+            }
+            Ok::<_, crate::store::StoreError>((
+                store.open_bucket_count(),
+                store.size_on_disk(),
+                backlog,
+                store.sealed_through()?,
+                by_status,
+                not_subscribed,
+                store.lost()?,
+                crate::silence::last_ended_hour(&store, &settings, now)?,
+            ))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(store_status)?;
+        let (open_buckets, size, backlog, sealed_through, by_status, not_subscribed, lost, drops) = snapshot;
+        let counters = self.store.counters();
+        Ok(v1::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: Some(timestamp(self.started_at_ms)),
+            now: Some(timestamp(now)),
+            data_dir: self.store.data_dir().display().to_string(),
+            schema_version: SCHEMA_VERSION,
+            events_stored: counters.events_stored.load(Ordering::Relaxed),
+            open_buckets,
+            store_size_bytes: size,
+            products: self
+                .config
+                .products
+                .iter()
+                .map(|(name, p)| v1::ProductStatus {
+                    name: name.clone(),
+                    identity: p.identity.as_str().to_string(),
+                    dimensions: p.dimensions.clone(),
+                })
+                .collect(),
+            pending_records: backlog.pending,
+            oldest_pending_age_seconds: backlog.oldest_pending_age_seconds(now),
+            most_urgent_deadline: backlog.most_urgent_deadline_ms.map(timestamp),
+            sealed_through: sealed_through.map(timestamp),
+            accounts: self
+                .pipeline
+                .submit_stats
+                .iter()
+                .map(|(name, s)| {
+                    let last = s.last_success_ms.load(Ordering::Relaxed);
+                    v1::AccountStatus {
+                        name: name.clone(),
+                        last_successful_call: (last != 0).then(|| timestamp(last)),
+                        clock_skew_ms: s
+                            .skew
+                            .observed
+                            .load(Ordering::Relaxed)
+                            .then(|| s.skew.millis.load(Ordering::Relaxed)),
+                        calls_ok: s.calls_ok.load(Ordering::Relaxed),
+                        calls_throttled: s.calls_throttled.load(Ordering::Relaxed),
+                        calls_failed: s.calls_failed.load(Ordering::Relaxed),
+                        records_accepted: s.records_accepted.load(Ordering::Relaxed),
+                        records_rejected: s.records_rejected.load(Ordering::Relaxed),
+                        records_expired: s.records_expired.load(Ordering::Relaxed),
+                    }
+                })
+                .collect(),
+            late_events: counters.late_events.load(Ordering::Relaxed),
+            records_at_risk: backlog.at_risk,
+            customers_by_status: by_status,
+            customers_not_subscribed: not_subscribed,
+            records_lost: lost.records,
+            units_lost: lost.units,
+            disk_free_bytes: counters.disk_free_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            disk_reserve_bytes: counters.disk_reserve_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            disk_full: counters.disk_full.load(std::sync::atomic::Ordering::Relaxed),
+            usage_drops: drops.iter().map(drop_to_wire).collect(),
+            policy: Some(submission_policy(&self.config)),
+            deployment_checks: self
+                .pipeline
+                .deployment
+                .snapshot()
+                .into_iter()
+                .map(|(product, check, r)| v1::DeploymentCheck {
+                    product,
+                    check,
+                    state: r.state.to_string(),
+                    error_code: r.error_code,
+                    message: r.message,
+                    at: Some(timestamp(r.at_ms)),
+                    attempts: r.attempts,
+                    signature: r.signature,
+                })
+                .collect(),
+        })
+    }
+
+    /// `Admin.Report`: the reconciliation report, built from one snapshot of the ledger (so its parts cannot
+    /// disagree), and the usage drops of the last ended hour.
+    pub async fn report(&self) -> Result<v1::ReportResponse, Status> {
+        let snapshot = self.store.snapshot().await.map_err(store_status)?;
+        let store = self.store.clone();
+        let (settings, now) = (crate::silence::settings(&self.config), self.clock.now_ms());
+        // Building the rows is pure work over the snapshot, kept off the async workers.
+        let (report, drops) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                crate::report::from_snapshot(&snapshot)?,
+                crate::silence::last_ended_hour(&store, &settings, now)?,
+            ))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(store_status)?;
+        let mut wire = super::convert::report_to_wire(&report);
+        wire.usage_drops = drops.iter().map(drop_to_wire).collect();
+        Ok(wire)
+    }
+}
+
+/// `meterd status --json`, and the dashboard's `status`: one rendering of a status answer.
+pub fn to_json(s: &v1::StatusResponse) -> serde_json::Value {
+    let ts = |t: &Option<meterd_proto::Timestamp>| {
+        t.as_ref().map(|t| crate::clock::rfc3339(t.seconds * 1000 + i64::from(t.nanos / 1_000_000))).unwrap_or_default()
+    };
+    serde_json::json!({
+        "version": s.version,
+        "started_at": ts(&s.started_at),
+        "now": ts(&s.now),
+        "data_dir": s.data_dir,
+        "schema_version": s.schema_version,
+        "events_stored": s.events_stored,
+        "open_buckets": s.open_buckets,
+        "store_size_bytes": s.store_size_bytes,
+        "disk_free_bytes": s.disk_free_bytes,
+        "disk_reserve_bytes": s.disk_reserve_bytes,
+        "disk_full": s.disk_full,
+        "late_events": s.late_events,
+        "records_at_risk": s.records_at_risk,
+        "customers_by_status": s.customers_by_status,
+        "customers_not_subscribed": s.customers_not_subscribed,
+        "records_lost": s.records_lost,
+        "units_lost": s.units_lost,
+        "sealed_through": ts(&s.sealed_through),
+        "pending_records": s.pending_records,
+        "oldest_pending_age_seconds": s.oldest_pending_age_seconds,
+        "most_urgent_deadline": ts(&s.most_urgent_deadline),
+        "usage_drops": s.usage_drops.iter().map(super::convert::drop_json).collect::<Vec<_>>(),
+        "accounts": s.accounts.iter().map(|a| serde_json::json!({
+            "name": a.name,
+            "last_successful_call": ts(&a.last_successful_call),
+            "clock_skew_ms": a.clock_skew_ms,
+            "calls_ok": a.calls_ok, "calls_throttled": a.calls_throttled, "calls_failed": a.calls_failed,
+            "records_accepted": a.records_accepted, "records_rejected": a.records_rejected,
+            "records_expired": a.records_expired,
+        })).collect::<Vec<_>>(),
+        "products": s.products.iter().map(|p| serde_json::json!({
+            "name": p.name, "identity": p.identity, "dimensions": p.dimensions,
+        })).collect::<Vec<_>>(),
+        "deployment_checks": s.deployment_checks.iter().map(|c| serde_json::json!({
+            "product": c.product, "check": c.check, "state": c.state, "error_code": c.error_code,
+            "message": c.message, "at": ts(&c.at), "attempts": c.attempts, "signature": c.signature,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The pipeline rules a client checks usage against before sending it (`meterd import`).
+fn submission_policy(config: &Config) -> v1::SubmissionPolicy {
+    let p = &config.pipeline;
+    v1::SubmissionPolicy {
+        submission_window_seconds: p.submission_window.as_secs(),
+        safety_margin_seconds: p.safety_margin.as_secs(),
+        max_lateness_seconds: p.max_lateness.as_secs(),
+        late_usage: match p.late_usage {
+            crate::config::LateUsage::Carry => "carry",
+            crate::config::LateUsage::Reject => "reject",
+        }
+        .to_string(),
+        max_batch_events: u32::try_from(config.ingest.max_batch_events).unwrap_or(u32::MAX),
+    }
+}

@@ -1,0 +1,73 @@
+//! Usage drops of the last ended hour, read from the store: the hour itself and the hours its baseline needs
+//! ([`baseline_hours`], 10 with the defaults) — sealed records and, for hours not sealed yet, open buckets —
+//! never the whole history. `Admin.Status`, `Admin.Report`, the dashboard and `/metrics` all call
+//! [`last_ended_hour`], so they show the same drops.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::clock::{HOUR_MS, UnixMillis, hour_start};
+use crate::config::Config;
+use crate::domain::quantity::Micros;
+use crate::domain::silence::{SeriesKey, Settings, Usage, UsageDrop, baseline_hours, detect};
+use crate::store::{Store, StoreError};
+
+/// Usage of one hour per (product, dimension, customer): sealed records' recorded usage plus open buckets.
+fn hour_usage(store: &Store, hour_ms: UnixMillis) -> Result<BTreeMap<SeriesKey, Micros>, StoreError> {
+    let mut out: BTreeMap<SeriesKey, Micros> = BTreeMap::new();
+    let mut add = |product: &str, dimension: &str, customer: String, q: Micros| {
+        let e = out
+            .entry(SeriesKey { product: product.to_string(), dimension: dimension.to_string(), customer })
+            .or_default();
+        *e = e.checked_add(q).unwrap_or(*e);
+    };
+    for r in store.records_of_hour(hour_ms)? {
+        add(&r.key.product, &r.key.dimension, r.key.identity.label(), r.recorded);
+    }
+    for (k, b) in store.buckets_of_hour(hour_ms)? {
+        add(&k.product, &k.dimension, k.identity.label(), b.total);
+    }
+    Ok(out)
+}
+
+/// The drops of the hour that ended last before `now_ms` (usage is compared as soon as the hour ends; the
+/// seal does not have to have happened).
+pub fn last_ended_hour(store: &Store, settings: &Settings, now_ms: UnixMillis) -> Result<Vec<UsageDrop>, StoreError> {
+    let hour = hour_start(now_ms) - HOUR_MS;
+    let Some(known_since) = store.first_hour()? else { return Ok(Vec::new()) };
+    if hour < known_since {
+        return Ok(Vec::new());
+    }
+    let mut usage = Usage::new();
+    for h in std::iter::once(hour).chain(baseline_hours(hour)).filter(|h| *h >= known_since) {
+        usage.insert(h, hour_usage(store, h)?);
+    }
+    Ok(detect(hour, &usage, known_since, settings))
+}
+
+/// The settings from the (validated) config.
+pub fn settings(config: &Config) -> Settings {
+    // Validated at start; a default here would only hide a bug, but never panics on input.
+    config.silence.settings().unwrap_or_default()
+}
+
+/// `meterd_usage_drops{product, dimension}`: drops (the total and its biggest customers) in the last ended
+/// hour, one series per configured product × dimension, so the label set is bounded by the config.
+pub fn render_metric(config: &Config, drops: &[UsageDrop]) -> String {
+    let mut out = String::from(
+        "# HELP meterd_usage_drops Series (the product x dimension total and its biggest customers) whose last ended hour fell below silence.drop_below_percent of its baseline\n# TYPE meterd_usage_drops gauge\n",
+    );
+    for (name, p) in &config.products {
+        for dim in &p.dimensions {
+            let n = drops.iter().filter(|d| &d.product == name && &d.dimension == dim).count();
+            let _ =
+                writeln!(out, "meterd_usage_drops{{product=\"{}\",dimension=\"{}\"}} {n}", escape(name), escape(dim));
+        }
+    }
+    out
+}
+
+/// Prometheus label value escaping.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

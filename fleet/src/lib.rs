@@ -1,0 +1,30 @@
+//! meterd fleet mode on PostgreSQL: the parts of the shared ledger that coordinate agents.
+//!
+//! - [`connect`]: the database URL, password file and TLS (rustls, libpq's `sslmode` semantics).
+//! - [`migrate`]: the schema, versioned, applied at start under a transaction-scoped advisory lock (so that many
+//!   agents starting at once apply each migration exactly once, and a pooler cannot strand the lock).
+//! - [`nodes`]: the node registry — unique node ids, incarnations, heartbeats.
+//! - [`lease`]: one submitter per AWS account — a lease row with a fencing epoch checked inside every ledger write.
+//! - [`test_postgres`]: a real throwaway PostgreSQL server for tests (initdb + pg_ctl in a temp dir).
+//!
+//! The database's `now()` is the only clock: agents' clocks may disagree; the database is the one they share.
+
+pub mod connect;
+pub mod lease;
+pub mod migrate;
+pub mod nodes;
+pub mod test_postgres;
+
+pub use tokio_postgres::{Client, Error as PgError};
+
+/// Connects with `url` (`postgres://user@host:port/db`, libpq's URL form) and drives the connection on a task.
+/// TLS is not negotiated by this function (plain connections are for loopback and tests).
+pub async fn connect_plain(url: &str) -> Result<Client, PgError> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "fleet database connection ended");
+        }
+    });
+    Ok(client)
+}

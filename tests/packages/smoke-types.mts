@@ -1,0 +1,12 @@
+// Type-checked (tsc --noEmit --strict, nodenext resolution) against the installed tarball: the `types` condition
+// of the package's exports resolves and describes the API, and a wrong call is a type error.
+import { Client, type ErrorCode, InvalidUsage, type MeterdError, type Receipt, awsCustomer } from 'meterd';
+
+const client: Client = new Client('127.0.0.1:7171');
+export const receipt: Promise<Receipt> = client.recordUsage({ customer: 'acme', dimension: 'api_calls', quantity: 3 });
+const aws = awsCustomer('111122223333', 'arn:aws:license-manager::111122223333:license:l-x');
+void client.recordUsage({ customer: aws, dimension: 'api_calls', quantity: '0.5' });
+// @ts-expect-error a quantity is a string, bigint or number, never a boolean
+void client.recordUsage({ customer: 'acme', dimension: 'api_calls', quantity: true });
+const err: MeterdError = new InvalidUsage('bad', { field: 'event.quantity' });
+export const code: ErrorCode = err.code;

@@ -1,0 +1,236 @@
+//! History benchmark: does the store grow with every event ever recorded, or only with what the job needs now?
+//! The real `meterd` binary (`run --simulate` on a scaled clock, its own process) records N events spread over
+//! many simulated days; retention runs as the simulated hours pass.
+//!
+//!     cargo build --release -p meterd -p meterd-tests
+//!     target/release/history-bench --events 1000000 --events 10000000
+//!
+//! Per N it prints: events still inside the dedupe window (the store's `retention` for the v1 layout) and the data
+//! dir's bytes per such event, the data dir at the end and its peak, the longest and p99.9 latency of the batch
+//! calls while retention ran, and the time from a SIGKILL to serving again (the restart's ready line).
+//!
+//! The restarted agent's scaled clock starts again from the real time (behind the recorded data); only its start-up
+//! time is measured.
+
+use std::io::BufRead;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use meterd_proto::v1;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Events to record (repeat for several runs).
+    #[arg(long, default_values_t = [1_000_000u64])]
+    events: Vec<u64>,
+    /// Simulated days the events are spread over, at least (more when N at `--max-rate` takes longer).
+    #[arg(long, default_value_t = 10.0)]
+    days: f64,
+    /// The agent's clock speed (`run --simulate --speed`, at most 3600: an hour a second).
+    #[arg(long, default_value_t = 3600.0)]
+    speed: f64,
+    /// The highest ingest rate to ask for, in events/s of real time (batches of 1,000 from 2 callers).
+    #[arg(long, default_value_t = 30_000.0)]
+    max_rate: f64,
+    /// The store's retention (v1: how long each event's key is kept).
+    #[arg(long, default_value = "3d")]
+    retention: String,
+    #[arg(long, default_value = ".")]
+    data_root: std::path::PathBuf,
+}
+
+const ACCOUNT: &str = "111122223333";
+const BATCH: u64 = 1_000;
+const CALLERS: u64 = 2;
+
+struct Row {
+    events: u64,
+    days: f64,
+    secs: f64,
+    in_window: u64,
+    end_bytes: u64,
+    peak_bytes: u64,
+    lat: Histogram<u64>,
+    restart_s: f64,
+}
+
+struct Running {
+    child: std::process::Child,
+    target: String,
+}
+
+/// `meterd run --simulate --config` at `speed`; waits for the ready line, returns how long that took.
+fn start(config: &std::path::Path, speed: f64) -> anyhow::Result<(Running, Duration)> {
+    let t = Instant::now();
+    let mut child = std::process::Command::new(meterd_tests::meterd_bin())
+        .args(["run", "--simulate", "--speed", &speed.to_string(), "--config"])
+        .arg(config)
+        .env("METERD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let ready = t.elapsed();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let target = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("tcp=").map(str::to_string))
+        .ok_or_else(|| anyhow::anyhow!("no tcp= in the ready line {line:?}"))?;
+    Ok((Running { child, target }, ready))
+}
+
+fn parse_days(s: &str) -> anyhow::Result<f64> {
+    let d = humantime::parse_duration(s)?;
+    Ok(d.as_secs_f64() / 86_400.0)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let window_days = parse_days(&args.retention)?;
+    let mut rows = Vec::new();
+    for &n in &args.events {
+        rows.push(run(&args, n, window_days).await?);
+    }
+    println!(
+        "\nhistory benchmark: N events over at least {} simulated days at {}×, window (retention) {}, batches of \
+         {BATCH} from {CALLERS} callers",
+        args.days, args.speed, args.retention
+    );
+    println!(
+        "{:>10} {:>8} {:>8} {:>11} {:>10} {:>12} {:>12} {:>11} {:>11} {:>11}",
+        "N", "days", "real s", "in window", "B/event", "dir end MB", "dir peak MB", "p99.9 ms", "max ms", "restart s"
+    );
+    for r in rows {
+        println!(
+            "{:>10} {:>8.1} {:>8.1} {:>11} {:>10.1} {:>12.1} {:>12.1} {:>11.1} {:>11.1} {:>11.2}",
+            r.events,
+            r.days,
+            r.secs,
+            r.in_window,
+            r.end_bytes as f64 / r.in_window.max(1) as f64,
+            r.end_bytes as f64 / 1e6,
+            r.peak_bytes as f64 / 1e6,
+            r.lat.value_at_quantile(0.999) as f64 / 1000.0,
+            r.lat.max() as f64 / 1000.0,
+            r.restart_s
+        );
+    }
+    Ok(())
+}
+
+async fn run(args: &Args, n: u64, window_days: f64) -> anyhow::Result<Row> {
+    let speed = args.speed;
+    let real_secs = (args.days * 86_400.0 / speed).max(n as f64 / args.max_rate);
+    let days = real_secs * speed / 86_400.0;
+    let rate = n as f64 / real_secs;
+    eprintln!("N = {n}: {rate:.0} events/s for {real_secs:.0} s, {days:.1} simulated days at {speed}×");
+    let dir = meterd_tests::bench_data_dir(&args.data_root)?;
+    let data = dir.path().join("data");
+    let config = dir.path().join("history.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[storage]
+data_dir = "{}"
+retention = "{}"
+[pipeline]
+max_lateness = "1h"
+[products.app]
+identity = "license"
+dimensions = ["api_calls", "gb_hours"]
+"#,
+            data.display(),
+            args.retention
+        ),
+    )?;
+    let (mut agent, _) = start(&config, speed)?;
+    let client = meterd_proto::client::Client::connect(&agent.target, Duration::from_secs(5)).await?;
+
+    // Data dir sampler: the peak over the run.
+    let peak = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done, data) = (peak.clone(), done.clone(), data.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(meterd::store::generation::dir_bytes(&data), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+
+    // Callers pace themselves to `rate` overall; every call's latency goes into the histogram.
+    let started = Instant::now();
+    let per_caller = n / CALLERS;
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CALLERS {
+        let mut m = client.metering();
+        let interval = Duration::from_secs_f64(BATCH as f64 * CALLERS as f64 / rate);
+        tasks.spawn(async move {
+            let mut lat = Histogram::<u64>::new(3)?;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent = 0;
+            while sent < per_caller {
+                tick.tick().await;
+                let events = (0..BATCH.min(per_caller - sent))
+                    .map(|i| v1::UsageEvent {
+                        idempotency_key: format!("hist-{c}-{}", sent + i),
+                        customer: Some(v1::Customer {
+                            identity: Some(v1::customer::Identity::AwsAccount(v1::AwsCustomer {
+                                customer_aws_account_id: ACCOUNT.into(),
+                                license_arn: format!("arn:aws:license-manager::{ACCOUNT}:license:l-demo-app"),
+                            })),
+                        }),
+                        dimension: if i % 2 == 0 { "api_calls" } else { "gb_hours" }.into(),
+                        quantity: "1".into(),
+                        timestamp: None,
+                        tags: Default::default(),
+                        product: String::new(),
+                    })
+                    .collect::<Vec<_>>();
+                let count = events.len() as u64;
+                let t = Instant::now();
+                m.record_usage_batch(v1::RecordUsageBatchRequest { events }).await?;
+                lat.record(t.elapsed().as_micros() as u64)?;
+                sent += count;
+            }
+            anyhow::Ok(lat)
+        });
+    }
+    let mut lat = Histogram::<u64>::new(3)?;
+    while let Some(r) = tasks.join_next().await {
+        lat.add(r??)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let end_bytes = meterd::store::generation::dir_bytes(&data);
+    let in_window = ((n as f64) * (window_days / days).min(1.0)) as u64;
+
+    // SIGKILL, then time the restart to its ready line.
+    agent.child.kill()?;
+    agent.child.wait()?;
+    let (mut again, ready) = start(&config, speed)?;
+    again.child.kill()?;
+    again.child.wait()?;
+    Ok(Row {
+        events: n,
+        days,
+        secs,
+        in_window,
+        end_bytes,
+        peak_bytes: peak.load(Ordering::Relaxed).max(end_bytes),
+        lat,
+        restart_s: ready.as_secs_f64(),
+    })
+}
