@@ -115,9 +115,17 @@ mod tests {
         let e = event_identity(Some(&RawCustomer::TenantId("t".into())), "ami").unwrap_err();
         assert_eq!(e.field, "customer.tenant_id");
         assert!(e.message.contains("identity = \"deployment\""), "{}", e.message);
-        let e = event_identity(Some(&RawCustomer::Legacy { customer_identifier: "c".into(), product_code: String::new() }), "ami").unwrap_err();
+        let e = event_identity(
+            Some(&RawCustomer::Legacy { customer_identifier: "c".into(), product_code: String::new() }),
+            "ami",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "customer.legacy");
-        let e = event_identity(Some(&RawCustomer::AwsAccount { customer_aws_account_id: String::new(), license_arn: String::new() }), "ami").unwrap_err();
+        let e = event_identity(
+            Some(&RawCustomer::AwsAccount { customer_aws_account_id: String::new(), license_arn: String::new() }),
+            "ami",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "customer.aws_account");
     }
 }

@@ -240,8 +240,14 @@ mod tests {
                 .unwrap();
         assert_eq!(groups.len(), 2);
         assert_eq!((groups[0].usage.buckets.len(), groups[0].late), (2, Micros(100)));
-        let params =
-            SealParams { cutoff_hour_ms: 0, now_ms: 7, window_ms: 3_600_000, product_windows_ms: Default::default(), margin_ms: 60_000, zero_records: false };
+        let params = SealParams {
+            cutoff_hour_ms: 0,
+            now_ms: 7,
+            window_ms: 3_600_000,
+            product_windows_ms: Default::default(),
+            margin_ms: 60_000,
+            zero_records: false,
+        };
         let r = seal_record(groups[0].clone(), Micros(400_000), &params, None).unwrap();
         assert_eq!(
             (r.quantity, r.carried_out, r.recorded, r.state.clone()),

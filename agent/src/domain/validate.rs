@@ -389,7 +389,11 @@ mod tests {
         let ev = RawEvent { product: "ami".into(), dimension: "vcpu_hours".into(), customer: None, ..good() };
         assert_eq!(validate(ev.clone(), &c, NOW).unwrap().identity, Identity::Deployment);
         // (An empty Customer message is no customer: server/convert.rs maps it to None.)
-        refused(RawEvent { customer: good().customer, ..ev.clone() }, "customer.aws_account", "identity = \"deployment\"");
+        refused(
+            RawEvent { customer: good().customer, ..ev.clone() },
+            "customer.aws_account",
+            "identity = \"deployment\"",
+        );
         refused(
             RawEvent { customer: Some(RawCustomer::TenantId("t".into())), ..ev.clone() },
             "customer.tenant_id",
