@@ -204,8 +204,9 @@ pub struct Standing {
 
 impl Standing {
     pub fn of(life: &super::customer::CustomerLifecycle) -> Self {
+        // A License event without the account (and a legacy customer) binds none: "" is not an account.
         let bound_account = match &life.identity {
-            Identity::Aws { account_id, .. } => Some(account_id.clone()),
+            Identity::Aws { account_id, .. } if !account_id.is_empty() => Some(account_id.clone()),
             _ => None,
         };
         Standing { status: life.status.clone(), bound_account }
