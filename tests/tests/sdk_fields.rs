@@ -58,6 +58,8 @@ const NOT_TYPES: &[(&str, &str)] = &[
     ("ReportRequest", "no fields"),
     ("RepackRequest", "no fields; repack is an operator command (meterd repack), not an SDK call"),
     ("RepackResponse", "repack is an operator command (meterd repack), not an SDK call"),
+    ("SubmissionPolicy", "StatusResponse.policy: for tooling (meterd import), not exposed by the SDKs"),
+    ("DeploymentCheck", "StatusResponse.deployment_checks: meterd status only, for now"),
     ("PutCustomerRequest", "its fields are put_customer()'s arguments"),
     ("GetCustomerRequest", "its one field is get_customer()'s tenant_id argument"),
     ("ListCustomersRequest", "no fields"),
