@@ -69,6 +69,13 @@ pub trait Ledger: Send + Sync {
     fn records(&self) -> Result<Vec<SealedRecord>>;
     /// Every open bucket with its running total, hour first.
     fn buckets(&self) -> Result<Vec<(BucketKey, Bucket)>>;
+    /// The sealed records of one hour, reading nothing outside it (silence detection reads ~10 hours, never the
+    /// whole history).
+    fn records_of_hour(&self, hour_ms: UnixMillis) -> Result<Vec<SealedRecord>>;
+    /// The open buckets of one hour, reading nothing outside it.
+    fn buckets_of_hour(&self, hour_ms: UnixMillis) -> Result<Vec<(BucketKey, Bucket)>>;
+    /// The hour of the oldest sealed record or open bucket still kept (None when there is none).
+    fn first_hour(&self) -> Result<Option<UnixMillis>>;
     fn carries(&self) -> Result<Vec<Micros>>;
     fn event(&self, idempotency_key: &str) -> Result<Option<StoredEvent>>;
     fn mapping(&self, tenant_id: &str) -> Result<Option<TenantMapping>>;
@@ -134,6 +141,15 @@ impl Ledger for super::Store {
     }
     fn buckets(&self) -> Result<Vec<(BucketKey, Bucket)>> {
         super::Store::buckets(self)
+    }
+    fn records_of_hour(&self, hour_ms: UnixMillis) -> Result<Vec<SealedRecord>> {
+        super::Store::records_of_hour(self, hour_ms)
+    }
+    fn buckets_of_hour(&self, hour_ms: UnixMillis) -> Result<Vec<(BucketKey, Bucket)>> {
+        super::Store::buckets_of_hour(self, hour_ms)
+    }
+    fn first_hour(&self) -> Result<Option<UnixMillis>> {
+        super::Store::first_hour(self)
     }
     fn carries(&self) -> Result<Vec<Micros>> {
         super::Store::carries(self)

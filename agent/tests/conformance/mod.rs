@@ -64,6 +64,33 @@ pub async fn run_all<S: Ledger, F: Fn(&Path) -> S>(open: F) {
     case!(mapping_moves_open_usage_and_gates_other_products);
     case!(a_leaving_customer_is_sealed_at_once_and_refused_after);
     case!(compaction_keeps_totals);
+    case!(hour_reads_stay_within_their_hour);
+}
+
+/// Silence detection reads single hours (records and open buckets) and where the history starts.
+async fn hour_reads_stay_within_their_hour<S: Ledger, F: Fn(&Path) -> S>(open: &F, dir: &Path) {
+    let s = open(dir);
+    assert_eq!(s.first_hour().unwrap(), None, "an empty ledger has no history");
+    let events = vec![
+        ev("a", aws(), 2_000_000, T0 + 1, None),
+        ev("b", aws(), 3_000_000, T0 + HOUR + 1, None),
+        ev("c", aws(), 4_000_000, T0 + 2 * HOUR + 1, None),
+    ];
+    s.ingest(events, T0 + 2 * HOUR + 2, CARRY).await.unwrap();
+    assert_eq!(s.first_hour().unwrap(), Some(T0));
+    s.seal(seal_before(T0 + HOUR)).await.unwrap();
+    assert_eq!(s.first_hour().unwrap(), Some(T0), "a sealed record still starts the history");
+    let sealed = s.records_of_hour(T0).unwrap();
+    assert_eq!(sealed.iter().map(|r| (r.key.hour_ms, r.quantity)).collect::<Vec<_>>(), vec![(T0, 2)]);
+    assert!(s.buckets_of_hour(T0).unwrap().is_empty(), "the sealed hour has no open buckets left");
+    let open_hour = s.buckets_of_hour(T0 + HOUR).unwrap();
+    assert_eq!(
+        open_hour.iter().map(|(k, b)| (k.hour_ms, b.total)).collect::<Vec<_>>(),
+        vec![(T0 + HOUR, Micros(3_000_000))]
+    );
+    assert!(s.records_of_hour(T0 + HOUR).unwrap().is_empty());
+    assert_eq!(s.buckets_of_hour(T0 + 3 * HOUR).unwrap().len(), 0);
+    s.close().await.unwrap();
 }
 
 async fn idempotency_and_durability<S: Ledger, F: Fn(&Path) -> S>(open: &F, dir: &Path) {
