@@ -77,6 +77,7 @@ pub enum Command {
     /// Match meterd's ledger with CloudTrail's MeterUsage/BatchMeterUsage records; exits 3 on any discrepancy.
     Verify(crate::verify::cli::VerifyArgs),
     /// Run the AWS Marketplace Metering emulator standalone (for your own tests).
+    #[cfg(feature = "simulate")]
     Emulator {
         /// Address to listen on, e.g. 127.0.0.1:4599 (port 0 picks one; the URL is printed).
         #[arg(long, default_value = "127.0.0.1:4599")]
@@ -194,6 +195,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Customers { target, command } => customers(&target, command).await,
         Command::Import(args) => crate::import::run(args.into_options()).await,
         Command::Verify(args) => crate::verify::run(args.into_options()).await,
+        #[cfg(feature = "simulate")]
         Command::Emulator { listen, config } => {
             init_logging(&LogFormat::Text, "info");
             meterd_emulator::run_standalone(listen, config.as_deref()).await?;
@@ -220,7 +222,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let demo = args.simulate && args.config.is_none();
     // The demo's own data dir, unless METERD_DATA_DIR names one to keep: removed when this function returns.
     let mut throwaway_dir = None;
-    let mut config = match (&args.config, args.simulate) {
+    let config = match (&args.config, args.simulate) {
         (Some(path), _) => Config::load(path)?,
         (None, true) => {
             let dir = match std::env::var_os("METERD_DATA_DIR") {
@@ -243,6 +245,22 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         crate::app::run(config, clock, None, print_ready, crate::app::shutdown_signal()).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    run_simulated(args, config, demo, throwaway_dir).await
+}
+
+/// A production build (`--no-default-features`) has no emulator to simulate against.
+#[cfg(not(feature = "simulate"))]
+async fn run_simulated(_: RunArgs, _: Config, _: bool, _: Option<ThrowawayDir>) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("--simulate: this meterd was built without the `simulate` feature (no embedded emulator)")
+}
+
+#[cfg(feature = "simulate")]
+async fn run_simulated(
+    args: RunArgs,
+    mut config: Config,
+    demo: bool,
+    throwaway_dir: Option<ThrowawayDir>,
+) -> anyhow::Result<ExitCode> {
     if !(args.speed >= 1.0 && args.speed <= 3600.0) {
         anyhow::bail!("--speed must be between 1 and 3600");
     }

@@ -74,20 +74,6 @@ impl Clock for ScaledClock {
     }
 }
 
-/// Lets the embedded emulator read the agent's clock, so both agree on what hour it is.
-pub struct EmulatorClock(pub SharedClock);
-
-impl meterd_emulator::Clock for EmulatorClock {
-    fn now(&self) -> SystemTime {
-        let ms = self.0.now_ms();
-        if ms >= 0 {
-            UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
-        } else {
-            UNIX_EPOCH - std::time::Duration::from_millis(ms.unsigned_abs())
-        }
-    }
-}
-
 pub const HOUR_MS: i64 = 3_600_000;
 
 /// Start of the UTC hour containing `ms`.

@@ -146,16 +146,8 @@ impl Default for LogConfig {
     }
 }
 
-/// What happens to usage that arrives for an hour that is already sealed.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LateUsage {
-    /// Count it in the current open hour and report it as late.
-    #[default]
-    Carry,
-    /// Refuse it with FAILED_PRECONDITION.
-    Reject,
-}
+/// What happens to usage that arrives for an hour that is already sealed (`carry` or `reject`).
+pub use crate::domain::catalog::LatePolicy as LateUsage;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -584,7 +576,7 @@ impl Config {
                 }
             }
         }
-        crate::domain::deployment::validate_products(self)?;
+        validate_products(self)?;
         let p = &self.pipeline;
         if p.submission_window < Duration::from_secs(3600) || p.submission_window > Duration::from_secs(48 * 3600) {
             return Err(invalid("pipeline.submission_window", "must be between 1h and 48h (AWS: 24h)"));
@@ -735,6 +727,46 @@ impl Config {
         }
     }
 
+    /// How records are sealed (`pipeline.submission_window`, `safety_margin`, `zero_records`).
+    pub fn seal_policy(&self) -> crate::domain::seal::SealPolicy {
+        let p = &self.pipeline;
+        crate::domain::seal::SealPolicy {
+            window_ms: p.submission_window.as_millis() as i64,
+            product_windows_ms: self.product_windows_ms(),
+            margin_ms: p.safety_margin.as_millis() as i64,
+            zero_records: p.zero_records,
+        }
+    }
+
+    /// The products, dimensions, identity modes and limits events are validated and decided against: built
+    /// once at start, so the domain never reads the configuration.
+    pub fn catalog(&self) -> crate::domain::catalog::Catalog {
+        use crate::domain::catalog::{Catalog, IdentityMode as Mode, Limits, Product};
+        Catalog {
+            products: self
+                .products
+                .iter()
+                .map(|(name, p)| {
+                    let identity = match p.identity {
+                        IdentityMode::License => Mode::License,
+                        IdentityMode::Legacy => Mode::Legacy,
+                        IdentityMode::Deployment => Mode::Deployment,
+                    };
+                    let product =
+                        Product { identity, product_code: p.product_code.clone(), dimensions: p.dimensions.clone() };
+                    (name.clone(), product)
+                })
+                .collect(),
+            default_product: self.default_product().map(str::to_string),
+            limits: Limits {
+                max_future_skew_ms: self.ingest.max_future_skew.as_millis() as i64,
+                dedupe_horizon_ms: self.storage.retention.as_millis() as i64,
+                max_lateness_ms: Some(self.pipeline.max_lateness.as_millis() as i64),
+                late: self.pipeline.late_usage,
+            },
+        }
+    }
+
     /// The configuration `meterd run --simulate` uses when no file is given: one demo product, with the same
     /// `METERD_*` environment overrides as a file.
     pub fn simulate_default(data_dir: PathBuf, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -812,9 +844,7 @@ fn validate_marketplace_auth(m: &MarketplaceHttpConfig) -> Result<(), ConfigErro
     Ok(())
 }
 
-pub fn valid_product_code(code: &str) -> bool {
-    !code.is_empty() && code.len() <= 255 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/=:_.@".contains(&b))
-}
+pub use crate::domain::catalog::valid_product_code;
 
 fn is_loopback_url(url: &str) -> bool {
     let rest = url.trim_start_matches("http://").trim_start_matches("https://");
@@ -838,6 +868,43 @@ fn set_path(doc: &mut toml::Table, path: &[&str], value: toml::Value) {
 }
 
 /// Durations written as humantime strings ("5m", "24h", "90s").
+/// Checks the per-product settings `identity = "deployment"` adds (submission windows, register_usage).
+fn validate_products(config: &Config) -> Result<(), ConfigError> {
+    let p = &config.pipeline;
+    for (name, product) in &config.products {
+        let key = format!("products.{name}");
+        let deployment = product.identity == IdentityMode::Deployment;
+        if let Some(w) = product.submission_window {
+            if deployment && w > crate::domain::deployment::METER_USAGE_WINDOW {
+                return Err(invalid(
+                    format!("{key}.submission_window"),
+                    "must be at most 6h for identity = \"deployment\": MeterUsage refuses older records",
+                ));
+            }
+            if w < Duration::from_secs(3600) || w > Duration::from_secs(48 * 3600) {
+                return Err(invalid(format!("{key}.submission_window"), "must be between 1h and 48h"));
+            }
+        }
+        if p.seal_grace + p.safety_margin + Duration::from_secs(3600) >= config.submission_window_of(name) {
+            return Err(invalid(
+                format!("{key}.submission_window"),
+                "1h + pipeline.seal_grace + pipeline.safety_margin must be shorter than this product's submission \
+                 window, or no record could be sent in time",
+            ));
+        }
+        if product.register_usage && !deployment {
+            return Err(invalid(
+                format!("{key}.register_usage"),
+                "is only for paid container products: set identity = \"deployment\"",
+            ));
+        }
+        if product.public_key_version < 1 {
+            return Err(invalid(format!("{key}.public_key_version"), "must be at least 1"));
+        }
+    }
+    Ok(())
+}
+
 mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;

@@ -16,7 +16,7 @@ use crate::domain::event::Identity;
 use crate::domain::lifecycle;
 use crate::domain::validate::{is_license_arn, valid_id};
 use crate::pipeline::Pipeline;
-use crate::store::{LifecycleOutcome, SealParams, Store, StoreError};
+use crate::store::{LifecycleOutcome, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CustomerError {
@@ -282,15 +282,7 @@ impl Customers {
             };
             return Ok(EventResult { event: ev, outcome, unconfirmed: Some(message) });
         }
-        let p = &self.config.pipeline;
-        let params = SealParams {
-            cutoff_hour_ms: 0,
-            now_ms: self.clock.now_ms(),
-            window_ms: p.submission_window.as_millis() as i64,
-            product_windows_ms: self.config.product_windows_ms(),
-            margin_ms: p.safety_margin.as_millis() as i64,
-            zero_records: p.zero_records,
-        };
+        let params = self.pipeline.final_hour_params();
         let outcome = self.store.apply_lifecycle(ev.clone(), params).await?;
         if outcome.records_sealed > 0 {
             self.pipeline.nudge();

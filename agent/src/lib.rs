@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod report;
 pub mod server;
 pub mod silence;
+#[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod store;
 pub mod submit;

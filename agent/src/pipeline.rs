@@ -7,12 +7,14 @@ use tokio::sync::{Notify, watch};
 
 use crate::clock::{HOUR_MS, SharedClock, hour_start};
 use crate::config::Config;
+use crate::domain::seal::SealPolicy;
 use crate::store::{SealParams, SealSummary, Store, StoreError};
 use crate::submit::{SubmitStats, Submitter};
 
 #[derive(Clone)]
 pub struct Pipeline {
     config: Arc<Config>,
+    seal_policy: SealPolicy,
     store: Store,
     clock: SharedClock,
     nudge: Arc<Notify>,
@@ -65,7 +67,8 @@ impl Pipeline {
         if config.accounts.is_empty() {
             tracing::warn!("no [accounts.NAME] configured: usage is recorded and sealed but not submitted");
         }
-        let pipeline = Pipeline { config, store, clock, nudge, submit_stats: Arc::new(stats), deployment };
+        let seal_policy = config.seal_policy();
+        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats: Arc::new(stats), deployment };
         let sealer = pipeline.clone();
         let mut stop_sealer = stop_rx;
         tasks.spawn(async move {
@@ -91,7 +94,7 @@ impl Pipeline {
                 match sealer.seal_due().await {
                     Ok(s) if s.records + s.carried_only > 0 => {
                         tracing::info!(records = s.records, carried_only = s.carried_only,
-                            sealed_through = %crate::clock::rfc3339(s.sealed_through), "sealed ended hours");
+                            sealed_through = %s.sealed_through.map(crate::clock::rfc3339).unwrap_or_default(), "sealed ended hours");
                         sealer.nudge.notify_waiters();
                     }
                     Ok(_) => {}
@@ -106,16 +109,14 @@ impl Pipeline {
         Ok((pipeline, Running { stop, tasks }))
     }
 
+    /// The one place seal parameters are made (the policy itself is built once from the config).
     fn params(&self, cutoff_hour_ms: i64) -> SealParams {
-        let p = &self.config.pipeline;
-        SealParams {
-            cutoff_hour_ms,
-            now_ms: self.clock.now_ms(),
-            window_ms: p.submission_window.as_millis() as i64,
-            product_windows_ms: self.config.product_windows_ms(),
-            margin_ms: p.safety_margin.as_millis() as i64,
-            zero_records: p.zero_records,
-        }
+        self.seal_policy.params(self.clock.now_ms(), cutoff_hour_ms)
+    }
+
+    /// Parameters for sealing a leaving customer's open hours now, the current hour included.
+    pub fn final_hour_params(&self) -> SealParams {
+        self.params(hour_start(self.clock.now_ms()) + HOUR_MS)
     }
 
     /// Seals every hour that ended at least `seal_grace` ago.

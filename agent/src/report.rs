@@ -19,7 +19,7 @@ use crate::domain::record::{RecordKey, RecordState};
 
 /// The reason shown for usage held under a tenant that has no marketplace identity yet.
 pub const AT_RISK: &str = "at risk: tenant not mapped";
-use crate::store::{Store, StoreError};
+use crate::store::{Ledger, LedgerSnapshot, StoreError};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Row {
@@ -78,13 +78,24 @@ fn units(u: u64) -> Micros {
     Micros(u128::from(u) * u128::from(SCALE))
 }
 
-pub fn build(store: &Store) -> Result<Report, StoreError> {
+/// The report over one consistent snapshot of the ledger ([`crate::store::Ledger::snapshot`]).
+pub async fn build(ledger: &(impl Ledger + ?Sized)) -> Result<Report, StoreError> {
+    from_snapshot(&ledger.snapshot().await?)
+}
+
+fn overflow(_: crate::domain::quantity::Overflow) -> StoreError {
+    StoreError::Overflow("report totals".into())
+}
+
+/// Builds the report from a snapshot: pure, so its parts can only disagree if the snapshot did.
+pub fn from_snapshot(snap: &LedgerSnapshot) -> Result<Report, StoreError> {
+    let mapped: std::collections::HashSet<&str> = snap.mappings.iter().map(|m| m.tenant_id.as_str()).collect();
     let mut rows = Vec::new();
     let (mut recorded, mut late, mut open) = (Micros::ZERO, Micros::ZERO, Micros::ZERO);
     let (mut accepted, mut rejected, mut expired, mut pending) = (0u64, 0u64, 0u64, 0u64);
     let mut totals = Totals::default();
 
-    for r in store.records()? {
+    for r in &snap.records {
         let q = u64::from(r.quantity);
         let mut row = Row {
             hour: r.key.hour_ms,
@@ -110,7 +121,7 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
                 row.pending = q;
                 if let Identity::Tenant(t) = &r.key.identity
                     && r.sent_as.is_none()
-                    && store.mapping(t)?.is_none()
+                    && !mapped.contains(t.as_str())
                 {
                     row.reason = AT_RISK.into();
                 }
@@ -150,8 +161,8 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
                 );
             }
         }
-        recorded = recorded.checked_add(r.recorded).unwrap_or(recorded);
-        late = late.checked_add(r.late).unwrap_or(late);
+        recorded = recorded.try_add(r.recorded).map_err(overflow)?;
+        late = late.try_add(r.late).map_err(overflow)?;
         accepted += row.accepted;
         rejected += row.rejected;
         expired += row.expired;
@@ -161,20 +172,25 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
 
     // Open hours: buckets not sealed yet, one row per future record.
     let mut open_rows: BTreeMap<RecordKey, (Micros, Micros)> = BTreeMap::new();
-    for (k, b) in store.buckets()? {
-        let key = RecordKey { hour_ms: k.hour_ms, product: k.product, identity: k.identity, dimension: k.dimension };
+    for (k, b) in &snap.buckets {
+        let key = RecordKey {
+            hour_ms: k.hour_ms,
+            product: k.product.clone(),
+            identity: k.identity.clone(),
+            dimension: k.dimension.clone(),
+        };
         let e = open_rows.entry(key).or_default();
-        e.0 = e.0.checked_add(b.total).unwrap_or(e.0);
-        e.1 = e.1.checked_add(b.late).unwrap_or(e.1);
+        e.0 = e.0.try_add(b.total).map_err(overflow)?;
+        e.1 = e.1.try_add(b.late).map_err(overflow)?;
     }
     for (k, (total, l)) in open_rows {
         let reason = match &k.identity {
-            Identity::Tenant(t) if store.mapping(t)?.is_none() => AT_RISK.to_string(),
+            Identity::Tenant(t) if !mapped.contains(t.as_str()) => AT_RISK.to_string(),
             _ => String::new(),
         };
-        recorded = recorded.checked_add(total).unwrap_or(recorded);
-        late = late.checked_add(l).unwrap_or(late);
-        open = open.checked_add(total).unwrap_or(open);
+        recorded = recorded.try_add(total).map_err(overflow)?;
+        late = late.try_add(l).map_err(overflow)?;
+        open = open.try_add(total).map_err(overflow)?;
         rows.push(Row {
             hour: k.hour_ms,
             product: k.product,
@@ -200,14 +216,14 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
     });
 
     // History removed by retention still counts in the totals.
-    let compacted = store.compacted()?;
-    recorded = recorded.checked_add(compacted.recorded).unwrap_or(recorded);
-    late = late.checked_add(compacted.late).unwrap_or(late);
+    let compacted = &snap.compacted;
+    recorded = recorded.try_add(compacted.recorded).map_err(overflow)?;
+    late = late.try_add(compacted.late).map_err(overflow)?;
     accepted += compacted.accepted;
     rejected += compacted.rejected;
     expired += compacted.expired;
     totals.compacted_records = compacted.records;
-    let carried = store.carries()?.into_iter().fold(Micros::ZERO, |a, c| a.checked_add(c).unwrap_or(a));
+    let carried = Micros::try_sum(snap.carries.iter().copied()).map_err(overflow)?;
     let accounted = [units(accepted), units(rejected), units(expired), units(pending), carried, open]
         .into_iter()
         .try_fold(Micros::ZERO, |a, m| a.checked_add(m));
@@ -220,7 +236,7 @@ pub fn build(store: &Store) -> Result<Report, StoreError> {
     totals.carried = carried.to_string();
     totals.open = open.to_string();
     totals.reconciled = accounted == Some(recorded);
-    let lost = store.lost()?;
+    let lost = snap.lost;
     totals.lost_records = lost.records;
     totals.lost_units = lost.units;
     Ok(Report { rows, totals })

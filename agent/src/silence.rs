@@ -10,29 +10,35 @@ use crate::clock::{HOUR_MS, UnixMillis, hour_start};
 use crate::config::Config;
 use crate::domain::quantity::Micros;
 use crate::domain::silence::{SeriesKey, Settings, Usage, UsageDrop, baseline_hours, detect};
-use crate::store::{Store, StoreError};
+use crate::store::{Ledger, StoreError};
 
 /// Usage of one hour per (product, dimension, customer): sealed records' recorded usage plus open buckets.
-fn hour_usage(store: &Store, hour_ms: UnixMillis) -> Result<BTreeMap<SeriesKey, Micros>, StoreError> {
+fn hour_usage(store: &(impl Ledger + ?Sized), hour_ms: UnixMillis) -> Result<BTreeMap<SeriesKey, Micros>, StoreError> {
     let mut out: BTreeMap<SeriesKey, Micros> = BTreeMap::new();
+    // An hour's total that does not fit is an error, never a silently dropped term.
     let mut add = |product: &str, dimension: &str, customer: String, q: Micros| {
         let e = out
             .entry(SeriesKey { product: product.to_string(), dimension: dimension.to_string(), customer })
             .or_default();
-        *e = e.checked_add(q).unwrap_or(*e);
+        *e = e.try_add(q).map_err(|_| StoreError::Overflow("an hour's usage for silence detection".into()))?;
+        Ok::<_, StoreError>(())
     };
     for r in store.records_of_hour(hour_ms)? {
-        add(&r.key.product, &r.key.dimension, r.key.identity.label(), r.recorded);
+        add(&r.key.product, &r.key.dimension, r.key.identity.label(), r.recorded)?;
     }
     for (k, b) in store.buckets_of_hour(hour_ms)? {
-        add(&k.product, &k.dimension, k.identity.label(), b.total);
+        add(&k.product, &k.dimension, k.identity.label(), b.total)?;
     }
     Ok(out)
 }
 
 /// The drops of the hour that ended last before `now_ms` (usage is compared as soon as the hour ends; the
 /// seal does not have to have happened).
-pub fn last_ended_hour(store: &Store, settings: &Settings, now_ms: UnixMillis) -> Result<Vec<UsageDrop>, StoreError> {
+pub fn last_ended_hour(
+    store: &(impl Ledger + ?Sized),
+    settings: &Settings,
+    now_ms: UnixMillis,
+) -> Result<Vec<UsageDrop>, StoreError> {
     let hour = hour_start(now_ms) - HOUR_MS;
     let Some(known_since) = store.first_hour()? else { return Ok(Vec::new()) };
     if hour < known_since {

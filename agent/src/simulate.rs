@@ -9,8 +9,24 @@ use std::time::Duration;
 use meterd_emulator::{EmuCustomer, EmuProduct, Emulator, EmulatorConfig, EmulatorHandle};
 use meterd_proto::v1;
 
-use crate::clock::{EmulatorClock, ScaledClock, SharedClock, SystemClock};
+use crate::clock::{ScaledClock, SharedClock, SystemClock};
 use crate::config::{AccountConfig, Config, IdentityMode};
+
+/// Lets the embedded emulator read the agent's clock, so both agree on what hour it is. Kept here, not in
+/// `clock.rs`: the clock is on the ground floor and knows nothing of the emulator.
+pub struct EmulatorClock(pub SharedClock);
+
+impl meterd_emulator::Clock for EmulatorClock {
+    fn now(&self) -> std::time::SystemTime {
+        use std::time::{Duration, UNIX_EPOCH};
+        let ms = self.0.now_ms();
+        if ms >= 0 {
+            UNIX_EPOCH + Duration::from_millis(ms as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+        }
+    }
+}
 
 pub const DEMO_ACCOUNT_ID: &str = "111122223333";
 /// A tenant the demo records usage for but never maps: its usage is held, at risk.

@@ -189,7 +189,7 @@ proptest! {
                     rt.block_on(store.repack()).unwrap();
                 }
             }
-            let rep = report::build(&store).unwrap();
+            let rep = rt.block_on(report::build(&store)).unwrap();
             prop_assert!(rep.totals.reconciled, "does not reconcile: {:?}", rep.totals);
             prop_assert_eq!(rep.totals.recorded.clone(), recorded.to_string());
             prop_assert_eq!(rep.totals.lost_units, lost_units);
@@ -209,7 +209,7 @@ proptest! {
                 let window = if r.key.product == DEPLOYMENT_PRODUCT { DEPLOYMENT_WINDOW } else { 24 * HOUR };
                 prop_assert_eq!(r.deadline_ms, meterd::domain::deadline::deadline(r.key.hour_ms, window, 0));
                 prop_assert_eq!(r.key.identity == Identity::Deployment, r.key.product == DEPLOYMENT_PRODUCT);
-                prop_assert!(r.key.hour_ms < store.sealed_through().unwrap());
+                prop_assert!(store.sealed_through().unwrap().is_some_and(|s| r.key.hour_ms < s));
             }
         }
         rt.block_on(store.close()).unwrap();
@@ -304,7 +304,7 @@ fn retention_compacts_terminal_history_and_the_report_still_reconciles() {
             })
             .collect();
         store.update_records(settled).await.unwrap();
-        let before = report::build(&store).unwrap();
+        let before = report::build(&store).await.unwrap();
         assert!(before.totals.reconciled);
         let records_before = store.records().unwrap().len();
 
@@ -312,7 +312,7 @@ fn retention_compacts_terminal_history_and_the_report_still_reconciles() {
         let removed = store.compact(T0 + 3 * HOUR).await.unwrap();
         assert_eq!(removed.events, 9);
         assert!(removed.records > 0 && removed.records < records_before as u64);
-        let after = report::build(&store).unwrap();
+        let after = report::build(&store).await.unwrap();
         assert!(after.totals.reconciled, "{:?}", after.totals);
         assert_eq!(after.totals.recorded, before.totals.recorded, "compacted usage still counts");
         assert_eq!(after.totals.accepted, before.totals.accepted);
@@ -322,7 +322,7 @@ fn retention_compacts_terminal_history_and_the_report_still_reconciles() {
         // Pending records are never compacted, whatever their age.
         let removed = store.compact(T0 + 100 * HOUR).await.unwrap();
         assert_eq!(store.pending_count(), 3);
-        assert!(report::build(&store).unwrap().totals.reconciled, "{removed:?}");
+        assert!(report::build(&store).await.unwrap().totals.reconciled, "{removed:?}");
         store.close().await.unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();

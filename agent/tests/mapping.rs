@@ -76,11 +76,11 @@ fn aws_keys(store: &Store) -> Vec<(i64, Vec<u8>, String)> {
     out
 }
 
-fn assert_one_record_per_aws_key(store: &Store) {
+async fn assert_one_record_per_aws_key(store: &Store) {
     let keys = aws_keys(store);
     let unique: std::collections::HashSet<_> = keys.iter().cloned().collect();
     assert_eq!(unique.len(), keys.len(), "two records for one AWS key: {keys:?}");
-    let rep = report::build(store).unwrap();
+    let rep = report::build(store).await.unwrap();
     assert!(rep.totals.reconciled, "{:?}", rep.totals);
 }
 
@@ -104,7 +104,7 @@ fn open_tenant_usage_merges_into_the_identitys_open_bucket() {
         let records = store.records().unwrap();
         assert_eq!(records.len(), 1, "{records:?}");
         assert_eq!((records[0].quantity, &records[0].key.identity), (5, &identity()));
-        assert_one_record_per_aws_key(&store);
+        assert_one_record_per_aws_key(&store).await;
         store.close().await.unwrap();
     });
 }
@@ -132,16 +132,16 @@ fn a_held_record_whose_key_the_identity_has_is_merged_into_its_next_open_hour() 
             "never sent under a key AWS already holds"
         );
         assert_eq!(store.pending_count(), 0, "a merged record leaves the queue");
-        assert_one_record_per_aws_key(&store);
-        let rep = report::build(&store).unwrap();
+        assert_one_record_per_aws_key(&store).await;
+        let rep = report::build(&store).await.unwrap();
         assert_eq!((rep.totals.carried.as_str(), rep.totals.merged_units), ("3", 3), "{:?}", rep.totals);
 
         // The identity's next hour carries the 3 units, even with no usage of its own.
         store.seal(seal_before(T0 + 2 * HOUR)).await.unwrap();
         let next = record_of(&store, &identity(), T0 + HOUR).unwrap();
         assert_eq!((next.quantity, &next.state), (3, &RecordState::Sealed));
-        assert_one_record_per_aws_key(&store);
-        assert_eq!(report::build(&store).unwrap().totals.recorded, "8");
+        assert_one_record_per_aws_key(&store).await;
+        assert_eq!(report::build(&store).await.unwrap().totals.recorded, "8");
 
         // Mapping again changes nothing.
         store.put_mapping(mapping("t"), now + 1).await.unwrap();
@@ -164,7 +164,7 @@ fn a_held_record_with_a_free_key_takes_it_and_a_second_tenant_for_that_key_is_me
         store.put_mapping(mapping("t2"), T0 + HOUR).await.unwrap();
         let second = record_of(&store, &tenant("t2"), T0).unwrap();
         assert!(matches!(second.state, RecordState::Merged { .. }), "{second:?}");
-        assert_one_record_per_aws_key(&store);
+        assert_one_record_per_aws_key(&store).await;
 
         // The identity named directly for that sealed hour is late: it goes to the open hour, never to T0.
         store.ingest(vec![ev("c", identity(), 1, T0 + 5)], T0 + HOUR + 5, LateUsage::Carry).await.unwrap();
@@ -172,7 +172,7 @@ fn a_held_record_with_a_free_key_takes_it_and_a_second_tenant_for_that_key_is_me
         let next = record_of(&store, &identity(), T0 + HOUR).unwrap();
         assert_eq!(next.quantity, 8, "7 merged + 1 late");
         assert!(record_of(&store, &identity(), T0).is_none());
-        assert_one_record_per_aws_key(&store);
+        assert_one_record_per_aws_key(&store).await;
         store.close().await.unwrap();
     });
 }
@@ -202,7 +202,7 @@ fn open_tenant_usage_for_an_hour_the_identity_sealed_early_moves_to_the_next_hou
         assert_eq!((open[0].1.total, open[0].1.late), (Micros::from_units(2), Micros::from_units(2)));
         store.seal(seal_before(T0 + 2 * HOUR)).await.unwrap();
         assert_eq!(record_of(&store, &identity(), T0).unwrap().quantity, 4, "the early record is untouched");
-        assert_one_record_per_aws_key(&store);
+        assert_one_record_per_aws_key(&store).await;
         store.close().await.unwrap();
     });
 }
@@ -236,7 +236,7 @@ fn duplicate_record_on_a_first_send_counts_as_lost_revenue() {
             .unwrap();
         let lost = store.lost().unwrap();
         assert_eq!((lost.records, lost.units), (1, 6), "only DuplicateRecord is lost revenue");
-        let rep = report::build(&store).unwrap();
+        let rep = report::build(&store).await.unwrap();
         assert!(rep.totals.reconciled);
         assert_eq!((rep.totals.lost_records, rep.totals.lost_units), (1, 6));
         assert_eq!(rep.exit_code(), 4, "reconciled, but revenue was lost");
@@ -244,7 +244,7 @@ fn duplicate_record_on_a_first_send_counts_as_lost_revenue() {
         assert!(rep.rows.iter().any(|r| r.reason.contains("req-1")), "the AWS request id is shown");
         // Retention removes the record, not the loss.
         store.compact(T0 + 100 * HOUR).await.unwrap();
-        assert_eq!(report::build(&store).unwrap().totals.lost_units, 6);
+        assert_eq!(report::build(&store).await.unwrap().totals.lost_units, 6);
         store.close().await.unwrap();
     });
 }
@@ -264,16 +264,18 @@ fn usage_naming_a_bound_license_under_another_account_is_refused() {
             .await
             .unwrap();
         assert!(matches!(out[0], IngestOutcome::Stored(_)), "{out:?}");
-        match &out[1] {
-            IngestOutcome::NotActive { message } => {
-                assert!(message.contains("444455556666") && message.contains("111122223333"), "{message}")
-            }
-            o => panic!("{o:?}"),
-        }
+        assert!(matches!(out[1], IngestOutcome::NotActive(_)), "{out:?}");
+        let (_, refusal) = out[1].refusal().unwrap();
+        assert_eq!(refusal.field, "customer");
+        assert!(
+            refusal.message.contains("444455556666") && refusal.message.contains("111122223333"),
+            "{}",
+            refusal.message
+        );
         store.seal(seal_before(T0 + HOUR)).await.unwrap();
         let records = store.records().unwrap();
         assert_eq!(records.len(), 1, "{records:?}");
-        assert_one_record_per_aws_key(&store);
+        assert_one_record_per_aws_key(&store).await;
         store.close().await.unwrap();
     });
 }

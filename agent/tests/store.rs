@@ -198,7 +198,11 @@ fn kind(o: &IngestOutcome) -> u8 {
         IngestOutcome::Stored(_) => 0,
         IngestOutcome::Replayed(_) => 1,
         IngestOutcome::Conflict { .. } => 2,
-        IngestOutcome::Overflow | IngestOutcome::LateRejected { .. } | IngestOutcome::NotActive { .. } => 3,
+        IngestOutcome::Overflow
+        | IngestOutcome::LateRejected { .. }
+        | IngestOutcome::NotActive { .. }
+        | IngestOutcome::Invalid(_)
+        | IngestOutcome::TooLate { .. } => 3,
     }
 }
 

@@ -191,8 +191,9 @@ pub mod stack {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use meterd::clock::{EmulatorClock, ManualClock, SharedClock};
+    use meterd::clock::{ManualClock, SharedClock};
     use meterd::config::Config;
+    use meterd::simulate::EmulatorClock;
     use meterd_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
     use meterd_proto::v1;
 

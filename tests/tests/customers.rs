@@ -384,6 +384,12 @@ async fn a_held_record_whose_key_is_free_is_sent_as_the_identity() {
     record(&s, tenant_event("a", "one", "2", h + 120_000)).await.unwrap();
     record(&s, tenant_event("b", "two", "6", h + 120_000)).await.unwrap();
     s.advance(HOUR + 2 * 60_000, 10 * 60_000).await;
+    // The sealer runs on its own tick: mapping before it sealed the hour would move the open usage instead (the
+    // other path, tested above), so wait until both held records exist.
+    s.wait_for("both tenants' hours sealed and held", WAIT, |r| {
+        r.rows.iter().filter(|row| row.customer.starts_with("tenant:") && row.state == "sealed").count() == 2
+    })
+    .await;
     cust.put(put_license("one", 0)).await.unwrap();
     let r = s.wait_for("first tenant billed in its hour", WAIT, |r| r.totals.as_ref().unwrap().accepted == "2").await;
     let sent = r.rows.iter().find(|row| row.customer == "tenant:one").unwrap();

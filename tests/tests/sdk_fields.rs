@@ -1,6 +1,7 @@
 //! The SDKs' public types keep up with the API: every field of each reply message (and of the usage event)
 //! in the proto descriptors must appear in the Python typings (`snake_case`) and the Node typings
-//! (`camelCase`), unless listed below as deliberately renamed or left out, with the reason.
+//! (`camelCase`), unless listed below as deliberately renamed or left out, with the reason; and every public message
+//! is either mirrored by both SDKs or listed with the reason it is not.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -40,6 +41,35 @@ const EXCEPTIONS: &[(&str, &str, &str)] = &[
     ("StatusResponse", "policy", "for tooling (meterd import), not exposed by the SDKs"),
     // Start-up checks of deployment-mode products: read with `meterd status` (text and --json); not yet in the SDKs.
     ("StatusResponse", "deployment_checks", "meterd status only, for now"),
+];
+
+/// Public messages the SDKs do not mirror as a data type, and why. Every message of `meterd.v1` is either in
+/// [`TYPES`] or here, so a new message cannot reach the API without a decision about the SDKs.
+const NOT_TYPES: &[(&str, &str)] = &[
+    ("Customer", "the identity oneof: the SDKs take a tenant id string, an AwsCustomer or a LegacyCustomer"),
+    ("RecordUsageRequest", "its one field is the Usage argument of record()"),
+    ("RecordUsageResponse", "its one field is the Receipt record() returns"),
+    ("RecordUsageBatchRequest", "its one field is the list of Usage record_batch() takes"),
+    ("RecordUsageBatchResponse", "its one field is the list of results record_batch() returns"),
+    ("EventResult", "a Receipt, or an EventError raised/returned as a MeterdError (checked below)"),
+    ("EventError", "a MeterdError: code → the error class, field → .field, message → the error's message"),
+    ("StatusRequest", "no fields"),
+    ("FlushRequest", "no fields"),
+    ("ReportRequest", "no fields"),
+    ("RepackRequest", "no fields; repack is an operator command (meterd repack), not an SDK call"),
+    ("RepackResponse", "repack is an operator command (meterd repack), not an SDK call"),
+    ("SubmissionPolicy", "StatusResponse.policy: for tooling (meterd import), not exposed by the SDKs"),
+    ("DeploymentCheck", "StatusResponse.deployment_checks: meterd status only, for now"),
+    ("PutCustomerRequest", "its fields are put_customer()'s arguments"),
+    ("GetCustomerRequest", "its one field is get_customer()'s tenant_id argument"),
+    ("ListCustomersRequest", "no fields"),
+    ("ListCustomersResponse", "its one field is the list of CustomerInfo list_customers() returns"),
+    ("RemoveCustomerRequest", "its one field is remove_customer()'s tenant_id argument"),
+    ("RemoveCustomerResponse", "its one field is the bool remove_customer() returns"),
+    ("ResolveCustomerRequest", "its fields are resolve_customer()'s arguments"),
+    ("ApplyEventRequest", "its one field is apply_event()'s JSON argument"),
+    ("ReinstateCustomerRequest", "an operator command (meterd customers reinstate), not an SDK call"),
+    ("ReinstateCustomerResponse", "an operator command (meterd customers reinstate), not an SDK call"),
 ];
 
 fn camel(snake: &str) -> String {
@@ -121,6 +151,38 @@ fn every_proto_field_is_in_both_sdks_typings() {
         }
     }
     assert!(missing.is_empty(), "fields missing from the SDK typings:\n  {}", missing.join("\n  "));
+}
+
+#[test]
+fn every_public_message_is_mirrored_or_explained() {
+    let set = prost_types::FileDescriptorSet::decode(meterd_proto::v1::FILE_DESCRIPTOR_SET).unwrap();
+    let names: BTreeSet<String> = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "meterd.v1")
+        .flat_map(|f| f.message_type.iter().map(|m| m.name().to_string()))
+        .collect();
+    let decided: BTreeSet<String> =
+        TYPES.iter().map(|t| t.0.to_string()).chain(NOT_TYPES.iter().map(|t| t.0.to_string())).collect();
+    let undecided: Vec<_> = names.difference(&decided).collect();
+    assert!(
+        undecided.is_empty(),
+        "messages neither mirrored by the SDKs (TYPES) nor explained (NOT_TYPES): {undecided:?}"
+    );
+    let stale: Vec<_> = decided.difference(&names).collect();
+    assert!(stale.is_empty(), "TYPES/NOT_TYPES name messages the API no longer has: {stale:?}");
+    // EventError's fields reach callers on both SDKs' error type.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dts = std::fs::read_to_string(root.join("sdk-node/index.d.ts")).unwrap();
+    let err = &dts[dts.find("export class MeterdError").expect("MeterdError in index.d.ts")..];
+    let err = &err[..err.find("\n}").unwrap()];
+    for member in ["readonly code:", "readonly field:", "readonly grpcCode:"] {
+        assert!(err.contains(member), "Node MeterdError lacks {member}");
+    }
+    let py = std::fs::read_to_string(root.join("sdk-python/python/meterd/errors.py")).unwrap();
+    for member in ["code: str", "self.field = field", "self.grpc_code = grpc_code", "self.message = message"] {
+        assert!(py.contains(member), "Python MeterdError lacks {member}");
+    }
 }
 
 #[test]

@@ -5,63 +5,23 @@
 
 use std::time::Duration;
 
-use meterd_proto::v1;
 use sha2::{Digest, Sha256};
 
 use super::event::Identity;
 use super::record::SealedRecord;
-use super::validate::FieldError;
-use crate::config::{Config, ConfigError, IdentityMode, invalid};
+use super::validate::{FieldError, RawCustomer};
 
 /// How long MeterUsage accepts a record after its hour starts (AWS: "at most 6 hours in the past").
 pub const METER_USAGE_WINDOW: Duration = Duration::from_secs(6 * 3600);
 
-/// Checks the per-product settings this mode adds.
-pub fn validate_products(config: &Config) -> Result<(), ConfigError> {
-    let p = &config.pipeline;
-    for (name, product) in &config.products {
-        let key = format!("products.{name}");
-        let deployment = product.identity == IdentityMode::Deployment;
-        if let Some(w) = product.submission_window {
-            if deployment && w > METER_USAGE_WINDOW {
-                return Err(invalid(
-                    format!("{key}.submission_window"),
-                    "must be at most 6h for identity = \"deployment\": MeterUsage refuses older records",
-                ));
-            }
-            if w < Duration::from_secs(3600) || w > Duration::from_secs(48 * 3600) {
-                return Err(invalid(format!("{key}.submission_window"), "must be between 1h and 48h"));
-            }
-        }
-        if p.seal_grace + p.safety_margin + Duration::from_secs(3600) >= config.submission_window_of(name) {
-            return Err(invalid(
-                format!("{key}.submission_window"),
-                "1h + pipeline.seal_grace + pipeline.safety_margin must be shorter than this product's submission \
-                 window, or no record could be sent in time",
-            ));
-        }
-        if product.register_usage && !deployment {
-            return Err(invalid(
-                format!("{key}.register_usage"),
-                "is only for paid container products: set identity = \"deployment\"",
-            ));
-        }
-        if product.public_key_version < 1 {
-            return Err(invalid(format!("{key}.public_key_version"), "must be at least 1"));
-        }
-    }
-    Ok(())
-}
-
 /// The identity of an event for a deployment-mode product: always [`Identity::Deployment`]; an event that
 /// names a customer is refused, naming the field it set.
-pub fn event_identity(wire: Option<&v1::customer::Identity>, product: &str) -> Result<Identity, FieldError> {
-    use v1::customer::Identity as Wire;
-    let field = match wire {
+pub fn event_identity(customer: Option<&RawCustomer>, product: &str) -> Result<Identity, FieldError> {
+    let field = match customer {
         None => return Ok(Identity::Deployment),
-        Some(Wire::TenantId(_)) => "customer.tenant_id",
-        Some(Wire::AwsAccount(_)) => "customer.aws_account",
-        Some(Wire::Legacy(_)) => "customer.legacy",
+        Some(RawCustomer::TenantId(_)) => "customer.tenant_id",
+        Some(RawCustomer::AwsAccount { .. }) => "customer.aws_account",
+        Some(RawCustomer::Legacy { .. }) => "customer.legacy",
     };
     Err(FieldError {
         field: field.into(),
@@ -152,12 +112,20 @@ mod tests {
     #[test]
     fn events_naming_a_customer_are_refused_naming_the_field() {
         assert_eq!(event_identity(None, "ami").unwrap(), Identity::Deployment);
-        let e = event_identity(Some(&v1::customer::Identity::TenantId("t".into())), "ami").unwrap_err();
+        let e = event_identity(Some(&RawCustomer::TenantId("t".into())), "ami").unwrap_err();
         assert_eq!(e.field, "customer.tenant_id");
         assert!(e.message.contains("identity = \"deployment\""), "{}", e.message);
-        let e = event_identity(Some(&v1::customer::Identity::Legacy(Default::default())), "ami").unwrap_err();
+        let e = event_identity(
+            Some(&RawCustomer::Legacy { customer_identifier: "c".into(), product_code: String::new() }),
+            "ami",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "customer.legacy");
-        let e = event_identity(Some(&v1::customer::Identity::AwsAccount(Default::default())), "ami").unwrap_err();
+        let e = event_identity(
+            Some(&RawCustomer::AwsAccount { customer_aws_account_id: String::new(), license_arn: String::new() }),
+            "ami",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "customer.aws_account");
     }
 }

@@ -158,7 +158,7 @@ fn parse_sns_message(v: &Value) -> Result<LifecycleEvent, EventError> {
     if customer_identifier.len() > 255 || customer_identifier.chars().any(char::is_control) {
         return Err(err("customer-identifier", "must be 1-255 characters without control characters"));
     }
-    if !crate::config::valid_product_code(&product_code) {
+    if !super::catalog::valid_product_code(&product_code) {
         return Err(err("product-code", format!("{} is not a product code", echo(&product_code))));
     }
     Ok(LifecycleEvent {

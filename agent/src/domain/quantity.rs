@@ -11,6 +11,11 @@ pub const SCALE: u64 = 1_000_000;
 /// AWS's `Quantity` is an int32; one event may not exceed what one record can carry.
 pub const MAX_EVENT_UNITS: u64 = i32::MAX as u64;
 
+/// A sum that does not fit: in an accounting product this stops the write instead of dropping a term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("quantity overflow")]
+pub struct Overflow;
+
 /// A non-negative exact quantity in micro-units.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Micros(pub u128);
@@ -32,6 +37,16 @@ pub enum QuantityError {
 
 impl Micros {
     pub const ZERO: Micros = Micros(0);
+
+    /// `self + other`, or [`Overflow`].
+    pub fn try_add(self, other: Micros) -> Result<Micros, Overflow> {
+        self.checked_add(other).ok_or(Overflow)
+    }
+
+    /// The exact sum of `items`, or [`Overflow`].
+    pub fn try_sum(items: impl IntoIterator<Item = Micros>) -> Result<Micros, Overflow> {
+        items.into_iter().try_fold(Micros::ZERO, Micros::try_add)
+    }
 
     pub fn from_units(units: u64) -> Self {
         Micros(u128::from(units) * u128::from(SCALE))

@@ -160,3 +160,94 @@ pub struct SealedRecord {
     pub sent_as: Option<Identity>,
     pub state: RecordState,
 }
+
+/// Why a new state of a sealed record is refused: its content is frozen at seal time and a terminal state is final.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateRefused {
+    #[error("attempt to change the sealed content of {0:?}")]
+    ContentChanged(RecordKey),
+    #[error("record {0:?} is already {1}")]
+    Final(RecordKey, &'static str),
+}
+
+/// Checks that `new` may replace `old`: same frozen content (quantity, allocations, deadline, and the identity it
+/// was first sent as), and `old` not in a terminal state.
+pub fn check_update(old: &SealedRecord, new: &SealedRecord) -> Result<(), UpdateRefused> {
+    let identity_changed = old.sent_as.is_some() && old.sent_as != new.sent_as;
+    if old.quantity != new.quantity
+        || old.allocations != new.allocations
+        || old.deadline_ms != new.deadline_ms
+        || identity_changed
+    {
+        return Err(UpdateRefused::ContentChanged(new.key.clone()));
+    }
+    if old.state.is_terminal() {
+        return Err(UpdateRefused::Final(new.key.clone(), old.state.name()));
+    }
+    Ok(())
+}
+
+/// The units a record's new state loses for good (DuplicateRecord on a first send), if any.
+pub fn lost_units(r: &SealedRecord) -> Option<u64> {
+    match &r.state {
+        RecordState::Rejected { reason, .. } if reason.is_lost() => Some(u64::from(r.quantity)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(state: RecordState) -> SealedRecord {
+        SealedRecord {
+            key: RecordKey {
+                hour_ms: 0,
+                product: "p".into(),
+                identity: Identity::Tenant("t".into()),
+                dimension: "d".into(),
+            },
+            quantity: 3,
+            allocations: Vec::new(),
+            deadline_ms: 10,
+            sealed_at_ms: 1,
+            recorded: Micros(3_000_000),
+            carried_in: Micros::ZERO,
+            carried_out: Micros::ZERO,
+            late: Micros::ZERO,
+            sent_as: None,
+            state,
+        }
+    }
+
+    #[test]
+    fn only_the_state_of_a_pending_record_may_change() {
+        let old = record(RecordState::Sealed);
+        let sent = record(RecordState::InFlight { attempts: 1, next_attempt_ms: 5 });
+        assert_eq!(check_update(&old, &sent), Ok(()));
+        for changed in [
+            SealedRecord { quantity: 4, ..sent.clone() },
+            SealedRecord { deadline_ms: 11, ..sent.clone() },
+            SealedRecord { allocations: vec![Allocation { tags: Default::default(), quantity: 3 }], ..sent.clone() },
+        ] {
+            assert!(matches!(check_update(&old, &changed), Err(UpdateRefused::ContentChanged(_))));
+        }
+        // The identity a held record was first sent as is frozen too; fixing it the first time is allowed.
+        let aws = Identity::Legacy { customer_identifier: "c".into() };
+        let fixed = SealedRecord { sent_as: Some(aws.clone()), ..old.clone() };
+        assert_eq!(check_update(&old, &fixed), Ok(()));
+        let moved =
+            SealedRecord { sent_as: Some(Identity::Legacy { customer_identifier: "x".into() }), ..fixed.clone() };
+        assert!(matches!(check_update(&fixed, &moved), Err(UpdateRefused::ContentChanged(_))));
+        let done = record(RecordState::Expired { reason: ExpiryReason::DeadlinePassed, at_ms: 9 });
+        assert_eq!(check_update(&done, &sent), Err(UpdateRefused::Final(sent.key.clone(), "expired")));
+    }
+
+    #[test]
+    fn only_a_duplicate_record_on_a_first_send_is_lost() {
+        let rejected = |reason| RecordState::Rejected { reason, aws_request_id: None, at_ms: 1 };
+        assert_eq!(lost_units(&record(rejected(RejectReason::DuplicateRecord))), Some(3));
+        assert_eq!(lost_units(&record(rejected(RejectReason::CustomerNotSubscribed))), None);
+        assert_eq!(lost_units(&record(RecordState::Sealed)), None);
+    }
+}

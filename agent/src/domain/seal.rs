@@ -1,9 +1,124 @@
 //! Sealing one (product, customer, dimension, hour): whole units to send, allocations that sum to them
 //! exactly, and the fraction carried to the next hour. Pure arithmetic, no I/O.
 
-use super::event::TagSet;
-use super::quantity::{Micros, SCALE};
-use super::record::Allocation;
+use super::deadline::deadline;
+use super::event::{Bucket, BucketKey, TagSet};
+use super::quantity::{Micros, Overflow, SCALE};
+use super::record::{Allocation, RecordKey, RecordState, SealedRecord};
+use crate::clock::UnixMillis;
+
+/// What a seal should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealParams {
+    /// Seal every hour that starts before this.
+    pub cutoff_hour_ms: UnixMillis,
+    pub now_ms: UnixMillis,
+    pub window_ms: i64,
+    /// Products whose window is not `window_ms` (e.g. MeterUsage's 6 h for `identity = "deployment"`).
+    pub product_windows_ms: std::collections::BTreeMap<String, i64>,
+    pub margin_ms: i64,
+    pub zero_records: bool,
+}
+
+impl SealParams {
+    /// How long AWS accepts a record of `product` after its hour starts, in ms.
+    pub fn window_for(&self, product: &str) -> i64 {
+        self.product_windows_ms.get(product).copied().unwrap_or(self.window_ms)
+    }
+}
+
+/// How records are sealed, from the configuration: built once, so every seal (the sealer's, a flush, a leaving
+/// customer's final hour) uses the same window, margin and zero-record rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealPolicy {
+    /// `pipeline.submission_window`.
+    pub window_ms: i64,
+    /// `products.NAME.submission_window` where it differs (a deployment product's is 6 h by default).
+    pub product_windows_ms: std::collections::BTreeMap<String, i64>,
+    /// `pipeline.safety_margin`.
+    pub margin_ms: i64,
+    /// `pipeline.zero_records`.
+    pub zero_records: bool,
+}
+
+impl SealPolicy {
+    /// A seal at `now_ms` of every hour before `cutoff_hour_ms`.
+    pub fn params(&self, now_ms: UnixMillis, cutoff_hour_ms: UnixMillis) -> SealParams {
+        SealParams {
+            cutoff_hour_ms,
+            now_ms,
+            window_ms: self.window_ms,
+            product_windows_ms: self.product_windows_ms.clone(),
+            margin_ms: self.margin_ms,
+            zero_records: self.zero_records,
+        }
+    }
+}
+
+/// The usage of one future record: its buckets' tag-set totals and the late share.
+#[derive(Clone, Debug)]
+pub struct RecordUsage {
+    pub key: RecordKey,
+    pub usage: HourUsage,
+    pub late: Micros,
+}
+
+/// Groups buckets (in key order: hour first, so a series' hours come oldest first) into one usage per record:
+/// (product, customer, dimension, hour) with every tag set.
+pub fn group_buckets(buckets: impl IntoIterator<Item = (BucketKey, Bucket)>) -> Result<Vec<RecordUsage>, Overflow> {
+    let mut groups: Vec<RecordUsage> = Vec::new();
+    for (bk, bucket) in buckets {
+        let key =
+            RecordKey { hour_ms: bk.hour_ms, product: bk.product, identity: bk.identity, dimension: bk.dimension };
+        match groups.last_mut() {
+            Some(last) if last.key == key => {
+                last.usage.buckets.push((bk.tags, bucket.total));
+                last.late = last.late.try_add(bucket.late)?;
+            }
+            _ => groups.push(RecordUsage {
+                key,
+                usage: HourUsage { buckets: vec![(bk.tags, bucket.total)], carried_in: Micros::ZERO },
+                late: bucket.late,
+            }),
+        }
+    }
+    Ok(groups)
+}
+
+/// Freezes one record: whole units and allocations ([`seal`]), its deadline (capped by `deadline_cap` for a
+/// leaving customer), and `Carried` when nothing is to be sent. `carried_in` is the series' fraction so far; the
+/// record's `carried_out` is what the series carries on.
+pub fn seal_record(
+    group: RecordUsage,
+    carried_in: Micros,
+    params: &SealParams,
+    deadline_cap: Option<UnixMillis>,
+) -> Result<SealedRecord, Overflow> {
+    let RecordUsage { key, mut usage, late } = group;
+    usage.carried_in = carried_in;
+    let recorded = Micros::try_sum(usage.buckets.iter().map(|(_, m)| *m))?;
+    recorded.try_add(carried_in)?;
+    let s = seal(&usage);
+    let nothing_to_send = s.quantity == 0 && !params.zero_records;
+    let mut deadline_ms = deadline(key.hour_ms, params.window_for(&key.product), params.margin_ms);
+    if let Some(cap) = deadline_cap {
+        deadline_ms = deadline_ms.min(cap);
+    }
+    Ok(SealedRecord {
+        deadline_ms,
+        key,
+        quantity: s.quantity,
+        allocations: s.allocations,
+        sealed_at_ms: params.now_ms,
+        recorded,
+        carried_in,
+        carried_out: s.carried_out,
+        late,
+        sent_as: None,
+        // Kept for the report; never queued, never sent.
+        state: if nothing_to_send { RecordState::Carried } else { RecordState::Sealed },
+    })
+}
 
 /// AWS accepts at most this many allocations per record.
 pub const MAX_ALLOCATIONS: usize = 2500;
@@ -108,6 +223,46 @@ mod tests {
             s.allocations,
             vec![Allocation { tags: tags("a"), quantity: 2 }, Allocation { tags: tags("b"), quantity: 1 },]
         );
+    }
+
+    #[test]
+    fn buckets_group_into_records_and_a_fraction_only_hour_is_carried() {
+        let bk = |hour_ms, tag: &str| BucketKey {
+            hour_ms,
+            product: "p".into(),
+            identity: crate::domain::event::Identity::Tenant("t".into()),
+            dimension: "d".into(),
+            tags: tags(tag),
+        };
+        let b = |m, late| Bucket { total: Micros(m), events: 1, late: Micros(late) };
+        let groups =
+            group_buckets([(bk(0, ""), b(400_000, 0)), (bk(0, "a"), b(300_000, 100)), (bk(3_600_000, ""), b(5, 5))])
+                .unwrap();
+        assert_eq!(groups.len(), 2);
+        assert_eq!((groups[0].usage.buckets.len(), groups[0].late), (2, Micros(100)));
+        let params = SealParams {
+            cutoff_hour_ms: 0,
+            now_ms: 7,
+            window_ms: 3_600_000,
+            product_windows_ms: Default::default(),
+            margin_ms: 60_000,
+            zero_records: false,
+        };
+        let r = seal_record(groups[0].clone(), Micros(400_000), &params, None).unwrap();
+        assert_eq!(
+            (r.quantity, r.carried_out, r.recorded, r.state.clone()),
+            (1, Micros(100_000), Micros(700_000), RecordState::Sealed)
+        );
+        assert_eq!((r.deadline_ms, r.sealed_at_ms), (3_540_000, 7));
+        let r = seal_record(groups[1].clone(), Micros::ZERO, &params, Some(10)).unwrap();
+        assert_eq!((r.quantity, r.state, r.deadline_ms), (0, RecordState::Carried, 10));
+        let zero = SealParams { zero_records: true, ..params.clone() };
+        assert_eq!(seal_record(groups[1].clone(), Micros::ZERO, &zero, None).unwrap().state, RecordState::Sealed);
+        // Sums that do not fit stop the seal instead of dropping a term.
+        let huge = group_buckets([(bk(0, ""), b(u128::MAX, u128::MAX)), (bk(0, "a"), b(1, 1))]);
+        assert_eq!(huge.unwrap_err(), Overflow);
+        let g = group_buckets([(bk(0, ""), b(u128::MAX, 0)), (bk(0, "a"), b(1, 0))]).unwrap();
+        assert_eq!(seal_record(g[0].clone(), Micros::ZERO, &params, None).unwrap_err(), Overflow);
     }
 
     #[test]

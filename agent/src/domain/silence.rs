@@ -126,9 +126,10 @@ pub fn detect(hour_ms: UnixMillis, usage: &Usage, known_since: UnixMillis, s: &S
         for (k, &q) in series {
             let pd = (k.product.as_str(), k.dimension.as_str());
             let t = totals.entry(pd).or_default().entry(h).or_default();
-            *t = t.checked_add(q).unwrap_or(*t);
+            // A comparison, not a ledger: a sum past u128 compares as the largest value instead of losing a term.
+            *t = Micros(t.0.saturating_add(q.0));
             let c = customers.entry(pd).or_default().entry(k.customer.as_str()).or_default().entry(h).or_default();
-            *c = c.checked_add(q).unwrap_or(*c);
+            *c = Micros(c.0.saturating_add(q.0));
         }
     }
     let observed = |per_hour: &PerHour| per_hour.get(&hour_ms).copied().unwrap_or(Micros::ZERO);

@@ -2,22 +2,56 @@
 //!
 //! The rules mirror what AWS would refuse later (reference §1), so nothing unbillable is ever stored.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use meterd_proto::v1;
 use regex::Regex;
 
+use super::catalog::{Catalog, IdentityMode};
 use super::echo::echo;
 use super::event::{Identity, TagSet, UsageEvent};
 use super::quantity::Micros;
 use crate::clock::UnixMillis;
-use crate::config::{Config, IdentityMode};
+
+/// An event as the caller sent it, before any rule is applied. The gRPC edge fills it from the wire message
+/// (moving, not copying, its strings); every rule lives in [`validate`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawEvent {
+    pub idempotency_key: String,
+    /// Empty: the catalog's default product.
+    pub product: String,
+    pub customer: Option<RawCustomer>,
+    pub dimension: String,
+    pub quantity: String,
+    pub timestamp: Option<RawTimestamp>,
+    pub tags: HashMap<String, String>,
+}
+
+/// The customer in one of the three shapes the API accepts, unchecked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawCustomer {
+    TenantId(String),
+    AwsAccount { customer_aws_account_id: String, license_arn: String },
+    Legacy { customer_identifier: String, product_code: String },
+}
+
+/// Seconds and nanoseconds since the Unix epoch, unchecked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawTimestamp {
+    pub seconds: i64,
+    pub nanos: i32,
+}
 
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 pub const MAX_TAGS: usize = 5;
 pub const MAX_TAG_KEY_LEN: usize = 100;
 pub const MAX_TAG_VALUE_LEN: usize = 256;
 pub const MAX_ID_LEN: usize = 255;
+
+/// A non-negative span of milliseconds as a `Duration`, for messages.
+fn duration(ms: i64) -> std::time::Duration {
+    std::time::Duration::from_millis(ms.max(0) as u64)
+}
 
 /// A refused field: `field` is relative to the event (`quantity`, `customer.aws_account.license_arn`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +118,8 @@ fn check_id(field: &str, value: &str, what: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// Validates one wire event against the config at time `now_ms`.
-pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Result<UsageEvent, FieldError> {
+/// Validates one event against the catalog at time `now_ms`.
+pub fn validate(ev: RawEvent, catalog: &Catalog, now_ms: UnixMillis) -> Result<UsageEvent, FieldError> {
     // Key.
     let key = &ev.idempotency_key;
     if key.is_empty() {
@@ -103,36 +137,38 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
 
     // Product.
     let product_name = if ev.product.is_empty() {
-        config.default_product().ok_or_else(|| {
+        catalog.default_product().ok_or_else(|| {
             FieldError::new(
                 "product",
                 format!(
                     "is required: several products are configured ({}) and no default_product",
-                    config.product_names()
+                    catalog.product_names()
                 ),
             )
         })?
     } else {
         ev.product.as_str()
     };
-    let product = config.products.get(product_name).ok_or_else(|| {
+    let product = catalog.product(product_name).ok_or_else(|| {
         FieldError::new(
             "product",
-            format!("{} is not a configured product (known: {})", echo(product_name), config.product_names()),
+            format!("{} is not a configured product (known: {})", echo(product_name), catalog.product_names()),
         )
     })?;
 
     // Customer.
-    use v1::customer::Identity as Wire;
-    let wire = ev.customer.as_ref().and_then(|c| c.identity.as_ref());
-    let identity = match wire {
-        _ if product.identity == IdentityMode::Deployment => super::deployment::event_identity(wire, product_name)?,
+    if product.identity == IdentityMode::Deployment {
+        // Checked before the rest: such an event names no customer at all.
+        super::deployment::event_identity(ev.customer.as_ref(), product_name)?;
+    }
+    let identity = match ev.customer {
+        None if product.identity == IdentityMode::Deployment => Identity::Deployment,
         None => return Err(FieldError::new("customer", "is required: set tenant_id, aws_account or legacy")),
-        Some(Wire::TenantId(t)) => {
-            check_id("customer.tenant_id", t, "your tenant id")?;
-            Identity::Tenant(t.clone())
+        Some(RawCustomer::TenantId(t)) => {
+            check_id("customer.tenant_id", &t, "your tenant id")?;
+            Identity::Tenant(t)
         }
-        Some(Wire::AwsAccount(a)) => {
+        Some(RawCustomer::AwsAccount { customer_aws_account_id, license_arn }) => {
             if product.identity != IdentityMode::License {
                 return Err(FieldError::new(
                     "customer.aws_account",
@@ -142,21 +178,21 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
                 ));
             }
             let f = "customer.aws_account.customer_aws_account_id";
-            check_id(f, &a.customer_aws_account_id, "the buyer's AWS account id")?;
-            if !a.customer_aws_account_id.bytes().all(|b| b.is_ascii_digit()) {
+            check_id(f, &customer_aws_account_id, "the buyer's AWS account id")?;
+            if !customer_aws_account_id.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(FieldError::new(f, "must be digits only (an AWS account id such as 123456789012)"));
             }
             let f = "customer.aws_account.license_arn";
-            if a.license_arn.is_empty() {
+            if license_arn.is_empty() {
                 return Err(FieldError::new(f, "is required with customer_aws_account_id"));
             }
-            if !is_license_arn(&a.license_arn) {
-                let hint = if a.license_arn.starts_with("aws:") { " (it lacks the leading \"arn:\")" } else { "" };
-                return Err(FieldError::new(f, format!("{} is not a valid license ARN{hint}", echo(&a.license_arn))));
+            if !is_license_arn(&license_arn) {
+                let hint = if license_arn.starts_with("aws:") { " (it lacks the leading \"arn:\")" } else { "" };
+                return Err(FieldError::new(f, format!("{} is not a valid license ARN{hint}", echo(&license_arn))));
             }
-            Identity::Aws { account_id: a.customer_aws_account_id.clone(), license_arn: a.license_arn.clone() }
+            Identity::Aws { account_id: customer_aws_account_id, license_arn }
         }
-        Some(Wire::Legacy(l)) => {
+        Some(RawCustomer::Legacy { customer_identifier, product_code }) => {
             if product.identity != IdentityMode::Legacy {
                 return Err(FieldError::new(
                     "customer.legacy",
@@ -165,14 +201,14 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
                     ),
                 ));
             }
-            check_id("customer.legacy.customer_identifier", &l.customer_identifier, "the CustomerIdentifier")?;
-            if !l.product_code.is_empty() && Some(&l.product_code) != product.product_code.as_ref() {
+            check_id("customer.legacy.customer_identifier", &customer_identifier, "the CustomerIdentifier")?;
+            if !product_code.is_empty() && Some(&product_code) != product.product_code.as_ref() {
                 return Err(FieldError::new(
                     "customer.legacy.product_code",
-                    format!("{} does not match product {product_name:?}'s product code", echo(&l.product_code)),
+                    format!("{} does not match product {product_name:?}'s product code", echo(&product_code)),
                 ));
             }
-            Identity::Legacy { customer_identifier: l.customer_identifier.clone() }
+            Identity::Legacy { customer_identifier }
         }
     };
 
@@ -195,7 +231,7 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
     let quantity = Micros::parse_event(&ev.quantity).map_err(|e| FieldError::new("quantity", e.to_string()))?;
 
     // Timestamp.
-    let timestamp_ms = match &ev.timestamp {
+    let timestamp_ms = match ev.timestamp {
         None => None,
         Some(ts) => {
             if !(0..1_000_000_000).contains(&ts.nanos) {
@@ -205,26 +241,26 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
                 return Err(FieldError::new("timestamp", "must not be before 1970-01-01T00:00:00Z"));
             }
             let ms = ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos / 1_000_000));
-            let skew = config.ingest.max_future_skew.as_millis() as i64;
+            let skew = catalog.limits.max_future_skew_ms;
             if ms > now_ms.saturating_add(skew) {
                 return Err(FieldError::new(
                     "timestamp",
                     format!(
                         "{} is more than {} ahead of the agent's clock ({}): check the client's clock and time zone (timestamps are UTC)",
                         crate::clock::rfc3339(ms),
-                        humantime::format_duration(config.ingest.max_future_skew),
+                        humantime::format_duration(duration(skew)),
                         crate::clock::rfc3339(now_ms)
                     ),
                 ));
             }
-            let retention = config.storage.retention.as_millis() as i64;
+            let retention = catalog.limits.dedupe_horizon_ms;
             if ms < now_ms.saturating_sub(retention) {
                 return Err(FieldError::new(
                     "timestamp",
                     format!(
                         "{} is older than storage.retention ({}): usage that old can no longer be deduplicated or billed",
                         crate::clock::rfc3339(ms),
-                        humantime::format_duration(config.storage.retention)
+                        humantime::format_duration(duration(retention))
                     ),
                 ));
             }
@@ -239,7 +275,6 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
             format!("at most {MAX_TAGS} tags per event (AWS allows 5 per allocation)"),
         ));
     }
-    let mut tags = TagSet::new();
     for (k, v) in &ev.tags {
         let field = format!("tags[{}]", echo(k));
         if k.is_empty() || k.chars().count() > MAX_TAG_KEY_LEN {
@@ -254,14 +289,14 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
         if let Some(c) = v.chars().find(|c| !is_tag_char(*c)) {
             return Err(FieldError::new(field, format!("tag value contains {c:?}, which AWS does not allow")));
         }
-        tags.insert(k.clone(), v.clone());
     }
+    let tags: TagSet = ev.tags.into_iter().collect();
 
     Ok(UsageEvent {
-        idempotency_key: key.clone(),
+        idempotency_key: ev.idempotency_key,
         product: product_name.to_string(),
         identity,
-        dimension: ev.dimension.clone(),
+        dimension: ev.dimension,
         quantity,
         timestamp_ms,
         tags,
@@ -270,46 +305,36 @@ pub fn validate(ev: &v1::UsageEvent, config: &Config, now_ms: UnixMillis) -> Res
 
 #[cfg(test)]
 mod tests {
+    use super::super::catalog::{Limits, Product};
     use super::*;
-    use meterd_proto::Timestamp;
-    use std::path::Path;
 
     const NOW: UnixMillis = 1_790_000_000_000;
     const ARN: &str = "arn:aws:license-manager::111122223333:license:l-0123456789abcdef";
 
-    fn config() -> Config {
-        Config::from_toml_with_env(
-            r#"
-            [storage]
-            data_dir = "/tmp/x"
-            [ingest]
-            default_product = "lic"
-            [products.lic]
-            identity = "license"
-            dimensions = ["api_calls", "Storage"]
-            [products.leg]
-            identity = "legacy"
-            product_code = "pc123"
-            dimensions = ["seats"]
-            [products.ami]
-            identity = "deployment"
-            product_code = "ami123"
-            dimensions = ["vcpu_hours"]
-            "#,
-            Path::new("t.toml"),
-            |_| None,
-        )
-        .unwrap()
+    fn config() -> Catalog {
+        let product = |identity, code: Option<&str>, dimensions: &[&str]| Product {
+            identity,
+            product_code: code.map(str::to_string),
+            dimensions: dimensions.iter().map(|d| d.to_string()).collect(),
+        };
+        Catalog {
+            products: [
+                ("lic".to_string(), product(IdentityMode::License, None, &["api_calls", "Storage"])),
+                ("leg".to_string(), product(IdentityMode::Legacy, Some("pc123"), &["seats"])),
+                ("ami".to_string(), product(IdentityMode::Deployment, Some("ami123"), &["vcpu_hours"])),
+            ]
+            .into(),
+            default_product: Some("lic".into()),
+            limits: Limits { max_future_skew_ms: 300_000, dedupe_horizon_ms: 45 * 24 * 3_600_000, ..Limits::default() },
+        }
     }
 
-    fn good() -> v1::UsageEvent {
-        v1::UsageEvent {
+    fn good() -> RawEvent {
+        RawEvent {
             idempotency_key: "k-1".into(),
-            customer: Some(v1::Customer {
-                identity: Some(v1::customer::Identity::AwsAccount(v1::AwsCustomer {
-                    customer_aws_account_id: "123456789012".into(),
-                    license_arn: ARN.into(),
-                })),
+            customer: Some(RawCustomer::AwsAccount {
+                customer_aws_account_id: "123456789012".into(),
+                license_arn: ARN.into(),
             }),
             dimension: "api_calls".into(),
             quantity: "1.5".into(),
@@ -319,103 +344,88 @@ mod tests {
         }
     }
 
-    fn legacy(id: &str, code: &str) -> v1::UsageEvent {
-        v1::UsageEvent {
+    fn legacy(id: &str, code: &str) -> RawEvent {
+        RawEvent {
             product: "leg".into(),
             dimension: "seats".into(),
-            customer: Some(v1::Customer {
-                identity: Some(v1::customer::Identity::Legacy(v1::LegacyCustomer {
-                    customer_identifier: id.into(),
-                    product_code: code.into(),
-                })),
-            }),
+            customer: Some(RawCustomer::Legacy { customer_identifier: id.into(), product_code: code.into() }),
             ..good()
         }
     }
 
     /// Asserts the event is refused on `field` with a message containing `needle`.
-    fn refused(ev: v1::UsageEvent, field: &str, needle: &str) {
-        let e = validate(&ev, &config(), NOW).expect_err("must be refused");
+    fn refused(ev: RawEvent, field: &str, needle: &str) {
+        let e = validate(ev, &config(), NOW).expect_err("must be refused");
         assert_eq!(e.field, field, "{e:?}");
         assert!(e.message.contains(needle), "{:?} lacks {needle:?}", e.message);
     }
 
-    fn with_tags(tags: &[(&str, &str)]) -> v1::UsageEvent {
-        v1::UsageEvent { tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..good() }
+    fn with_tags(tags: &[(&str, &str)]) -> RawEvent {
+        RawEvent { tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..good() }
     }
 
-    fn ts(seconds: i64, nanos: i32) -> Option<Timestamp> {
-        Some(Timestamp { seconds, nanos })
+    fn ts(seconds: i64, nanos: i32) -> Option<RawTimestamp> {
+        Some(RawTimestamp { seconds, nanos })
     }
 
     #[test]
     fn accepts_each_identity_shape() {
         let c = config();
-        let e = validate(&good(), &c, NOW).unwrap();
+        let e = validate(good(), &c, NOW).unwrap();
         assert_eq!(e.product, "lic");
         assert_eq!(e.quantity, Micros(1_500_000));
-        assert!(validate(&legacy("cust-1", ""), &c, NOW).is_ok());
-        assert!(validate(&legacy("cust-1", "pc123"), &c, NOW).is_ok());
-        let tenant = v1::UsageEvent {
-            customer: Some(v1::Customer { identity: Some(v1::customer::Identity::TenantId("acme".into())) }),
-            ..good()
-        };
-        assert_eq!(validate(&tenant, &c, NOW).unwrap().identity, Identity::Tenant("acme".into()));
+        assert!(validate(legacy("cust-1", ""), &c, NOW).is_ok());
+        assert!(validate(legacy("cust-1", "pc123"), &c, NOW).is_ok());
+        let tenant = RawEvent { customer: Some(RawCustomer::TenantId("acme".into())), ..good() };
+        assert_eq!(validate(tenant, &c, NOW).unwrap().identity, Identity::Tenant("acme".into()));
         let allowed = with_tags(&[("team", "a b"), ("cost-center", "x=1;y<2"), ("p", "a/b:c@d.e_f+g!\"#$%&'()*,")]);
-        assert!(validate(&allowed, &c, NOW).is_ok());
-        assert!(validate(&v1::UsageEvent { timestamp: ts(NOW / 1000 + 299, 0), ..good() }, &c, NOW).is_ok());
+        assert!(validate(allowed, &c, NOW).is_ok());
+        assert!(validate(RawEvent { timestamp: ts(NOW / 1000 + 299, 0), ..good() }, &c, NOW).is_ok());
     }
 
     #[test]
     fn deployment_products_take_events_without_a_customer_only() {
         let c = config();
-        let ev = v1::UsageEvent { product: "ami".into(), dimension: "vcpu_hours".into(), customer: None, ..good() };
-        assert_eq!(validate(&ev, &c, NOW).unwrap().identity, Identity::Deployment);
-        // An empty Customer message names nobody either.
-        let empty = v1::UsageEvent { customer: Some(v1::Customer { identity: None }), ..ev.clone() };
-        assert_eq!(validate(&empty, &c, NOW).unwrap().identity, Identity::Deployment);
+        let ev = RawEvent { product: "ami".into(), dimension: "vcpu_hours".into(), customer: None, ..good() };
+        assert_eq!(validate(ev.clone(), &c, NOW).unwrap().identity, Identity::Deployment);
+        // (An empty Customer message is no customer: server/convert.rs maps it to None.)
         refused(
-            v1::UsageEvent { customer: good().customer, ..ev.clone() },
+            RawEvent { customer: good().customer, ..ev.clone() },
             "customer.aws_account",
             "identity = \"deployment\"",
         );
+        refused(
+            RawEvent { customer: Some(RawCustomer::TenantId("t".into())), ..ev.clone() },
+            "customer.tenant_id",
+            "leave customer unset",
+        );
         // Other products still require a customer.
-        refused(v1::UsageEvent { customer: None, ..good() }, "customer", "is required");
+        refused(RawEvent { customer: None, ..good() }, "customer", "is required");
     }
 
     #[test]
     fn idempotency_key_rules() {
-        refused(v1::UsageEvent { idempotency_key: String::new(), ..good() }, "idempotency_key", "is required");
-        refused(v1::UsageEvent { idempotency_key: "k".repeat(129), ..good() }, "idempotency_key", "at most 128");
-        refused(v1::UsageEvent { idempotency_key: "a b".into(), ..good() }, "idempotency_key", "printable ASCII");
-        refused(v1::UsageEvent { idempotency_key: "é".into(), ..good() }, "idempotency_key", "printable ASCII");
+        refused(RawEvent { idempotency_key: String::new(), ..good() }, "idempotency_key", "is required");
+        refused(RawEvent { idempotency_key: "k".repeat(129), ..good() }, "idempotency_key", "at most 128");
+        refused(RawEvent { idempotency_key: "a b".into(), ..good() }, "idempotency_key", "printable ASCII");
+        refused(RawEvent { idempotency_key: "é".into(), ..good() }, "idempotency_key", "printable ASCII");
     }
 
     #[test]
     fn product_rules() {
-        refused(v1::UsageEvent { product: "nope".into(), ..good() }, "product", "not a configured product");
+        refused(RawEvent { product: "nope".into(), ..good() }, "product", "not a configured product");
         let mut c = config();
-        c.ingest.default_product = None;
-        let e = validate(&good(), &c, NOW).unwrap_err();
+        c.default_product = None;
+        let e = validate(good(), &c, NOW).unwrap_err();
         assert_eq!(e.field, "product");
         assert!(e.message.contains("no default_product"));
     }
 
     #[test]
     fn customer_rules() {
-        refused(v1::UsageEvent { customer: None, ..good() }, "customer", "is required");
-        refused(
-            v1::UsageEvent { customer: Some(v1::Customer { identity: None }), ..good() },
-            "customer",
-            "is required",
-        );
-        let aws = |acct: &str, arn: &str| v1::UsageEvent {
-            customer: Some(v1::Customer {
-                identity: Some(v1::customer::Identity::AwsAccount(v1::AwsCustomer {
-                    customer_aws_account_id: acct.into(),
-                    license_arn: arn.into(),
-                })),
-            }),
+        refused(RawEvent { customer: None, ..good() }, "customer", "is required");
+        let aws = |acct: &str, arn: &str| RawEvent {
+            customer: Some(RawCustomer::AwsAccount { customer_aws_account_id: acct.into(), license_arn: arn.into() }),
             ..good()
         };
         let acct = "customer.aws_account.customer_aws_account_id";
@@ -426,21 +436,18 @@ mod tests {
         refused(aws("123456789012", ""), arn, "is required");
         refused(aws("123456789012", "not-an-arn"), arn, "not a valid license ARN");
         refused(aws("123456789012", &ARN[4..]), arn, "lacks the leading \"arn:\"");
-        let tenant = |t: &str| v1::UsageEvent {
-            customer: Some(v1::Customer { identity: Some(v1::customer::Identity::TenantId(t.into())) }),
-            ..good()
-        };
+        let tenant = |t: &str| RawEvent { customer: Some(RawCustomer::TenantId(t.into())), ..good() };
         refused(tenant(""), "customer.tenant_id", "is required");
         refused(tenant("a\nb"), "customer.tenant_id", "control characters");
         refused(tenant(&"t".repeat(256)), "customer.tenant_id", "at most 255");
         // Shapes must match the product's identity mode: never mix the two on one product.
         refused(
-            v1::UsageEvent { product: "leg".into(), dimension: "seats".into(), ..good() },
+            RawEvent { product: "leg".into(), dimension: "seats".into(), ..good() },
             "customer.aws_account",
             "legacy identity",
         );
         refused(
-            v1::UsageEvent { product: "lic".into(), dimension: "api_calls".into(), ..legacy("c", "") },
+            RawEvent { product: "lic".into(), dimension: "api_calls".into(), ..legacy("c", "") },
             "customer.legacy",
             "license identity",
         );
@@ -450,44 +457,33 @@ mod tests {
 
     #[test]
     fn dimension_rules() {
-        refused(v1::UsageEvent { dimension: String::new(), ..good() }, "dimension", "is required");
-        refused(v1::UsageEvent { dimension: "storage".into(), ..good() }, "dimension", "case-sensitive");
-        refused(
-            v1::UsageEvent { dimension: "seats".into(), ..good() },
-            "dimension",
-            "not a dimension of product \"lic\"",
-        );
+        refused(RawEvent { dimension: String::new(), ..good() }, "dimension", "is required");
+        refused(RawEvent { dimension: "storage".into(), ..good() }, "dimension", "case-sensitive");
+        refused(RawEvent { dimension: "seats".into(), ..good() }, "dimension", "not a dimension of product \"lic\"");
     }
 
     #[test]
     fn quantity_rules() {
-        refused(v1::UsageEvent { quantity: String::new(), ..good() }, "quantity", "is required");
-        refused(v1::UsageEvent { quantity: "-1".into(), ..good() }, "quantity", "negative");
-        refused(v1::UsageEvent { quantity: "1e3".into(), ..good() }, "quantity", "not a plain decimal");
-        refused(v1::UsageEvent { quantity: "0.1234567".into(), ..good() }, "quantity", "more than 6 decimal places");
-        refused(v1::UsageEvent { quantity: "2147483648".into(), ..good() }, "quantity", "maximum");
+        refused(RawEvent { quantity: String::new(), ..good() }, "quantity", "is required");
+        refused(RawEvent { quantity: "-1".into(), ..good() }, "quantity", "negative");
+        refused(RawEvent { quantity: "1e3".into(), ..good() }, "quantity", "not a plain decimal");
+        refused(RawEvent { quantity: "0.1234567".into(), ..good() }, "quantity", "more than 6 decimal places");
+        refused(RawEvent { quantity: "2147483648".into(), ..good() }, "quantity", "maximum");
     }
 
     #[test]
     fn timestamp_rules() {
+        refused(RawEvent { timestamp: ts(NOW / 1000 + 301, 0), ..good() }, "timestamp", "ahead of the agent's clock");
+        refused(RawEvent { timestamp: ts(-1, 0), ..good() }, "timestamp", "before 1970");
+        refused(RawEvent { timestamp: ts(0, -1), ..good() }, "timestamp", "nanos");
+        refused(RawEvent { timestamp: ts(0, 1_000_000_000), ..good() }, "timestamp", "nanos");
+        refused(RawEvent { timestamp: ts(i64::MAX, 0), ..good() }, "timestamp", "ahead");
         refused(
-            v1::UsageEvent { timestamp: ts(NOW / 1000 + 301, 0), ..good() },
-            "timestamp",
-            "ahead of the agent's clock",
-        );
-        refused(v1::UsageEvent { timestamp: ts(-1, 0), ..good() }, "timestamp", "before 1970");
-        refused(v1::UsageEvent { timestamp: ts(0, -1), ..good() }, "timestamp", "nanos");
-        refused(v1::UsageEvent { timestamp: ts(0, 1_000_000_000), ..good() }, "timestamp", "nanos");
-        refused(v1::UsageEvent { timestamp: ts(i64::MAX, 0), ..good() }, "timestamp", "ahead");
-        refused(
-            v1::UsageEvent { timestamp: ts(NOW / 1000 - 46 * 24 * 3600, 0), ..good() },
+            RawEvent { timestamp: ts(NOW / 1000 - 46 * 24 * 3600, 0), ..good() },
             "timestamp",
             "older than storage.retention",
         );
-        assert!(
-            validate(&v1::UsageEvent { timestamp: ts(NOW / 1000 - 44 * 24 * 3600, 0), ..good() }, &config(), NOW)
-                .is_ok()
-        );
+        assert!(validate(RawEvent { timestamp: ts(NOW / 1000 - 44 * 24 * 3600, 0), ..good() }, &config(), NOW).is_ok());
     }
 
     #[test]

@@ -37,7 +37,7 @@ impl Admin for AdminService {
         Ok(Response::new(v1::FlushResponse {
             records_sealed: s.records,
             hours_carried_only: s.carried_only,
-            sealed_through: (s.sealed_through != 0).then(|| timestamp(s.sealed_through)),
+            sealed_through: s.sealed_through.map(timestamp),
         }))
     }
 

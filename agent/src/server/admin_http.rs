@@ -92,25 +92,17 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
     let now_ms = a.clock.now_ms();
     let gathered = tokio::task::spawn_blocking(move || {
         let pending = a.store.pending_records(usize::MAX)?;
-        let mut at_risk = 0;
-        for r in &pending {
-            if let crate::domain::event::Identity::Tenant(t) = &r.key.identity
-                && r.sent_as.is_none()
-                && a.store.mapping(t)?.is_none()
-            {
-                at_risk += 1;
-            }
-        }
+        let backlog = crate::domain::backlog::Backlog::of(&pending, |t| a.store.mapping(t).map(|m| m.is_some()))?;
         let settings = crate::silence::settings(&a.config);
         let drops = crate::silence::last_ended_hour(&a.store, &settings, now_ms)?;
         let snapshot = Snapshot {
             now_ms,
             store: a.store.counters(),
             submit: &a.pipeline.submit_stats,
-            pending: pending.len() as u64,
-            oldest_pending_hour_ms: pending.iter().map(|r| r.key.hour_ms).min(),
-            most_urgent_deadline_ms: pending.iter().map(|r| r.deadline_ms).min(),
-            at_risk,
+            pending: backlog.pending,
+            oldest_pending_hour_ms: backlog.oldest_pending_hour_ms,
+            most_urgent_deadline_ms: backlog.most_urgent_deadline_ms,
+            at_risk: backlog.at_risk,
             open_buckets: a.store.open_bucket_count(),
             store_bytes: a.store.size_on_disk(),
             lost: a.store.lost()?,

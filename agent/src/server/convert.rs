@@ -5,6 +5,8 @@ use tonic::Status;
 
 use crate::clock::UnixMillis;
 use crate::domain::event::Receipt;
+use crate::domain::ingest::RefusalKind;
+use crate::domain::validate::{RawCustomer, RawEvent, RawTimestamp};
 use crate::store::StoreError;
 
 pub fn timestamp(ms: UnixMillis) -> Timestamp {
@@ -32,6 +34,44 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::Io(_) | StoreError::Closed | StoreError::Poisoned(_) => Status::unavailable(e.to_string()),
         // Not retried by the SDKs: the operator has to make room; sealing and submission go on meanwhile.
         StoreError::DiskFull(_) => Status::resource_exhausted(e.to_string()),
+        StoreError::Overflow(_) => Status::out_of_range(e.to_string()),
+    }
+}
+
+/// The wire event as the domain's unchecked input, moving its strings; every rule is applied by
+/// [`crate::domain::validate::validate`]. A `customer` without an identity is the same as no customer.
+impl From<v1::UsageEvent> for RawEvent {
+    fn from(ev: v1::UsageEvent) -> Self {
+        use v1::customer::Identity as Wire;
+        RawEvent {
+            idempotency_key: ev.idempotency_key,
+            product: ev.product,
+            customer: ev.customer.and_then(|c| c.identity).map(|w| match w {
+                Wire::TenantId(t) => RawCustomer::TenantId(t),
+                Wire::AwsAccount(a) => RawCustomer::AwsAccount {
+                    customer_aws_account_id: a.customer_aws_account_id,
+                    license_arn: a.license_arn,
+                },
+                Wire::Legacy(l) => {
+                    RawCustomer::Legacy { customer_identifier: l.customer_identifier, product_code: l.product_code }
+                }
+            }),
+            dimension: ev.dimension,
+            quantity: ev.quantity,
+            timestamp: ev.timestamp.map(|t| RawTimestamp { seconds: t.seconds, nanos: t.nanos }),
+            tags: ev.tags,
+        }
+    }
+}
+
+/// The gRPC status code of a refused event's class.
+pub fn refusal_code(kind: RefusalKind) -> tonic::Code {
+    use tonic::Code;
+    match kind {
+        RefusalKind::Invalid => Code::InvalidArgument,
+        RefusalKind::Conflict => Code::AlreadyExists,
+        RefusalKind::Overflow => Code::OutOfRange,
+        RefusalKind::Late | RefusalKind::NotActive => Code::FailedPrecondition,
     }
 }
 

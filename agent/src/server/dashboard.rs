@@ -57,8 +57,12 @@ async fn dashboard(State(s): State<Source>) -> Response {
         Ok(st) => st,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("status: {}\n", e.message())).into_response(),
     };
-    let store = s.store.clone();
-    let report = match tokio::task::spawn_blocking(move || crate::report::build(&store)).await {
+    // One snapshot of the ledger; the rows are built from it off the async workers.
+    let snapshot = match s.store.snapshot().await {
+        Ok(snap) => snap,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("report: {e}\n")).into_response(),
+    };
+    let report = match tokio::task::spawn_blocking(move || crate::report::from_snapshot(&snapshot)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return (StatusCode::SERVICE_UNAVAILABLE, format!("report: {e}\n")).into_response(),
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),

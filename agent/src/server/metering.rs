@@ -3,61 +3,21 @@
 use meterd_proto::v1::{self, metering_server::Metering};
 use tonic::{Code, Request, Response, Status};
 
-use super::convert::{receipt_to_wire, store_status};
-use crate::domain::echo::echo;
-use crate::domain::validate::FieldError;
-use crate::ingest::{EventRefusal, Ingest};
+use super::convert::{receipt_to_wire, refusal_code, store_status};
+use crate::domain::ingest::IngestOutcome;
+use crate::ingest::Ingest;
 
 pub struct MeteringService {
     pub ingest: Ingest,
+    /// `ingest.max_batch_events`.
+    pub max_batch_events: usize,
 }
 
-fn refusal(prefix: &str, key: &str, r: &EventRefusal) -> (Code, String, String) {
-    match r {
-        EventRefusal::Invalid(FieldError { field, message }) => {
-            let path = if field.is_empty() { prefix.to_string() } else { format!("{prefix}.{field}") };
-            (Code::InvalidArgument, path.clone(), format!("{path}: {message}"))
-        }
-        EventRefusal::Conflict { existing } => (
-            Code::AlreadyExists,
-            format!("{prefix}.idempotency_key"),
-            format!(
-                "{prefix}.idempotency_key: {} was already used for a different event (recorded at {} for hour {} of product {:?}); \
-                 a retry must resend identical content, a new event needs a new key",
-                echo(key),
-                crate::clock::rfc3339(existing.recorded_at_ms),
-                crate::clock::rfc3339(existing.hour_ms),
-                existing.product
-            ),
-        ),
-        EventRefusal::LateRejected { hour_ms } => (
-            Code::FailedPrecondition,
-            format!("{prefix}.timestamp"),
-            format!(
-                "{prefix}.timestamp: the hour {} is already sealed for submission and pipeline.late_usage is \"reject\"; \
-                 late usage is not counted",
-                crate::clock::rfc3339(*hour_ms)
-            ),
-        ),
-        EventRefusal::TooLate { event_time_ms, max_lateness } => (
-            Code::FailedPrecondition,
-            format!("{prefix}.timestamp"),
-            format!(
-                "{prefix}.timestamp: {} is older than pipeline.max_lateness ({}): usage that late is not billed \
-                 (AWS refuses it, and counting it now would bill the wrong period)",
-                crate::clock::rfc3339(*event_time_ms),
-                humantime::format_duration(*max_lateness)
-            ),
-        ),
-        EventRefusal::NotActive { message } => {
-            (Code::FailedPrecondition, format!("{prefix}.customer"), format!("{prefix}.customer: {message}"))
-        }
-        EventRefusal::Overflow => (
-            Code::OutOfRange,
-            format!("{prefix}.quantity"),
-            format!("{prefix}.quantity: the hourly total of this bucket would overflow"),
-        ),
-    }
+/// A refused event's status code, field path (`events[3].quantity`) and message (`events[3].quantity: ...`).
+fn refusal(prefix: &str, outcome: &IngestOutcome) -> Option<(Code, String, String)> {
+    let (kind, f) = outcome.refusal()?;
+    let path = if f.field.is_empty() { prefix.to_string() } else { format!("{prefix}.{}", f.field) };
+    Some((refusal_code(kind), path.clone(), format!("{path}: {}", f.message)))
 }
 
 #[tonic::async_trait]
@@ -67,18 +27,15 @@ impl Metering for MeteringService {
         request: Request<v1::RecordUsageRequest>,
     ) -> Result<Response<v1::RecordUsageResponse>, Status> {
         let event = request.into_inner().event.ok_or_else(|| Status::invalid_argument("event: is required"))?;
-        let mut results = self.ingest.record(std::slice::from_ref(&event)).await.map_err(store_status)?;
-        match results.pop().expect("one result per event") {
-            Ok(r) => {
-                tracing::debug!(key = %r.idempotency_key, replayed = r.replayed, "usage recorded");
-                Ok(Response::new(v1::RecordUsageResponse { receipt: Some(receipt_to_wire(&r)) }))
-            }
-            Err(e) => {
-                let (code, _, message) = refusal("event", &event.idempotency_key, &e);
-                tracing::debug!(?code, %message, "usage refused");
-                Err(Status::new(code, message))
-            }
+        let mut results = self.ingest.record(vec![event.into()]).await.map_err(store_status)?;
+        let outcome = results.pop().expect("one result per event");
+        if let Some(r) = outcome.receipt() {
+            tracing::debug!(key = %r.idempotency_key, replayed = r.replayed, "usage recorded");
+            return Ok(Response::new(v1::RecordUsageResponse { receipt: Some(receipt_to_wire(r)) }));
         }
+        let (code, _, message) = refusal("event", &outcome).expect("neither stored nor replayed");
+        tracing::debug!(?code, %message, "usage refused");
+        Err(Status::new(code, message))
     }
 
     async fn record_usage_batch(
@@ -86,7 +43,7 @@ impl Metering for MeteringService {
         request: Request<v1::RecordUsageBatchRequest>,
     ) -> Result<Response<v1::RecordUsageBatchResponse>, Status> {
         let events = request.into_inner().events;
-        let max = self.ingest.config().ingest.max_batch_events;
+        let max = self.max_batch_events;
         if events.is_empty() {
             return Err(Status::invalid_argument("events: at least one event is required"));
         }
@@ -96,22 +53,22 @@ impl Metering for MeteringService {
                 events.len()
             )));
         }
-        let results = self.ingest.record(&events).await.map_err(store_status)?;
+        let n = events.len();
+        let results = self.ingest.record(events.into_iter().map(Into::into).collect()).await.map_err(store_status)?;
         let results = results
             .iter()
-            .zip(&events)
             .enumerate()
-            .map(|(i, (r, ev))| v1::EventResult {
-                outcome: Some(match r {
-                    Ok(receipt) => v1::event_result::Outcome::Receipt(receipt_to_wire(receipt)),
-                    Err(e) => {
-                        let (code, field, message) = refusal(&format!("events[{i}]"), &ev.idempotency_key, e);
+            .map(|(i, o)| v1::EventResult {
+                outcome: Some(match (o.receipt(), refusal(&format!("events[{i}]"), o)) {
+                    (Some(receipt), _) => v1::event_result::Outcome::Receipt(receipt_to_wire(receipt)),
+                    (None, Some((code, field, message))) => {
                         v1::event_result::Outcome::Error(v1::EventError { code: code as i32, field, message })
                     }
+                    (None, None) => unreachable!("an outcome is a receipt or a refusal"),
                 }),
             })
             .collect();
-        tracing::debug!(events = events.len(), "usage batch recorded");
+        tracing::debug!(events = n, "usage batch recorded");
         Ok(Response::new(v1::RecordUsageBatchResponse { results }))
     }
 }

@@ -30,19 +30,7 @@ impl Source {
         let (settings, now) = (crate::silence::settings(&self.config), self.clock.now_ms());
         let snapshot = tokio::task::spawn_blocking(move || {
             let pending = store.pending_records(usize::MAX)?;
-            let mut at_risk = 0u64;
-            for r in &pending {
-                if let crate::domain::event::Identity::Tenant(t) = &r.key.identity
-                    && r.sent_as.is_none()
-                    && store.mapping(t)?.is_none()
-                {
-                    at_risk += 1;
-                }
-            }
-            let oldest = pending.into_iter().fold(None::<(i64, i64)>, |acc, r| {
-                let (h, d) = acc.unwrap_or((i64::MAX, i64::MAX));
-                Some((h.min(r.key.hour_ms), d.min(r.deadline_ms)))
-            });
+            let backlog = crate::domain::backlog::Backlog::of(&pending, |t| store.mapping(t).map(|m| m.is_some()))?;
             let mut by_status = std::collections::HashMap::new();
             let mut not_subscribed = 0u64;
             for l in store.lifecycles()? {
@@ -52,10 +40,8 @@ impl Source {
             Ok::<_, crate::store::StoreError>((
                 store.open_bucket_count(),
                 store.size_on_disk(),
-                store.pending_count(),
-                oldest,
+                backlog,
                 store.sealed_through()?,
-                at_risk,
                 by_status,
                 not_subscribed,
                 store.lost()?,
@@ -65,8 +51,7 @@ impl Source {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(store_status)?;
-        let (open_buckets, size, pending, oldest, sealed_through, at_risk, by_status, not_subscribed, lost, drops) =
-            snapshot;
+        let (open_buckets, size, backlog, sealed_through, by_status, not_subscribed, lost, drops) = snapshot;
         let counters = self.store.counters();
         Ok(v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -87,10 +72,10 @@ impl Source {
                     dimensions: p.dimensions.clone(),
                 })
                 .collect(),
-            pending_records: pending,
-            oldest_pending_age_seconds: oldest.map_or(0, |(h, _)| (now - h).max(0) / 1000),
-            most_urgent_deadline: oldest.map(|(_, d)| timestamp(d)),
-            sealed_through: (sealed_through != i64::MIN).then(|| timestamp(sealed_through)),
+            pending_records: backlog.pending,
+            oldest_pending_age_seconds: backlog.oldest_pending_age_seconds(now),
+            most_urgent_deadline: backlog.most_urgent_deadline_ms.map(timestamp),
+            sealed_through: sealed_through.map(timestamp),
             accounts: self
                 .pipeline
                 .submit_stats
@@ -115,7 +100,7 @@ impl Source {
                 })
                 .collect(),
             late_events: counters.late_events.load(Ordering::Relaxed),
-            records_at_risk: at_risk,
+            records_at_risk: backlog.at_risk,
             customers_by_status: by_status,
             customers_not_subscribed: not_subscribed,
             records_lost: lost.records,
@@ -144,13 +129,16 @@ impl Source {
         })
     }
 
-    /// `Admin.Report`: the reconciliation report and the usage drops of the last ended hour.
+    /// `Admin.Report`: the reconciliation report, built from one snapshot of the ledger (so its parts cannot
+    /// disagree), and the usage drops of the last ended hour.
     pub async fn report(&self) -> Result<v1::ReportResponse, Status> {
+        let snapshot = self.store.snapshot().await.map_err(store_status)?;
         let store = self.store.clone();
         let (settings, now) = (crate::silence::settings(&self.config), self.clock.now_ms());
+        // Building the rows is pure work over the snapshot, kept off the async workers.
         let (report, drops) = tokio::task::spawn_blocking(move || {
             Ok::<_, crate::store::StoreError>((
-                crate::report::build(&store)?,
+                crate::report::from_snapshot(&snapshot)?,
                 crate::silence::last_ended_hour(&store, &settings, now)?,
             ))
         })

@@ -51,6 +51,15 @@ pub fn lifecycle_key(identity: &Identity) -> Option<Vec<u8>> {
     }
 }
 
+/// The `s/` key of a customer the ingest decision asks about (the same key [`lifecycle_key`] gives its identity).
+pub fn customer_key(customer: &crate::domain::ingest::CustomerRef) -> Vec<u8> {
+    use crate::domain::ingest::CustomerRef;
+    match customer {
+        CustomerRef::License(arn) => [LIFECYCLE_PREFIX, b"l", arn.as_bytes()].concat(),
+        CustomerRef::Legacy(id) => [LIFECYCLE_PREFIX, b"g", id.as_bytes()].concat(),
+    }
+}
+
 pub fn agreement_key(agreement_id: &str) -> Vec<u8> {
     [AGREEMENT_PREFIX, agreement_id.as_bytes()].concat()
 }

@@ -12,6 +12,7 @@
 pub mod durable;
 pub mod generation;
 pub mod keys;
+pub mod seam;
 pub mod space;
 mod writer;
 
@@ -22,10 +23,12 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::UnixMillis;
-use crate::config::LateUsage;
-use crate::domain::event::{Bucket, BucketKey, Receipt, StoredEvent, UsageEvent};
+use crate::domain::event::{Bucket, BucketKey, StoredEvent, UsageEvent};
+pub use crate::domain::ingest::{IngestOutcome, IngestRules};
 use crate::domain::quantity::Micros;
 use crate::domain::record::SealedRecord;
+pub use crate::domain::seal::SealParams;
+pub use seam::Ledger;
 
 /// The on-disk layout this build writes. Bump it with a migration in `open`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -40,6 +43,9 @@ pub enum StoreError {
     UnsupportedSchema { found: u32 },
     #[error("store is shut down")]
     Closed,
+    /// A total would not fit: the write is refused whole rather than dropping a term.
+    #[error("a total would overflow ({0}); nothing was written")]
+    Overflow(String),
     /// Below the free-space reserve: nothing was written.
     #[error("{0}")]
     DiskFull(space::DiskFull),
@@ -60,23 +66,6 @@ impl From<sled::Error> for StoreError {
             other => StoreError::Io(other.to_string()),
         }
     }
-}
-
-/// What happened to one event of an ingest call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IngestOutcome {
-    /// Newly stored.
-    Stored(Receipt),
-    /// The key was already stored with the same content; this is the original receipt.
-    Replayed(Receipt),
-    /// The key was already stored with different content; nothing was changed.
-    Conflict { existing: Receipt },
-    /// The bucket total would overflow; nothing was stored. (Needs ~10^25 units in one hour.)
-    Overflow,
-    /// The event's hour is already sealed and the late-usage policy is "reject"; nothing was stored.
-    LateRejected { hour_ms: UnixMillis },
-    /// The customer may not be metered any more (deprovisioned, ended) or the tenant maps elsewhere.
-    NotActive { message: String },
 }
 
 /// Totals of records and events removed by retention, kept so the report still reconciles.
@@ -119,33 +108,14 @@ pub struct AmendOutcome {
     pub changed: bool,
 }
 
-/// What a seal should do.
-#[derive(Debug, Clone)]
-pub struct SealParams {
-    /// Seal every hour that starts before this.
-    pub cutoff_hour_ms: UnixMillis,
-    pub now_ms: UnixMillis,
-    pub window_ms: i64,
-    /// Products whose window is not `window_ms` (e.g. MeterUsage's 6 h for `identity = "deployment"`).
-    pub product_windows_ms: std::collections::BTreeMap<String, i64>,
-    pub margin_ms: i64,
-    pub zero_records: bool,
-}
-
-impl SealParams {
-    /// How long AWS accepts a record of `product` after its hour starts, in ms.
-    pub fn window_for(&self, product: &str) -> i64 {
-        self.product_windows_ms.get(product).copied().unwrap_or(self.window_ms)
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SealSummary {
     pub buckets: u64,
     pub records: u64,
     /// Hours whose usage was all fraction: nothing to send, everything carried.
     pub carried_only: u64,
-    pub sealed_through: UnixMillis,
+    /// Every hour before it is sealed; None when this seal sealed nothing new.
+    pub sealed_through: Option<UnixMillis>,
 }
 
 /// Counters the writer keeps; read by `Admin.Status`.
@@ -171,6 +141,41 @@ pub struct StoreCounters {
     pub disk_full: std::sync::atomic::AtomicBool,
     pub repack_micros: AtomicU64,
     pub live_bytes: AtomicU64,
+}
+
+/// Everything the report reads, taken at one instant between two writes, so its parts always agree (a seal between
+/// separate scans could count a bucket both open and sealed, or neither).
+#[derive(Debug, Clone, Default)]
+pub struct LedgerSnapshot {
+    pub records: Vec<SealedRecord>,
+    pub buckets: Vec<(BucketKey, Bucket)>,
+    pub carries: Vec<Micros>,
+    pub mappings: Vec<crate::domain::customer::TenantMapping>,
+    pub compacted: Compacted,
+    pub lost: Lost,
+}
+
+/// Reads a snapshot from `db`; consistent when nothing writes meanwhile (the writer thread calls it).
+pub(crate) fn read_snapshot(db: &sled::Db) -> Result<LedgerSnapshot, StoreError> {
+    let all =
+        |prefix: &[u8]| -> Result<Vec<sled::IVec>, StoreError> { db.scan_prefix(prefix).map(|kv| Ok(kv?.1)).collect() };
+    let decode_all = |prefix: &[u8]| -> Result<Vec<_>, StoreError> { all(prefix)?.iter().map(|v| decode(v)).collect() };
+    let buckets = db
+        .scan_prefix(keys::BUCKET_PREFIX)
+        .map(|kv| {
+            let (k, v) = kv?;
+            let key = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok((key, decode(&v)?))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(LedgerSnapshot {
+        records: decode_all(keys::RECORD_PREFIX)?,
+        buckets,
+        carries: all(keys::CARRY_PREFIX)?.iter().map(|v| decode(v)).collect::<Result<_, _>>()?,
+        mappings: all(keys::TENANT_PREFIX)?.iter().map(|v| decode(v)).collect::<Result<_, _>>()?,
+        compacted: db.get(keys::COMPACTED_KEY)?.map(|v| decode(&v)).transpose()?.unwrap_or_default(),
+        lost: db.get(keys::LOST_KEY)?.map(|v| decode(&v)).transpose()?.unwrap_or_default(),
+    })
 }
 
 /// What a repack did.
@@ -334,16 +339,17 @@ impl Store {
         })
     }
 
-    /// Stores validated events atomically and durably. `received_ms` stamps events that carry no
+    /// Stores validated events atomically and durably, decided by [`crate::domain::ingest`] under `rules` (a
+    /// late-usage policy alone, or with the lateness bound). `received_ms` stamps events that carry no
     /// timestamp and is their `recorded_at`. Returns one outcome per event, in order, only after fsync.
     pub async fn ingest(
         &self,
         events: Vec<UsageEvent>,
         received_ms: UnixMillis,
-        late: LateUsage,
+        rules: impl Into<IngestRules>,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.command(writer::Command::Ingest { events, received_ms, late, reply }, rx).await
+        self.command(writer::Command::Ingest { events, received_ms, rules: rules.into(), reply }, rx).await
     }
 
     /// Seals every hour before `params.cutoff_hour_ms` (durably) and reports what it did.
@@ -446,6 +452,13 @@ impl Store {
         })
     }
 
+    /// The ledger at one instant: taken on the writer thread between two writes, answered once what it saw is
+    /// durable.
+    pub async fn snapshot(&self) -> Result<LedgerSnapshot, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::Snapshot { reply }, rx).await
+    }
+
     /// Records that AWS answered CustomerNotSubscribed for `identity`.
     pub async fn note_not_subscribed(
         &self,
@@ -501,12 +514,9 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Every hour before this is sealed (`i64::MIN` if none is).
-    pub fn sealed_through(&self) -> Result<UnixMillis, StoreError> {
-        Ok(match self.db().get(keys::SEALED_THROUGH_KEY)? {
-            Some(v) => decode(&v)?,
-            None => i64::MIN,
-        })
+    /// Every hour before this is sealed (None: nothing sealed yet).
+    pub fn sealed_through(&self) -> Result<Option<UnixMillis>, StoreError> {
+        sealed_through(&self.db())
     }
 
     /// Pending records (Sealed or InFlight), most urgent deadline first, at most `limit`.
@@ -681,6 +691,10 @@ pub fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> 
             other => return Ok(other?),
         }
     }
+}
+
+pub(crate) fn sealed_through(db: &sled::Db) -> Result<Option<UnixMillis>, StoreError> {
+    db.get(keys::SEALED_THROUGH_KEY)?.map(|v| decode(&v)).transpose()
 }
 
 fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {

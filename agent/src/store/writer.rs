@@ -14,19 +14,45 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    IngestOutcome, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb, StoreCounters, StoreError,
-    current, current_db, decode, durable, encode, generation, keys,
+    IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
+    StoreCounters, StoreError, current, current_db, decode, durable, encode, generation, keys,
 };
 use crate::clock::{UnixMillis, hour_start};
-use crate::config::LateUsage;
-use crate::domain::customer::{CustomerLifecycle, CustomerStatus, MAX_HISTORY, StatusChange, TenantMapping};
-use crate::domain::deadline::deadline;
+use crate::domain::customer::{CustomerLifecycle, CustomerStatus, StatusChange, TenantMapping, final_hour_deadline};
 use crate::domain::event::Identity;
-use crate::domain::event::{Bucket, BucketKey, Receipt, StoredEvent, UsageEvent};
-use crate::domain::lifecycle::{LifecycleEvent, LifecycleKind, Subject};
-use crate::domain::quantity::Micros;
-use crate::domain::record::{RecordKey, RecordState, SealedRecord};
-use crate::domain::seal::{HourUsage, seal};
+use crate::domain::event::{Bucket, BucketKey, StoredEvent, UsageEvent};
+use crate::domain::ingest::{CustomerRef, IngestGroup, Lookups, Standing};
+use crate::domain::lifecycle::{LifecycleEvent, Subject};
+use crate::domain::quantity::{Micros, Overflow};
+use crate::domain::record::{RecordState, SealedRecord, check_update, lost_units};
+use crate::domain::seal::{group_buckets, seal_record};
+
+/// A total that would not fit stops the write it belongs to.
+fn overflow(what: &str) -> impl Fn(Overflow) -> StoreError + '_ {
+    move |_| StoreError::Overflow(what.to_string())
+}
+
+/// The ingest decision's reads, answered from the live generation.
+struct SledLookups<'a>(&'a sled::Db);
+
+impl Lookups for SledLookups<'_> {
+    type Error = StoreError;
+    fn event(&mut self, idempotency_key: &str) -> Result<Option<StoredEvent>, StoreError> {
+        self.0.get(keys::event_key(idempotency_key))?.map(|v| decode(&v)).transpose()
+    }
+    fn mapping(&mut self, tenant_id: &str) -> Result<Option<TenantMapping>, StoreError> {
+        self.0.get(keys::tenant_key(tenant_id))?.map(|v| decode(&v)).transpose()
+    }
+    fn standing(&mut self, customer: &CustomerRef) -> Result<Option<Standing>, StoreError> {
+        Ok(match self.0.get(keys::customer_key(customer))? {
+            Some(v) => Some(Standing::of(&decode::<CustomerLifecycle>(&v)?)),
+            None => None,
+        })
+    }
+    fn bucket(&mut self, key: &BucketKey) -> Result<Option<Bucket>, StoreError> {
+        self.0.get(keys::encode_bucket_key(key))?.map(|v| decode(&v)).transpose()
+    }
+}
 
 /// Most events one write group carries; bounds the batch size and the latency of a single apply.
 const MAX_GROUP_EVENTS: usize = 16_384;
@@ -51,7 +77,7 @@ pub enum Command {
     Ingest {
         events: Vec<UsageEvent>,
         received_ms: UnixMillis,
-        late: LateUsage,
+        rules: IngestRules,
         reply: Answer<Vec<IngestOutcome>>,
     },
     Seal {
@@ -97,6 +123,10 @@ pub enum Command {
         at_ms: UnixMillis,
         reply: Answer<()>,
     },
+    /// Read everything the report needs, between two writes.
+    Snapshot {
+        reply: Answer<super::LedgerSnapshot>,
+    },
     /// Copy every live key into a fresh generation and switch to it.
     Repack {
         reply: Answer<RepackOutcome>,
@@ -141,6 +171,7 @@ fn refuse(cmd: Command, e: StoreError) -> bool {
         Command::Compact { reply, .. } => drop(reply.send(Err(e))),
         Command::NotSubscribed { reply, .. } => drop(reply.send(Err(e))),
         Command::Repack { reply } => drop(reply.send(Err(e))),
+        Command::Snapshot { reply } => drop(reply.send(Err(e))),
         Command::Stop => return true,
     }
     false
@@ -171,7 +202,7 @@ pub fn spawn(
     (tx, vec![writer, flusher])
 }
 
-type IngestCall = (Vec<UsageEvent>, UnixMillis, LateUsage, Answer<Vec<IngestOutcome>>);
+type IngestCall = (Vec<UsageEvent>, UnixMillis, IngestRules, Answer<Vec<IngestOutcome>>);
 
 struct Writer {
     /// The live generation; readers see the same one through `shared`.
@@ -212,8 +243,8 @@ impl Writer {
                     continue;
                 }
                 match cmd {
-                    Command::Ingest { events, received_ms, late, reply } => {
-                        ingests.push((events, received_ms, late, reply))
+                    Command::Ingest { events, received_ms, rules, reply } => {
+                        ingests.push((events, received_ms, rules, reply))
                     }
                     other => {
                         self.apply_ingests(std::mem::take(&mut ingests), &mut group);
@@ -271,6 +302,13 @@ impl Writer {
                                     }
                                 }
                             }
+                            // Answered with the group, after the fsync that covers every write it saw.
+                            Command::Snapshot { reply } => match super::read_snapshot(&self.db) {
+                                Ok(snap) => group.replies.push(pending(reply, snap)),
+                                Err(e) => {
+                                    let _ = reply.send(Err(e));
+                                }
+                            },
                             Command::Compact { cutoff_ms, reply } => match self.apply_compact(cutoff_ms) {
                                 Ok(c) => group.replies.push(pending(reply, c)),
                                 Err(e) => {
@@ -300,11 +338,8 @@ impl Writer {
         // Dropping flush_tx lets the flusher finish the last groups and exit.
     }
 
-    fn sealed_through(&self) -> Result<UnixMillis, StoreError> {
-        Ok(match self.db.get(keys::SEALED_THROUGH_KEY)? {
-            Some(v) => decode(&v)?,
-            None => i64::MIN,
-        })
+    fn sealed_through(&self) -> Result<Option<UnixMillis>, StoreError> {
+        super::sealed_through(&self.db)
     }
 
     fn apply_ingests(&self, calls: Vec<IngestCall>, group: &mut AppliedGroup) {
@@ -352,179 +387,37 @@ impl Writer {
         full.map_or(Ok(()), |f| Err(StoreError::DiskFull(f)))
     }
 
-    /// Decides every event of a run of ingest calls and writes them as one atomic batch.
+    /// Decides every event of a run of ingest calls ([`crate::domain::ingest`]) and writes them as one atomic
+    /// batch.
     fn decide_ingests(&self, calls: &[IngestCall]) -> Result<(Vec<Vec<IngestOutcome>>, u64), StoreError> {
-        let db = &self.db;
-        let sealed_through = self.sealed_through()?;
-        // What this run has decided so far, shadowing the store: keys claimed, bucket totals.
-        let mut claimed: HashMap<&str, StoredEvent> = HashMap::new();
-        let mut buckets: HashMap<Vec<u8>, Bucket> = HashMap::new();
-        let mut mappings: HashMap<String, Option<TenantMapping>> = HashMap::new();
-        // Per lifecycle key: the customer's status and the account its license is bound to ("" for none).
-        let mut statuses: HashMap<Vec<u8>, Option<(CustomerStatus, String)>> = HashMap::new();
-        let mut batch = sled::Batch::default();
+        let mut group = IngestGroup::new(self.sealed_through()?);
+        let mut look = SledLookups(&self.db);
         let mut all = Vec::with_capacity(calls.len());
-        let mut new_events = 0u64;
-
-        for (events, received_ms, late_policy, _) in calls {
+        for (events, received_ms, rules, _) in calls {
             let mut outcomes = Vec::with_capacity(events.len());
             for ev in events {
-                let digest = ev.content_digest();
-                let existing = match claimed.get(ev.idempotency_key.as_str()) {
-                    Some(s) => Some(s.clone()),
-                    None => match db.get(keys::event_key(&ev.idempotency_key))? {
-                        Some(v) => Some(decode::<StoredEvent>(&v)?),
-                        None => None,
-                    },
-                };
-                if let Some(s) = existing {
-                    let receipt = Receipt::from_stored(&ev.idempotency_key, &s, true);
-                    outcomes.push(if s.digest == digest {
-                        self.counters.replays.fetch_add(1, Ordering::Relaxed);
-                        IngestOutcome::Replayed(receipt)
-                    } else {
-                        IngestOutcome::Conflict { existing: Receipt { replayed: false, ..receipt } }
-                    });
-                    continue;
-                }
-
-                // A mapped tenant is counted under its marketplace identity; an unmapped one is held.
-                let mut identity = ev.identity.clone();
-                if let Identity::Tenant(t) = &ev.identity {
-                    let m = match mappings.get(t) {
-                        Some(m) => m.clone(),
-                        None => {
-                            let m = match db.get(keys::tenant_key(t))? {
-                                Some(v) => Some(decode::<TenantMapping>(&v)?),
-                                None => None,
-                            };
-                            mappings.insert(t.clone(), m.clone());
-                            m
-                        }
-                    };
-                    if m.is_none() && self.warned.borrow_mut().insert(t.clone()) {
-                        tracing::warn!(tenant = %t, "usage for a tenant with no marketplace identity yet: accepted and held, \
-                            at risk until the tenant is mapped (meterd customers put/resolve) before its deadline");
-                    }
-                    if let Some(m) = m {
-                        if m.product != ev.product {
-                            outcomes.push(IngestOutcome::NotActive {
-                                message: format!(
-                                    "tenant {t:?} is mapped to product {:?}, not {:?}",
-                                    m.product, ev.product
-                                ),
-                            });
-                            continue;
-                        }
-                        identity = m.identity;
-                    }
-                }
-                if let Some(lk) = keys::lifecycle_key(&identity) {
-                    let st = match statuses.get(&lk) {
-                        Some(s) => s.clone(),
-                        None => {
-                            let s = match db.get(&lk)? {
-                                Some(v) => {
-                                    let life = decode::<CustomerLifecycle>(&v)?;
-                                    let bound = match life.identity {
-                                        Identity::Aws { account_id, .. } => account_id,
-                                        _ => String::new(),
-                                    };
-                                    Some((life.status, bound))
-                                }
-                                None => None,
-                            };
-                            statuses.insert(lk.clone(), s.clone());
-                            s
-                        }
-                    };
-                    // A license is granted to one account, known here from its License event or a tenant
-                    // mapping: usage naming another account could never be billed (AWS refuses the pair, or
-                    // takes it as a second record of the license's hour), so it is refused now, not acked and
-                    // lost at submission.
-                    if let (Identity::Aws { account_id, license_arn }, Some((_, bound))) = (&identity, &st)
-                        && !bound.is_empty()
-                        && bound != account_id
-                    {
-                        outcomes.push(IngestOutcome::NotActive {
-                            message: format!(
-                                "license {} belongs to CustomerAWSAccountId {} (from its License event or a tenant \
-                                 mapping), not {}: AWS would refuse this usage",
-                                crate::domain::echo::echo(license_arn),
-                                crate::domain::echo::echo(bound),
-                                crate::domain::echo::echo(account_id)
-                            ),
-                        });
-                        continue;
-                    }
-                    if let Some(st) = st.map(|(s, _)| s).filter(|s| !s.accepts_usage()) {
-                        outcomes.push(IngestOutcome::NotActive {
-                            message: format!(
-                                "the customer's subscription is {} ({st:?}); usage after the end is not billed",
-                                st.name()
-                            ),
-                        });
-                        continue;
-                    }
-                }
-
-                let event_time_ms = ev.timestamp_ms.unwrap_or(*received_ms);
-                let mut hour_ms = hour_start(event_time_ms);
-                let late = hour_ms < sealed_through;
-                if late {
-                    if *late_policy == LateUsage::Reject {
-                        outcomes.push(IngestOutcome::LateRejected { hour_ms });
-                        continue;
-                    }
-                    // Counted in the current open hour; never in a sealed one (its record is frozen).
-                    hour_ms = hour_start(*received_ms).max(sealed_through);
-                }
-                let bucket_key = BucketKey {
-                    hour_ms,
-                    product: ev.product.clone(),
-                    identity,
-                    dimension: ev.dimension.clone(),
-                    tags: ev.tags.clone(),
-                };
-                let bkey = keys::encode_bucket_key(&bucket_key);
-                let mut bucket = match buckets.get(&bkey) {
-                    Some(b) => b.clone(),
-                    None => match db.get(&bkey)? {
-                        Some(v) => decode::<Bucket>(&v)?,
-                        None => Bucket::default(),
-                    },
-                };
-                let Some(total) = bucket.total.checked_add(ev.quantity) else {
-                    outcomes.push(IngestOutcome::Overflow);
-                    continue;
-                };
-                bucket.total = total;
-                bucket.events += 1;
-                if late {
-                    bucket.late = bucket.late.checked_add(ev.quantity).unwrap_or(bucket.late);
-                    self.counters.late_events.fetch_add(1, Ordering::Relaxed);
-                }
-                let stored = StoredEvent {
-                    digest,
-                    late,
-                    product: ev.product.clone(),
-                    event_time_ms,
-                    hour_ms,
-                    recorded_at_ms: *received_ms,
-                    quantity: ev.quantity,
-                };
-                batch.insert(keys::event_key(&ev.idempotency_key), encode(&stored));
-                outcomes.push(IngestOutcome::Stored(Receipt::from_stored(&ev.idempotency_key, &stored, false)));
-                claimed.insert(ev.idempotency_key.as_str(), stored);
-                buckets.insert(bkey, bucket);
-                new_events += 1;
+                outcomes.push(group.decide(ev, *received_ms, *rules, &mut look)?);
             }
             all.push(outcomes);
         }
-        for (k, b) in buckets {
-            batch.insert(k, encode(&b));
+        let writes = group.into_writes();
+        for t in &writes.unmapped_tenants {
+            if self.warned.borrow_mut().insert(t.clone()) {
+                tracing::warn!(tenant = %t, "usage for a tenant with no marketplace identity yet: accepted and held, \
+                    at risk until the tenant is mapped (meterd customers put/resolve) before its deadline");
+            }
         }
-        db.apply_batch(batch)?;
+        let mut batch = sled::Batch::default();
+        let new_events = writes.events.len() as u64;
+        for (key, stored) in &writes.events {
+            batch.insert(keys::event_key(key), encode(stored));
+        }
+        for (k, b) in &writes.buckets {
+            batch.insert(keys::encode_bucket_key(k), encode(b));
+        }
+        self.db.apply_batch(batch)?;
+        self.counters.replays.fetch_add(writes.replays, Ordering::Relaxed);
+        self.counters.late_events.fetch_add(writes.late_events, Ordering::Relaxed);
         Ok((all, new_events))
     }
 
@@ -532,9 +425,8 @@ impl Writer {
     /// (product, customer, dimension, hour), the fraction carried on, buckets removed, the watermark moved,
     /// all in one atomic batch.
     fn apply_seal(&self, params: &SealParams) -> Result<SealSummary, StoreError> {
-        let sealed_through = self.sealed_through()?;
         let cutoff = hour_start(params.cutoff_hour_ms);
-        if cutoff <= sealed_through {
+        if self.sealed_through()?.is_some_and(|s| cutoff <= s) {
             return Ok(SealSummary::default());
         }
         let mut batch = sled::Batch::default();
@@ -547,7 +439,7 @@ impl Writer {
         let mut summary = self.seal_buckets(&mut batch, buckets, params, None)?;
         batch.insert(keys::SEALED_THROUGH_KEY, encode(&cutoff));
         self.db.apply_batch(batch)?;
-        summary.sealed_through = cutoff;
+        summary.sealed_through = Some(cutoff);
         Ok(summary)
     }
 
@@ -576,28 +468,18 @@ impl Writer {
     ) -> Result<SealSummary, StoreError> {
         let db = &self.db;
         let mut summary = SealSummary::default();
-        // Group buckets by record; scan order is hour first, so a series' hours seal oldest first.
-        let mut groups: Vec<(RecordKey, HourUsage, Micros)> = Vec::new();
+        let mut decoded = Vec::with_capacity(buckets.len());
         for (k, bk, bucket) in buckets {
             batch.remove(k);
             summary.buckets += 1;
-            let rk =
-                RecordKey { hour_ms: bk.hour_ms, product: bk.product, identity: bk.identity, dimension: bk.dimension };
-            match groups.last_mut() {
-                Some((last, usage, late)) if *last == rk => {
-                    usage.buckets.push((bk.tags, bucket.total));
-                    *late = late.checked_add(bucket.late).unwrap_or(*late);
-                }
-                _ => groups.push((
-                    rk,
-                    HourUsage { buckets: vec![(bk.tags, bucket.total)], carried_in: Micros::ZERO },
-                    bucket.late,
-                )),
-            }
+            decoded.push((bk, bucket));
         }
+        // Scan order is hour first, so a series' hours seal oldest first.
+        let groups = group_buckets(decoded).map_err(overflow("a record's late usage"))?;
         // Carries change as successive hours of one series seal in this same batch.
         let mut carries: HashMap<Vec<u8>, Micros> = HashMap::new();
-        for (rk, mut usage, late) in groups {
+        for group in groups {
+            let rk = &group.key;
             let ck = keys::carry_key(&rk.product, &rk.identity, &rk.dimension);
             let carried_in = match carries.get(&ck) {
                 Some(c) => *c,
@@ -606,31 +488,10 @@ impl Writer {
                     None => Micros::ZERO,
                 },
             };
-            usage.carried_in = carried_in;
-            let recorded = usage.buckets.iter().fold(Micros::ZERO, |a, (_, m)| a.checked_add(*m).unwrap_or(a));
-            let s = seal(&usage);
-            carries.insert(ck, s.carried_out);
-            let nothing_to_send = s.quantity == 0 && !params.zero_records;
-            let mut deadline_ms = deadline(rk.hour_ms, params.window_for(&rk.product), params.margin_ms);
-            if let Some(cap) = deadline_cap {
-                deadline_ms = deadline_ms.min(cap);
-            }
-            let record = SealedRecord {
-                deadline_ms,
-                key: rk,
-                quantity: s.quantity,
-                allocations: s.allocations,
-                sealed_at_ms: params.now_ms,
-                recorded,
-                carried_in,
-                carried_out: s.carried_out,
-                late,
-                sent_as: None,
-                state: if nothing_to_send { RecordState::Carried } else { RecordState::Sealed },
-            };
+            let record = seal_record(group, carried_in, params, deadline_cap).map_err(overflow("a record's usage"))?;
+            carries.insert(ck, record.carried_out);
             let rkey = keys::record_key(&record.key);
-            if nothing_to_send {
-                // Kept for the report; never queued, never sent.
+            if record.state == RecordState::Carried {
                 summary.carried_only += 1;
             } else {
                 batch.insert(keys::queue_key(record.deadline_ms, &rkey), &[][..]);
@@ -659,27 +520,21 @@ impl Writer {
             batch.insert(keys::agreement_key(a), lk.clone());
         }
         if self.db.get(&lk)?.is_none() {
-            let life = CustomerLifecycle {
-                identity: m.identity.clone(),
-                product_code: None,
-                agreement_id: m.agreement_id.clone(),
+            let mut life = CustomerLifecycle::new(m.identity.clone(), None, m.agreement_id.clone());
+            life.record(StatusChange {
+                at_ms: now_ms,
                 status: CustomerStatus::Active,
-                not_subscribed_at_ms: None,
-                history: vec![StatusChange {
-                    at_ms: now_ms,
-                    status: CustomerStatus::Active,
-                    source: format!("mapped from tenant {:?}", m.tenant_id),
-                    event_id: None,
-                    applied: true,
-                }],
-            };
+                source: format!("mapped from tenant {:?}", m.tenant_id),
+                event_id: None,
+                applied: true,
+            });
             batch.insert(lk.clone(), encode(&life));
         }
         // AWS keeps one record per (customer, dimension, hour) and answers DuplicateRecord to any other: held
         // usage may take an AWS key of the identity only if no other record has it. Usage that cannot takes the
         // identity's next hour nobody else has (counted there as late), never a second record.
         let customer = lk;
-        let open_hour = hour_start(now_ms).max(self.sealed_through()?);
+        let open_hour = self.sealed_through()?.map_or(hour_start(now_ms), |s| hour_start(now_ms).max(s));
         let tenant = Identity::Tenant(m.tenant_id.clone());
         let mut moved = 0;
         let mut merged: HashMap<Vec<u8>, Bucket> = HashMap::new();
@@ -704,9 +559,9 @@ impl Writer {
                     None => Bucket::default(),
                 },
             };
-            t.total = t.total.checked_add(b.total).ok_or_else(|| StoreError::Corrupt("bucket overflow".into()))?;
+            t.total = t.total.try_add(b.total).map_err(overflow("a bucket moved to the identity"))?;
             t.events += b.events;
-            t.late = t.late.checked_add(b.late).unwrap_or(t.late);
+            t.late = t.late.try_add(b.late).map_err(overflow("a bucket moved to the identity"))?;
             merged.insert(target, t);
             batch.remove(k);
             moved += 1;
@@ -744,9 +599,7 @@ impl Writer {
                     None => Micros::ZERO,
                 },
             };
-            let c = c
-                .checked_add(Micros::from_units(u64::from(r.quantity)))
-                .ok_or_else(|| StoreError::Corrupt("carry overflow".into()))?;
+            let c = c.try_add(Micros::from_units(u64::from(r.quantity))).map_err(overflow("the identity's carry"))?;
             carries.insert(ck, c);
             // The carry is sealed with the series' next bucket: make sure there is one.
             let prefix = keys::record_prefix(into_hour_ms, &r.key.product, &m.identity, &r.key.dimension);
@@ -864,56 +717,19 @@ impl Writer {
         let mut life = match self.db.get(&lk)? {
             Some(v) => decode::<CustomerLifecycle>(&v)?,
             None => match identity {
-                Some(identity) => CustomerLifecycle {
-                    identity,
-                    product_code: ev.product_code.clone(),
-                    agreement_id: ev.agreement_id.clone(),
-                    status: CustomerStatus::Active,
-                    history: Vec::new(),
-                    not_subscribed_at_ms: None,
-                },
+                Some(identity) => CustomerLifecycle::new(identity, ev.product_code.clone(), ev.agreement_id.clone()),
                 None => return Ok(LifecycleOutcome { unknown_agreement: true, ..LifecycleOutcome::default() }),
             },
         };
-        // A license event may carry the account id an earlier event lacked.
-        if let (Identity::Aws { account_id, .. }, Subject::License { account_id: Some(a), .. }) =
-            (&mut life.identity, &ev.subject)
-            && account_id.is_empty()
-        {
-            account_id.clone_from(a);
-        }
-        let next = match ev.kind {
-            LifecycleKind::Active => CustomerStatus::Active,
-            LifecycleKind::Deprovisioning => CustomerStatus::Deprovisioning { since_ms: now },
-            LifecycleKind::Ended => CustomerStatus::Ended { since_ms: now, reason: ev.source_type.clone() },
-        };
-        let duplicate =
-            ev.event_id.as_ref().is_some_and(|id| life.history.iter().any(|h| h.event_id.as_ref() == Some(id)));
-        let applied = !duplicate && life.status.advances_to(&next);
-        let was_active = life.status.accepts_usage();
-        if applied {
-            life.status = next.clone();
-        }
-        life.history.push(StatusChange {
-            at_ms: now,
-            status: next,
-            source: ev.source_type.clone(),
-            event_id: ev.event_id.clone(),
-            applied,
-        });
-        if life.history.len() > MAX_HISTORY {
-            life.history.remove(0);
-        }
-        if life.agreement_id.is_none() {
-            life.agreement_id.clone_from(&ev.agreement_id);
-        }
+        let transition = life.apply(ev, now);
+        let applied = transition.applied;
         let mut batch = sled::Batch::default();
         if let Some(a) = &life.agreement_id {
             batch.insert(keys::agreement_key(a), lk.clone());
         }
         let mut outcome =
             LifecycleOutcome { applied, status: Some(life.status.clone()), ..LifecycleOutcome::default() };
-        if applied && was_active && !life.status.accepts_usage() {
+        if transition.leaves {
             // The final reporting hour: seal everything open for this customer, the current hour included, and
             // bring the deadlines forward so it goes out ahead of everything else.
             let mut buckets = Vec::new();
@@ -936,8 +752,7 @@ impl Writer {
                     buckets.push((k.to_vec(), bk, decode::<Bucket>(&v)?));
                 }
             }
-            let cap = now + crate::clock::HOUR_MS - params.margin_ms.min(crate::clock::HOUR_MS / 2);
-            let s = self.seal_buckets(&mut batch, buckets, params, Some(cap))?;
+            let s = self.seal_buckets(&mut batch, buckets, params, Some(final_hour_deadline(now, params.margin_ms)))?;
             outcome.records_sealed = s.records;
         }
         batch.insert(lk, encode(&life));
@@ -948,7 +763,7 @@ impl Writer {
     fn apply_amend(
         &self,
         subject: &Subject,
-        mut entry: StatusChange,
+        entry: StatusChange,
         reinstate: bool,
     ) -> Result<Option<super::AmendOutcome>, StoreError> {
         let lk = match subject {
@@ -964,49 +779,21 @@ impl Writer {
         let Some(v) = self.db.get(&lk)? else { return Ok(None) };
         let mut life = decode::<CustomerLifecycle>(&v)?;
         let previous = life.status.clone();
-        if reinstate {
-            if previous.accepts_usage() {
-                return Ok(Some(super::AmendOutcome { previous, lifecycle: life, changed: false }));
-            }
-            life.status = CustomerStatus::Active;
-            entry.status = CustomerStatus::Active;
-        }
-        life.history.push(entry);
-        if life.history.len() > MAX_HISTORY {
-            life.history.remove(0);
+        if !life.amend(entry, reinstate) {
+            return Ok(Some(super::AmendOutcome { previous, lifecycle: life, changed: false }));
         }
         self.db.insert(lk, encode(&life))?;
         Ok(Some(super::AmendOutcome { previous, lifecycle: life, changed: true }))
     }
 
-    /// Keeps AWS's word on the customer: the status does not change (AWS decides eligibility at each call and a
-    /// pending agreement may still activate), but the answer is recorded and shown.
+    /// Keeps AWS's word on the customer ([`CustomerLifecycle::note_not_subscribed`]).
     fn apply_not_subscribed(&self, identity: &Identity, at_ms: UnixMillis) -> Result<(), StoreError> {
         let Some(lk) = keys::lifecycle_key(identity) else { return Ok(()) };
         let mut life = match self.db.get(&lk)? {
             Some(v) => decode::<CustomerLifecycle>(&v)?,
-            None => CustomerLifecycle {
-                identity: identity.clone(),
-                product_code: None,
-                agreement_id: None,
-                status: CustomerStatus::Active,
-                history: Vec::new(),
-                not_subscribed_at_ms: None,
-            },
+            None => CustomerLifecycle::new(identity.clone(), None, None),
         };
-        if life.not_subscribed_at_ms.is_none() {
-            life.history.push(StatusChange {
-                at_ms,
-                status: life.status.clone(),
-                source: "CustomerNotSubscribed from BatchMeterUsage".into(),
-                event_id: None,
-                applied: false,
-            });
-            if life.history.len() > MAX_HISTORY {
-                life.history.remove(0);
-            }
-        }
-        life.not_subscribed_at_ms = Some(at_ms);
+        life.note_not_subscribed(at_ms);
         self.db.insert(lk, encode(&life))?;
         Ok(())
     }
@@ -1108,8 +895,8 @@ impl Writer {
                 RecordState::Expired { .. } => removed.expired += q,
                 _ => {}
             }
-            removed.recorded = removed.recorded.checked_add(r.recorded).unwrap_or(removed.recorded);
-            removed.late = removed.late.checked_add(r.late).unwrap_or(removed.late);
+            removed.recorded = removed.recorded.try_add(r.recorded).map_err(overflow("compacted usage"))?;
+            removed.late = removed.late.try_add(r.late).map_err(overflow("compacted late usage"))?;
             removed.records += 1;
             batch.remove(k);
         }
@@ -1131,8 +918,8 @@ impl Writer {
         };
         total.records += removed.records;
         total.events += removed.events;
-        total.recorded = total.recorded.checked_add(removed.recorded).unwrap_or(total.recorded);
-        total.late = total.late.checked_add(removed.late).unwrap_or(total.late);
+        total.recorded = total.recorded.try_add(removed.recorded).map_err(overflow("compacted usage"))?;
+        total.late = total.late.try_add(removed.late).map_err(overflow("compacted late usage"))?;
         total.accepted += removed.accepted;
         total.rejected += removed.rejected;
         total.expired += removed.expired;
@@ -1150,21 +937,8 @@ impl Writer {
                 return Err(StoreError::Corrupt(format!("update of unknown record {:?}", r.key)));
             };
             let old: SealedRecord = decode(&old)?;
-            // A record's content is frozen at seal time and a terminal state is final.
-            let identity_changed = old.sent_as.is_some() && old.sent_as != r.sent_as;
-            if old.quantity != r.quantity
-                || old.allocations != r.allocations
-                || old.deadline_ms != r.deadline_ms
-                || identity_changed
-            {
-                return Err(StoreError::Corrupt(format!("attempt to change the sealed content of {:?}", r.key)));
-            }
-            if old.state.is_terminal() {
-                return Err(StoreError::Corrupt(format!("record {:?} is already {}", r.key, old.state.name())));
-            }
-            if let RecordState::Rejected { reason, .. } = &r.state
-                && reason.is_lost()
-            {
+            check_update(&old, r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let Some(units) = lost_units(r) {
                 // Counted in the same write as the state, so the total can neither miss nor double one.
                 let l = match lost.as_mut() {
                     Some(l) => l,
@@ -1174,7 +948,7 @@ impl Writer {
                     }),
                 };
                 l.records += 1;
-                l.units += u64::from(r.quantity);
+                l.units += units;
             }
             let qkey = keys::queue_key(r.deadline_ms, &rkey);
             if r.state.is_terminal() {

@@ -326,10 +326,13 @@ impl Submitter {
                     let accepted = updates.iter().filter(|r| matches!(r.state, RecordState::Accepted { .. })).count();
                     tracing::info!(account = %self.account, records = updates.len(), accepted,
                         request_id = request_id.as_deref().unwrap_or("-"), "BatchMeterUsage answered");
-                    self.store.update_records(updates).await?;
+                    // AWS's word on the customer is kept before the rejection shows: whoever reads a rejected
+                    // record (report, status) then finds the customer marked too. A crash in between resends the
+                    // record, which AWS answers the same way.
                     for identity in not_subscribed {
                         self.store.note_not_subscribed(identity, now).await?;
                     }
+                    self.store.update_records(updates).await?;
                 }
                 CallOutcome::Retryable { throttled, reason } => {
                     if throttled {

@@ -158,7 +158,7 @@ async fn run(args: &Args, pairs: usize) -> anyhow::Result<Row> {
     for n in 0..customers {
         emu.customers.push(EmuCustomer::licensed(PRODUCT_CODE, ACCOUNT, &license(n)));
     }
-    let emulator = Emulator::new(emu, Arc::new(meterd::clock::EmulatorClock(Arc::new(meterd::clock::SystemClock))));
+    let emulator = Emulator::new(emu, Arc::new(meterd::simulate::EmulatorClock(Arc::new(meterd::clock::SystemClock))));
     let handle = emulator.start(tokio::net::TcpListener::bind("127.0.0.1:0").await?).await?;
 
     let dir = meterd_tests::bench_data_dir(&args.data_root)?;
