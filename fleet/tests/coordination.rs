@@ -48,7 +48,8 @@ async fn migrations_apply_once_even_when_agents_start_together() {
 async fn a_live_node_id_cannot_be_claimed_twice_and_a_silent_one_is_taken_back() {
     let pg = TestPostgres::start().expect("postgres");
     let c = migrated(&pg).await;
-    let stale = Duration::from_millis(500);
+    // Long enough that the steps meant to run while the first claim is live do so on a loaded 2-core machine.
+    let stale = Duration::from_secs(3);
     let first = nodes::register(&c, "node-a", "0.1.0", stale).await.expect("first claim");
     match nodes::register(&c, "node-a", "0.1.0", stale).await {
         Err(NodeError::InUse { node_id, .. }) => assert_eq!(node_id, "node-a"),
@@ -75,7 +76,8 @@ async fn one_submitter_per_account_and_a_stale_one_is_fenced() {
     let stale = Duration::from_secs(60);
     let a = nodes::register(&c, "a", "", stale).await.unwrap();
     let b = nodes::register(&c, "b", "", stale).await.unwrap();
-    let terms = Terms { ttl: Duration::from_millis(600), margin: Duration::from_millis(200) };
+    // The "still held" steps must finish inside the TTL even on a loaded machine: seconds, not milliseconds.
+    let terms = Terms { ttl: Duration::from_secs(3), margin: Duration::from_secs(1) };
 
     let mut la = lease::acquire(&c, "acct-1", &a, terms).await.unwrap().expect("free lease");
     assert_eq!(la.epoch, 1);
@@ -115,7 +117,8 @@ async fn a_takeover_waits_for_the_fenced_write_in_flight() {
     let c = migrated(&pg).await;
     let a = nodes::register(&c, "a", "", Duration::from_secs(60)).await.unwrap();
     let b = nodes::register(&c, "b", "", Duration::from_secs(60)).await.unwrap();
-    let terms = Terms { ttl: Duration::from_millis(500), margin: Duration::from_millis(100) };
+    // Acquire and fence must both happen inside the TTL, also on a loaded machine.
+    let terms = Terms { ttl: Duration::from_secs(3), margin: Duration::from_secs(1) };
     let la = lease::acquire(&c, "acct", &a, terms).await.unwrap().unwrap();
 
     // a's ledger write passes the fence and holds the lease row FOR SHARE...
