@@ -65,25 +65,22 @@ pub async fn run(
         unix: listeners.unix.as_ref().map(|(_, p)| p.clone()),
         emulator_url,
     };
-    let metrics = Arc::new(crate::metrics::Metrics::default());
+    // Each component registers the metrics it owns as it is built.
+    let metrics = Arc::new(crate::metrics::Registry::default());
+    metrics.register(Arc::new(crate::store::metrics::LedgerMetrics { store: store.clone(), clock: clock.clone() }));
+    metrics.register(security.refused.clone());
     let (pipeline, running) =
-        crate::pipeline::Pipeline::start(config.clone(), store.clone(), clock.clone(), metrics.clone()).await?;
-    let customers = crate::customers::Customers::new(
-        config.clone(),
-        store.clone(),
-        clock.clone(),
-        pipeline.clone(),
-        metrics.clone(),
-    )
-    .await?;
-    let (routes, health) = server::routes(
-        config.clone(),
-        store.clone(),
-        clock.clone(),
-        pipeline.clone(),
-        customers.clone(),
-        metrics.clone(),
-    );
+        crate::pipeline::Pipeline::start(config.clone(), store.clone(), clock.clone(), &metrics).await?;
+    let customers =
+        crate::customers::Customers::new(config.clone(), store.clone(), clock.clone(), pipeline.clone(), &metrics)
+            .await?;
+    let (routes, health) =
+        server::routes(config.clone(), store.clone(), clock.clone(), pipeline.clone(), customers.clone(), &metrics);
+    metrics.register(Arc::new(crate::silence::DropsMetric {
+        config: config.clone(),
+        store: Arc::new(store.clone()),
+        clock: clock.clone(),
+    }));
     let admin = match &config.admin {
         Some(a) => {
             let source = server::status::Source {
@@ -95,7 +92,7 @@ pub async fn run(
             };
             // Loopback is protected by the host; any other address by the gRPC listener's token.
             let token = if a.is_loopback() { None } else { security.token.clone() };
-            let app = server::admin_http::router(source, metrics.clone(), token);
+            let app = server::admin_http::router(source, metrics.clone(), token, security.refused.clone());
             Some(HttpServer::start("admin.listen", &a.listen, app).await?)
         }
         None => None,
@@ -107,8 +104,7 @@ pub async fn run(
             if let Some(why) = m.events_off_reason() {
                 tracing::warn!("{why}");
             }
-            let app = server::marketplace_http::MarketplaceHttp::from_config(m, customers, product, metrics.clone())?
-                .router();
+            let app = server::marketplace_http::MarketplaceHttp::from_config(m, customers, product, &metrics)?.router();
             Some(HttpServer::start("marketplace.listen", &m.listen, app).await?)
         }
         None => None,

@@ -47,7 +47,23 @@ pub struct Customers {
     clients: Arc<BTreeMap<String, Client>>,
     /// DescribeAgreement clients per account, to confirm end-of-subscription events.
     agreements: Arc<BTreeMap<String, aws_sdk_marketplaceagreement::Client>>,
-    metrics: Arc<crate::metrics::Metrics>,
+    /// End-of-subscription events AWS did not confirm (not applied), by reason.
+    unconfirmed: Arc<Unconfirmed>,
+}
+
+/// Lifecycle events AWS did not confirm, by reason: the registry's own metric.
+#[derive(Default)]
+pub struct Unconfirmed(crate::metrics::CounterVec<String>);
+
+impl crate::metrics::Collect for Unconfirmed {
+    fn collect(&self, out: &mut crate::metrics::Encoder) -> Result<(), String> {
+        let name = "meterd_lifecycle_events_unconfirmed_total";
+        out.family(name, "counter", "End-of-subscription events AWS did not confirm, so not applied, by reason.");
+        for (reason, n) in self.0.snapshot() {
+            out.sample(name, &[("reason", &reason)], n);
+        }
+        Ok(())
+    }
 }
 
 /// What applying a lifecycle event did; `unconfirmed` says why it was not applied when AWS did not confirm it.
@@ -73,7 +89,7 @@ impl Customers {
         store: Store,
         clock: SharedClock,
         pipeline: Pipeline,
-        metrics: Arc<crate::metrics::Metrics>,
+        registry: &crate::metrics::Registry,
     ) -> anyhow::Result<Self> {
         let mut clients = BTreeMap::new();
         let mut agreements = BTreeMap::new();
@@ -88,7 +104,11 @@ impl Customers {
             pipeline,
             clients: Arc::new(clients),
             agreements: Arc::new(agreements),
-            metrics,
+            unconfirmed: {
+                let u = Arc::new(Unconfirmed::default());
+                registry.register(u.clone());
+                u
+            },
         })
     }
 
@@ -252,7 +272,7 @@ impl Customers {
         if ev.kind != lifecycle::LifecycleKind::Active
             && let Some((reason, message)) = self.confirm_end(&ev).await?
         {
-            self.metrics.lifecycle_unconfirmed(reason);
+            self.unconfirmed.0.add(reason.to_string(), 1);
             tracing::warn!(kind = ?ev.kind, subject = ?ev.subject, event_id = ?ev.event_id, reason, %message,
                 "lifecycle event not confirmed by AWS; not applied");
             let status = match ev.kind {

@@ -1,13 +1,15 @@
 //! Recording usage: validate every event against the catalog, then let the store decide and apply the valid
 //! ones in one durable write. Transport-free, so the gRPC layer only converts and tests can call it directly.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use crate::clock::SharedClock;
 use crate::domain::catalog::Catalog;
 use crate::domain::ingest::{IngestOutcome, IngestRules};
 use crate::domain::quantity::Micros;
 use crate::domain::validate::{RawEvent, validate};
+use crate::metrics::{Collect, CounterVec, Encoder, Registry};
 use crate::store::{Ledger, StoreError};
 
 #[derive(Clone)]
@@ -15,16 +17,37 @@ pub struct Ingest {
     catalog: Arc<Catalog>,
     store: Arc<dyn Ledger>,
     clock: SharedClock,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<IngestMetrics>,
+}
+
+/// What ingest counts: refusals by reason and the exact quantity accepted per (product, dimension). Events
+/// stored, replays and late events are the store's (counted in the write that stores them).
+#[derive(Default)]
+pub struct IngestMetrics {
+    /// `invalid_<field>`, `conflict`, `late_rejected`, `too_late`, `not_active`, `overflow`, `disk_full`, ...
+    refused: CounterVec<String>,
+    accepted: Mutex<BTreeMap<(String, String), Micros>>,
+}
+
+impl Collect for IngestMetrics {
+    fn collect(&self, out: &mut Encoder) -> Result<(), String> {
+        out.family("meterd_events_refused_total", "counter", "Usage events refused, by reason.");
+        for (reason, n) in self.refused.snapshot() {
+            out.sample("meterd_events_refused_total", &[("reason", &reason)], n);
+        }
+        out.family("meterd_quantity_accepted", "counter", "Exact usage quantity accepted, by product and dimension.");
+        for ((p, d), q) in self.accepted.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.sample("meterd_quantity_accepted", &[("product", p), ("dimension", d)], q);
+        }
+        Ok(())
+    }
 }
 
 impl Ingest {
-    pub fn new(
-        catalog: Arc<Catalog>,
-        store: Arc<dyn Ledger>,
-        clock: SharedClock,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Self {
+    /// Registers ingest's metrics with `registry`.
+    pub fn new(catalog: Arc<Catalog>, store: Arc<dyn Ledger>, clock: SharedClock, registry: &Registry) -> Self {
+        let metrics = Arc::new(IngestMetrics::default());
+        registry.register(metrics.clone());
         Self { catalog, store, clock, metrics }
     }
 
@@ -67,9 +90,7 @@ impl Ingest {
                 Ok(o) => o,
                 Err(e) => {
                     if let StoreError::DiskFull(_) = e {
-                        for _ in 0..n {
-                            self.metrics.refused("disk_full");
-                        }
+                        self.metrics.refused.add("disk_full".to_string(), n as u64);
                     }
                     return Err(e);
                 }
@@ -94,12 +115,15 @@ impl Ingest {
             .collect();
         for ((product, dimension), q) in series.iter().zip(accepted) {
             if q != Micros::ZERO {
-                self.metrics.accepted(product, dimension, q);
+                let mut m = self.metrics.accepted.lock().unwrap_or_else(|e| e.into_inner());
+                let e = m.entry((product.clone(), dimension.clone())).or_default();
+                // Capped: a metric beyond any real total; the ledger itself refuses an overflow.
+                *e = e.checked_add(q).unwrap_or(Micros(u128::MAX));
             }
         }
         for r in &results {
             if let Some(reason) = r.refusal_reason() {
-                self.metrics.refused(&reason);
+                self.metrics.refused.add(reason, 1);
             }
         }
         Ok(results)

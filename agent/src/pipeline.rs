@@ -42,8 +42,9 @@ impl Pipeline {
         config: Arc<Config>,
         store: Store,
         clock: SharedClock,
-        metrics: Arc<crate::metrics::Metrics>,
+        registry: &crate::metrics::Registry,
     ) -> anyhow::Result<(Self, Running)> {
+        let metrics = Arc::new(crate::submit::SubmitMetrics::default());
         let (stop, stop_rx) = watch::channel(false);
         let nudge = Arc::new(Notify::new());
         let mut tasks = tokio::task::JoinSet::new();
@@ -68,7 +69,13 @@ impl Pipeline {
             tracing::warn!("no [accounts.NAME] configured: usage is recorded and sealed but not submitted");
         }
         let seal_policy = config.seal_policy();
-        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats: Arc::new(stats), deployment };
+        let submit_stats = Arc::new(stats);
+        registry.register(Arc::new(crate::submit::metrics::SubmitCollector {
+            metrics,
+            accounts: submit_stats.clone(),
+            deployment: deployment.clone(),
+        }));
+        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats, deployment };
         let sealer = pipeline.clone();
         let mut stop_sealer = stop_rx;
         tasks.spawn(async move {

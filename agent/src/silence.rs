@@ -4,7 +4,6 @@
 //! [`last_ended_hour`], so they show the same drops.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use crate::clock::{HOUR_MS, UnixMillis, hour_start};
 use crate::config::Config;
@@ -59,21 +58,28 @@ pub fn settings(config: &Config) -> Settings {
 
 /// `meterd_usage_drops{product, dimension}`: drops (the total and its biggest customers) in the last ended
 /// hour, one series per configured product × dimension, so the label set is bounded by the config.
-pub fn render_metric(config: &Config, drops: &[UsageDrop]) -> String {
-    let mut out = String::from(
-        "# HELP meterd_usage_drops Series (the product x dimension total and its biggest customers) whose last ended hour fell below silence.drop_below_percent of its baseline\n# TYPE meterd_usage_drops gauge\n",
-    );
-    for (name, p) in &config.products {
-        for dim in &p.dimensions {
-            let n = drops.iter().filter(|d| &d.product == name && &d.dimension == dim).count();
-            let _ =
-                writeln!(out, "meterd_usage_drops{{product=\"{}\",dimension=\"{}\"}} {n}", escape(name), escape(dim));
-        }
-    }
-    out
+pub struct DropsMetric {
+    pub config: std::sync::Arc<Config>,
+    pub store: std::sync::Arc<dyn Ledger>,
+    pub clock: crate::clock::SharedClock,
 }
 
-/// Prometheus label value escaping.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+impl crate::metrics::Collect for DropsMetric {
+    fn collect(&self, out: &mut crate::metrics::Encoder) -> Result<(), String> {
+        let drops = last_ended_hour(self.store.as_ref(), &settings(&self.config), self.clock.now_ms())
+            .map_err(|e| e.to_string())?;
+        let name = "meterd_usage_drops";
+        out.family(
+            name,
+            "gauge",
+            "Series (the product x dimension total and its biggest customers) whose last ended hour fell below silence.drop_below_percent of its baseline",
+        );
+        for (product, p) in &self.config.products {
+            for dim in &p.dimensions {
+                let n = drops.iter().filter(|d| &d.product == product && &d.dimension == dim).count();
+                out.sample(name, &[("product", product), ("dimension", dim)], n);
+            }
+        }
+        Ok(())
+    }
 }

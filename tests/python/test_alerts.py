@@ -9,9 +9,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def exported_metrics():
-    # metrics.rs renders most metrics; silence.rs renders meterd_usage_drops.
-    src = "".join((ROOT / f).read_text() for f in ["agent/src/metrics.rs", "agent/src/silence.rs"])
-    names = set(re.findall(r"\b(meterd_[a-z_]+)\b", src))
+    # Each component renders the metrics it owns (metrics.rs is only the registry): every family name is a
+    # string literal passed to the encoder somewhere under agent/src.
+    src = "".join(p.read_text() for p in (ROOT / "agent/src").rglob("*.rs"))
+    names = set(re.findall(r'"(meterd_[a-z_]+)"', src))
     # Histograms export _bucket/_sum/_count series.
     for base in list(names):
         names |= {base + "_bucket", base + "_sum", base + "_count"}

@@ -12,29 +12,24 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::clock::SharedClock;
-use crate::metrics::{Metrics, Snapshot, render};
-use crate::pipeline::Pipeline;
+use crate::metrics::Registry;
 use crate::store::Store;
 
 #[derive(Clone)]
 struct Admin {
-    config: Arc<crate::config::Config>,
     store: Store,
-    clock: SharedClock,
-    pipeline: Pipeline,
-    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
 }
 
-/// `token`: required on `/metrics` and `/api/…` when set (the listener is not loopback).
-pub fn router(source: super::status::Source, metrics: Arc<Metrics>, token: Option<String>) -> Router {
-    let admin = Admin {
-        config: source.config.clone(),
-        store: source.store.clone(),
-        clock: source.clock.clone(),
-        pipeline: source.pipeline.clone(),
-        metrics,
-    };
+/// `token`: required on `/metrics` and `/api/…` when set (the listener is not loopback); refusals are counted
+/// in `refused`, with the gRPC listener's.
+pub fn router(
+    source: super::status::Source,
+    registry: Arc<Registry>,
+    token: Option<String>,
+    refused: Arc<super::auth::Refused>,
+) -> Router {
+    let admin = Admin { store: source.store.clone(), registry };
     let guarded = Router::new()
         .route("/metrics", get(metrics_text))
         .with_state(admin.clone())
@@ -43,8 +38,8 @@ pub fn router(source: super::status::Source, metrics: Arc<Metrics>, token: Optio
         Some(t) => {
             let token: Arc<[u8]> = Arc::from(t.into_bytes());
             guarded.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-                let token = token.clone();
-                async move { require_token(&token, req, next).await }
+                let (token, refused) = (token.clone(), refused.clone());
+                async move { require_token(&token, &refused, req, next).await }
             }))
         }
         None => guarded,
@@ -57,11 +52,11 @@ pub fn router(source: super::status::Source, metrics: Arc<Metrics>, token: Optio
         .merge(guarded)
 }
 
-async fn require_token(expected: &[u8], req: Request, next: Next) -> Response {
+async fn require_token(expected: &[u8], refused: &super::auth::Refused, req: Request, next: Next) -> Response {
     if super::auth::authorized(expected, req.headers().get(header::AUTHORIZATION)) {
         return next.run(req).await;
     }
-    super::auth::REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    refused.count();
     tracing::warn!(path = %req.uri().path(), "admin request refused: missing or wrong bearer token");
     (
         StatusCode::UNAUTHORIZED,
@@ -89,31 +84,8 @@ async fn ready(State(a): State<Admin>) -> Response {
 }
 
 async fn metrics_text(State(a): State<Admin>) -> Response {
-    let now_ms = a.clock.now_ms();
-    let gathered = tokio::task::spawn_blocking(move || {
-        let pending = a.store.pending_records(usize::MAX)?;
-        let backlog = crate::domain::backlog::Backlog::of(&pending, |t| a.store.mapping(t).map(|m| m.is_some()))?;
-        let settings = crate::silence::settings(&a.config);
-        let drops = crate::silence::last_ended_hour(&a.store, &settings, now_ms)?;
-        let snapshot = Snapshot {
-            now_ms,
-            store: a.store.counters(),
-            submit: &a.pipeline.submit_stats,
-            pending: backlog.pending,
-            oldest_pending_hour_ms: backlog.oldest_pending_hour_ms,
-            most_urgent_deadline_ms: backlog.most_urgent_deadline_ms,
-            at_risk: backlog.at_risk,
-            open_buckets: a.store.open_bucket_count(),
-            store_bytes: a.store.size_on_disk(),
-            lost: a.store.lost()?,
-        };
-        let mut body = render(&a.metrics, &snapshot);
-        body.push_str(&a.pipeline.deployment.render_metrics());
-        body.push_str(&crate::silence::render_metric(&a.config, &drops));
-        Ok::<_, crate::store::StoreError>(body)
-    })
-    .await;
-    match gathered {
+    // Components may read the store: off the async workers.
+    match tokio::task::spawn_blocking(move || a.registry.render()).await {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response(),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),

@@ -9,17 +9,38 @@ use std::task::{Context, Poll};
 
 use subtle::ConstantTimeEq;
 
-/// Calls refused for a missing or wrong token (exported as `meterd_auth_refused_total`).
-pub static REFUSED: AtomicU64 = AtomicU64::new(0);
+/// Calls refused for a missing or wrong token, on the gRPC listener and the admin listener alike (exported as
+/// `meterd_auth_refused_total`). One per agent, shared by both checks.
+#[derive(Debug, Default)]
+pub struct Refused(AtomicU64);
+
+impl Refused {
+    pub fn count(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl crate::metrics::Collect for Refused {
+    fn collect(&self, out: &mut crate::metrics::Encoder) -> Result<(), String> {
+        out.single(
+            "meterd_auth_refused_total",
+            "counter",
+            "TCP calls refused for a missing or wrong bearer token.",
+            self.0.load(Ordering::Relaxed),
+        );
+        Ok(())
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct AuthLayer {
     token: Option<Arc<[u8]>>,
+    refused: Arc<Refused>,
 }
 
 impl AuthLayer {
-    pub fn new(token: Option<String>) -> Self {
-        Self { token: token.map(|t| Arc::from(t.into_bytes())) }
+    pub fn new(token: Option<String>, refused: Arc<Refused>) -> Self {
+        Self { token: token.map(|t| Arc::from(t.into_bytes())), refused }
     }
 }
 
@@ -33,7 +54,7 @@ impl std::fmt::Debug for AuthLayer {
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, token: self.token.clone() }
+        Auth { inner, token: self.token.clone(), refused: self.refused.clone() }
     }
 }
 
@@ -41,6 +62,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     token: Option<Arc<[u8]>>,
+    refused: Arc<Refused>,
 }
 
 pub(crate) fn authorized(expected: &[u8], header: Option<&http::HeaderValue>) -> bool {
@@ -70,7 +92,7 @@ where
             && !req.uri().path().starts_with("/grpc.health.v1.Health/")
             && !authorized(expected, req.headers().get(http::header::AUTHORIZATION))
         {
-            REFUSED.fetch_add(1, Ordering::Relaxed);
+            self.refused.count();
             tracing::warn!(method = %req.uri().path(), "call refused: missing or wrong bearer token");
             let status =
                 tonic::Status::unauthenticated("a valid bearer token is required (authorization: Bearer <token>)");
@@ -92,6 +114,6 @@ mod tests {
         assert!(!authorized(b"s3cret-token", Some(&h("Bearer s3cret"))));
         assert!(!authorized(b"s3cret-token", Some(&h("s3cret-token"))));
         assert!(!authorized(b"s3cret-token", None));
-        assert!(format!("{:?}", AuthLayer::new(Some("s3cret-token".into()))).contains("redacted"));
+        assert!(format!("{:?}", AuthLayer::new(Some("s3cret-token".into()), Arc::default())).contains("redacted"));
     }
 }

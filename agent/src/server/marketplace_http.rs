@@ -25,7 +25,7 @@ use super::rate_limit::{PerIp, client_ip};
 use super::sns::{self, SnsError, SnsType, SnsVerifier};
 use crate::config::{MarketplaceHttpConfig, SNS_CERT_HOST_PATTERN};
 use crate::customers::{CustomerError, Customers, EventResult};
-use crate::metrics::Metrics;
+use crate::metrics::{Collect, CounterVec, Encoder, Registry};
 
 pub const FULFILLMENT_PATH: &str = "/marketplace/fulfillment";
 pub const EVENTS_PATH: &str = "/internal/marketplace/events";
@@ -48,7 +48,26 @@ pub struct MarketplaceHttp {
     form_limit: Arc<PerIp>,
     events_limit: Arc<PerIp>,
     trusted_proxies: Arc<Vec<IpAddr>>,
-    metrics: Arc<Metrics>,
+    refused: Arc<Refused>,
+}
+
+/// Requests refused, by (endpoint, reason): unauthenticated events, rate limits, bad forms.
+#[derive(Default)]
+struct Refused(CounterVec<(String, String)>);
+
+impl Collect for Refused {
+    fn collect(&self, out: &mut Encoder) -> Result<(), String> {
+        let name = "meterd_marketplace_requests_refused_total";
+        out.family(
+            name,
+            "counter",
+            "Marketplace HTTP requests refused, by endpoint and reason (unauthenticated, rate limited, ...).",
+        );
+        for ((endpoint, reason), n) in self.0.snapshot() {
+            out.sample(name, &[("endpoint", &endpoint), ("reason", &reason)], n);
+        }
+        Ok(())
+    }
 }
 
 impl MarketplaceHttp {
@@ -57,7 +76,7 @@ impl MarketplaceHttp {
         m: &MarketplaceHttpConfig,
         customers: Customers,
         product: String,
-        metrics: Arc<Metrics>,
+        registry: &Registry,
     ) -> anyhow::Result<Self> {
         let secret = match &m.events_secret_file {
             Some(path) => {
@@ -97,7 +116,11 @@ impl MarketplaceHttp {
             form_limit: Arc::new(PerIp::new(&m.rate_limit)),
             events_limit: Arc::new(PerIp::new(&m.events_rate_limit)),
             trusted_proxies: Arc::new(trusted),
-            metrics,
+            refused: {
+                let r = Arc::new(Refused::default());
+                registry.register(r.clone());
+                r
+            },
         })
     }
 
@@ -116,7 +139,7 @@ impl MarketplaceHttp {
 
     /// Counts and logs a refusal — never the body or the credentials.
     fn refuse(&self, endpoint: &str, client: IpAddr, code: StatusCode, reason: &str, detail: &str) -> Response {
-        self.metrics.marketplace_refused(endpoint, reason);
+        self.refused.0.add((endpoint.to_string(), reason.to_string()), 1);
         tracing::warn!(endpoint, %client, reason, detail, "marketplace request refused");
         (code, axum::Json(serde_json::json!({ "error": detail, "reason": reason }))).into_response()
     }

@@ -45,7 +45,7 @@ pub fn routes(
     clock: SharedClock,
     pipeline: crate::pipeline::Pipeline,
     registry: crate::customers::Customers,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: &crate::metrics::Registry,
 ) -> (Routes, health::Health) {
     let health = health::Health::new();
     // Both reflection versions: grpcurl and current tools speak v1, grpcio-reflection's client and older
@@ -143,6 +143,8 @@ fn server_builder() -> tonic::transport::Server<BaseLayers> {
 pub struct TcpSecurity {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     pub token: Option<String>,
+    /// Calls refused for the token; the admin listener counts into it too.
+    pub refused: std::sync::Arc<auth::Refused>,
 }
 
 impl TcpSecurity {
@@ -184,7 +186,7 @@ impl TcpSecurity {
             }
             None => None,
         };
-        Ok(Self { tls, token })
+        Ok(Self { tls, token, refused: Default::default() })
     }
 }
 
@@ -215,7 +217,7 @@ pub async fn serve(
         if let Some(tls) = security.tls {
             builder = builder.tls_config(tls).map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
         }
-        let mut builder = builder.layer(auth::AuthLayer::new(security.token));
+        let mut builder = builder.layer(auth::AuthLayer::new(security.token, security.refused));
         let server = builder.add_routes(routes);
         tasks.spawn(async move { server.serve_with_incoming_shutdown(incoming, stop).await });
     }

@@ -94,7 +94,7 @@ impl Source {
                         calls_throttled: s.calls_throttled.load(Ordering::Relaxed),
                         calls_failed: s.calls_failed.load(Ordering::Relaxed),
                         records_accepted: s.records_accepted.load(Ordering::Relaxed),
-                        records_rejected: s.records_rejected.load(Ordering::Relaxed),
+                        records_rejected: s.rejected.total(),
                         records_expired: s.records_expired.load(Ordering::Relaxed),
                     }
                 })

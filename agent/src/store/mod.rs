@@ -12,6 +12,7 @@
 pub mod durable;
 pub mod generation;
 pub mod keys;
+pub mod metrics;
 pub mod seam;
 pub mod space;
 mod writer;

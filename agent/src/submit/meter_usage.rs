@@ -179,8 +179,7 @@ impl Submitter {
                     aws_request_id: None,
                     at_ms: now,
                 };
-                self.stats.records_rejected.fetch_add(1, Ordering::Relaxed);
-                self.metrics.rejected("Invalid");
+                self.stats.reject("Invalid");
                 self.store.update_records(vec![SealedRecord { state, ..r }]).await?;
                 continue;
             };
@@ -238,8 +237,7 @@ impl Submitter {
                 }
                 MeterOutcome::Duplicate { request_id } => {
                     self.stats.calls_failed.fetch_add(1, Ordering::Relaxed);
-                    self.stats.records_rejected.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.rejected("DuplicateRecord");
+                    self.stats.reject("DuplicateRecord");
                     tracing::error!(record = ?r.key, units = r.quantity, request_id = request_id.as_deref().unwrap_or("-"),
                         "REVENUE LOST: DuplicateRequestException on the first send: this host already metered another \
                         quantity for this dimension and hour (a second meterd on the same instance?); these units are \
@@ -252,8 +250,7 @@ impl Submitter {
                 }
                 MeterOutcome::Rejected { exception, message, request_id } => {
                     self.stats.calls_failed.fetch_add(1, Ordering::Relaxed);
-                    self.stats.records_rejected.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.rejected(&exception);
+                    self.stats.reject(&exception);
                     tracing::error!(record = ?r.key, %exception, %message, "MeterUsage rejected the record");
                     RecordState::Rejected {
                         reason: RejectReason::AwsException(exception),

@@ -8,6 +8,7 @@
 pub mod aws;
 mod backoff;
 pub mod meter_usage;
+pub mod metrics;
 pub mod pacing;
 pub mod register;
 pub mod wire_shape;
@@ -23,7 +24,9 @@ use crate::clock::SharedClock;
 use crate::config::{Config, IdentityMode};
 use crate::domain::event::Identity;
 use crate::domain::record::{ExpiryReason, RecordState, RejectReason, SealedRecord};
+use crate::metrics::CounterVec;
 use crate::store::{Store, StoreError};
+pub use metrics::SubmitMetrics;
 
 /// AWS's limits per call.
 pub const MAX_RECORDS_PER_CALL: usize = 25;
@@ -38,12 +41,20 @@ pub struct SubmitStats {
     pub calls_throttled: AtomicU64,
     pub calls_failed: AtomicU64,
     pub records_accepted: AtomicU64,
-    pub records_rejected: AtomicU64,
+    /// Records rejected, by reason (an AWS exception name, `Invalid`, `DuplicateRecord`): the one count status
+    /// and metrics both read.
+    pub rejected: CounterVec<String>,
     pub records_expired: AtomicU64,
     pub records_unprocessed: AtomicU64,
     pub bisections: AtomicU64,
     pub last_success_ms: AtomicI64,
     pub skew: Arc<Skew>,
+}
+
+impl SubmitStats {
+    pub fn reject(&self, reason: &str) {
+        self.rejected.add(reason.to_string(), 1);
+    }
 }
 
 pub struct Submitter {
@@ -53,7 +64,7 @@ pub struct Submitter {
     clock: SharedClock,
     client: Client,
     pub stats: Arc<SubmitStats>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<SubmitMetrics>,
     /// The adaptive send rate (at most the account's `calls_per_second`), on time since `pace_origin`.
     pacer: pacing::Pacer,
     pace_origin: tokio::time::Instant,
@@ -72,7 +83,7 @@ impl Submitter {
         config: Arc<Config>,
         store: Store,
         clock: SharedClock,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<SubmitMetrics>,
     ) -> anyhow::Result<Self> {
         let acct = config.accounts.get(account).ok_or_else(|| anyhow::anyhow!("unknown account {account}"))?;
         let stats = Arc::new(SubmitStats::default());
@@ -227,10 +238,7 @@ impl Submitter {
                     }),
                 }
             }
-            self.stats.records_rejected.fetch_add(invalid.len() as u64, Ordering::Relaxed);
-            for _ in &invalid {
-                self.metrics.rejected("Invalid");
-            }
+            self.stats.rejected.add("Invalid".to_string(), invalid.len() as u64);
             self.store.update_records(invalid).await?;
             if sendable.is_empty() {
                 continue;
@@ -293,8 +301,7 @@ impl Submitter {
                                     request_id = request_id.as_deref().unwrap_or("-"),
                                     "REVENUE LOST: DuplicateRecord on the first send: AWS already holds another quantity \
                                     for this hour (another system or agent metered it?); these units are never billed");
-                                self.stats.records_rejected.fetch_add(1, Ordering::Relaxed);
-                                self.metrics.rejected("DuplicateRecord");
+                                self.stats.reject("DuplicateRecord");
                                 RecordState::Rejected {
                                     reason: RejectReason::DuplicateRecord,
                                     aws_request_id: request_id.clone(),
@@ -304,8 +311,7 @@ impl Submitter {
                             Some(RecordResult::CustomerNotSubscribed) => {
                                 tracing::warn!(record = ?r.key, "CustomerNotSubscribed: record rejected");
                                 not_subscribed.push(identities[&r.key].clone());
-                                self.metrics.rejected("CustomerNotSubscribed");
-                                self.stats.records_rejected.fetch_add(1, Ordering::Relaxed);
+                                self.stats.reject("CustomerNotSubscribed");
                                 RecordState::Rejected {
                                     reason: RejectReason::CustomerNotSubscribed,
                                     aws_request_id: request_id.clone(),
@@ -352,8 +358,7 @@ impl Submitter {
                     if sendable.len() == 1 {
                         let r = sendable.pop().expect("one record");
                         tracing::error!(record = ?r.key, %exception, %message, "record rejected by AWS");
-                        self.stats.records_rejected.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.rejected(&exception);
+                        self.stats.reject(&exception);
                         let state = RecordState::Rejected {
                             reason: RejectReason::AwsException(exception),
                             aws_request_id: request_id,

@@ -48,33 +48,26 @@ impl DeploymentChecks {
         self.results.lock().expect("checks lock").iter().map(|((p, c), r)| (p.clone(), c.clone(), r.clone())).collect()
     }
 
-    /// Prometheus lines: one gauge per check (1 = ok) and the RegisterUsage attempts.
-    pub fn render_metrics(&self) -> String {
-        use std::fmt::Write;
+    /// One gauge per check (1 = ok) and the RegisterUsage attempts; nothing while no product needs checks.
+    pub fn collect(&self, out: &mut crate::metrics::Encoder) -> Result<(), String> {
         let snap = self.snapshot();
         if snap.is_empty() {
-            return String::new();
+            return Ok(());
         }
-        let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-        let mut out = String::from(
-            "# HELP meterd_deployment_check_ok Start-up checks of deployment-mode products (MeterUsage DryRun per dimension, RegisterUsage): 1 ok, 0 not (yet).\n# TYPE meterd_deployment_check_ok gauge\n",
+        out.family(
+            "meterd_deployment_check_ok",
+            "gauge",
+            "Start-up checks of deployment-mode products (MeterUsage DryRun per dimension, RegisterUsage): 1 ok, 0 not (yet).",
         );
         for (p, c, r) in &snap {
-            let _ = writeln!(
-                out,
-                "meterd_deployment_check_ok{{product=\"{}\",check=\"{}\",state=\"{}\",error=\"{}\"}} {}",
-                esc(p),
-                esc(c),
-                r.state,
-                esc(&r.error_code),
-                u8::from(r.state == "ok")
-            );
+            let labels = [("product", p.as_str()), ("check", c), ("state", r.state), ("error", &r.error_code)];
+            out.sample("meterd_deployment_check_ok", &labels, u8::from(r.state == "ok"));
         }
-        out.push_str("# HELP meterd_register_usage_attempts RegisterUsage calls made since start.\n# TYPE meterd_register_usage_attempts gauge\n");
-        for (p, c, r) in snap.iter().filter(|(_, c, _)| c == "register_usage") {
-            let _ = (c, writeln!(out, "meterd_register_usage_attempts{{product=\"{}\"}} {}", esc(p), r.attempts));
+        out.family("meterd_register_usage_attempts", "gauge", "RegisterUsage calls made since start.");
+        for (p, _, r) in snap.iter().filter(|(_, c, _)| c == "register_usage") {
+            out.sample("meterd_register_usage_attempts", &[("product", p)], r.attempts);
         }
-        out
+        Ok(())
     }
 }
 
