@@ -1,12 +1,7 @@
 //! The customer registry as the agent uses it: mapping tenants, resolving registration tokens with AWS, and
 //! applying lifecycle events. Transport-free; `server/customers.rs` only converts.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
-
-use aws_sdk_marketplacemetering::Client;
-use aws_sdk_marketplacemetering::error::ProvideErrorMetadata;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, IdentityMode};
@@ -17,6 +12,7 @@ use crate::domain::lifecycle;
 use crate::domain::validate::{is_license_arn, valid_id};
 use crate::pipeline::Pipeline;
 use crate::store::{LifecycleOutcome, Store, StoreError};
+use crate::submit::registration::{Agreement, RegistrationClients, ResolveError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CustomerError {
@@ -43,10 +39,9 @@ pub struct Customers {
     store: Store,
     clock: SharedClock,
     pipeline: Pipeline,
-    /// One ResolveCustomer client per account (it must be the account that published the product).
-    clients: Arc<BTreeMap<String, Client>>,
-    /// DescribeAgreement clients per account, to confirm end-of-subscription events.
-    agreements: Arc<BTreeMap<String, aws_sdk_marketplaceagreement::Client>>,
+    /// ResolveCustomer (with the account that published the product) and DescribeAgreement (to confirm
+    /// end-of-subscription events), per account.
+    aws: Arc<RegistrationClients>,
     /// End-of-subscription events AWS did not confirm (not applied), by reason.
     unconfirmed: Arc<Unconfirmed>,
 }
@@ -91,19 +86,13 @@ impl Customers {
         pipeline: Pipeline,
         registry: &crate::metrics::Registry,
     ) -> anyhow::Result<Self> {
-        let mut clients = BTreeMap::new();
-        let mut agreements = BTreeMap::new();
-        for (name, acct) in &config.accounts {
-            clients.insert(name.clone(), crate::submit::aws::client(acct, clock.clone(), Arc::default()).await?);
-            agreements.insert(name.clone(), crate::submit::aws::agreement_client(acct).await?);
-        }
+        let aws = Arc::new(RegistrationClients::for_accounts(&config, clock.clone()).await?);
         Ok(Self {
             config,
             store,
             clock,
             pipeline,
-            clients: Arc::new(clients),
-            agreements: Arc::new(agreements),
+            aws,
             unconfirmed: {
                 let u = Arc::new(Unconfirmed::default());
                 registry.register(u.clone());
@@ -207,38 +196,14 @@ impl Customers {
             .config
             .account_of(name)
             .ok_or_else(|| invalid("product", format!("product {name:?} has no [accounts] entry to call AWS with")))?;
-        let client = &self.clients[account];
-        let mut attempt = 0u32;
-        let out = loop {
-            match client.resolve_customer().registration_token(token).send().await {
-                Ok(out) => break out,
-                Err(e) => {
-                    let code = e.code().unwrap_or("").to_string();
-                    let message = e.message().unwrap_or("").to_string();
-                    match code.as_str() {
-                        "InvalidTokenException" => {
-                            return Err(invalid("registration_token", format!("AWS: {message}")));
-                        }
-                        "ExpiredTokenException" => {
-                            return Err(CustomerError::TokenExpired(format!(
-                                "registration_token: AWS says it expired ({message}); the buyer must start the sign-up again"
-                            )));
-                        }
-                        _ if attempt < 4 => {
-                            attempt += 1;
-                            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                        }
-                        _ => {
-                            return Err(CustomerError::Unavailable(format!(
-                                "ResolveCustomer failed after {attempt} retries: {}",
-                                aws_smithy_types::error::display::DisplayErrorContext(&e)
-                            )));
-                        }
-                    }
-                }
-            }
-        };
-        if let (Some(code), Some(expected)) = (out.product_code(), &p.product_code)
+        let out = self.aws.resolve_customer(account, token).await.map_err(|e| match e {
+            ResolveError::InvalidToken(message) => invalid("registration_token", format!("AWS: {message}")),
+            ResolveError::Expired(message) => CustomerError::TokenExpired(format!(
+                "registration_token: AWS says it expired ({message}); the buyer must start the sign-up again"
+            )),
+            ResolveError::Unavailable(message) => CustomerError::Unavailable(message),
+        })?;
+        if let (Some(code), Some(expected)) = (&out.product_code, &p.product_code)
             && code != expected
         {
             return Err(invalid(
@@ -246,7 +211,11 @@ impl Customers {
                 format!("the token is for product code {code:?}, but product {name:?} is {expected:?}"),
             ));
         }
-        let identity = match (out.customer_aws_account_id(), out.license_arn(), out.customer_identifier()) {
+        let identity = match (
+            out.customer_aws_account_id.as_deref(),
+            out.license_arn.as_deref(),
+            out.customer_identifier.as_deref(),
+        ) {
             (Some(a), Some(l), _) if p.identity == IdentityMode::License => {
                 Identity::Aws { account_id: a.to_string(), license_arn: l.to_string() }
             }
@@ -260,8 +229,7 @@ impl Customers {
                 )));
             }
         };
-        let agreement = out.metadata().and_then(|m| m.agreement_id()).map(str::to_string);
-        Ok((name.to_string(), identity, agreement))
+        Ok((name.to_string(), identity, out.agreement_id))
     }
 
     /// Applies a lifecycle event document; a leaving customer's final hour is sealed and sent first. An event
@@ -327,12 +295,12 @@ impl Customers {
             .and_then(|code| self.config.products.iter().find(|(_, p)| p.product_code.as_deref() == Some(code)))
             .and_then(|(name, _)| self.config.account_of(name))
             .or_else(|| self.config.accounts.keys().next().map(String::as_str));
-        let Some(client) = account.and_then(|a| self.agreements.get(a)) else {
+        let Some(answer) = account.and_then(|a| self.aws.has_account(a).then_some(a)) else {
             return Ok(Some(("no_account", "no [accounts] entry to call DescribeAgreement with".into())));
         };
-        match client.describe_agreement().agreement_id(agreement).send().await {
-            Ok(out) => {
-                let status = out.status().map(|s| s.as_str().to_string()).unwrap_or_default();
+        let answer = self.aws.describe_agreement(answer, agreement).await.unwrap_or_else(|| Err("no client".into()));
+        match answer {
+            Ok(Agreement::Status(status)) => {
                 if status == "ACTIVE" || status.is_empty() {
                     Ok(Some((
                         "agreement_active",
@@ -346,27 +314,20 @@ impl Customers {
                     Ok(None)
                 }
             }
+            Ok(Agreement::NotFound(message)) => Ok(Some((
+                "agreement_not_found",
+                format!("DescribeAgreement does not know agreement {agreement}: {message}"),
+            ))),
+            Ok(Agreement::AccessDenied(message)) => Ok(Some((
+                "access_denied",
+                format!("DescribeAgreement refused ({message}): grant aws-marketplace:DescribeAgreement"),
+            ))),
+            Ok(Agreement::Invalid(message)) => Ok(Some((
+                "agreement_invalid",
+                format!("DescribeAgreement refused agreement id {agreement:?}: {message}"),
+            ))),
             Err(e) => {
-                let code = e.code().unwrap_or("").to_string();
-                let message = e.message().unwrap_or("").to_string();
-                match code.as_str() {
-                    "ResourceNotFoundException" => Ok(Some((
-                        "agreement_not_found",
-                        format!("DescribeAgreement does not know agreement {agreement}: {message}"),
-                    ))),
-                    "AccessDeniedException" => Ok(Some((
-                        "access_denied",
-                        format!("DescribeAgreement refused ({message}): grant aws-marketplace:DescribeAgreement"),
-                    ))),
-                    "ValidationException" => Ok(Some((
-                        "agreement_invalid",
-                        format!("DescribeAgreement refused agreement id {agreement:?}: {message}"),
-                    ))),
-                    _ => Err(CustomerError::Unavailable(format!(
-                        "cannot confirm the event with AWS (DescribeAgreement): {}",
-                        aws_smithy_types::error::display::DisplayErrorContext(&e)
-                    ))),
-                }
+                Err(CustomerError::Unavailable(format!("cannot confirm the event with AWS (DescribeAgreement): {e}")))
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod meter_usage;
 pub mod metrics;
 pub mod pacing;
 pub mod register;
+pub mod registration;
 pub mod wire_shape;
 
 use std::collections::{HashMap, HashSet};
