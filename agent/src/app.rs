@@ -69,16 +69,19 @@ pub async fn run(
     let metrics = Arc::new(crate::metrics::Registry::default());
     metrics.register(Arc::new(crate::store::metrics::LedgerMetrics { store: store.clone(), clock: clock.clone() }));
     metrics.register(security.refused.clone());
+    // The pipeline and the customer registry need only the seam; status and the admin views still read the
+    // sled store's own counters.
+    let ledger: Arc<dyn crate::store::Ledger> = Arc::new(store.clone());
     let (pipeline, running) =
-        crate::pipeline::Pipeline::start(config.clone(), store.clone(), clock.clone(), &metrics).await?;
+        crate::pipeline::Pipeline::start(config.clone(), ledger.clone(), clock.clone(), &metrics).await?;
     let customers =
-        crate::customers::Customers::new(config.clone(), store.clone(), clock.clone(), pipeline.clone(), &metrics)
+        crate::customers::Customers::new(config.clone(), ledger.clone(), clock.clone(), pipeline.clone(), &metrics)
             .await?;
     let (routes, health) =
         server::routes(config.clone(), store.clone(), clock.clone(), pipeline.clone(), customers.clone(), &metrics);
     metrics.register(Arc::new(crate::silence::DropsMetric {
         config: config.clone(),
-        store: Arc::new(store.clone()),
+        store: ledger.clone(),
         clock: clock.clone(),
     }));
     let admin = match &config.admin {

@@ -11,7 +11,7 @@ use crate::domain::event::Identity;
 use crate::domain::lifecycle;
 use crate::domain::validate::{is_license_arn, valid_id};
 use crate::pipeline::Pipeline;
-use crate::store::{LifecycleOutcome, Store, StoreError};
+use crate::store::{Ledger, LifecycleOutcome, StoreError};
 use crate::submit::registration::{Agreement, RegistrationClients, ResolveError};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ fn invalid(field: &str, message: impl Into<String>) -> CustomerError {
 #[derive(Clone)]
 pub struct Customers {
     config: Arc<Config>,
-    store: Store,
+    store: Arc<dyn Ledger>,
     clock: SharedClock,
     pipeline: Pipeline,
     /// ResolveCustomer (with the account that published the product) and DescribeAgreement (to confirm
@@ -81,7 +81,7 @@ pub struct Reinstated {
 impl Customers {
     pub async fn new(
         config: Arc<Config>,
-        store: Store,
+        store: Arc<dyn Ledger>,
         clock: SharedClock,
         pipeline: Pipeline,
         registry: &crate::metrics::Registry,
@@ -385,7 +385,7 @@ impl Customers {
         Ok(Reinstated { previous: out.previous, lifecycle: out.lifecycle, refused_since_ms })
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn Ledger {
+        self.store.as_ref()
     }
 }

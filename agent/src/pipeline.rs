@@ -8,14 +8,14 @@ use tokio::sync::{Notify, watch};
 use crate::clock::{HOUR_MS, SharedClock, hour_start};
 use crate::config::Config;
 use crate::domain::seal::SealPolicy;
-use crate::store::{SealParams, SealSummary, Store, StoreError};
+use crate::store::{Ledger, SealParams, SealSummary, StoreError};
 use crate::submit::{SubmitStats, Submitter};
 
 #[derive(Clone)]
 pub struct Pipeline {
     config: Arc<Config>,
     seal_policy: SealPolicy,
-    store: Store,
+    store: Arc<dyn Ledger>,
     clock: SharedClock,
     nudge: Arc<Notify>,
     /// (account name, its submitter's counters)
@@ -40,7 +40,7 @@ impl Pipeline {
     /// Builds one submitter per configured account and starts them with the sealer.
     pub async fn start(
         config: Arc<Config>,
-        store: Store,
+        store: Arc<dyn Ledger>,
         clock: SharedClock,
         registry: &crate::metrics::Registry,
     ) -> anyhow::Result<(Self, Running)> {
@@ -93,8 +93,7 @@ impl Pipeline {
                         Err(e) => tracing::error!(error = %e, "retention compaction failed; will retry"),
                     }
                     // Compaction frees keys; sled only gives their space back to a fresh copy.
-                    let ratio = sealer.config.storage.repack_ratio;
-                    if let Err(e) = sealer.store.repack_if_bloated(ratio, crate::store::REPACK_MIN_BYTES).await {
+                    if let Err(e) = sealer.store.reclaim_space(sealer.config.storage.repack_ratio).await {
                         tracing::error!(error = %e, "repacking the store failed; the old copy stays live");
                     }
                 }

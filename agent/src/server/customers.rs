@@ -98,7 +98,7 @@ impl CustomersApi for CustomersService {
         request: Request<v1::RemoveCustomerRequest>,
     ) -> Result<Response<v1::RemoveCustomerResponse>, Status> {
         let t = request.into_inner().tenant_id;
-        let removed = self.customers.store().remove_mapping(&t).await.map_err(store_status)?;
+        let removed = self.customers.store().remove_mapping(t.clone()).await.map_err(store_status)?;
         Ok(Response::new(v1::RemoveCustomerResponse { removed }))
     }
 

@@ -54,6 +54,10 @@ pub trait Ledger: Send + Sync {
     fn note_not_subscribed(&self, identity: Identity, at_ms: UnixMillis) -> BoxFuture<'_, Result<()>>;
     /// Retention: drops terminal history before `cutoff_ms`, folding its totals into [`Compacted`].
     fn compact(&self, cutoff_ms: UnixMillis) -> BoxFuture<'_, Result<Compacted>>;
+    /// Gives back space the backend no longer needs, when `ratio` says it is worth it (sled: a repack into a
+    /// fresh generation when the files hold more than `ratio` × the live bytes). A backend with nothing to do
+    /// answers None.
+    fn reclaim_space(&self, ratio: f64) -> BoxFuture<'_, Result<Option<super::RepackOutcome>>>;
     /// Everything the report reads, at one instant between two writes (never half a group, never a seal half seen).
     fn snapshot(&self) -> BoxFuture<'_, Result<super::LedgerSnapshot>>;
     /// Stops taking writes once those in progress are durable.
@@ -97,6 +101,9 @@ impl Ledger for super::Store {
     }
     fn seal(&self, params: SealParams) -> BoxFuture<'_, Result<SealSummary>> {
         Box::pin(super::Store::seal(self, params))
+    }
+    fn reclaim_space(&self, ratio: f64) -> BoxFuture<'_, Result<Option<super::RepackOutcome>>> {
+        Box::pin(super::Store::repack_if_bloated(self, ratio, super::REPACK_MIN_BYTES))
     }
     fn update_records(&self, records: Vec<SealedRecord>) -> BoxFuture<'_, Result<()>> {
         Box::pin(super::Store::update_records(self, records))

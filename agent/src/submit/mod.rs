@@ -26,7 +26,7 @@ use crate::config::{Config, IdentityMode};
 use crate::domain::event::Identity;
 use crate::domain::record::{ExpiryReason, RecordState, RejectReason, SealedRecord};
 use crate::metrics::CounterVec;
-use crate::store::{Store, StoreError};
+use crate::store::{Ledger, StoreError};
 pub use metrics::SubmitMetrics;
 
 /// AWS's limits per call.
@@ -61,7 +61,7 @@ impl SubmitStats {
 pub struct Submitter {
     pub account: String,
     config: Arc<Config>,
-    store: Store,
+    store: Arc<dyn Ledger>,
     clock: SharedClock,
     client: Client,
     pub stats: Arc<SubmitStats>,
@@ -82,7 +82,7 @@ impl Submitter {
     pub async fn new(
         account: &str,
         config: Arc<Config>,
-        store: Store,
+        store: Arc<dyn Ledger>,
         clock: SharedClock,
         metrics: Arc<SubmitMetrics>,
     ) -> anyhow::Result<Self> {
