@@ -4,11 +4,12 @@
 //! `ingest` (validate + store), `server` (gRPC transport), `app` (wiring), `cli` (the `meterd` command).
 
 pub mod app;
+/// The pure core lives in its own crate (`core/`, shared with the fleet backend); re-exported so every path
+/// `crate::domain::…` / `crate::clock::…` stays as it was.
+pub use meterd_core::{clock, domain};
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod customers;
-pub mod domain;
 pub mod import;
 pub mod ingest;
 pub mod metrics;

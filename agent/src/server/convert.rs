@@ -40,27 +40,26 @@ pub fn store_status(e: StoreError) -> Status {
 
 /// The wire event as the domain's unchecked input, moving its strings; every rule is applied by
 /// [`crate::domain::validate::validate`]. A `customer` without an identity is the same as no customer.
-impl From<v1::UsageEvent> for RawEvent {
-    fn from(ev: v1::UsageEvent) -> Self {
-        use v1::customer::Identity as Wire;
-        RawEvent {
-            idempotency_key: ev.idempotency_key,
-            product: ev.product,
-            customer: ev.customer.and_then(|c| c.identity).map(|w| match w {
-                Wire::TenantId(t) => RawCustomer::TenantId(t),
-                Wire::AwsAccount(a) => RawCustomer::AwsAccount {
-                    customer_aws_account_id: a.customer_aws_account_id,
-                    license_arn: a.license_arn,
-                },
-                Wire::Legacy(l) => {
-                    RawCustomer::Legacy { customer_identifier: l.customer_identifier, product_code: l.product_code }
-                }
-            }),
-            dimension: ev.dimension,
-            quantity: ev.quantity,
-            timestamp: ev.timestamp.map(|t| RawTimestamp { seconds: t.seconds, nanos: t.nanos }),
-            tags: ev.tags,
-        }
+/// (A function, not `From`: both types live in other crates.)
+pub fn raw_event(ev: v1::UsageEvent) -> RawEvent {
+    use v1::customer::Identity as Wire;
+    RawEvent {
+        idempotency_key: ev.idempotency_key,
+        product: ev.product,
+        customer: ev.customer.and_then(|c| c.identity).map(|w| match w {
+            Wire::TenantId(t) => RawCustomer::TenantId(t),
+            Wire::AwsAccount(a) => RawCustomer::AwsAccount {
+                customer_aws_account_id: a.customer_aws_account_id,
+                license_arn: a.license_arn,
+            },
+            Wire::Legacy(l) => {
+                RawCustomer::Legacy { customer_identifier: l.customer_identifier, product_code: l.product_code }
+            }
+        }),
+        dimension: ev.dimension,
+        quantity: ev.quantity,
+        timestamp: ev.timestamp.map(|t| RawTimestamp { seconds: t.seconds, nanos: t.nanos }),
+        tags: ev.tags,
     }
 }
 

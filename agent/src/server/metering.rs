@@ -27,7 +27,7 @@ impl Metering for MeteringService {
         request: Request<v1::RecordUsageRequest>,
     ) -> Result<Response<v1::RecordUsageResponse>, Status> {
         let event = request.into_inner().event.ok_or_else(|| Status::invalid_argument("event: is required"))?;
-        let mut results = self.ingest.record(vec![event.into()]).await.map_err(store_status)?;
+        let mut results = self.ingest.record(vec![super::convert::raw_event(event)]).await.map_err(store_status)?;
         let outcome = results.pop().expect("one result per event");
         if let Some(r) = outcome.receipt() {
             tracing::debug!(key = %r.idempotency_key, replayed = r.replayed, "usage recorded");
@@ -54,7 +54,11 @@ impl Metering for MeteringService {
             )));
         }
         let n = events.len();
-        let results = self.ingest.record(events.into_iter().map(Into::into).collect()).await.map_err(store_status)?;
+        let results = self
+            .ingest
+            .record(events.into_iter().map(super::convert::raw_event).collect())
+            .await
+            .map_err(store_status)?;
         let results = results
             .iter()
             .enumerate()
