@@ -432,3 +432,34 @@ async fn a_database_restart_mid_run_loses_nothing_committed_and_counts_nothing_t
     let counted: u64 = sums.values().map(|s| s.1).sum();
     assert_eq!((total, counted as i64), (events as u128 * 1_000_000, events), "every event exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_waits_for_a_seal_in_flight_and_then_counts_the_sealed_hour_late() {
+    let pg = TestPostgres::start().expect("postgres");
+    let mut c = migrated(&pg).await;
+    let now = now_ms();
+    let open = hour_start(now);
+    let h = open - 2 * HOUR_MS;
+    forward::forward(&mut c, "a", &[acked(event("first", customer(1), 1_000_000, h), now)], now).await.unwrap();
+
+    // A seal in flight holds the product's mark FOR UPDATE, as seal() does, and is about to seal up to `open`.
+    let mut sealer = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
+    let tx = sealer.transaction().await.unwrap();
+    tx.query("SELECT sealed_through FROM meterd_seal_marks WHERE product = 'p' FOR UPDATE", &[]).await.unwrap();
+    let url = pg.url();
+    let pending = tokio::spawn(async move {
+        let mut c = meterd_fleet::connect_plain(&url).await.unwrap();
+        let e = acked(event("during", customer(1), 2_000_000, h + 60_000), now);
+        forward::forward(&mut c, "b", &[e], now).await.unwrap()
+    });
+    // Only ever a false pass on a slow machine (the forward had not got there yet), never a false failure.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pending.is_finished(), "a forward committed into an hour while it was being sealed");
+    tx.execute("UPDATE meterd_seal_marks SET sealed_through = $1 WHERE product = 'p'", &[&open]).await.unwrap();
+    tx.commit().await.unwrap();
+    // The forward decided against the new mark: h is sealed, so the event is counted in the open hour, late.
+    let f = pending.await.unwrap();
+    assert_eq!((f.stored, f.late), (1, 1));
+    let sums = totals(&c).await;
+    assert_eq!(sums[&(open, customer(1))], (Micros(2_000_000), 1, Micros(2_000_000)));
+}
