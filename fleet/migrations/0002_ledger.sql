@@ -7,8 +7,8 @@
 -- One row per idempotency key forwarded by any node, kept for the dedupe window. Partitioned by the day the
 -- database stored it (its own clock: node clocks may disagree), so retention drops a whole day's partition
 -- (O(1), no vacuum debt) instead of deleting rows. The primary key includes the partition column, as PostgreSQL
--- requires: uniqueness of the key across partitions is kept by the writer (a per-key advisory lock stripe, then a
--- lookup across partitions, in the inserting transaction).
+-- requires: uniqueness of the key across partitions is kept by the writer (it locks the key's stripe row below,
+-- then looks the key up across partitions, in the inserting transaction).
 CREATE TABLE meterd_event_keys (
     idempotency_key text        NOT NULL,
     stored_on       date        NOT NULL DEFAULT (now() AT TIME ZONE 'UTC')::date,
@@ -24,6 +24,12 @@ CREATE TABLE meterd_event_keys (
     recorded_at_ms  bigint      NOT NULL,
     PRIMARY KEY (idempotency_key, stored_on)
 ) PARTITION BY RANGE (stored_on);
+
+-- Key stripes: a forward locks (FOR UPDATE, ascending) the rows of its keys' stripes (hashtext(key) & 4095), so
+-- two nodes forwarding one key serialise. Row locks live in the rows, not in the server's shared lock table
+-- (advisory locks would: thousands per forward could exhaust max_locks_per_transaction for every session).
+CREATE TABLE meterd_key_stripes (stripe integer PRIMARY KEY CHECK (stripe BETWEEN 0 AND 4095));
+INSERT INTO meterd_key_stripes SELECT generate_series(0, 4095);
 
 -- A key forwarded again with other content: never counted, never dropped silently. One row per distinct content.
 CREATE TABLE meterd_conflicts (

@@ -8,8 +8,8 @@
 //! always "carry" and no lateness bound applies). The node's forward watermark moves in the same transaction.
 //!
 //! Concurrency: the products' seal marks are read `FOR SHARE` (a seal takes them `FOR UPDATE`, so no event lands
-//! in an hour while it is sealed); the keys' advisory lock stripes serialise two nodes forwarding one key (event
-//! keys are partitioned by day, so no unique index spans them); bucket totals are incremented by upserts in a
+//! in an hour while it is sealed); the keys' stripe rows (`meterd_key_stripes`, locked `FOR UPDATE`) serialise
+//! two nodes forwarding one key (event keys are partitioned by day, so no unique index spans them); bucket totals are incremented by upserts in a
 //! fixed order. Deadlocks and serialization failures are retried.
 
 use std::collections::{BTreeMap, HashMap};
@@ -64,8 +64,6 @@ pub enum ForwardError {
 }
 
 const ATTEMPTS: usize = 6;
-/// Advisory lock class of the key stripes ("mete"); the stripe is the key's hash modulo 4096.
-const STRIPE_CLASS: i32 = 0x6d65_7465;
 
 /// Whether retrying the whole transaction can succeed: a deadlock or serialization failure.
 pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
@@ -157,11 +155,12 @@ async fn try_forward(
     let mut keys: Vec<&str> = events.iter().map(|a| a.event.idempotency_key.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
-    // Stripes in ascending order, so two forwards never wait on each other in a cycle.
+    // Stripe rows in ascending order, so two forwards never wait on each other in a cycle.
     tx.execute(
-        "SELECT count(pg_advisory_xact_lock($2, s))
-         FROM (SELECT DISTINCT hashtext(k) & 4095 AS s FROM unnest($1::text[]) AS k ORDER BY s) AS stripes",
-        &[&keys, &STRIPE_CLASS],
+        "SELECT stripe FROM meterd_key_stripes
+         WHERE stripe IN (SELECT hashtext(k) & 4095 FROM unnest($1::text[]) AS k)
+         ORDER BY stripe FOR UPDATE",
+        &[&keys],
     )
     .await?;
     let mut known: HashMap<String, (StoredEvent, String)> = HashMap::new();
