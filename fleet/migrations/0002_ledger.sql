@@ -68,7 +68,7 @@ CREATE TABLE meterd_buckets (
 -- Per node: "everything this node acknowledged before watermark_ms has been forwarded" (the node's clock).
 -- Moved only forward, in the same transaction as the events it covers.
 CREATE TABLE meterd_watermarks (
-    node_id        text        PRIMARY KEY,
+    node_id        text        PRIMARY KEY CHECK (length(node_id) BETWEEN 1 AND 128),
     watermark_ms   bigint      NOT NULL,
     forwarded      bigint      NOT NULL DEFAULT 0,
     updated_at     timestamptz NOT NULL DEFAULT now()

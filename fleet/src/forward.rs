@@ -54,6 +54,8 @@ pub struct Forwarded {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
+    #[error("fleet.node_id: must be 1 to 128 characters, got {0}")]
+    NodeId(usize),
     /// The decision refused an acknowledged event (only a bucket overflow can: ~10^25 units in one hour).
     #[error("event {key:?} cannot be counted in the shared ledger: {reason}")]
     Refused { key: String, reason: String },
@@ -82,6 +84,10 @@ pub async fn forward(
     events: &[Acked],
     watermark_ms: UnixMillis,
 ) -> Result<Forwarded, ForwardError> {
+    let len = node_id.chars().count();
+    if !(1..=128).contains(&len) {
+        return Err(ForwardError::NodeId(len));
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -343,6 +343,19 @@ pub async fn records(client: &Client, product: &str) -> Result<Vec<SealedRecord>
     rows.iter().map(|r| codec::record_of(r.get(0)).map_err(SealError::from)).collect()
 }
 
+/// Records still to be sent (sealed or in flight), most urgent deadline first: the submitter's queue.
+pub async fn pending_records(client: &Client, limit: i64) -> Result<Vec<SealedRecord>, SealError> {
+    let rows = client
+        .query(
+            "SELECT record::text FROM meterd_records WHERE state IN ('sealed', 'in_flight')
+             ORDER BY deadline_ms, hour_ms, product COLLATE \"C\", customer COLLATE \"C\", dimension COLLATE \"C\"
+             LIMIT $1",
+            &[&limit.max(0)],
+        )
+        .await?;
+    rows.iter().map(|r| codec::record_of(r.get(0)).map_err(SealError::from)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

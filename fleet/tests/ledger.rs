@@ -103,6 +103,9 @@ async fn a_retry_on_another_node_counts_once_and_other_content_under_a_key_is_a_
     assert_eq!(views::event_keys(&c).await.unwrap(), 2);
     let marks = views::watermarks(&c).await.unwrap();
     assert_eq!(marks.iter().map(|m| (m.0.as_str(), m.1)).collect::<Vec<_>>(), [("a", t), ("b", t + 10), ("c", t + 9)]);
+    // A node id the registry could not hold is refused, naming the setting.
+    let e = forward::forward(&mut c, "", &[], t).await.unwrap_err().to_string();
+    assert!(e.starts_with("fleet.node_id: "), "{e}");
     // A watermark never moves back.
     forward::forward(&mut c, "a", &[], t - 1000).await.unwrap();
     assert_eq!(views::watermarks(&c).await.unwrap()[0].1, t);
@@ -332,6 +335,10 @@ async fn racing_sealers_leave_one_record_per_aws_key_and_a_stale_leader_is_fence
     let now = seal::records(&c, "p").await.unwrap();
     assert_eq!(now[0], accepted);
     assert_eq!(now[1].state, RecordState::Sealed);
+    // The submitter's queue: what is left to send.
+    let pending = seal::pending_records(&c, 100).await.unwrap();
+    assert_eq!(pending, now[1..].to_vec());
+    assert_eq!(seal::pending_records(&c, 2).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
