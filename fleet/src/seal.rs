@@ -64,8 +64,8 @@ pub enum SealError {
     Fenced(#[from] LeaseError),
     #[error("record of {0:?} is already sealed: a second sealed record per AWS key is refused")]
     Duplicate(String),
-    #[error("quantity overflow sealing {0:?}")]
-    Overflow(RecordKey),
+    #[error("quantity overflow sealing {0}")]
+    Overflow(String),
     #[error("no sealed record {0:?}")]
     Unknown(RecordKey),
     #[error(transparent)]
@@ -225,14 +225,8 @@ async fn seal_product(
             buckets.push((key, bucket));
         }
         summary.buckets += buckets.len() as u64;
-        let groups = group_buckets(buckets).map_err(|_| {
-            SealError::Overflow(RecordKey {
-                hour_ms: cutoff,
-                product: product.clone(),
-                identity: meterd::domain::event::Identity::Deployment,
-                dimension: String::new(),
-            })
-        })?;
+        let groups = group_buckets(buckets)
+            .map_err(|_| SealError::Overflow(format!("the late usage of product {product:?} before hour {cutoff}")))?;
         let mut carries: HashMap<(String, String), Micros> = HashMap::new();
         for group in groups {
             let customer = codec::identity_text(&group.key.identity);
@@ -252,7 +246,8 @@ async fn seal_product(
                 },
             };
             let key = group.key.clone();
-            let record = seal_record(group, carried_in, params, None).map_err(|_| SealError::Overflow(key))?;
+            let record =
+                seal_record(group, carried_in, params, None).map_err(|_| SealError::Overflow(format!("{key:?}")))?;
             carries.insert(series, record.carried_out);
             if record.state == RecordState::Carried {
                 summary.carried_only += 1;
