@@ -63,6 +63,10 @@ async fn totals(c: &Client) -> BTreeMap<(i64, Identity), (Micros, u64, Micros)> 
 const POLICY: SealPolicy =
     SealPolicy { window_ms: 6 * HOUR_MS, product_windows_ms: BTreeMap::new(), margin_ms: 0, zero_records: false };
 
+/// A lease that outlives every step of a test on a loaded machine (the default TTL is 10 s, and the down-node
+/// test alone sleeps 7 s while holding it).
+const LONG: Terms = Terms { ttl: Duration::from_secs(300), margin: Duration::from_secs(10) };
+
 fn products() -> Vec<String> {
     vec!["p".to_string()]
 }
@@ -173,7 +177,7 @@ async fn a_seal_waits_for_a_lagging_node_and_seals_once_it_forwarded() {
     let me = nodes::register(&c, "a", "", Duration::from_secs(60)).await.unwrap();
     nodes::register(&c, "b", "", Duration::from_secs(60)).await.unwrap();
     nodes::register(&c, "c", "", Duration::from_secs(60)).await.unwrap();
-    let lease = lease::acquire(&c, "acct", &me, Terms::default()).await.unwrap().unwrap();
+    let lease = lease::acquire(&c, "acct", &me, LONG).await.unwrap().unwrap();
 
     forward::forward(&mut c, "a", &[acked(event("a1", customer(1), 1_500_000, h + 600_000), now)], now).await.unwrap();
     forward::forward(&mut c, "b", &[acked(event("b1", customer(1), 2_000_000, h + 1_200_000), now)], now)
@@ -214,7 +218,7 @@ async fn a_down_node_is_waited_for_a_bounded_time_and_what_it_forwards_later_is_
     let rules = SealRules { down_after, max_wait: Duration::from_secs(24 * 3600) };
     let a = nodes::register(&c, "a", "", down_after).await.unwrap();
     nodes::register(&c, "c", "", down_after).await.unwrap();
-    let lease = lease::acquire(&c, "acct", &a, Terms::default()).await.unwrap().unwrap();
+    let lease = lease::acquire(&c, "acct", &a, LONG).await.unwrap().unwrap();
     forward::forward(&mut c, "a", &[acked(event("a1", customer(1), 2_000_000, h + 60_000), now)], now).await.unwrap();
     let c1 = acked(event("c1", customer(1), 1_000_000, h + 300_000), h + 300_000);
     forward::forward(&mut c, "c", &[c1], h + 600_000).await.unwrap();
@@ -267,7 +271,7 @@ async fn racing_sealers_leave_one_record_per_aws_key_and_a_stale_leader_is_fence
     let terms = Terms { ttl: Duration::from_secs(3), margin: Duration::from_secs(1) };
     let la = lease::acquire(&c, "acct", &a, terms).await.unwrap().unwrap();
     tokio::time::sleep(terms.ttl + Duration::from_millis(500)).await;
-    let lb = lease::acquire(&c, "acct", &b, Terms::default()).await.unwrap().unwrap();
+    let lb = lease::acquire(&c, "acct", &b, LONG).await.unwrap().unwrap();
     assert_eq!((la.epoch, lb.epoch), (1, 2));
 
     // a wakes up and seals at the same time as b does, twice (two of b's tasks, e.g. a flush and the sealer).
