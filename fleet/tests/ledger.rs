@@ -368,7 +368,13 @@ async fn retention_drops_a_days_partition_and_a_retry_after_the_window_is_a_new_
     // The documented contract: past the window a key is forgotten, so a retry (here with other content) is new.
     let f = forward::forward(&mut c, "b", &[acked(event("old", customer(1), 7_000_000, t), t)], t).await.unwrap();
     assert_eq!((f.stored, f.conflicts.len()), (1, 0));
-    // Within the window it is remembered.
+    // Within the window it is remembered, also from an older day's partition than today's.
+    c.execute("UPDATE meterd_event_keys SET stored_on = stored_on - 1 WHERE idempotency_key = 'new'", &[])
+        .await
+        .unwrap();
+    let same = event("new", customer(1), 1_000_000, t);
+    let f = forward::forward(&mut c, "c", &[acked(same, t)], t).await.unwrap();
+    assert_eq!((f.stored, f.replayed), (0, 1), "a retry finds its key in yesterday's partition");
     let f = forward::forward(&mut c, "b", &[acked(event("new", customer(1), 7_000_000, t), t)], t).await.unwrap();
     assert_eq!((f.stored, f.conflicts.len()), (0, 1));
     // A second pass finds nothing more to drop.
@@ -473,4 +479,42 @@ async fn a_forward_waits_for_a_seal_in_flight_and_then_counts_the_sealed_hour_la
     assert_eq!((f.stored, f.late), (1, 1));
     let sums = totals(&c).await;
     assert_eq!(sums[&(open, customer(1))], (Micros(2_000_000), 1, Micros(2_000_000)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn two_nodes_racing_one_key_with_different_contents_count_one_and_record_the_other() {
+    let pg = TestPostgres::start().expect("postgres");
+    drop(migrated(&pg).await);
+    let t = hour_start(now_ms()) + 1000;
+    const KEYS: u128 = 200;
+    let mut tasks = Vec::new();
+    for (node, micros) in [("a", 1_000_000u128), ("b", 3_000_000)] {
+        let url = pg.url();
+        tasks.push(tokio::spawn(async move {
+            let mut c = meterd_fleet::connect_plain(&url).await.unwrap();
+            let mut f = forward::Forwarded::default();
+            // Ten batches of 20, so the two nodes interleave.
+            for b in 0..10u128 {
+                let batch: Vec<Acked> =
+                    (0..20).map(|i| acked(event(&format!("k{}", b * 20 + i), customer(1), micros, t), t)).collect();
+                let one = forward::forward(&mut c, node, &batch, t).await.unwrap();
+                f.stored += one.stored;
+                f.conflicts.extend(one.conflicts);
+            }
+            (micros, f)
+        }));
+    }
+    let mut expected = 0u128;
+    let (mut stored, mut conflicts) = (0, 0);
+    for task in tasks {
+        let (micros, f) = task.await.unwrap();
+        expected += u128::from(f.stored) * micros;
+        stored += f.stored;
+        conflicts += f.conflicts.len();
+    }
+    assert_eq!((u128::from(stored), conflicts as u128), (KEYS, KEYS), "each key counted once, the other recorded");
+    let c = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
+    let sums = totals(&c).await;
+    assert_eq!(sums[&(hour_start(t), customer(1))].0, Micros(expected));
+    assert_eq!(views::conflicts(&c).await.unwrap().len() as u128, KEYS);
 }
