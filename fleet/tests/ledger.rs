@@ -486,15 +486,18 @@ async fn two_nodes_racing_one_key_with_different_contents_count_one_and_record_t
     let pg = TestPostgres::start().expect("postgres");
     drop(migrated(&pg).await);
     let t = hour_start(now_ms()) + 1000;
-    const KEYS: u128 = 200;
+    const KEYS: u128 = 1000;
+    let start = Arc::new(tokio::sync::Barrier::new(2));
     let mut tasks = Vec::new();
     for (node, micros) in [("a", 1_000_000u128), ("b", 3_000_000)] {
         let url = pg.url();
+        let start = start.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = meterd_fleet::connect_plain(&url).await.unwrap();
             let mut f = forward::Forwarded::default();
-            // Ten batches of 20, so the two nodes interleave.
-            for b in 0..10u128 {
+            start.wait().await;
+            // Fifty batches of 20, in the same key order on both nodes, so they race key for key.
+            for b in 0..50u128 {
                 let batch: Vec<Acked> =
                     (0..20).map(|i| acked(event(&format!("k{}", b * 20 + i), customer(1), micros, t), t)).collect();
                 let one = forward::forward(&mut c, node, &batch, t).await.unwrap();
