@@ -1,19 +1,30 @@
-//! meterd fleet mode on PostgreSQL: the parts of the shared ledger that coordinate agents.
+//! meterd fleet mode on PostgreSQL: the shared ledger and the coordination of the agents that write it.
 //!
 //! - [`connect`]: the database URL, password file and TLS (rustls, libpq's `sslmode` semantics).
 //! - [`migrate`]: the schema, versioned, applied at start under a transaction-scoped advisory lock (so that many
 //!   agents starting at once apply each migration exactly once, and a pooler cannot strand the lock).
 //! - [`nodes`]: the node registry — unique node ids, incarnations, heartbeats.
 //! - [`lease`]: one submitter per AWS account — a lease row with a fencing epoch checked inside every ledger write.
+//! - [`forward`]: a node's acknowledged events into the shared ledger — unique event keys (replay / conflict),
+//!   bucket totals and the node's forward watermark in one transaction, decided by the agent's own ingest rules.
+//! - [`partitions`]: the dedupe window — event keys partitioned by day, retention drops partitions.
+//! - [`seal`]: fleet-wide sealing on the nodes' watermarks, under the account's lease, with the agent's seal
+//!   arithmetic; one record per AWS key; record state updates by the agent's rule.
+//! - [`views`]: reads for reports and `status`.
 //! - [`test_postgres`]: a real throwaway PostgreSQL server for tests (initdb + pg_ctl in a temp dir).
 //!
 //! The database's `now()` is the only clock: agents' clocks may disagree; the database is the one they share.
 
+pub mod codec;
 pub mod connect;
+pub mod forward;
 pub mod lease;
 pub mod migrate;
 pub mod nodes;
+pub mod partitions;
+pub mod seal;
 pub mod test_postgres;
+pub mod views;
 
 pub use tokio_postgres::{Client, Error as PgError};
 

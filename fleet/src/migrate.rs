@@ -10,8 +10,10 @@
 use tokio_postgres::Client;
 
 /// Every migration, in order. Never edit or reorder a released one: add the next.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "coordination", sql: include_str!("../migrations/0001_coordination.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "coordination", sql: include_str!("../migrations/0001_coordination.sql") },
+    Migration { version: 2, name: "ledger", sql: include_str!("../migrations/0002_ledger.sql") },
+];
 
 /// The advisory lock key of the migrator (an arbitrary constant; other applications in the same database are
 /// unlikely to pick it, and a clash only serialises their migrations with ours).

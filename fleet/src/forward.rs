@@ -1,0 +1,348 @@
+//! Forwarding: a node ships a batch of events it acknowledged to the shared ledger, in ONE transaction.
+//!
+//! Every event is decided by the agent's own ingest decision ([`IngestGroup`]), against the shared event keys:
+//! same key + same digest = replay (nothing changes), same key + other digest = a conflict row (kept and shown,
+//! never counted, never dropped silently), a new key = its row plus its bucket's total, in the same transaction.
+//! An event whose hour is already sealed fleet-wide follows the late-usage rule: counted into the open hour,
+//! flagged late (an acknowledged event is never refused here: the node already answered for it, so the policy is
+//! always "carry" and no lateness bound applies). The node's forward watermark moves in the same transaction.
+//!
+//! Concurrency: the products' seal marks are read `FOR SHARE` (a seal takes them `FOR UPDATE`, so no event lands
+//! in an hour while it is sealed); the keys' stripe rows (`meterd_key_stripes`, locked `FOR UPDATE`) serialise
+//! two nodes forwarding one key (event keys are partitioned by day, so no unique index spans them); bucket totals are incremented by upserts in a
+//! fixed order. Deadlocks and serialization failures are retried.
+
+use std::collections::{BTreeMap, HashMap};
+
+use meterd::clock::UnixMillis;
+use meterd::domain::catalog::LatePolicy;
+use meterd::domain::customer::TenantMapping;
+use meterd::domain::event::{Bucket, BucketKey, StoredEvent, UsageEvent};
+use meterd::domain::ingest::{CustomerRef, IngestGroup, IngestOutcome, IngestRules, Lookups, Standing};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+use crate::codec::{self, Corrupt};
+
+/// One acknowledged event of a node's spool.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub event: UsageEvent,
+    /// When the node acknowledged it (its clock): the event's time when the caller gave none, and the open hour
+    /// a late event is counted in.
+    pub received_ms: UnixMillis,
+}
+
+/// A key forwarded with other content than the ledger holds for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub idempotency_key: String,
+    /// The node whose event was counted under the key, and the hour it was counted in.
+    pub existing_node_id: String,
+    pub existing_hour_ms: UnixMillis,
+}
+
+/// What one forward did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    pub stored: u64,
+    pub replayed: u64,
+    /// Stored events whose own hour was sealed: counted in the open hour.
+    pub late: u64,
+    pub conflicts: Vec<Conflict>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("fleet.node_id: must be 1 to 128 characters, got {0}")]
+    NodeId(usize),
+    /// The decision refused an acknowledged event (only a bucket overflow can: ~10^25 units in one hour).
+    #[error("event {key:?} cannot be counted in the shared ledger: {reason}")]
+    Refused { key: String, reason: String },
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+    #[error("fleet database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+const ATTEMPTS: usize = 6;
+
+/// Whether retrying the whole transaction can succeed: a deadlock or serialization failure.
+pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
+    matches!(e.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+fn is_missing_partition(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| *d.code() == SqlState::CHECK_VIOLATION && d.message().starts_with("no partition"))
+}
+
+/// Applies `events` (acknowledged by `node_id`) and moves the node's watermark to `watermark_ms` ("everything
+/// acknowledged before this is forwarded"; never moved back), all in one transaction.
+pub async fn forward(
+    client: &mut Client,
+    node_id: &str,
+    events: &[Acked],
+    watermark_ms: UnixMillis,
+) -> Result<Forwarded, ForwardError> {
+    let len = node_id.chars().count();
+    if !(1..=128).contains(&len) {
+        return Err(ForwardError::NodeId(len));
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_forward(client, node_id, events, watermark_ms).await {
+            Err(ForwardError::Db(e)) if attempt < ATTEMPTS && is_missing_partition(&e) => {
+                // A new day (or a fresh database): create its partition and go again.
+                crate::partitions::ensure(client, 1, 2).await?;
+            }
+            Err(ForwardError::Db(e)) if attempt < ATTEMPTS && is_transient(&e) => {
+                tracing::debug!(error = %e, attempt, "forward retried");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Answers the decision from the shared keys read at the start of the transaction; buckets start empty, so the
+/// decided totals are this batch's increments (added to the shared totals in SQL, safely under concurrency).
+/// Tenant mappings and customer standing are not consulted: the node answered for the event already.
+struct Shared<'a> {
+    known: &'a HashMap<String, (StoredEvent, String)>,
+}
+
+impl Lookups for Shared<'_> {
+    type Error = std::convert::Infallible;
+    fn event(&mut self, key: &str) -> Result<Option<StoredEvent>, Self::Error> {
+        Ok(self.known.get(key).map(|(s, _)| s.clone()))
+    }
+    fn mapping(&mut self, _: &str) -> Result<Option<TenantMapping>, Self::Error> {
+        Ok(None)
+    }
+    fn standing(&mut self, _: &CustomerRef) -> Result<Option<Standing>, Self::Error> {
+        Ok(None)
+    }
+    fn bucket(&mut self, _: &BucketKey) -> Result<Option<Bucket>, Self::Error> {
+        Ok(None)
+    }
+}
+
+const ACKED: IngestRules = IngestRules { late: LatePolicy::Carry, max_lateness_ms: None };
+
+async fn try_forward(
+    client: &mut Client,
+    node_id: &str,
+    events: &[Acked],
+    watermark_ms: UnixMillis,
+) -> Result<Forwarded, ForwardError> {
+    let tx = client.transaction().await?;
+    let mut by_product: BTreeMap<&str, Vec<&Acked>> = BTreeMap::new();
+    for a in events {
+        by_product.entry(a.event.product.as_str()).or_default().push(a);
+    }
+    let products: Vec<&str> = by_product.keys().copied().collect();
+    tx.execute(
+        "INSERT INTO meterd_seal_marks (product) SELECT p FROM unnest($1::text[]) AS p ORDER BY p
+         ON CONFLICT (product) DO NOTHING",
+        &[&products],
+    )
+    .await?;
+    let sealed: HashMap<String, Option<i64>> = tx
+        .query(
+            "SELECT product, sealed_through FROM meterd_seal_marks WHERE product = ANY($1)
+             ORDER BY product FOR SHARE",
+            &[&products],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+
+    let mut keys: Vec<&str> = events.iter().map(|a| a.event.idempotency_key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    // Stripe rows in ascending order, so two forwards never wait on each other in a cycle.
+    tx.execute(
+        "SELECT stripe FROM meterd_key_stripes
+         WHERE stripe IN (SELECT hashtext(k) & 4095 FROM unnest($1::text[]) AS k)
+         ORDER BY stripe FOR UPDATE",
+        &[&keys],
+    )
+    .await?;
+    let mut known: HashMap<String, (StoredEvent, String)> = HashMap::new();
+    for r in tx
+        .query(
+            "SELECT idempotency_key, digest, product, event_time_ms, hour_ms, late, recorded_at_ms,
+                    quantity::text, node_id
+             FROM meterd_event_keys WHERE idempotency_key = ANY($1)",
+            &[&keys],
+        )
+        .await?
+    {
+        let digest: Vec<u8> = r.get(1);
+        let stored = StoredEvent {
+            digest: digest.try_into().map_err(|_| Corrupt { what: "event digest", detail: "not 32 bytes".into() })?,
+            late: r.get(5),
+            product: r.get(2),
+            event_time_ms: r.get(3),
+            hour_ms: r.get(4),
+            recorded_at_ms: r.get(6),
+            quantity: codec::micros_of(r.get(7))?,
+        };
+        known.insert(r.get(0), (stored, r.get(8)));
+    }
+
+    let mut out = Forwarded::default();
+    let mut new_events: Vec<(String, StoredEvent)> = Vec::new();
+    let mut buckets: Vec<(BucketKey, Bucket)> = Vec::new();
+    let mut conflicts: Vec<(&Acked, [u8; 32], String, UnixMillis)> = Vec::new();
+    for (product, acked) in &by_product {
+        let mut group = IngestGroup::new(sealed.get(*product).copied().flatten());
+        for a in acked {
+            let outcome = group
+                .decide(&a.event, a.received_ms, ACKED, &mut Shared { known: &known })
+                .unwrap_or_else(|never: std::convert::Infallible| match never {});
+            match outcome {
+                IngestOutcome::Stored(_) => out.stored += 1,
+                IngestOutcome::Replayed(_) => out.replayed += 1,
+                IngestOutcome::Conflict { existing } => {
+                    // Claimed earlier in this batch (by this node) or already in the ledger.
+                    let existing_node =
+                        known.get(&existing.idempotency_key).map_or_else(|| node_id.to_string(), |(_, n)| n.clone());
+                    conflicts.push((a, a.event.content_digest(), existing_node, existing.hour_ms));
+                }
+                other => {
+                    let reason = other.refusal().map_or_else(|| format!("{other:?}"), |(_, f)| f.message);
+                    return Err(ForwardError::Refused { key: a.event.idempotency_key.clone(), reason });
+                }
+            }
+        }
+        let writes = group.into_writes();
+        out.late += writes.late_events;
+        // Keys this product's group stored are known to the next product's group (one key, one event).
+        for (k, s) in &writes.events {
+            known.insert(k.clone(), (s.clone(), node_id.to_string()));
+        }
+        new_events.extend(writes.events);
+        buckets.extend(writes.buckets);
+    }
+
+    insert_events(&tx, node_id, &new_events).await?;
+    add_to_buckets(&tx, &mut buckets).await?;
+    for (a, digest, existing_node, existing_hour) in &conflicts {
+        let existing_digest = known.get(&a.event.idempotency_key).map(|(s, _)| s.digest.to_vec()).unwrap_or_default();
+        tx.execute(
+            "INSERT INTO meterd_conflicts (idempotency_key, digest, node_id, product, customer, dimension, quantity,
+                                           event_time_ms, recorded_at_ms, existing_digest, existing_node_id,
+                                           existing_hour_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7::text::numeric, $8, $9, $10, $11, $12)
+             ON CONFLICT (idempotency_key, digest) DO NOTHING",
+            &[
+                &a.event.idempotency_key,
+                &digest.to_vec(),
+                &node_id,
+                &a.event.product,
+                &codec::identity_text(&a.event.identity),
+                &a.event.dimension,
+                &codec::micros_text(a.event.quantity),
+                &a.event.timestamp_ms,
+                &a.received_ms,
+                &existing_digest,
+                existing_node,
+                existing_hour,
+            ],
+        )
+        .await?;
+        out.conflicts.push(Conflict {
+            idempotency_key: a.event.idempotency_key.clone(),
+            existing_node_id: existing_node.clone(),
+            existing_hour_ms: *existing_hour,
+        });
+    }
+    tx.execute(
+        "INSERT INTO meterd_watermarks (node_id, watermark_ms, forwarded) VALUES ($1, $2, $3)
+         ON CONFLICT (node_id) DO UPDATE
+             SET watermark_ms = greatest(meterd_watermarks.watermark_ms, excluded.watermark_ms),
+                 forwarded = meterd_watermarks.forwarded + excluded.forwarded,
+                 updated_at = now()",
+        &[&node_id, &watermark_ms, &(out.stored as i64)],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+async fn insert_events(
+    tx: &tokio_postgres::Transaction<'_>,
+    node_id: &str,
+    events: &[(String, StoredEvent)],
+) -> Result<(), tokio_postgres::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    let digests: Vec<Vec<u8>> = events.iter().map(|(_, s)| s.digest.to_vec()).collect();
+    let products: Vec<&str> = events.iter().map(|(_, s)| s.product.as_str()).collect();
+    let times: Vec<i64> = events.iter().map(|(_, s)| s.event_time_ms).collect();
+    let hours: Vec<i64> = events.iter().map(|(_, s)| s.hour_ms).collect();
+    let late: Vec<bool> = events.iter().map(|(_, s)| s.late).collect();
+    let quantities: Vec<String> = events.iter().map(|(_, s)| codec::micros_text(s.quantity)).collect();
+    let recorded: Vec<i64> = events.iter().map(|(_, s)| s.recorded_at_ms).collect();
+    tx.execute(
+        "INSERT INTO meterd_event_keys (idempotency_key, digest, product, event_time_ms, hour_ms, late, quantity,
+                                        node_id, recorded_at_ms)
+         SELECT k, d, p, t, h, l, q::numeric, $8, r
+         FROM unnest($1::text[], $2::bytea[], $3::text[], $4::int8[], $5::int8[], $6::bool[], $7::text[], $9::int8[])
+              AS u(k, d, p, t, h, l, q, r)",
+        &[&keys, &digests, &products, &times, &hours, &late, &quantities, &node_id, &recorded],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Adds the batch's increments to the shared totals, in key order (every forward locks bucket rows in the same
+/// order, so concurrent forwards queue rather than deadlock).
+async fn add_to_buckets(
+    tx: &tokio_postgres::Transaction<'_>,
+    buckets: &mut [(BucketKey, Bucket)],
+) -> Result<(), tokio_postgres::Error> {
+    if buckets.is_empty() {
+        return Ok(());
+    }
+    let rows: BTreeMap<(i64, &str, String, &str, String), &Bucket> = buckets
+        .iter()
+        .map(|(k, b)| {
+            (
+                (
+                    k.hour_ms,
+                    k.product.as_str(),
+                    codec::identity_text(&k.identity),
+                    k.dimension.as_str(),
+                    codec::tags_text(&k.tags),
+                ),
+                b,
+            )
+        })
+        .collect();
+    let hours: Vec<i64> = rows.keys().map(|k| k.0).collect();
+    let products: Vec<&str> = rows.keys().map(|k| k.1).collect();
+    let customers: Vec<&str> = rows.keys().map(|k| k.2.as_str()).collect();
+    let dimensions: Vec<&str> = rows.keys().map(|k| k.3).collect();
+    let tags: Vec<&str> = rows.keys().map(|k| k.4.as_str()).collect();
+    let totals: Vec<String> = rows.values().map(|b| codec::micros_text(b.total)).collect();
+    let counts: Vec<i64> = rows.values().map(|b| b.events as i64).collect();
+    let late: Vec<String> = rows.values().map(|b| codec::micros_text(b.late)).collect();
+    tx.execute(
+        "INSERT INTO meterd_buckets (hour_ms, product, customer, dimension, tags, total, events, late)
+         SELECT h, p, c, d, t, tot::numeric, e, l::numeric
+         FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[])
+              AS u(h, p, c, d, t, tot, e, l)
+         ON CONFLICT (hour_ms, product, customer, dimension, tags) DO UPDATE
+             SET total = meterd_buckets.total + excluded.total,
+                 events = meterd_buckets.events + excluded.events,
+                 late = meterd_buckets.late + excluded.late",
+        &[&hours, &products, &customers, &dimensions, &tags, &totals, &counts, &late],
+    )
+    .await?;
+    Ok(())
+}
