@@ -4,9 +4,9 @@
 //! `numeric`, and a sealed record as JSON text (read back as text: a JSON number beyond u64 must not pass through
 //! a float).
 
-use meterd::domain::event::{Identity, TagSet};
-use meterd::domain::quantity::Micros;
-use meterd::domain::record::SealedRecord;
+use meterd_core::domain::event::{Identity, TagSet};
+use meterd_core::domain::quantity::Micros;
+use meterd_core::domain::record::SealedRecord;
 
 /// A value read from the ledger that does not decode: the database was written by something else.
 #[derive(Debug, thiserror::Error)]

@@ -14,11 +14,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use meterd::clock::UnixMillis;
-use meterd::domain::catalog::LatePolicy;
-use meterd::domain::customer::TenantMapping;
-use meterd::domain::event::{Bucket, BucketKey, StoredEvent, UsageEvent};
-use meterd::domain::ingest::{CustomerRef, IngestGroup, IngestOutcome, IngestRules, Lookups, Standing};
+use meterd_core::clock::UnixMillis;
+use meterd_core::domain::catalog::LatePolicy;
+use meterd_core::domain::customer::TenantMapping;
+use meterd_core::domain::event::{Bucket, BucketKey, StoredEvent, UsageEvent};
+use meterd_core::domain::ingest::{CustomerRef, IngestGroup, IngestOutcome, IngestRules, Lookups, Standing};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 

@@ -17,11 +17,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use meterd::clock::{UnixMillis, hour_start};
-use meterd::domain::event::{Bucket, BucketKey};
-use meterd::domain::quantity::Micros;
-use meterd::domain::record::{RecordKey, RecordState, SealedRecord, UpdateRefused, check_update};
-use meterd::domain::seal::{SealPolicy, group_buckets, seal_record};
+use meterd_core::clock::{UnixMillis, hour_start};
+use meterd_core::domain::event::{Bucket, BucketKey};
+use meterd_core::domain::quantity::Micros;
+use meterd_core::domain::record::{RecordKey, RecordState, SealedRecord, UpdateRefused, check_update};
+use meterd_core::domain::seal::{SealPolicy, group_buckets, seal_record};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -198,7 +198,7 @@ async fn seal_product(
     lease: &Lease,
     product: &String,
     cutoff: UnixMillis,
-    params: &meterd::domain::seal::SealParams,
+    params: &meterd_core::domain::seal::SealParams,
     summary: &mut SealSummary,
 ) -> Result<(), SealError> {
     {
@@ -354,7 +354,7 @@ pub async fn pending_records(client: &Client, limit: i64) -> Result<Vec<SealedRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meterd::clock::HOUR_MS;
+    use meterd_core::clock::HOUR_MS;
 
     const T0: i64 = 1_790_000_000_000 / HOUR_MS * HOUR_MS;
 

@@ -1,7 +1,7 @@
 //! Reads of the shared ledger for reports, `status` and tests.
 
-use meterd::clock::UnixMillis;
-use meterd::domain::event::{Bucket, BucketKey};
+use meterd_core::clock::UnixMillis;
+use meterd_core::domain::event::{Bucket, BucketKey};
 use tokio_postgres::GenericClient;
 
 use crate::codec::{self, Corrupt};
@@ -48,7 +48,7 @@ pub struct ConflictRow {
     pub node_id: String,
     pub product: String,
     pub dimension: String,
-    pub quantity: meterd::domain::quantity::Micros,
+    pub quantity: meterd_core::domain::quantity::Micros,
     pub existing_node_id: String,
     pub existing_hour_ms: UnixMillis,
 }

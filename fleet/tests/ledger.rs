@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use meterd::clock::{HOUR_MS, hour_start};
-use meterd::domain::event::{Identity, UsageEvent};
-use meterd::domain::quantity::Micros;
-use meterd::domain::record::{RecordState, SealedRecord, UpdateRefused};
-use meterd::domain::seal::SealPolicy;
+use meterd_core::clock::{HOUR_MS, hour_start};
+use meterd_core::domain::event::{Identity, UsageEvent};
+use meterd_core::domain::quantity::Micros;
+use meterd_core::domain::record::{RecordState, SealedRecord, UpdateRefused};
+use meterd_core::domain::seal::SealPolicy;
 use meterd_fleet::forward::{self, Acked};
 use meterd_fleet::lease::{self, LeaseError, Terms};
 use meterd_fleet::seal::{self, SealError, SealRules};
