@@ -37,6 +37,9 @@ pub struct Config {
     /// Products by name (the name callers use in `UsageEvent.product`).
     #[serde(default)]
     pub products: BTreeMap<String, ProductConfig>,
+    /// Fleet mode: many agents share one ledger in PostgreSQL (`docs/fleet.md`). Absent: sled alone, as ever.
+    #[serde(default)]
+    pub fleet: Option<crate::fleet::config::FleetConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -468,6 +471,8 @@ impl Config {
                 set_path(&mut doc, key_path, toml::Value::String(value));
             }
         }
+        // Only fills in a `[fleet]` table the file has: the environment alone never turns fleet mode on.
+        crate::fleet::config::apply_env(&mut doc, &env);
         let config: Config = Config::deserialize(doc).map_err(|e| parse_err(e.to_string().trim().to_string()))?;
         config.validate()?;
         Ok(config)
@@ -672,6 +677,9 @@ impl Config {
                 return Err(invalid("marketplace.product", format!("{p:?} is not a configured product")));
             }
             validate_marketplace_auth(m)?;
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet.validate(self)?;
         }
         if let Some(default) = &self.ingest.default_product
             && !self.products.contains_key(default)
@@ -905,7 +913,7 @@ fn validate_products(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 

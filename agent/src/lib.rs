@@ -10,6 +10,7 @@ pub use meterd_core::{clock, domain};
 pub mod cli;
 pub mod config;
 pub mod customers;
+pub mod fleet;
 pub mod import;
 pub mod ingest;
 pub mod metrics;
