@@ -183,11 +183,10 @@ mod tests {
         let c = parse("[fleet]\ndatabase_url = \"postgres://u@db/x\"\nnode_id = \"a\"\n", &[]).unwrap();
         let f = c.fleet.unwrap();
         assert_eq!((f.database_url(), f.node_id().as_str(), f.ack), ("postgres://u@db/x", "a", Ack::Local));
-        assert_eq!((f.forward_interval, f.down_after, f.max_wait), (
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-            Duration::from_secs(3600)
-        ));
+        assert_eq!(
+            (f.forward_interval, f.down_after, f.max_wait),
+            (Duration::from_secs(1), Duration::from_secs(60), Duration::from_secs(3600))
+        );
         let c = parse("[fleet]\n", &[(DATABASE_URL_ENV, "postgres://u@env/x")]).unwrap();
         assert_eq!(c.fleet.unwrap().database_url(), "postgres://u@env/x");
     }

@@ -13,6 +13,7 @@ pub mod durable;
 pub mod generation;
 pub mod keys;
 pub mod metrics;
+pub mod outbox;
 pub mod seam;
 pub mod space;
 mod writer;
@@ -261,6 +262,17 @@ impl Store {
     /// Opens the store with every setting. Refuses, without writing a byte, when the data dir's filesystem has
     /// less free space than the reserve: sled may leave a store it cannot read back when opened on a full disk.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        Self::open_as(dir, options, false)
+    }
+
+    /// Opens the store as a fleet node's spool: every acknowledged event also goes to the outbox
+    /// ([`outbox`]) until forwarded. A data dir is a spool or a standalone ledger for good (see
+    /// [`outbox::check_mode`]).
+    pub fn open_spool(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        Self::open_as(dir, options, true)
+    }
+
+    fn open_as(dir: &Path, options: StoreOptions, spool: bool) -> Result<Self, StoreError> {
         let StoreOptions { cache_bytes, min_free } = options;
         let room = space::space_of(dir).map_err(|e| StoreError::Io(format!("statvfs {}: {e}", dir.display())))?;
         if let Some(full) = space::shortfall(&room, min_free, 0) {
@@ -309,6 +321,8 @@ impl Store {
                 }
             }
         }
+        outbox::check_mode(&db, spool)?;
+        live_gen.sync()?;
         if marker.is_none() {
             // Only now that the schema key is durable: a crash before this leaves a data dir that opens as new.
             let text = format!("meterd store\ncreated_at_ms={}\n", crate::clock::system_now_ms());
@@ -327,7 +341,8 @@ impl Store {
             .events_stored
             .store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64 + compacted.events, Ordering::Relaxed);
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
-        let place = writer::Place { dir: dir.to_path_buf(), generation: live, cache_bytes, min_free };
+        let spool = if spool { Some(outbox::Spool::open(&db)?) } else { None };
+        let place = writer::Place { dir: dir.to_path_buf(), generation: live, cache_bytes, min_free, spool };
         let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone());
         Ok(Store {
             inner: Arc::new(Inner {

@@ -141,6 +141,8 @@ pub struct Place {
     pub generation: String,
     pub cache_bytes: u64,
     pub min_free: super::space::MinFree,
+    /// Fleet mode: keeps every acknowledged event in the outbox until forwarded.
+    pub spool: Option<super::outbox::Spool>,
 }
 
 /// A reply waiting for the fsync that makes its write durable.
@@ -414,6 +416,10 @@ impl Writer {
         }
         for (k, b) in &writes.buckets {
             batch.insert(keys::encode_bucket_key(k), encode(b));
+        }
+        // Fleet mode: the acknowledged events' content, in the same atomic batch (store/outbox.rs).
+        if let Some(spool) = &self.place.spool {
+            spool.add(&mut batch, calls.iter().map(|(events, at, _, _)| (events.as_slice(), *at)), &all);
         }
         self.db.apply_batch(batch)?;
         self.counters.replays.fetch_add(writes.replays, Ordering::Relaxed);

@@ -1,0 +1,210 @@
+//! The spool's outbox (fleet mode, `ack = "local"`): the full content of every event this agent acknowledged
+//! and has not yet forwarded to the shared ledger.
+//!
+//! Written in the SAME sled batch as the ingest that stored the event (so an acknowledged event is always either
+//! in the outbox or already in PostgreSQL), removed only after the forward that carried it committed. A crash
+//! between the commit and the removal resends the entry, which the shared ledger answers as a replay.
+//!
+//! | key                                   | value                                           |
+//! |---------------------------------------|-------------------------------------------------|
+//! | `o/` + sequence (u64, big-endian)     | [`ENCODING_V1`] byte + postcard [`Entry`]       |
+//!
+//! The sequence follows acknowledgement order (one writer thread assigns it), so a scan reads the oldest first.
+//! The value's first byte names its encoding: an older agent never misreads a newer layout, it stops.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+use crate::clock::UnixMillis;
+use crate::domain::event::{Identity, TagSet, UsageEvent};
+use crate::domain::ingest::IngestOutcome;
+use crate::domain::quantity::Micros;
+
+pub const OUTBOX_PREFIX: &[u8] = b"o/";
+/// The only encoding so far: postcard of [`Entry`].
+pub const ENCODING_V1: u8 = 1;
+
+/// One acknowledged event, as the caller sent it, and when this agent acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub idempotency_key: String,
+    pub product: String,
+    pub identity: Identity,
+    pub dimension: String,
+    pub quantity: Micros,
+    pub timestamp_ms: Option<UnixMillis>,
+    pub tags: TagSet,
+    pub received_ms: UnixMillis,
+}
+
+impl Entry {
+    pub fn new(e: &UsageEvent, received_ms: UnixMillis) -> Self {
+        Entry {
+            idempotency_key: e.idempotency_key.clone(),
+            product: e.product.clone(),
+            identity: e.identity.clone(),
+            dimension: e.dimension.clone(),
+            quantity: e.quantity,
+            timestamp_ms: e.timestamp_ms,
+            tags: e.tags.clone(),
+            received_ms,
+        }
+    }
+
+    pub fn event(&self) -> UsageEvent {
+        UsageEvent {
+            idempotency_key: self.idempotency_key.clone(),
+            product: self.product.clone(),
+            identity: self.identity.clone(),
+            dimension: self.dimension.clone(),
+            quantity: self.quantity,
+            timestamp_ms: self.timestamp_ms,
+            tags: self.tags.clone(),
+        }
+    }
+}
+
+pub fn encode_entry(e: &Entry) -> Vec<u8> {
+    let mut v = vec![ENCODING_V1];
+    v.extend(postcard::to_allocvec(e).expect("in-memory encoding cannot fail"));
+    v
+}
+
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
+    match bytes.split_first() {
+        Some((&ENCODING_V1, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt(format!("outbox: {e}")))
+        }
+        Some((v, _)) => Err(StoreError::Corrupt(format!("outbox entry in encoding {v}: written by a newer meterd"))),
+        None => Err(StoreError::Corrupt("empty outbox entry".into())),
+    }
+}
+
+/// Present in a data dir that is a fleet node's spool.
+pub const SPOOL_MODE_KEY: &[u8] = b"m/spool";
+
+/// A data dir stays what it started as. A spool opened alone would seal and submit usage the fleet already
+/// counted (billed twice); a standalone ledger opened as a spool would never submit what it holds (never billed).
+pub(crate) fn check_mode(db: &sled::Db, spool: bool) -> Result<(), StoreError> {
+    let is_spool = db.contains_key(SPOOL_MODE_KEY)?;
+    let holds_usage = db.scan_prefix(super::keys::EVENT_PREFIX).next().is_some();
+    match (spool, is_spool) {
+        (true, false) if holds_usage => Err(StoreError::Io(
+            "storage.data_dir holds a standalone ledger with usage: fleet mode needs a fresh data dir (let this one \
+             submit everything first, then move it away)"
+                .into(),
+        )),
+        (true, false) => {
+            db.insert(SPOOL_MODE_KEY, &[1u8])?;
+            Ok(())
+        }
+        (false, true) => Err(StoreError::Io(
+            "storage.data_dir is a fleet node's spool ([fleet] was configured): its usage belongs to the shared \
+             ledger; run it with its [fleet] section until its outbox is empty, or start without [fleet] on a \
+             fresh data dir"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn entry_key(seq: u64) -> Vec<u8> {
+    [OUTBOX_PREFIX, &seq.to_be_bytes()].concat()
+}
+
+fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    key.strip_prefix(OUTBOX_PREFIX)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("outbox key is not o/ + 8 bytes".into()))
+}
+
+/// The writer's side: assigns sequences and adds entries to an ingest's batch. Only the writer thread adds.
+pub(crate) struct Spool {
+    next: AtomicU64,
+}
+
+impl Spool {
+    /// Continues after the last entry kept in `db`.
+    pub(crate) fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        let next = match db.scan_prefix(OUTBOX_PREFIX).next_back() {
+            Some(kv) => seq_of(&kv?.0)? + 1,
+            None => 0,
+        };
+        Ok(Spool { next: AtomicU64::new(next) })
+    }
+
+    /// Adds every newly stored event of `calls` (decided as `outcomes`) to `batch`.
+    pub(crate) fn add<'a>(
+        &self,
+        batch: &mut sled::Batch,
+        calls: impl Iterator<Item = (&'a [UsageEvent], UnixMillis)>,
+        outcomes: &[Vec<IngestOutcome>],
+    ) {
+        for ((events, received_ms), outcomes) in calls.zip(outcomes) {
+            for (e, o) in events.iter().zip(outcomes) {
+                if matches!(o, IngestOutcome::Stored(_)) {
+                    let seq = self.next.fetch_add(1, Ordering::Relaxed);
+                    batch.insert(entry_key(seq), encode_entry(&Entry::new(e, received_ms)));
+                }
+            }
+        }
+    }
+}
+
+/// A page of the outbox, oldest first.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub entries: Vec<(u64, Entry)>,
+}
+
+/// How much is waiting to be forwarded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    pub entries: u64,
+    /// When the oldest waiting entry was acknowledged.
+    pub oldest_received_ms: Option<UnixMillis>,
+}
+
+impl Store {
+    /// The oldest `limit` entries of the outbox.
+    pub fn outbox_page(&self, limit: usize) -> Result<Page, StoreError> {
+        let mut entries = Vec::new();
+        for kv in self.db().scan_prefix(OUTBOX_PREFIX).take(limit) {
+            let (k, v) = kv?;
+            entries.push((seq_of(&k)?, decode_entry(&v)?));
+        }
+        Ok(Page { entries })
+    }
+
+    /// Removes forwarded entries (after the shared ledger committed them). Not fsynced on its own: an entry that
+    /// comes back after a crash is forwarded again and replays.
+    pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for s in seqs {
+            batch.remove(entry_key(*s));
+        }
+        self.db().apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Entries waiting, and the oldest one's acknowledgement time. Two lookups, whatever the depth: entries are
+    /// removed oldest first, so the sequences between the first and the last key are all still there (a write
+    /// that failed after taking a sequence leaves a gap: then this over-counts by the gap).
+    pub fn outbox_depth(&self) -> Result<Depth, StoreError> {
+        let db = self.db();
+        let mut range = db.scan_prefix(OUTBOX_PREFIX);
+        let Some(first) = range.next() else { return Ok(Depth::default()) };
+        let (first_key, first_value) = first?;
+        let last = match range.next_back() {
+            Some(kv) => seq_of(&kv?.0)?,
+            None => seq_of(&first_key)?,
+        };
+        Ok(Depth {
+            entries: last - seq_of(&first_key)? + 1,
+            oldest_received_ms: Some(decode_entry(&first_value)?.received_ms),
+        })
+    }
+}
