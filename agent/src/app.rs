@@ -54,8 +54,14 @@ pub async fn run(
         cache_bytes: config.storage.cache_mb * 1024 * 1024,
         min_free: config.storage.min_free,
     };
-    let store = Store::open_with(&config.storage.data_dir, options)
+    // In fleet mode the local store is a spool (its outbox keeps what is not yet in the shared ledger).
+    let open = if config.fleet.is_some() { Store::open_spool } else { Store::open_with };
+    let store = open(&config.storage.data_dir, options)
         .map_err(|e| anyhow::anyhow!("storage.data_dir {}: {e}", config.storage.data_dir.display()))?;
+    let node = match &config.fleet {
+        Some(f) => Some(Arc::new(crate::fleet::join(f, &store).await?)),
+        None => None,
+    };
     let security = server::TcpSecurity::from_config(&config)?;
     let listeners = Listeners::bind(&config).await?;
     let mut ready = Ready {
@@ -72,8 +78,28 @@ pub async fn run(
     // The pipeline and the customer registry need only the seam; status and the admin views still read the
     // sled store's own counters.
     let ledger: Arc<dyn crate::store::Ledger> = Arc::new(store.clone());
-    let (pipeline, running) =
-        crate::pipeline::Pipeline::start(config.clone(), ledger.clone(), clock.clone(), &metrics).await?;
+    let (pipeline, running, fleet) = match node {
+        None => {
+            let (p, r) =
+                crate::pipeline::Pipeline::start(config.clone(), ledger.clone(), clock.clone(), &metrics).await?;
+            (p, r, None)
+        }
+        Some(node) => {
+            let submit = Arc::new(crate::submit::SubmitMetrics::default());
+            let (fleet, stats) =
+                crate::fleet::start(node, config.clone(), store.clone(), clock.clone(), submit.clone(), &metrics)
+                    .await?;
+            let (p, r) = crate::pipeline::Pipeline::spool(
+                config.clone(),
+                ledger.clone(),
+                clock.clone(),
+                &metrics,
+                submit,
+                stats,
+            );
+            (p, r, Some(fleet))
+        }
+    };
     let customers =
         crate::customers::Customers::new(config.clone(), ledger.clone(), clock.clone(), pipeline.clone(), &metrics)
             .await?;
@@ -127,6 +153,9 @@ pub async fn run(
     let served = server::serve(routes, health, listeners, security, shutdown).await;
     tracing::info!("listeners closed; stopping the pipeline and flushing the store");
     running.stop().await;
+    if let Some(fleet) = fleet {
+        fleet.stop().await;
+    }
     for server in [http, admin].into_iter().flatten() {
         server.stop().await;
     }

@@ -22,6 +22,8 @@ pub struct Pipeline {
     pub submit_stats: Arc<Vec<(String, Arc<SubmitStats>)>>,
     /// Start-up checks of deployment-mode products (DryRun, RegisterUsage), for status and metrics.
     pub deployment: Arc<crate::submit::register::DeploymentChecks>,
+    /// Fleet mode: the local store is a spool; the shared ledger seals and submits (`crate::fleet`).
+    spool: bool,
 }
 
 pub struct Running {
@@ -51,7 +53,8 @@ impl Pipeline {
         let mut stats = Vec::new();
         let deployment = Arc::new(crate::submit::register::DeploymentChecks::default());
         for account in config.accounts.keys() {
-            let s = Submitter::new(account, config.clone(), store.clone(), clock.clone(), metrics.clone()).await?;
+            let queue = Arc::new(crate::submit::LedgerQueue(store.clone()));
+            let s = Submitter::new(account, config.clone(), queue, clock.clone(), metrics.clone()).await?;
             stats.push((account.clone(), s.stats.clone()));
             if !crate::submit::register::deployment_products(&config, account).is_empty() {
                 tasks.spawn(crate::submit::register::run(
@@ -75,7 +78,7 @@ impl Pipeline {
             accounts: submit_stats.clone(),
             deployment: deployment.clone(),
         }));
-        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats, deployment };
+        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats, deployment, spool: false };
         let sealer = pipeline.clone();
         let mut stop_sealer = stop_rx;
         tasks.spawn(async move {
@@ -115,6 +118,30 @@ impl Pipeline {
         Ok((pipeline, Running { stop, tasks }))
     }
 
+    /// Fleet mode: no local sealer or submitter (the account's elected agent seals and submits the shared
+    /// ledger); `submit_stats` are the fleet submitters' counters, shown by status and metrics.
+    pub fn spool(
+        config: Arc<Config>,
+        store: Arc<dyn Ledger>,
+        clock: SharedClock,
+        registry: &crate::metrics::Registry,
+        metrics: Arc<crate::submit::SubmitMetrics>,
+        submit_stats: Vec<(String, Arc<SubmitStats>)>,
+    ) -> (Self, Running) {
+        let (stop, _) = watch::channel(false);
+        let deployment = Arc::new(crate::submit::register::DeploymentChecks::default());
+        let submit_stats = Arc::new(submit_stats);
+        registry.register(Arc::new(crate::submit::metrics::SubmitCollector {
+            metrics,
+            accounts: submit_stats.clone(),
+            deployment: deployment.clone(),
+        }));
+        let seal_policy = config.seal_policy();
+        let nudge = Arc::new(Notify::new());
+        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats, deployment, spool: true };
+        (pipeline, Running { stop, tasks: tokio::task::JoinSet::new() })
+    }
+
     /// The one place seal parameters are made (the policy itself is built once from the config).
     fn params(&self, cutoff_hour_ms: i64) -> SealParams {
         self.seal_policy.params(self.clock.now_ms(), cutoff_hour_ms)
@@ -127,6 +154,9 @@ impl Pipeline {
 
     /// Seals every hour that ended at least `seal_grace` ago.
     pub async fn seal_due(&self) -> Result<SealSummary, StoreError> {
+        if self.spool {
+            return Ok(SealSummary::default());
+        }
         let grace = self.config.pipeline.seal_grace.as_millis() as i64;
         let cutoff = hour_start(self.clock.now_ms() - grace - HOUR_MS) + HOUR_MS;
         self.store.seal(self.params(cutoff)).await
@@ -139,6 +169,10 @@ impl Pipeline {
 
     /// Seals every ended hour now, ignoring the grace, and wakes the submitters.
     pub async fn flush(&self) -> Result<SealSummary, StoreError> {
+        // A spool never seals: its usage is sealed once, fleet-wide, in the shared ledger.
+        if self.spool {
+            return Ok(SealSummary::default());
+        }
         let s = self.store.seal(self.params(hour_start(self.clock.now_ms()))).await?;
         self.nudge.notify_waiters();
         Ok(s)

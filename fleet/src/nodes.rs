@@ -107,3 +107,17 @@ pub async fn list(client: &Client) -> Result<Vec<NodeRow>, NodeError> {
         .map(|r| NodeRow { node_id: r.get(0), incarnation: r.get(1), version: r.get(2), heartbeat_age_ms: r.get(3) })
         .collect())
 }
+
+/// Marks `incarnation` of `node_id` as gone, so the id can be registered again at once. For a process that KNOWS
+/// the previous incarnation is dead: the agent keeps its incarnation in its data dir, which only one process can
+/// open, so after a crash-restart the new process takes its own id back without waiting `stale_after`. A row
+/// held by any other incarnation is left untouched.
+pub async fn release(client: &Client, node_id: &str, incarnation: Uuid) -> Result<bool, NodeError> {
+    let n = client
+        .execute(
+            "UPDATE meterd_nodes SET heartbeat_at = 'epoch'::timestamptz WHERE node_id = $1 AND incarnation = $2",
+            &[&node_id, &incarnation],
+        )
+        .await?;
+    Ok(n == 1)
+}

@@ -154,6 +154,9 @@ impl Spool {
     }
 }
 
+/// The fleet incarnation this data dir last registered as (see `meterd_fleet::nodes::release`).
+pub const INCARNATION_KEY: &[u8] = b"m/fleet_incarnation";
+
 /// A page of the outbox, oldest first.
 #[derive(Debug, Default)]
 pub struct Page {
@@ -169,6 +172,19 @@ pub struct Depth {
 }
 
 impl Store {
+    /// The fleet incarnation this data dir registered as last (16 bytes), if any.
+    pub fn fleet_incarnation(&self) -> Result<Option<[u8; 16]>, StoreError> {
+        Ok(self.db().get(INCARNATION_KEY)?.and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok()))
+    }
+
+    /// Keeps this process's fleet incarnation, durably, before it acts as the node.
+    pub fn set_fleet_incarnation(&self, id: [u8; 16]) -> Result<(), StoreError> {
+        let db = self.db();
+        db.insert(INCARNATION_KEY, &id)?;
+        db.flush()?;
+        Ok(())
+    }
+
     /// The oldest `limit` entries of the outbox.
     pub fn outbox_page(&self, limit: usize) -> Result<Page, StoreError> {
         let mut entries = Vec::new();

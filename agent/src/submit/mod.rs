@@ -10,6 +10,7 @@ mod backoff;
 pub mod meter_usage;
 pub mod metrics;
 pub mod pacing;
+pub mod queue;
 pub mod register;
 pub mod registration;
 pub mod wire_shape;
@@ -26,8 +27,9 @@ use crate::config::{Config, IdentityMode};
 use crate::domain::event::Identity;
 use crate::domain::record::{ExpiryReason, RecordState, RejectReason, SealedRecord};
 use crate::metrics::CounterVec;
-use crate::store::{Ledger, StoreError};
+use crate::store::StoreError;
 pub use metrics::SubmitMetrics;
+pub use queue::{LedgerQueue, Queue};
 
 /// AWS's limits per call.
 pub const MAX_RECORDS_PER_CALL: usize = 25;
@@ -61,7 +63,7 @@ impl SubmitStats {
 pub struct Submitter {
     pub account: String,
     config: Arc<Config>,
-    store: Arc<dyn Ledger>,
+    store: Arc<dyn Queue>,
     clock: SharedClock,
     client: Client,
     pub stats: Arc<SubmitStats>,
@@ -82,7 +84,7 @@ impl Submitter {
     pub async fn new(
         account: &str,
         config: Arc<Config>,
-        store: Arc<dyn Ledger>,
+        store: Arc<dyn Queue>,
         clock: SharedClock,
         metrics: Arc<SubmitMetrics>,
     ) -> anyhow::Result<Self> {
@@ -111,6 +113,18 @@ impl Submitter {
         self.client.clone()
     }
 
+    /// Resends what is in flight at the next pass, at once (a new submitter lease: the previous holder may have
+    /// died between marking records InFlight and recording AWS's answer).
+    pub fn recover(&mut self) {
+        self.recovering = true;
+    }
+
+    /// Finish the call in progress and start no new one once `stop` turns true (for callers that drive
+    /// [`Submitter::pass`] themselves).
+    pub fn stop_on(&mut self, stop: tokio::sync::watch::Receiver<bool>) {
+        self.stop = Some(stop);
+    }
+
     fn mine(&self, r: &SealedRecord) -> bool {
         self.config.account_of(&r.key.product) == Some(self.account.as_str())
     }
@@ -120,7 +134,7 @@ impl Submitter {
     pub async fn pass(&mut self) -> Result<usize, StoreError> {
         let now = self.clock.now_ms();
         let pending: Vec<SealedRecord> =
-            self.store.pending_records(SCAN_LIMIT)?.into_iter().filter(|r| self.mine(r)).collect();
+            self.store.pending_records(SCAN_LIMIT).await?.into_iter().filter(|r| self.mine(r)).collect();
 
         let mut expired = Vec::new();
         let mut due = Vec::new();

@@ -1,0 +1,142 @@
+//! The forwarder: ships the spool's outbox to the shared ledger, oldest first, in pages of
+//! `fleet.forward_batch`, each in one PostgreSQL transaction ([`meterd_fleet::forward::forward`]); removes a page
+//! only after its commit; moves the node's watermark and heartbeats. While PostgreSQL is unreachable the agent
+//! goes on acknowledging into the spool, and the forwarder retries with backoff.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use meterd_fleet::forward::{Acked, ForwardError, forward};
+use meterd_fleet::nodes::{self, NodeError};
+use tokio::sync::watch;
+
+use super::Node;
+use crate::clock::{SharedClock, UnixMillis};
+use crate::store::{Store, StoreError};
+
+/// How long an event may take from its acknowledgement stamp (taken before the write is queued) to its write in
+/// the outbox. The watermark stays this far behind the outbox scan, so it never claims an event that was stamped
+/// but not yet written. An event slower than this is not lost: it is counted late, in the open hour.
+pub const STAMP_TO_WRITE_MARGIN_MS: i64 = 60_000;
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// The watermark after forwarding a page read at `scan_ms`: everything acknowledged before it is forwarded.
+/// When the page was full, the entries after it are still waiting: no later than the page's last one.
+pub fn watermark_after(scan_ms: UnixMillis, page_full: bool, last_received_ms: Option<UnixMillis>) -> UnixMillis {
+    let reach = match (page_full, last_received_ms) {
+        (true, Some(last)) => last.min(scan_ms),
+        _ => scan_ms,
+    };
+    reach - STAMP_TO_WRITE_MARGIN_MS
+}
+
+pub async fn run(node: Arc<Node>, store: Store, clock: SharedClock, mut stop: watch::Receiver<bool>) {
+    let mut client = None;
+    let mut failures: u32 = 0;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut more = false;
+        if client.is_none() {
+            match node.db.connect().await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    node.status.failed(&e.to_string());
+                    failures += 1;
+                }
+            }
+        }
+        if let Some(c) = client.as_mut() {
+            match step(&node, &store, &clock, c).await {
+                Ok(full) => {
+                    failures = 0;
+                    more = full;
+                }
+                Err(StepError::Node(NodeError::Replaced { node_id })) => {
+                    tracing::error!(%node_id, "another agent took this node id over: this agent stops forwarding; \
+                        its spool is kept (restart it with its own fleet.node_id to forward it)");
+                    node.status.failed("node id taken over by another agent");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "forwarding to the fleet database failed; the spool keeps \
+                        acknowledged events and the forward is retried");
+                    node.status.failed(&e.to_string());
+                    client = None;
+                    failures += 1;
+                }
+            }
+        }
+        let wait = if more {
+            Duration::ZERO
+        } else if failures > 0 {
+            // 1 s, 2 s, 4 s … at most 10 s: a restarted PostgreSQL is found again within seconds.
+            Duration::from_millis((500u64 << failures.min(5)).min(10_000))
+        } else {
+            node.config.forward_interval
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One page: heartbeat, forward, remove. Ok(true) when the page was full (more is waiting).
+async fn step(
+    node: &Node,
+    store: &Store,
+    clock: &SharedClock,
+    client: &mut meterd_fleet::Client,
+) -> Result<bool, StepError> {
+    nodes::heartbeat(client, &node.me).await?;
+    let batch = node.config.forward_batch;
+    let scan_ms = clock.now_ms();
+    let page = store.outbox_page(batch)?;
+    let full = page.entries.len() >= batch;
+    let acked: Vec<Acked> =
+        page.entries.iter().map(|(_, e)| Acked { event: e.event(), received_ms: e.received_ms }).collect();
+    let watermark = watermark_after(scan_ms, full, page.entries.last().map(|(_, e)| e.received_ms));
+    let done = forward(client, &node.me.node_id, &acked, watermark).await?;
+    // Only now is the page in the shared ledger: a crash before this line resends it, and it replays.
+    let seqs: Vec<u64> = page.entries.iter().map(|(s, _)| *s).collect();
+    store.outbox_remove(&seqs)?;
+    for c in &done.conflicts {
+        tracing::warn!(key = %c.idempotency_key, counted_by = %c.existing_node_id,
+            "an event reused an idempotency key with other content on another agent: recorded as a conflict in \
+             the shared ledger (meterd_conflicts), not counted");
+    }
+    let s = &node.status;
+    s.forwarded.fetch_add(done.stored, Ordering::Relaxed);
+    s.replayed.fetch_add(done.replayed, Ordering::Relaxed);
+    s.conflicts.fetch_add(done.conflicts.len() as u64, Ordering::Relaxed);
+    s.late.fetch_add(done.late, Ordering::Relaxed);
+    s.watermark_ms.fetch_max(watermark, Ordering::Relaxed);
+    s.ok(clock.now_ms());
+    Ok(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watermark_never_claims_what_may_still_be_written_or_waiting() {
+        // Drained: the scan time, less the stamp-to-write margin.
+        assert_eq!(watermark_after(1_000_000, false, Some(900_000)), 1_000_000 - STAMP_TO_WRITE_MARGIN_MS);
+        assert_eq!(watermark_after(1_000_000, false, None), 1_000_000 - STAMP_TO_WRITE_MARGIN_MS);
+        // A full page: entries after it wait, so no further than the page's last acknowledgement.
+        assert_eq!(watermark_after(1_000_000, true, Some(900_000)), 900_000 - STAMP_TO_WRITE_MARGIN_MS);
+    }
+}

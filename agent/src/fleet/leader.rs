@@ -1,0 +1,231 @@
+//! One submitter per AWS account, fleet-wide: the agent holding the account's lease in PostgreSQL seals the
+//! shared ledger and submits its records with the ordinary [`Submitter`], over a [`FleetQueue`] whose every
+//! write is fenced by the lease epoch. When the holder dies its lease expires (`Terms::ttl`) and another agent
+//! takes over; its first pass resends the records left InFlight at once, unchanged (content is frozen at seal).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use meterd_fleet::lease::{self, Lease, LeaseError, Terms};
+use meterd_fleet::seal::{self, SealError, SealRules};
+use tokio::sync::watch;
+
+use super::Node;
+use crate::clock::{HOUR_MS, SharedClock, UnixMillis, hour_start};
+use crate::config::Config;
+use crate::domain::customer::TenantMapping;
+use crate::domain::event::Identity;
+use crate::domain::record::SealedRecord;
+use crate::store::seam::BoxFuture;
+use crate::store::{Store, StoreError};
+use crate::submit::{Queue, Submitter};
+
+fn unavailable(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("fleet database: {what}"))
+}
+
+/// The shared ledger's records, as a submitter's queue, under this node's lease of the account.
+pub struct FleetQueue {
+    node: Arc<Node>,
+    client: tokio::sync::Mutex<Option<meterd_fleet::Client>>,
+    lease: Mutex<Option<(Lease, Instant)>>,
+    terms: Terms,
+    /// Tenant mappings and the customer registry are this agent's own (not fleet-wide yet).
+    local: Store,
+}
+
+impl FleetQueue {
+    pub fn new(node: Arc<Node>, local: Store, terms: Terms) -> Self {
+        FleetQueue { node, client: Default::default(), lease: Mutex::new(None), terms, local }
+    }
+
+    fn lease(&self) -> Option<Lease> {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(l, _)| l.clone())
+    }
+
+    fn set_lease(&self, lease: Option<Lease>) {
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease.map(|l| (l, Instant::now()));
+    }
+
+    /// A connection, opened when there is none.
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<meterd_fleet::Client>>, StoreError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(self.node.db.connect().await.map_err(unavailable)?);
+        }
+        Ok(guard)
+    }
+
+    /// Holds (acquires or renews) the lease. Some(true) when it was just acquired (a takeover or a start).
+    async fn hold(&self, account: &str) -> Result<Option<bool>, StoreError> {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected");
+        let held = self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let result = match held {
+            Some((mut l, renewed)) if l.is_valid(Instant::now()) => {
+                // Renewed at a third of its term: a pass between two ticks keeps it well inside the window.
+                if renewed.elapsed() < self.terms.ttl / 3 {
+                    return Ok(Some(false));
+                }
+                match lease::renew(client, &mut l, self.terms).await {
+                    Ok(()) => {
+                        self.set_lease(Some(l));
+                        Ok(Some(false))
+                    }
+                    Err(LeaseError::Fenced { .. }) => {
+                        self.set_lease(None);
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => match lease::acquire(client, account, &self.node.me, self.terms).await {
+                Ok(Some(l)) => {
+                    self.set_lease(Some(l));
+                    Ok(Some(true))
+                }
+                Ok(None) => {
+                    self.set_lease(None);
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        result.map_err(|e| {
+            *guard = None;
+            self.set_lease(None);
+            unavailable(e)
+        })
+    }
+
+    async fn seal(&self, products: &[String], cutoff: UnixMillis, config: &Config) -> Result<(), StoreError> {
+        let Some(lease) = self.lease() else { return Ok(()) };
+        let rules = SealRules { down_after: self.node.config.down_after, max_wait: self.node.config.max_wait };
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected");
+        match seal::seal(client, &lease, products, cutoff, &config.seal_policy(), rules).await {
+            Ok(s) => {
+                if s.records + s.carried_only > 0 {
+                    tracing::info!(records = s.records, carried_only = s.carried_only,
+                        sealed_through = %s.sealed_through.map(crate::clock::rfc3339).unwrap_or_default(),
+                        "sealed ended hours of the shared ledger");
+                }
+                for w in &s.waiting_for {
+                    tracing::debug!(node = %w.node_id, watermark = ?w.watermark_ms, "seal waits for a node's forward");
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.failed(&mut guard, e)),
+        }
+    }
+
+    fn failed(&self, guard: &mut Option<meterd_fleet::Client>, e: SealError) -> StoreError {
+        match e {
+            SealError::Fenced(e) => {
+                self.set_lease(None);
+                unavailable(e)
+            }
+            SealError::Db(e) => {
+                *guard = None;
+                unavailable(e)
+            }
+            SealError::Refused(e) => StoreError::Corrupt(e.to_string()),
+            other => unavailable(other),
+        }
+    }
+}
+
+impl Queue for FleetQueue {
+    fn pending_records(&self, limit: usize) -> BoxFuture<'_, Result<Vec<SealedRecord>, StoreError>> {
+        Box::pin(async move {
+            if self.lease().is_none() {
+                return Ok(Vec::new());
+            }
+            let mut guard = self.client().await?;
+            let client = guard.as_mut().expect("connected");
+            match seal::pending_records(client, limit as i64).await {
+                Ok(r) => Ok(r),
+                Err(e) => Err(self.failed(&mut guard, e)),
+            }
+        })
+    }
+
+    fn update_records(&self, records: Vec<SealedRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if records.is_empty() {
+                return Ok(());
+            }
+            let lease = self.lease().ok_or_else(|| unavailable("this agent no longer holds the submitter lease"))?;
+            let mut guard = self.client().await?;
+            let client = guard.as_mut().expect("connected");
+            match seal::update_records(client, &lease, &records).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(self.failed(&mut guard, e)),
+            }
+        })
+    }
+
+    fn mapping(&self, tenant_id: &str) -> Result<Option<TenantMapping>, StoreError> {
+        self.local.mapping(tenant_id)
+    }
+
+    fn note_not_subscribed(&self, identity: Identity, at_ms: UnixMillis) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.local.note_not_subscribed(identity, at_ms))
+    }
+}
+
+/// Campaigns for `account`'s lease every tick; while holding it, seals the shared ledger's ended hours and
+/// submits. Resigns at shutdown so a follower need not wait for the lease to expire.
+pub async fn run(
+    account: String,
+    node: Arc<Node>,
+    queue: Arc<FleetQueue>,
+    mut submitter: Submitter,
+    config: Arc<Config>,
+    clock: SharedClock,
+    mut stop: watch::Receiver<bool>,
+) {
+    let products: Vec<String> =
+        config.products.keys().filter(|p| config.account_of(p) == Some(account.as_str())).cloned().collect();
+    submitter.stop_on(stop.clone());
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        match queue.hold(&account).await {
+            Ok(Some(acquired)) => {
+                if acquired {
+                    let epoch = queue.lease().map(|l| l.epoch);
+                    tracing::info!(%account, ?epoch, "this agent now submits for the account (submitter lease)");
+                    node.status.lead(&account, epoch);
+                    submitter.recover();
+                }
+                let grace = config.pipeline.seal_grace.as_millis() as i64;
+                let cutoff = hour_start(clock.now_ms() - grace - HOUR_MS) + HOUR_MS;
+                if let Err(e) = queue.seal(&products, cutoff, &config).await {
+                    tracing::warn!(%account, error = %e, "fleet seal failed; will retry");
+                }
+                if queue.lease().is_some()
+                    && let Err(e) = submitter.pass().await
+                {
+                    tracing::warn!(%account, error = %e, "fleet submitter pass failed; will retry");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%account, error = %e, "submitter lease: fleet database unreachable; will retry"),
+        }
+        if queue.lease().is_none() {
+            node.status.lead(&account, None);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.pipeline.tick) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    if let Some(l) = queue.lease() {
+        let guard = queue.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            let _ = lease::resign(c, &l).await;
+        }
+    }
+}
