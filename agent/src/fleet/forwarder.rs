@@ -52,7 +52,7 @@ pub async fn run(node: Arc<Node>, store: Store, clock: SharedClock, mut stop: wa
             match node.db.connect().await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
-                    node.status.failed(&e.to_string());
+                    node.status.failed(&super::chain(&e));
                     failures += 1;
                 }
             }
@@ -70,6 +70,7 @@ pub async fn run(node: Arc<Node>, store: Store, clock: SharedClock, mut stop: wa
                     return;
                 }
                 Err(e) => {
+                    let e = super::chain(&e);
                     tracing::warn!(error = %e, "forwarding to the fleet database failed; the spool keeps \
                         acknowledged events and the forward is retried");
                     node.status.failed(&e.to_string());

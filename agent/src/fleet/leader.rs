@@ -20,8 +20,8 @@ use crate::store::seam::BoxFuture;
 use crate::store::{Store, StoreError};
 use crate::submit::{Queue, Submitter};
 
-fn unavailable(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(format!("fleet database: {what}"))
+fn unavailable(e: impl std::error::Error + 'static) -> StoreError {
+    StoreError::Io(super::describe(&super::chain(&e)))
 }
 
 /// The shared ledger's records, as a submitter's queue, under this node's lease of the account.
@@ -155,7 +155,8 @@ impl Queue for FleetQueue {
             if records.is_empty() {
                 return Ok(());
             }
-            let lease = self.lease().ok_or_else(|| unavailable("this agent no longer holds the submitter lease"))?;
+            let lease =
+                self.lease().ok_or_else(|| StoreError::Io("this agent no longer holds the submitter lease".into()))?;
             let mut guard = self.client().await?;
             let client = guard.as_mut().expect("connected");
             match seal::update_records(client, &lease, &records).await {

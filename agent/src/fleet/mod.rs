@@ -19,6 +19,28 @@ use self::status::FleetStatus;
 use crate::clock::SharedClock;
 use crate::store::Store;
 
+/// An error of the fleet database as one line, naming the database once.
+pub(crate) fn describe(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    if text.starts_with("fleet database") { text } else { format!("fleet database: {text}") }
+}
+
+/// Formats an error with its sources: tokio-postgres says only "db error" and keeps the server's message in its
+/// source, which is what an operator needs ("the database system is starting up", ...).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        next = cause.source();
+    }
+    s
+}
+
 /// This agent as a member of the fleet.
 pub struct Node {
     pub db: Database,
@@ -57,7 +79,7 @@ enum JoinError {
 }
 
 async fn try_join(db: &Database, node_id: &str, cfg: &FleetConfig, store: &Store) -> Result<Registration, JoinError> {
-    let other = |e: &dyn std::fmt::Display| JoinError::Other(anyhow::anyhow!("{e}"));
+    let other = |e: &(dyn std::error::Error + 'static)| JoinError::Other(anyhow::anyhow!("{}", chain(e)));
     let mut client = db.connect().await.map_err(|e| other(&e))?;
     meterd_fleet::migrate::migrate(&mut client).await.map_err(|e| other(&e))?;
     if let Some(previous) = store.fleet_incarnation().map_err(|e| other(&e))? {

@@ -1,0 +1,268 @@
+//! Fleet mode end to end: 3 real `meterd` agents sharing one ledger in a real PostgreSQL, submitting to a
+//! separate emulator process. Events are sprayed across the agents, retries of a key land on another agent,
+//! agents are SIGKILLed again and again (the submitting one included), PostgreSQL restarts once mid-ingest. At the
+//! end the emulator has billed exactly what was acknowledged, per customer × dimension × hour, with no
+//! DuplicateRecord.
+//!
+//! Two phases, so that every hour is sealed only after every acknowledged event reached the shared ledger (what
+//! this test checks is exactly-once, not the late-usage rule): the agents first run with a long `seal_grace`
+//! (nothing seals) while events are sprayed; once the shared ledger holds every key, they are restarted with a
+//! short grace and the elected agent seals and submits while it and the others keep being killed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use meterd_fleet::test_postgres::TestPostgres;
+use meterd_proto::v1;
+use meterd_tests::{Agent, EmulatorProcess};
+use rand::{Rng, SeedableRng};
+
+const ACCOUNT: &str = "111122223333";
+const CUSTOMERS: usize = 8;
+const AGENTS: usize = 3;
+const DIMENSIONS: [&str; 2] = ["api_calls", "gb_hours"];
+
+fn arn(c: usize) -> String {
+    format!("arn:aws:license-manager::{ACCOUNT}:license:l-fleet-{c:03}")
+}
+
+fn emulator_toml(seed: u64) -> String {
+    let mut s = format!(
+        "seed = {seed}\nrate_limit_per_sec = 10.0\nstrict_wire = true\n[[products]]\nproduct_code = \"fleetprod\"\ndimensions = [\"api_calls\", \"gb_hours\"]\n"
+    );
+    for c in 0..CUSTOMERS {
+        s.push_str(&format!(
+            "[[customers]]\nproduct_code = \"fleetprod\"\naws_account_id = \"{ACCOUNT}\"\nlicense_arn = \"{}\"\n",
+            arn(c)
+        ));
+    }
+    // Lost acknowledgements leave records InFlight: a takeover must resend them byte-identical.
+    s.push_str("[faults]\nlatency_ms = 30\ndrop_response_probability = 0.2\nunprocessed_probability = 0.1\n");
+    s
+}
+
+fn agent_toml(data: &std::path::Path, endpoint: &str, db: &str, node: usize, seal_grace: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[storage]
+data_dir = "{data}"
+[pipeline]
+seal_grace = "{seal_grace}"
+tick = "100ms"
+[accounts.emu]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+test_credentials = true
+calls_per_second = 10
+call_timeout = "2s"
+[products.app]
+identity = "license"
+product_code = "fleetprod"
+dimensions = ["api_calls", "gb_hours"]
+[fleet]
+database_url = "{db}"
+node_id = "node-{node}"
+forward_interval = "100ms"
+forward_batch = 50
+down_after = "10s"
+max_wait = "12h"
+"#,
+        data = data.display()
+    )
+}
+
+fn event(key: &str, c: usize, dim: &str, q: u64, at_s: i64) -> v1::UsageEvent {
+    v1::UsageEvent {
+        idempotency_key: key.into(),
+        customer: Some(v1::Customer {
+            identity: Some(v1::customer::Identity::AwsAccount(v1::AwsCustomer {
+                customer_aws_account_id: ACCOUNT.into(),
+                license_arn: arn(c),
+            })),
+        }),
+        dimension: dim.into(),
+        quantity: q.to_string(),
+        timestamp: Some(meterd_proto::Timestamp { seconds: at_s, nanos: 0 }),
+        tags: Default::default(),
+        product: String::new(),
+    }
+}
+
+/// Sends `events` to agent `first`, and on any failure (the agent was killed, PostgreSQL is irrelevant here:
+/// ack = "local") to the next agent, as an SDK retries with the same keys. Returns once acknowledged.
+async fn send(agents: &[Option<Agent>], first: usize, events: &[v1::UsageEvent]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = first;
+    loop {
+        assert!(Instant::now() < deadline, "no agent acknowledged a batch within 60 s");
+        if let Some(a) = &agents[i % AGENTS]
+            && let Ok(client) = a.client().await
+            && let Ok(r) =
+                client.metering().record_usage_batch(v1::RecordUsageBatchRequest { events: events.to_vec() }).await
+        {
+            let r = r.into_inner();
+            assert!(
+                r.results.iter().all(|r| matches!(r.outcome, Some(v1::event_result::Outcome::Receipt(_)))),
+                "{r:?}"
+            );
+            return;
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Billed quantity per (license, dimension, hour start in seconds), from the emulator's ledger.
+fn billed(emulator: &EmulatorProcess) -> BTreeMap<(String, String, i64), u64> {
+    let mut out = BTreeMap::new();
+    for e in emulator.inspect("/_emulator/ledger").unwrap().as_array().unwrap() {
+        let key = (
+            e["license_arn"].as_str().unwrap().to_string(),
+            e["dimension"].as_str().unwrap().to_string(),
+            e["hour_start"].as_i64().unwrap(),
+        );
+        *out.entry(key).or_default() += e["quantity"].as_str().unwrap().parse::<u64>().unwrap();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_one_ledger_bill_exactly_once_through_kills_and_a_database_restart() {
+    let seed: u64 = std::env::var("METERD_FLEET_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1313);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    eprintln!("fleet e2e seed={seed}");
+    let started = Instant::now();
+    let mut pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
+    let emulator = EmulatorProcess::start(&emulator_toml(seed)).unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..AGENTS).map(|_| tempfile::tempdir().unwrap()).collect();
+    let db_url = pg.url();
+    let configs = |grace: &str| -> Vec<String> {
+        (0..AGENTS).map(|n| agent_toml(dirs[n].path(), &emulator.url, &db_url, n, grace)).collect()
+    };
+    let mut agents: Vec<Option<Agent>> =
+        configs("4h").iter().map(|c| Some(Agent::start(c).expect("agent starts"))).collect();
+
+    // Phase 1: spray three past hours of usage over the agents, retry some batches on another agent, kill
+    // agents between batches, restart PostgreSQL once.
+    let hour0 = meterd::clock::system_now_ms() / 1000 / 3600 * 3600 - 3 * 3600;
+    let mut expected: BTreeMap<(String, String, i64), u64> = BTreeMap::new();
+    let mut keys = 0u64;
+    let rounds = 24;
+    let mut kills = 0;
+    for round in 0..rounds {
+        let mut events = Vec::new();
+        for i in 0..20 {
+            let c = rng.random_range(0..CUSTOMERS);
+            let dim = DIMENSIONS[rng.random_range(0..2)];
+            let h = rng.random_range(0..3i64);
+            let q: u64 = rng.random_range(1..500);
+            events.push(event(&format!("r{round}-{i}"), c, dim, q, hour0 + h * 3600 + 60 + i as i64));
+            *expected.entry((arn(c), dim.to_string(), hour0 + h * 3600)).or_default() += q;
+            keys += 1;
+        }
+        let first = rng.random_range(0..AGENTS);
+        send(&agents, first, &events).await;
+        if round % 3 == 0 {
+            // The client did not see the answer: it retries the same keys on another agent.
+            send(&agents, first + 1, &events).await;
+        }
+        if round == rounds / 2 {
+            // A crash-like stop: the agents keep acknowledging into their spools while the database is away.
+            pg.stop(false).expect("PostgreSQL stops");
+        } else if round == rounds / 2 + 3 {
+            pg.start_again().expect("PostgreSQL starts again");
+        } else if round % 4 == 1 && !(rounds / 2..rounds / 2 + 3).contains(&round) {
+            // (Not while the database is down: a starting agent waits for it before it serves.)
+            let victim = rng.random_range(0..AGENTS);
+            let mut a = agents[victim].take().unwrap();
+            a.kill9();
+            kills += 1;
+            agents[victim] = Some(a.restart().expect("a killed agent restarts"));
+        }
+    }
+
+    // Every acknowledged key reaches the shared ledger (the spools drain; forwards after the restart replay).
+    let mut db = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let stored = meterd_fleet::views::event_keys(&db).await.unwrap();
+        if stored as u64 == keys {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shared ledger holds {stored} of {keys} keys after 90 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(meterd_fleet::views::conflicts(&db).await.unwrap().is_empty(), "a retry was taken for a conflict");
+
+    // Phase 2: the agents restart with a short grace; the elected one seals and submits. Kill the submitting
+    // agent (and others) until the emulator has billed everything.
+    let phase2 = configs("1s");
+    for (slot, config) in agents.iter_mut().zip(&phase2) {
+        let mut a = slot.take().unwrap();
+        a.kill9();
+        std::fs::write(&a.config_path, config).unwrap();
+        *slot = Some(a.restart().unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut leader_kills = 0;
+    loop {
+        if billed(&emulator) == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not billed within 120 s: {:?}", billed(&emulator).len());
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        if leader_kills < 3 {
+            let holders = meterd_fleet::lease::holders(&db).await.unwrap_or_default();
+            if let Some((_, holder, epoch, _)) = holders.first() {
+                let n: usize = holder.trim_start_matches("node-").parse().unwrap();
+                eprintln!("killing the submitting agent {holder} (epoch {epoch})");
+                let mut a = agents[n].take().unwrap();
+                a.kill9();
+                leader_kills += 1;
+                kills += 1;
+                agents[n] = Some(a.restart().unwrap());
+            }
+        }
+        if db.is_closed() {
+            db = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
+        }
+    }
+    assert_eq!(billed(&emulator), expected, "billed differs from acknowledged per customer × dimension × hour");
+    let counters = emulator.inspect("/_emulator/counters").unwrap();
+    assert_eq!(counters["duplicates"], 0, "{counters}");
+    assert!(leader_kills > 0, "the submitting agent was never killed: the test proved less than it says");
+    eprintln!(
+        "fleet e2e: {keys} keys, {} billed series, {kills} kills ({leader_kills} of the submitter), 1 PostgreSQL \
+         restart, {:.0?}, counters {counters}",
+        expected.len(),
+        started.elapsed()
+    );
+    for a in agents.iter_mut().flatten() {
+        assert_eq!(a.terminate().unwrap(), Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_is_one_live_agent_and_a_crashed_agent_takes_its_own_back_at_once() {
+    let pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
+    let emulator = EmulatorProcess::start(&emulator_toml(7)).unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Agent::start(&agent_toml(a_dir.path(), &emulator.url, &pg.url(), 0, "4h")).unwrap();
+    // Another data dir claiming the same node id while `a` heartbeats: refused (two spools, one watermark).
+    let refused = Agent::start(&agent_toml(b_dir.path(), &emulator.url, &pg.url(), 0, "4h"));
+    assert!(refused.is_err(), "a second agent with a live node id started");
+    // SIGKILLed, `a` restarts at once on its own data dir, well within `down_after`: the id is its own.
+    a.kill9();
+    let mut a = a.restart().expect("a crash-restarted agent takes its own node id back");
+    let client = a.client().await.unwrap();
+    let hour = meterd::clock::system_now_ms() / 1000 / 3600 * 3600 - 3600;
+    let r = client
+        .metering()
+        .record_usage_batch(v1::RecordUsageBatchRequest { events: vec![event("k", 0, "api_calls", 3, hour)] })
+        .await
+        .unwrap();
+    assert!(matches!(r.into_inner().results[0].outcome, Some(v1::event_result::Outcome::Receipt(_))));
+    assert_eq!(a.terminate().unwrap(), Some(0));
+}
