@@ -18,7 +18,7 @@ use meterd_tests::{Agent, EmulatorProcess};
 use rand::{Rng, SeedableRng};
 
 const ACCOUNT: &str = "111122223333";
-const CUSTOMERS: usize = 8;
+const CUSTOMERS: usize = 20;
 const AGENTS: usize = 3;
 const DIMENSIONS: [&str; 2] = ["api_calls", "gb_hours"];
 
@@ -37,7 +37,7 @@ fn emulator_toml(seed: u64) -> String {
         ));
     }
     // Lost acknowledgements leave records InFlight: a takeover must resend them byte-identical.
-    s.push_str("[faults]\nlatency_ms = 30\ndrop_response_probability = 0.2\nunprocessed_probability = 0.1\n");
+    s.push_str("[faults]\nlatency_ms = 300\ndrop_response_probability = 0.2\nunprocessed_probability = 0.1\n");
     s
 }
 
@@ -55,7 +55,7 @@ tick = "100ms"
 region = "us-east-1"
 endpoint_url = "{endpoint}"
 test_credentials = true
-calls_per_second = 10
+calls_per_second = 2
 call_timeout = "2s"
 [products.app]
 identity = "license"
@@ -205,8 +205,36 @@ async fn three_agents_one_ledger_bill_exactly_once_through_kills_and_a_database_
         std::fs::write(&a.config_path, config).unwrap();
         *slot = Some(a.restart().unwrap());
     }
+    // Two leaders at once: pause the submitting agent (SIGSTOP) past its lease, let another take over, resume it.
+    // It wakes believing it leads; its writes are fenced by the lease epoch, and whatever it still sends is a
+    // sealed, frozen record that AWS answers idempotently.
+    let paused = Instant::now() + Duration::from_secs(60);
+    let (first, first_epoch) = loop {
+        assert!(Instant::now() < paused, "no agent took the submitter lease within 60 s");
+        if let Some((_, h, e, _)) = meterd_fleet::lease::holders(&db).await.unwrap_or_default().first() {
+            break (h.clone(), *e);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let n: usize = first.trim_start_matches("node-").parse().unwrap();
+    let pid = agents[n].as_ref().unwrap().pid() as i32;
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    loop {
+        assert!(Instant::now() < paused, "nobody took over from the paused submitter within 60 s");
+        let holders = meterd_fleet::lease::holders(&db).await.unwrap_or_default();
+        if holders.first().is_some_and(|(_, h, e, _)| *h != first && *e > first_epoch) {
+            eprintln!("{first} paused (epoch {first_epoch}); {} took over (epoch {})", holders[0].1, holders[0].2);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut leader_kills = 0;
+    let mut killed_epoch = first_epoch;
     loop {
         if billed(&emulator) == expected {
             break;
@@ -214,8 +242,13 @@ async fn three_agents_one_ledger_bill_exactly_once_through_kills_and_a_database_
         assert!(Instant::now() < deadline, "not billed within 120 s: {:?}", billed(&emulator).len());
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
         if leader_kills < 3 {
+            // Only a live lease's holder, once per epoch: the agent submitting right now.
             let holders = meterd_fleet::lease::holders(&db).await.unwrap_or_default();
-            if let Some((_, holder, epoch, _)) = holders.first() {
+            if let Some((_, holder, epoch, left_ms)) = holders.first()
+                && *left_ms > 0
+                && *epoch > killed_epoch
+            {
+                killed_epoch = *epoch;
                 let n: usize = holder.trim_start_matches("node-").parse().unwrap();
                 eprintln!("killing the submitting agent {holder} (epoch {epoch})");
                 let mut a = agents[n].take().unwrap();
