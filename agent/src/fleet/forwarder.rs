@@ -40,8 +40,41 @@ pub fn watermark_after(scan_ms: UnixMillis, page_full: bool, last_received_ms: O
     reach - STAMP_TO_WRITE_MARGIN_MS
 }
 
-pub async fn run(node: Arc<Node>, store: Store, clock: SharedClock, mut stop: watch::Receiver<bool>) {
+/// How long a stopping agent keeps forwarding its spool (its listeners are closed: nothing new arrives). A
+/// Deployment's pod on an ephemeral disk loses what is left after this (see docs/fleet.md, failures).
+pub const DRAIN_AT_STOP: Duration = Duration::from_secs(20);
+
+pub async fn run(node: Arc<Node>, store: Store, clock: SharedClock, stop: watch::Receiver<bool>) {
     let mut client = None;
+    forward_until(&node, &store, &clock, &mut client, stop).await;
+    // Stopping: ship what is left, for a bounded time.
+    let drained = tokio::time::timeout(DRAIN_AT_STOP, async {
+        loop {
+            if client.is_none() {
+                client = Some(node.db.connect().await.map_err(|e| super::chain(&e))?);
+            }
+            match step(&node, &store, &clock, client.as_mut().expect("connected")).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(super::chain(&e)),
+            }
+        }
+    })
+    .await;
+    match drained {
+        Ok(Ok(())) => tracing::info!("spool forwarded before stopping"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "stopping with events still in the spool; forwarded at next start"),
+        Err(_) => tracing::warn!(?DRAIN_AT_STOP, "stopping with events still in the spool; forwarded at next start"),
+    }
+}
+
+async fn forward_until(
+    node: &Node,
+    store: &Store,
+    clock: &SharedClock,
+    client: &mut Option<meterd_fleet::Client>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut failures: u32 = 0;
     loop {
         if *stop.borrow() {
@@ -50,7 +83,7 @@ pub async fn run(node: Arc<Node>, store: Store, clock: SharedClock, mut stop: wa
         let mut more = false;
         if client.is_none() {
             match node.db.connect().await {
-                Ok(c) => client = Some(c),
+                Ok(c) => *client = Some(c),
                 Err(e) => {
                     node.status.failed(&super::chain(&e));
                     failures += 1;
@@ -58,7 +91,7 @@ pub async fn run(node: Arc<Node>, store: Store, clock: SharedClock, mut stop: wa
             }
         }
         if let Some(c) = client.as_mut() {
-            match step(&node, &store, &clock, c).await {
+            match step(node, store, clock, c).await {
                 Ok(full) => {
                     failures = 0;
                     more = full;
@@ -74,7 +107,7 @@ pub async fn run(node: Arc<Node>, store: Store, clock: SharedClock, mut stop: wa
                     tracing::warn!(error = %e, "forwarding to the fleet database failed; the spool keeps \
                         acknowledged events and the forward is retried");
                     node.status.failed(&e.to_string());
-                    client = None;
+                    *client = None;
                     failures += 1;
                 }
             }
