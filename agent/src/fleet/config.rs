@@ -198,6 +198,29 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_fleet_example_is_a_valid_config() {
+        let yaml = include_str!("../../../examples/kubernetes/fleet.yaml");
+        let toml: String = yaml
+            .split("  meterd.toml: |\n")
+            .nth(1)
+            .expect("the example embeds meterd.toml")
+            .lines()
+            .take_while(|l| l.starts_with("    ") || l.is_empty())
+            .map(|l| format!("{}\n", l.trim_start_matches("    ")))
+            .collect();
+        // The CA bundle file exists only in the pod: check the rest with a URL without it.
+        let c = Config::from_toml_with_env(&toml, Path::new("fleet.yaml"), |k| {
+            (k == DATABASE_URL_ENV).then(|| "postgres://meterd@db.example:5432/meterd?sslmode=verify-full".into())
+        })
+        .unwrap();
+        let f = c.fleet.unwrap();
+        assert_eq!(
+            (f.ack, f.database_password_file.unwrap()),
+            (Ack::Local, "/var/run/secrets/meterd-db/password".into())
+        );
+    }
+
+    #[test]
     fn bad_fleet_settings_name_their_key() {
         let url = "[fleet]\ndatabase_url = \"postgres://u@db/x\"\n";
         assert!(err("[fleet]\n").starts_with("fleet.database_url: required"), "{}", err("[fleet]\n"));
