@@ -78,6 +78,7 @@ pub async fn run(
     // The pipeline and the customer registry need only the seam; status and the admin views still read the
     // sled store's own counters.
     let ledger: Arc<dyn crate::store::Ledger> = Arc::new(store.clone());
+    let fleet_view = node.clone();
     let (pipeline, running, fleet) = match node {
         None => {
             let (p, r) =
@@ -121,7 +122,11 @@ pub async fn run(
             };
             // Loopback is protected by the host; any other address by the gRPC listener's token.
             let token = if a.is_loopback() { None } else { security.token.clone() };
-            let app = server::admin_http::router(source, metrics.clone(), token, security.refused.clone());
+            let extra = match &fleet_view {
+                Some(node) => crate::fleet::view::routes(node.clone(), store.clone(), clock.clone()),
+                None => axum::Router::new(),
+            };
+            let app = server::admin_http::router(source, metrics.clone(), token, security.refused.clone(), extra);
             Some(HttpServer::start("admin.listen", &a.listen, app).await?)
         }
         None => None,

@@ -46,6 +46,8 @@ fn agent_toml(data: &std::path::Path, endpoint: &str, db: &str, node: usize, sea
         r#"
 [server]
 listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
 [storage]
 data_dir = "{data}"
 [pipeline]
@@ -323,6 +325,28 @@ async fn a_stopping_agent_forwards_its_spool_before_it_exits() {
     let events = (0..5).map(|i| event(&format!("drain-{i}"), 0, "api_calls", 1, hour)).collect();
     client.metering().record_usage_batch(v1::RecordUsageBatchRequest { events }).await.unwrap();
     assert_eq!(meterd_fleet::views::event_keys(&db).await.unwrap(), 0, "forwarded before the stop");
+    // The fleet view shows the spool waiting, this node in the registry, and who submits for the account.
+    let admin: std::net::SocketAddr = a.admin.as_ref().unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let (code, body) = meterd_tests::stack::http_get(admin, "/fleet").await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        // The lease is taken at the account's first campaign: wait for it rather than for a time.
+        if v["submitters"].as_array().is_some_and(|s| !s.is_empty()) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no submitter in the fleet view: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((view["node_id"].as_str(), view["spool_events"].as_u64()), (Some("node-0"), Some(5)), "{view}");
+    assert_eq!(view["nodes"][0]["node_id"], "node-0", "{view}");
+    assert!(view["nodes"][0]["forward_lag_ms"].as_i64().is_some(), "{view}");
+    assert_eq!(
+        (view["submitters"][0]["account"].as_str(), view["submitters"][0]["node_id"].as_str()),
+        (Some("emu"), Some("node-0"))
+    );
+    assert_eq!((view["event_keys"].as_i64(), view["conflicts"].as_u64()), (Some(0), Some(0)), "{view}");
     assert_eq!(a.terminate().unwrap(), Some(0));
     assert_eq!(meterd_fleet::views::event_keys(&db).await.unwrap(), 5, "the spool was not forwarded at stop");
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod forwarder;
 pub mod leader;
 pub mod status;
+pub mod view;
 
 use std::sync::Arc;
 use std::time::Duration;

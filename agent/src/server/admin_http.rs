@@ -28,12 +28,15 @@ pub fn router(
     registry: Arc<Registry>,
     token: Option<String>,
     refused: Arc<super::auth::Refused>,
+    extra: Router,
 ) -> Router {
     let admin = Admin { store: source.store.clone(), registry };
+    // `extra`: more views behind the same token (fleet mode's `/fleet`).
     let guarded = Router::new()
         .route("/metrics", get(metrics_text))
         .with_state(admin.clone())
-        .merge(super::dashboard::api(source));
+        .merge(super::dashboard::api(source))
+        .merge(extra);
     let guarded = match token {
         Some(t) => {
             let token: Arc<[u8]> = Arc::from(t.into_bytes());
