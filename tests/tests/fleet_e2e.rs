@@ -350,3 +350,40 @@ async fn a_stopping_agent_forwards_its_spool_before_it_exits() {
     assert_eq!(a.terminate().unwrap(), Some(0));
     assert_eq!(meterd_fleet::views::event_keys(&db).await.unwrap(), 5, "the spool was not forwarded at stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_shared_answers_after_the_commit_and_unavailable_while_the_database_is_down() {
+    let mut pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
+    let emulator = EmulatorProcess::start(&emulator_toml(11)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The background forwarder is a minute away: only the shared acknowledgement can put events in PostgreSQL.
+    let config = agent_toml(dir.path(), &emulator.url, &pg.url(), 0, "4h")
+        .replace("forward_interval = \"100ms\"", "forward_interval = \"60s\"\nack = \"shared\"")
+        .replace("down_after = \"10s\"", "down_after = \"5m\"");
+    let mut a = Agent::start(&config).unwrap();
+    let hour = meterd::clock::system_now_ms() / 1000 / 3600 * 3600 - 3600;
+    let batch = |keys: &[&str]| v1::RecordUsageBatchRequest {
+        events: keys.iter().map(|k| event(k, 0, "api_calls", 2, hour)).collect(),
+    };
+    let client = a.client().await.unwrap();
+    client.metering().record_usage_batch(batch(&["s1", "s2", "s3"])).await.unwrap();
+    let url = pg.url();
+    let count = || async { meterd_fleet::views::event_keys(&meterd_fleet::connect_plain(&url).await.unwrap()).await };
+    assert_eq!(count().await.unwrap(), 3, "answered before the shared ledger had the events");
+
+    pg.stop(false).unwrap();
+    let refused = client.metering().record_usage_batch(batch(&["s4"])).await.expect_err("answered without PostgreSQL");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    pg.start_again().unwrap();
+    // The SDK's retry with the same key: replayed locally, committed in the shared ledger, answered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.metering().record_usage_batch(batch(&["s4"])).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "no answer after the database came back: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count().await.unwrap(), 4);
+    assert_eq!(a.terminate().unwrap(), Some(0));
+}

@@ -17,7 +17,7 @@ pub enum Ack {
     /// Answer after this agent's own fsync; a forwarder ships the spool to PostgreSQL.
     #[default]
     Local,
-    /// Answer after the PostgreSQL commit (hosts with ephemeral disks). Not built yet: refused at start.
+    /// Answer after the PostgreSQL commit (hosts with ephemeral disks); UNAVAILABLE while it cannot be reached.
     Shared,
 }
 
@@ -111,12 +111,6 @@ impl FleetConfig {
             return Err(invalid(
                 "fleet.node_id",
                 format!("must be 1 to 128 printable characters (the host name when left out), got {len}"),
-            ));
-        }
-        if self.ack == Ack::Shared {
-            return Err(invalid(
-                "fleet.ack",
-                "\"shared\" (answer after the PostgreSQL commit) is not available in this version: use \"local\"",
             ));
         }
         if self.forward_interval < Duration::from_millis(10) || self.forward_interval > Duration::from_secs(60) {
@@ -231,7 +225,7 @@ mod tests {
         let long = "n".repeat(129);
         assert!(err(&format!("{url}node_id = \"{long}\"\n")).starts_with("fleet.node_id: must be 1 to 128"));
         assert!(err(&format!("{url}node_id = \"\"\n")).starts_with("fleet.node_id:"));
-        assert!(err(&format!("{url}ack = \"shared\"\n")).starts_with("fleet.ack: \"shared\""));
+        assert_eq!(parse(&format!("{url}ack = \"shared\"\n"), &[]).unwrap().fleet.unwrap().ack, Ack::Shared);
         assert!(err(&format!("{url}ack = \"maybe\"\n")).contains("unknown variant"));
         assert!(err(&format!("{url}forward_interval = \"2m\"\n")).starts_with("fleet.forward_interval:"));
         assert!(err(&format!("{url}forward_batch = 0\n")).starts_with("fleet.forward_batch:"));

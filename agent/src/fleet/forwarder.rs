@@ -21,7 +21,7 @@ use crate::store::{Store, StoreError};
 pub const STAMP_TO_WRITE_MARGIN_MS: i64 = 60_000;
 
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub(crate) enum StepError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -128,7 +128,7 @@ async fn forward_until(
 }
 
 /// One page: heartbeat, forward, remove. Ok(true) when the page was full (more is waiting).
-async fn step(
+pub(crate) async fn step(
     node: &Node,
     store: &Store,
     clock: &SharedClock,

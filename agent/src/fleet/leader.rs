@@ -56,6 +56,24 @@ impl FleetQueue {
         Ok(guard)
     }
 
+    /// Renews the held lease when a third of its term has passed, inside a long pass (many calls, paced): the
+    /// pass keeps the lease instead of losing it to a follower midway and flapping.
+    async fn renew_if_due(&self, client: &meterd_fleet::Client) -> Result<(), StoreError> {
+        let held = self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((mut l, renewed)) = held
+            && renewed.elapsed() >= self.terms.ttl / 3
+        {
+            match lease::renew(client, &mut l, self.terms).await {
+                Ok(()) => self.set_lease(Some(l)),
+                Err(e) => {
+                    self.set_lease(None);
+                    return Err(unavailable(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Holds (acquires or renews) the lease. Some(true) when it was just acquired (a takeover or a start).
     async fn hold(&self, account: &str) -> Result<Option<bool>, StoreError> {
         let mut guard = self.client().await?;
@@ -159,6 +177,9 @@ impl Queue for FleetQueue {
                 self.lease().ok_or_else(|| StoreError::Io("this agent no longer holds the submitter lease".into()))?;
             let mut guard = self.client().await?;
             let client = guard.as_mut().expect("connected");
+            self.renew_if_due(client).await?;
+            // The renewal may have moved the lease's term, not its epoch: the fence checks the epoch.
+            let lease = self.lease().unwrap_or(lease);
             match seal::update_records(client, &lease, &records).await {
                 Ok(()) => Ok(()),
                 Err(e) => Err(self.failed(&mut guard, e)),

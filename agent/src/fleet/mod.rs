@@ -5,6 +5,7 @@
 pub mod config;
 pub mod forwarder;
 pub mod leader;
+pub mod shared_ack;
 pub mod status;
 pub mod view;
 
@@ -123,6 +124,9 @@ pub async fn start(
         store: store.clone(),
         clock: clock.clone(),
     }));
+    if node.config.ack == config::Ack::Shared {
+        store.set_ack_gate(Arc::new(shared_ack::SharedAck::new(node.clone(), store.clone(), clock.clone())));
+    }
     tasks.spawn(forwarder::run(node.clone(), store.clone(), clock.clone(), stop_rx.clone()));
     let mut stats = Vec::new();
     for account in config.accounts.keys() {

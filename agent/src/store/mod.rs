@@ -246,6 +246,8 @@ struct Inner {
     commands: mpsc::Sender<writer::Command>,
     counters: Arc<StoreCounters>,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Fleet mode with `ack = "shared"`: an ingest answers only once this says the shared ledger has it.
+    ack_gate: std::sync::OnceLock<Arc<dyn outbox::AckGate>>,
 }
 
 impl Store {
@@ -351,6 +353,7 @@ impl Store {
                 commands,
                 counters,
                 threads: std::sync::Mutex::new(threads),
+                ack_gate: Default::default(),
             }),
         })
     }
@@ -365,7 +368,10 @@ impl Store {
         rules: impl Into<IngestRules>,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.command(writer::Command::Ingest { events, received_ms, rules: rules.into(), reply }, rx).await
+        let outcomes =
+            self.command(writer::Command::Ingest { events, received_ms, rules: rules.into(), reply }, rx).await?;
+        self.after_ack(&outcomes).await?;
+        Ok(outcomes)
     }
 
     /// Seals every hour before `params.cutoff_hour_ms` (durably) and reports what it did.

@@ -171,7 +171,28 @@ pub struct Depth {
     pub oldest_received_ms: Option<UnixMillis>,
 }
 
+/// What an ingest waits for after its local write in fleet mode with `ack = "shared"`: the shared ledger's commit
+/// of everything the outbox holds (`crate::fleet::shared_ack`). An error fails the call (UNAVAILABLE); the caller
+/// retries with the same keys, which replay locally and wait again.
+pub trait AckGate: Send + Sync {
+    fn committed(&self) -> super::seam::BoxFuture<'_, Result<(), StoreError>>;
+}
+
 impl Store {
+    /// Makes every ingest that stored or replayed an event wait for `gate` before it answers.
+    pub fn set_ack_gate(&self, gate: std::sync::Arc<dyn AckGate>) {
+        let _ = self.inner.ack_gate.set(gate);
+    }
+
+    pub(crate) async fn after_ack(&self, outcomes: &[IngestOutcome]) -> Result<(), StoreError> {
+        if let Some(gate) = self.inner.ack_gate.get()
+            && outcomes.iter().any(|o| matches!(o, IngestOutcome::Stored(_) | IngestOutcome::Replayed(_)))
+        {
+            gate.committed().await?;
+        }
+        Ok(())
+    }
+
     /// The fleet incarnation this data dir registered as last (16 bytes), if any.
     pub fn fleet_incarnation(&self) -> Result<Option<[u8; 16]>, StoreError> {
         Ok(self.db().get(INCARNATION_KEY)?.and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok()))
