@@ -267,6 +267,8 @@ async fn three_agents_one_ledger_bill_exactly_once_through_kills_and_a_database_
     assert_eq!(billed(&emulator), expected, "billed differs from acknowledged per customer × dimension × hour");
     let counters = emulator.inspect("/_emulator/counters").unwrap();
     assert_eq!(counters["duplicates"], 0, "{counters}");
+    // Every resend after a takeover was the same record, byte for byte (AWS's idempotent replay).
+    assert_eq!(counters["replayed_with_other_allocations"], 0, "{counters}");
     assert!(leader_kills > 0, "the submitting agent was never killed: the test proved less than it says");
     eprintln!(
         "fleet e2e: {keys} keys, {} billed series, {kills} kills ({leader_kills} of the submitter), 1 PostgreSQL \
