@@ -210,12 +210,16 @@ pub async fn run(
     let products: Vec<String> =
         config.products.keys().filter(|p| config.account_of(p) == Some(account.as_str())).cloned().collect();
     submitter.stop_on(stop.clone());
+    // Consecutive failures to reach the database: the campaign backs off (1 s … 10 s) instead of logging a
+    // warning every tick through an outage.
+    let mut failures: u32 = 0;
     loop {
         if *stop.borrow() {
             break;
         }
         match queue.hold(&account).await {
             Ok(Some(acquired)) => {
+                failures = 0;
                 if acquired {
                     let epoch = queue.lease().map(|l| l.epoch);
                     tracing::info!(%account, ?epoch, "this agent now submits for the account (submitter lease)");
@@ -233,14 +237,22 @@ pub async fn run(
                     tracing::warn!(%account, error = %e, "fleet submitter pass failed; will retry");
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(%account, error = %e, "submitter lease: fleet database unreachable; will retry"),
+            Ok(None) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(%account, error = %e, "submitter lease: fleet database unreachable; will retry")
+            }
         }
         if queue.lease().is_none() {
             node.status.lead(&account, None);
         }
+        let wait = if failures == 0 {
+            config.pipeline.tick
+        } else {
+            std::time::Duration::from_millis((500u64 << failures.min(5)).min(10_000))
+        };
         tokio::select! {
-            _ = tokio::time::sleep(config.pipeline.tick) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }
