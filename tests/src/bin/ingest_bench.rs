@@ -37,6 +37,13 @@ struct Args {
     /// Skip the no-op ceiling.
     #[arg(long)]
     no_ceiling: bool,
+    /// Run the agent in fleet mode against this PostgreSQL (`postgres://…`): its spool forwards to the shared
+    /// ledger while the workloads run.
+    #[arg(long)]
+    fleet_database_url: Option<String>,
+    /// With --fleet-database-url: `local` (answer after the local fsync) or `shared` (after the PostgreSQL commit).
+    #[arg(long, default_value = "local")]
+    fleet_ack: String,
     /// Internal: serve the no-op Metering service on an ephemeral loopback port, print `tcp=ADDR`, serve forever.
     #[arg(long, hide = true)]
     serve_noop: bool,
@@ -275,7 +282,15 @@ async fn main() -> anyhow::Result<()> {
         Workload { name: "batch x4", callers: 4, batch: args.batch_size },
     ];
     let root = meterd_tests::bench_data_dir(&args.data_root)?;
-    let agent = Agent::start(&basic_config(&root.path().join("meterd"), "[ingest]\nmax_batch_events = 100000"))?;
+    let mut extra = String::from("[ingest]\nmax_batch_events = 100000\n");
+    if let Some(url) = &args.fleet_database_url {
+        extra.push_str(&format!(
+            "[fleet]\ndatabase_url = \"{url}\"\nnode_id = \"bench-{}\"\nack = \"{}\"\n",
+            std::process::id(),
+            args.fleet_ack
+        ));
+    }
+    let agent = Agent::start(&basic_config(&root.path().join("meterd"), &extra))?;
     let target = agent.target();
     let sqlite_path = root.path().join("baseline.sqlite");
     let run_id = format!("{}", meterd::clock::system_now_ms());
