@@ -286,117 +286,135 @@ impl TotalsAcc {
     }
 }
 
+/// CSV of rows: the header, then [`csv_row`] per row.
+pub const CSV_HEADER: &str = "hour,product,customer,dimension,state,recorded,late,carried_in,carried_out,sealed,accepted,rejected,expired,pending,reason,metering_record_id\n";
+
+pub fn csv_escape(s: &str) -> String {
+    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+pub fn csv_row(r: &Row) -> String {
+    let esc = csv_escape;
+    format!(
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+        crate::clock::rfc3339(r.hour),
+        esc(&r.product),
+        esc(&r.customer),
+        esc(&r.dimension),
+        r.state,
+        r.recorded,
+        r.late,
+        r.carried_in,
+        r.carried_out,
+        r.sealed,
+        r.accepted,
+        r.rejected,
+        r.expired,
+        r.pending,
+        esc(&r.reason),
+        esc(&r.metering_record_id)
+    )
+}
+
+/// The table of rows: this header, then [`table_row`] per row, then [`totals_text`].
+pub fn table_header() -> String {
+    format!(
+        "{:<20} {:<10} {:<34} {:<16} {:<9} {:>12} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8}  {}\n",
+        "hour",
+        "product",
+        "customer",
+        "dimension",
+        "state",
+        "recorded",
+        "sealed",
+        "accepted",
+        "rejected",
+        "expired",
+        "pending",
+        "carried",
+        "reason"
+    )
+}
+
+pub fn table_row(r: &Row) -> String {
+    let mut customer = r.customer.clone();
+    if customer.chars().count() > 34 {
+        customer = format!("{}…", customer.chars().take(33).collect::<String>());
+    }
+    format!(
+        "{:<20} {:<10} {:<34} {:<16} {:<9} {:>12} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8}  {}\n",
+        crate::clock::rfc3339(r.hour).trim_end_matches(":00.000Z"),
+        r.product,
+        customer,
+        r.dimension,
+        r.state,
+        r.recorded,
+        r.sealed,
+        r.accepted,
+        r.rejected,
+        r.expired,
+        r.pending,
+        r.carried_out,
+        r.reason
+    )
+}
+
+/// What `meterd report` exits with: 3 when the ledger does not reconcile, 4 when revenue was lost.
+pub fn exit_code(t: &Totals) -> u8 {
+    match (t.reconciled, t.lost_records > 0 || t.lost_units > 0) {
+        (false, _) => 3,
+        (true, true) => 4,
+        (true, false) => 0,
+    }
+}
+
+/// The totals lines under a table.
+pub fn totals_text(t: &Totals) -> String {
+    let verdict = match (t.reconciled, t.lost_units > 0 || t.lost_records > 0) {
+        (false, _) => "DOES NOT RECONCILE",
+        (true, true) => "reconciled, REVENUE LOST",
+        (true, false) => "reconciled",
+    };
+    let mut out = format!(
+        "\ntotals: recorded {} (late {}) = accepted {} + rejected {} + expired {} + pending {} + carried {} + open {}  [{}]\n",
+        t.recorded, t.late, t.accepted, t.rejected, t.expired, t.pending, t.carried, t.open, verdict
+    );
+    if t.lost_records > 0 || t.lost_units > 0 {
+        out.push_str(&format!(
+            "LOST REVENUE: {} units in {} records that AWS answered DuplicateRecord on their first send (it already \
+             holds another quantity for those hours: they will never be billed; see docs/operations.md)\n",
+            t.lost_units, t.lost_records
+        ));
+    }
+    if t.merged_units > 0 {
+        out.push_str(&format!(
+            "merged: {} units of held tenant usage carried into their identity's next hour (AWS key already taken)\n",
+            t.merged_units
+        ));
+    }
+    out
+}
+
 impl Report {
     pub fn to_csv(&self) -> String {
-        let mut out = String::from(
-            "hour,product,customer,dimension,state,recorded,late,carried_in,carried_out,sealed,accepted,rejected,expired,pending,reason,metering_record_id\n",
-        );
-        let esc = |s: &str| {
-            if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-        };
+        let mut out = String::from(CSV_HEADER);
         for r in &self.rows {
-            out.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-                crate::clock::rfc3339(r.hour),
-                esc(&r.product),
-                esc(&r.customer),
-                esc(&r.dimension),
-                r.state,
-                r.recorded,
-                r.late,
-                r.carried_in,
-                r.carried_out,
-                r.sealed,
-                r.accepted,
-                r.rejected,
-                r.expired,
-                r.pending,
-                esc(&r.reason),
-                esc(&r.metering_record_id)
-            ));
+            out.push_str(&csv_row(r));
         }
         out
     }
 
     /// What `meterd report` exits with: 3 when the ledger does not reconcile, 4 when revenue was lost.
     pub fn exit_code(&self) -> u8 {
-        match (self.totals.reconciled, self.totals.lost_records > 0 || self.totals.lost_units > 0) {
-            (false, _) => 3,
-            (true, true) => 4,
-            (true, false) => 0,
-        }
+        exit_code(&self.totals)
     }
 
     pub fn to_table(&self) -> String {
-        let mut out = format!(
-            "{:<20} {:<10} {:<34} {:<16} {:<9} {:>12} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8}  {}\n",
-            "hour",
-            "product",
-            "customer",
-            "dimension",
-            "state",
-            "recorded",
-            "sealed",
-            "accepted",
-            "rejected",
-            "expired",
-            "pending",
-            "carried",
-            "reason"
-        );
+        let mut out = table_header();
         for r in &self.rows {
-            let mut customer = r.customer.clone();
-            if customer.chars().count() > 34 {
-                customer = format!("{}…", customer.chars().take(33).collect::<String>());
-            }
-            out.push_str(&format!(
-                "{:<20} {:<10} {:<34} {:<16} {:<9} {:>12} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8}  {}\n",
-                crate::clock::rfc3339(r.hour).trim_end_matches(":00.000Z"),
-                r.product,
-                customer,
-                r.dimension,
-                r.state,
-                r.recorded,
-                r.sealed,
-                r.accepted,
-                r.rejected,
-                r.expired,
-                r.pending,
-                r.carried_out,
-                r.reason
-            ));
+            out.push_str(&table_row(r));
         }
-        let t = &self.totals;
-        let verdict = match (t.reconciled, t.lost_units > 0 || t.lost_records > 0) {
-            (false, _) => "DOES NOT RECONCILE",
-            (true, true) => "reconciled, REVENUE LOST",
-            (true, false) => "reconciled",
-        };
-        out.push_str(&format!(
-            "\ntotals: recorded {} (late {}) = accepted {} + rejected {} + expired {} + pending {} + carried {} + open {}  [{}]\n",
-            t.recorded,
-            t.late,
-            t.accepted,
-            t.rejected,
-            t.expired,
-            t.pending,
-            t.carried,
-            t.open,
-            verdict
-        ));
-        if t.lost_records > 0 || t.lost_units > 0 {
-            out.push_str(&format!(
-                "LOST REVENUE: {} units in {} records that AWS answered DuplicateRecord on their first send (it already \
-                 holds another quantity for those hours: they will never be billed; see docs/operations.md)\n",
-                t.lost_units, t.lost_records
-            ));
-        }
-        if t.merged_units > 0 {
-            out.push_str(&format!(
-                "merged: {} units of held tenant usage carried into their identity's next hour (AWS key already taken)\n",
-                t.merged_units
-            ));
-        }
+        out.push_str(&totals_text(&self.totals));
         out
     }
 }
