@@ -88,7 +88,17 @@ const SUMMARY_CSV_HEADER: &str =
 fn summary_table_header() -> String {
     format!(
         "{:<20} {:<10} {:<16} {:>9} {:>14} {:>12} {:>9} {:>9} {:>9} {:>8} {:>8}\n",
-        "hour", "product", "dimension", "customers", "recorded", "open", "sealed", "accepted", "rejected", "expired", "pending"
+        "hour",
+        "product",
+        "dimension",
+        "customers",
+        "recorded",
+        "open",
+        "sealed",
+        "accepted",
+        "rejected",
+        "expired",
+        "pending"
     )
 }
 
