@@ -137,9 +137,10 @@ fn summary_csv_row(g: &v1::ReportGroup) -> String {
     )
 }
 
+/// Hours are Unix milliseconds in JSON, as in rows (`Row`'s own form).
 fn group_json(g: &v1::ReportGroup) -> serde_json::Value {
     serde_json::json!({
-        "hour": hour_text(&g.hour),
+        "hour": g.hour.as_ref().map(|t| t.seconds * 1000),
         "product": g.product,
         "dimension": g.dimension,
         "customers": g.customers,
@@ -199,7 +200,6 @@ fn write_chunk(
                     ReportFormat::Json => {
                         let mut v = serde_json::to_value(&row)?;
                         v["type"] = "row".into();
-                        v["hour"] = crate::clock::rfc3339(row.hour).into();
                         format!("{v}\n")
                     }
                 };
