@@ -308,7 +308,7 @@ async fn the_one_reply_report_refuses_clearly_past_the_client_limit() {
     assert_eq!((small.rows, small.totals), (expected.rows, expected.totals), "small answers are unchanged");
     // 78 rows of ~100 bytes do not fit in what is left of 260 KiB after the reserve for totals (256 KiB).
     let err = meterd::server::report_stream::bounded_report(&s, 260 * 1024).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(
         err.message().contains("Admin.ReportStream") && err.message().contains("meterd report --rows"),
         "{}",

@@ -1,5 +1,5 @@
 //! A ledger past what one reply can carry (40,000 rows: more than the 4 MiB a gRPC client decodes) against the real
-//! binary: the one-reply `Admin.Report` refuses with a message naming the streaming call, and `meterd report`
+//! binary: the one-reply `Admin.Report` refuses (FAILED_PRECONDITION) with a message naming the streaming call, and `meterd report`
 //! streams the summary and every row (table, JSON Lines, CSV) with counts and totals that match what was recorded.
 
 use std::process::Command;
@@ -44,7 +44,7 @@ async fn a_report_past_one_reply_streams_whole_with_matching_totals() {
 
     // One reply would pass the client's 4 MiB: a clear refusal, not a transport error.
     let err = client.admin().report(v1::ReportRequest {}).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("Admin.ReportStream") && err.message().contains("meterd report --rows"), "{err:?}");
 
     // Every row, as CSV: one line each, recorded exactly what was sent (1.5 per row).

@@ -174,7 +174,8 @@ async fn usage_drops(source: &ReportSource) -> Result<Vec<v1::UsageDrop>, Status
     Ok(drops.iter().map(super::convert::drop_to_wire).collect())
 }
 
-/// The one-reply report, refused with RESOURCE_EXHAUSTED (naming the streaming call) once its rows pass what a
+/// The one-reply report, refused with FAILED_PRECONDITION (naming the streaming call: the ledger's size, not a passing shortage, is
+/// what stands in the way, so it is not worth retrying) once its rows pass what a
 /// client decodes, without holding more than that. Read again when the ledger changed structure meanwhile.
 pub async fn bounded_report(ledger: &dyn Ledger, limit: usize) -> Result<crate::report::Report, Status> {
     let budget = limit.saturating_sub(REPLY_RESERVE);
@@ -208,7 +209,7 @@ pub async fn bounded_report(ledger: &dyn Ledger, limit: usize) -> Result<crate::
 }
 
 fn too_big(rows: u64, limit: usize) -> Status {
-    Status::resource_exhausted(format!(
+    Status::failed_precondition(format!(
         "the report has at least {rows} rows: too large for one Admin.Report reply (a gRPC client decodes at most \
          {} MiB). Use the streaming call Admin.ReportStream (`meterd report` shows the summary, `meterd report --rows` \
          every row; the SDKs' report_stream)",
