@@ -11,7 +11,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::{admin, aio, customers, error, runtime, usage};
+use crate::{admin, aio, customers, error, report, runtime, usage};
 
 /// The connection of one client object, rebuilt in a forked child (see `runtime.rs`).
 struct Shared {
@@ -158,6 +158,29 @@ impl Client {
     fn report(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let client = self.shared.client(py)?;
         admin::report_to_py(py, block(py, async move { client.report().await })?)
+    }
+
+    /// The report streamed: an iterator of `ReportGroup`s (the summary) or, with `rows=True`, `ReportRow`s; the
+    /// totals are `stream.trailer` once it is read to the end.
+    #[pyo3(signature = (*, rows=false, since=None, until=None, customer=None, dimension=None, state=None, product=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn report_stream(
+        &self,
+        py: Python<'_>,
+        rows: bool,
+        since: Option<&Bound<'_, PyAny>>,
+        until: Option<&Bound<'_, PyAny>>,
+        customer: Option<String>,
+        dimension: Option<String>,
+        state: Option<String>,
+        product: Option<String>,
+    ) -> PyResult<report::ReportStream> {
+        let time = |t: Option<&Bound<'_, PyAny>>| t.filter(|t| !t.is_none()).map(|t| usage::to_time(py, t)).transpose();
+        let query =
+            sdk::ReportQuery { rows, since: time(since)?, until: time(until)?, customer, dimension, state, product };
+        let client = self.shared.client(py)?;
+        let stream = block(py, async move { client.report_stream(query).await })?;
+        Ok(report::ReportStream::new(stream))
     }
 
     #[pyo3(signature = (tenant_id, customer, product=None, agreement_id=None))]
