@@ -115,13 +115,17 @@ impl ReportStream {
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         let rt = runtime::get();
         let item = py
-            .detach(|| rt.block_on(async { self.inner.lock().unwrap_or_else(|e| e.into_inner()).next().await }))
+            .detach(|| {
+                // Held while this thread blocks on the next chunk: another thread's `next` waits its turn.
+                let mut stream = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                rt.block_on(stream.next())
+            })
             .map_err(|e| error::to_py(py, &e))?;
         Ok(match item {
             Some(ReportItem::Row(r)) => Some(Py::new(py, row(r))?.into_any()),
             Some(ReportItem::Group(g)) => Some(Py::new(py, group(g))?.into_any()),
             Some(ReportItem::Trailer(t)) => {
-                *self.trailer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Py::new(py, trailer(t))?);
+                *self.trailer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Py::new(py, trailer(*t))?);
                 None
             }
             None => None,

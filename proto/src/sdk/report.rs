@@ -43,7 +43,8 @@ impl ReportQuery {
 pub enum ReportItem {
     Row(v1::ReportRow),
     Group(v1::ReportGroup),
-    Trailer(v1::ReportTrailer),
+    /// Boxed: one per stream, much larger than a row.
+    Trailer(Box<v1::ReportTrailer>),
 }
 
 /// A report being streamed. Holds at most one chunk of the agent's reply (bounded by the agent).
@@ -96,7 +97,7 @@ impl ReportStream {
                 Some(v1::report_chunk::Chunk::Groups(g)) => {
                     self.ready.extend(g.groups.into_iter().map(ReportItem::Group))
                 }
-                Some(v1::report_chunk::Chunk::Trailer(t)) => self.ready.push_back(ReportItem::Trailer(t)),
+                Some(v1::report_chunk::Chunk::Trailer(t)) => self.ready.push_back(ReportItem::Trailer(Box::new(t))),
                 None => {}
             }
         }
