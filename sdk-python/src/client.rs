@@ -302,6 +302,30 @@ impl AsyncClient {
         aio::spawn(py, async move { client.record_usage(usage).await }, usage::receipt_to_py)
     }
 
+    /// The report streamed, for `async for`: `ReportGroup`s (the summary) or, with `rows=True`, `ReportRow`s;
+    /// the totals are `stream.trailer` once it ends.
+    #[pyo3(signature = (*, rows=false, since=None, until=None, customer=None, dimension=None, state=None, product=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn report_stream<'py>(
+        &self,
+        py: Python<'py>,
+        rows: bool,
+        since: Option<&Bound<'_, PyAny>>,
+        until: Option<&Bound<'_, PyAny>>,
+        customer: Option<String>,
+        dimension: Option<String>,
+        state: Option<String>,
+        product: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let time = |t: Option<&Bound<'_, PyAny>>| t.filter(|t| !t.is_none()).map(|t| usage::to_time(py, t)).transpose();
+        let query =
+            sdk::ReportQuery { rows, since: time(since)?, until: time(until)?, customer, dimension, state, product };
+        let client = self.shared.client(py)?;
+        aio::spawn(py, async move { client.report_stream(query).await }, |py, s| {
+            Ok(Py::new(py, report::AsyncReportStream::new(s))?.into_any())
+        })
+    }
+
     fn record_usage_batch<'py>(&self, py: Python<'py>, events: &Bound<'_, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let usages = batch_items(py, events)?;
         let client = self.shared.client(py)?;

@@ -32,6 +32,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<report::ReportGroup>()?;
     m.add_class::<report::ReportTrailer>()?;
     m.add_class::<report::ReportStream>()?;
+    m.add_class::<report::AsyncReportStream>()?;
     m.add_class::<customers::CustomerInfo>()?;
     m.add_class::<customers::StatusChange>()?;
     m.add_class::<customers::EventOutcome>()?;

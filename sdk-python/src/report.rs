@@ -1,9 +1,10 @@
 //! `client.report_stream(...)`: the streamed report (`Admin.ReportStream`) as a Python iterator of `ReportGroup`s
 //! (the default summary) or `ReportRow`s (`rows=True`); the totals arrive last, as `stream.trailer`. Only
-//! conversion: the stream itself is the Rust client's `ReportStream`.
+//! conversion: the stream itself is the Rust client's `ReportStream`. `AsyncClient.report_stream` gives the same
+//! stream for `async for`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use meterd_proto::sdk::{self, ReportItem};
@@ -130,6 +131,52 @@ impl ReportStream {
             }
             None => None,
         })
+    }
+
+    /// The totals, once the stream has been read to its end (None before).
+    #[getter]
+    fn trailer(&self, py: Python<'_>) -> Option<Py<ReportTrailer>> {
+        self.trailer.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|t| t.clone_ref(py))
+    }
+}
+
+/// `AsyncClient.report_stream(...)`: the same stream for `async for`; `trailer` is set once it ends.
+#[pyclass(frozen, module = "meterd")]
+pub struct AsyncReportStream {
+    inner: Arc<tokio::sync::Mutex<sdk::ReportStream>>,
+    trailer: Arc<Mutex<Option<Py<ReportTrailer>>>>,
+}
+
+impl AsyncReportStream {
+    pub fn new(inner: sdk::ReportStream) -> Self {
+        Self { inner: Arc::new(tokio::sync::Mutex::new(inner)), trailer: Arc::new(Mutex::new(None)) }
+    }
+}
+
+type Slot = Arc<Mutex<Option<Py<ReportTrailer>>>>;
+
+/// The awaited item as Python: a group or row; the trailer goes to its slot and ends the iteration.
+fn async_item(py: Python<'_>, (item, slot): (Option<ReportItem>, Slot)) -> PyResult<Py<PyAny>> {
+    match item {
+        Some(ReportItem::Row(r)) => Ok(Py::new(py, row(r))?.into_any()),
+        Some(ReportItem::Group(g)) => Ok(Py::new(py, group(g))?.into_any()),
+        Some(ReportItem::Trailer(t)) => {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Py::new(py, trailer(*t))?);
+            Err(pyo3::exceptions::PyStopAsyncIteration::new_err(()))
+        }
+        None => Err(pyo3::exceptions::PyStopAsyncIteration::new_err(())),
+    }
+}
+
+#[pymethods]
+impl AsyncReportStream {
+    fn __aiter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (inner, slot) = (self.inner.clone(), self.trailer.clone());
+        crate::aio::spawn(py, async move { Ok((inner.lock().await.next().await?, slot)) }, async_item)
     }
 
     /// The totals, once the stream has been read to its end (None before).

@@ -3,6 +3,7 @@ on request, the totals as the trailer, filters, and a bad filter refused with it
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import pytest
@@ -44,3 +45,19 @@ def test_report_stream_refuses_a_bad_filter_naming_it(client: meterd.Client) -> 
         client.report_stream(state="pending")
     assert e.value.field == "state"
     assert "in_flight" in str(e.value)
+
+
+def test_async_report_stream(agent, tenant: str) -> None:
+    async def main() -> None:
+        async with meterd.AsyncClient(agent.target) as client:
+            await client.record_usage(customer=tenant, dimension="api_calls", quantity="2.5")
+            stream = await client.report_stream(rows=True, customer=f"tenant:{tenant}")
+            rows = [r async for r in stream]
+            assert [(r.dimension, r.recorded) for r in rows] == [("api_calls", "2.5")]
+            assert stream.trailer.rows_sent == 1 and stream.trailer.totals.reconciled
+            groups = [g async for g in await client.report_stream(customer=f"tenant:{tenant}")]
+            assert [(g.dimension, g.customers) for g in groups] == [("api_calls", 1)]
+            with pytest.raises(meterd.InvalidUsage):
+                await client.report_stream(state="nope")
+
+    asyncio.run(main())

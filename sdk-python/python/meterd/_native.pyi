@@ -352,6 +352,15 @@ class ReportStream:
     def trailer(self) -> Optional[ReportTrailer]: ...
 
 @final
+class AsyncReportStream:
+    """``async for`` over ``ReportGroup`` (summary) or ``ReportRow`` (``rows=True``); ``trailer`` is set at the end."""
+
+    def __aiter__(self) -> Self: ...
+    async def __anext__(self) -> Union[ReportGroup, ReportRow]: ...
+    @property
+    def trailer(self) -> Optional[ReportTrailer]: ...
+
+@final
 class StatusChange:
     """One lifecycle event in a customer's history."""
 
@@ -500,6 +509,17 @@ class AsyncClient:
     async def status(self) -> AgentStatus: ...
     async def flush(self) -> FlushResult: ...
     async def report(self) -> Report: ...
+    async def report_stream(
+        self,
+        *,
+        rows: bool = False,
+        since: Optional[datetime.datetime] = None,
+        until: Optional[datetime.datetime] = None,
+        customer: Optional[str] = None,
+        dimension: Optional[str] = None,
+        state: Optional[str] = None,
+        product: Optional[str] = None,
+    ) -> AsyncReportStream: ...
     async def put_customer(
         self,
         tenant_id: str,
