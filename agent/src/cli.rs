@@ -57,13 +57,11 @@ pub enum Command {
         #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171")]
         target: String,
     },
-    /// Reconciliation per hour x customer x dimension: recorded, sealed, accepted, rejected, expired, pending.
-    Report {
-        #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171")]
-        target: String,
-        #[arg(long, value_enum, default_value = "table")]
-        format: ReportFormat,
-    },
+    /// Reconciliation, streamed: a summary per hour x product x dimension (customers, recorded, sealed,
+    /// accepted, rejected, expired, pending), or with --rows every hour x customer x dimension; totals that
+    /// reconcile. Exits 3 when the ledger does not reconcile, 4 when revenue was lost, 5 when usage moved while
+    /// rows streamed (run it again).
+    Report(crate::report_cli::ReportArgs),
     /// The customer registry: tenant mappings, token resolution, lifecycle events.
     Customers {
         #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171", global = true)]
@@ -132,13 +130,6 @@ pub enum CustomersCommand {
     },
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum ReportFormat {
-    Table,
-    Json,
-    Csv,
-}
-
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Path to the TOML config file. Optional with --simulate (a demo product is used).
@@ -191,7 +182,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { target, json } => status(&target, json).await,
         Command::Flush { target } => flush(&target).await,
         Command::Repack { target } => repack(&target).await,
-        Command::Report { target, format } => report(&target, format).await,
+        Command::Report(args) => crate::report_cli::run(args).await,
         Command::Customers { target, command } => customers(&target, command).await,
         Command::Import(args) => crate::import::run(args.into_options()).await,
         Command::Verify(args) => crate::verify::run(args.into_options()).await,
@@ -439,28 +430,6 @@ async fn repack(target: &str) -> anyhow::Result<ExitCode> {
         mib(r.bytes_after)
     );
     Ok(ExitCode::SUCCESS)
-}
-
-async fn report(target: &str, format: ReportFormat) -> anyhow::Result<ExitCode> {
-    let client = meterd_proto::client::Client::connect(target, Duration::from_secs(3)).await?;
-    let r = client.admin().report(meterd_proto::v1::ReportRequest {}).await?.into_inner();
-    let report = crate::server::convert::report_from_wire(&r);
-    match format {
-        ReportFormat::Table => {
-            print!("{}", report.to_table());
-            for d in &r.usage_drops {
-                println!("USAGE DROP: {}", crate::server::convert::drop_line(d));
-            }
-        }
-        // CSV stays one row per record; drops are in the table and JSON forms.
-        ReportFormat::Csv => print!("{}", report.to_csv()),
-        ReportFormat::Json => {
-            let mut v = serde_json::to_value(&report)?;
-            v["usage_drops"] = r.usage_drops.iter().map(crate::server::convert::drop_json).collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-    }
-    Ok(ExitCode::from(report.exit_code()))
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {

@@ -129,22 +129,18 @@ impl Source {
         })
     }
 
-    /// `Admin.Report`: the reconciliation report, built from one snapshot of the ledger (so its parts cannot
-    /// disagree), and the usage drops of the last ended hour.
+    /// `Admin.Report`: the reconciliation report in one reply, read in pages (re-read if a seal moved usage
+    /// meanwhile, so its parts cannot disagree), refused once it would pass what a client decodes; and the usage
+    /// drops of the last ended hour.
     pub async fn report(&self) -> Result<v1::ReportResponse, Status> {
-        let snapshot = self.store.snapshot().await.map_err(store_status)?;
+        let ledger: &dyn crate::store::Ledger = &self.store;
+        let report = super::report_stream::bounded_report(ledger, super::report_stream::CLIENT_DECODE_LIMIT).await?;
         let store = self.store.clone();
         let (settings, now) = (crate::silence::settings(&self.config), self.clock.now_ms());
-        // Building the rows is pure work over the snapshot, kept off the async workers.
-        let (report, drops) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((
-                crate::report::from_snapshot(&snapshot)?,
-                crate::silence::last_ended_hour(&store, &settings, now)?,
-            ))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(store_status)?;
+        let drops = tokio::task::spawn_blocking(move || crate::silence::last_ended_hour(&store, &settings, now))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(store_status)?;
         let mut wire = super::convert::report_to_wire(&report);
         wire.usage_drops = drops.iter().map(drop_to_wire).collect();
         Ok(wire)

@@ -13,6 +13,7 @@ pub mod durable;
 pub mod generation;
 pub mod keys;
 pub mod metrics;
+pub mod pages;
 pub mod seam;
 pub mod space;
 mod writer;
@@ -142,6 +143,9 @@ pub struct StoreCounters {
     pub disk_full: std::sync::atomic::AtomicBool,
     pub repack_micros: AtomicU64,
     pub live_bytes: AtomicU64,
+    /// Writes that moved usage from one place to another (seals, compactions, tenant mappings, a leaving customer's
+    /// seal): a report read in pages restarts when this changes between its pages ([`pages`]).
+    pub structure_changes: AtomicU64,
 }
 
 /// Everything the report reads, taken at one instant between two writes, so its parts always agree (a seal between
@@ -458,6 +462,13 @@ impl Store {
     pub async fn snapshot(&self) -> Result<LedgerSnapshot, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.command(writer::Command::Snapshot { reply }, rx).await
+    }
+
+    /// One bounded page of the report's reads from `cursor`, taken on the writer thread between two writes
+    /// ([`pages::read_page`]), answered once what it saw is durable.
+    pub async fn report_page(&self, cursor: pages::PageCursor, limit: usize) -> Result<pages::LedgerPage, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::ReportPage { cursor, limit, reply }, rx).await
     }
 
     /// Records that AWS answered CustomerNotSubscribed for `identity`.

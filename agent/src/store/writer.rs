@@ -127,6 +127,12 @@ pub enum Command {
     Snapshot {
         reply: Answer<super::LedgerSnapshot>,
     },
+    /// Read one bounded page of the report, between two writes (see `super::pages`).
+    ReportPage {
+        cursor: super::pages::PageCursor,
+        limit: usize,
+        reply: Answer<super::pages::LedgerPage>,
+    },
     /// Copy every live key into a fresh generation and switch to it.
     Repack {
         reply: Answer<RepackOutcome>,
@@ -172,6 +178,7 @@ fn refuse(cmd: Command, e: StoreError) -> bool {
         Command::NotSubscribed { reply, .. } => drop(reply.send(Err(e))),
         Command::Repack { reply } => drop(reply.send(Err(e))),
         Command::Snapshot { reply } => drop(reply.send(Err(e))),
+        Command::ReportPage { reply, .. } => drop(reply.send(Err(e))),
         Command::Stop => return true,
     }
     false
@@ -250,7 +257,10 @@ impl Writer {
                         self.apply_ingests(std::mem::take(&mut ingests), &mut group);
                         match other {
                             Command::Seal { params, reply } => match self.apply_seal(&params) {
-                                Ok(summary) => group.replies.push(pending(reply, summary)),
+                                Ok(summary) => {
+                                    self.moved_usage(summary.buckets > 0);
+                                    group.replies.push(pending(reply, summary))
+                                }
                                 Err(e) => {
                                     let _ = reply.send(Err(e));
                                 }
@@ -263,7 +273,11 @@ impl Writer {
                             },
                             Command::PutMapping { mapping, now_ms, reply } => {
                                 match self.apply_put_mapping(&mapping, now_ms) {
-                                    Ok(n) => group.replies.push(pending(reply, n)),
+                                    Ok(n) => {
+                                        // Held records may be merged even when no bucket moved.
+                                        self.moved_usage(true);
+                                        group.replies.push(pending(reply, n))
+                                    }
                                     Err(e) => {
                                         let _ = reply.send(Err(e));
                                     }
@@ -280,7 +294,10 @@ impl Writer {
                             }
                             Command::Lifecycle { event, params, reply } => {
                                 match self.apply_lifecycle(&event, &params) {
-                                    Ok(o) => group.replies.push(pending(reply, o)),
+                                    Ok(o) => {
+                                        self.moved_usage(o.applied);
+                                        group.replies.push(pending(reply, o))
+                                    }
                                     Err(e) => {
                                         let _ = reply.send(Err(e));
                                     }
@@ -309,8 +326,20 @@ impl Writer {
                                     let _ = reply.send(Err(e));
                                 }
                             },
+                            Command::ReportPage { cursor, limit, reply } => {
+                                let structure = self.counters.structure_changes.load(Ordering::Relaxed);
+                                match super::pages::read_page(&self.db, &cursor, limit, structure) {
+                                    Ok(page) => group.replies.push(pending(reply, page)),
+                                    Err(e) => {
+                                        let _ = reply.send(Err(e));
+                                    }
+                                }
+                            }
                             Command::Compact { cutoff_ms, reply } => match self.apply_compact(cutoff_ms) {
-                                Ok(c) => group.replies.push(pending(reply, c)),
+                                Ok(c) => {
+                                    self.moved_usage(c.records > 0);
+                                    group.replies.push(pending(reply, c))
+                                }
                                 Err(e) => {
                                     let _ = reply.send(Err(e));
                                 }
@@ -419,6 +448,13 @@ impl Writer {
         self.counters.replays.fetch_add(writes.replays, Ordering::Relaxed);
         self.counters.late_events.fetch_add(writes.late_events, Ordering::Relaxed);
         Ok((all, new_events))
+    }
+
+    /// Counts a write that moved usage from one place to another, for reports read in pages (`super::pages`).
+    fn moved_usage(&self, moved: bool) {
+        if moved {
+            self.counters.structure_changes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Seals every bucket of every hour before `params.cutoff_hour_ms`: one frozen record per
