@@ -91,8 +91,7 @@ async fn ready(State(a): State<Admin>) -> Response {
 async fn metrics_text(State(a): State<Admin>) -> Response {
     let now_ms = a.clock.now_ms();
     let gathered = tokio::task::spawn_blocking(move || {
-        let pending = a.store.pending_records(usize::MAX)?;
-        let backlog = crate::domain::backlog::Backlog::of(&pending, |t| a.store.mapping(t).map(|m| m.is_some()))?;
+        let backlog = super::status::backlog_of(&a.store.pending_view()?);
         let settings = crate::silence::settings(&a.config);
         let drops = crate::silence::last_ended_hour(&a.store, &settings, now_ms)?;
         let snapshot = Snapshot {
