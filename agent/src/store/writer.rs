@@ -365,7 +365,12 @@ impl Writer {
                 }
             }
             self.apply_ingests(ingests, &mut group);
-            if !stopping {
+            if !stopping && self.job.is_some() {
+                // Hand this group to the flusher first: its callers' fsync then runs while the chunk is applied,
+                // instead of after it.
+                if !group.replies.is_empty() && flush_tx.send(std::mem::take(&mut group)).is_err() {
+                    break;
+                }
                 self.seal_chunk(&mut group);
             }
             if !group.replies.is_empty() && flush_tx.send(group).is_err() {
