@@ -62,7 +62,9 @@ const QUEUE_DEPTH: usize = 4096;
 const REPACK_BATCH_KEYS: usize = 10_000;
 /// Buckets one seal chunk reads by default (`storage.seal_chunk`): each chunk is one atomic batch, and ingest
 /// groups run between chunks, so this bounds both the seal's memory and how long a caller can wait behind it.
-pub const SEAL_CHUNK_BUCKETS: usize = 5_000;
+/// sled spends ~50-100 us per sealed bucket (four writes each, copying tree nodes), so 200 buckets keep a caller's
+/// wait behind a chunk near 20 ms; larger chunks seal a little faster (cardinality-bench, docs/ARCHITECTURE.md).
+pub const SEAL_CHUNK_BUCKETS: usize = 200;
 
 /// A seal under way, durable between its chunks: every hour before `cutoff_ms` is being sealed, and every bucket
 /// key below `resume_key` already is.
