@@ -345,8 +345,13 @@ impl Store {
             .events_stored
             .store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64 + compacted.events, Ordering::Relaxed);
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
-        let place =
-            writer::Place { dir: dir.to_path_buf(), seal_chunk: seal_chunk.max(1), generation: live, cache_bytes, min_free };
+        let place = writer::Place {
+            dir: dir.to_path_buf(),
+            seal_chunk: seal_chunk.max(1),
+            generation: live,
+            cache_bytes,
+            min_free,
+        };
         let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone());
         Ok(Store {
             inner: Arc::new(Inner {

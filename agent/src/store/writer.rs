@@ -308,12 +308,14 @@ impl Writer {
                                     }
                                 }
                             }
-                            Command::RemoveMapping { tenant_id, reply } => match self.apply_remove_mapping(&tenant_id) {
-                                Ok(existed) => group.replies.push(pending(reply, existed)),
-                                Err(e) => {
-                                    let _ = reply.send(Err(e));
+                            Command::RemoveMapping { tenant_id, reply } => {
+                                match self.apply_remove_mapping(&tenant_id) {
+                                    Ok(existed) => group.replies.push(pending(reply, existed)),
+                                    Err(e) => {
+                                        let _ = reply.send(Err(e));
+                                    }
                                 }
-                            },
+                            }
                             Command::Lifecycle { event, params, reply } => {
                                 match self.apply_lifecycle(&event, &params) {
                                     Ok(o) => group.replies.push(pending(reply, o)),
@@ -600,8 +602,10 @@ impl Writer {
         let mut batch = sled::Batch::default();
         let summary = self.seal_buckets(&mut batch, buckets, &job.params, None)?;
         match &next {
-            Some(resume_key) => batch
-                .insert(keys::SEAL_PROGRESS_KEY, encode(&SealProgress { cutoff_ms: cutoff, resume_key: resume_key.clone() })),
+            Some(resume_key) => batch.insert(
+                keys::SEAL_PROGRESS_KEY,
+                encode(&SealProgress { cutoff_ms: cutoff, resume_key: resume_key.clone() }),
+            ),
             None => batch.remove(keys::SEAL_PROGRESS_KEY),
         }
         if !self.sealed_through()?.is_some_and(|s| s >= cutoff) {
@@ -763,7 +767,8 @@ impl Writer {
                 }
                 let v = self.db.get(k)?.ok_or_else(|| StoreError::Corrupt("queue entry without its record".into()))?;
                 let r: SealedRecord = decode(&v)?;
-                if pending::held_tenant(&r).is_some() && !(r.key.product == m.product && r.state == RecordState::Sealed) {
+                if pending::held_tenant(&r).is_some() && !(r.key.product == m.product && r.state == RecordState::Sealed)
+                {
                     totals.remove(&r, true);
                     totals.add(&r, false);
                 }
