@@ -608,7 +608,7 @@ impl Writer {
             ),
             None => batch.remove(keys::SEAL_PROGRESS_KEY),
         }
-        if !self.sealed_through()?.is_some_and(|s| s >= cutoff) {
+        if self.sealed_through()?.is_none_or(|s| s < cutoff) {
             batch.insert(keys::SEALED_THROUGH_KEY, encode(&cutoff));
         }
         self.db.apply_batch(batch)?;
@@ -658,21 +658,22 @@ impl Writer {
         }
         // Scan order is hour first, so a series' hours seal oldest first.
         let groups = group_buckets(decoded).map_err(overflow("a record's late usage"))?;
-        // Carries change as successive hours of one series seal in this same batch.
-        let mut carries: HashMap<Vec<u8>, Micros> = HashMap::new();
+        // Carries change as successive hours of one series seal in this same batch; each with whether the store
+        // holds one now (an hour of whole units then needs no write for it: a sled write is most of a seal's cost).
+        let mut carries: HashMap<Vec<u8>, (Micros, bool)> = HashMap::new();
         let mut totals = self.pending_totals()?;
         for group in groups {
             let rk = &group.key;
             let ck = keys::carry_key(&rk.product, &rk.identity, &rk.dimension);
-            let carried_in = match carries.get(&ck) {
+            let (carried_in, stored) = match carries.get(&ck) {
                 Some(c) => *c,
                 None => match db.get(&ck)? {
-                    Some(v) => decode(&v)?,
-                    None => Micros::ZERO,
+                    Some(v) => (decode(&v)?, true),
+                    None => (Micros::ZERO, false),
                 },
             };
             let record = seal_record(group, carried_in, params, deadline_cap).map_err(overflow("a record's usage"))?;
-            carries.insert(ck, record.carried_out);
+            carries.insert(ck, (record.carried_out, stored));
             let rkey = keys::record_key(&record.key);
             if record.state == RecordState::Carried {
                 summary.carried_only += 1;
@@ -684,11 +685,11 @@ impl Writer {
             batch.insert(rkey, encode(&record));
         }
         batch.insert(keys::PENDING_KEY, encode(&totals));
-        for (ck, c) in carries {
-            if c == Micros::ZERO {
-                batch.remove(ck);
-            } else {
+        for (ck, (c, stored)) in carries {
+            if c != Micros::ZERO {
                 batch.insert(ck, encode(&c));
+            } else if stored {
+                batch.remove(ck);
             }
         }
         Ok(summary)
