@@ -53,6 +53,7 @@ pub async fn run(
     let options = crate::store::StoreOptions {
         cache_bytes: config.storage.cache_mb * 1024 * 1024,
         min_free: config.storage.min_free,
+        seal_chunk: config.storage.seal_chunk,
     };
     let store = Store::open_with(&config.storage.data_dir, options)
         .map_err(|e| anyhow::anyhow!("storage.data_dir {}: {e}", config.storage.data_dir.display()))?;

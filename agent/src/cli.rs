@@ -580,9 +580,15 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
         }
         println!("  sealed through {}", ts(&s.sealed_through));
         println!(
-            "  pending        {} record(s), oldest hour {} s old",
-            s.pending_records, s.oldest_pending_age_seconds
+            "  pending        {} record(s) ({} in flight, {} unit(s)), oldest hour {} s old",
+            s.pending_records, s.pending_in_flight, s.pending_units, s.oldest_pending_age_seconds
         );
+        if s.projected_drain_seconds > 0 {
+            println!(
+                "  drain          ~{} at 25 records per call and the current send rate",
+                humantime::format_duration(std::time::Duration::from_secs(s.projected_drain_seconds))
+            );
+        }
         println!("  next deadline  {}", ts(&s.most_urgent_deadline));
         if s.usage_drops.is_empty() {
             println!("  usage drops    none in the last ended hour");

@@ -87,6 +87,14 @@ pub struct StorageConfig {
     /// RESOURCE_EXHAUSTED (sealing, submission and reads go on) and the agent does not start.
     #[serde(default, deserialize_with = "min_free_from_str")]
     pub min_free: crate::store::space::MinFree,
+    /// Buckets sealed per atomic write: ingest waits at most about one chunk behind a seal, and a seal holds at
+    /// most one chunk in memory, however large the hour.
+    #[serde(default = "default_seal_chunk")]
+    pub seal_chunk: usize,
+}
+
+fn default_seal_chunk() -> usize {
+    crate::store::SEAL_CHUNK_BUCKETS
 }
 
 fn min_free_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::store::space::MinFree, D::Error> {
@@ -498,6 +506,9 @@ impl Config {
         }
         if !(16..=65536).contains(&self.storage.cache_mb) {
             return Err(invalid("storage.cache_mb", "must be between 16 and 65536"));
+        }
+        if !(10..=100_000).contains(&self.storage.seal_chunk) {
+            return Err(invalid("storage.seal_chunk", "must be between 10 and 100000 buckets"));
         }
         let ratio = self.storage.repack_ratio;
         if !(ratio == 0.0 || (2.5..=100.0).contains(&ratio)) {
@@ -1075,6 +1086,10 @@ mod tests {
             (
                 GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\ncache_mb = 8"),
                 "storage.cache_mb:",
+            ),
+            (
+                GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\nseal_chunk = 5"),
+                "storage.seal_chunk:",
             ),
             (format!("{GOOD}{MP}sns_topics = [\"arn:aws:sqs:us-east-1:1:x\"]"), "marketplace.sns_topics[0]:"),
             (format!("{GOOD}{MP}events_accounts = [\"12\"]"), "marketplace.events_accounts[0]:"),

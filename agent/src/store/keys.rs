@@ -7,6 +7,8 @@
 //! | `b/`   | `b/` + [`encode_bucket_key`]          | postcard `Bucket`           |
 //! | `m/`   | `m/sealed_through`                    | i64: every hour before it is sealed |
 //! | `m/`   | `m/lost`                              | postcard `Lost`: revenue AWS will never pay |
+//! | `m/`   | `m/pending`                           | postcard `PendingTotals`: the queue's counts, kept with it |
+//! | `m/`   | `m/seal_progress`                     | postcard `SealProgress`: a chunked seal under way |
 //! | `r/`   | `r/` + hour + product + customer + dim | postcard `SealedRecord`     |
 //! | `q/`   | `q/` + deadline + record key          | empty: the pending queue, oldest deadline first |
 //! | `c/`   | `c/` + product + customer + dimension | postcard `Micros`: fraction carried to the next hour |
@@ -27,6 +29,10 @@ pub const SEALED_THROUGH_KEY: &[u8] = b"m/sealed_through";
 pub const COMPACTED_KEY: &[u8] = b"m/compacted";
 /// Records AWS will never pay for (DuplicateRecord on a first send): never compacted, never decreases.
 pub const LOST_KEY: &[u8] = b"m/lost";
+/// Totals of the pending queue, updated in the same batch as every `q/` change ([`super::pending`]).
+pub const PENDING_KEY: &[u8] = b"m/pending";
+/// A seal under way: its target and the bucket key the next chunk starts from (absent when none is).
+pub const SEAL_PROGRESS_KEY: &[u8] = b"m/seal_progress";
 pub const RECORD_PREFIX: &[u8] = b"r/";
 pub const QUEUE_PREFIX: &[u8] = b"q/";
 pub const CARRY_PREFIX: &[u8] = b"c/";
@@ -112,6 +118,15 @@ pub fn record_key_is_of(record_key: &[u8], product: &str, identity: &Identity) -
     put_str(&mut series, product);
     put_identity(&mut series, identity);
     record_key.get(RECORD_PREFIX.len() + 8..).is_some_and(|rest| rest.starts_with(&series))
+}
+
+/// Whether a record key (`r/` + hour + series) belongs to a series of tenant `tenant_id`, of any product.
+pub fn record_key_is_of_tenant(record_key: &[u8], tenant_id: &str) -> bool {
+    let mut r = Reader { buf: record_key, pos: RECORD_PREFIX.len() + 8 };
+    let Ok(_product) = r.str() else { return false };
+    let mut tenant = vec![0u8];
+    put_str(&mut tenant, tenant_id);
+    record_key.get(r.pos..).is_some_and(|rest| rest.starts_with(&tenant))
 }
 
 /// Queue entry: `q/` + deadline + the record key, so a scan yields the most urgent record first.

@@ -14,6 +14,7 @@ pub mod generation;
 pub mod keys;
 pub mod metrics;
 pub mod pages;
+pub mod pending;
 pub mod seam;
 pub mod space;
 mod writer;
@@ -236,7 +237,11 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// Free space kept on the data dir's filesystem (`storage.min_free`).
     pub min_free: space::MinFree,
+    /// Buckets per seal chunk (`storage.seal_chunk`; [`SEAL_CHUNK_BUCKETS`] by default).
+    pub seal_chunk: usize,
 }
+
+pub use writer::SEAL_CHUNK_BUCKETS;
 
 #[derive(Clone)]
 pub struct Store {
@@ -259,13 +264,16 @@ impl Store {
 
     /// As [`Store::open`], with sled's page cache bounded to `cache_bytes` (sled's default is 1 GiB).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        Self::open_with(dir, StoreOptions { cache_bytes, min_free: space::MinFree::Bytes(0) })
+        Self::open_with(
+            dir,
+            StoreOptions { cache_bytes, min_free: space::MinFree::Bytes(0), seal_chunk: SEAL_CHUNK_BUCKETS },
+        )
     }
 
     /// Opens the store with every setting. Refuses, without writing a byte, when the data dir's filesystem has
     /// less free space than the reserve: sled may leave a store it cannot read back when opened on a full disk.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        let StoreOptions { cache_bytes, min_free } = options;
+        let StoreOptions { cache_bytes, min_free, seal_chunk } = options;
         let room = space::space_of(dir).map_err(|e| StoreError::Io(format!("statvfs {}: {e}", dir.display())))?;
         if let Some(full) = space::shortfall(&room, min_free, 0) {
             tracing::error!(dir = %dir.display(), "{full}: not opening the store");
@@ -301,7 +309,10 @@ impl Store {
                         dir.display()
                     )));
                 }
-                db.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                let mut batch = sled::Batch::default();
+                batch.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes());
+                batch.insert(keys::PENDING_KEY, encode(&pending::PendingTotals::default()));
+                db.apply_batch(batch)?;
                 live_gen.sync()?;
             }
             Some(v) => {
@@ -319,6 +330,14 @@ impl Store {
             durable::write_file(dir, MARKER_FILE, text.as_bytes())
                 .map_err(|e| StoreError::Io(format!("cannot write {}: {e}", dir.join(MARKER_FILE).display())))?;
         }
+        if pending::load(&db)?.is_none() {
+            // A store written before the queue's totals were kept: count them once, from then on every write
+            // keeps them.
+            let totals = pending::recompute(&db)?;
+            db.insert(keys::PENDING_KEY, encode(&totals))?;
+            live_gen.sync()?;
+            tracing::info!(pending = totals.records, "counted the pending queue once; its totals are kept from now on");
+        }
         let counters = Arc::new(StoreCounters::default());
         counters.disk_free_bytes.store(room.free_bytes, Ordering::Relaxed);
         counters.disk_reserve_bytes.store(min_free.bytes(room.total_bytes), Ordering::Relaxed);
@@ -331,7 +350,13 @@ impl Store {
             .events_stored
             .store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64 + compacted.events, Ordering::Relaxed);
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
-        let place = writer::Place { dir: dir.to_path_buf(), generation: live, cache_bytes, min_free };
+        let place = writer::Place {
+            dir: dir.to_path_buf(),
+            seal_chunk: seal_chunk.max(1),
+            generation: live,
+            cache_bytes,
+            min_free,
+        };
         let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone());
         Ok(Store {
             inner: Arc::new(Inner {
@@ -548,8 +573,25 @@ impl Store {
         Ok(out)
     }
 
-    pub fn pending_count(&self) -> u64 {
-        self.db().scan_prefix(keys::QUEUE_PREFIX).count() as u64
+    pub fn pending_count(&self) -> Result<u64, StoreError> {
+        Ok(self.pending_view()?.totals.records)
+    }
+
+    /// The queue's totals and its most urgent record, without a scan ([`pending`]).
+    pub fn pending_view(&self) -> Result<pending::PendingView, StoreError> {
+        let db = self.db();
+        let totals = pending::load(&db)?.unwrap_or_default();
+        let first = pending::first(&db)?;
+        Ok(pending::PendingView {
+            totals,
+            first_hour_ms: first.as_ref().map(|r| r.key.hour_ms),
+            first_deadline_ms: first.as_ref().map(|r| r.deadline_ms),
+        })
+    }
+
+    /// The queue's totals by a full scan (tests check the kept ones against it).
+    pub fn recount_pending(&self) -> Result<pending::PendingTotals, StoreError> {
+        pending::recompute(&self.db())
     }
 
     /// Every sealed record, in key order (hour first).
