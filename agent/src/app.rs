@@ -53,6 +53,7 @@ pub async fn run(
     let options = crate::store::StoreOptions {
         cache_bytes: config.storage.cache_mb * 1024 * 1024,
         min_free: config.storage.min_free,
+        dedupe_keep_ms: (config.storage.dedupe_window + config.ingest.max_future_skew).as_millis() as i64,
     };
     let store = Store::open_with(&config.storage.data_dir, options)
         .map_err(|e| anyhow::anyhow!("storage.data_dir {}: {e}", config.storage.data_dir.display()))?;

@@ -12,7 +12,10 @@
 pub mod durable;
 pub mod generation;
 pub mod keys;
+mod migrate;
+pub mod schema;
 pub mod seam;
+pub mod segments;
 pub mod space;
 mod writer;
 
@@ -30,8 +33,9 @@ use crate::domain::record::SealedRecord;
 pub use crate::domain::seal::SealParams;
 pub use seam::Ledger;
 
-/// The on-disk layout this build writes. Bump it with a migration in `open`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The on-disk layout this build writes. Bump it with a migration in `open`. 1: one `e/` key per event for the
+/// whole retention; 2: idempotency keys in dedupe segments ([`segments`], [`migrate`]).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -231,7 +235,13 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// Free space kept on the data dir's filesystem (`storage.min_free`).
     pub min_free: space::MinFree,
+    /// How long an idempotency key is kept after it arrived: `storage.dedupe_window` plus the future-skew
+    /// allowance ([`segments`]).
+    pub dedupe_keep_ms: i64,
 }
+
+/// The default `dedupe_keep_ms`: the default window (48 h) and future skew (5 min).
+pub const DEFAULT_DEDUPE_KEEP_MS: i64 = 48 * crate::clock::HOUR_MS + 5 * 60_000;
 
 #[derive(Clone)]
 pub struct Store {
@@ -254,13 +264,16 @@ impl Store {
 
     /// As [`Store::open`], with sled's page cache bounded to `cache_bytes` (sled's default is 1 GiB).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        Self::open_with(dir, StoreOptions { cache_bytes, min_free: space::MinFree::Bytes(0) })
+        Self::open_with(
+            dir,
+            StoreOptions { cache_bytes, min_free: space::MinFree::Bytes(0), dedupe_keep_ms: DEFAULT_DEDUPE_KEEP_MS },
+        )
     }
 
     /// Opens the store with every setting. Refuses, without writing a byte, when the data dir's filesystem has
     /// less free space than the reserve: sled may leave a store it cannot read back when opened on a full disk.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        let StoreOptions { cache_bytes, min_free } = options;
+        let StoreOptions { cache_bytes, min_free, dedupe_keep_ms } = options;
         let room = space::space_of(dir).map_err(|e| StoreError::Io(format!("statvfs {}: {e}", dir.display())))?;
         if let Some(full) = space::shortfall(&room, min_free, 0) {
             tracing::error!(dir = %dir.display(), "{full}: not opening the store");
@@ -303,7 +316,12 @@ impl Store {
                 let found = u32::from_be_bytes(
                     v.as_ref().try_into().map_err(|_| StoreError::Corrupt("schema version is not 4 bytes".into()))?,
                 );
-                if found != SCHEMA_VERSION {
+                if found == 1 {
+                    let started = std::time::Instant::now();
+                    let moved = migrate::v1_to_v2(&db, dedupe_keep_ms)?;
+                    live_gen.sync()?;
+                    tracing::info!(moved, millis = started.elapsed().as_millis() as u64, "migrated the store from v1 to v2");
+                } else if found != SCHEMA_VERSION {
                     return Err(StoreError::UnsupportedSchema { found });
                 }
             }
@@ -317,17 +335,14 @@ impl Store {
         let counters = Arc::new(StoreCounters::default());
         counters.disk_free_bytes.store(room.free_bytes, Ordering::Relaxed);
         counters.disk_reserve_bytes.store(min_free.bytes(room.total_bytes), Ordering::Relaxed);
-        let compacted: Compacted = match db.get(keys::COMPACTED_KEY)? {
-            Some(v) => decode(&v)?,
-            None => Compacted::default(),
-        };
-        // Every event ever stored: the keys still held plus those retention removed.
-        counters
-            .events_stored
-            .store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64 + compacted.events, Ordering::Relaxed);
+        // Kept in the same write as the events: one small read, whatever the history.
+        counters.events_stored.store(segments::events_stored(&db)?, Ordering::Relaxed);
+        let (segs, orphans) = segments::Segments::load(&db, dedupe_keep_ms)?;
+        // Segments whose drop a crash cut short: already forgotten and counted, only their pages are left.
+        let forgetting = segments::drop_in_background(db.clone(), orphans);
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
         let place = writer::Place { dir: dir.to_path_buf(), generation: live, cache_bytes, min_free };
-        let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone());
+        let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone(), segs, forgetting);
         Ok(Store {
             inner: Arc::new(Inner {
                 db: shared,
@@ -582,12 +597,9 @@ impl Store {
         self.db().scan_prefix(keys::CARRY_PREFIX).map(|kv| decode(&kv?.1)).collect()
     }
 
-    /// The stored record of one idempotency key.
+    /// The stored record of one idempotency key (None once its segment is past the dedupe window).
     pub fn event(&self, idempotency_key: &str) -> Result<Option<StoredEvent>, StoreError> {
-        match self.db().get(keys::event_key(idempotency_key))? {
-            None => Ok(None),
-            Some(v) => Ok(Some(decode(&v)?)),
-        }
+        segments::read(&self.db(), idempotency_key)
     }
 
     /// Every bucket with its running total, in key order (hour first).
@@ -699,9 +711,14 @@ pub(crate) fn sealed_through(db: &sled::Db) -> Result<Option<UnixMillis>, StoreE
 
 fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {
     let mut total = 0u64;
-    for kv in db.iter() {
-        let (k, v) = kv?;
-        total += (k.len() + v.len()) as u64;
+    let trees = std::iter::once(Ok((**db).clone()))
+        .chain(segments::tree_names(db).into_iter().map(|n| db.open_tree(n)))
+        .collect::<Result<Vec<_>, sled::Error>>()?;
+    for tree in trees {
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            total += (k.len() + v.len()) as u64;
+        }
     }
     Ok(total)
 }
