@@ -1099,7 +1099,10 @@ mod tests {
                 "storage.dedupe_window:",
             ),
             (
-                GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\nretention = \"3d\"\ndedupe_window = \"4d\""),
+                GOOD.replace(
+                    "data_dir = \"/tmp/meterd\"",
+                    "data_dir = \"/tmp/meterd\"\nretention = \"3d\"\ndedupe_window = \"4d\"",
+                ),
                 "storage.dedupe_window:",
             ),
             (

@@ -206,3 +206,63 @@ pub struct Bucket {
     /// Part of `total` that arrived for an hour already sealed and was counted here instead.
     pub late: Micros,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> UsageEvent {
+        UsageEvent {
+            idempotency_key: "k".into(),
+            product: "app".into(),
+            identity: Identity::Aws { account_id: "111122223333".into(), license_arn: "arn:l".into() },
+            dimension: "api_calls".into(),
+            quantity: Micros(1_500_000),
+            timestamp_ms: Some(1_764_460_800_000),
+            tags: [("region".to_string(), "eu".to_string())].into(),
+        }
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn content_layout_is_pinned_byte_for_byte() {
+        let mut want = b"meterd.event.v2\0".to_vec();
+        want.extend_from_slice(&[0, 0, 0, 3]);
+        want.extend_from_slice(b"app");
+        want.push(1);
+        want.extend_from_slice(&[0, 0, 0, 12]);
+        want.extend_from_slice(b"111122223333");
+        want.extend_from_slice(&[0, 0, 0, 5]);
+        want.extend_from_slice(b"arn:l");
+        want.extend_from_slice(&[0, 0, 0, 9]);
+        want.extend_from_slice(b"api_calls");
+        want.extend_from_slice(&1_500_000u128.to_be_bytes());
+        want.push(1);
+        want.extend_from_slice(&1_764_460_800_000i64.to_be_bytes());
+        want.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 6]);
+        want.extend_from_slice(b"region");
+        want.extend_from_slice(&[0, 0, 0, 2]);
+        want.extend_from_slice(b"eu");
+        assert_eq!(sample().content_bytes(), want);
+    }
+
+    #[test]
+    fn digests_are_pinned_and_the_v1_one_still_matches_v1_entries() {
+        let e = sample();
+        let ContentDigest::V2(d) = e.content_digest() else { panic!() };
+        assert_eq!(hex(&d), hex(&Sha256::digest(e.content_bytes())[..16]));
+        // The digest meterd with store v1 stored for this event (computed by that build's code).
+        assert_eq!(hex(&e.content_digest_v1()), V1_SAMPLE_DIGEST);
+        let v1 = ContentDigest::V1(e.content_digest_v1()[..16].try_into().unwrap());
+        assert!(e.matches(&v1) && e.matches(&e.content_digest()));
+        let changed = UsageEvent { quantity: Micros(1_500_001), ..e.clone() };
+        assert!(!changed.matches(&v1) && !changed.matches(&e.content_digest()));
+        let untimed = UsageEvent { timestamp_ms: None, ..e };
+        assert!(!untimed.matches(&v1) && !untimed.matches(&sample().content_digest()));
+    }
+
+    const V1_SAMPLE_DIGEST: &str = "";
+}

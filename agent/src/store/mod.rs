@@ -320,7 +320,11 @@ impl Store {
                     let started = std::time::Instant::now();
                     let moved = migrate::v1_to_v2(&db, dedupe_keep_ms)?;
                     live_gen.sync()?;
-                    tracing::info!(moved, millis = started.elapsed().as_millis() as u64, "migrated the store from v1 to v2");
+                    tracing::info!(
+                        moved,
+                        millis = started.elapsed().as_millis() as u64,
+                        "migrated the store from v1 to v2"
+                    );
                 } else if found != SCHEMA_VERSION {
                     return Err(StoreError::UnsupportedSchema { found });
                 }

@@ -48,9 +48,10 @@ pub fn encode_count(n: u64) -> [u8; 8] {
 }
 
 pub fn decode_count(what: &[u8], v: &[u8]) -> Result<u64, StoreError> {
-    Ok(u64::from_be_bytes(v.try_into().map_err(|_| {
-        StoreError::Corrupt(format!("{} is not an 8-byte count", String::from_utf8_lossy(what)))
-    })?))
+    Ok(u64::from_be_bytes(
+        v.try_into()
+            .map_err(|_| StoreError::Corrupt(format!("{} is not an 8-byte count", String::from_utf8_lossy(what))))?,
+    ))
 }
 
 /// One live segment.
@@ -97,7 +98,11 @@ impl Segments {
 
     /// Segments entirely past the window at `now_ms`.
     pub fn expired(&self, now_ms: UnixMillis) -> Vec<UnixMillis> {
-        self.live.keys().copied().filter(|s| s.saturating_add(self.span_ms).saturating_add(self.keep_ms) <= now_ms).collect()
+        self.live
+            .keys()
+            .copied()
+            .filter(|s| s.saturating_add(self.span_ms).saturating_add(self.keep_ms) <= now_ms)
+            .collect()
     }
 }
 
