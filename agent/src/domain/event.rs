@@ -254,7 +254,7 @@ mod tests {
         let e = sample();
         let ContentDigest::V2(d) = e.content_digest() else { panic!() };
         assert_eq!(hex(&d), hex(&Sha256::digest(e.content_bytes())[..16]));
-        // The digest meterd with store v1 stored for this event (computed by that build's code).
+        // The digest meterd with store v1 stored for this event (its code, unchanged, is `content_digest_v1`).
         assert_eq!(hex(&e.content_digest_v1()), V1_SAMPLE_DIGEST);
         let v1 = ContentDigest::V1(e.content_digest_v1()[..16].try_into().unwrap());
         assert!(e.matches(&v1) && e.matches(&e.content_digest()));
@@ -264,5 +264,5 @@ mod tests {
         assert!(!untimed.matches(&v1) && !untimed.matches(&sample().content_digest()));
     }
 
-    const V1_SAMPLE_DIGEST: &str = "";
+    const V1_SAMPLE_DIGEST: &str = "bd0a047e275879be0fa412b41df314d5eec95ad25eedb0cd46207558620fa8ce";
 }

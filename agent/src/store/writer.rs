@@ -356,7 +356,11 @@ impl Writer {
                 break;
             }
         }
-        // Dropping flush_tx lets the flusher finish the last groups and exit.
+        // Dropping flush_tx lets the flusher finish the last groups and exit. A segment drop under way finishes
+        // first, so a closed store has no thread left holding it.
+        if let Some(h) = self.forgetting.take() {
+            let _ = h.join();
+        }
     }
 
     fn sealed_through(&self) -> Result<Option<UnixMillis>, StoreError> {
@@ -493,21 +497,28 @@ impl Writer {
     /// the compacted total in one batch, then its tree is dropped whole off this thread ([`segments`]).
     fn forget(&mut self, now_ms: UnixMillis) -> Result<(), StoreError> {
         let expired = self.segments.expired(now_ms);
+        self.drop_segments(&expired).map(|_| ())
+    }
+
+    /// Drops the segments starting at `expired` (see [`Self::forget`]); returns how many keys they held.
+    fn drop_segments(&mut self, expired: &[UnixMillis]) -> Result<u64, StoreError> {
         if expired.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let mut total: super::Compacted = match self.db.get(keys::COMPACTED_KEY)? {
             Some(v) => decode(&v)?,
             None => super::Compacted::default(),
         };
         let mut batch = sled::Batch::default();
-        for start in &expired {
-            total.events += self.segments.live[start].count;
+        let mut dropped = 0;
+        for start in expired {
+            dropped += self.segments.live[start].count;
             batch.remove(segments::index_key(*start));
         }
+        total.events += dropped;
         batch.insert(keys::COMPACTED_KEY, encode(&total));
         self.db.apply_batch(batch)?;
-        for start in &expired {
+        for start in expired {
             self.segments.live.remove(start);
         }
         if let Some(h) = self.forgetting.take() {
@@ -515,7 +526,7 @@ impl Writer {
         }
         let names = expired.iter().map(|s| segments::tree_name(*s)).collect();
         self.forgetting = segments::drop_in_background(self.db.clone(), names);
-        Ok(())
+        Ok(dropped)
     }
 
     /// Seals every bucket of every hour before `params.cutoff_hour_ms`: one frozen record per
@@ -996,7 +1007,23 @@ impl Writer {
         Ok(outcome)
     }
 
-    fn apply_compact(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
+    fn apply_compact(&mut self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
+        // Segments whose keys all arrived more than a day (the largest future skew allowed) before the cutoff:
+        // retention is at least the dedupe window, so they are past it (normally the ingest path dropped them).
+        let old: Vec<UnixMillis> = self
+            .segments
+            .live
+            .keys()
+            .copied()
+            .filter(|s| s.saturating_add(self.segments.span_ms) <= cutoff_ms.saturating_sub(24 * crate::clock::HOUR_MS))
+            .collect();
+        let events = self.drop_segments(&old)?;
+        let mut removed = self.compact_records(cutoff_ms)?;
+        removed.events = events;
+        Ok(removed)
+    }
+
+    fn compact_records(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
         let mut removed = super::Compacted::default();
         let mut batch = sled::Batch::default();
         // Records are keyed hour first: stop at the first hour not older than the cutoff.
@@ -1021,8 +1048,8 @@ impl Writer {
             removed.records += 1;
             batch.remove(k);
         }
-        // Idempotency keys are not retention's business: their segments leave whole with the dedupe window.
-        if removed.records + removed.events == 0 {
+        // Idempotency keys are not counted here: their segments leave whole ([`Self::drop_segments`]).
+        if removed.records == 0 {
             return Ok(removed);
         }
         let mut total: super::Compacted = match self.db.get(keys::COMPACTED_KEY)? {
