@@ -2,7 +2,8 @@
 //!
 //! The rest of the agent sees a narrow interface: [`Store::ingest`] (validated events in, receipts out,
 //! returning only once the write is fsynced) and read-only views. All mutations go through one writer
-//! thread, which turns each group of concurrently arriving calls into one atomic sled batch; a flusher
+//! thread, which turns each group of concurrently arriving calls into one atomic sled write (a transaction over
+//! the default tree and the current dedupe segment, [`segments`]); a flusher
 //! thread fsyncs behind it, so many callers share one fsync (group commit) while the writer already
 //! prepares the next group. A reply never leaves before the fsync that covers its write.
 //!
