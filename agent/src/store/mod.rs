@@ -715,15 +715,10 @@ pub(crate) fn sealed_through(db: &sled::Db) -> Result<Option<UnixMillis>, StoreE
 }
 
 fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {
-    let mut total = 0u64;
-    let trees = std::iter::once(Ok((**db).clone()))
-        .chain(segments::tree_names(db).into_iter().map(|n| db.open_tree(n)))
-        .collect::<Result<Vec<_>, sled::Error>>()?;
-    for tree in trees {
-        for kv in tree.iter() {
-            let (k, v) = kv?;
-            total += (k.len() + v.len()) as u64;
-        }
+    let mut total = segments::live_bytes(db)?;
+    for kv in db.iter() {
+        let (k, v) = kv?;
+        total += (k.len() + v.len()) as u64;
     }
     Ok(total)
 }

@@ -112,7 +112,12 @@ pub fn lookup<'a>(
     key: &str,
 ) -> Result<Option<StoredEvent>, StoreError> {
     for (start, tree) in trees {
-        if let Some(v) = tree.get(key.as_bytes())? {
+        let found = match tree.get(key.as_bytes()) {
+            // Dropped since the caller listed it (a reader racing the drop): forgotten, as it should be.
+            Err(sled::Error::CollectionNotFound(_)) => continue,
+            other => other?,
+        };
+        if let Some(v) = found {
             return schema::decode_entry(&v, start)
                 .map(Some)
                 .map_err(|e| StoreError::Corrupt(format!("idempotency entry {key:?} (segment {start}): {e}")));
@@ -127,6 +132,7 @@ pub fn read(db: &sled::Db, key: &str) -> Result<Option<StoredEvent>, StoreError>
     let mut trees = Vec::new();
     for name in db.tree_names().into_iter().rev() {
         let Some(start) = start_of_tree(&name) else { continue };
+        // Only live segments: opening a dropped tree would make it anew.
         if db.contains_key(index_key(start))? {
             trees.push((start, db.open_tree(&name)?));
         }
@@ -137,6 +143,27 @@ pub fn read(db: &sled::Db, key: &str) -> Result<Option<StoredEvent>, StoreError>
 /// Every segment tree's name, live or not.
 pub fn tree_names(db: &sled::Db) -> Vec<sled::IVec> {
     db.tree_names().into_iter().filter(|n| start_of_tree(n).is_some()).collect()
+}
+
+/// Bytes of keys and values in the live segments (those with their `g/` record), for readers off the writer: a
+/// segment dropped meanwhile counts as empty, and a tree already dropped is not opened (that would make it anew).
+pub fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {
+    let mut total = 0u64;
+    for name in tree_names(db) {
+        let Some(start) = start_of_tree(&name) else { continue };
+        if !db.contains_key(index_key(start))? {
+            continue;
+        }
+        let tree = db.open_tree(&name)?;
+        for kv in tree.iter() {
+            match kv {
+                Ok((k, v)) => total += (k.len() + v.len()) as u64,
+                Err(sled::Error::CollectionNotFound(_)) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// The events-ever-stored counter (`m/events_stored`).
