@@ -220,6 +220,8 @@ fn a_v1_store_is_migrated_and_its_keys_still_tell_replays_from_conflicts() {
 fn child() {
     let Ok(dir) = std::env::var("DEDUPE_CHILD_DIR") else { return };
     let ingest = std::env::var("DEDUPE_CHILD_INGEST").is_ok();
+    // The migration's progress lines on stdout, so the parent can kill it between two chunks.
+    tracing_subscriber::fmt().with_writer(std::io::stdout).with_ansi(false).init();
     rt().block_on(async {
         let store = open(Path::new(&dir));
         println!("open");
@@ -250,25 +252,37 @@ fn spawn_child(dir: &Path, ingest: bool) -> std::process::Child {
 
 #[test]
 fn a_migration_killed_midway_is_completed_by_the_next_open() {
-    for delay_ms in [0u64, 80, 300] {
+    use std::io::BufRead;
+    // Killed right after the first or the second chunk of 10,000 keys was moved (the migration logs each one).
+    for chunks in [1usize, 2] {
         let d = tempfile::tempdir().unwrap();
         let events = v1_store(d.path(), 25_000, 3);
         let mut child = spawn_child(d.path(), false);
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let out = child.stdout.take().unwrap();
+        let mut seen = 0;
+        for line in std::io::BufReader::new(out).lines() {
+            if line.unwrap().contains("idempotency keys moved") {
+                seen += 1;
+                if seen == chunks {
+                    break;
+                }
+            }
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         {
             // Where the kill landed (before, during or after the migration): shown, not asserted (timing).
             let db = meterd::store::open_sled(&d.path().join("sled"), 16 << 20).unwrap();
             let left = db.scan_prefix(keys::EVENT_PREFIX).count();
-            eprintln!("killed after {delay_ms} ms: {left} of 25000 v1 keys not yet migrated");
+            eprintln!("killed after chunk {chunks}: {left} of 25000 v1 keys not yet migrated");
+            assert!(left < 25_000, "the kill came after a chunk was moved");
         }
         rt().block_on(async {
             let store = open(d.path());
-            assert_eq!(store.counters().events_stored.load(Ordering::Relaxed), 25_000, "killed after {delay_ms} ms");
+            assert_eq!(store.counters().events_stored.load(Ordering::Relaxed), 25_000, "killed after chunk {chunks}");
             for (e, _) in events.iter().step_by(97) {
                 let out = store.ingest(vec![e.clone()], T0 + 3 * HOUR, Carry).await.unwrap();
-                assert!(matches!(out[0], IngestOutcome::Replayed(_)), "killed after {delay_ms} ms: {out:?}");
+                assert!(matches!(out[0], IngestOutcome::Replayed(_)), "killed after chunk {chunks}: {out:?}");
             }
             store.close().await.unwrap();
         });
