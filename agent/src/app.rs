@@ -54,6 +54,7 @@ pub async fn run(
         cache_bytes: config.storage.cache_mb * 1024 * 1024,
         min_free: config.storage.min_free,
         seal_chunk: config.storage.seal_chunk,
+        dedupe_keep_ms: (config.storage.dedupe_window + config.ingest.max_future_skew).as_millis() as i64,
     };
     let store = Store::open_with(&config.storage.data_dir, options)
         .map_err(|e| anyhow::anyhow!("storage.data_dir {}: {e}", config.storage.data_dir.display()))?;

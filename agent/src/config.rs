@@ -76,6 +76,10 @@ pub struct StorageConfig {
     /// Terminal records and event keys older than this are compacted away ("45d": past the AWS month).
     #[serde(default = "default_retention", with = "humantime_serde_compat")]
     pub retention: Duration,
+    /// How long an idempotency key is remembered ("48h"): a retry later than this is not recognised, and an
+    /// event whose timestamp is older is refused. At least `pipeline.max_lateness`, at most `retention`.
+    #[serde(default = "default_dedupe_window", with = "humantime_serde_compat")]
+    pub dedupe_window: Duration,
     /// Memory sled may use for its page cache, in MiB (bounds the agent's memory; sled's own default is 1024).
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
@@ -108,6 +112,10 @@ fn default_cache_mb() -> u64 {
 
 fn default_repack_ratio() -> f64 {
     3.0
+}
+
+fn default_dedupe_window() -> Duration {
+    Duration::from_secs(48 * 3600)
 }
 
 fn default_retention() -> Duration {
@@ -538,6 +546,24 @@ impl Config {
                 ),
             ));
         }
+        if self.storage.dedupe_window < self.pipeline.max_lateness {
+            return Err(invalid(
+                "storage.dedupe_window",
+                format!(
+                    "must be at least pipeline.max_lateness ({}): a late event still accepted must still be deduplicated",
+                    humantime::format_duration(self.pipeline.max_lateness)
+                ),
+            ));
+        }
+        if self.storage.dedupe_window > self.storage.retention {
+            return Err(invalid(
+                "storage.dedupe_window",
+                format!(
+                    "must not be longer than storage.retention ({})",
+                    humantime::format_duration(self.storage.retention)
+                ),
+            ));
+        }
         if self.ingest.max_batch_events == 0 || self.ingest.max_batch_events > 100_000 {
             return Err(invalid("ingest.max_batch_events", "must be between 1 and 100000"));
         }
@@ -771,7 +797,7 @@ impl Config {
             default_product: self.default_product().map(str::to_string),
             limits: Limits {
                 max_future_skew_ms: self.ingest.max_future_skew.as_millis() as i64,
-                dedupe_horizon_ms: self.storage.retention.as_millis() as i64,
+                dedupe_horizon_ms: self.storage.dedupe_window.as_millis() as i64,
                 max_lateness_ms: Some(self.pipeline.max_lateness.as_millis() as i64),
                 late: self.pipeline.late_usage,
             },
@@ -1074,6 +1100,22 @@ mod tests {
             (format!("{GOOD}\n[ingest]\nmax_future_skew = \"2d\""), "ingest.max_future_skew:"),
             (format!("{GOOD}\n[pipeline]\nmax_lateness = \"46d\""), "pipeline.max_lateness:"),
             (format!("{GOOD}\n[pipeline]\nmax_lateness = \"30m\""), "pipeline.max_lateness:"),
+            (
+                GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\ndedupe_window = \"12h\""),
+                "storage.dedupe_window:",
+            ),
+            (
+                GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\ndedupe_window = \"3d\"")
+                    + "\n[pipeline]\nmax_lateness = \"4d\"",
+                "storage.dedupe_window:",
+            ),
+            (
+                GOOD.replace(
+                    "data_dir = \"/tmp/meterd\"",
+                    "data_dir = \"/tmp/meterd\"\nretention = \"3d\"\ndedupe_window = \"4d\"",
+                ),
+                "storage.dedupe_window:",
+            ),
             (
                 GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\nretention = \"3d\"")
                     + "\n[pipeline]\nmax_lateness = \"4d\"",

@@ -13,8 +13,12 @@ const HOUR: i64 = 3_600_000;
 const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
 
 fn open(dir: &std::path::Path, seal_chunk: usize) -> Store {
-    let options =
-        StoreOptions { cache_bytes: 64 * 1024 * 1024, min_free: meterd::store::space::MinFree::Bytes(0), seal_chunk };
+    let options = StoreOptions {
+        cache_bytes: 64 * 1024 * 1024,
+        min_free: meterd::store::space::MinFree::Bytes(0),
+        seal_chunk,
+        dedupe_keep_ms: meterd::store::DEFAULT_DEDUPE_KEEP_MS,
+    };
     Store::open_with(dir, options).unwrap()
 }
 

@@ -1,9 +1,13 @@
-//! Key layout of the sled store. Everything lives in one tree so one `apply_batch` is one atomic write.
+//! Key layout of the sled store. Everything but the idempotency keys lives in the default tree, so one
+//! `apply_batch` is one atomic write; the idempotency keys live in dedupe segment trees `d/<start>`
+//! ([`super::segments`], entries in [`super::schema`]), written in one sled transaction with the default tree.
 //!
 //! | prefix | key                                   | value                       |
 //! |--------|---------------------------------------|-----------------------------|
 //! | `m/`   | `m/schema_version`                    | u32 big-endian              |
-//! | `e/`   | `e/` + idempotency key                | postcard `StoredEvent`      |
+//! | `e/`   | `e/` + idempotency key (v1 only; migrated away) | postcard v1 `StoredEvent` |
+//! | `g/`   | `g/` + segment start                  | u64 big-endian: keys the segment received |
+//! | `m/`   | `m/events_stored`                     | u64 big-endian: events ever stored |
 //! | `b/`   | `b/` + [`encode_bucket_key`]          | postcard `Bucket`           |
 //! | `m/`   | `m/sealed_through`                    | i64: every hour before it is sealed |
 //! | `m/`   | `m/lost`                              | postcard `Lost`: revenue AWS will never pay |
@@ -22,7 +26,12 @@
 use crate::domain::event::{BucketKey, Identity, TagSet};
 
 pub const SCHEMA_VERSION_KEY: &[u8] = b"m/schema_version";
+/// Store v1 only: one key per idempotency key for the whole retention. Read once, by the migration to v2.
 pub const EVENT_PREFIX: &[u8] = b"e/";
+/// `g/` + segment start: how many keys that dedupe segment received ([`super::segments`]).
+pub const SEGMENT_INDEX_PREFIX: &[u8] = b"g/";
+/// Every event ever stored, updated in the same write as the events (start-up reads it instead of counting).
+pub const EVENTS_STORED_KEY: &[u8] = b"m/events_stored";
 pub const BUCKET_PREFIX: &[u8] = b"b/";
 pub const SEALED_THROUGH_KEY: &[u8] = b"m/sealed_through";
 /// Totals of history compacted away, so the report still reconciles.

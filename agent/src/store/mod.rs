@@ -2,7 +2,8 @@
 //!
 //! The rest of the agent sees a narrow interface: [`Store::ingest`] (validated events in, receipts out,
 //! returning only once the write is fsynced) and read-only views. All mutations go through one writer
-//! thread, which turns each group of concurrently arriving calls into one atomic sled batch; a flusher
+//! thread, which turns each group of concurrently arriving calls into one atomic sled write (a transaction over
+//! the default tree and the current dedupe segment, [`segments`]); a flusher
 //! thread fsyncs behind it, so many callers share one fsync (group commit) while the writer already
 //! prepares the next group. A reply never leaves before the fsync that covers its write.
 //!
@@ -13,9 +14,12 @@ pub mod durable;
 pub mod generation;
 pub mod keys;
 pub mod metrics;
+mod migrate;
 pub mod pages;
 pub mod pending;
+pub mod schema;
 pub mod seam;
+pub mod segments;
 pub mod space;
 mod writer;
 
@@ -33,8 +37,9 @@ use crate::domain::record::SealedRecord;
 pub use crate::domain::seal::SealParams;
 pub use seam::Ledger;
 
-/// The on-disk layout this build writes. Bump it with a migration in `open`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The on-disk layout this build writes. Bump it with a migration in `open`. 1: one `e/` key per event for the
+/// whole retention; 2: idempotency keys in dedupe segments ([`segments`], [`migrate`]).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -239,9 +244,15 @@ pub struct StoreOptions {
     pub min_free: space::MinFree,
     /// Buckets per seal chunk (`storage.seal_chunk`; [`SEAL_CHUNK_BUCKETS`] by default).
     pub seal_chunk: usize,
+    /// How long an idempotency key is kept after it arrived: `storage.dedupe_window` plus the future-skew
+    /// allowance ([`segments`]).
+    pub dedupe_keep_ms: i64,
 }
 
 pub use writer::SEAL_CHUNK_BUCKETS;
+
+/// The default `dedupe_keep_ms`: the default window (48 h) and future skew (5 min).
+pub const DEFAULT_DEDUPE_KEEP_MS: i64 = 48 * crate::clock::HOUR_MS + 5 * 60_000;
 
 #[derive(Clone)]
 pub struct Store {
@@ -266,14 +277,19 @@ impl Store {
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         Self::open_with(
             dir,
-            StoreOptions { cache_bytes, min_free: space::MinFree::Bytes(0), seal_chunk: SEAL_CHUNK_BUCKETS },
+            StoreOptions {
+                cache_bytes,
+                min_free: space::MinFree::Bytes(0),
+                seal_chunk: SEAL_CHUNK_BUCKETS,
+                dedupe_keep_ms: DEFAULT_DEDUPE_KEEP_MS,
+            },
         )
     }
 
     /// Opens the store with every setting. Refuses, without writing a byte, when the data dir's filesystem has
     /// less free space than the reserve: sled may leave a store it cannot read back when opened on a full disk.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        let StoreOptions { cache_bytes, min_free, seal_chunk } = options;
+        let StoreOptions { cache_bytes, min_free, seal_chunk, dedupe_keep_ms } = options;
         let room = space::space_of(dir).map_err(|e| StoreError::Io(format!("statvfs {}: {e}", dir.display())))?;
         if let Some(full) = space::shortfall(&room, min_free, 0) {
             tracing::error!(dir = %dir.display(), "{full}: not opening the store");
@@ -319,7 +335,16 @@ impl Store {
                 let found = u32::from_be_bytes(
                     v.as_ref().try_into().map_err(|_| StoreError::Corrupt("schema version is not 4 bytes".into()))?,
                 );
-                if found != SCHEMA_VERSION {
+                if found == 1 {
+                    let started = std::time::Instant::now();
+                    let moved = migrate::v1_to_v2(&db, dedupe_keep_ms)?;
+                    live_gen.sync()?;
+                    tracing::info!(
+                        moved,
+                        millis = started.elapsed().as_millis() as u64,
+                        "migrated the store from v1 to v2"
+                    );
+                } else if found != SCHEMA_VERSION {
                     return Err(StoreError::UnsupportedSchema { found });
                 }
             }
@@ -341,14 +366,11 @@ impl Store {
         let counters = Arc::new(StoreCounters::default());
         counters.disk_free_bytes.store(room.free_bytes, Ordering::Relaxed);
         counters.disk_reserve_bytes.store(min_free.bytes(room.total_bytes), Ordering::Relaxed);
-        let compacted: Compacted = match db.get(keys::COMPACTED_KEY)? {
-            Some(v) => decode(&v)?,
-            None => Compacted::default(),
-        };
-        // Every event ever stored: the keys still held plus those retention removed.
-        counters
-            .events_stored
-            .store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64 + compacted.events, Ordering::Relaxed);
+        // Kept in the same write as the events: one small read, whatever the history.
+        counters.events_stored.store(segments::events_stored(&db)?, Ordering::Relaxed);
+        let (segs, orphans) = segments::Segments::load(&db, dedupe_keep_ms)?;
+        // Segments whose drop a crash cut short: already forgotten and counted, only their pages are left.
+        let forgetting = segments::drop_in_background(db.clone(), orphans);
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
         let place = writer::Place {
             dir: dir.to_path_buf(),
@@ -357,7 +379,7 @@ impl Store {
             cache_bytes,
             min_free,
         };
-        let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone());
+        let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone(), segs, forgetting);
         Ok(Store {
             inner: Arc::new(Inner {
                 db: shared,
@@ -636,12 +658,9 @@ impl Store {
         self.db().scan_prefix(keys::CARRY_PREFIX).map(|kv| decode(&kv?.1)).collect()
     }
 
-    /// The stored record of one idempotency key.
+    /// The stored record of one idempotency key (None once its segment is past the dedupe window).
     pub fn event(&self, idempotency_key: &str) -> Result<Option<StoredEvent>, StoreError> {
-        match self.db().get(keys::event_key(idempotency_key))? {
-            None => Ok(None),
-            Some(v) => Ok(Some(decode(&v)?)),
-        }
+        segments::read(&self.db(), idempotency_key)
     }
 
     /// Every bucket with its running total, in key order (hour first).
@@ -752,7 +771,7 @@ pub(crate) fn sealed_through(db: &sled::Db) -> Result<Option<UnixMillis>, StoreE
 }
 
 fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {
-    let mut total = 0u64;
+    let mut total = segments::live_bytes(db)?;
     for kv in db.iter() {
         let (k, v) = kv?;
         total += (k.len() + v.len()) as u64;

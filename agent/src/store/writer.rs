@@ -13,6 +13,7 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::segments::{self, Segment, Segments};
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
     StoreCounters, StoreError, current, current_db, decode, durable, encode, generation, keys, pending,
@@ -32,13 +33,13 @@ fn overflow(what: &str) -> impl Fn(Overflow) -> StoreError + '_ {
     move |_| StoreError::Overflow(what.to_string())
 }
 
-/// The ingest decision's reads, answered from the live generation.
-struct SledLookups<'a>(&'a sled::Db);
+/// The ingest decision's reads, answered from the live generation and its dedupe segments.
+struct SledLookups<'a>(&'a sled::Db, &'a Segments);
 
 impl Lookups for SledLookups<'_> {
     type Error = StoreError;
     fn event(&mut self, idempotency_key: &str) -> Result<Option<StoredEvent>, StoreError> {
-        self.0.get(keys::event_key(idempotency_key))?.map(|v| decode(&v)).transpose()
+        self.1.get(idempotency_key)
     }
     fn mapping(&mut self, tenant_id: &str) -> Result<Option<TenantMapping>, StoreError> {
         self.0.get(keys::tenant_key(tenant_id))?.map(|v| decode(&v)).transpose()
@@ -211,6 +212,8 @@ pub fn spawn(
     shared: SharedDb,
     place: Place,
     counters: Arc<StoreCounters>,
+    segments: Segments,
+    forgetting: Option<std::thread::JoinHandle<()>>,
 ) -> (mpsc::Sender<Command>, Vec<std::thread::JoinHandle<()>>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let (flush_tx, flush_rx) = std_mpsc::channel::<AppliedGroup>();
@@ -226,8 +229,20 @@ pub fn spawn(
     let writer = std::thread::Builder::new()
         .name("meterd-writer".into())
         .spawn(move || {
-            Writer { db, shared, place, counters, warned: Default::default(), broken: None, job: None }
-                .run(rx, flush_tx)
+            let events_stored = counters.events_stored.load(Ordering::Relaxed);
+            Writer {
+                db,
+                shared,
+                place,
+                counters,
+                warned: Default::default(),
+                broken: None,
+                segments,
+                forgetting,
+                events_stored,
+                job: None,
+            }
+            .run(rx, flush_tx)
         })
         .expect("spawn writer thread");
     (tx, vec![writer, flusher])
@@ -247,6 +262,12 @@ struct Writer {
     warned: std::cell::RefCell<std::collections::HashSet<String>>,
     /// The chunked seal under way, if any.
     job: Option<SealJob>,
+    /// The live dedupe segments.
+    segments: Segments,
+    /// The thread freeing the pages of dropped segments, if one runs.
+    forgetting: Option<std::thread::JoinHandle<()>>,
+    /// `m/events_stored` as last written.
+    events_stored: u64,
 }
 
 impl Writer {
@@ -408,7 +429,11 @@ impl Writer {
             }
         }
         // A seal cut short by a stop resumes from its durable progress at the next seal.
-        // Dropping flush_tx lets the flusher finish the last groups and exit.
+        // Dropping flush_tx lets the flusher finish the last groups and exit. A segment drop under way finishes
+        // first, so a closed store has no thread left holding it.
+        if let Some(h) = self.forgetting.take() {
+            let _ = h.join();
+        }
     }
 
     fn sealed_through(&self) -> Result<Option<UnixMillis>, StoreError> {
@@ -447,7 +472,7 @@ impl Writer {
         Ok(true)
     }
 
-    fn apply_ingests(&self, calls: Vec<IngestCall>, group: &mut AppliedGroup) {
+    fn apply_ingests(&mut self, calls: Vec<IngestCall>, group: &mut AppliedGroup) {
         if calls.is_empty() {
             return;
         }
@@ -494,9 +519,11 @@ impl Writer {
 
     /// Decides every event of a run of ingest calls ([`crate::domain::ingest`]) and writes them as one atomic
     /// batch.
-    fn decide_ingests(&self, calls: &[IngestCall]) -> Result<(Vec<Vec<IngestOutcome>>, u64), StoreError> {
+    fn decide_ingests(&mut self, calls: &[IngestCall]) -> Result<(Vec<Vec<IngestOutcome>>, u64), StoreError> {
+        let now_ms = calls.iter().map(|c| c.1).max().expect("at least one call");
+        self.forget(now_ms)?;
         let mut group = IngestGroup::new(self.sealed_through()?);
-        let mut look = SledLookups(&self.db);
+        let mut look = SledLookups(&self.db, &self.segments);
         let mut all = Vec::with_capacity(calls.len());
         for (events, received_ms, rules, _) in calls {
             let mut outcomes = Vec::with_capacity(events.len());
@@ -514,16 +541,97 @@ impl Writer {
         }
         let mut batch = sled::Batch::default();
         let new_events = writes.events.len() as u64;
-        for (key, stored) in &writes.events {
-            batch.insert(keys::event_key(key), encode(stored));
-        }
         for (k, b) in &writes.buckets {
             batch.insert(keys::encode_bucket_key(k), encode(b));
         }
-        self.db.apply_batch(batch)?;
+        if new_events == 0 {
+            if !writes.buckets.is_empty() {
+                self.db.apply_batch(batch)?;
+            }
+        } else {
+            self.write_with_events(batch, &writes.events, now_ms)?;
+        }
         self.counters.replays.fetch_add(writes.replays, Ordering::Relaxed);
         self.counters.late_events.fetch_add(writes.late_events, Ordering::Relaxed);
         Ok((all, new_events))
+    }
+
+    /// Writes the buckets in `batch`, the group's idempotency entries into the segment of `now_ms`, that segment's
+    /// count and the events-ever-stored counter: one sled transaction over the default tree and the segment.
+    fn write_with_events(
+        &mut self,
+        mut batch: sled::Batch,
+        events: &[(String, StoredEvent)],
+        now_ms: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let start = self.segments.start_of(now_ms);
+        if !self.segments.live.contains_key(&start) {
+            // A drop of a tree by this name (after the clock went back) must be over before it is made anew.
+            if let Some(h) = self.forgetting.take() {
+                let _ = h.join();
+            }
+            let tree = self.db.open_tree(segments::tree_name(start))?;
+            self.segments.live.insert(start, Segment { tree, count: 0 });
+        }
+        let seg = self.segments.live.get(&start).expect("inserted above");
+        let count = seg.count + events.len() as u64;
+        let total = self.events_stored + events.len() as u64;
+        batch.insert(segments::index_key(start), &segments::encode_count(count)[..]);
+        batch.insert(keys::EVENTS_STORED_KEY, &segments::encode_count(total)[..]);
+        let mut entries = sled::Batch::default();
+        for (key, stored) in events {
+            entries.insert(key.as_bytes(), super::schema::encode_entry(stored, start));
+        }
+        use sled::Transactional;
+        (&*self.db, &seg.tree)
+            .transaction(|(main, seg)| {
+                main.apply_batch(&batch)?;
+                seg.apply_batch(&entries)?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
+                sled::transaction::TransactionError::Abort(()) => StoreError::Io("ingest transaction aborted".into()),
+            })?;
+        self.segments.live.get_mut(&start).expect("live").count = count;
+        self.events_stored = total;
+        Ok(())
+    }
+
+    /// Drops every segment entirely past the dedupe window at `now_ms`: its index record goes and its count joins
+    /// the compacted total in one batch, then its tree is dropped whole off this thread ([`segments`]).
+    fn forget(&mut self, now_ms: UnixMillis) -> Result<(), StoreError> {
+        let expired = self.segments.expired(now_ms);
+        self.drop_segments(&expired).map(|_| ())
+    }
+
+    /// Drops the segments starting at `expired` (see [`Self::forget`]); returns how many keys they held.
+    fn drop_segments(&mut self, expired: &[UnixMillis]) -> Result<u64, StoreError> {
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let mut total: super::Compacted = match self.db.get(keys::COMPACTED_KEY)? {
+            Some(v) => decode(&v)?,
+            None => super::Compacted::default(),
+        };
+        let mut batch = sled::Batch::default();
+        let mut dropped = 0;
+        for start in expired {
+            dropped += self.segments.live[start].count;
+            batch.remove(segments::index_key(*start));
+        }
+        total.events += dropped;
+        batch.insert(keys::COMPACTED_KEY, encode(&total));
+        self.db.apply_batch(batch)?;
+        for start in expired {
+            self.segments.live.remove(start);
+        }
+        if let Some(h) = self.forgetting.take() {
+            let _ = h.join();
+        }
+        let names = expired.iter().map(|s| segments::tree_name(*s)).collect();
+        self.forgetting = segments::drop_in_background(self.db.clone(), names);
+        Ok(dropped)
     }
 
     /// Counts a write that moved usage from one place to another, for reports read in pages (`super::pages`).
@@ -1049,6 +1157,10 @@ impl Writer {
     /// meanwhile: this thread is the only writer.
     fn repack(&mut self) -> Result<RepackOutcome, StoreError> {
         let started = std::time::Instant::now();
+        // A drop still freeing pages of the old generation has nothing to do with the copy; let it finish first.
+        if let Some(h) = self.forgetting.take() {
+            let _ = h.join();
+        }
         let bytes_before = self.db.size_on_disk()?;
         // A copy is never larger than the generation it copies: room for that on top of the reserve.
         self.check_room(bytes_before)?;
@@ -1077,6 +1189,23 @@ impl Writer {
                 }
             }
             fresh.apply_batch(batch)?;
+            // The live dedupe segments, each into a tree of the same name (a dropped one is not copied).
+            for (start, seg) in &self.segments.live {
+                let tree = fresh.open_tree(segments::tree_name(*start))?;
+                let mut batch = sled::Batch::default();
+                let mut in_batch = 0usize;
+                for kv in seg.tree.iter() {
+                    let (k, v) = kv?;
+                    batch.insert(k, v);
+                    keys += 1;
+                    in_batch += 1;
+                    if in_batch == REPACK_BATCH_KEYS {
+                        tree.apply_batch(std::mem::take(&mut batch))?;
+                        in_batch = 0;
+                    }
+                }
+                tree.apply_batch(batch)?;
+            }
             // The new generation must be whole on disk — log, config, directories, its entry in the data dir —
             // before CURRENT may name it.
             let files = durable::GenerationFiles::open(&path).map_err(io)?;
@@ -1097,6 +1226,9 @@ impl Writer {
             let why = format!("switching to repacked store generation {next} failed: {e}");
             self.broken = Some(why.clone());
             return Err(StoreError::Poisoned(why));
+        }
+        for (start, seg) in self.segments.live.iter_mut() {
+            seg.tree = fresh.db.open_tree(segments::tree_name(*start))?;
         }
         self.db = fresh.db.clone();
         let replaced = std::mem::replace(&mut *self.shared.write().unwrap_or_else(|e| e.into_inner()), fresh);
@@ -1122,7 +1254,23 @@ impl Writer {
         Ok(outcome)
     }
 
-    fn apply_compact(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
+    fn apply_compact(&mut self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
+        // Segments whose keys all arrived more than a day (the largest future skew allowed) before the cutoff:
+        // retention is at least the dedupe window, so they are past it (normally the ingest path dropped them).
+        let old: Vec<UnixMillis> = self
+            .segments
+            .live
+            .keys()
+            .copied()
+            .filter(|s| s.saturating_add(self.segments.span_ms) <= cutoff_ms.saturating_sub(24 * crate::clock::HOUR_MS))
+            .collect();
+        let events = self.drop_segments(&old)?;
+        let mut removed = self.compact_records(cutoff_ms)?;
+        removed.events = events;
+        Ok(removed)
+    }
+
+    fn compact_records(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
         let mut removed = super::Compacted::default();
         let mut batch = sled::Batch::default();
         // Records are keyed hour first: stop at the first hour not older than the cutoff.
@@ -1147,16 +1295,8 @@ impl Writer {
             removed.records += 1;
             batch.remove(k);
         }
-        // An event key older than the retention can no longer be a retry; its hour is long sealed.
-        for kv in self.db.scan_prefix(keys::EVENT_PREFIX) {
-            let (k, v) = kv?;
-            let e: StoredEvent = decode(&v)?;
-            if e.recorded_at_ms < cutoff_ms && e.hour_ms < cutoff_ms {
-                batch.remove(k);
-                removed.events += 1;
-            }
-        }
-        if removed.records + removed.events == 0 {
+        // Idempotency keys are not counted here: their segments leave whole ([`Self::drop_segments`]).
+        if removed.records == 0 {
             return Ok(removed);
         }
         let mut total: super::Compacted = match self.db.get(keys::COMPACTED_KEY)? {
