@@ -150,6 +150,21 @@ pub enum ContentDigest {
     V1([u8; 16]),
 }
 
+impl ContentDigest {
+    /// The fingerprint's 16 bytes (whichever layout it was made with).
+    pub fn bytes(&self) -> [u8; 16] {
+        match self {
+            ContentDigest::V2(d) | ContentDigest::V1(d) => *d,
+        }
+    }
+
+    /// A current-layout fingerprint kept elsewhere as bytes (the fleet ledger stores only these); None unless it
+    /// is 16 bytes.
+    pub fn v2_from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(ContentDigest::V2)
+    }
+}
+
 /// The aggregation key: one bucket per (product, customer, dimension, UTC hour, tag set). Sealing turns all
 /// tag-set buckets of one (product, customer, dimension, hour) into one AWS `UsageRecord`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
