@@ -171,6 +171,57 @@ export interface ReportTotals {
   mergedUnits: number;
 }
 
+export interface ReportStreamOptions {
+  /** Rows (hour x customer x dimension) instead of the summary groups. */
+  rows?: boolean;
+  /** Hours from `since` (inclusive) to `until` (exclusive). */
+  since?: Date | null;
+  until?: Date | null;
+  /** A customer as the report labels it: "aws:<account>/<license arn>", "legacy:<id>", "tenant:<id>", "deployment". */
+  customer?: string | null;
+  dimension?: string | null;
+  /** open | sealed | in_flight | accepted | rejected | expired | carried | merged */
+  state?: string | null;
+  product?: string | null;
+}
+
+/** The summary of one hour x product x dimension (or, as `ReportTrailer.selected`, of everything streamed). */
+export interface ReportGroup {
+  hour: Date | null;
+  product: string;
+  dimension: string;
+  /** Customers with usage in the group (0 in `ReportTrailer.selected`). */
+  customers: number;
+  rows: number;
+  recorded: string;
+  late: string;
+  open: string;
+  sealed: number;
+  accepted: number;
+  rejected: number;
+  expired: number;
+  pending: number;
+  /** Rows by state. */
+  states: Record<string, number>;
+}
+
+export interface ReportTrailer {
+  /** The whole ledger's totals, whatever the filters. */
+  totals: ReportTotals;
+  selected: ReportGroup;
+  rowsSent: number;
+  groupsSent: number;
+  /** False when a seal moved usage while rows streamed: read again. */
+  consistent: boolean;
+  restarts: number;
+  usageDrops: UsageDrop[];
+}
+
+export interface ReportStream<T> extends AsyncIterable<T> {
+  /** Set once the stream has been read to its end. */
+  readonly trailer: ReportTrailer | null;
+}
+
 export interface Report {
   rows: ReportRow[];
   totals: ReportTotals;
@@ -266,8 +317,11 @@ export class Client {
   status(): Promise<AgentStatus>;
   /** Seals every ended hour now and wakes the submitters. */
   flush(): Promise<FlushResult>;
-  /** Where every recorded unit went, per hour x customer x dimension. */
+  /** Where every recorded unit went, per hour x customer x dimension, in one reply: for small ledgers. */
   report(): Promise<Report>;
+  /** The report streamed: groups (summary) or, with `rows: true`, rows; `trailer` holds the totals at the end. */
+  reportStream(options: ReportStreamOptions & { rows: true }): Promise<ReportStream<ReportRow>>;
+  reportStream(options?: ReportStreamOptions): Promise<ReportStream<ReportGroup>>;
   /** Creates or replaces the mapping of `tenantId` to `customer`; open usage held under the tenant id moves to it. */
   putCustomer(
     tenantId: string,

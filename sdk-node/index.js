@@ -201,6 +201,29 @@ async function call(promise) {
   }
 }
 
+/** A report being streamed: an async iterable of rows or groups; `trailer` (the totals) is set once it ends. */
+class ReportStream {
+  #native;
+  /** The whole ledger's totals and the sum of what was streamed; null until the stream has ended. */
+  trailer = null;
+
+  constructor(native) {
+    this.#native = native;
+  }
+
+  async *[Symbol.asyncIterator]() {
+    for (;;) {
+      const item = await call(this.#native.next());
+      if (item == null) return;
+      if (item.trailer) {
+        this.trailer = withDates(item.trailer);
+        return;
+      }
+      yield withDates(item.row ?? item.group);
+    }
+  }
+}
+
 class Client {
   #native;
   #target;
@@ -259,6 +282,27 @@ class Client {
 
   async report() {
     return withDates(await call(this.#native.report()));
+  }
+
+  /**
+   * The report streamed (`Admin.ReportStream`): resolves to a ReportStream to read with `for await`. It yields
+   * groups (the summary per hour x product x dimension) or, with `rows: true`, rows; `stream.trailer` holds the
+   * totals once it ends. Options: `rows`, `since`/`until` (Dates), `customer`, `dimension`, `state`, `product`.
+   */
+  async reportStream(options) {
+    const o = options ?? {};
+    if (typeof o !== 'object') throw new TypeError('reportStream options must be an object');
+    const { rows = false, since = null, until = null, ...filters } = o;
+    optionsArg('reportStream', filters, ['customer', 'dimension', 'state', 'product']);
+    if (typeof rows !== 'boolean') throw new TypeError('reportStream: rows must be a boolean');
+    const ms = (name, d) => {
+      if (d === null || d === undefined) return undefined;
+      if (!(d instanceof Date) || Number.isNaN(d.getTime())) throw new TypeError(`reportStream: ${name} must be a Date`);
+      return d.getTime();
+    };
+    const query = { rows, sinceMs: ms('since', since), untilMs: ms('until', until) };
+    for (const k of ['customer', 'dimension', 'state', 'product']) query[k] = filters[k] ?? undefined;
+    return new ReportStream(await call(this.#native.reportStream(query)));
   }
 
   /**

@@ -53,6 +53,8 @@ pub async fn run(
     let options = crate::store::StoreOptions {
         cache_bytes: config.storage.cache_mb * 1024 * 1024,
         min_free: config.storage.min_free,
+        seal_chunk: config.storage.seal_chunk,
+        dedupe_keep_ms: (config.storage.dedupe_window + config.ingest.max_future_skew).as_millis() as i64,
     };
     // In fleet mode the local store is a spool (its outbox keeps what is not yet in the shared ledger).
     let open = if config.fleet.is_some() { Store::open_spool } else { Store::open_with };

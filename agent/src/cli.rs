@@ -57,13 +57,11 @@ pub enum Command {
         #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171")]
         target: String,
     },
-    /// Reconciliation per hour x customer x dimension: recorded, sealed, accepted, rejected, expired, pending.
-    Report {
-        #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171")]
-        target: String,
-        #[arg(long, value_enum, default_value = "table")]
-        format: ReportFormat,
-    },
+    /// Reconciliation, streamed: a summary per hour x product x dimension (customers, recorded, sealed,
+    /// accepted, rejected, expired, pending), or with --rows every hour x customer x dimension; totals that
+    /// reconcile. Exits 3 when the ledger does not reconcile, 4 when revenue was lost, 5 when usage moved while
+    /// rows streamed (run it again).
+    Report(crate::report_cli::ReportArgs),
     /// The customer registry: tenant mappings, token resolution, lifecycle events.
     Customers {
         #[arg(long, env = "METERD_TARGET", default_value = "127.0.0.1:7171", global = true)]
@@ -132,13 +130,6 @@ pub enum CustomersCommand {
     },
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum ReportFormat {
-    Table,
-    Json,
-    Csv,
-}
-
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Path to the TOML config file. Optional with --simulate (a demo product is used).
@@ -191,7 +182,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { target, json } => status(&target, json).await,
         Command::Flush { target } => flush(&target).await,
         Command::Repack { target } => repack(&target).await,
-        Command::Report { target, format } => report(&target, format).await,
+        Command::Report(args) => crate::report_cli::run(args).await,
         Command::Customers { target, command } => customers(&target, command).await,
         Command::Import(args) => crate::import::run(args.into_options()).await,
         Command::Verify(args) => crate::verify::run(args.into_options()).await,
@@ -441,28 +432,6 @@ async fn repack(target: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn report(target: &str, format: ReportFormat) -> anyhow::Result<ExitCode> {
-    let client = meterd_proto::client::Client::connect(target, Duration::from_secs(3)).await?;
-    let r = client.admin().report(meterd_proto::v1::ReportRequest {}).await?.into_inner();
-    let report = crate::server::convert::report_from_wire(&r);
-    match format {
-        ReportFormat::Table => {
-            print!("{}", report.to_table());
-            for d in &r.usage_drops {
-                println!("USAGE DROP: {}", crate::server::convert::drop_line(d));
-            }
-        }
-        // CSV stays one row per record; drops are in the table and JSON forms.
-        ReportFormat::Csv => print!("{}", report.to_csv()),
-        ReportFormat::Json => {
-            let mut v = serde_json::to_value(&report)?;
-            v["usage_drops"] = r.usage_drops.iter().map(crate::server::convert::drop_json).collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-    }
-    Ok(ExitCode::from(report.exit_code()))
-}
-
 fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(c) => {
@@ -611,9 +580,15 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
         }
         println!("  sealed through {}", ts(&s.sealed_through));
         println!(
-            "  pending        {} record(s), oldest hour {} s old",
-            s.pending_records, s.oldest_pending_age_seconds
+            "  pending        {} record(s) ({} in flight, {} unit(s)), oldest hour {} s old",
+            s.pending_records, s.pending_in_flight, s.pending_units, s.oldest_pending_age_seconds
         );
+        if s.projected_drain_seconds > 0 {
+            println!(
+                "  drain          ~{} at 25 records per call and the current send rate",
+                humantime::format_duration(std::time::Duration::from_secs(s.projected_drain_seconds))
+            );
+        }
         println!("  next deadline  {}", ts(&s.most_urgent_deadline));
         if s.usage_drops.is_empty() {
             println!("  usage drops    none in the last ended hour");

@@ -79,6 +79,10 @@ pub struct StorageConfig {
     /// Terminal records and event keys older than this are compacted away ("45d": past the AWS month).
     #[serde(default = "default_retention", with = "humantime_serde_compat")]
     pub retention: Duration,
+    /// How long an idempotency key is remembered ("48h"): a retry later than this is not recognised, and an
+    /// event whose timestamp is older is refused. At least `pipeline.max_lateness`, at most `retention`.
+    #[serde(default = "default_dedupe_window", with = "humantime_serde_compat")]
+    pub dedupe_window: Duration,
     /// Memory sled may use for its page cache, in MiB (bounds the agent's memory; sled's own default is 1024).
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
@@ -90,6 +94,14 @@ pub struct StorageConfig {
     /// RESOURCE_EXHAUSTED (sealing, submission and reads go on) and the agent does not start.
     #[serde(default, deserialize_with = "min_free_from_str")]
     pub min_free: crate::store::space::MinFree,
+    /// Buckets sealed per atomic write: ingest waits at most about one chunk behind a seal, and a seal holds at
+    /// most one chunk in memory, however large the hour.
+    #[serde(default = "default_seal_chunk")]
+    pub seal_chunk: usize,
+}
+
+fn default_seal_chunk() -> usize {
+    crate::store::SEAL_CHUNK_BUCKETS
 }
 
 fn min_free_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::store::space::MinFree, D::Error> {
@@ -103,6 +115,10 @@ fn default_cache_mb() -> u64 {
 
 fn default_repack_ratio() -> f64 {
     3.0
+}
+
+fn default_dedupe_window() -> Duration {
+    Duration::from_secs(48 * 3600)
 }
 
 fn default_retention() -> Duration {
@@ -504,6 +520,9 @@ impl Config {
         if !(16..=65536).contains(&self.storage.cache_mb) {
             return Err(invalid("storage.cache_mb", "must be between 16 and 65536"));
         }
+        if !(10..=100_000).contains(&self.storage.seal_chunk) {
+            return Err(invalid("storage.seal_chunk", "must be between 10 and 100000 buckets"));
+        }
         let ratio = self.storage.repack_ratio;
         if !(ratio == 0.0 || (2.5..=100.0).contains(&ratio)) {
             return Err(invalid(
@@ -528,6 +547,24 @@ impl Config {
                 "pipeline.max_lateness",
                 format!(
                     "must not be longer than storage.retention ({}): older events could not be deduplicated",
+                    humantime::format_duration(self.storage.retention)
+                ),
+            ));
+        }
+        if self.storage.dedupe_window < self.pipeline.max_lateness {
+            return Err(invalid(
+                "storage.dedupe_window",
+                format!(
+                    "must be at least pipeline.max_lateness ({}): a late event still accepted must still be deduplicated",
+                    humantime::format_duration(self.pipeline.max_lateness)
+                ),
+            ));
+        }
+        if self.storage.dedupe_window > self.storage.retention {
+            return Err(invalid(
+                "storage.dedupe_window",
+                format!(
+                    "must not be longer than storage.retention ({})",
                     humantime::format_duration(self.storage.retention)
                 ),
             ));
@@ -768,7 +805,7 @@ impl Config {
             default_product: self.default_product().map(str::to_string),
             limits: Limits {
                 max_future_skew_ms: self.ingest.max_future_skew.as_millis() as i64,
-                dedupe_horizon_ms: self.storage.retention.as_millis() as i64,
+                dedupe_horizon_ms: self.storage.dedupe_window.as_millis() as i64,
                 max_lateness_ms: Some(self.pipeline.max_lateness.as_millis() as i64),
                 late: self.pipeline.late_usage,
             },
@@ -1072,6 +1109,22 @@ mod tests {
             (format!("{GOOD}\n[pipeline]\nmax_lateness = \"46d\""), "pipeline.max_lateness:"),
             (format!("{GOOD}\n[pipeline]\nmax_lateness = \"30m\""), "pipeline.max_lateness:"),
             (
+                GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\ndedupe_window = \"12h\""),
+                "storage.dedupe_window:",
+            ),
+            (
+                GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\ndedupe_window = \"3d\"")
+                    + "\n[pipeline]\nmax_lateness = \"4d\"",
+                "storage.dedupe_window:",
+            ),
+            (
+                GOOD.replace(
+                    "data_dir = \"/tmp/meterd\"",
+                    "data_dir = \"/tmp/meterd\"\nretention = \"3d\"\ndedupe_window = \"4d\"",
+                ),
+                "storage.dedupe_window:",
+            ),
+            (
                 GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\nretention = \"3d\"")
                     + "\n[pipeline]\nmax_lateness = \"4d\"",
                 "pipeline.max_lateness:",
@@ -1083,6 +1136,10 @@ mod tests {
             (
                 GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\ncache_mb = 8"),
                 "storage.cache_mb:",
+            ),
+            (
+                GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\nseal_chunk = 5"),
+                "storage.seal_chunk:",
             ),
             (format!("{GOOD}{MP}sns_topics = [\"arn:aws:sqs:us-east-1:1:x\"]"), "marketplace.sns_topics[0]:"),
             (format!("{GOOD}{MP}events_accounts = [\"12\"]"), "marketplace.events_accounts[0]:"),

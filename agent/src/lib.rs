@@ -16,6 +16,8 @@ pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod report;
+pub mod report_cli;
+pub mod report_stream;
 pub mod server;
 pub mod silence;
 #[cfg(feature = "simulate")]

@@ -131,7 +131,7 @@ fn a_held_record_whose_key_the_identity_has_is_merged_into_its_next_open_hour() 
             RecordState::Merged { into: identity(), into_hour_ms: T0 + HOUR, at_ms: now },
             "never sent under a key AWS already holds"
         );
-        assert_eq!(store.pending_count(), 0, "a merged record leaves the queue");
+        assert_eq!(store.pending_count().unwrap(), 0, "a merged record leaves the queue");
         assert_one_record_per_aws_key(&store).await;
         let rep = report::build(&store).await.unwrap();
         assert_eq!((rep.totals.carried.as_str(), rep.totals.merged_units), ("3", 3), "{:?}", rep.totals);
@@ -276,6 +276,32 @@ fn usage_naming_a_bound_license_under_another_account_is_refused() {
         let records = store.records().unwrap();
         assert_eq!(records.len(), 1, "{records:?}");
         assert_one_record_per_aws_key(&store).await;
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
+fn the_kept_at_risk_totals_follow_mapping_and_unmapping_of_a_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        // Held under tenant t for product q: mapping t (for product p) leaves it held, but by the status rule a
+        // mapped tenant's records are not at risk; unmapping makes it at risk again.
+        let held = UsageEvent { product: "q".into(), ..ev("a", tenant("t"), 4, T0) };
+        store.ingest(vec![held], T0, LateUsage::Carry).await.unwrap();
+        store.seal(seal_before(T0 + HOUR)).await.unwrap();
+        let at_risk = |s: &Store| {
+            let v = s.pending_view().unwrap();
+            assert_eq!(v.totals, s.recount_pending().unwrap(), "kept totals = a full count");
+            (v.totals.at_risk_records, v.totals.at_risk_units)
+        };
+        assert_eq!(at_risk(&store), (1, 4));
+        store.put_mapping(mapping("t"), T0 + HOUR).await.unwrap();
+        assert_eq!(at_risk(&store), (0, 0));
+        assert!(store.remove_mapping("t").await.unwrap());
+        assert_eq!(at_risk(&store), (1, 4));
+        assert!(!store.remove_mapping("t").await.unwrap(), "a second unmap changes nothing");
+        assert_eq!(at_risk(&store), (1, 4));
         store.close().await.unwrap();
     });
 }

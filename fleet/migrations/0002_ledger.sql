@@ -12,7 +12,7 @@
 CREATE TABLE meterd_event_keys (
     idempotency_key text        NOT NULL,
     stored_on       date        NOT NULL DEFAULT (now() AT TIME ZONE 'UTC')::date,
-    digest          bytea       NOT NULL CHECK (length(digest) = 32),
+    digest          bytea       NOT NULL CHECK (length(digest) = 16),
     product         text        NOT NULL,
     event_time_ms   bigint      NOT NULL,
     -- The hour it was counted in (its own, or the open hour when its own was already sealed: `late`).
@@ -34,7 +34,7 @@ INSERT INTO meterd_key_stripes SELECT generate_series(0, 4095);
 -- A key forwarded again with other content: never counted, never dropped silently. One row per distinct content.
 CREATE TABLE meterd_conflicts (
     idempotency_key  text        NOT NULL,
-    digest           bytea       NOT NULL CHECK (length(digest) = 32),
+    digest           bytea       NOT NULL CHECK (length(digest) = 16),
     node_id          text        NOT NULL,
     product          text        NOT NULL,
     customer         text        NOT NULL,

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use meterd_core::clock::UnixMillis;
 use meterd_core::domain::catalog::LatePolicy;
 use meterd_core::domain::customer::TenantMapping;
-use meterd_core::domain::event::{Bucket, BucketKey, StoredEvent, UsageEvent};
+use meterd_core::domain::event::{Bucket, BucketKey, ContentDigest, StoredEvent, UsageEvent};
 use meterd_core::domain::ingest::{CustomerRef, IngestGroup, IngestOutcome, IngestRules, Lookups, Standing};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -181,7 +181,8 @@ async fn try_forward(
     {
         let digest: Vec<u8> = r.get(1);
         let stored = StoredEvent {
-            digest: digest.try_into().map_err(|_| Corrupt { what: "event digest", detail: "not 32 bytes".into() })?,
+            digest: ContentDigest::v2_from_slice(&digest)
+                .ok_or_else(|| Corrupt { what: "event digest", detail: "not 16 bytes".into() })?,
             late: r.get(5),
             product: r.get(2),
             event_time_ms: r.get(3),
@@ -195,7 +196,7 @@ async fn try_forward(
     let mut out = Forwarded::default();
     let mut new_events: Vec<(String, StoredEvent)> = Vec::new();
     let mut buckets: Vec<(BucketKey, Bucket)> = Vec::new();
-    let mut conflicts: Vec<(&Acked, [u8; 32], String, UnixMillis)> = Vec::new();
+    let mut conflicts: Vec<(&Acked, ContentDigest, String, UnixMillis)> = Vec::new();
     for (product, acked) in &by_product {
         let mut group = IngestGroup::new(sealed.get(*product).copied().flatten());
         for a in acked {
@@ -230,7 +231,8 @@ async fn try_forward(
     insert_events(&tx, node_id, &new_events).await?;
     add_to_buckets(&tx, &mut buckets).await?;
     for (a, digest, existing_node, existing_hour) in &conflicts {
-        let existing_digest = known.get(&a.event.idempotency_key).map(|(s, _)| s.digest.to_vec()).unwrap_or_default();
+        let existing_digest =
+            known.get(&a.event.idempotency_key).map(|(s, _)| s.digest.bytes().to_vec()).unwrap_or_default();
         tx.execute(
             "INSERT INTO meterd_conflicts (idempotency_key, digest, node_id, product, customer, dimension, quantity,
                                            event_time_ms, recorded_at_ms, existing_digest, existing_node_id,
@@ -239,7 +241,7 @@ async fn try_forward(
              ON CONFLICT (idempotency_key, digest) DO NOTHING",
             &[
                 &a.event.idempotency_key,
-                &digest.to_vec(),
+                &digest.bytes().to_vec(),
                 &node_id,
                 &a.event.product,
                 &codec::identity_text(&a.event.identity),
@@ -281,7 +283,7 @@ async fn insert_events(
         return Ok(());
     }
     let keys: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
-    let digests: Vec<Vec<u8>> = events.iter().map(|(_, s)| s.digest.to_vec()).collect();
+    let digests: Vec<Vec<u8>> = events.iter().map(|(_, s)| s.digest.bytes().to_vec()).collect();
     let products: Vec<&str> = events.iter().map(|(_, s)| s.product.as_str()).collect();
     let times: Vec<i64> = events.iter().map(|(_, s)| s.event_time_ms).collect();
     let hours: Vec<i64> = events.iter().map(|(_, s)| s.hour_ms).collect();

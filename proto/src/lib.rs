@@ -13,4 +13,5 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("meterd_v1_descriptor");
 }
 
+pub use prost::Message;
 pub use prost_types::Timestamp;

@@ -335,3 +335,50 @@ async fn customers_against_the_real_agent() {
     assert!(client.remove_customer("acme-co").await.unwrap());
     assert!(!client.remove_customer("acme-co").await.unwrap());
 }
+
+#[tokio::test]
+async fn report_stream_against_the_real_agent() {
+    use meterd_proto::sdk::{ReportItem, ReportQuery};
+    let agent = start_agent();
+    let client = Client::connect(&agent.target, ClientOptions::default()).await.unwrap();
+    for (who, dim, q) in [("acme", "api_calls", "2.5"), ("beta", "api_calls", "1"), ("acme", "storage_gb_hours", "3")] {
+        client.record_usage(Usage::new(who, dim, q)).await.unwrap();
+    }
+    // The summary: one group per hour × product × dimension, then the trailer.
+    let mut stream = client.report_stream(ReportQuery::default()).await.unwrap();
+    let mut groups = Vec::new();
+    let trailer = loop {
+        match stream.next().await.unwrap().expect("a trailer before the end") {
+            ReportItem::Group(g) => groups.push(g),
+            ReportItem::Trailer(t) => break t,
+            ReportItem::Row(r) => panic!("a row in a summary: {r:?}"),
+        }
+    };
+    assert!(stream.next().await.unwrap().is_none(), "nothing after the trailer");
+    groups.sort_by(|a, b| a.dimension.cmp(&b.dimension));
+    assert_eq!(
+        groups.iter().map(|g| (g.dimension.as_str(), g.customers)).collect::<Vec<_>>(),
+        [("api_calls", 2), ("storage_gb_hours", 1)]
+    );
+    assert_eq!(groups[0].recorded, "3.5");
+    let totals = trailer.totals.unwrap();
+    assert!(totals.reconciled && totals.recorded == "6.5" && trailer.consistent);
+    // Rows, filtered: what was sent is in `selected`; the totals stay the whole ledger's.
+    let query = ReportQuery { rows: true, dimension: Some("api_calls".into()), ..Default::default() };
+    let mut stream = client.report_stream(query).await.unwrap();
+    let mut rows = Vec::new();
+    while let Some(item) = stream.next().await.unwrap() {
+        match item {
+            ReportItem::Row(r) => rows.push(r),
+            ReportItem::Trailer(t) => {
+                assert_eq!((t.rows_sent, t.selected.unwrap().recorded), (2, "3.5".to_string()));
+                assert_eq!(t.totals.unwrap().recorded, "6.5");
+            }
+            ReportItem::Group(g) => panic!("a group in a row stream: {g:?}"),
+        }
+    }
+    assert_eq!(rows.len(), 2);
+    let bad = ReportQuery { state: Some("pending".into()), ..Default::default() };
+    let err = client.report_stream(bad).await.unwrap_err();
+    assert_eq!((err.code(), err.field()), ("INVALID_USAGE", Some("state")), "{err}");
+}

@@ -9,7 +9,7 @@ use napi_derive::napi;
 
 use crate::usage::to_ms;
 
-fn ms(t: Option<Timestamp>) -> Option<f64> {
+pub(crate) fn ms(t: Option<Timestamp>) -> Option<f64> {
     t.map(|t| to_ms(from_timestamp(Some(t))))
 }
 
@@ -44,7 +44,7 @@ pub struct NativeUsageDrop {
     pub baseline: String,
 }
 
-fn drops(d: Vec<v1::UsageDrop>) -> Vec<NativeUsageDrop> {
+pub(crate) fn drops(d: Vec<v1::UsageDrop>) -> Vec<NativeUsageDrop> {
     d.into_iter()
         .map(|d| NativeUsageDrop {
             hour_ms: ms(d.hour),
@@ -200,50 +200,56 @@ pub struct NativeReport {
 
 impl From<v1::ReportResponse> for NativeReport {
     fn from(r: v1::ReportResponse) -> Self {
-        let t = r.totals.unwrap_or_default();
-        let counts = |m: HashMap<String, u64>| m.into_iter().map(|(k, v)| (k, v as i64)).collect();
         NativeReport {
-            rows: r
-                .rows
-                .into_iter()
-                .map(|row| NativeReportRow {
-                    hour_ms: ms(row.hour),
-                    product: row.product,
-                    customer: row.customer,
-                    dimension: row.dimension,
-                    state: row.state,
-                    recorded: row.recorded,
-                    late: row.late,
-                    carried_in: row.carried_in,
-                    carried_out: row.carried_out,
-                    sealed: row.sealed as i64,
-                    accepted: row.accepted as i64,
-                    rejected: row.rejected as i64,
-                    expired: row.expired as i64,
-                    pending: row.pending as i64,
-                    reason: row.reason,
-                    metering_record_id: row.metering_record_id,
-                    deadline_ms: ms(row.deadline),
-                })
-                .collect(),
-            totals: NativeReportTotals {
-                recorded: t.recorded,
-                late: t.late,
-                accepted: t.accepted,
-                rejected: t.rejected,
-                expired: t.expired,
-                pending: t.pending,
-                carried: t.carried,
-                open: t.open,
-                rejected_by_reason: counts(t.rejected_by_reason),
-                expired_by_reason: counts(t.expired_by_reason),
-                reconciled: t.reconciled,
-                compacted_records: t.compacted_records as i64,
-                lost_records: t.lost_records as i64,
-                lost_units: t.lost_units as i64,
-                merged_units: t.merged_units as i64,
-            },
+            rows: r.rows.into_iter().map(row).collect(),
+            totals: totals(r.totals.unwrap_or_default()),
             usage_drops: drops(r.usage_drops),
         }
+    }
+}
+
+pub(crate) fn counts(m: HashMap<String, u64>) -> HashMap<String, i64> {
+    m.into_iter().map(|(k, v)| (k, v as i64)).collect()
+}
+
+pub(crate) fn row(row: v1::ReportRow) -> NativeReportRow {
+    NativeReportRow {
+        hour_ms: ms(row.hour),
+        product: row.product,
+        customer: row.customer,
+        dimension: row.dimension,
+        state: row.state,
+        recorded: row.recorded,
+        late: row.late,
+        carried_in: row.carried_in,
+        carried_out: row.carried_out,
+        sealed: row.sealed as i64,
+        accepted: row.accepted as i64,
+        rejected: row.rejected as i64,
+        expired: row.expired as i64,
+        pending: row.pending as i64,
+        reason: row.reason,
+        metering_record_id: row.metering_record_id,
+        deadline_ms: ms(row.deadline),
+    }
+}
+
+pub(crate) fn totals(t: v1::ReportTotals) -> NativeReportTotals {
+    NativeReportTotals {
+        recorded: t.recorded,
+        late: t.late,
+        accepted: t.accepted,
+        rejected: t.rejected,
+        expired: t.expired,
+        pending: t.pending,
+        carried: t.carried,
+        open: t.open,
+        rejected_by_reason: counts(t.rejected_by_reason),
+        expired_by_reason: counts(t.expired_by_reason),
+        reconciled: t.reconciled,
+        compacted_records: t.compacted_records as i64,
+        lost_records: t.lost_records as i64,
+        lost_units: t.lost_units as i64,
+        merged_units: t.merged_units as i64,
     }
 }

@@ -10,6 +10,7 @@ use napi_derive::napi;
 use crate::admin::{NativeFlush, NativeReport, NativeStatus};
 use crate::customers::{NativeCustomerInfo, NativeEventOutcome, NativeIdentity, identity_from_js};
 use crate::error::to_js;
+use crate::report::{self, NativeReportQuery, NativeReportStream};
 use crate::usage::{NativeReceipt, NativeResult, NativeUsage, from_js};
 
 /// Options as `index.js` passes them (seconds as numbers, already defaulted).
@@ -91,6 +92,12 @@ impl NativeClient {
     #[napi]
     pub async fn report(&self) -> napi::Result<NativeReport> {
         self.client()?.report().await.map(Into::into).map_err(to_js)
+    }
+
+    #[napi]
+    pub async fn report_stream(&self, query: NativeReportQuery) -> napi::Result<NativeReportStream> {
+        let stream = self.client()?.report_stream(report::query(query)).await.map_err(to_js)?;
+        Ok(NativeReportStream::new(stream))
     }
 
     #[napi]

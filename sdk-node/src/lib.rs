@@ -7,4 +7,5 @@ mod admin;
 mod client;
 mod customers;
 mod error;
+mod report;
 mod usage;

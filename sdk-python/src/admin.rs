@@ -7,7 +7,7 @@ use meterd_proto::sdk::from_timestamp;
 use meterd_proto::{Timestamp, v1};
 use pyo3::prelude::*;
 
-fn time(t: Option<Timestamp>) -> Option<DateTime<Utc>> {
+pub(crate) fn time(t: Option<Timestamp>) -> Option<DateTime<Utc>> {
     t.map(|t| from_timestamp(Some(t)).into())
 }
 
@@ -46,7 +46,7 @@ pub struct UsageDrop {
     pub baseline: String,
 }
 
-fn drops(d: Vec<v1::UsageDrop>) -> Vec<UsageDrop> {
+pub(crate) fn drops(d: Vec<v1::UsageDrop>) -> Vec<UsageDrop> {
     d.into_iter()
         .map(|d| UsageDrop {
             hour: time(d.hour),
@@ -232,49 +232,52 @@ impl Report {
 }
 
 pub fn report_to_py(py: Python<'_>, r: v1::ReportResponse) -> PyResult<Py<PyAny>> {
-    let t = r.totals.unwrap_or_default();
     let report = Report {
-        rows: r
-            .rows
-            .into_iter()
-            .map(|row| ReportRow {
-                hour: time(row.hour),
-                product: row.product,
-                customer: row.customer,
-                dimension: row.dimension,
-                state: row.state,
-                recorded: row.recorded,
-                late: row.late,
-                carried_in: row.carried_in,
-                carried_out: row.carried_out,
-                sealed: row.sealed,
-                accepted: row.accepted,
-                rejected: row.rejected,
-                expired: row.expired,
-                pending: row.pending,
-                reason: row.reason,
-                metering_record_id: row.metering_record_id,
-                deadline: time(row.deadline),
-            })
-            .collect(),
-        totals: ReportTotals {
-            recorded: t.recorded,
-            late: t.late,
-            accepted: t.accepted,
-            rejected: t.rejected,
-            expired: t.expired,
-            pending: t.pending,
-            carried: t.carried,
-            open: t.open,
-            rejected_by_reason: t.rejected_by_reason,
-            expired_by_reason: t.expired_by_reason,
-            reconciled: t.reconciled,
-            compacted_records: t.compacted_records,
-            lost_records: t.lost_records,
-            lost_units: t.lost_units,
-            merged_units: t.merged_units,
-        },
+        rows: r.rows.into_iter().map(row).collect(),
+        totals: totals(r.totals.unwrap_or_default()),
         usage_drops: drops(r.usage_drops),
     };
     Ok(Py::new(py, report)?.into_any())
+}
+
+pub(crate) fn row(row: v1::ReportRow) -> ReportRow {
+    ReportRow {
+        hour: time(row.hour),
+        product: row.product,
+        customer: row.customer,
+        dimension: row.dimension,
+        state: row.state,
+        recorded: row.recorded,
+        late: row.late,
+        carried_in: row.carried_in,
+        carried_out: row.carried_out,
+        sealed: row.sealed,
+        accepted: row.accepted,
+        rejected: row.rejected,
+        expired: row.expired,
+        pending: row.pending,
+        reason: row.reason,
+        metering_record_id: row.metering_record_id,
+        deadline: time(row.deadline),
+    }
+}
+
+pub(crate) fn totals(t: v1::ReportTotals) -> ReportTotals {
+    ReportTotals {
+        recorded: t.recorded,
+        late: t.late,
+        accepted: t.accepted,
+        rejected: t.rejected,
+        expired: t.expired,
+        pending: t.pending,
+        carried: t.carried,
+        open: t.open,
+        rejected_by_reason: t.rejected_by_reason,
+        expired_by_reason: t.expired_by_reason,
+        reconciled: t.reconciled,
+        compacted_records: t.compacted_records,
+        lost_records: t.lost_records,
+        lost_units: t.lost_units,
+        merged_units: t.merged_units,
+    }
 }

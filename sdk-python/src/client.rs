@@ -11,7 +11,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::{admin, aio, customers, error, runtime, usage};
+use crate::{admin, aio, customers, error, report, runtime, usage};
 
 /// The connection of one client object, rebuilt in a forked child (see `runtime.rs`).
 struct Shared {
@@ -160,6 +160,29 @@ impl Client {
         admin::report_to_py(py, block(py, async move { client.report().await })?)
     }
 
+    /// The report streamed: an iterator of `ReportGroup`s (the summary) or, with `rows=True`, `ReportRow`s; the
+    /// totals are `stream.trailer` once it is read to the end.
+    #[pyo3(signature = (*, rows=false, since=None, until=None, customer=None, dimension=None, state=None, product=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn report_stream(
+        &self,
+        py: Python<'_>,
+        rows: bool,
+        since: Option<&Bound<'_, PyAny>>,
+        until: Option<&Bound<'_, PyAny>>,
+        customer: Option<String>,
+        dimension: Option<String>,
+        state: Option<String>,
+        product: Option<String>,
+    ) -> PyResult<report::ReportStream> {
+        let time = |t: Option<&Bound<'_, PyAny>>| t.filter(|t| !t.is_none()).map(|t| usage::to_time(py, t)).transpose();
+        let query =
+            sdk::ReportQuery { rows, since: time(since)?, until: time(until)?, customer, dimension, state, product };
+        let client = self.shared.client(py)?;
+        let stream = block(py, async move { client.report_stream(query).await })?;
+        Ok(report::ReportStream::new(stream))
+    }
+
     #[pyo3(signature = (tenant_id, customer, product=None, agreement_id=None))]
     fn put_customer(
         &self,
@@ -277,6 +300,30 @@ impl AsyncClient {
         let usage = usage::build(py, customer, dimension, quantity, timestamp, tags, idempotency_key, product)?;
         let client = self.shared.client(py)?;
         aio::spawn(py, async move { client.record_usage(usage).await }, usage::receipt_to_py)
+    }
+
+    /// The report streamed, for `async for`: `ReportGroup`s (the summary) or, with `rows=True`, `ReportRow`s;
+    /// the totals are `stream.trailer` once it ends.
+    #[pyo3(signature = (*, rows=false, since=None, until=None, customer=None, dimension=None, state=None, product=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn report_stream<'py>(
+        &self,
+        py: Python<'py>,
+        rows: bool,
+        since: Option<&Bound<'_, PyAny>>,
+        until: Option<&Bound<'_, PyAny>>,
+        customer: Option<String>,
+        dimension: Option<String>,
+        state: Option<String>,
+        product: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let time = |t: Option<&Bound<'_, PyAny>>| t.filter(|t| !t.is_none()).map(|t| usage::to_time(py, t)).transpose();
+        let query =
+            sdk::ReportQuery { rows, since: time(since)?, until: time(until)?, customer, dimension, state, product };
+        let client = self.shared.client(py)?;
+        aio::spawn(py, async move { client.report_stream(query).await }, |py, s| {
+            Ok(Py::new(py, report::AsyncReportStream::new(s))?.into_any())
+        })
     }
 
     fn record_usage_batch<'py>(&self, py: Python<'py>, events: &Bound<'_, PyAny>) -> PyResult<Bound<'py, PyAny>> {

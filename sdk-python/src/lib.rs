@@ -7,6 +7,7 @@ mod aio;
 mod client;
 mod customers;
 mod error;
+mod report;
 mod runtime;
 mod usage;
 
@@ -28,6 +29,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<admin::ReportRow>()?;
     m.add_class::<admin::ReportTotals>()?;
     m.add_class::<admin::UsageDrop>()?;
+    m.add_class::<report::ReportGroup>()?;
+    m.add_class::<report::ReportTrailer>()?;
+    m.add_class::<report::ReportStream>()?;
+    m.add_class::<report::AsyncReportStream>()?;
     m.add_class::<customers::CustomerInfo>()?;
     m.add_class::<customers::StatusChange>()?;
     m.add_class::<customers::EventOutcome>()?;

@@ -200,7 +200,7 @@ fn to_quantity(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<sdk::Quantity
     )))
 }
 
-fn to_time(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<SystemTime> {
+pub(crate) fn to_time(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<SystemTime> {
     if !obj.is_instance_of::<PyDateTime>() {
         return Err(PyTypeError::new_err(format!(
             "timestamp must be a timezone-aware datetime.datetime, not {}",

@@ -10,3 +10,13 @@ void client.recordUsage({ customer: aws, dimension: 'api_calls', quantity: '0.5'
 void client.recordUsage({ customer: 'acme', dimension: 'api_calls', quantity: true });
 const err: MeterdError = new InvalidUsage('bad', { field: 'event.quantity' });
 export const code: ErrorCode = err.code;
+// The streamed report: rows with `rows: true`, groups otherwise; the trailer is typed.
+export async function streamed(): Promise<boolean | undefined> {
+  const rows = await client.reportStream({ rows: true, since: new Date(0), dimension: 'api_calls' });
+  for await (const r of rows) void r.customer;
+  const groups = await client.reportStream();
+  for await (const g of groups) void g.customers;
+  // @ts-expect-error since is a Date, not a string
+  void client.reportStream({ since: '2026-11-30' });
+  return groups.trailer?.totals.reconciled;
+}

@@ -182,16 +182,16 @@ def test_meterd_report_matches_what_was_billed(running):
     deadline = time.monotonic() + 60  # meterd records an answer just after the emulator bills it
     while True:
         out = subprocess.run(
-            [str(meterd_bin()), "report", "--target", target, "--format", "json"],
+            [str(meterd_bin()), "report", "--target", target, "--rows", "--format", "json"],
             capture_output=True,
             text=True,
             check=False,
         )
-        report = json.loads(out.stdout)
+        lines = [json.loads(line) for line in out.stdout.splitlines()]
         rows = {
             (r["dimension"], r["hour"] // 1000): r
-            for r in report["rows"]
-            if r["product"] == "ami" and r["state"] == "accepted"
+            for r in lines
+            if r["type"] == "row" and r["product"] == "ami" and r["state"] == "accepted"
         }
         missing = [
             e for e in billed if (e["dimension"], e["hour_start"]) not in rows

@@ -58,7 +58,10 @@ async fn a_customer_that_stops_shows_as_a_usage_drop_everywhere_within_the_first
     );
     let json: serde_json::Value = serde_json::from_str(&cli(&s.target, &["status", "--json"]).await).unwrap();
     assert_eq!(json["usage_drops"][0]["baseline"], "40");
-    let json: serde_json::Value = serde_json::from_str(&cli(&s.target, &["report", "--format", "json"]).await).unwrap();
+    // JSON Lines: the drops are in the last line, with the totals.
+    let lines = cli(&s.target, &["report", "--format", "json"]).await;
+    let json: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert_eq!(json["type"], "totals");
     assert_eq!(json["usage_drops"][0]["customer"], d.customer.as_str());
 
     let (code, text) = http_get(admin, "/metrics").await;

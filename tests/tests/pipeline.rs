@@ -290,10 +290,14 @@ async fn usage_older_than_max_lateness_is_refused_and_younger_late_usage_is_carr
     // usage AWS itself would refuse. Default pipeline.max_lateness is 24h.
     let h = at(2026, 11, 20, 14, 0);
     let s = Stack::start(h + 60_000, EmulatorConfig::default(), &["api_calls"], &["api_calls"], 1, "").await.unwrap();
-    let err = s.record("old", 0, "api_calls", "3", h - 40 * 24 * HOUR).await.unwrap_err();
+    let err = s.record("old", 0, "api_calls", "3", h - 30 * HOUR).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
     assert!(err.message().contains("pipeline.max_lateness"), "{}", err.message());
     assert!(err.message().starts_with("event.timestamp:"), "{}", err.message());
+    // Older than the dedupe window (48 h): it could be a retry of a key already forgotten, so it is refused as such.
+    let err = s.record("older", 0, "api_calls", "3", h - 40 * 24 * HOUR).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("storage.dedupe_window"), "{}", err.message());
     // Just inside the bound: accepted.
     s.record("late", 0, "api_calls", "2", h + 60_000 - 23 * HOUR).await.unwrap();
     s.advance(HOUR + 2 * 60_000, 10 * 60_000).await;

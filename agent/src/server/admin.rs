@@ -51,6 +51,21 @@ impl Admin for AdminService {
         }))
     }
 
+    type ReportStreamStream = tokio_stream::wrappers::ReceiverStream<Result<v1::ReportChunk, Status>>;
+
+    async fn report_stream(
+        &self,
+        request: Request<v1::ReportStreamRequest>,
+    ) -> Result<Response<Self::ReportStreamStream>, Status> {
+        let source = super::report_stream::ReportSource {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+        };
+        let rx = super::report_stream::start(source, request.into_inner())?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn report(&self, _: Request<v1::ReportRequest>) -> Result<Response<v1::ReportResponse>, Status> {
         let source = super::status::Source {
             config: self.config.clone(),

@@ -75,50 +75,53 @@ pub fn refusal_code(kind: RefusalKind) -> tonic::Code {
 }
 
 pub fn report_to_wire(r: &crate::report::Report) -> v1::ReportResponse {
-    let t = &r.totals;
     v1::ReportResponse {
-        rows: r
-            .rows
-            .iter()
-            .map(|row| v1::ReportRow {
-                hour: Some(timestamp(row.hour)),
-                product: row.product.clone(),
-                customer: row.customer.clone(),
-                dimension: row.dimension.clone(),
-                state: row.state.clone(),
-                recorded: row.recorded.clone(),
-                late: row.late.clone(),
-                carried_in: row.carried_in.clone(),
-                carried_out: row.carried_out.clone(),
-                sealed: row.sealed,
-                accepted: row.accepted,
-                rejected: row.rejected,
-                expired: row.expired,
-                pending: row.pending,
-                reason: row.reason.clone(),
-                metering_record_id: row.metering_record_id.clone(),
-                deadline: row.deadline.map(timestamp),
-            })
-            .collect(),
-        totals: Some(v1::ReportTotals {
-            recorded: t.recorded.clone(),
-            late: t.late.clone(),
-            accepted: t.accepted.clone(),
-            rejected: t.rejected.clone(),
-            expired: t.expired.clone(),
-            pending: t.pending.clone(),
-            carried: t.carried.clone(),
-            open: t.open.clone(),
-            rejected_by_reason: t.rejected_by_reason.clone().into_iter().collect(),
-            expired_by_reason: t.expired_by_reason.clone().into_iter().collect(),
-            reconciled: t.reconciled,
-            compacted_records: t.compacted_records,
-            lost_records: t.lost_records,
-            lost_units: t.lost_units,
-            merged_units: t.merged_units,
-        }),
+        rows: r.rows.iter().map(row_to_wire).collect(),
+        totals: Some(totals_to_wire(&r.totals)),
         // Filled in by Admin.Report: drops are not part of the ledger.
         usage_drops: Vec::new(),
+    }
+}
+
+pub fn row_to_wire(row: &crate::report::Row) -> v1::ReportRow {
+    v1::ReportRow {
+        hour: Some(timestamp(row.hour)),
+        product: row.product.clone(),
+        customer: row.customer.clone(),
+        dimension: row.dimension.clone(),
+        state: row.state.clone(),
+        recorded: row.recorded.clone(),
+        late: row.late.clone(),
+        carried_in: row.carried_in.clone(),
+        carried_out: row.carried_out.clone(),
+        sealed: row.sealed,
+        accepted: row.accepted,
+        rejected: row.rejected,
+        expired: row.expired,
+        pending: row.pending,
+        reason: row.reason.clone(),
+        metering_record_id: row.metering_record_id.clone(),
+        deadline: row.deadline.map(timestamp),
+    }
+}
+
+pub fn totals_to_wire(t: &crate::report::Totals) -> v1::ReportTotals {
+    v1::ReportTotals {
+        recorded: t.recorded.clone(),
+        late: t.late.clone(),
+        accepted: t.accepted.clone(),
+        rejected: t.rejected.clone(),
+        expired: t.expired.clone(),
+        pending: t.pending.clone(),
+        carried: t.carried.clone(),
+        open: t.open.clone(),
+        rejected_by_reason: t.rejected_by_reason.clone().into_iter().collect(),
+        expired_by_reason: t.expired_by_reason.clone().into_iter().collect(),
+        reconciled: t.reconciled,
+        compacted_records: t.compacted_records,
+        lost_records: t.lost_records,
+        lost_units: t.lost_units,
+        merged_units: t.merged_units,
     }
 }
 
@@ -158,48 +161,54 @@ pub fn drop_line(d: &v1::UsageDrop) -> String {
 
 /// The CLI renders reports it receives over gRPC with the same code the agent uses.
 pub fn report_from_wire(r: &v1::ReportResponse) -> crate::report::Report {
-    let ms = |t: &Option<Timestamp>| t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
-    let t = r.totals.clone().unwrap_or_default();
     crate::report::Report {
-        rows: r
-            .rows
-            .iter()
-            .map(|row| crate::report::Row {
-                hour: ms(&row.hour).unwrap_or_default(),
-                product: row.product.clone(),
-                customer: row.customer.clone(),
-                dimension: row.dimension.clone(),
-                state: row.state.clone(),
-                recorded: row.recorded.clone(),
-                late: row.late.clone(),
-                carried_in: row.carried_in.clone(),
-                carried_out: row.carried_out.clone(),
-                sealed: row.sealed,
-                accepted: row.accepted,
-                rejected: row.rejected,
-                expired: row.expired,
-                pending: row.pending,
-                reason: row.reason.clone(),
-                metering_record_id: row.metering_record_id.clone(),
-                deadline: ms(&row.deadline),
-            })
-            .collect(),
-        totals: crate::report::Totals {
-            recorded: t.recorded,
-            late: t.late,
-            accepted: t.accepted,
-            rejected: t.rejected,
-            expired: t.expired,
-            pending: t.pending,
-            carried: t.carried,
-            open: t.open,
-            rejected_by_reason: t.rejected_by_reason.into_iter().collect(),
-            expired_by_reason: t.expired_by_reason.into_iter().collect(),
-            reconciled: t.reconciled,
-            compacted_records: t.compacted_records,
-            lost_records: t.lost_records,
-            lost_units: t.lost_units,
-            merged_units: t.merged_units,
-        },
+        rows: r.rows.iter().map(row_from_wire).collect(),
+        totals: totals_from_wire(r.totals.clone().unwrap_or_default()),
+    }
+}
+
+fn ms(t: &Option<Timestamp>) -> Option<UnixMillis> {
+    t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
+}
+
+pub fn row_from_wire(row: &v1::ReportRow) -> crate::report::Row {
+    crate::report::Row {
+        hour: ms(&row.hour).unwrap_or_default(),
+        product: row.product.clone(),
+        customer: row.customer.clone(),
+        dimension: row.dimension.clone(),
+        state: row.state.clone(),
+        recorded: row.recorded.clone(),
+        late: row.late.clone(),
+        carried_in: row.carried_in.clone(),
+        carried_out: row.carried_out.clone(),
+        sealed: row.sealed,
+        accepted: row.accepted,
+        rejected: row.rejected,
+        expired: row.expired,
+        pending: row.pending,
+        reason: row.reason.clone(),
+        metering_record_id: row.metering_record_id.clone(),
+        deadline: ms(&row.deadline),
+    }
+}
+
+pub fn totals_from_wire(t: v1::ReportTotals) -> crate::report::Totals {
+    crate::report::Totals {
+        recorded: t.recorded,
+        late: t.late,
+        accepted: t.accepted,
+        rejected: t.rejected,
+        expired: t.expired,
+        pending: t.pending,
+        carried: t.carried,
+        open: t.open,
+        rejected_by_reason: t.rejected_by_reason.into_iter().collect(),
+        expired_by_reason: t.expired_by_reason.into_iter().collect(),
+        reconciled: t.reconciled,
+        compacted_records: t.compacted_records,
+        lost_records: t.lost_records,
+        lost_units: t.lost_units,
+        merged_units: t.merged_units,
     }
 }

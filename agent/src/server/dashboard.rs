@@ -1,7 +1,8 @@
 //! The dashboard on the admin listener: `GET /` (a page and its assets, embedded in the binary) and
 //! `GET /api/dashboard`, the one JSON document the page polls. The JSON is built from `Admin.Status`
-//! ([`Source::status`]) and the reconciliation report ([`crate::report::build`]) — the same code `meterd status`
-//! and `meterd report` use — regrouped for charts and panels, never recomputed.
+//! ([`Source::status`]) and the reconciliation report read in pages ([`crate::report_stream::RowReader`]) — the
+//! same code `meterd status` and `meterd report` use — regrouped for charts and panels as the rows go by (memory:
+//! the chart's hours and the at-risk rows shown, never the ledger), never recomputed.
 
 use std::collections::BTreeMap;
 
@@ -57,98 +58,92 @@ async fn dashboard(State(s): State<Source>) -> Response {
         Ok(st) => st,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("status: {}\n", e.message())).into_response(),
     };
-    // One snapshot of the ledger; the rows are built from it off the async workers.
-    let snapshot = match s.store.snapshot().await {
-        Ok(snap) => snap,
+    let now = s.clock.now_ms();
+    let (panels, totals) = match read_panels(&s.store, now).await {
+        Ok(p) => p,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("report: {e}\n")).into_response(),
     };
-    let report = match tokio::task::spawn_blocking(move || crate::report::from_snapshot(&snapshot)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return (StatusCode::SERVICE_UNAVAILABLE, format!("report: {e}\n")).into_response(),
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-    };
-    let body = document(&super::status::to_json(&status), &report, s.clock.now_ms());
+    let body = panels.render(&super::status::to_json(&status), &totals);
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// The panels from the report read in pages ([`crate::report_stream::RowReader`]): memory bounded by the chart's
+/// hours and the at-risk rows shown, never by the ledger. Read again when a seal moved usage between two pages
+/// (as the summary does), so the panels and the totals agree.
+async fn read_panels(
+    store: &crate::store::Store,
+    now_ms: UnixMillis,
+) -> Result<(Panels, crate::report::Totals), crate::store::StoreError> {
+    let ledger: &dyn crate::store::Ledger = store;
+    for _ in 0..crate::report_stream::MAX_ATTEMPTS {
+        let mut reader = crate::report_stream::RowReader::new(ledger, crate::report_stream::PAGE_SIZE);
+        let mut panels = Panels::new(now_ms);
+        while let Some(rows) = reader.next_rows().await? {
+            if !reader.consistent() {
+                break;
+            }
+            for r in &rows {
+                panels.add(&r.row);
+            }
+        }
+        if reader.consistent() {
+            return Ok((panels, reader.finish()?));
+        }
+    }
+    Err(crate::store::StoreError::Io("the ledger kept changing structure while the dashboard read it".into()))
 }
 
 /// The dashboard document from a status (as `meterd status --json` prints it) and a report.
 pub fn document(status: &serde_json::Value, report: &Report, now_ms: UnixMillis) -> serde_json::Value {
-    json!({
-        "generated_at": rfc3339(now_ms),
-        "status": status,
-        "usage": usage(report, now_ms),
-        "states": states(report),
-        "totals": report.totals,
-        "at_risk": at_risk(report, now_ms),
-        // Fleet mode does not exist yet; the page shows this agent as the only node.
-        "nodes": [],
-    })
-}
-
-/// Recorded usage per hour per product × dimension over the last [`CHART_DAYS`]: the hours are exactly the
-/// report's hours in that window, so the chart and `meterd report` agree hour for hour.
-fn usage(report: &Report, now_ms: UnixMillis) -> serde_json::Value {
-    let from = hour_start(now_ms) - CHART_DAYS * 24 * HOUR_MS;
-    let rows: Vec<&Row> = report.rows.iter().filter(|r| r.hour >= from).collect();
-    let hours: Vec<UnixMillis> = {
-        let mut h: Vec<_> = rows.iter().map(|r| r.hour).collect();
-        h.sort_unstable();
-        h.dedup();
-        h
-    };
-    let index: BTreeMap<UnixMillis, usize> = hours.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-    let mut series: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
-    for r in &rows {
-        // Display only: the exact decimal stays in the report; a chart needs a float.
-        let v: f64 = r.recorded.parse().unwrap_or(0.0);
-        series.entry((&r.product, &r.dimension)).or_insert_with(|| vec![0.0; hours.len()])[index[&r.hour]] += v;
-    }
-    json!({
-        "hours": hours.iter().map(|h| h / 1000).collect::<Vec<_>>(),
-        "series": series.into_iter().map(|((p, d), values)| json!({"product": p, "dimension": d, "values": values})).collect::<Vec<_>>(),
-    })
-}
-
-/// Records and whole units by state; `pending` is sealed + in flight; `lost` is a part of `rejected`.
-fn states(report: &Report) -> serde_json::Value {
-    let mut records: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut panels = Panels::new(now_ms);
     for r in &report.rows {
+        panels.add(r);
+    }
+    panels.render(status, &report.totals)
+}
+
+/// What the panels need, accumulated row by row.
+struct Panels {
+    now_ms: UnixMillis,
+    /// Recorded usage per hour per product × dimension over the last [`CHART_DAYS`].
+    usage: BTreeMap<UnixMillis, BTreeMap<(String, String), f64>>,
+    /// Records by state; `pending` is sealed + in flight.
+    records: BTreeMap<String, u64>,
+    /// The most urgent at-risk rows (at most twice [`AT_RISK_ROWS`] between trims) and how many there are.
+    at_risk: Vec<(i64, serde_json::Value)>,
+    at_risk_total: usize,
+}
+
+impl Panels {
+    fn new(now_ms: UnixMillis) -> Self {
+        Panels { now_ms, usage: BTreeMap::new(), records: BTreeMap::new(), at_risk: Vec::new(), at_risk_total: 0 }
+    }
+
+    fn add(&mut self, r: &Row) {
+        if r.hour >= hour_start(self.now_ms) - CHART_DAYS * 24 * HOUR_MS {
+            // Display only: the exact decimal stays in the report; a chart needs a float.
+            let v: f64 = r.recorded.parse().unwrap_or(0.0);
+            *self.usage.entry(r.hour).or_default().entry((r.product.clone(), r.dimension.clone())).or_default() += v;
+        }
         let state = match r.state.as_str() {
             "sealed" | "in_flight" => "pending",
             s => s,
         };
-        *records.entry(state).or_default() += 1;
+        *self.records.entry(state.to_string()).or_default() += 1;
+        self.add_at_risk(r);
     }
-    let t = &report.totals;
-    json!({
-        "records": {
-            "accepted": records.get("accepted").copied().unwrap_or(0),
-            "pending": records.get("pending").copied().unwrap_or(0),
-            "rejected": records.get("rejected").copied().unwrap_or(0),
-            "expired": records.get("expired").copied().unwrap_or(0),
-            "lost": t.lost_records,
-            "open": records.get("open").copied().unwrap_or(0),
-        },
-        "units": {
-            "accepted": t.accepted, "pending": t.pending, "rejected": t.rejected, "expired": t.expired,
-            "lost": t.lost_units.to_string(), "open": t.open, "carried": t.carried,
-        },
-    })
-}
 
-/// Revenue at risk: usage held for unmapped tenants (sealed or still open), pending records close to their
-/// deadline, and rejected records — with the report's reason and the deadline. Most urgent first.
-fn at_risk(report: &Report, now_ms: UnixMillis) -> serde_json::Value {
-    let mut items: Vec<(i64, serde_json::Value)> = Vec::new();
-    for r in &report.rows {
+    /// Revenue at risk: usage held for unmapped tenants (sealed or still open), pending records close to their
+    /// deadline, and rejected records — with the report's reason and the deadline. Most urgent first.
+    fn add_at_risk(&mut self, r: &Row) {
         let kind = if r.reason == AT_RISK {
             "held"
-        } else if r.pending > 0 && r.deadline.is_some_and(|d| d - now_ms < DEADLINE_SOON_MS) {
+        } else if r.pending > 0 && r.deadline.is_some_and(|d| d - self.now_ms < DEADLINE_SOON_MS) {
             "deadline"
         } else if r.rejected > 0 {
             "rejected"
         } else {
-            continue;
+            return;
         };
         let units = match kind {
             "rejected" => r.rejected.to_string(),
@@ -157,7 +152,8 @@ fn at_risk(report: &Report, now_ms: UnixMillis) -> serde_json::Value {
         };
         // Open held usage has no deadline yet: it gets one when its hour seals (an hour plus the window).
         let order = if kind == "rejected" { i64::MAX } else { r.deadline.unwrap_or(i64::MAX - 1) };
-        items.push((
+        self.at_risk_total += 1;
+        self.at_risk.push((
             order,
             json!({
                 "kind": kind,
@@ -171,13 +167,58 @@ fn at_risk(report: &Report, now_ms: UnixMillis) -> serde_json::Value {
                 "deadline": r.deadline.map(rfc3339),
             }),
         ));
+        if self.at_risk.len() >= 2 * AT_RISK_ROWS {
+            self.trim();
+        }
     }
-    items.sort_by_key(|(o, _)| *o);
-    let total = items.len();
-    json!({
-        "total": total,
-        "rows": items.into_iter().take(AT_RISK_ROWS).map(|(_, v)| v).collect::<Vec<_>>(),
-    })
+
+    /// Keeps the most urgent rows (a stable sort: among equals, the first seen).
+    fn trim(&mut self) {
+        self.at_risk.sort_by_key(|(o, _)| *o);
+        self.at_risk.truncate(AT_RISK_ROWS);
+    }
+
+    fn render(mut self, status: &serde_json::Value, totals: &crate::report::Totals) -> serde_json::Value {
+        self.trim();
+        let hours: Vec<UnixMillis> = self.usage.keys().copied().collect();
+        let mut series: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+        for (i, per_series) in self.usage.values().enumerate() {
+            for (k, v) in per_series {
+                series.entry(k.clone()).or_insert_with(|| vec![0.0; hours.len()])[i] += v;
+            }
+        }
+        let count = |s: &str| self.records.get(s).copied().unwrap_or(0);
+        let t = totals;
+        json!({
+            "generated_at": rfc3339(self.now_ms),
+            "status": status,
+            "usage": {
+                "hours": hours.iter().map(|h| h / 1000).collect::<Vec<_>>(),
+                "series": series.into_iter().map(|((p, d), values)| json!({"product": p, "dimension": d, "values": values})).collect::<Vec<_>>(),
+            },
+            "states": {
+                "records": {
+                    "accepted": count("accepted"),
+                    "pending": count("pending"),
+                    "rejected": count("rejected"),
+                    "expired": count("expired"),
+                    "lost": t.lost_records,
+                    "open": count("open"),
+                },
+                "units": {
+                    "accepted": t.accepted, "pending": t.pending, "rejected": t.rejected, "expired": t.expired,
+                    "lost": t.lost_units.to_string(), "open": t.open, "carried": t.carried,
+                },
+            },
+            "totals": t,
+            "at_risk": {
+                "total": self.at_risk_total,
+                "rows": self.at_risk.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            },
+            // Fleet mode does not exist yet; the page shows this agent as the only node.
+            "nodes": [],
+        })
+    }
 }
 
 #[cfg(test)]
@@ -249,5 +290,25 @@ mod tests {
         assert_eq!(kinds, vec![json!("deadline"), json!("rejected")]);
         assert_eq!(doc["at_risk"]["rows"][1]["reason"], "CustomerNotSubscribed");
         assert_eq!(doc["states"]["records"]["pending"], 2);
+    }
+
+    #[test]
+    fn at_risk_keeps_the_most_urgent_rows_however_many_there_are() {
+        let now = 1_794_268_800_000;
+        // 1,000 rows close to their deadline, least urgent first: the panel must still show the 200 most urgent.
+        let rows: Vec<Row> = (0..1000)
+            .map(|i| {
+                let mut r = row(now - 20 * HOUR_MS, "p", "d", "sealed", "1");
+                r.customer = format!("aws:1/l-{i:04}");
+                (r.pending, r.deadline) = (1, Some(now + HOUR_MS - i * 1000));
+                r
+            })
+            .collect();
+        let doc = document(&json!({}), &Report { rows, totals: Totals::default() }, now);
+        assert_eq!(doc["at_risk"]["total"], 1000);
+        let shown = doc["at_risk"]["rows"].as_array().unwrap();
+        assert_eq!(shown.len(), AT_RISK_ROWS);
+        assert_eq!(shown[0]["customer"], "aws:1/l-0999", "the most urgent first");
+        assert_eq!(shown[AT_RISK_ROWS - 1]["customer"], "aws:1/l-0800");
     }
 }

@@ -11,6 +11,7 @@ pub mod health;
 pub mod marketplace_http;
 mod metering;
 pub mod rate_limit;
+pub mod report_stream;
 mod request_id;
 pub mod sns;
 pub mod status;

@@ -29,8 +29,8 @@ impl Source {
         let store = self.store.clone();
         let (settings, now) = (crate::silence::settings(&self.config), self.clock.now_ms());
         let snapshot = tokio::task::spawn_blocking(move || {
-            let pending = store.pending_records(usize::MAX)?;
-            let backlog = crate::domain::backlog::Backlog::of(&pending, |t| store.mapping(t).map(|m| m.is_some()))?;
+            // Kept totals and the first queue key: no scan, however many records are pending.
+            let view = store.pending_view()?;
             let mut by_status = std::collections::HashMap::new();
             let mut not_subscribed = 0u64;
             for l in store.lifecycles()? {
@@ -40,7 +40,7 @@ impl Source {
             Ok::<_, crate::store::StoreError>((
                 store.open_bucket_count(),
                 store.size_on_disk(),
-                backlog,
+                view,
                 store.sealed_through()?,
                 by_status,
                 not_subscribed,
@@ -51,8 +51,15 @@ impl Source {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(store_status)?;
-        let (open_buckets, size, backlog, sealed_through, by_status, not_subscribed, lost, drops) = snapshot;
+        let (open_buckets, size, view, sealed_through, by_status, not_subscribed, lost, drops) = snapshot;
+        let backlog = backlog_of(&view);
         let counters = self.store.counters();
+        let rate: f64 = self
+            .pipeline
+            .submit_stats
+            .iter()
+            .map(|(_, s)| s.pace_milli_calls.load(Ordering::Relaxed) as f64 / 1000.0)
+            .sum();
         Ok(v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: Some(timestamp(self.started_at_ms)),
@@ -109,6 +116,15 @@ impl Source {
             disk_reserve_bytes: counters.disk_reserve_bytes.load(std::sync::atomic::Ordering::Relaxed),
             disk_full: counters.disk_full.load(std::sync::atomic::Ordering::Relaxed),
             usage_drops: drops.iter().map(drop_to_wire).collect(),
+            pending_in_flight: view.totals.in_flight,
+            pending_units: view.totals.units,
+            units_at_risk: view.totals.at_risk_units,
+            projected_drain_seconds: crate::domain::backlog::Backlog::drain_seconds(
+                view.totals.records,
+                crate::submit::MAX_RECORDS_PER_CALL,
+                rate,
+            )
+            .unwrap_or(0),
             policy: Some(submission_policy(&self.config)),
             deployment_checks: self
                 .pipeline
@@ -129,26 +145,27 @@ impl Source {
         })
     }
 
-    /// `Admin.Report`: the reconciliation report, built from one snapshot of the ledger (so its parts cannot
-    /// disagree), and the usage drops of the last ended hour.
+    /// `Admin.Report`: the reconciliation report in one reply, read in pages (re-read if a seal moved usage
+    /// meanwhile, so its parts cannot disagree), refused once it would pass what a client decodes; and the usage
+    /// drops of the last ended hour.
     pub async fn report(&self) -> Result<v1::ReportResponse, Status> {
-        let snapshot = self.store.snapshot().await.map_err(store_status)?;
+        let ledger: &dyn crate::store::Ledger = &self.store;
+        let report = super::report_stream::bounded_report(ledger, super::report_stream::CLIENT_DECODE_LIMIT).await?;
         let store = self.store.clone();
         let (settings, now) = (crate::silence::settings(&self.config), self.clock.now_ms());
-        // Building the rows is pure work over the snapshot, kept off the async workers.
-        let (report, drops) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((
-                crate::report::from_snapshot(&snapshot)?,
-                crate::silence::last_ended_hour(&store, &settings, now)?,
-            ))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(store_status)?;
+        let drops = tokio::task::spawn_blocking(move || crate::silence::last_ended_hour(&store, &settings, now))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(store_status)?;
         let mut wire = super::convert::report_to_wire(&report);
         wire.usage_drops = drops.iter().map(drop_to_wire).collect();
         Ok(wire)
     }
+}
+
+/// What `status` and `/metrics` show of the queue, from its kept totals.
+pub fn backlog_of(view: &crate::store::pending::PendingView) -> crate::domain::backlog::Backlog {
+    view.backlog()
 }
 
 /// `meterd status --json`, and the dashboard's `status`: one rendering of a status answer.
@@ -176,6 +193,10 @@ pub fn to_json(s: &v1::StatusResponse) -> serde_json::Value {
         "units_lost": s.units_lost,
         "sealed_through": ts(&s.sealed_through),
         "pending_records": s.pending_records,
+        "pending_in_flight": s.pending_in_flight,
+        "pending_units": s.pending_units,
+        "units_at_risk": s.units_at_risk,
+        "projected_drain_seconds": s.projected_drain_seconds,
         "oldest_pending_age_seconds": s.oldest_pending_age_seconds,
         "most_urgent_deadline": ts(&s.most_urgent_deadline),
         "usage_drops": s.usage_drops.iter().map(super::convert::drop_json).collect::<Vec<_>>(),

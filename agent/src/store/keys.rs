@@ -1,12 +1,18 @@
-//! Key layout of the sled store. Everything lives in one tree so one `apply_batch` is one atomic write.
+//! Key layout of the sled store. Everything but the idempotency keys lives in the default tree, so one
+//! `apply_batch` is one atomic write; the idempotency keys live in dedupe segment trees `d/<start>`
+//! ([`super::segments`], entries in [`super::schema`]), written in one sled transaction with the default tree.
 //!
 //! | prefix | key                                   | value                       |
 //! |--------|---------------------------------------|-----------------------------|
 //! | `m/`   | `m/schema_version`                    | u32 big-endian              |
-//! | `e/`   | `e/` + idempotency key                | postcard `StoredEvent`      |
+//! | `e/`   | `e/` + idempotency key (v1 only; migrated away) | postcard v1 `StoredEvent` |
+//! | `g/`   | `g/` + segment start                  | u64 big-endian: keys the segment received |
+//! | `m/`   | `m/events_stored`                     | u64 big-endian: events ever stored |
 //! | `b/`   | `b/` + [`encode_bucket_key`]          | postcard `Bucket`           |
 //! | `m/`   | `m/sealed_through`                    | i64: every hour before it is sealed |
 //! | `m/`   | `m/lost`                              | postcard `Lost`: revenue AWS will never pay |
+//! | `m/`   | `m/pending`                           | postcard `PendingTotals`: the queue's counts, kept with it |
+//! | `m/`   | `m/seal_progress`                     | postcard `SealProgress`: a chunked seal under way |
 //! | `r/`   | `r/` + hour + product + customer + dim | postcard `SealedRecord`     |
 //! | `q/`   | `q/` + deadline + record key          | empty: the pending queue, oldest deadline first |
 //! | `c/`   | `c/` + product + customer + dimension | postcard `Micros`: fraction carried to the next hour |
@@ -20,13 +26,22 @@
 use crate::domain::event::{BucketKey, Identity, TagSet};
 
 pub const SCHEMA_VERSION_KEY: &[u8] = b"m/schema_version";
+/// Store v1 only: one key per idempotency key for the whole retention. Read once, by the migration to v2.
 pub const EVENT_PREFIX: &[u8] = b"e/";
+/// `g/` + segment start: how many keys that dedupe segment received ([`super::segments`]).
+pub const SEGMENT_INDEX_PREFIX: &[u8] = b"g/";
+/// Every event ever stored, updated in the same write as the events (start-up reads it instead of counting).
+pub const EVENTS_STORED_KEY: &[u8] = b"m/events_stored";
 pub const BUCKET_PREFIX: &[u8] = b"b/";
 pub const SEALED_THROUGH_KEY: &[u8] = b"m/sealed_through";
 /// Totals of history compacted away, so the report still reconciles.
 pub const COMPACTED_KEY: &[u8] = b"m/compacted";
 /// Records AWS will never pay for (DuplicateRecord on a first send): never compacted, never decreases.
 pub const LOST_KEY: &[u8] = b"m/lost";
+/// Totals of the pending queue, updated in the same batch as every `q/` change ([`super::pending`]).
+pub const PENDING_KEY: &[u8] = b"m/pending";
+/// A seal under way: its target and the bucket key the next chunk starts from (absent when none is).
+pub const SEAL_PROGRESS_KEY: &[u8] = b"m/seal_progress";
 pub const RECORD_PREFIX: &[u8] = b"r/";
 pub const QUEUE_PREFIX: &[u8] = b"q/";
 pub const CARRY_PREFIX: &[u8] = b"c/";
@@ -112,6 +127,15 @@ pub fn record_key_is_of(record_key: &[u8], product: &str, identity: &Identity) -
     put_str(&mut series, product);
     put_identity(&mut series, identity);
     record_key.get(RECORD_PREFIX.len() + 8..).is_some_and(|rest| rest.starts_with(&series))
+}
+
+/// Whether a record key (`r/` + hour + series) belongs to a series of tenant `tenant_id`, of any product.
+pub fn record_key_is_of_tenant(record_key: &[u8], tenant_id: &str) -> bool {
+    let mut r = Reader { buf: record_key, pos: RECORD_PREFIX.len() + 8 };
+    let Ok(_product) = r.str() else { return false };
+    let mut tenant = vec![0u8];
+    put_str(&mut tenant, tenant_id);
+    record_key.get(r.pos..).is_some_and(|rest| rest.starts_with(&tenant))
 }
 
 /// Queue entry: `q/` + deadline + the record key, so a scan yields the most urgent record first.

@@ -72,9 +72,8 @@ impl Collect for LedgerMetrics {
         out.single("meterd_units_lost_total", "counter", "Whole units of those records.", lost.units);
 
         let now_ms = self.clock.now_ms();
-        let pending = self.store.pending_records(usize::MAX).map_err(err)?;
-        let backlog = crate::domain::backlog::Backlog::of(&pending, |t| self.store.mapping(t).map(|m| m.is_some()))
-            .map_err(err)?;
+        // Kept totals and the first queue key: no scan of the queue.
+        let backlog = self.store.pending_view().map_err(err)?.backlog();
         out.single("meterd_records_pending", "gauge", "Sealed records not yet in a terminal state.", backlog.pending);
         out.single(
             "meterd_records_at_risk",

@@ -2,7 +2,8 @@
 //!
 //! The rest of the agent sees a narrow interface: [`Store::ingest`] (validated events in, receipts out,
 //! returning only once the write is fsynced) and read-only views. All mutations go through one writer
-//! thread, which turns each group of concurrently arriving calls into one atomic sled batch; a flusher
+//! thread, which turns each group of concurrently arriving calls into one atomic sled write (a transaction over
+//! the default tree and the current dedupe segment, [`segments`]); a flusher
 //! thread fsyncs behind it, so many callers share one fsync (group commit) while the writer already
 //! prepares the next group. A reply never leaves before the fsync that covers its write.
 //!
@@ -13,8 +14,13 @@ pub mod durable;
 pub mod generation;
 pub mod keys;
 pub mod metrics;
+mod migrate;
 pub mod outbox;
+pub mod pages;
+pub mod pending;
+pub mod schema;
 pub mod seam;
+pub mod segments;
 pub mod space;
 mod writer;
 
@@ -32,8 +38,9 @@ use crate::domain::record::SealedRecord;
 pub use crate::domain::seal::SealParams;
 pub use seam::Ledger;
 
-/// The on-disk layout this build writes. Bump it with a migration in `open`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The on-disk layout this build writes. Bump it with a migration in `open`. 1: one `e/` key per event for the
+/// whole retention; 2: idempotency keys in dedupe segments ([`segments`], [`migrate`]).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -143,6 +150,9 @@ pub struct StoreCounters {
     pub disk_full: std::sync::atomic::AtomicBool,
     pub repack_micros: AtomicU64,
     pub live_bytes: AtomicU64,
+    /// Writes that moved usage from one place to another (seals, compactions, tenant mappings, a leaving customer's
+    /// seal): a report read in pages restarts when this changes between its pages ([`pages`]).
+    pub structure_changes: AtomicU64,
 }
 
 /// Everything the report reads, taken at one instant between two writes, so its parts always agree (a seal between
@@ -233,7 +243,17 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// Free space kept on the data dir's filesystem (`storage.min_free`).
     pub min_free: space::MinFree,
+    /// Buckets per seal chunk (`storage.seal_chunk`; [`SEAL_CHUNK_BUCKETS`] by default).
+    pub seal_chunk: usize,
+    /// How long an idempotency key is kept after it arrived: `storage.dedupe_window` plus the future-skew
+    /// allowance ([`segments`]).
+    pub dedupe_keep_ms: i64,
 }
+
+pub use writer::SEAL_CHUNK_BUCKETS;
+
+/// The default `dedupe_keep_ms`: the default window (48 h) and future skew (5 min).
+pub const DEFAULT_DEDUPE_KEEP_MS: i64 = 48 * crate::clock::HOUR_MS + 5 * 60_000;
 
 #[derive(Clone)]
 pub struct Store {
@@ -258,7 +278,15 @@ impl Store {
 
     /// As [`Store::open`], with sled's page cache bounded to `cache_bytes` (sled's default is 1 GiB).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        Self::open_with(dir, StoreOptions { cache_bytes, min_free: space::MinFree::Bytes(0) })
+        Self::open_with(
+            dir,
+            StoreOptions {
+                cache_bytes,
+                min_free: space::MinFree::Bytes(0),
+                seal_chunk: SEAL_CHUNK_BUCKETS,
+                dedupe_keep_ms: DEFAULT_DEDUPE_KEEP_MS,
+            },
+        )
     }
 
     /// Opens the store with every setting. Refuses, without writing a byte, when the data dir's filesystem has
@@ -275,7 +303,7 @@ impl Store {
     }
 
     fn open_as(dir: &Path, options: StoreOptions, spool: bool) -> Result<Self, StoreError> {
-        let StoreOptions { cache_bytes, min_free } = options;
+        let StoreOptions { cache_bytes, min_free, seal_chunk, dedupe_keep_ms } = options;
         let room = space::space_of(dir).map_err(|e| StoreError::Io(format!("statvfs {}: {e}", dir.display())))?;
         if let Some(full) = space::shortfall(&room, min_free, 0) {
             tracing::error!(dir = %dir.display(), "{full}: not opening the store");
@@ -311,14 +339,26 @@ impl Store {
                         dir.display()
                     )));
                 }
-                db.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                let mut batch = sled::Batch::default();
+                batch.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes());
+                batch.insert(keys::PENDING_KEY, encode(&pending::PendingTotals::default()));
+                db.apply_batch(batch)?;
                 live_gen.sync()?;
             }
             Some(v) => {
                 let found = u32::from_be_bytes(
                     v.as_ref().try_into().map_err(|_| StoreError::Corrupt("schema version is not 4 bytes".into()))?,
                 );
-                if found != SCHEMA_VERSION {
+                if found == 1 {
+                    let started = std::time::Instant::now();
+                    let moved = migrate::v1_to_v2(&db, dedupe_keep_ms)?;
+                    live_gen.sync()?;
+                    tracing::info!(
+                        moved,
+                        millis = started.elapsed().as_millis() as u64,
+                        "migrated the store from v1 to v2"
+                    );
+                } else if found != SCHEMA_VERSION {
                     return Err(StoreError::UnsupportedSchema { found });
                 }
             }
@@ -331,21 +371,33 @@ impl Store {
             durable::write_file(dir, MARKER_FILE, text.as_bytes())
                 .map_err(|e| StoreError::Io(format!("cannot write {}: {e}", dir.join(MARKER_FILE).display())))?;
         }
+        if pending::load(&db)?.is_none() {
+            // A store written before the queue's totals were kept: count them once, from then on every write
+            // keeps them.
+            let totals = pending::recompute(&db)?;
+            db.insert(keys::PENDING_KEY, encode(&totals))?;
+            live_gen.sync()?;
+            tracing::info!(pending = totals.records, "counted the pending queue once; its totals are kept from now on");
+        }
         let counters = Arc::new(StoreCounters::default());
         counters.disk_free_bytes.store(room.free_bytes, Ordering::Relaxed);
         counters.disk_reserve_bytes.store(min_free.bytes(room.total_bytes), Ordering::Relaxed);
-        let compacted: Compacted = match db.get(keys::COMPACTED_KEY)? {
-            Some(v) => decode(&v)?,
-            None => Compacted::default(),
-        };
-        // Every event ever stored: the keys still held plus those retention removed.
-        counters
-            .events_stored
-            .store(db.scan_prefix(keys::EVENT_PREFIX).count() as u64 + compacted.events, Ordering::Relaxed);
+        // Kept in the same write as the events: one small read, whatever the history.
+        counters.events_stored.store(segments::events_stored(&db)?, Ordering::Relaxed);
+        let (segs, orphans) = segments::Segments::load(&db, dedupe_keep_ms)?;
+        // Segments whose drop a crash cut short: already forgotten and counted, only their pages are left.
+        let forgetting = segments::drop_in_background(db.clone(), orphans);
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
         let spool = if spool { Some(outbox::Spool::open(&db)?) } else { None };
-        let place = writer::Place { dir: dir.to_path_buf(), generation: live, cache_bytes, min_free, spool };
-        let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone());
+        let place = writer::Place {
+            dir: dir.to_path_buf(),
+            seal_chunk: seal_chunk.max(1),
+            generation: live,
+            cache_bytes,
+            min_free,
+            spool,
+        };
+        let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone(), segs, forgetting);
         Ok(Store {
             inner: Arc::new(Inner {
                 db: shared,
@@ -481,6 +533,13 @@ impl Store {
         self.command(writer::Command::Snapshot { reply }, rx).await
     }
 
+    /// One bounded page of the report's reads from `cursor`, taken on the writer thread between two writes
+    /// ([`pages::read_page`]), answered once what it saw is durable.
+    pub async fn report_page(&self, cursor: pages::PageCursor, limit: usize) -> Result<pages::LedgerPage, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(writer::Command::ReportPage { cursor, limit, reply }, rx).await
+    }
+
     /// Records that AWS answered CustomerNotSubscribed for `identity`.
     pub async fn note_not_subscribed(
         &self,
@@ -558,8 +617,25 @@ impl Store {
         Ok(out)
     }
 
-    pub fn pending_count(&self) -> u64 {
-        self.db().scan_prefix(keys::QUEUE_PREFIX).count() as u64
+    pub fn pending_count(&self) -> Result<u64, StoreError> {
+        Ok(self.pending_view()?.totals.records)
+    }
+
+    /// The queue's totals and its most urgent record, without a scan ([`pending`]).
+    pub fn pending_view(&self) -> Result<pending::PendingView, StoreError> {
+        let db = self.db();
+        let totals = pending::load(&db)?.unwrap_or_default();
+        let first = pending::first(&db)?;
+        Ok(pending::PendingView {
+            totals,
+            first_hour_ms: first.as_ref().map(|r| r.key.hour_ms),
+            first_deadline_ms: first.as_ref().map(|r| r.deadline_ms),
+        })
+    }
+
+    /// The queue's totals by a full scan (tests check the kept ones against it).
+    pub fn recount_pending(&self) -> Result<pending::PendingTotals, StoreError> {
+        pending::recompute(&self.db())
     }
 
     /// Every sealed record, in key order (hour first).
@@ -604,12 +680,9 @@ impl Store {
         self.db().scan_prefix(keys::CARRY_PREFIX).map(|kv| decode(&kv?.1)).collect()
     }
 
-    /// The stored record of one idempotency key.
+    /// The stored record of one idempotency key (None once its segment is past the dedupe window).
     pub fn event(&self, idempotency_key: &str) -> Result<Option<StoredEvent>, StoreError> {
-        match self.db().get(keys::event_key(idempotency_key))? {
-            None => Ok(None),
-            Some(v) => Ok(Some(decode(&v)?)),
-        }
+        segments::read(&self.db(), idempotency_key)
     }
 
     /// Every bucket with its running total, in key order (hour first).
@@ -720,7 +793,7 @@ pub(crate) fn sealed_through(db: &sled::Db) -> Result<Option<UnixMillis>, StoreE
 }
 
 fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {
-    let mut total = 0u64;
+    let mut total = segments::live_bytes(db)?;
     for kv in db.iter() {
         let (k, v) = kv?;
         total += (k.len() + v.len()) as u64;

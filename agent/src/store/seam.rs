@@ -60,6 +60,14 @@ pub trait Ledger: Send + Sync {
     fn reclaim_space(&self, ratio: f64) -> BoxFuture<'_, Result<Option<super::RepackOutcome>>>;
     /// Everything the report reads, at one instant between two writes (never half a group, never a seal half seen).
     fn snapshot(&self) -> BoxFuture<'_, Result<super::LedgerSnapshot>>;
+    /// One bounded page of what the report reads, from `cursor` in key order, taken between two writes; it carries
+    /// the count of structural writes (seals, compactions, mapping moves) made so far, so a reader of many pages
+    /// knows whether they all saw the same structure ([`super::pages`]).
+    fn report_page(
+        &self,
+        cursor: super::pages::PageCursor,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<super::pages::LedgerPage>>;
     /// Stops taking writes once those in progress are durable.
     fn close(&self) -> BoxFuture<'_, Result<()>>;
 
@@ -133,6 +141,13 @@ impl Ledger for super::Store {
     }
     fn snapshot(&self) -> BoxFuture<'_, Result<super::LedgerSnapshot>> {
         Box::pin(super::Store::snapshot(self))
+    }
+    fn report_page(
+        &self,
+        cursor: super::pages::PageCursor,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<super::pages::LedgerPage>> {
+        Box::pin(super::Store::report_page(self, cursor, limit))
     }
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(super::Store::close(self))

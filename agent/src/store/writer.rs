@@ -13,9 +13,10 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::segments::{self, Segment, Segments};
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
-    StoreCounters, StoreError, current, current_db, decode, durable, encode, generation, keys,
+    StoreCounters, StoreError, current, current_db, decode, durable, encode, generation, keys, pending,
 };
 use crate::clock::{UnixMillis, hour_start};
 use crate::domain::customer::{CustomerLifecycle, CustomerStatus, StatusChange, TenantMapping, final_hour_deadline};
@@ -32,13 +33,13 @@ fn overflow(what: &str) -> impl Fn(Overflow) -> StoreError + '_ {
     move |_| StoreError::Overflow(what.to_string())
 }
 
-/// The ingest decision's reads, answered from the live generation.
-struct SledLookups<'a>(&'a sled::Db);
+/// The ingest decision's reads, answered from the live generation and its dedupe segments.
+struct SledLookups<'a>(&'a sled::Db, &'a Segments);
 
 impl Lookups for SledLookups<'_> {
     type Error = StoreError;
     fn event(&mut self, idempotency_key: &str) -> Result<Option<StoredEvent>, StoreError> {
-        self.0.get(keys::event_key(idempotency_key))?.map(|v| decode(&v)).transpose()
+        self.1.get(idempotency_key)
     }
     fn mapping(&mut self, tenant_id: &str) -> Result<Option<TenantMapping>, StoreError> {
         self.0.get(keys::tenant_key(tenant_id))?.map(|v| decode(&v)).transpose()
@@ -60,6 +61,27 @@ const MAX_GROUP_EVENTS: usize = 16_384;
 const QUEUE_DEPTH: usize = 4096;
 /// Keys per atomic batch while a repack copies into the new generation.
 const REPACK_BATCH_KEYS: usize = 10_000;
+/// Buckets one seal chunk reads by default (`storage.seal_chunk`): each chunk is one atomic batch, and ingest
+/// groups run between chunks, so this bounds both the seal's memory and how long a caller can wait behind it.
+/// sled spends ~50-100 us per sealed bucket (four writes each, copying tree nodes), so 200 buckets keep a caller's
+/// wait behind a chunk near 20 ms; larger chunks seal a little faster (cardinality-bench, docs/ARCHITECTURE.md).
+pub const SEAL_CHUNK_BUCKETS: usize = 200;
+
+/// A seal under way, durable between its chunks: every hour before `cutoff_ms` is being sealed, and every bucket
+/// key below `resume_key` already is.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SealProgress {
+    cutoff_ms: UnixMillis,
+    resume_key: Vec<u8>,
+}
+
+/// The seal the writer is working through, one chunk per loop turn, and the callers waiting for its end.
+struct SealJob {
+    params: SealParams,
+    resume_key: Vec<u8>,
+    summary: SealSummary,
+    replies: Vec<Answer<SealSummary>>,
+}
 
 /// The old generation's cache was freed, but glibc keeps freed heap pages mapped; hand them back so the agent's
 /// memory does not ratchet up by one cache at each repack.
@@ -127,6 +149,12 @@ pub enum Command {
     Snapshot {
         reply: Answer<super::LedgerSnapshot>,
     },
+    /// Read one bounded page of the report, between two writes (see `super::pages`).
+    ReportPage {
+        cursor: super::pages::PageCursor,
+        limit: usize,
+        reply: Answer<super::pages::LedgerPage>,
+    },
     /// Copy every live key into a fresh generation and switch to it.
     Repack {
         reply: Answer<RepackOutcome>,
@@ -137,6 +165,8 @@ pub enum Command {
 /// Where the writer's generations live.
 pub struct Place {
     pub dir: std::path::PathBuf,
+    /// Buckets per seal chunk ([`SEAL_CHUNK_BUCKETS`] unless configured).
+    pub seal_chunk: usize,
     /// Directory name of the live generation.
     pub generation: String,
     pub cache_bytes: u64,
@@ -174,6 +204,7 @@ fn refuse(cmd: Command, e: StoreError) -> bool {
         Command::NotSubscribed { reply, .. } => drop(reply.send(Err(e))),
         Command::Repack { reply } => drop(reply.send(Err(e))),
         Command::Snapshot { reply } => drop(reply.send(Err(e))),
+        Command::ReportPage { reply, .. } => drop(reply.send(Err(e))),
         Command::Stop => return true,
     }
     false
@@ -183,6 +214,8 @@ pub fn spawn(
     shared: SharedDb,
     place: Place,
     counters: Arc<StoreCounters>,
+    segments: Segments,
+    forgetting: Option<std::thread::JoinHandle<()>>,
 ) -> (mpsc::Sender<Command>, Vec<std::thread::JoinHandle<()>>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let (flush_tx, flush_rx) = std_mpsc::channel::<AppliedGroup>();
@@ -198,7 +231,20 @@ pub fn spawn(
     let writer = std::thread::Builder::new()
         .name("meterd-writer".into())
         .spawn(move || {
-            Writer { db, shared, place, counters, warned: Default::default(), broken: None }.run(rx, flush_tx)
+            let events_stored = counters.events_stored.load(Ordering::Relaxed);
+            Writer {
+                db,
+                shared,
+                place,
+                counters,
+                warned: Default::default(),
+                broken: None,
+                segments,
+                forgetting,
+                events_stored,
+                job: None,
+            }
+            .run(rx, flush_tx)
         })
         .expect("spawn writer thread");
     (tx, vec![writer, flusher])
@@ -216,14 +262,31 @@ struct Writer {
     broken: Option<String>,
     /// Tenants already warned about (once per process), so a busy unmapped tenant does not flood the log.
     warned: std::cell::RefCell<std::collections::HashSet<String>>,
+    /// The chunked seal under way, if any.
+    job: Option<SealJob>,
+    /// The live dedupe segments.
+    segments: Segments,
+    /// The thread freeing the pages of dropped segments, if one runs.
+    forgetting: Option<std::thread::JoinHandle<()>>,
+    /// `m/events_stored` as last written.
+    events_stored: u64,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>, flush_tx: std_mpsc::Sender<AppliedGroup>) {
         let mut stopping = false;
+        // Commands that must not run in the middle of a chunked seal; taken up again once it ends.
+        let mut deferred: std::collections::VecDeque<Command> = Default::default();
         while !stopping {
-            let Some(first) = rx.blocking_recv() else { break };
-            let mut commands = vec![first];
+            let mut commands = Vec::new();
+            if self.job.is_none() {
+                commands.extend(deferred.drain(..));
+                if commands.is_empty() {
+                    let Some(first) = rx.blocking_recv() else { break };
+                    commands.push(first);
+                }
+            }
+            // While a seal is under way this takes only what is already waiting: one chunk follows each group.
             let mut n_events = 0;
             while n_events < MAX_GROUP_EVENTS {
                 match rx.try_recv() {
@@ -244,6 +307,11 @@ impl Writer {
                     stopping |= refuse(cmd, StoreError::Poisoned(why.clone()));
                     continue;
                 }
+                // A mapping moves open buckets, possibly to below the seal's cursor (and out of its order).
+                if self.job.is_some() && matches!(cmd, Command::PutMapping { .. }) {
+                    deferred.push_back(cmd);
+                    continue;
+                }
                 match cmd {
                     Command::Ingest { events, received_ms, rules, reply } => {
                         ingests.push((events, received_ms, rules, reply))
@@ -251,12 +319,11 @@ impl Writer {
                     other => {
                         self.apply_ingests(std::mem::take(&mut ingests), &mut group);
                         match other {
-                            Command::Seal { params, reply } => match self.apply_seal(&params) {
-                                Ok(summary) => group.replies.push(pending(reply, summary)),
-                                Err(e) => {
+                            Command::Seal { params, reply } => {
+                                if let Err((reply, e)) = self.begin_seal(params, reply, &mut group) {
                                     let _ = reply.send(Err(e));
                                 }
-                            },
+                            }
                             Command::Update { records, reply } => match self.apply_update(&records) {
                                 Ok(()) => group.replies.push(pending(reply, ())),
                                 Err(e) => {
@@ -265,24 +332,30 @@ impl Writer {
                             },
                             Command::PutMapping { mapping, now_ms, reply } => {
                                 match self.apply_put_mapping(&mapping, now_ms) {
-                                    Ok(n) => group.replies.push(pending(reply, n)),
+                                    Ok(n) => {
+                                        // Held records may be merged even when no bucket moved.
+                                        self.moved_usage(true);
+                                        group.replies.push(pending(reply, n))
+                                    }
                                     Err(e) => {
                                         let _ = reply.send(Err(e));
                                     }
                                 }
                             }
                             Command::RemoveMapping { tenant_id, reply } => {
-                                let r = self.db.remove(keys::tenant_key(&tenant_id)).map(|old| old.is_some());
-                                match r {
+                                match self.apply_remove_mapping(&tenant_id) {
                                     Ok(existed) => group.replies.push(pending(reply, existed)),
                                     Err(e) => {
-                                        let _ = reply.send(Err(e.into()));
+                                        let _ = reply.send(Err(e));
                                     }
                                 }
                             }
                             Command::Lifecycle { event, params, reply } => {
                                 match self.apply_lifecycle(&event, &params) {
-                                    Ok(o) => group.replies.push(pending(reply, o)),
+                                    Ok(o) => {
+                                        self.moved_usage(o.applied);
+                                        group.replies.push(pending(reply, o))
+                                    }
                                     Err(e) => {
                                         let _ = reply.send(Err(e));
                                     }
@@ -311,8 +384,20 @@ impl Writer {
                                     let _ = reply.send(Err(e));
                                 }
                             },
+                            Command::ReportPage { cursor, limit, reply } => {
+                                let structure = self.counters.structure_changes.load(Ordering::Relaxed);
+                                match super::pages::read_page(&self.db, &cursor, limit, structure) {
+                                    Ok(page) => group.replies.push(pending(reply, page)),
+                                    Err(e) => {
+                                        let _ = reply.send(Err(e));
+                                    }
+                                }
+                            }
                             Command::Compact { cutoff_ms, reply } => match self.apply_compact(cutoff_ms) {
-                                Ok(c) => group.replies.push(pending(reply, c)),
+                                Ok(c) => {
+                                    self.moved_usage(c.records > 0);
+                                    group.replies.push(pending(reply, c))
+                                }
                                 Err(e) => {
                                     let _ = reply.send(Err(e));
                                 }
@@ -333,18 +418,63 @@ impl Writer {
                 }
             }
             self.apply_ingests(ingests, &mut group);
+            if !stopping && self.job.is_some() {
+                // Hand this group to the flusher first: its callers' fsync then runs while the chunk is applied,
+                // instead of after it.
+                if !group.replies.is_empty() && flush_tx.send(std::mem::take(&mut group)).is_err() {
+                    break;
+                }
+                self.seal_chunk(&mut group);
+            }
             if !group.replies.is_empty() && flush_tx.send(group).is_err() {
                 break;
             }
         }
-        // Dropping flush_tx lets the flusher finish the last groups and exit.
+        // A seal cut short by a stop resumes from its durable progress at the next seal.
+        // Dropping flush_tx lets the flusher finish the last groups and exit. A segment drop under way finishes
+        // first, so a closed store has no thread left holding it.
+        if let Some(h) = self.forgetting.take() {
+            let _ = h.join();
+        }
     }
 
     fn sealed_through(&self) -> Result<Option<UnixMillis>, StoreError> {
         super::sealed_through(&self.db)
     }
 
-    fn apply_ingests(&self, calls: Vec<IngestCall>, group: &mut AppliedGroup) {
+    /// The queue's totals as stored (open made sure they exist).
+    fn pending_totals(&self) -> Result<pending::PendingTotals, StoreError> {
+        Ok(pending::load(&self.db)?.unwrap_or_default())
+    }
+
+    /// Unmaps a tenant: its held records not yet given an identity to be sent as are at risk again, counted in
+    /// the same batch. Walks the queue (bounded by the submission window), as mapping does.
+    fn apply_remove_mapping(&self, tenant_id: &str) -> Result<bool, StoreError> {
+        let tk = keys::tenant_key(tenant_id);
+        if self.db.get(&tk)?.is_none() {
+            return Ok(false);
+        }
+        let mut totals = self.pending_totals()?;
+        for kv in self.db.scan_prefix(keys::QUEUE_PREFIX) {
+            let (q, _) = kv?;
+            let k = keys::record_key_of_queue_entry(&q).ok_or_else(|| StoreError::Corrupt("short queue key".into()))?;
+            let Some(v) = self.db.get(k)? else {
+                return Err(StoreError::Corrupt("queue entry without its record".into()));
+            };
+            let r: SealedRecord = decode(&v)?;
+            if pending::held_tenant(&r) == Some(tenant_id) {
+                totals.remove(&r, false);
+                totals.add(&r, true);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(tk);
+        batch.insert(keys::PENDING_KEY, encode(&totals));
+        self.db.apply_batch(batch)?;
+        Ok(true)
+    }
+
+    fn apply_ingests(&mut self, calls: Vec<IngestCall>, group: &mut AppliedGroup) {
         if calls.is_empty() {
             return;
         }
@@ -391,9 +521,11 @@ impl Writer {
 
     /// Decides every event of a run of ingest calls ([`crate::domain::ingest`]) and writes them as one atomic
     /// batch.
-    fn decide_ingests(&self, calls: &[IngestCall]) -> Result<(Vec<Vec<IngestOutcome>>, u64), StoreError> {
+    fn decide_ingests(&mut self, calls: &[IngestCall]) -> Result<(Vec<Vec<IngestOutcome>>, u64), StoreError> {
+        let now_ms = calls.iter().map(|c| c.1).max().expect("at least one call");
+        self.forget(now_ms)?;
         let mut group = IngestGroup::new(self.sealed_through()?);
-        let mut look = SledLookups(&self.db);
+        let mut look = SledLookups(&self.db, &self.segments);
         let mut all = Vec::with_capacity(calls.len());
         for (events, received_ms, rules, _) in calls {
             let mut outcomes = Vec::with_capacity(events.len());
@@ -411,42 +543,236 @@ impl Writer {
         }
         let mut batch = sled::Batch::default();
         let new_events = writes.events.len() as u64;
-        for (key, stored) in &writes.events {
-            batch.insert(keys::event_key(key), encode(stored));
-        }
         for (k, b) in &writes.buckets {
             batch.insert(keys::encode_bucket_key(k), encode(b));
         }
-        // Fleet mode: the acknowledged events' content, in the same atomic batch (store/outbox.rs).
+        // Fleet mode: the acknowledged events' content, in the same atomic write (store/outbox.rs): it joins
+        // the default-tree batch, which goes with the dedupe segment in one transaction below.
         if let Some(spool) = &self.place.spool {
             spool.add(&mut batch, calls.iter().map(|(events, at, _, _)| (events.as_slice(), *at)), &all);
         }
-        self.db.apply_batch(batch)?;
+        if new_events == 0 {
+            if !writes.buckets.is_empty() || self.place.spool.is_some() {
+                self.db.apply_batch(batch)?;
+            }
+        } else {
+            self.write_with_events(batch, &writes.events, now_ms)?;
+        }
         self.counters.replays.fetch_add(writes.replays, Ordering::Relaxed);
         self.counters.late_events.fetch_add(writes.late_events, Ordering::Relaxed);
         Ok((all, new_events))
     }
 
-    /// Seals every bucket of every hour before `params.cutoff_hour_ms`: one frozen record per
-    /// (product, customer, dimension, hour), the fraction carried on, buckets removed, the watermark moved,
-    /// all in one atomic batch.
-    fn apply_seal(&self, params: &SealParams) -> Result<SealSummary, StoreError> {
-        let cutoff = hour_start(params.cutoff_hour_ms);
-        if self.sealed_through()?.is_some_and(|s| cutoff <= s) {
-            return Ok(SealSummary::default());
+    /// Writes the buckets in `batch`, the group's idempotency entries into the segment of `now_ms`, that segment's
+    /// count and the events-ever-stored counter: one sled transaction over the default tree and the segment.
+    fn write_with_events(
+        &mut self,
+        mut batch: sled::Batch,
+        events: &[(String, StoredEvent)],
+        now_ms: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let start = self.segments.start_of(now_ms);
+        if !self.segments.live.contains_key(&start) {
+            // A drop of a tree by this name (after the clock went back) must be over before it is made anew.
+            if let Some(h) = self.forgetting.take() {
+                let _ = h.join();
+            }
+            let tree = self.db.open_tree(segments::tree_name(start))?;
+            self.segments.live.insert(start, Segment { tree, count: 0 });
         }
+        let seg = self.segments.live.get(&start).expect("inserted above");
+        let count = seg.count + events.len() as u64;
+        let total = self.events_stored + events.len() as u64;
+        batch.insert(segments::index_key(start), &segments::encode_count(count)[..]);
+        batch.insert(keys::EVENTS_STORED_KEY, &segments::encode_count(total)[..]);
+        let mut entries = sled::Batch::default();
+        for (key, stored) in events {
+            entries.insert(key.as_bytes(), super::schema::encode_entry(stored, start));
+        }
+        use sled::Transactional;
+        (&*self.db, &seg.tree)
+            .transaction(|(main, seg)| {
+                main.apply_batch(&batch)?;
+                seg.apply_batch(&entries)?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
+                sled::transaction::TransactionError::Abort(()) => StoreError::Io("ingest transaction aborted".into()),
+            })?;
+        self.segments.live.get_mut(&start).expect("live").count = count;
+        self.events_stored = total;
+        Ok(())
+    }
+
+    /// Drops every segment entirely past the dedupe window at `now_ms`: its index record goes and its count joins
+    /// the compacted total in one batch, then its tree is dropped whole off this thread ([`segments`]).
+    fn forget(&mut self, now_ms: UnixMillis) -> Result<(), StoreError> {
+        let expired = self.segments.expired(now_ms);
+        self.drop_segments(&expired).map(|_| ())
+    }
+
+    /// Drops the segments starting at `expired` (see [`Self::forget`]); returns how many keys they held.
+    fn drop_segments(&mut self, expired: &[UnixMillis]) -> Result<u64, StoreError> {
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let mut total: super::Compacted = match self.db.get(keys::COMPACTED_KEY)? {
+            Some(v) => decode(&v)?,
+            None => super::Compacted::default(),
+        };
         let mut batch = sled::Batch::default();
+        let mut dropped = 0;
+        for start in expired {
+            dropped += self.segments.live[start].count;
+            batch.remove(segments::index_key(*start));
+        }
+        total.events += dropped;
+        batch.insert(keys::COMPACTED_KEY, encode(&total));
+        self.db.apply_batch(batch)?;
+        for start in expired {
+            self.segments.live.remove(start);
+        }
+        if let Some(h) = self.forgetting.take() {
+            let _ = h.join();
+        }
+        let names = expired.iter().map(|s| segments::tree_name(*s)).collect();
+        self.forgetting = segments::drop_in_background(self.db.clone(), names);
+        Ok(dropped)
+    }
+
+    /// Counts a write that moved usage from one place to another, for reports read in pages (`super::pages`).
+    fn moved_usage(&self, moved: bool) {
+        if moved {
+            self.counters.structure_changes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts sealing every hour before `params.cutoff_hour_ms`, or widens the seal under way (one left by a
+    /// crash or stop included) to it. The caller is answered when the last chunk is durable; at once when there is
+    /// nothing to seal.
+    fn begin_seal(
+        &mut self,
+        mut params: SealParams,
+        reply: Answer<SealSummary>,
+        group: &mut AppliedGroup,
+    ) -> Result<(), (Answer<SealSummary>, StoreError)> {
+        let cutoff = hour_start(params.cutoff_hour_ms);
+        if let Some(job) = &mut self.job {
+            params.cutoff_hour_ms = cutoff.max(job.params.cutoff_hour_ms);
+            job.params = params;
+            job.replies.push(reply);
+            return Ok(());
+        }
+        let started = (|| {
+            let progress: Option<SealProgress> =
+                self.db.get(keys::SEAL_PROGRESS_KEY)?.map(|v| decode(&v)).transpose()?;
+            Ok::<_, StoreError>((progress, self.sealed_through()?))
+        })();
+        let (progress, sealed) = match started {
+            Ok(s) => s,
+            Err(e) => return Err((reply, e)),
+        };
+        let resume_key = match progress {
+            Some(p) => {
+                params.cutoff_hour_ms = cutoff.max(p.cutoff_ms);
+                p.resume_key
+            }
+            None if sealed.is_some_and(|s| cutoff <= s) => {
+                group.replies.push(pending(reply, SealSummary::default()));
+                return Ok(());
+            }
+            None => {
+                params.cutoff_hour_ms = cutoff;
+                keys::BUCKET_PREFIX.to_vec()
+            }
+        };
+        self.job = Some(SealJob { params, resume_key, summary: SealSummary::default(), replies: vec![reply] });
+        Ok(())
+    }
+
+    /// Seals the next chunk of the seal under way, if any, as one atomic batch: whole records only (all tag sets
+    /// of one hour x product x customer x dimension share a key prefix and are never split), about
+    /// `seal_chunk` buckets, with the durable progress and, at the first chunk, the watermark moved to the
+    /// target. From then on ingest places usage of the hours being sealed like usage of any sealed hour, so no
+    /// bucket appears behind the cursor; readers still see the buckets not sealed yet as open usage.
+    fn seal_chunk(&mut self, group: &mut AppliedGroup) {
+        let Some(mut job) = self.job.take() else { return };
+        if let Some(why) = &self.broken {
+            for reply in job.replies {
+                let _ = reply.send(Err(StoreError::Poisoned(why.clone())));
+            }
+            return;
+        }
+        match self.apply_seal_chunk(&mut job) {
+            Ok(false) => self.job = Some(job),
+            Ok(true) => {
+                for reply in job.replies {
+                    group.replies.push(pending(reply, job.summary.clone()));
+                }
+            }
+            // The progress written so far stays: the next seal resumes from it.
+            Err(e) => {
+                for reply in job.replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// One chunk; true when the seal is complete.
+    fn apply_seal_chunk(&self, job: &mut SealJob) -> Result<bool, StoreError> {
+        let cutoff = job.params.cutoff_hour_ms;
+        let bound = keys::bucket_hour_bound(cutoff);
         let mut buckets = Vec::new();
-        for kv in self.db.range(keys::BUCKET_PREFIX.to_vec()..keys::bucket_hour_bound(cutoff)) {
+        let mut record: Option<Vec<u8>> = None;
+        let mut next: Option<Vec<u8>> = None;
+        for kv in self.db.range(job.resume_key.clone()..bound.clone()) {
             let (k, v) = kv?;
             let bk = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let prefix = keys::record_prefix(bk.hour_ms, &bk.product, &bk.identity, &bk.dimension);
+            if record.as_ref() != Some(&prefix) {
+                if buckets.len() >= self.place.seal_chunk {
+                    next = Some(k.to_vec());
+                    break;
+                }
+                record = Some(prefix);
+            }
             buckets.push((k.to_vec(), bk, decode::<Bucket>(&v)?));
         }
-        let mut summary = self.seal_buckets(&mut batch, buckets, params, None)?;
-        batch.insert(keys::SEALED_THROUGH_KEY, encode(&cutoff));
+        if next.is_none() {
+            // Nothing should sit below the cursor; should anything (a store written otherwise), seal it too
+            // rather than leave it open under a moved watermark.
+            if let Some(kv) = self.db.range(keys::BUCKET_PREFIX.to_vec()..job.resume_key.clone()).next() {
+                next = Some(kv?.0.to_vec());
+            }
+        }
+        let mut batch = sled::Batch::default();
+        let summary = self.seal_buckets(&mut batch, buckets, &job.params, None)?;
+        match &next {
+            Some(resume_key) => batch.insert(
+                keys::SEAL_PROGRESS_KEY,
+                encode(&SealProgress { cutoff_ms: cutoff, resume_key: resume_key.clone() }),
+            ),
+            None => batch.remove(keys::SEAL_PROGRESS_KEY),
+        }
+        if self.sealed_through()?.is_none_or(|s| s < cutoff) {
+            batch.insert(keys::SEALED_THROUGH_KEY, encode(&cutoff));
+        }
         self.db.apply_batch(batch)?;
-        summary.sealed_through = Some(cutoff);
-        Ok(summary)
+        // Every chunk moves usage from buckets to records: a report read in pages across it must know.
+        self.moved_usage(summary.buckets > 0);
+        job.summary.buckets += summary.buckets;
+        job.summary.records += summary.records;
+        job.summary.carried_only += summary.carried_only;
+        job.summary.sealed_through = Some(cutoff);
+        match next {
+            Some(k) => {
+                job.resume_key = k;
+                Ok(false)
+            }
+            None => Ok(true),
+        }
     }
 
     /// Turns buckets (in key order: hour first) into sealed records within `batch`. `deadline_cap` brings
@@ -482,34 +808,38 @@ impl Writer {
         }
         // Scan order is hour first, so a series' hours seal oldest first.
         let groups = group_buckets(decoded).map_err(overflow("a record's late usage"))?;
-        // Carries change as successive hours of one series seal in this same batch.
-        let mut carries: HashMap<Vec<u8>, Micros> = HashMap::new();
+        // Carries change as successive hours of one series seal in this same batch; each with whether the store
+        // holds one now (an hour of whole units then needs no write for it: a sled write is most of a seal's cost).
+        let mut carries: HashMap<Vec<u8>, (Micros, bool)> = HashMap::new();
+        let mut totals = self.pending_totals()?;
         for group in groups {
             let rk = &group.key;
             let ck = keys::carry_key(&rk.product, &rk.identity, &rk.dimension);
-            let carried_in = match carries.get(&ck) {
+            let (carried_in, stored) = match carries.get(&ck) {
                 Some(c) => *c,
                 None => match db.get(&ck)? {
-                    Some(v) => decode(&v)?,
-                    None => Micros::ZERO,
+                    Some(v) => (decode(&v)?, true),
+                    None => (Micros::ZERO, false),
                 },
             };
             let record = seal_record(group, carried_in, params, deadline_cap).map_err(overflow("a record's usage"))?;
-            carries.insert(ck, record.carried_out);
+            carries.insert(ck, (record.carried_out, stored));
             let rkey = keys::record_key(&record.key);
             if record.state == RecordState::Carried {
                 summary.carried_only += 1;
             } else {
                 batch.insert(keys::queue_key(record.deadline_ms, &rkey), &[][..]);
+                totals.add(&record, pending::at_risk(db, &record)?);
                 summary.records += 1;
             }
             batch.insert(rkey, encode(&record));
         }
-        for (ck, c) in carries {
-            if c == Micros::ZERO {
-                batch.remove(ck);
-            } else {
+        batch.insert(keys::PENDING_KEY, encode(&totals));
+        for (ck, (c, stored)) in carries {
+            if c != Micros::ZERO {
                 batch.insert(ck, encode(&c));
+            } else if stored {
+                batch.remove(ck);
             }
         }
         Ok(summary)
@@ -575,6 +905,26 @@ impl Writer {
         // Sealed records held under the tenant, never sent: each takes its AWS key now (and keeps it: `sent_as`
         // is frozen), or, when another record has that key, is merged into the identity's next free hour.
         let mut carries: HashMap<Vec<u8>, Micros> = HashMap::new();
+        let mut totals = self.pending_totals()?;
+        if self.db.get(keys::tenant_key(&m.tenant_id))?.is_none() {
+            // The tenant's pending held records the loop below leaves as they are (another product's, or in
+            // flight) stop being at risk now that it is mapped.
+            for kv in self.db.scan_prefix(keys::QUEUE_PREFIX) {
+                let (q, _) = kv?;
+                let k =
+                    keys::record_key_of_queue_entry(&q).ok_or_else(|| StoreError::Corrupt("short queue key".into()))?;
+                if !keys::record_key_is_of_tenant(k, &m.tenant_id) {
+                    continue;
+                }
+                let v = self.db.get(k)?.ok_or_else(|| StoreError::Corrupt("queue entry without its record".into()))?;
+                let r: SealedRecord = decode(&v)?;
+                if pending::held_tenant(&r).is_some() && !(r.key.product == m.product && r.state == RecordState::Sealed)
+                {
+                    totals.remove(&r, true);
+                    totals.add(&r, false);
+                }
+            }
+        }
         // Only pending records can still be sent: walk the queue (bounded by the submission window), not every
         // record ever sealed.
         for kv in self.db.scan_prefix(keys::QUEUE_PREFIX) {
@@ -590,8 +940,13 @@ impl Writer {
             if r.sent_as.is_some() || r.state != RecordState::Sealed {
                 continue;
             }
+            // Read before this batch lands: at risk unless the tenant was already mapped.
+            let was_at_risk = pending::at_risk(&self.db, &r)?;
+            totals.remove(&r, was_at_risk);
             if !self.aws_key_taken(r.key.hour_ms, &r.key.product, &customer, &r.key.dimension, k)? {
-                batch.insert(k.to_vec(), encode(&SealedRecord { sent_as: Some(m.identity.clone()), ..r }));
+                let r = SealedRecord { sent_as: Some(m.identity.clone()), ..r };
+                totals.add(&r, false);
+                batch.insert(k.to_vec(), encode(&r));
                 continue;
             }
             let into_hour_ms = self.free_hour(open_hour, &r.key.product, &customer, &r.key.dimension)?;
@@ -636,6 +991,7 @@ impl Writer {
         for (k, b) in merged {
             batch.insert(k, encode(&b));
         }
+        batch.insert(keys::PENDING_KEY, encode(&totals));
         self.db.apply_batch(batch)?;
         Ok(moved)
     }
@@ -808,6 +1164,10 @@ impl Writer {
     /// meanwhile: this thread is the only writer.
     fn repack(&mut self) -> Result<RepackOutcome, StoreError> {
         let started = std::time::Instant::now();
+        // A drop still freeing pages of the old generation has nothing to do with the copy; let it finish first.
+        if let Some(h) = self.forgetting.take() {
+            let _ = h.join();
+        }
         let bytes_before = self.db.size_on_disk()?;
         // A copy is never larger than the generation it copies: room for that on top of the reserve.
         self.check_room(bytes_before)?;
@@ -836,6 +1196,23 @@ impl Writer {
                 }
             }
             fresh.apply_batch(batch)?;
+            // The live dedupe segments, each into a tree of the same name (a dropped one is not copied).
+            for (start, seg) in &self.segments.live {
+                let tree = fresh.open_tree(segments::tree_name(*start))?;
+                let mut batch = sled::Batch::default();
+                let mut in_batch = 0usize;
+                for kv in seg.tree.iter() {
+                    let (k, v) = kv?;
+                    batch.insert(k, v);
+                    keys += 1;
+                    in_batch += 1;
+                    if in_batch == REPACK_BATCH_KEYS {
+                        tree.apply_batch(std::mem::take(&mut batch))?;
+                        in_batch = 0;
+                    }
+                }
+                tree.apply_batch(batch)?;
+            }
             // The new generation must be whole on disk — log, config, directories, its entry in the data dir —
             // before CURRENT may name it.
             let files = durable::GenerationFiles::open(&path).map_err(io)?;
@@ -856,6 +1233,9 @@ impl Writer {
             let why = format!("switching to repacked store generation {next} failed: {e}");
             self.broken = Some(why.clone());
             return Err(StoreError::Poisoned(why));
+        }
+        for (start, seg) in self.segments.live.iter_mut() {
+            seg.tree = fresh.db.open_tree(segments::tree_name(*start))?;
         }
         self.db = fresh.db.clone();
         let replaced = std::mem::replace(&mut *self.shared.write().unwrap_or_else(|e| e.into_inner()), fresh);
@@ -881,7 +1261,23 @@ impl Writer {
         Ok(outcome)
     }
 
-    fn apply_compact(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
+    fn apply_compact(&mut self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
+        // Segments whose keys all arrived more than a day (the largest future skew allowed) before the cutoff:
+        // retention is at least the dedupe window, so they are past it (normally the ingest path dropped them).
+        let old: Vec<UnixMillis> = self
+            .segments
+            .live
+            .keys()
+            .copied()
+            .filter(|s| s.saturating_add(self.segments.span_ms) <= cutoff_ms.saturating_sub(24 * crate::clock::HOUR_MS))
+            .collect();
+        let events = self.drop_segments(&old)?;
+        let mut removed = self.compact_records(cutoff_ms)?;
+        removed.events = events;
+        Ok(removed)
+    }
+
+    fn compact_records(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
         let mut removed = super::Compacted::default();
         let mut batch = sled::Batch::default();
         // Records are keyed hour first: stop at the first hour not older than the cutoff.
@@ -906,16 +1302,8 @@ impl Writer {
             removed.records += 1;
             batch.remove(k);
         }
-        // An event key older than the retention can no longer be a retry; its hour is long sealed.
-        for kv in self.db.scan_prefix(keys::EVENT_PREFIX) {
-            let (k, v) = kv?;
-            let e: StoredEvent = decode(&v)?;
-            if e.recorded_at_ms < cutoff_ms && e.hour_ms < cutoff_ms {
-                batch.remove(k);
-                removed.events += 1;
-            }
-        }
-        if removed.records + removed.events == 0 {
+        // Idempotency keys are not counted here: their segments leave whole ([`Self::drop_segments`]).
+        if removed.records == 0 {
             return Ok(removed);
         }
         let mut total: super::Compacted = match self.db.get(keys::COMPACTED_KEY)? {
@@ -937,13 +1325,25 @@ impl Writer {
     fn apply_update(&self, records: &[SealedRecord]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let mut lost: Option<super::Lost> = None;
+        let mut totals = self.pending_totals()?;
+        // A record updated twice in one call changes from its state in this batch, not the stored one.
+        let mut updated: HashMap<Vec<u8>, &SealedRecord> = HashMap::new();
         for r in records {
             let rkey = keys::record_key(&r.key);
-            let Some(old) = self.db.get(&rkey)? else {
-                return Err(StoreError::Corrupt(format!("update of unknown record {:?}", r.key)));
+            let old: SealedRecord = match updated.get(&rkey) {
+                Some(o) => (*o).clone(),
+                None => match self.db.get(&rkey)? {
+                    Some(old) => decode(&old)?,
+                    None => return Err(StoreError::Corrupt(format!("update of unknown record {:?}", r.key))),
+                },
             };
-            let old: SealedRecord = decode(&old)?;
             check_update(&old, r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if pending::queued(&old) {
+                totals.remove(&old, pending::at_risk(&self.db, &old)?);
+            }
+            if pending::queued(r) {
+                totals.add(r, pending::at_risk(&self.db, r)?);
+            }
             if let Some(units) = lost_units(r) {
                 // Counted in the same write as the state, so the total can neither miss nor double one.
                 let l = match lost.as_mut() {
@@ -962,8 +1362,10 @@ impl Writer {
             } else {
                 batch.insert(qkey, &[][..]);
             }
-            batch.insert(rkey, encode(r));
+            batch.insert(rkey.clone(), encode(r));
+            updated.insert(rkey, r);
         }
+        batch.insert(keys::PENDING_KEY, encode(&totals));
         if let Some(l) = lost {
             batch.insert(keys::LOST_KEY, encode(&l));
         }

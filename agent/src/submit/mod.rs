@@ -52,6 +52,8 @@ pub struct SubmitStats {
     pub bisections: AtomicU64,
     pub last_success_ms: AtomicI64,
     pub skew: Arc<Skew>,
+    /// The pacer's current send rate, in thousandths of a call per second (`status` projects the drain from it).
+    pub pace_milli_calls: AtomicU64,
 }
 
 impl SubmitStats {
@@ -90,6 +92,7 @@ impl Submitter {
     ) -> anyhow::Result<Self> {
         let acct = config.accounts.get(account).ok_or_else(|| anyhow::anyhow!("unknown account {account}"))?;
         let stats = Arc::new(SubmitStats::default());
+        stats.pace_milli_calls.store((acct.calls_per_second * 1000.0) as u64, Ordering::Relaxed);
         let client = aws::client(acct, clock.clone(), stats.skew.clone()).await?;
         Ok(Self {
             account: account.to_string(),
@@ -272,6 +275,7 @@ impl Submitter {
             self.metrics.call_latency.observe(started.elapsed().as_secs_f64());
             let throttled = matches!(outcome, CallOutcome::Retryable { throttled: true, .. });
             self.pacer.on_response(self.pace_origin.elapsed().as_secs_f64(), throttled);
+            self.stats.pace_milli_calls.store((self.pacer.rate() * 1000.0) as u64, Ordering::Relaxed);
             let now = self.clock.now_ms();
             match outcome {
                 CallOutcome::Answered { results, unprocessed, request_id } => {

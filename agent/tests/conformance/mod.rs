@@ -6,6 +6,9 @@
 
 use std::path::Path;
 
+mod pages;
+use pages::{moving_usage_is_counted, report_pages_cover_the_ledger_once};
+
 use meterd::domain::catalog::LatePolicy;
 use meterd::domain::customer::{CustomerStatus, StatusChange, TenantMapping};
 use meterd::domain::event::{Identity, TagSet, UsageEvent};
@@ -18,14 +21,14 @@ use meterd::store::{Ledger, StoreError};
 
 pub const HOUR: i64 = 3_600_000;
 pub const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
-const ARN: &str = "arn:aws:license-manager::111122223333:license:l-0001";
-const CARRY: IngestRules = IngestRules { late: LatePolicy::Carry, max_lateness_ms: None };
+pub(crate) const ARN: &str = "arn:aws:license-manager::111122223333:license:l-0001";
+pub(crate) const CARRY: IngestRules = IngestRules { late: LatePolicy::Carry, max_lateness_ms: None };
 
-fn aws() -> Identity {
+pub(crate) fn aws() -> Identity {
     Identity::Aws { account_id: "111122223333".into(), license_arn: ARN.into() }
 }
 
-fn ev(key: &str, who: Identity, micros: u128, at_ms: i64, tag: Option<&str>) -> UsageEvent {
+pub(crate) fn ev(key: &str, who: Identity, micros: u128, at_ms: i64, tag: Option<&str>) -> UsageEvent {
     UsageEvent {
         idempotency_key: key.into(),
         product: "p".into(),
@@ -37,7 +40,7 @@ fn ev(key: &str, who: Identity, micros: u128, at_ms: i64, tag: Option<&str>) -> 
     }
 }
 
-fn seal_before(hour_ms: i64) -> SealParams {
+pub(crate) fn seal_before(hour_ms: i64) -> SealParams {
     SealParams {
         cutoff_hour_ms: hour_ms,
         now_ms: hour_ms,
@@ -66,6 +69,8 @@ pub async fn run_all<S: Ledger, F: Fn(&Path) -> S>(open: F) {
     case!(compaction_keeps_totals);
     case!(hour_reads_stay_within_their_hour);
     case!(reclaiming_space_keeps_the_ledger);
+    case!(report_pages_cover_the_ledger_once);
+    case!(moving_usage_is_counted);
 }
 
 /// Space reclamation (sled: a repack into a fresh generation) is housekeeping: whatever a backend does, the

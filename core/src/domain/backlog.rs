@@ -32,6 +32,16 @@ impl Backlog {
         Ok(b)
     }
 
+    /// Seconds to send `pending` records at `records_per_call` (BatchMeterUsage: 25) and `calls_per_second` in
+    /// all (None when nothing is pending or nothing sends).
+    pub fn drain_seconds(pending: u64, records_per_call: usize, calls_per_second: f64) -> Option<u64> {
+        if pending == 0 || calls_per_second <= 0.0 || records_per_call == 0 {
+            return None;
+        }
+        let calls = pending.div_ceil(records_per_call as u64);
+        Some((calls as f64 / calls_per_second).ceil() as u64)
+    }
+
     /// Age of the oldest pending hour at `now_ms`, in whole seconds (0 when nothing is pending).
     pub fn oldest_pending_age_seconds(&self, now_ms: UnixMillis) -> i64 {
         self.oldest_pending_hour_ms.map_or(0, |h| (now_ms - h).max(0) / 1000)
@@ -79,5 +89,15 @@ mod tests {
         let none = Backlog::of(&[], |_| Ok::<_, ()>(true)).unwrap();
         assert_eq!((none.oldest_pending_hour_ms, none.oldest_pending_age_seconds(9)), (None, 0));
         assert_eq!(Backlog::of(&records, |_| Err("store")), Err("store"), "a failed lookup is an error, not a guess");
+    }
+
+    #[test]
+    fn a_full_hour_at_the_quota_drains_in_an_hour() {
+        // AWS's ceiling: 10 calls/s x 25 records = 900,000 records an hour.
+        assert_eq!(Backlog::drain_seconds(900_000, 25, 10.0), Some(3_600));
+        assert_eq!(Backlog::drain_seconds(26, 25, 10.0), Some(1), "two calls at 10/s take 0.2 s, shown as 1 s");
+        assert_eq!(Backlog::drain_seconds(1_000, 25, 2.5), Some(16));
+        assert_eq!(Backlog::drain_seconds(0, 25, 10.0), None);
+        assert_eq!(Backlog::drain_seconds(5, 25, 0.0), None);
     }
 }

@@ -43,7 +43,7 @@ pub enum LatePolicy {
 pub struct Limits {
     /// How far ahead of the agent's clock a timestamp may be (`ingest.max_future_skew`).
     pub max_future_skew_ms: i64,
-    /// How old a timestamp may be and still be deduplicated (`storage.retention`).
+    /// How old a timestamp may be and still be deduplicated (`storage.dedupe_window`).
     pub dedupe_horizon_ms: i64,
     /// How old usage may be and still be billed (`pipeline.max_lateness`); `None` = only the dedupe horizon.
     pub max_lateness_ms: Option<i64>,
@@ -55,7 +55,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_future_skew_ms: 5 * 60_000,
-            dedupe_horizon_ms: 45 * 24 * crate::clock::HOUR_MS,
+            dedupe_horizon_ms: 48 * crate::clock::HOUR_MS,
             max_lateness_ms: None,
             late: LatePolicy::Carry,
         }

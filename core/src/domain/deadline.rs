@@ -40,6 +40,30 @@ mod tests {
         assert_eq!(deadline(ms(2028, 2, 29, 12), 24 * H, 0), ms(2028, 3, 1, 6));
     }
 
+    /// AWS's ceiling is 10 BatchMeterUsage calls/s x 25 records = 900,000 records an hour, so a seller at the
+    /// ceiling needs every hour's whole quota to send the previous hour. Deadlines never decrease with the hour
+    /// (both terms of the min are non-decreasing), so the queue's most-urgent-first order is oldest hour first:
+    /// each full hour, sealed `seal_grace` after it ends, is sent within the hour after, and every record meets
+    /// its deadline with either window, across a month end (where the last day's hours all fall due at 06:00 on
+    /// the 1st) and with the default 30-minute margin.
+    #[test]
+    fn a_full_hour_every_hour_at_the_quota_meets_every_deadline_across_a_month_end() {
+        let (records_per_hour, per_second) = (900_000i64, 250i64);
+        let (grace, margin) = (5 * 60_000, 30 * 60_000);
+        for window in [24 * H, 6 * H] {
+            let first = ms(2026, 11, 28, 0);
+            let hours: Vec<i64> = (0..5 * 24).map(|i| first + i * H).collect();
+            let deadlines: Vec<i64> = hours.iter().map(|h| deadline(*h, window, margin)).collect();
+            assert!(deadlines.windows(2).all(|w| w[0] <= w[1]), "most urgent first = oldest hour first");
+            let mut sent_by = i64::MIN;
+            for h in hours {
+                let sealed = h + H + grace;
+                sent_by = sent_by.max(sealed) + records_per_hour / per_second * 1000;
+                assert!(sent_by <= deadline(h, window, margin), "hour {h} in window {window}");
+            }
+        }
+    }
+
     #[test]
     fn a_short_window_is_never_extended_by_the_month_end_rule() {
         assert_eq!(deadline(ms(2026, 11, 30, 23), 6 * H, 0), ms(2026, 12, 1, 5));

@@ -51,8 +51,61 @@ pub struct UsageEvent {
 
 impl UsageEvent {
     /// Fingerprint of everything the caller said, used to tell a replay from a conflicting reuse of the key.
-    /// Quantities are compared by value ("1.0" equals "1"), tags as a set.
-    pub fn content_digest(&self) -> [u8; 32] {
+    /// Quantities are compared by value ("1.0" equals "1"), tags as a set. Computed over the explicit layout of
+    /// [`content_bytes`](Self::content_bytes), never over a serde layout a refactor could change.
+    pub fn content_digest(&self) -> ContentDigest {
+        ContentDigest::V2(first16(&Sha256::digest(self.content_bytes())))
+    }
+
+    /// The explicit content layout the digest covers. Fields in this order, never reordered (a change is a new
+    /// digest version): the tag `meterd.event.v2\0`; product; identity (`u8` kind 0 tenant, 1 AWS, 2 legacy,
+    /// 3 deployment, then its strings); dimension; quantity (`u128` micro-units, big-endian); timestamp (`0`, or
+    /// `1` + `i64` ms big-endian); tag count (`u32`) and each key and value in key order. Strings are a `u32`
+    /// big-endian length + UTF-8 bytes.
+    pub fn content_bytes(&self) -> Vec<u8> {
+        fn put(out: &mut Vec<u8>, s: &str) {
+            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(b"meterd.event.v2\0");
+        put(&mut out, &self.product);
+        match &self.identity {
+            Identity::Tenant(t) => {
+                out.push(0);
+                put(&mut out, t);
+            }
+            Identity::Aws { account_id, license_arn } => {
+                out.push(1);
+                put(&mut out, account_id);
+                put(&mut out, license_arn);
+            }
+            Identity::Legacy { customer_identifier } => {
+                out.push(2);
+                put(&mut out, customer_identifier);
+            }
+            Identity::Deployment => out.push(3),
+        }
+        put(&mut out, &self.dimension);
+        out.extend_from_slice(&self.quantity.0.to_be_bytes());
+        match self.timestamp_ms {
+            None => out.push(0),
+            Some(t) => {
+                out.push(1);
+                out.extend_from_slice(&t.to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&(self.tags.len() as u32).to_be_bytes());
+        for (k, v) in &self.tags {
+            put(&mut out, k);
+            put(&mut out, v);
+        }
+        out
+    }
+
+    /// The digest meterd 0.x with store v1 kept (postcard of these fields). Frozen: only entries migrated from a
+    /// v1 store carry it, and they leave with the dedupe window.
+    pub fn content_digest_v1(&self) -> [u8; 32] {
         #[derive(Serialize)]
         struct Content<'a> {
             product: &'a str,
@@ -73,6 +126,43 @@ impl UsageEvent {
         let bytes = postcard::to_allocvec(&c).expect("in-memory encoding cannot fail");
         Sha256::digest(&bytes).into()
     }
+
+    /// Whether this event has the content a stored digest fingerprints (of whichever layout it was made with).
+    pub fn matches(&self, stored: &ContentDigest) -> bool {
+        match stored {
+            ContentDigest::V2(_) => self.content_digest() == *stored,
+            ContentDigest::V1(d) => first16(&self.content_digest_v1()) == *d,
+        }
+    }
+}
+
+/// The first 128 bits of a SHA-256: collisions stay out of reach (2^-128 per pair) at half the bytes stored.
+fn first16(digest: &[u8]) -> [u8; 16] {
+    digest[..16].try_into().expect("a SHA-256 has 32 bytes")
+}
+
+/// A content fingerprint, tagged with the layout it was computed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentDigest {
+    /// Over [`UsageEvent::content_bytes`].
+    V2([u8; 16]),
+    /// Over the v1 postcard layout ([`UsageEvent::content_digest_v1`]): entries migrated from a v1 store.
+    V1([u8; 16]),
+}
+
+impl ContentDigest {
+    /// The fingerprint's 16 bytes (whichever layout it was made with).
+    pub fn bytes(&self) -> [u8; 16] {
+        match self {
+            ContentDigest::V2(d) | ContentDigest::V1(d) => *d,
+        }
+    }
+
+    /// A current-layout fingerprint kept elsewhere as bytes (the fleet ledger stores only these); None unless it
+    /// is 16 bytes.
+    pub fn v2_from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(ContentDigest::V2)
+    }
 }
 
 /// The aggregation key: one bucket per (product, customer, dimension, UTC hour, tag set). Sealing turns all
@@ -87,9 +177,9 @@ pub struct BucketKey {
 }
 
 /// What the store keeps per idempotency key: enough to answer a replay with the original receipt.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
-    pub digest: [u8; 32],
+    pub digest: ContentDigest,
     /// True when the event's own hour was already sealed and it was counted in `hour_ms` instead.
     pub late: bool,
     pub product: String,
@@ -130,4 +220,64 @@ pub struct Bucket {
     pub events: u64,
     /// Part of `total` that arrived for an hour already sealed and was counted here instead.
     pub late: Micros,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> UsageEvent {
+        UsageEvent {
+            idempotency_key: "k".into(),
+            product: "app".into(),
+            identity: Identity::Aws { account_id: "111122223333".into(), license_arn: "arn:l".into() },
+            dimension: "api_calls".into(),
+            quantity: Micros(1_500_000),
+            timestamp_ms: Some(1_764_460_800_000),
+            tags: [("region".to_string(), "eu".to_string())].into(),
+        }
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn content_layout_is_pinned_byte_for_byte() {
+        let mut want = b"meterd.event.v2\0".to_vec();
+        want.extend_from_slice(&[0, 0, 0, 3]);
+        want.extend_from_slice(b"app");
+        want.push(1);
+        want.extend_from_slice(&[0, 0, 0, 12]);
+        want.extend_from_slice(b"111122223333");
+        want.extend_from_slice(&[0, 0, 0, 5]);
+        want.extend_from_slice(b"arn:l");
+        want.extend_from_slice(&[0, 0, 0, 9]);
+        want.extend_from_slice(b"api_calls");
+        want.extend_from_slice(&1_500_000u128.to_be_bytes());
+        want.push(1);
+        want.extend_from_slice(&1_764_460_800_000i64.to_be_bytes());
+        want.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 6]);
+        want.extend_from_slice(b"region");
+        want.extend_from_slice(&[0, 0, 0, 2]);
+        want.extend_from_slice(b"eu");
+        assert_eq!(sample().content_bytes(), want);
+    }
+
+    #[test]
+    fn digests_are_pinned_and_the_v1_one_still_matches_v1_entries() {
+        let e = sample();
+        let ContentDigest::V2(d) = e.content_digest() else { panic!() };
+        assert_eq!(hex(&d), hex(&Sha256::digest(e.content_bytes())[..16]));
+        // The digest meterd with store v1 stored for this event (its code, unchanged, is `content_digest_v1`).
+        assert_eq!(hex(&e.content_digest_v1()), V1_SAMPLE_DIGEST);
+        let v1 = ContentDigest::V1(e.content_digest_v1()[..16].try_into().unwrap());
+        assert!(e.matches(&v1) && e.matches(&e.content_digest()));
+        let changed = UsageEvent { quantity: Micros(1_500_001), ..e.clone() };
+        assert!(!changed.matches(&v1) && !changed.matches(&e.content_digest()));
+        let untimed = UsageEvent { timestamp_ms: None, ..e };
+        assert!(!untimed.matches(&v1) && !untimed.matches(&sample().content_digest()));
+    }
+
+    const V1_SAMPLE_DIGEST: &str = "bd0a047e275879be0fa412b41df314d5eec95ad25eedb0cd46207558620fa8ce";
 }

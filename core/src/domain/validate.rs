@@ -253,14 +253,17 @@ pub fn validate(ev: RawEvent, catalog: &Catalog, now_ms: UnixMillis) -> Result<U
                     ),
                 ));
             }
-            let retention = catalog.limits.dedupe_horizon_ms;
-            if ms < now_ms.saturating_sub(retention) {
+            // Idempotency keys are remembered for the window only: an event older than it could be a retry of one
+            // already forgotten, and counting it again would bill it twice.
+            let window = catalog.limits.dedupe_horizon_ms;
+            if ms < now_ms.saturating_sub(window) {
                 return Err(FieldError::new(
                     "timestamp",
                     format!(
-                        "{} is older than storage.retention ({}): usage that old can no longer be deduplicated or billed",
+                        "{} is older than storage.dedupe_window ({}): an event that old can no longer be deduplicated \
+                         (a retry after the window is not recognised), so it is not counted",
                         crate::clock::rfc3339(ms),
-                        humantime::format_duration(duration(retention))
+                        humantime::format_duration(duration(window))
                     ),
                 ));
             }
@@ -481,7 +484,7 @@ mod tests {
         refused(
             RawEvent { timestamp: ts(NOW / 1000 - 46 * 24 * 3600, 0), ..good() },
             "timestamp",
-            "older than storage.retention",
+            "older than storage.dedupe_window",
         );
         assert!(validate(RawEvent { timestamp: ts(NOW / 1000 - 44 * 24 * 3600, 0), ..good() }, &config(), NOW).is_ok());
     }

@@ -12,6 +12,7 @@
 
 mod customers;
 mod error;
+mod report;
 mod retry;
 mod usage;
 
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 
 pub use customers::{CustomerInfo, EventOutcome, Reinstated, StatusChange};
 pub use error::Error;
+pub use report::{ReportItem, ReportQuery, ReportStream};
 pub use retry::RetryPolicy;
 pub use usage::{Customer, Quantity, Receipt, Usage, from_timestamp, new_idempotency_key, to_timestamp};
 
@@ -181,7 +183,9 @@ impl Client {
         .await
     }
 
-    /// Where every recorded unit went, per hour x customer x dimension (`Admin.Report`).
+    /// Where every recorded unit went, per hour x customer x dimension (`Admin.Report`), in one reply: for small
+    /// ledgers. Past what one reply can carry the agent refuses (RESOURCE_EXHAUSTED); use
+    /// [`Client::report_stream`].
     pub async fn report(&self) -> Result<v1::ReportResponse, Error> {
         self.call(|| {
             let mut a = self.conn.admin();

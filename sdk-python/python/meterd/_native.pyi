@@ -288,6 +288,79 @@ class Report:
         """Usage drops of the last ended hour."""
 
 @final
+class ReportGroup:
+    """The summary of one hour x product x dimension (decimal strings exact, whole units ints)."""
+
+    @property
+    def hour(self) -> Optional[datetime.datetime]: ...
+    @property
+    def product(self) -> str: ...
+    @property
+    def dimension(self) -> str: ...
+    @property
+    def customers(self) -> int:
+        """Customers with usage in the group (0 in ``ReportTrailer.selected``)."""
+    @property
+    def rows(self) -> int: ...
+    @property
+    def recorded(self) -> str: ...
+    @property
+    def late(self) -> str: ...
+    @property
+    def open(self) -> str: ...
+    @property
+    def sealed(self) -> int: ...
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def expired(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def states(self) -> dict[str, int]:
+        """Rows by state."""
+
+@final
+class ReportTrailer:
+    """The end of a report stream: the whole ledger's totals and the sum of what was streamed."""
+
+    @property
+    def totals(self) -> ReportTotals: ...
+    @property
+    def selected(self) -> ReportGroup: ...
+    @property
+    def rows_sent(self) -> int: ...
+    @property
+    def groups_sent(self) -> int: ...
+    @property
+    def consistent(self) -> bool:
+        """False when a seal moved usage while rows streamed: read again."""
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def usage_drops(self) -> list[UsageDrop]: ...
+
+@final
+class ReportStream:
+    """Iterate for ``ReportGroup`` (summary) or ``ReportRow`` (``rows=True``); ``trailer`` is set at the end."""
+
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> Union[ReportGroup, ReportRow]: ...
+    @property
+    def trailer(self) -> Optional[ReportTrailer]: ...
+
+@final
+class AsyncReportStream:
+    """``async for`` over ``ReportGroup`` (summary) or ``ReportRow`` (``rows=True``); ``trailer`` is set at the end."""
+
+    def __aiter__(self) -> Self: ...
+    async def __anext__(self) -> Union[ReportGroup, ReportRow]: ...
+    @property
+    def trailer(self) -> Optional[ReportTrailer]: ...
+
+@final
 class StatusChange:
     """One lifecycle event in a customer's history."""
 
@@ -371,6 +444,17 @@ class Client:
     def status(self) -> AgentStatus: ...
     def flush(self) -> FlushResult: ...
     def report(self) -> Report: ...
+    def report_stream(
+        self,
+        *,
+        rows: bool = False,
+        since: Optional[datetime.datetime] = None,
+        until: Optional[datetime.datetime] = None,
+        customer: Optional[str] = None,
+        dimension: Optional[str] = None,
+        state: Optional[str] = None,
+        product: Optional[str] = None,
+    ) -> ReportStream: ...
     def put_customer(
         self,
         tenant_id: str,
@@ -425,6 +509,17 @@ class AsyncClient:
     async def status(self) -> AgentStatus: ...
     async def flush(self) -> FlushResult: ...
     async def report(self) -> Report: ...
+    async def report_stream(
+        self,
+        *,
+        rows: bool = False,
+        since: Optional[datetime.datetime] = None,
+        until: Optional[datetime.datetime] = None,
+        customer: Optional[str] = None,
+        dimension: Optional[str] = None,
+        state: Optional[str] = None,
+        product: Optional[str] = None,
+    ) -> AsyncReportStream: ...
     async def put_customer(
         self,
         tenant_id: str,

@@ -49,14 +49,15 @@ function startSimulate(tmp) {
   });
 }
 
-/** `meterd report --format json` from the running agent: the CLI every operator uses. */
+/** `meterd report --rows --format json` (JSON Lines) from the running agent: the CLI every operator uses. */
 function report(tcp) {
-  const out = execFileSync(METERD, ["report", "--target", tcp, "--format", "json"], {
+  const out = execFileSync(METERD, ["report", "--target", tcp, "--rows", "--format", "json"], {
     encoding: "utf8",
     // Exit 0 (reconciled), 3 or 4 all print the report; the test asserts on its content.
     stdio: ["ignore", "pipe", "inherit"],
   });
-  return JSON.parse(out);
+  const lines = out.trim().split("\n").map((l) => JSON.parse(l));
+  return { rows: lines.filter((l) => l.type === "row"), totals: lines.find((l) => l.type === "totals") };
 }
 
 async function until(what, check) {

@@ -8,8 +8,9 @@
 //! Per N it prints: the time to record the hour (batches of 1,000 from 4 callers), the time `Flush` takes to seal
 //! it, the latency of unary `RecordUsage` calls issued while the seal runs (p50 / p99 / max), the agent's peak RSS
 //! (VmHWM) after recording, after the seal and after the drain window, `Status` latency with the hour pending, the
-//! unary `Report` (time and size, or the error it fails with), and the submission rate through the emulator over
-//! the drain window with the projected time to drain the hour at that rate.
+//! unary `Report` (time and size, or the error it fails with), the submission rate through the emulator over
+//! the drain window (`--drain-seconds`: a 900,000-record hour takes an hour at the quota) with the projected time to
+//! drain the hour at that rate, and the drain time `Status` itself projects.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,8 +33,11 @@ struct Args {
     #[arg(long, default_value_t = 1_000)]
     batch: usize,
     /// How long to watch submission after the seal (the drain rate is measured over this window).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, alias = "drain-seconds", default_value_t = 30)]
     drain_secs: u64,
+    /// The agent's `storage.seal_chunk` (buckets per atomic seal write); its default when unset.
+    #[arg(long)]
+    seal_chunk: Option<usize>,
     /// The agent's `storage.cache_mb`.
     #[arg(long, default_value_t = 256)]
     cache_mb: u64,
@@ -89,6 +93,8 @@ struct Row {
     hwm_end: f64,
     rss_end: f64,
     status_ms: Vec<Duration>,
+    /// What `Status` projected for the drain right after the seal, in seconds.
+    status_drain_s: u64,
     report: String,
     drain_rps: f64,
 }
@@ -106,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         args.dimensions, args.callers, args.batch, args.cache_mb
     );
     println!(
-        "{:>8} {:>9} {:>8} {:>8} {:>24} {:>26} {:>14} {:>28} {:>10} {:>10}",
+        "{:>8} {:>9} {:>8} {:>8} {:>24} {:>26} {:>14} {:>28} {:>10} {:>10} {:>12}",
         "N",
         "record s",
         "seal s",
@@ -116,7 +122,8 @@ async fn main() -> anyhow::Result<()> {
         "status ms",
         "unary report",
         "drain r/s",
-        "drain h"
+        "drain h",
+        "status est h"
     );
     for r in rows {
         let mut probe = r.probe.clone();
@@ -124,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
         let mut status = r.status_ms.clone();
         status.sort();
         println!(
-            "{:>8} {:>9.1} {:>8.2} {:>8} {:>24} {:>26} {:>14} {:>28} {:>10.1} {:>10.2}",
+            "{:>8} {:>9.1} {:>8.2} {:>8} {:>24} {:>26} {:>14} {:>28} {:>10.1} {:>10.2} {:>12.2}",
             r.pairs,
             r.record_s,
             r.seal_s,
@@ -141,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             r.report,
             r.drain_rps,
             if r.drain_rps > 0.0 { r.sealed as f64 / r.drain_rps / 3600.0 } else { f64::INFINITY },
+            r.status_drain_s as f64 / 3600.0,
         );
     }
     Ok(())
@@ -171,6 +179,7 @@ listen = "127.0.0.1:0"
 [storage]
 data_dir = "{data}"
 cache_mb = {cache}
+{chunk}
 [pipeline]
 seal_grace = "2h"
 [accounts.emu]
@@ -185,6 +194,7 @@ dimensions = [{dims}]
 "#,
         data = dir.path().join("data").display(),
         cache = args.cache_mb,
+        chunk = args.seal_chunk.map(|c| format!("seal_chunk = {c}")).unwrap_or_default(),
         endpoint = handle.endpoint_url(),
         dims = quoted.join(", "),
     );
@@ -286,10 +296,12 @@ dimensions = [{dims}]
 
     // Status with the hour pending.
     let mut status_ms = Vec::new();
+    let mut status_drain_s = 0;
     for _ in 0..5 {
         let t = Instant::now();
-        client.admin().status(v1::StatusRequest {}).await?;
+        let s = client.admin().status(v1::StatusRequest {}).await?.into_inner();
         status_ms.push(t.elapsed());
+        status_drain_s = status_drain_s.max(s.projected_drain_seconds);
     }
 
     // The unary report, as `meterd report` calls it.
@@ -323,6 +335,7 @@ dimensions = [{dims}]
         hwm_end,
         rss_end,
         status_ms,
+        status_drain_s,
         report,
         drain_rps,
     })

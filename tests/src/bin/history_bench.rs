@@ -5,9 +5,10 @@
 //!     cargo build --release -p meterd -p meterd-tests
 //!     target/release/history-bench --events 1000000 --events 10000000
 //!
-//! Per N it prints: events still inside the dedupe window (the store's `retention` for the v1 layout) and the data
-//! dir's bytes per such event, the data dir at the end and its peak, the longest and p99.9 latency of the batch
-//! calls while retention ran, and the time from a SIGKILL to serving again (the restart's ready line).
+//! Per N it prints: events still inside the dedupe window (`--dedupe-window`: store v2 keeps idempotency keys that
+//! long; a v1 store kept them for the whole `retention`) and the data dir's bytes per such event, the data dir at the end and its peak, the longest and p99.9 latency of the batch
+//! calls while retention ran, and the time from a SIGKILL to serving again (the restart's ready line); then the data
+//! dir at each simulated day (flat once the window has passed, if the store is bounded by what the job needs).
 //!
 //! The restarted agent's scaled clock starts again from the real time (behind the recorded data); only its start-up
 //! time is measured.
@@ -35,9 +36,12 @@ struct Args {
     /// The highest ingest rate to ask for, in events/s of real time (batches of 1,000 from 2 callers).
     #[arg(long, default_value_t = 30_000.0)]
     max_rate: f64,
-    /// The store's retention (v1: how long each event's key is kept).
+    /// The store's retention (the ledger; v1 also kept every event's key this long).
     #[arg(long, default_value = "3d")]
     retention: String,
+    /// `storage.dedupe_window`: how long store v2 keeps an idempotency key.
+    #[arg(long, default_value = "48h")]
+    dedupe_window: String,
     #[arg(long, default_value = ".")]
     data_root: std::path::PathBuf,
 }
@@ -55,6 +59,8 @@ struct Row {
     peak_bytes: u64,
     lat: Histogram<u64>,
     restart_s: f64,
+    /// (simulated day, data dir bytes), sampled as the run goes.
+    by_day: Vec<(f64, u64)>,
 }
 
 struct Running {
@@ -92,15 +98,16 @@ fn parse_days(s: &str) -> anyhow::Result<f64> {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let window_days = parse_days(&args.retention)?;
+    let window_days = parse_days(&args.dedupe_window)?.min(parse_days(&args.retention)?);
     let mut rows = Vec::new();
     for &n in &args.events {
         rows.push(run(&args, n, window_days).await?);
     }
+    let rows_by_day: Vec<(u64, Vec<(f64, u64)>)> = rows.iter().map(|r| (r.events, r.by_day.clone())).collect();
     println!(
-        "\nhistory benchmark: N events over at least {} simulated days at {}×, window (retention) {}, batches of \
+        "\nhistory benchmark: N events over at least {} simulated days at {}×, dedupe window {}, batches of \
          {BATCH} from {CALLERS} callers",
-        args.days, args.speed, args.retention
+        args.days, args.speed, args.dedupe_window
     );
     println!(
         "{:>10} {:>8} {:>8} {:>11} {:>10} {:>12} {:>12} {:>11} {:>11} {:>11}",
@@ -120,6 +127,10 @@ async fn main() -> anyhow::Result<()> {
             r.lat.max() as f64 / 1000.0,
             r.restart_s
         );
+    }
+    for r in &rows_by_day {
+        let days: Vec<String> = r.1.iter().map(|(d, b)| format!("day {d:.0}: {:.1}", *b as f64 / 1e6)).collect();
+        println!("N = {}: data dir MB by simulated day — {}", r.0, days.join(", "));
     }
     Ok(())
 }
@@ -142,6 +153,7 @@ listen = "127.0.0.1:0"
 [storage]
 data_dir = "{}"
 retention = "{}"
+dedupe_window = "{}"
 [pipeline]
 max_lateness = "1h"
 [products.app]
@@ -149,22 +161,31 @@ identity = "license"
 dimensions = ["api_calls", "gb_hours"]
 "#,
             data.display(),
-            args.retention
+            args.retention,
+            args.dedupe_window
         ),
     )?;
     let (mut agent, _) = start(&config, speed)?;
     let client = meterd_proto::client::Client::connect(&agent.target, Duration::from_secs(5)).await?;
 
-    // Data dir sampler: the peak over the run.
+    // Data dir sampler: the peak over the run, and the size at each whole simulated day.
     let peak = Arc::new(AtomicU64::new(0));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let (peak, done, data) = (peak.clone(), done.clone(), data.clone());
+        let t0 = Instant::now();
         std::thread::spawn(move || {
+            let mut by_day = Vec::new();
             while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(meterd::store::generation::dir_bytes(&data), Ordering::Relaxed);
+                let bytes = meterd::store::generation::dir_bytes(&data);
+                peak.fetch_max(bytes, Ordering::Relaxed);
+                let day = t0.elapsed().as_secs_f64() * speed / 86_400.0;
+                if day.floor() as usize >= by_day.len() {
+                    by_day.push((day.floor(), bytes));
+                }
                 std::thread::sleep(Duration::from_millis(250));
             }
+            by_day
         })
     };
 
@@ -213,7 +234,7 @@ dimensions = ["api_calls", "gb_hours"]
     }
     let secs = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
-    let _ = sampler.join();
+    let by_day = sampler.join().unwrap_or_default();
     let end_bytes = meterd::store::generation::dir_bytes(&data);
     let in_window = ((n as f64) * (window_days / days).min(1.0)) as u64;
 
@@ -232,5 +253,6 @@ dimensions = ["api_calls", "gb_hours"]
         peak_bytes: peak.load(Ordering::Relaxed).max(end_bytes),
         lat,
         restart_s: ready.as_secs_f64(),
+        by_day,
     })
 }
