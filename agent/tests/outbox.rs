@@ -25,7 +25,12 @@ fn event(key: &str, qty: u128, ts: Option<i64>) -> UsageEvent {
 }
 
 fn options() -> StoreOptions {
-    StoreOptions { cache_bytes: 16 << 20, min_free: meterd::store::space::MinFree::Bytes(0) }
+    StoreOptions {
+        cache_bytes: 16 << 20,
+        min_free: meterd::store::space::MinFree::Bytes(0),
+        seal_chunk: meterd::store::SEAL_CHUNK_BUCKETS,
+        dedupe_keep_ms: meterd::store::DEFAULT_DEDUPE_KEEP_MS,
+    }
 }
 
 fn rt() -> tokio::runtime::Runtime {
