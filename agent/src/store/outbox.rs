@@ -89,7 +89,12 @@ pub const SPOOL_MODE_KEY: &[u8] = b"m/spool";
 /// counted (billed twice); a standalone ledger opened as a spool would never submit what it holds (never billed).
 pub(crate) fn check_mode(db: &sled::Db, spool: bool) -> Result<(), StoreError> {
     let is_spool = db.contains_key(SPOOL_MODE_KEY)?;
-    let holds_usage = db.scan_prefix(super::keys::EVENT_PREFIX).next().is_some();
+    // Usage, whichever layout holds it: events counted (store v2), v1 event keys not migrated yet, or buckets and
+    // records (a ledger whose event keys all left with the dedupe window).
+    let holds_usage = db.get(super::keys::EVENTS_STORED_KEY)?.is_some_and(|v| v.iter().any(|b| *b != 0))
+        || [super::keys::EVENT_PREFIX, super::keys::BUCKET_PREFIX, super::keys::RECORD_PREFIX]
+            .iter()
+            .any(|p| db.scan_prefix(p).next().is_some());
     match (spool, is_spool) {
         (true, false) if holds_usage => Err(StoreError::Io(
             "storage.data_dir holds a standalone ledger with usage: fleet mode needs a fresh data dir (let this one \
