@@ -108,6 +108,13 @@ export interface AgentStatus {
   diskFull: boolean;
   /** Usage drops of the last ended hour. */
   usageDrops: UsageDrop[];
+  /** Pending records marked InFlight (sent, answer not recorded yet). */
+  pendingInFlight: number;
+  /** Whole units of the pending records, and of those at risk. */
+  pendingUnits: number;
+  unitsAtRisk: number;
+  /** Seconds to send every pending record at the submitters' current rates (0 when nothing is pending). */
+  projectedDrainSeconds: number;
 }
 
 /** An ended hour far below its own baseline (the same hour on previous days and weekdays). */

@@ -83,6 +83,10 @@ pub struct NativeStatus {
     pub disk_reserve_bytes: i64,
     pub disk_full: bool,
     pub usage_drops: Vec<NativeUsageDrop>,
+    pub pending_in_flight: i64,
+    pub pending_units: i64,
+    pub units_at_risk: i64,
+    pub projected_drain_seconds: i64,
 }
 
 impl From<v1::StatusResponse> for NativeStatus {
@@ -130,6 +134,10 @@ impl From<v1::StatusResponse> for NativeStatus {
             disk_reserve_bytes: s.disk_reserve_bytes as i64,
             disk_full: s.disk_full,
             usage_drops: drops(s.usage_drops),
+            pending_in_flight: s.pending_in_flight as i64,
+            pending_units: s.pending_units as i64,
+            units_at_risk: s.units_at_risk as i64,
+            projected_drain_seconds: s.projected_drain_seconds as i64,
         }
     }
 }

@@ -85,6 +85,10 @@ pub struct AgentStatus {
     pub disk_reserve_bytes: u64,
     pub disk_full: bool,
     pub usage_drops: Vec<UsageDrop>,
+    pub pending_in_flight: u64,
+    pub pending_units: u64,
+    pub units_at_risk: u64,
+    pub projected_drain_seconds: u64,
 }
 
 #[pymethods]
@@ -141,6 +145,10 @@ pub fn status_to_py(py: Python<'_>, s: v1::StatusResponse) -> PyResult<Py<PyAny>
         disk_reserve_bytes: s.disk_reserve_bytes,
         disk_full: s.disk_full,
         usage_drops: drops(s.usage_drops),
+        pending_in_flight: s.pending_in_flight,
+        pending_units: s.pending_units,
+        units_at_risk: s.units_at_risk,
+        projected_drain_seconds: s.projected_drain_seconds,
     };
     Ok(Py::new(py, status)?.into_any())
 }

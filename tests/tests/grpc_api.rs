@@ -211,6 +211,6 @@ fn status_command_reports_a_running_agent() {
     let out = Command::new(meterd_bin()).args(["status", "--json", "--target", &agent.target()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_version"], meterd::store::SCHEMA_VERSION);
     assert_eq!(v["products"][0]["name"], "app");
 }

@@ -25,6 +25,8 @@ const TYPES: &[(&str, &str, &str)] = &[
     ("CustomerInfo", "CustomerInfo", "CustomerInfo"),
     ("ApplyEventResponse", "EventOutcome", "EventOutcome"),
     ("UsageDrop", "UsageDrop", "UsageDrop"),
+    ("ReportGroup", "ReportGroup", "ReportGroup"),
+    ("ReportTrailer", "ReportTrailer", "ReportTrailer"),
 ];
 
 /// (proto message, proto field, why the SDKs do not expose it under its proto name).
@@ -56,6 +58,10 @@ const NOT_TYPES: &[(&str, &str)] = &[
     ("StatusRequest", "no fields"),
     ("FlushRequest", "no fields"),
     ("ReportRequest", "no fields"),
+    ("ReportStreamRequest", "its fields are report_stream()'s / reportStream()'s options"),
+    ("ReportChunk", "the stream's envelope: the SDK streams yield its rows or groups and keep its trailer"),
+    ("ReportRows", "a page of ReportRow inside a ReportChunk: the SDK streams yield the rows one by one"),
+    ("ReportGroups", "a page of ReportGroup inside a ReportChunk: the SDK streams yield the groups one by one"),
     ("RepackRequest", "no fields; repack is an operator command (meterd repack), not an SDK call"),
     ("RepackResponse", "repack is an operator command (meterd repack), not an SDK call"),
     ("SubmissionPolicy", "StatusResponse.policy: for tooling (meterd import), not exposed by the SDKs"),

@@ -169,6 +169,18 @@ class AgentStatus:
     @property
     def usage_drops(self) -> list[UsageDrop]:
         """Usage drops of the last ended hour."""
+    @property
+    def pending_in_flight(self) -> int:
+        """Pending records marked InFlight (sent, answer not recorded yet)."""
+    @property
+    def pending_units(self) -> int:
+        """Whole units of the pending records."""
+    @property
+    def units_at_risk(self) -> int:
+        """Whole units of the records at risk."""
+    @property
+    def projected_drain_seconds(self) -> int:
+        """Seconds to send every pending record at the submitters' current rates (0 when nothing is pending)."""
 
 @final
 class UsageDrop:
