@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// `[fleet]`: a child of the configuration (it builds on its validation helpers), so `config` imports nothing above
+/// it.
+pub mod fleet;
+
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,7 +43,7 @@ pub struct Config {
     pub products: BTreeMap<String, ProductConfig>,
     /// Fleet mode: many agents share one ledger in PostgreSQL (`docs/fleet.md`). Absent: sled alone, as ever.
     #[serde(default)]
-    pub fleet: Option<crate::fleet::config::FleetConfig>,
+    pub fleet: Option<crate::config::fleet::FleetConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -488,7 +492,7 @@ impl Config {
             }
         }
         // Only fills in a `[fleet]` table the file has: the environment alone never turns fleet mode on.
-        crate::fleet::config::apply_env(&mut doc, &env);
+        crate::config::fleet::apply_env(&mut doc, &env);
         let config: Config = Config::deserialize(doc).map_err(|e| parse_err(e.to_string().trim().to_string()))?;
         config.validate()?;
         Ok(config)

@@ -2,7 +2,6 @@
 //! ([`crate::store::outbox`]); a [`forwarder`] ships it to the shared ledger in PostgreSQL; the agent elected in
 //! PostgreSQL for an account seals the shared ledger and submits its records ([`leader`]).
 
-pub mod config;
 pub mod forwarder;
 pub mod leader;
 pub mod shared_ack;
@@ -16,9 +15,9 @@ use meterd_fleet::connect::Database;
 use meterd_fleet::nodes::{self, NodeError, Registration};
 use tokio::sync::watch;
 
-use self::config::FleetConfig;
 use self::status::FleetStatus;
 use crate::clock::SharedClock;
+use crate::config::fleet::{self as config, FleetConfig};
 use crate::store::Store;
 
 /// An error of the fleet database as one line, naming the database once.
