@@ -78,7 +78,7 @@ impl From<sled::Error> for StoreError {
 }
 
 /// Totals of records and events removed by retention, kept so the report still reconciles.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Compacted {
     pub records: u64,
     pub events: u64,
@@ -91,7 +91,7 @@ pub struct Compacted {
 
 /// Records AWS answered DuplicateRecord on their first send: it already holds another quantity under their
 /// key, so their units are never billed. Kept apart from the records so retention never hides them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Lost {
     pub records: u64,
     pub units: u64,
@@ -250,7 +250,7 @@ pub struct StoreOptions {
     pub dedupe_keep_ms: i64,
 }
 
-pub use writer::SEAL_CHUNK_BUCKETS;
+pub use writer::{SEAL_CHUNK_BUCKETS, SealProgress};
 
 /// The default `dedupe_keep_ms`: the default window (48 h) and future skew (5 min).
 pub const DEFAULT_DEDUPE_KEEP_MS: i64 = 48 * crate::clock::HOUR_MS + 5 * 60_000;
@@ -789,7 +789,7 @@ pub fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> 
 }
 
 pub(crate) fn sealed_through(db: &sled::Db) -> Result<Option<UnixMillis>, StoreError> {
-    db.get(keys::SEALED_THROUGH_KEY)?.map(|v| decode(&v)).transpose()
+    Ok(db.get(keys::SEALED_THROUGH_KEY)?.map(|v| decode::<schema::meta::StoredSealedThrough>(&v)).transpose()?.map(|s| s.cutoff_ms))
 }
 
 fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {
@@ -801,10 +801,4 @@ fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {
     Ok(total)
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_allocvec(value).expect("in-memory encoding cannot fail")
-}
+pub(crate) use schema::{decode, encode};

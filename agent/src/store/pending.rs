@@ -9,7 +9,7 @@ use crate::domain::event::Identity;
 use crate::domain::record::{RecordState, SealedRecord};
 
 /// What is still to be sent. `records` counts the `q/` entries.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PendingTotals {
     pub records: u64,
     /// Of them, handed to AWS at least once with no answer yet.

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::segments::{self, Segment, Segments};
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
-    StoreCounters, StoreError, current, current_db, decode, durable, encode, generation, keys, pending,
+    StoreCounters, StoreError, current, current_db, decode, durable, encode, generation, keys, pending, schema,
 };
 use crate::clock::{UnixMillis, hour_start};
 use crate::domain::customer::{CustomerLifecycle, CustomerStatus, StatusChange, TenantMapping, final_hour_deadline};
@@ -69,10 +69,10 @@ pub const SEAL_CHUNK_BUCKETS: usize = 200;
 
 /// A seal under way, durable between its chunks: every hour before `cutoff_ms` is being sealed, and every bucket
 /// key below `resume_key` already is.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct SealProgress {
-    cutoff_ms: UnixMillis,
-    resume_key: Vec<u8>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealProgress {
+    pub cutoff_ms: UnixMillis,
+    pub resume_key: Vec<u8>,
 }
 
 /// The seal the writer is working through, one chunk per loop turn, and the callers waiting for its end.
@@ -758,7 +758,7 @@ impl Writer {
             None => batch.remove(keys::SEAL_PROGRESS_KEY),
         }
         if self.sealed_through()?.is_none_or(|s| s < cutoff) {
-            batch.insert(keys::SEALED_THROUGH_KEY, encode(&cutoff));
+            batch.insert(keys::SEALED_THROUGH_KEY, encode(&schema::meta::StoredSealedThrough { cutoff_ms: cutoff }));
         }
         self.db.apply_batch(batch)?;
         // Every chunk moves usage from buckets to records: a report read in pages across it must know.

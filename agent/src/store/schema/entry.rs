@@ -1,10 +1,3 @@
-//! Stored types as their own types: the explicit byte layouts of what the store keeps for idempotency, separate
-//! from the domain's structs so that a refactor of those can never change what is on disk.
-//!
-//! Rules for every layout here: fields are written in the documented order and **never reordered**; a new field
-//! is a new entry version; integers are fixed-width big-endian or LEB128 varints as documented; every entry ends
-//! with a CRC32 (IEEE) of all the bytes before it. Golden tests pin each layout byte for byte.
-//!
 //! Idempotency entry, version 1 (the value of an idempotency key in a dedupe segment; the key is the caller's
 //! idempotency key itself, so the check stays exact):
 //!
@@ -20,6 +13,7 @@
 //! | 8 | product              | varint length + UTF-8 bytes                                                    |
 //! | 9 | checksum             | `u32` big-endian: CRC32 of bytes 1–8                                           |
 
+use super::DecodeError;
 use crate::clock::{HOUR_MS, UnixMillis, hour_start};
 use crate::domain::event::{ContentDigest, StoredEvent};
 use crate::domain::quantity::Micros;
@@ -29,17 +23,6 @@ pub const ENTRY_VERSION: u8 = 1;
 
 const FLAG_LATE: u8 = 1;
 const FLAG_V1_DIGEST: u8 = 2;
-
-/// Why stored bytes could not be read back.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("entry version {0} is unknown to this meterd")]
-    Version(u8),
-    #[error("checksum mismatch")]
-    Checksum,
-    #[error("truncated or malformed at byte {0}")]
-    Malformed(usize),
-}
 
 /// Encodes `e` as a version-1 idempotency entry of the segment starting at `segment_start_ms`.
 pub fn encode_entry(e: &StoredEvent, segment_start_ms: UnixMillis) -> Vec<u8> {
