@@ -122,9 +122,10 @@ fn a_seal_cut_short_resumes_from_its_progress_and_its_hours_take_usage_as_late()
     // and the progress. A crash right after it looks exactly like this.
     {
         let db = raw(dir.path());
-        db.insert(keys::SEALED_THROUGH_KEY, postcard::to_allocvec(&cutoff).unwrap()).unwrap();
-        let progress = postcard::to_allocvec(&(cutoff, keys::BUCKET_PREFIX.to_vec())).unwrap();
-        db.insert(keys::SEAL_PROGRESS_KEY, progress).unwrap();
+        let through = meterd::store::schema::meta::StoredSealedThrough { cutoff_ms: cutoff };
+        db.insert(keys::SEALED_THROUGH_KEY, meterd::store::schema::encode(&through)).unwrap();
+        let progress = meterd::store::SealProgress { cutoff_ms: cutoff, resume_key: keys::BUCKET_PREFIX.to_vec() };
+        db.insert(keys::SEAL_PROGRESS_KEY, meterd::store::schema::encode(&progress)).unwrap();
         db.flush().unwrap();
     }
     rt.block_on(async {

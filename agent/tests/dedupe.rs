@@ -123,15 +123,17 @@ fn on_disk(dir: &Path) -> (usize, u64, u64, u64) {
     let count = |v: &[u8]| u64::from_be_bytes(v.try_into().unwrap());
     let ever = db.get(keys::EVENTS_STORED_KEY).unwrap().map_or(0, |v| count(&v));
     let compacted: meterd::store::Compacted =
-        db.get(keys::COMPACTED_KEY).unwrap().map_or_else(Default::default, |v| postcard::from_bytes(&v).unwrap());
+        db.get(keys::COMPACTED_KEY).unwrap().map_or_else(Default::default, |v| schema::decode(&v).unwrap());
     let live = db.scan_prefix(keys::SEGMENT_INDEX_PREFIX).map(|kv| count(&kv.unwrap().1)).sum();
     (segments::tree_names(&db).len(), ever, compacted.events, live)
 }
 
-/// Rewrites a closed v2 store into the v1 layout, as meterd with store v1 left it: one `e/<key>` record per
-/// event (postcard, the v1 digest), no segments, no counter, schema version 1.
+/// Rewrites a closed store of this build into the v1 layout, as meterd with store v1 left it: every value in
+/// its postcard layout (v1 and v2 shared them), one `e/<key>` record per event (postcard, the v1 digest), no
+/// segments, no counter, schema version 1.
 fn make_v1(dir: &Path, events: &[(UsageEvent, i64)]) {
     let db = meterd::store::open_sled(&dir.join("sled"), 16 << 20).unwrap();
+    meterd::store::migrate::v2::rewrite_as_v2(&db).unwrap();
     for name in segments::tree_names(&db) {
         let tree = db.open_tree(&name).unwrap();
         for kv in tree.iter() {
@@ -216,7 +218,7 @@ fn a_v1_store_is_migrated_and_its_keys_still_tell_replays_from_conflicts() {
         assert!(matches!(out[0], IngestOutcome::Stored(_)));
         store.close().await.unwrap();
     });
-    assert_eq!(schema_version(d.path()), 2);
+    assert_eq!(schema_version(d.path()), meterd::store::SCHEMA_VERSION);
     let db = meterd::store::open_sled(&d.path().join("sled"), 16 << 20).unwrap();
     assert_eq!(db.scan_prefix(keys::EVENT_PREFIX).count(), 0, "no v1 key is left");
 }
@@ -294,7 +296,7 @@ fn a_migration_killed_midway_is_completed_by_the_next_open() {
             }
             store.close().await.unwrap();
         });
-        assert_eq!(schema_version(d.path()), 2);
+        assert_eq!(schema_version(d.path()), meterd::store::SCHEMA_VERSION);
     }
 }
 

@@ -14,7 +14,7 @@ pub mod durable;
 pub mod generation;
 pub mod keys;
 pub mod metrics;
-mod migrate;
+pub mod migrate;
 pub mod outbox;
 pub mod pages;
 pub mod pending;
@@ -39,8 +39,9 @@ pub use crate::domain::seal::SealParams;
 pub use seam::Ledger;
 
 /// The on-disk layout this build writes. Bump it with a migration in `open`. 1: one `e/` key per event for the
-/// whole retention; 2: idempotency keys in dedupe segments ([`segments`], [`migrate`]).
-pub const SCHEMA_VERSION: u32 = 2;
+/// whole retention; 2: idempotency keys in dedupe segments ([`segments`], [`migrate`]); 3: every value in an
+/// explicit, versioned, checksummed stored layout ([`schema`]) instead of postcard of a Rust struct.
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -357,6 +358,16 @@ impl Store {
                         moved,
                         millis = started.elapsed().as_millis() as u64,
                         "migrated the store from v1 to v2"
+                    );
+                }
+                if found == 1 || found == 2 {
+                    let started = std::time::Instant::now();
+                    let converted = migrate::v2_to_v3(&db)?;
+                    live_gen.sync()?;
+                    tracing::info!(
+                        converted,
+                        millis = started.elapsed().as_millis() as u64,
+                        "migrated the store from v2 to v3"
                     );
                 } else if found != SCHEMA_VERSION {
                     return Err(StoreError::UnsupportedSchema { found });

@@ -33,6 +33,8 @@
 mod codec;
 pub mod customer;
 pub mod entry;
+#[cfg(test)]
+pub(crate) mod golden;
 pub mod ledger;
 pub mod meta;
 

@@ -1,4 +1,6 @@
-//! Store v1 → v2, at open: the v1 `e/<key>` records (one per event for the whole retention) move into dedupe
+//! Migrations of the store's layout at open, one version at a time: v1 → v2 here, v2 → v3 in [`to_v3`].
+//!
+//! Store v1 → v2: the v1 `e/<key>` records (one per event for the whole retention) move into dedupe
 //! segments by their arrival time, in the v2 entry layout; everything else is kept as it is.
 //!
 //! Crash-safe by construction: the events-ever-stored counter is written first (once: from the `e/` keys and the
@@ -11,7 +13,12 @@ use std::collections::BTreeMap;
 
 use sled::Transactional;
 
-use super::{Compacted, StoreError, decode, keys, schema, segments};
+use super::{StoreError, keys, schema, segments};
+
+mod to_v3;
+pub mod v2;
+
+pub use to_v3::{PROGRESS_KEY as V3_PROGRESS_KEY, v2_to_v3};
 
 /// Keys per transaction: bounds the memory a chunk takes and the work a crash can undo.
 const CHUNK: usize = 10_000;
@@ -19,7 +26,8 @@ const CHUNK: usize = 10_000;
 /// Moves every `e/` key into its segment and marks the store v2. Returns how many keys it moved.
 pub fn v1_to_v2(db: &sled::Db, keep_ms: i64) -> Result<u64, StoreError> {
     if db.get(keys::EVENTS_STORED_KEY)?.is_none() {
-        let compacted: Compacted = db.get(keys::COMPACTED_KEY)?.map(|v| decode(&v)).transpose()?.unwrap_or_default();
+        // A v1 store's values have the v2 layouts (v1 → v2 changed only the event keys).
+        let compacted = v2::compacted(db)?;
         let held = db.scan_prefix(keys::EVENT_PREFIX).count() as u64;
         db.insert(keys::EVENTS_STORED_KEY, &segments::encode_count(held + compacted.events))?;
     }
