@@ -1,8 +1,8 @@
 //! Store v2 → v3, at open: every value v2 kept as postcard of a Rust struct ([`super::v2::Family`]) is rewritten
 //! in its explicit stored layout ([`crate::store::schema`]); keys do not change.
 //!
-//! Crash-safe by construction: values are converted in key order, a chunk of them per atomic sled batch, and the
-//! same batch records the last key it converted (`m/migrate_v3`). A SIGKILL leaves whole chunks converted and
+//! Crash-safe by construction: values are converted in key order, a chunk of them per atomic sled batch (flushed
+//! before the next), and the same batch records the last key it converted (`m/migrate_v3`). A SIGKILL leaves whole chunks converted and
 //! the rest in the v2 layout; the next open carries on after the recorded key, so no value is converted twice
 //! (a v3 value read as v2 would be refused as corrupt). The schema version moves to 3, and the progress key goes,
 //! in one batch once no value is left.
@@ -43,6 +43,8 @@ pub fn v2_to_v3(db: &sled::Db) -> Result<u64, StoreError> {
         let Some(last) = last else { break };
         batch.insert(PROGRESS_KEY, last.clone());
         db.apply_batch(batch)?;
+        // Each chunk durable before the next starts: a crash or power loss costs at most the chunk under way.
+        db.flush()?;
         converted += n as u64;
         after = Some(last);
         tracing::info!(converted, "store v2 → v3: values rewritten in their stored layouts");
