@@ -43,7 +43,11 @@ fn ev(key: String, who: Identity, dimension: &str, micros: u128, at_ms: i64) -> 
         dimension: dimension.into(),
         quantity: Micros(micros),
         timestamp_ms: Some(at_ms),
-        tags: if micros % 2 == 0 { TagSet::from([("env".to_string(), "prod".to_string())]) } else { TagSet::new() },
+        tags: if micros.is_multiple_of(2) {
+            TagSet::from([("env".to_string(), "prod".to_string())])
+        } else {
+            TagSet::new()
+        },
     }
 }
 
@@ -136,23 +140,26 @@ fn build(dir: &Path, bulk: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
         db.flush().unwrap();
     }
     let written = snapshot(dir);
-    let families = [
-        keys::BUCKET_PREFIX,
-        keys::RECORD_PREFIX,
-        keys::CARRY_PREFIX,
-        keys::TENANT_PREFIX,
-        keys::LIFECYCLE_PREFIX,
-        keys::COMPACTED_KEY,
-        keys::LOST_KEY,
-        keys::PENDING_KEY,
-        keys::SEAL_PROGRESS_KEY,
-        keys::SEALED_THROUGH_KEY,
-    ];
-    for f in families {
+    for f in FAMILIES {
         assert!(written.keys().any(|k| k.starts_with(f)), "no {} value to migrate", String::from_utf8_lossy(f));
     }
     written
 }
+
+/// Every key family store v2 kept as postcard of a Rust struct (listed here apart from the migration's own table,
+/// so a family the migration forgot fails the tests).
+const FAMILIES: [&[u8]; 10] = [
+    keys::BUCKET_PREFIX,
+    keys::RECORD_PREFIX,
+    keys::CARRY_PREFIX,
+    keys::TENANT_PREFIX,
+    keys::LIFECYCLE_PREFIX,
+    keys::COMPACTED_KEY,
+    keys::LOST_KEY,
+    keys::PENDING_KEY,
+    keys::SEAL_PROGRESS_KEY,
+    keys::SEALED_THROUGH_KEY,
+];
 
 /// Rewrites the closed store in `dir` as meterd with store v2 left it; returns how many values changed.
 fn make_v2(dir: &Path) -> u64 {
@@ -168,8 +175,13 @@ fn a_v2_store_opens_converted_and_keeps_every_value() {
     let written = build(d.path(), 50);
     let n = make_v2(d.path());
     let v2 = snapshot(d.path());
-    let differ = written.iter().filter(|(k, v)| k.as_slice() != keys::SCHEMA_VERSION_KEY && v2.get(*k) != Some(*v));
-    assert_eq!(differ.count() as u64, n, "every value of a converted family is in another layout in v2");
+    for (k, v) in &written {
+        let family = FAMILIES.iter().any(|f| k.starts_with(f));
+        let same = v2.get(k) == Some(v);
+        assert!(same != family || k == keys::SCHEMA_VERSION_KEY, "{}: v2 layout {}", String::from_utf8_lossy(k), !same);
+    }
+    let converted = written.keys().filter(|k| FAMILIES.iter().any(|f| k.starts_with(f))).count();
+    assert_eq!(n, converted as u64);
     rt().block_on(async {
         let store = open(d.path());
         assert!(store.lost().unwrap().records > 0 && store.compacted().unwrap().records > 0);
@@ -223,12 +235,8 @@ fn a_conversion_killed_between_chunks_is_finished_by_the_next_open() {
     make_v2(built.path());
     for chunks in [1usize, 2] {
         let d = tempfile::tempdir().unwrap();
-        let copied = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(built.path().join("."))
-            .arg(d.path())
-            .status()
-            .unwrap();
+        let copied =
+            std::process::Command::new("cp").arg("-a").arg(built.path().join(".")).arg(d.path()).status().unwrap();
         assert!(copied.success());
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])

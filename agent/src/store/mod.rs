@@ -800,7 +800,11 @@ pub fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> 
 }
 
 pub(crate) fn sealed_through(db: &sled::Db) -> Result<Option<UnixMillis>, StoreError> {
-    Ok(db.get(keys::SEALED_THROUGH_KEY)?.map(|v| decode::<schema::meta::StoredSealedThrough>(&v)).transpose()?.map(|s| s.cutoff_ms))
+    Ok(db
+        .get(keys::SEALED_THROUGH_KEY)?
+        .map(|v| decode::<schema::meta::StoredSealedThrough>(&v))
+        .transpose()?
+        .map(|s| s.cutoff_ms))
 }
 
 fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {

@@ -191,8 +191,13 @@ fn corrupt(key: &[u8], e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("store v2 value of {:?}: {e}", String::from_utf8_lossy(key)))
 }
 
+/// Trailing bytes are damage too (postcard alone would ignore them, and a value converted twice would pass).
 fn from_v2<'a, V: Deserialize<'a>>(key: &[u8], bytes: &'a [u8]) -> Result<V, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| corrupt(key, e))
+    match postcard::take_from_bytes(bytes) {
+        Ok((v, [])) => Ok(v),
+        Ok((_, rest)) => Err(corrupt(key, format!("{} bytes after the value", rest.len()))),
+        Err(e) => Err(corrupt(key, e)),
+    }
 }
 
 fn to_v2<V: Serialize>(v: &V) -> Vec<u8> {
@@ -314,7 +319,9 @@ impl From<V2SealedRecord> for SealedRecord {
             sent_as: v.sent_as.map(Into::into),
             state: match v.state {
                 V2RecordState::Sealed => RecordState::Sealed,
-                V2RecordState::InFlight { attempts, next_attempt_ms } => RecordState::InFlight { attempts, next_attempt_ms },
+                V2RecordState::InFlight { attempts, next_attempt_ms } => {
+                    RecordState::InFlight { attempts, next_attempt_ms }
+                }
                 V2RecordState::Accepted { metering_record_id, aws_request_id, at_ms, verify } => {
                     RecordState::Accepted { metering_record_id, aws_request_id, at_ms, verify }
                 }
@@ -354,7 +361,11 @@ impl From<SealedRecord> for V2SealedRecord {
                 dimension: v.key.dimension,
             },
             quantity: v.quantity,
-            allocations: v.allocations.into_iter().map(|a| V2Allocation { tags: a.tags, quantity: a.quantity }).collect(),
+            allocations: v
+                .allocations
+                .into_iter()
+                .map(|a| V2Allocation { tags: a.tags, quantity: a.quantity })
+                .collect(),
             deadline_ms: v.deadline_ms,
             sealed_at_ms: v.sealed_at_ms,
             recorded: v.recorded.0,
@@ -364,7 +375,9 @@ impl From<SealedRecord> for V2SealedRecord {
             sent_as: v.sent_as.map(Into::into),
             state: match v.state {
                 RecordState::Sealed => V2RecordState::Sealed,
-                RecordState::InFlight { attempts, next_attempt_ms } => V2RecordState::InFlight { attempts, next_attempt_ms },
+                RecordState::InFlight { attempts, next_attempt_ms } => {
+                    V2RecordState::InFlight { attempts, next_attempt_ms }
+                }
                 RecordState::Accepted { metering_record_id, aws_request_id, at_ms, verify } => {
                     V2RecordState::Accepted { metering_record_id, aws_request_id, at_ms, verify }
                 }
@@ -574,12 +587,7 @@ mod tests {
     #[test]
     fn frozen_v2_layouts_are_pinned_and_convert_to_v3() {
         let cases: Vec<(Family, &[u8], Vec<u8>, &str)> = vec![
-            (
-                Family::Bucket,
-                b"b/x",
-                to_v2(&V2Bucket { total: 1_500_000, events: 3, late: 500_000 }),
-                golden::BUCKET,
-            ),
+            (Family::Bucket, b"b/x", to_v2(&V2Bucket { total: 1_500_000, events: 3, late: 500_000 }), golden::BUCKET),
             (Family::Carry, b"c/x", to_v2(&250_000u128), golden::CARRY),
             (Family::Record, b"r/x", to_v2(&V2SealedRecord::from(golden::record())), golden::RECORD),
             (Family::Mapping, b"t/x", to_v2(&V2TenantMapping::from(golden::mapping())), golden::MAPPING),
@@ -624,5 +632,9 @@ mod tests {
     fn a_damaged_v2_value_names_its_key() {
         let e = to_v3(Family::Bucket, b"b/k", &[0xff]).unwrap_err();
         assert!(e.to_string().starts_with("store data is corrupt: store v2 value of \"b/k\""), "{e}");
+        // A value already in its v3 layout is not misread as a v2 one (postcard alone takes a prefix of it).
+        let v3 = hex(golden::BUCKET);
+        let e = to_v3(Family::Bucket, b"b/k", &v3).unwrap_err();
+        assert!(e.to_string().ends_with("bytes after the value"), "{e}");
     }
 }

@@ -80,7 +80,11 @@ impl<'a> Reader<'a> {
         if found != version {
             return Err(DecodeError::Version(found));
         }
-        let body_len = bytes.len().checked_sub(4).filter(|n| *n >= 1).ok_or(DecodeError::Field { field: "checksum", at: bytes.len() })?;
+        let body_len = bytes
+            .len()
+            .checked_sub(4)
+            .filter(|n| *n >= 1)
+            .ok_or(DecodeError::Field { field: "checksum", at: bytes.len() })?;
         let (body, crc) = bytes.split_at(body_len);
         if crc32fast::hash(body).to_be_bytes() != crc {
             return Err(DecodeError::Checksum);

@@ -120,15 +120,7 @@ pub(crate) const PROGRESS: &str = "0180f4ee0604622f00ffee4650f8";
 pub(crate) const THROUGH: &str = "01fff3ee06bb5b6e82";
 
 pub(crate) fn compacted() -> Compacted {
-    Compacted {
-        records: 1,
-        events: 2,
-        recorded: Micros(3),
-        late: Micros(4),
-        accepted: 5,
-        rejected: 6,
-        expired: 7,
-    }
+    Compacted { records: 1, events: 2, recorded: Micros(3), late: Micros(4), accepted: 5, rejected: 6, expired: 7 }
 }
 
 pub(crate) fn progress() -> SealProgress {
@@ -166,7 +158,10 @@ fn every_record_state_is_pinned() {
             RecordState::Rejected { reason: RejectReason::AwsException(t("X")), aws_request_id: None, at_ms: 7 },
             "03020158000e",
         ),
-        (RecordState::Rejected { reason: RejectReason::Invalid(t("Y")), aws_request_id: None, at_ms: 7 }, "03030159000e"),
+        (
+            RecordState::Rejected { reason: RejectReason::Invalid(t("Y")), aws_request_id: None, at_ms: 7 },
+            "03030159000e",
+        ),
         (RecordState::Expired { reason: ExpiryReason::DeadlinePassed, at_ms: 8 }, "040010"),
         (RecordState::Expired { reason: ExpiryReason::Unmapped, at_ms: 8 }, "040110"),
         (RecordState::Carried, "05"),
@@ -257,8 +252,11 @@ fn state() -> impl Strategy<Value = RecordState> {
             at_ms
         }),
         Just(RecordState::Carried),
-        (identity(), any::<i64>(), any::<i64>())
-            .prop_map(|(into, into_hour_ms, at_ms)| RecordState::Merged { into, into_hour_ms, at_ms }),
+        (identity(), any::<i64>(), any::<i64>()).prop_map(|(into, into_hour_ms, at_ms)| RecordState::Merged {
+            into,
+            into_hour_ms,
+            at_ms
+        }),
     ]
 }
 

@@ -197,13 +197,32 @@ pub enum StoredRejectReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoredState {
     Sealed,
-    InFlight { attempts: u32, next_attempt_ms: i64 },
-    Accepted { metering_record_id: Option<String>, aws_request_id: Option<String>, at_ms: i64, verify: bool },
-    Rejected { reason: StoredRejectReason, aws_request_id: Option<String>, at_ms: i64 },
+    InFlight {
+        attempts: u32,
+        next_attempt_ms: i64,
+    },
+    Accepted {
+        metering_record_id: Option<String>,
+        aws_request_id: Option<String>,
+        at_ms: i64,
+        verify: bool,
+    },
+    Rejected {
+        reason: StoredRejectReason,
+        aws_request_id: Option<String>,
+        at_ms: i64,
+    },
     /// `unmapped`: false for a deadline that passed, true for a tenant never mapped.
-    Expired { unmapped: bool, at_ms: i64 },
+    Expired {
+        unmapped: bool,
+        at_ms: i64,
+    },
     Carried,
-    Merged { into: StoredIdentity, into_hour_ms: i64, at_ms: i64 },
+    Merged {
+        into: StoredIdentity,
+        into_hour_ms: i64,
+        at_ms: i64,
+    },
 }
 
 /// `r/` value: a sealed record, its accounting and its state.
@@ -471,7 +490,9 @@ impl From<StoredRecord> for SealedRecord {
             sent_as: s.sent_as.map(Into::into),
             state: match s.state {
                 StoredState::Sealed => RecordState::Sealed,
-                StoredState::InFlight { attempts, next_attempt_ms } => RecordState::InFlight { attempts, next_attempt_ms },
+                StoredState::InFlight { attempts, next_attempt_ms } => {
+                    RecordState::InFlight { attempts, next_attempt_ms }
+                }
                 StoredState::Accepted { metering_record_id, aws_request_id, at_ms, verify } => {
                     RecordState::Accepted { metering_record_id, aws_request_id, at_ms, verify }
                 }

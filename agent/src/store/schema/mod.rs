@@ -101,6 +101,9 @@ mod tests {
         let mut short = codec::Writer::new(ledger::BUCKET_VERSION);
         short.varint(1);
         let e = decode::<crate::domain::event::Bucket>(&short.finish()).unwrap_err();
-        assert_eq!(e.to_string(), "store data is corrupt: b/ open bucket value: field `events` truncated or malformed at byte 2");
+        assert_eq!(
+            e.to_string(),
+            "store data is corrupt: b/ open bucket value: field `events` truncated or malformed at byte 2"
+        );
     }
 }
