@@ -8,16 +8,17 @@
 //! | `e/`   | `e/` + idempotency key (v1 only; migrated away) | postcard v1 `StoredEvent` |
 //! | `g/`   | `g/` + segment start                  | u64 big-endian: keys the segment received |
 //! | `m/`   | `m/events_stored`                     | u64 big-endian: events ever stored |
-//! | `b/`   | `b/` + [`encode_bucket_key`]          | postcard `Bucket`           |
-//! | `m/`   | `m/sealed_through`                    | i64: every hour before it is sealed |
-//! | `m/`   | `m/lost`                              | postcard `Lost`: revenue AWS will never pay |
-//! | `m/`   | `m/pending`                           | postcard `PendingTotals`: the queue's counts, kept with it |
-//! | `m/`   | `m/seal_progress`                     | postcard `SealProgress`: a chunked seal under way |
-//! | `r/`   | `r/` + hour + product + customer + dim | postcard `SealedRecord`     |
+//! | `b/`   | `b/` + [`encode_bucket_key`]          | stored bucket ([`super::schema::ledger`]) |
+//! | `m/`   | `m/sealed_through`                    | stored cutoff: every hour before it is sealed ([`super::schema::meta`]) |
+//! | `m/`   | `m/lost`                              | stored `Lost`: revenue AWS will never pay |
+//! | `m/`   | `m/pending`                           | stored `PendingTotals`: the queue's counts, kept with it |
+//! | `m/`   | `m/seal_progress`                     | stored `SealProgress`: a chunked seal under way |
+//! | `m/`   | `m/migrate_v3`                        | the last key the v2 → v3 migration rewrote (while under way) |
+//! | `r/`   | `r/` + hour + product + customer + dim | stored record ([`super::schema::ledger`]) |
 //! | `q/`   | `q/` + deadline + record key          | empty: the pending queue, oldest deadline first |
-//! | `c/`   | `c/` + product + customer + dimension | postcard `Micros`: fraction carried to the next hour |
-//! | `t/`   | `t/` + tenant id                      | postcard `TenantMapping`    |
-//! | `s/`   | `s/` + `l` license ARN / `g` customer identifier | postcard `CustomerLifecycle` |
+//! | `c/`   | `c/` + product + customer + dimension | stored carry: fraction carried to the next hour |
+//! | `t/`   | `t/` + tenant id                      | stored mapping ([`super::schema::customer`]) |
+//! | `s/`   | `s/` + `l` license ARN / `g` customer identifier | stored lifecycle ([`super::schema::customer`]) |
 //! | `a/`   | `a/` + agreement id                   | the `s/` key of that agreement's customer |
 //!
 //! Bucket keys start with the hour (big-endian, sign-flipped) so a range scan visits hours in order, and
