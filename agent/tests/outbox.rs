@@ -117,7 +117,7 @@ fn an_entry_in_an_unknown_encoding_is_refused_not_misread() {
     let e = Entry::new(&event("a", 1, None), T0);
     let mut bytes = outbox::encode_entry(&e);
     assert_eq!(outbox::decode_entry(&bytes).unwrap(), e);
-    bytes[0] = 2;
+    bytes[0] = outbox::ENCODING + 1;
     assert!(outbox::decode_entry(&bytes).unwrap_err().to_string().contains("newer meterd"));
     assert!(outbox::decode_entry(&[]).is_err());
 }

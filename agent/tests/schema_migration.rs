@@ -193,6 +193,38 @@ fn a_v2_store_opens_converted_and_keeps_every_value() {
     assert_eq!(schema_version(&raw(d.path())), meterd::store::SCHEMA_VERSION);
 }
 
+#[test]
+fn a_v2_spool_keeps_its_outbox() {
+    let d = tempfile::tempdir().unwrap();
+    let options = meterd::store::StoreOptions {
+        cache_bytes: 16 << 20,
+        min_free: meterd::store::space::MinFree::Bytes(0),
+        seal_chunk: meterd::store::SEAL_CHUNK_BUCKETS,
+        dedupe_keep_ms: meterd::store::DEFAULT_DEDUPE_KEEP_MS,
+    };
+    let events: Vec<UsageEvent> =
+        (0..20).map(|i| ev(format!("o{i}"), aws(), "d", 1_000_000 + i as u128, T0 + i as i64)).collect();
+    let before = rt().block_on(async {
+        let store = Store::open_spool(d.path(), options).unwrap();
+        store.ingest(events, T0 + 100, Carry).await.unwrap();
+        let page = store.outbox_page(100).unwrap();
+        store.close().await.unwrap();
+        page.entries
+    });
+    assert_eq!(before.len(), 20);
+    let written = snapshot(d.path());
+    let n = make_v2(d.path());
+    let outbox = written.keys().filter(|k| k.starts_with(meterd::store::outbox::OUTBOX_PREFIX)).count();
+    assert!(n as usize > outbox, "the outbox entries were rewritten too");
+    assert!(snapshot(d.path()).iter().filter(|(k, _)| k.starts_with(b"o/")).all(|(_, v)| v[0] == 1));
+    rt().block_on(async {
+        let store = Store::open_spool(d.path(), options).unwrap();
+        assert_eq!(store.outbox_page(100).unwrap().entries, before);
+        store.close().await.unwrap();
+    });
+    assert_eq!(snapshot(d.path()), written);
+}
+
 /// Run as a child process by the SIGKILL test: opens the store named by the environment; after each chunk the
 /// migration logs, it waits for a line on stdin, so the parent kills it exactly between two chunks.
 #[test]

@@ -7,14 +7,13 @@
 //!
 //! | key                                   | value                                           |
 //! |---------------------------------------|-------------------------------------------------|
-//! | `o/` + sequence (u64, big-endian)     | [`ENCODING_V1`] byte + postcard [`Entry`]       |
+//! | `o/` + sequence (u64, big-endian)     | stored outbox entry ([`super::schema::outbox`]) |
 //!
 //! The sequence follows acknowledgement order (one writer thread assigns it), so a scan reads the oldest first.
-//! The value's first byte names its encoding: an older agent never misreads a newer layout, it stops.
+//! The value's first byte names its encoding: an older agent never misreads a newer layout, it stops. Encoding 1
+//! (postcard, store v2) is converted to 2 by the v2 → v3 migration.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
 use crate::clock::UnixMillis;
@@ -23,11 +22,11 @@ use crate::domain::ingest::IngestOutcome;
 use crate::domain::quantity::Micros;
 
 pub const OUTBOX_PREFIX: &[u8] = b"o/";
-/// The only encoding so far: postcard of [`Entry`].
-pub const ENCODING_V1: u8 = 1;
+/// The encoding this build writes ([`super::schema::outbox`]).
+pub const ENCODING: u8 = super::schema::outbox::OUTBOX_VERSION;
 
 /// One acknowledged event, as the caller sent it, and when this agent acknowledged it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub idempotency_key: String,
     pub product: String,
@@ -67,18 +66,15 @@ impl Entry {
 }
 
 pub fn encode_entry(e: &Entry) -> Vec<u8> {
-    let mut v = vec![ENCODING_V1];
-    v.extend(postcard::to_allocvec(e).expect("in-memory encoding cannot fail"));
-    v
+    super::schema::encode(e)
 }
 
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
-    match bytes.split_first() {
-        Some((&ENCODING_V1, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt(format!("outbox: {e}")))
+    match bytes.first() {
+        Some(v) if *v > ENCODING => {
+            Err(StoreError::Corrupt(format!("outbox entry in encoding {v}: written by a newer meterd")))
         }
-        Some((v, _)) => Err(StoreError::Corrupt(format!("outbox entry in encoding {v}: written by a newer meterd"))),
-        None => Err(StoreError::Corrupt("empty outbox entry".into())),
+        _ => super::schema::decode(bytes),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::domain::event::{Bucket, Identity};
 use crate::domain::quantity::Micros;
 use crate::domain::record::{Allocation, ExpiryReason, RecordKey, RecordState, RejectReason, SealedRecord};
 use crate::store::pending::PendingTotals;
-use crate::store::{Compacted, Lost, SealProgress, StoreError, keys, schema};
+use crate::store::{Compacted, Lost, SealProgress, StoreError, keys, outbox, schema};
 
 #[derive(Serialize, Deserialize)]
 pub enum V2Identity {
@@ -144,6 +144,22 @@ pub struct V2PendingTotals {
     pub at_risk_units: u64,
 }
 
+/// The outbox's encoding 1 (fleet spool), after its leading `1` byte.
+#[derive(Serialize, Deserialize)]
+pub struct V2OutboxEntry {
+    pub idempotency_key: String,
+    pub product: String,
+    pub identity: V2Identity,
+    pub dimension: String,
+    pub quantity: u128,
+    pub timestamp_ms: Option<i64>,
+    pub tags: BTreeMap<String, String>,
+    pub received_ms: i64,
+}
+
+/// The byte that led every v2 outbox entry.
+const OUTBOX_ENCODING_1: u8 = 1;
+
 #[derive(Serialize, Deserialize)]
 pub struct V2SealProgress {
     pub cutoff_ms: i64,
@@ -151,8 +167,8 @@ pub struct V2SealProgress {
 }
 
 /// The value families store v2 kept as postcard (everything in the default tree but `m/schema_version`,
-/// `m/events_stored`, `m/spool`, the `g/` counts, the `q/` index, the `a/` references and the outbox, whose
-/// layouts v3 keeps).
+/// `m/events_stored`, `m/spool`, `m/fleet_incarnation`, the `g/` counts, the `q/` index and the `a/` references,
+/// whose raw layouts v3 keeps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Bucket,
@@ -165,6 +181,7 @@ pub enum Family {
     Pending,
     SealProgress,
     SealedThrough,
+    Outbox,
 }
 
 impl Family {
@@ -182,6 +199,7 @@ impl Family {
             (keys::CARRY_PREFIX, Family::Carry),
             (keys::TENANT_PREFIX, Family::Mapping),
             (keys::LIFECYCLE_PREFIX, Family::Lifecycle),
+            (outbox::OUTBOX_PREFIX, Family::Outbox),
         ];
         exact.iter().find(|(k, _)| *k == key).or_else(|| prefixed.iter().find(|(p, _)| key.starts_with(p))).map(|f| f.1)
     }
@@ -219,6 +237,12 @@ pub fn to_v3(family: Family, key: &[u8], bytes: &[u8]) -> Result<Vec<u8>, StoreE
         Family::SealedThrough => {
             schema::encode(&schema::meta::StoredSealedThrough { cutoff_ms: from_v2::<i64>(key, bytes)? })
         }
+        Family::Outbox => match bytes.split_first() {
+            Some((&OUTBOX_ENCODING_1, rest)) => {
+                schema::encode(&outbox::Entry::from(from_v2::<V2OutboxEntry>(key, rest)?))
+            }
+            _ => return Err(corrupt(key, "an outbox entry not in encoding 1")),
+        },
     })
 }
 
@@ -236,6 +260,11 @@ pub fn from_v3(family: Family, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
         Family::Pending => to_v2(&V2PendingTotals::from(decode::<PendingTotals>(bytes)?)),
         Family::SealProgress => to_v2(&V2SealProgress::from(decode::<SealProgress>(bytes)?)),
         Family::SealedThrough => to_v2(&decode::<schema::meta::StoredSealedThrough>(bytes)?.cutoff_ms),
+        Family::Outbox => {
+            let mut v = vec![OUTBOX_ENCODING_1];
+            v.extend(to_v2(&V2OutboxEntry::from(decode::<outbox::Entry>(bytes)?)));
+            v
+        }
     })
 }
 
@@ -264,6 +293,36 @@ pub fn rewrite_as_v2(db: &sled::Db) -> Result<u64, StoreError> {
 }
 
 // Conversions between the frozen v2 types and the domain, both ways.
+
+impl From<V2OutboxEntry> for outbox::Entry {
+    fn from(v: V2OutboxEntry) -> Self {
+        outbox::Entry {
+            idempotency_key: v.idempotency_key,
+            product: v.product,
+            identity: v.identity.into(),
+            dimension: v.dimension,
+            quantity: Micros(v.quantity),
+            timestamp_ms: v.timestamp_ms,
+            tags: v.tags,
+            received_ms: v.received_ms,
+        }
+    }
+}
+
+impl From<outbox::Entry> for V2OutboxEntry {
+    fn from(v: outbox::Entry) -> Self {
+        V2OutboxEntry {
+            idempotency_key: v.idempotency_key,
+            product: v.product,
+            identity: v.identity.into(),
+            dimension: v.dimension,
+            quantity: v.quantity.0,
+            timestamp_ms: v.timestamp_ms,
+            tags: v.tags,
+            received_ms: v.received_ms,
+        }
+    }
+}
 
 impl From<V2Identity> for Identity {
     fn from(v: V2Identity) -> Self {
@@ -603,6 +662,13 @@ mod tests {
             ),
             (Family::SealedThrough, keys::SEALED_THROUGH_KEY, to_v2(&(-2 * crate::clock::HOUR_MS)), golden::THROUGH),
         ];
+        // The outbox's v2 value led with its own encoding byte (1) where v3 has the version (2).
+        let outbox_v2 = from_v3(Family::Outbox, &hex(golden::OUTBOX)).unwrap();
+        assert_eq!(outbox_v2[0], 1);
+        assert_eq!(&outbox_v2[1..], &hex(golden::OUTBOX)[1..hex(golden::OUTBOX).len() - 4]);
+        assert_eq!(to_v2(&V2OutboxEntry::from(golden::outbox())), outbox_v2[1..]);
+        assert_eq!(to_v3(Family::Outbox, b"o/x", &outbox_v2).unwrap(), hex(golden::OUTBOX));
+        assert!(to_v3(Family::Outbox, b"o/x", &hex(golden::OUTBOX)).is_err(), "a v3 entry is not read as v2");
         for (family, key, v2, v3) in cases {
             let v3 = hex(v3);
             assert_eq!(Family::of(key), Some(family));
@@ -621,7 +687,7 @@ mod tests {
             b"g/0",
             b"q/0",
             b"a/agmt",
-            b"o/0",
+            b"m/fleet_incarnation",
             super::super::V3_PROGRESS_KEY,
         ] {
             assert_eq!(Family::of(key), None, "{}", String::from_utf8_lossy(key));

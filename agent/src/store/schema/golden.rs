@@ -12,6 +12,7 @@ use crate::domain::customer::{CustomerLifecycle, CustomerStatus, StatusChange, T
 use crate::domain::event::{Bucket, Identity, TagSet};
 use crate::domain::quantity::Micros;
 use crate::domain::record::{Allocation, ExpiryReason, RecordKey, RecordState, RejectReason, SealedRecord};
+use crate::store::outbox::Entry;
 use crate::store::pending::PendingTotals;
 use crate::store::{Compacted, Lost, SealProgress};
 
@@ -118,6 +119,21 @@ pub(crate) const LOST: &str = "0101020996e348";
 pub(crate) const PENDING: &str = "010102030405fbb71cef";
 pub(crate) const PROGRESS: &str = "0180f4ee0604622f00ffee4650f8";
 pub(crate) const THROUGH: &str = "01fff3ee06bb5b6e82";
+pub(crate) const OUTBOX: &str =
+    "02036b2d310361707000017403617069e0c65b0180a0f9a0da660103656e760470726f6490d980a1da667fb8a9c7";
+
+pub(crate) fn outbox() -> Entry {
+    Entry {
+        idempotency_key: "k-1".into(),
+        product: "app".into(),
+        identity: Identity::Tenant("t".into()),
+        dimension: "api".into(),
+        quantity: Micros(1_500_000),
+        timestamp_ms: Some(H),
+        tags: TagSet::from([("env".to_string(), "prod".to_string())]),
+        received_ms: H + 61_000,
+    }
+}
 
 pub(crate) fn compacted() -> Compacted {
     Compacted { records: 1, events: 2, recorded: Micros(3), late: Micros(4), accepted: 5, rejected: 6, expired: 7 }
@@ -189,6 +205,11 @@ fn meta_layouts_are_pinned() {
     pinned(&pending(), PENDING);
     pinned(&progress(), PROGRESS);
     pinned(&StoredSealedThrough { cutoff_ms: -2 * HOUR_MS }, THROUGH);
+}
+
+#[test]
+fn outbox_layout_is_pinned() {
+    pinned(&outbox(), OUTBOX);
 }
 
 #[test]
@@ -359,6 +380,16 @@ proptest! {
     }
 
     #[test]
+    fn outbox_entries_round_trip(
+        e in (text(), text(), identity(), text(), micros(), proptest::option::of(any::<i64>())),
+        tags in proptest::collection::btree_map(text(), text(), 0..6),
+        received_ms in any::<i64>(),
+    ) {
+        let (idempotency_key, product, identity, dimension, quantity, timestamp_ms) = e;
+        round_trips(&Entry { idempotency_key, product, identity, dimension, quantity, timestamp_ms, tags, received_ms })?;
+    }
+
+    #[test]
     fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
         // With a leading version 1 and a valid checksum, so the field decoders themselves see the garbage.
         let mut framed = vec![1u8];
@@ -375,6 +406,7 @@ proptest! {
             let _ = PendingTotals::from_stored(b);
             let _ = SealProgress::from_stored(b);
             let _ = StoredSealedThrough::from_stored(b);
+            let _ = Entry::from_stored(b);
         }
     }
 }

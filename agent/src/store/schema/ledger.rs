@@ -354,7 +354,7 @@ impl StoredRecord {
     }
 }
 
-fn get_tags(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<(String, String)>, DecodeError> {
+pub(super) fn get_tags(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<(String, String)>, DecodeError> {
     let n = r.count(field)?;
     let mut tags: Vec<(String, String)> = Vec::new();
     for _ in 0..n {

@@ -29,6 +29,7 @@
 //! | `m/pending`         | [`meta::StoredPending`]            | 1       | [`meta`]       |
 //! | `m/seal_progress`   | [`meta::StoredSealProgress`]       | 1       | [`meta`]       |
 //! | `m/sealed_through`  | [`meta::StoredSealedThrough`]      | 1       | [`meta`]       |
+//! | `o/` outbox entry   | [`outbox::StoredOutboxEntry`]      | 2       | [`outbox`]     |
 
 mod codec;
 pub mod customer;
@@ -37,6 +38,7 @@ pub mod entry;
 pub(crate) mod golden;
 pub mod ledger;
 pub mod meta;
+pub mod outbox;
 
 pub use entry::{ENTRY_VERSION, V1StoredEvent, decode_entry, encode_entry};
 
