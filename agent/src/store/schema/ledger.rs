@@ -113,6 +113,8 @@ impl From<StoredCarry> for Micros {
     }
 }
 
+// A bare quantity is stored alone only as a carry; another family holding one needs a stored type of its own
+// (and a family name of its own in errors), not this impl.
 stored_via!(Micros, StoredCarry, "c/ carry");
 
 /// A customer as stored (tags in the module doc).
