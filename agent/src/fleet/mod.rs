@@ -4,6 +4,7 @@
 
 pub mod forwarder;
 pub mod leader;
+pub mod registry;
 pub mod shared_ack;
 pub mod status;
 pub mod view;
@@ -97,6 +98,8 @@ async fn try_join(db: &Database, node_id: &str, cfg: &FleetConfig, store: &Store
 pub struct Running {
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
+    /// The fleet-wide customer registry (the customer service writes through it).
+    pub registry: Arc<registry::FleetRegistry>,
 }
 
 impl Running {
@@ -127,9 +130,16 @@ pub async fn start(
         store.set_ack_gate(Arc::new(shared_ack::SharedAck::new(node.clone(), store.clone(), clock.clone())));
     }
     tasks.spawn(forwarder::run(node.clone(), store.clone(), clock.clone(), stop_rx.clone()));
+    let registry = Arc::new(registry::FleetRegistry::new(node.clone(), store.clone()));
+    // Serve with the fleet's registry copied in (a spool that was down missed events); the loop retries.
+    if let Err(e) = registry.catch_up().await {
+        tracing::warn!(error = %e, "customer registry: not caught up with the fleet's yet");
+    }
+    tasks.spawn(registry::run(registry.clone(), stop_rx.clone()));
     let mut stats = Vec::new();
     for account in config.accounts.keys() {
-        let queue = Arc::new(leader::FleetQueue::new(node.clone(), store.clone(), Default::default()));
+        let queue =
+            Arc::new(leader::FleetQueue::new(node.clone(), store.clone(), registry.clone(), Default::default()));
         let submitter =
             crate::submit::Submitter::new(account, config.clone(), queue.clone(), clock.clone(), metrics.clone())
                 .await?;
@@ -144,5 +154,5 @@ pub async fn start(
             stop_rx.clone(),
         ));
     }
-    Ok((Running { stop, tasks }, stats))
+    Ok((Running { stop, tasks, registry }, stats))
 }

@@ -145,6 +145,11 @@ pub enum Command {
         at_ms: UnixMillis,
         reply: Answer<()>,
     },
+    /// Fleet mode: write this agent's copy of the fleet-wide customer registry (`super::mirror`).
+    Mirror {
+        batch: sled::Batch,
+        reply: Answer<()>,
+    },
     /// Read everything the report needs, between two writes.
     Snapshot {
         reply: Answer<super::LedgerSnapshot>,
@@ -202,6 +207,7 @@ fn refuse(cmd: Command, e: StoreError) -> bool {
         Command::Amend { reply, .. } => drop(reply.send(Err(e))),
         Command::Compact { reply, .. } => drop(reply.send(Err(e))),
         Command::NotSubscribed { reply, .. } => drop(reply.send(Err(e))),
+        Command::Mirror { reply, .. } => drop(reply.send(Err(e))),
         Command::Repack { reply } => drop(reply.send(Err(e))),
         Command::Snapshot { reply } => drop(reply.send(Err(e))),
         Command::ReportPage { reply, .. } => drop(reply.send(Err(e))),
@@ -377,6 +383,12 @@ impl Writer {
                                     }
                                 }
                             }
+                            Command::Mirror { batch, reply } => match self.db.apply_batch(batch) {
+                                Ok(()) => group.replies.push(pending(reply, ())),
+                                Err(e) => {
+                                    let _ = reply.send(Err(e.into()));
+                                }
+                            },
                             // Answered with the group, after the fsync that covers every write it saw.
                             Command::Snapshot { reply } => match super::read_snapshot(&self.db) {
                                 Ok(snap) => group.replies.push(pending(reply, snap)),
