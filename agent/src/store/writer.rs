@@ -555,8 +555,12 @@ impl Writer {
         }
         let mut batch = sled::Batch::default();
         let new_events = writes.events.len() as u64;
-        for (k, b) in &writes.buckets {
-            batch.insert(keys::encode_bucket_key(k), encode(b));
+        // A spool keeps no totals: the shared ledger counts each forwarded event itself (a spool never seals, so
+        // its buckets would only pile up, one per hour × customer × dimension × tag set, for good).
+        if self.place.spool.is_none() {
+            for (k, b) in &writes.buckets {
+                batch.insert(keys::encode_bucket_key(k), encode(b));
+            }
         }
         // Fleet mode: the acknowledged events' content, in the same atomic write (store/outbox.rs): it joins
         // the default-tree batch, which goes with the dedupe segment in one transaction below.
@@ -565,7 +569,7 @@ impl Writer {
         }
         if new_events == 0 {
             // The spool adds an entry only for a stored event, so a group of replays writes nothing.
-            if !writes.buckets.is_empty() {
+            if !writes.buckets.is_empty() && self.place.spool.is_none() {
                 self.db.apply_batch(batch)?;
             }
         } else {
