@@ -99,6 +99,7 @@ pub async fn run(
                 &metrics,
                 submit,
                 stats,
+                fleet.deployment.clone(),
             );
             (p, r, Some(fleet))
         }

@@ -44,6 +44,21 @@ pub struct Applied {
     pub current: i32,
 }
 
+/// The schema version this build migrates a database to.
+pub fn current() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// The version a database's meterd schema is at (0: never migrated), read without writing or locking.
+pub async fn schema_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
+    let exists: bool =
+        client.query_one("SELECT to_regclass('meterd_schema_migrations') IS NOT NULL", &[]).await?.get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client.query_one("SELECT coalesce(max(version), 0) FROM meterd_schema_migrations", &[]).await?.get(0))
+}
+
 pub async fn migrate(client: &mut Client) -> Result<Applied, MigrateError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;

@@ -549,3 +549,112 @@ async fn a_mapping_and_a_lifecycle_event_posted_to_one_agent_apply_where_the_fle
     assert_eq!(a.terminate().unwrap(), Some(0));
     assert_eq!(b.terminate().unwrap(), Some(0));
 }
+
+/// Runs `meterd` with `args` to its exit (failing the test if it has not exited within 60 s): exit code, stdout,
+/// stderr.
+fn meterd(args: &[&str]) -> (Option<i32>, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(meterd_tests::meterd_bin())
+        .args(args)
+        .env("METERD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("meterd {args:?} did not exit within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_database_check_says_precisely_what_is_wrong_and_a_start_waiting_cannot_fix_is_refused() {
+    let pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
+    let dir = tempfile::tempdir().unwrap();
+    let config_at = |name: &str, url: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, agent_toml(&dir.path().join("data"), "http://127.0.0.1:9", url, 0, "4h")).unwrap();
+        path.display().to_string()
+    };
+    // A fresh database: reachable, not migrated.
+    let fresh = config_at("fresh", &pg.url());
+    let (code, out, _) = meterd(&["check-config", &fresh, "--fleet"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("fleet: FAILED: meterd@127.0.0.1:") && out.contains("not migrated"), "{out}");
+    // Migrated (as an agent does at start): the check passes and names the version.
+    let mut c = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
+    meterd_fleet::migrate::migrate(&mut c).await.unwrap();
+    let (code, out, _) = meterd(&["check-config", &fresh, "--fleet"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("schema at version {}", meterd_fleet::migrate::current())), "{out}");
+    // Nothing listens there: the check says it cannot connect, where.
+    let nowhere = config_at("nowhere", "postgres://meterd@127.0.0.1:9/meterd");
+    let (code, out, _) = meterd(&["check-config", &nowhere, "--fleet"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("fleet.database_url: cannot connect to meterd@127.0.0.1:9/meterd"), "{out}");
+
+    // A database that does not exist: waiting cannot fix it, so the agent refuses to start, naming the setting.
+    let missing = config_at("missing", &format!("postgres://meterd@127.0.0.1:{}/nope", pg.port()));
+    let (code, out, _) = meterd(&["check-config", &missing, "--fleet"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("does not exist"), "{out}");
+    let (code, _, err) = meterd(&["run", "--config", &missing]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("fleet.database_url (meterd@127.0.0.1:") && err.contains("\"nope\" does not exist"), "{err}");
+    // A schema migrated by a newer meterd: refused at start, not retried for ever.
+    c.execute("INSERT INTO meterd_schema_migrations (version, name) VALUES (99, 'future')", &[]).await.unwrap();
+    let (code, out, _) = meterd(&["check-config", &fresh, "--fleet"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("newer than this meterd knows"), "{out}");
+    let (code, _, err) = meterd(&["run", "--config", &fresh]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("fleet.database_url") && err.contains("version 99, newer than this meterd knows"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_checks_run_on_every_fleet_agent() {
+    let pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
+    let emulator = EmulatorProcess::start(
+        "seed = 3\nrate_limit_per_sec = 10.0\nstrict_wire = true\n[[products]]\nproduct_code = \"fleetprod\"\n\
+         dimensions = [\"api_calls\", \"gb_hours\"]\n[[products]]\nproduct_code = \"amiprod\"\n\
+         dimensions = [\"vcpu_hours\"]\n",
+    )
+    .unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let deployment =
+        "[products.ami]\nidentity = \"deployment\"\nproduct_code = \"amiprod\"\ndimensions = [\"vcpu_hours\"]\n[fleet]";
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|n| {
+            let config = agent_toml(dirs[n].path(), &emulator.url, &pg.url(), n, "4h").replace("[fleet]", deployment);
+            Agent::start(&config).unwrap()
+        })
+        .collect();
+    // The submitting agent and the other one alike: each host proves its own setup.
+    for a in &agents {
+        let client = a.client().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let checks = loop {
+            let s = client.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+            if !s.deployment_checks.is_empty()
+                && s.deployment_checks.iter().all(|c| c.state == "ok" || c.state == "failed")
+            {
+                break s.deployment_checks;
+            }
+            assert!(Instant::now() < deadline, "checks never settled: {:?}", s.deployment_checks);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            checks.iter().map(|c| (c.product.as_str(), c.check.as_str(), c.state.as_str())).collect::<Vec<_>>(),
+            [("ami", "dry_run:vcpu_hours", "ok")]
+        );
+    }
+    for a in &mut agents {
+        assert_eq!(a.terminate().unwrap(), Some(0));
+    }
+}
