@@ -540,6 +540,31 @@ pub(crate) async fn mappings_for(
     Ok(out)
 }
 
+/// How long after a customer left its open hours are still sealed by [`seal_leaving`]: its final hour, usage
+/// rolled into the next hour (sealed once that hour begins), with room for a late forward. Afterwards any usage
+/// of it left over is sealed by the ordinary seal (rolling past a taken key all the same), and this pass reads
+/// nothing for it.
+const LEAVING_WINDOW_MS: i64 = 3 * HOUR_MS;
+
+/// The open buckets (up to the current hour, by the database's clock) of the customers in `$2` (license ARNs)
+/// and `$3` (legacy customer identifiers), matched on the bucket's customer JSON.
+const OPEN_OF_LEFT: &str = "hour_ms <= (extract(epoch FROM now()) * 1000)::int8 / 3600000 * 3600000
+    AND (customer::jsonb -> 'Aws' ->> 'license_arn' = ANY($2)
+         OR customer::jsonb -> 'Legacy' ->> 'customer_identifier' = ANY($3))";
+
+fn leaving_filter(left: &HashMap<String, i64>) -> (Vec<String>, Vec<String>) {
+    let mut arns = Vec::new();
+    let mut ids = Vec::new();
+    for k in left.keys() {
+        if let Some(arn) = k.strip_prefix('l') {
+            arns.push(arn.to_string());
+        } else if let Some(id) = k.strip_prefix('g') {
+            ids.push(id.to_string());
+        }
+    }
+    (arns, ids)
+}
+
 /// What [`seal_leaving`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LeavingSealed {
@@ -560,17 +585,28 @@ pub async fn seal_leaving(
     products: &[String],
     params: &SealParams,
 ) -> Result<LeavingSealed, crate::seal::SealError> {
-    // Read without locks first: almost always nobody is leaving, and this must not block forwards every tick.
+    // Read without locks first: almost always nobody left lately, and this must not block forwards every tick.
     let left: HashMap<String, i64> = client
         .query(
-            "SELECT customer, left_at_ms FROM meterd_customers WHERE NOT accepts_usage AND left_at_ms IS NOT NULL",
-            &[],
+            "SELECT customer, left_at_ms FROM meterd_customers
+             WHERE NOT accepts_usage AND left_at_ms > (extract(epoch FROM now()) * 1000)::int8 - $1",
+            &[&LEAVING_WINDOW_MS],
         )
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     if left.is_empty() {
+        return Ok(LeavingSealed::default());
+    }
+    let (arns, ids) = leaving_filter(&left);
+    let due = client
+        .query_opt(
+            &format!("SELECT 1 FROM meterd_buckets WHERE product = ANY($1) AND {OPEN_OF_LEFT} LIMIT 1"),
+            &[&products, &arns, &ids],
+        )
+        .await?;
+    if due.is_none() {
         return Ok(LeavingSealed::default());
     }
     let tx = client.transaction().await?;
@@ -595,10 +631,12 @@ pub async fn seal_leaving(
     for product in products {
         let rows = tx
             .query(
-                "SELECT hour_ms, customer, dimension, tags, total::text, events, late::text FROM meterd_buckets
-                 WHERE product = $1 AND hour_ms <= $2
-                 ORDER BY hour_ms, customer COLLATE \"C\", dimension COLLATE \"C\", tags COLLATE \"C\"",
-                &[&product, &hour_start(now_ms)],
+                &format!(
+                    "SELECT hour_ms, customer, dimension, tags, total::text, events, late::text FROM meterd_buckets
+                     WHERE product = ANY($1) AND {OPEN_OF_LEFT}
+                     ORDER BY hour_ms, customer COLLATE \"C\", dimension COLLATE \"C\", tags COLLATE \"C\""
+                ),
+                &[&vec![product], &arns, &ids],
             )
             .await?;
         let mut by_cap: std::collections::BTreeMap<i64, Vec<(BucketKey, Bucket)>> = Default::default();
