@@ -99,12 +99,18 @@ pub async fn run(
                 &metrics,
                 submit,
                 stats,
+                fleet.deployment.clone(),
             );
             (p, r, Some(fleet))
         }
     };
+    // In fleet mode the customer registry is the fleet's (PostgreSQL), its copy in the spool.
+    let registry_ledger: Arc<dyn crate::store::Ledger> = match &fleet {
+        Some(f) => Arc::new(crate::fleet::registry::FleetLedger { spool: store.clone(), registry: f.registry.clone() }),
+        None => ledger.clone(),
+    };
     let customers =
-        crate::customers::Customers::new(config.clone(), ledger.clone(), clock.clone(), pipeline.clone(), &metrics)
+        crate::customers::Customers::new(config.clone(), registry_ledger, clock.clone(), pipeline.clone(), &metrics)
             .await?;
     let (routes, health) =
         server::routes(config.clone(), store.clone(), clock.clone(), pipeline.clone(), customers.clone(), &metrics);

@@ -36,6 +36,10 @@ pub enum Command {
         /// (entitlement, product code, dimension, IAM permission, credentials, Region); exits 1 if one fails.
         #[arg(long)]
         aws: bool,
+        /// Also check the fleet database (`[fleet]`): reachable, and migrated to this meterd's schema; exits 1 if
+        /// not.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Show the state of a running agent: queue depth, oldest pending, most urgent deadline, skew.
     Status {
@@ -172,9 +176,15 @@ pub fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args).await,
-        Command::CheckConfig { file, aws } => {
+        Command::CheckConfig { file, aws, fleet } => {
             let code = check_config(&file);
-            if !aws || code != ExitCode::SUCCESS {
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            if fleet && check_fleet(&file).await? != ExitCode::SUCCESS {
+                return Ok(ExitCode::FAILURE);
+            }
+            if !aws {
                 return Ok(code);
             }
             check_aws(&file).await
@@ -505,6 +515,25 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `check-config --fleet`: the fleet database is reachable and migrated (one line either way).
+async fn check_fleet(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(file)?;
+    let Some(f) = &config.fleet else {
+        println!("fleet: no [fleet] table: this agent runs on its data dir alone");
+        return Ok(ExitCode::SUCCESS);
+    };
+    Ok(match crate::fleet::check_database(f).await {
+        Ok(line) => {
+            println!("fleet: {line}");
+            ExitCode::SUCCESS
+        }
+        Err(line) => {
+            println!("fleet: FAILED: {line}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 /// `check-config --aws`: the deployment-mode DryRun checks, printed one line per dimension.

@@ -119,7 +119,8 @@ impl Pipeline {
     }
 
     /// Fleet mode: no local sealer or submitter (the account's elected agent seals and submits the shared
-    /// ledger); `submit_stats` are the fleet submitters' counters, shown by status and metrics.
+    /// ledger); `submit_stats` are the fleet submitters' counters and `deployment` this agent's start-up checks
+    /// (`crate::fleet::start` runs them), shown by status and metrics.
     pub fn spool(
         config: Arc<Config>,
         store: Arc<dyn Ledger>,
@@ -127,9 +128,9 @@ impl Pipeline {
         registry: &crate::metrics::Registry,
         metrics: Arc<crate::submit::SubmitMetrics>,
         submit_stats: Vec<(String, Arc<SubmitStats>)>,
+        deployment: Arc<crate::submit::register::DeploymentChecks>,
     ) -> (Self, Running) {
         let (stop, _) = watch::channel(false);
-        let deployment = Arc::new(crate::submit::register::DeploymentChecks::default());
         let submit_stats = Arc::new(submit_stats);
         registry.register(Arc::new(crate::submit::metrics::SubmitCollector {
             metrics,

@@ -121,3 +121,37 @@ fn an_entry_in_an_unknown_encoding_is_refused_not_misread() {
     assert!(outbox::decode_entry(&bytes).unwrap_err().to_string().contains("newer meterd"));
     assert!(outbox::decode_entry(&[]).is_err());
 }
+
+/// A spool's local state after its events are forwarded: no buckets (the shared ledger keeps the totals), no
+/// outbox entries, and idempotency keys only for the dedupe window (segments dropped whole). So it is the same
+/// after 40 hours as after 8: it does not grow with the hours forwarded.
+#[test]
+fn a_spools_local_state_after_forwarding_does_not_grow_with_the_hours() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open_spool(dir.path(), StoreOptions { dedupe_keep_ms: 2 * HOUR, ..options() }).unwrap();
+        let mut sizes = Vec::new();
+        for hour in 0..40i64 {
+            let at = T0 + hour * HOUR;
+            let events = (0..50)
+                .map(|i| UsageEvent {
+                    identity: Identity::Legacy { customer_identifier: format!("cust-{}", i % 10) },
+                    ..event(&format!("h{hour:03}-{i:02}"), 1_000_000, Some(at + i))
+                })
+                .collect();
+            store.ingest(events, at + 100, Carry).await.unwrap();
+            // The forwarder's part: the shared ledger committed the page, the spool drops it.
+            let seqs: Vec<u64> = store.outbox_page(1000).unwrap().entries.iter().map(|(s, _)| *s).collect();
+            assert_eq!(seqs.len(), 50);
+            store.outbox_remove(&seqs).unwrap();
+            if hour == 7 || hour == 39 {
+                sizes.push(store.live_bytes().unwrap());
+            }
+        }
+        // A few bytes of counters (events ever stored, events forgotten) may lengthen; nothing per hour.
+        assert!(sizes[1] <= sizes[0] + 32, "the spool's state grew with the hours: {sizes:?} bytes");
+        assert!(store.buckets().unwrap().is_empty(), "a spool keeps no totals");
+        assert_eq!(store.outbox_depth().unwrap(), Depth::default());
+        store.close().await.unwrap();
+    });
+}

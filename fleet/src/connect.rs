@@ -78,6 +78,21 @@ impl std::fmt::Debug for Database {
 }
 
 impl Database {
+    /// Where it connects, for messages: `user@host:port/dbname`, never the password.
+    pub fn location(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!(
+            "{}@{host}:{port}/{}",
+            self.config.get_user().unwrap_or_default(),
+            self.config.get_dbname().unwrap_or_default()
+        )
+    }
+
     /// `url`: `postgres://user[:password]@host[:port]/dbname[?sslmode=…&sslrootcert=…&…]`. `password_file`: a file
     /// holding the password (its first line; wins over one in the URL), as Kubernetes secrets are mounted.
     pub fn parse(url: &str, password_file: Option<&Path>) -> Result<Self, ConnectError> {

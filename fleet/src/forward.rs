@@ -106,9 +106,15 @@ pub async fn forward(
 
 /// Answers the decision from the shared keys read at the start of the transaction; buckets start empty, so the
 /// decided totals are this batch's increments (added to the shared totals in SQL, safely under concurrency).
-/// Tenant mappings and customer standing are not consulted: the node answered for the event already.
+/// A tenant mapped (fleet-wide) for the event's product is counted under its identity, as the sled store counts
+/// it; a tenant mapped for another product is held, as an unmapped one (refusing it would drop usage the node
+/// acknowledged). Customer standing is not consulted: the node answered for the event already (its copy of the
+/// registry gated it), so a customer that left meanwhile is counted and sealed by the leaving rule
+/// (`registry::seal_leaving`), never dropped.
 struct Shared<'a> {
     known: &'a HashMap<String, (StoredEvent, String)>,
+    mappings: &'a HashMap<String, TenantMapping>,
+    product: &'a str,
 }
 
 impl Lookups for Shared<'_> {
@@ -116,8 +122,8 @@ impl Lookups for Shared<'_> {
     fn event(&mut self, key: &str) -> Result<Option<StoredEvent>, Self::Error> {
         Ok(self.known.get(key).map(|(s, _)| s.clone()))
     }
-    fn mapping(&mut self, _: &str) -> Result<Option<TenantMapping>, Self::Error> {
-        Ok(None)
+    fn mapping(&mut self, tenant: &str) -> Result<Option<TenantMapping>, Self::Error> {
+        Ok(self.mappings.get(tenant).filter(|m| m.product == self.product).cloned())
     }
     fn standing(&mut self, _: &CustomerRef) -> Result<Option<Standing>, Self::Error> {
         Ok(None)
@@ -158,6 +164,22 @@ async fn try_forward(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
 
+    // Read after the seal marks: a mapping being put holds its product's mark FOR UPDATE, so this sees it
+    // committed (and its tenant buckets moved) or the mapping waits for this forward and then moves what it adds.
+    let mut tenants: Vec<&str> = events
+        .iter()
+        .filter_map(|a| match &a.event.identity {
+            meterd_core::domain::event::Identity::Tenant(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let mappings = crate::registry::mappings_for(&tx, &tenants).await.map_err(|e| match e {
+        crate::registry::RegistryError::Db(e) => ForwardError::Db(e),
+        crate::registry::RegistryError::Corrupt(c) => ForwardError::Corrupt(c),
+        other => ForwardError::Refused { key: String::new(), reason: other.to_string() },
+    })?;
     let mut keys: Vec<&str> = events.iter().map(|a| a.event.idempotency_key.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
@@ -201,7 +223,7 @@ async fn try_forward(
         let mut group = IngestGroup::new(sealed.get(*product).copied().flatten());
         for a in acked {
             let outcome = group
-                .decide(&a.event, a.received_ms, ACKED, &mut Shared { known: &known })
+                .decide(&a.event, a.received_ms, ACKED, &mut Shared { known: &known, mappings: &mappings, product })
                 .unwrap_or_else(|never: std::convert::Infallible| match never {});
             match outcome {
                 IngestOutcome::Stored(_) => out.stored += 1,

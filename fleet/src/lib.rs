@@ -10,6 +10,7 @@
 //! - [`partitions`]: the dedupe window — event keys partitioned by day, retention drops partitions.
 //! - [`seal`]: fleet-wide sealing on the nodes' watermarks, under the account's lease, with the agent's seal
 //!   arithmetic; one record per AWS key; record state updates by the agent's rule.
+//! - [`registry`]: the fleet-wide customer registry — tenant mappings, lifecycles, agreements — by revision.
 //! - [`views`]: reads for reports and `status`.
 //! - [`test_postgres`]: a real throwaway PostgreSQL server for tests (initdb + pg_ctl in a temp dir).
 //!
@@ -22,6 +23,7 @@ pub mod lease;
 pub mod migrate;
 pub mod nodes;
 pub mod partitions;
+pub mod registry;
 pub mod seal;
 pub mod test_postgres;
 pub mod views;

@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "coordination", sql: include_str!("../migrations/0001_coordination.sql") },
     Migration { version: 2, name: "ledger", sql: include_str!("../migrations/0002_ledger.sql") },
+    Migration { version: 3, name: "registry", sql: include_str!("../migrations/0003_registry.sql") },
 ];
 
 /// The advisory lock key of the migrator (an arbitrary constant; other applications in the same database are
@@ -41,6 +42,21 @@ pub enum MigrateError {
 pub struct Applied {
     pub versions: Vec<i32>,
     pub current: i32,
+}
+
+/// The schema version this build migrates a database to.
+pub fn current() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// The version a database's meterd schema is at (0: never migrated), read without writing or locking.
+pub async fn schema_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
+    let exists: bool =
+        client.query_one("SELECT to_regclass('meterd_schema_migrations') IS NOT NULL", &[]).await?.get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client.query_one("SELECT coalesce(max(version), 0) FROM meterd_schema_migrations", &[]).await?.get(0))
 }
 
 pub async fn migrate(client: &mut Client) -> Result<Applied, MigrateError> {

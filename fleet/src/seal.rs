@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use meterd_core::clock::{UnixMillis, hour_start};
+use meterd_core::clock::{HOUR_MS, UnixMillis, hour_start};
 use meterd_core::domain::event::{Bucket, BucketKey};
 use meterd_core::domain::quantity::Micros;
 use meterd_core::domain::record::{RecordKey, RecordState, SealedRecord, UpdateRefused, check_update};
@@ -201,88 +201,158 @@ async fn seal_product(
     params: &meterd_core::domain::seal::SealParams,
     summary: &mut SealSummary,
 ) -> Result<(), SealError> {
-    {
-        let rows = tx
-            .query(
-                "SELECT hour_ms, customer, dimension, tags, total::text, events, late::text FROM meterd_buckets
-                 WHERE product = $1 AND hour_ms < $2
-                 ORDER BY hour_ms, customer COLLATE \"C\", dimension COLLATE \"C\", tags COLLATE \"C\"",
-                &[product, &cutoff],
-            )
-            .await?;
-        let mut buckets = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let key = BucketKey {
-                hour_ms: r.get(0),
-                product: product.clone(),
-                identity: codec::identity_of(r.get(1))?,
-                dimension: r.get(2),
-                tags: codec::tags_of(r.get(3))?,
-            };
-            let events: i64 = r.get(5);
-            let bucket =
-                Bucket { total: codec::micros_of(r.get(4))?, events: events as u64, late: codec::micros_of(r.get(6))? };
-            buckets.push((key, bucket));
+    let rows = tx
+        .query(
+            "SELECT hour_ms, customer, dimension, tags, total::text, events, late::text FROM meterd_buckets
+             WHERE product = $1 AND hour_ms < $2
+             ORDER BY hour_ms, customer COLLATE \"C\", dimension COLLATE \"C\", tags COLLATE \"C\"",
+            &[product, &cutoff],
+        )
+        .await?;
+    let mut buckets = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let key = BucketKey {
+            hour_ms: r.get(0),
+            product: product.clone(),
+            identity: codec::identity_of(r.get(1))?,
+            dimension: r.get(2),
+            tags: codec::tags_of(r.get(3))?,
+        };
+        let events: i64 = r.get(5);
+        let bucket =
+            Bucket { total: codec::micros_of(r.get(4))?, events: events as u64, late: codec::micros_of(r.get(6))? };
+        buckets.push((key, bucket));
+    }
+    summary.buckets += buckets.len() as u64;
+    let (s, taken) = seal_buckets(tx, lease, product, buckets, params, None).await?;
+    summary.records += s.records;
+    summary.carried_only += s.carried_only;
+    tx.execute("DELETE FROM meterd_buckets WHERE product = $1 AND hour_ms < $2", &[product, &cutoff]).await?;
+    // Usage of a customer whose final hour was sealed early (it left): the open hour, nobody's key yet.
+    roll_over(tx, taken, |h| (h + HOUR_MS).max(cutoff)).await?;
+    tx.execute("UPDATE meterd_seal_marks SET sealed_through = $2 WHERE product = $1", &[product, &cutoff]).await?;
+    Ok(())
+}
+
+/// Turns `buckets` (hour first) of `product` into records with their carries, inside the caller's transaction
+/// (which removes the buckets). `deadline_cap` brings deadlines forward (a leaving customer's final hour).
+/// Returns the buckets whose AWS key a record already has — only a customer sealed early has records of open
+/// hours — for the caller to count again in a later hour ([`roll_over`]), never as a second record of the key.
+pub(crate) async fn seal_buckets(
+    tx: &tokio_postgres::Transaction<'_>,
+    lease: &Lease,
+    product: &str,
+    buckets: Vec<(BucketKey, Bucket)>,
+    params: &meterd_core::domain::seal::SealParams,
+    deadline_cap: Option<UnixMillis>,
+) -> Result<(SealSummary, Vec<(BucketKey, Bucket)>), SealError> {
+    let mut summary = SealSummary::default();
+    let mut taken_keys = std::collections::HashSet::new();
+    let originals = buckets.clone();
+    let groups =
+        group_buckets(buckets).map_err(|_| SealError::Overflow(format!("the late usage of product {product:?}")))?;
+    let mut carries: HashMap<(String, String), Micros> = HashMap::new();
+    for group in groups {
+        let customer = codec::identity_text(&group.key.identity);
+        if crate::registry::aws_key_taken(
+            tx,
+            group.key.hour_ms,
+            product,
+            &customer,
+            &group.key.identity,
+            &group.key.dimension,
+        )
+        .await?
+        {
+            taken_keys.insert((group.key.hour_ms, customer, group.key.dimension.clone()));
+            continue;
         }
-        summary.buckets += buckets.len() as u64;
-        let groups = group_buckets(buckets)
-            .map_err(|_| SealError::Overflow(format!("the late usage of product {product:?} before hour {cutoff}")))?;
-        let mut carries: HashMap<(String, String), Micros> = HashMap::new();
-        for group in groups {
-            let customer = codec::identity_text(&group.key.identity);
-            let series = (customer.clone(), group.key.dimension.clone());
-            let carried_in = match carries.get(&series) {
-                Some(c) => *c,
-                None => match tx
-                    .query_opt(
-                        "SELECT carried::text FROM meterd_carries
-                         WHERE product = $1 AND customer = $2 AND dimension = $3",
-                        &[product, &customer, &group.key.dimension],
-                    )
-                    .await?
-                {
-                    Some(r) => codec::micros_of(r.get(0))?,
-                    None => Micros::ZERO,
-                },
-            };
-            let key = group.key.clone();
-            let record =
-                seal_record(group, carried_in, params, None).map_err(|_| SealError::Overflow(format!("{key:?}")))?;
-            carries.insert(series, record.carried_out);
-            if record.state == RecordState::Carried {
-                summary.carried_only += 1;
-            } else {
-                summary.records += 1;
-            }
-            tx.execute(
-                "INSERT INTO meterd_records (hour_ms, product, customer, dimension, state, deadline_ms, record,
-                                             sealed_epoch, sealed_by)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9)",
-                &[
-                    &record.key.hour_ms,
-                    product,
-                    &customer,
-                    &record.key.dimension,
-                    &record.state.name(),
-                    &record.deadline_ms,
-                    &codec::record_text(&record),
-                    &lease.epoch,
-                    &lease.holder.node_id,
-                ],
-            )
-            .await?;
+        let series = (customer.clone(), group.key.dimension.clone());
+        let carried_in = match carries.get(&series) {
+            Some(c) => *c,
+            None => match tx
+                .query_opt(
+                    "SELECT carried::text FROM meterd_carries
+                     WHERE product = $1 AND customer = $2 AND dimension = $3",
+                    &[&product, &customer, &group.key.dimension],
+                )
+                .await?
+            {
+                Some(r) => codec::micros_of(r.get(0))?,
+                None => Micros::ZERO,
+            },
+        };
+        let key = group.key.clone();
+        let record = seal_record(group, carried_in, params, deadline_cap)
+            .map_err(|_| SealError::Overflow(format!("{key:?}")))?;
+        carries.insert(series, record.carried_out);
+        if record.state == RecordState::Carried {
+            summary.carried_only += 1;
+        } else {
+            summary.records += 1;
         }
-        for ((customer, dimension), carried) in carries {
-            tx.execute(
-                "INSERT INTO meterd_carries (product, customer, dimension, carried)
-                 VALUES ($1, $2, $3, $4::text::numeric)
-                 ON CONFLICT (product, customer, dimension) DO UPDATE SET carried = excluded.carried",
-                &[product, &customer, &dimension, &codec::micros_text(carried)],
-            )
-            .await?;
-        }
-        tx.execute("DELETE FROM meterd_buckets WHERE product = $1 AND hour_ms < $2", &[product, &cutoff]).await?;
-        tx.execute("UPDATE meterd_seal_marks SET sealed_through = $2 WHERE product = $1", &[product, &cutoff]).await?;
+        tx.execute(
+            "INSERT INTO meterd_records (hour_ms, product, customer, dimension, state, deadline_ms, record,
+                                         sealed_epoch, sealed_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9)",
+            &[
+                &record.key.hour_ms,
+                &product,
+                &customer,
+                &record.key.dimension,
+                &record.state.name(),
+                &record.deadline_ms,
+                &codec::record_text(&record),
+                &lease.epoch,
+                &lease.holder.node_id,
+            ],
+        )
+        .await?;
+    }
+    for ((customer, dimension), carried) in carries {
+        tx.execute(
+            "INSERT INTO meterd_carries (product, customer, dimension, carried)
+             VALUES ($1, $2, $3, $4::text::numeric)
+             ON CONFLICT (product, customer, dimension) DO UPDATE SET carried = excluded.carried",
+            &[&product, &customer, &dimension, &codec::micros_text(carried)],
+        )
+        .await?;
+    }
+    let taken = originals
+        .into_iter()
+        .filter(|(k, _)| taken_keys.contains(&(k.hour_ms, codec::identity_text(&k.identity), k.dimension.clone())))
+        .collect();
+    Ok((summary, taken))
+}
+
+/// Counts `buckets` again in the hour `next` gives for each (after the caller removed them), all of it flagged
+/// late: the late-usage rule for usage whose AWS key a record already has.
+pub(crate) async fn roll_over(
+    tx: &tokio_postgres::Transaction<'_>,
+    buckets: Vec<(BucketKey, Bucket)>,
+    next: impl Fn(UnixMillis) -> UnixMillis,
+) -> Result<(), SealError> {
+    for (k, b) in buckets {
+        tracing::warn!(bucket = ?k, "usage of a customer whose record of this hour is already sealed (it left): \
+            counted in a later hour, flagged late");
+        tx.execute(
+            "INSERT INTO meterd_buckets (hour_ms, product, customer, dimension, tags, total, events, late)
+             VALUES ($1, $2, $3, $4, $5, $6::text::numeric, $7, $6::text::numeric)
+             ON CONFLICT (hour_ms, product, customer, dimension, tags) DO UPDATE
+                 SET total = meterd_buckets.total + excluded.total,
+                     events = meterd_buckets.events + excluded.events,
+                     late = meterd_buckets.late + excluded.late",
+            &[
+                &next(k.hour_ms),
+                &k.product,
+                &codec::identity_text(&k.identity),
+                &k.dimension,
+                &codec::tags_text(&k.tags),
+                &codec::micros_text(b.total),
+                &(b.events as i64),
+            ],
+        )
+        .await?;
     }
     Ok(())
 }

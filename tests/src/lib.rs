@@ -82,6 +82,8 @@ pub struct Agent {
     pub unix: Option<PathBuf>,
     /// The admin listener's address, when configured.
     pub admin: Option<String>,
+    /// The marketplace listener's address, when configured.
+    pub http: Option<String>,
     pub config_path: PathBuf,
     _config_dir: tempfile::TempDir,
 }
@@ -125,6 +127,7 @@ impl Agent {
             tcp: field("tcp"),
             unix: field("unix").map(PathBuf::from),
             admin: field("admin"),
+            http: field("http"),
             child: Some(child),
             config_path: config_path.to_path_buf(),
             _config_dir: config_dir,

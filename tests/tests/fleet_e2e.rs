@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use meterd::domain::quantity::Micros;
 use meterd_fleet::test_postgres::TestPostgres;
 use meterd_proto::v1;
 use meterd_tests::{Agent, EmulatorProcess};
@@ -388,4 +389,272 @@ async fn ack_shared_answers_after_the_commit_and_unavailable_while_the_database_
     }
     assert_eq!(count().await.unwrap(), 4);
     assert_eq!(a.terminate().unwrap(), Some(0));
+}
+
+fn tenant_event(key: &str, tenant: &str, q: u64, at_s: i64) -> v1::UsageEvent {
+    v1::UsageEvent {
+        customer: Some(v1::Customer { identity: Some(v1::customer::Identity::TenantId(tenant.into())) }),
+        ..event(key, 0, "api_calls", q, at_s)
+    }
+}
+
+/// A License Deprovisioned event (EventBridge) without an agreement id: nothing to confirm with AWS.
+fn deprovisioned(license_arn: &str, id: &str) -> String {
+    serde_json::json!({
+        "version": "0", "id": id, "detail-type": "License Deprovisioned - Manufacturer",
+        "source": "aws.agreement-marketplace", "account": "999988887777", "time": "2026-11-22T10:30:00Z",
+        "region": "us-east-1", "resources": [],
+        "detail": {
+            "license": {"arn": license_arn},
+            "product": {"id": "prod-x", "code": "fleetprod"},
+            "acceptor": {"accountId": ACCOUNT}
+        }
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_and_a_lifecycle_event_posted_to_one_agent_apply_where_the_fleet_submits() {
+    let pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
+    let emulator = EmulatorProcess::start(&format!(
+        "seed = 5\nrate_limit_per_sec = 10.0\nstrict_wire = true\n[[products]]\nproduct_code = \"fleetprod\"\n\
+         dimensions = [\"api_calls\", \"gb_hours\"]\n[[customers]]\nproduct_code = \"fleetprod\"\n\
+         aws_account_id = \"{ACCOUNT}\"\nlicense_arn = \"{}\"\n",
+        arn(0)
+    ))
+    .unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let secret = b_dir.path().join("events.secret");
+    std::fs::write(&secret, "s3cret-for-the-api-destination\n").unwrap();
+    let marketplace = format!(
+        "[marketplace]\nlisten = \"127.0.0.1:0\"\nredirect_url = \"https://app.example.com/welcome\"\n\
+         events_secret_file = {:?}\n",
+        secret.display().to_string()
+    );
+    // A grace of two hours: the ordinary seal cannot seal the current hour during this test, so whatever is
+    // billed of it was sealed by the leaving-customer rule.
+    let config = |dir: &std::path::Path, node| {
+        agent_toml(dir, &emulator.url, &pg.url(), node, "2h").replace("[fleet]", &format!("{marketplace}[fleet]"))
+    };
+    let db = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
+    // B starts first and takes the submitter lease; A never submits while B lives.
+    let mut b = Agent::start(&config(b_dir.path(), 0)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while meterd_fleet::lease::holders(&db).await.unwrap_or_default().first().is_none_or(|h| h.1 != "node-0") {
+        assert!(Instant::now() < deadline, "node-0 never took the submitter lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut a = Agent::start(&config(a_dir.path(), 1)).unwrap();
+    let (a_client, b_client) = (a.client().await.unwrap(), b.client().await.unwrap());
+    let now_s = meterd::clock::system_now_ms() / 1000;
+    let record = |client: &meterd_proto::client::Client, ev: v1::UsageEvent| {
+        let client = client.clone();
+        async move { client.metering().record_usage(v1::RecordUsageRequest { event: Some(ev) }).await }
+    };
+    let identity_usage = || async {
+        let mut units = Micros::ZERO;
+        for (k, bucket) in meterd_fleet::views::buckets(&db).await.unwrap() {
+            if k.identity.label().contains(&arn(0)) {
+                units = units.try_add(bucket.total).unwrap();
+            }
+        }
+        units
+    };
+
+    // Usage of an unmapped tenant, acknowledged by B: held under the tenant in the shared ledger.
+    record(&b_client, tenant_event("t-1", "acme", 2, now_s)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while meterd_fleet::views::event_keys(&db).await.unwrap() < 1 {
+        assert!(Instant::now() < deadline, "t-1 never forwarded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(identity_usage().await, Micros::ZERO);
+    // The tenant is mapped through A: the held usage moves to the identity fleet-wide, and B's later usage of
+    // the tenant is counted under it.
+    let put = v1::PutCustomerRequest {
+        tenant_id: "acme".into(),
+        product: String::new(),
+        identity: Some(v1::put_customer_request::Identity::AwsAccount(v1::AwsCustomer {
+            customer_aws_account_id: ACCOUNT.into(),
+            license_arn: arn(0),
+        })),
+        agreement_id: String::new(),
+    };
+    let info = a_client.customers().put(put).await.unwrap().into_inner();
+    assert_eq!(info.buckets_moved, 1, "{info:?}");
+    assert_eq!(identity_usage().await, Micros::from_units(2));
+    record(&b_client, tenant_event("t-2", "acme", 3, now_s)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while identity_usage().await != Micros::from_units(5) {
+        assert!(Instant::now() < deadline, "t-2 not counted under the identity: {:?}", identity_usage().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // B's copy of the registry has the mapping too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b_client.customers().get(v1::GetCustomerRequest { tenant_id: "acme".into() }).await.is_err() {
+        assert!(Instant::now() < deadline, "B never learned A's mapping");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The customer leaves: the event is posted to A's marketplace listener. B, the submitter, seals its final
+    // hour at once and sends it, long before the hour's ordinary seal.
+    let key = [("x-meterd-events-key", "s3cret-for-the-api-destination")];
+    let a_http: std::net::SocketAddr = a.http.as_ref().unwrap().parse().unwrap();
+    let ev = deprovisioned(&arn(0), "ev-leave");
+    let (code, _, body) =
+        meterd_tests::stack::http_post_with(a_http, "/internal/marketplace/events", "application/json", &key, &ev)
+            .await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["applied"].as_bool(), v["status"].as_str()), (Some(true), Some("deprovisioning")), "{v}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let total = |billed: BTreeMap<(String, String, i64), u64>| billed.values().sum::<u64>();
+    while total(billed(&emulator)) < 5 {
+        assert!(Instant::now() < deadline, "the final hour was not billed: {:?}", billed(&emulator));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sealed = meterd_fleet::seal::records(&db, "app").await.unwrap();
+    assert_eq!(sealed.len(), 1, "{sealed:?}");
+    // The final reporting hour: due within the hour after the event, not the ordinary window.
+    assert!(sealed[0].deadline_ms <= meterd::clock::system_now_ms() + 3_600_000, "{:?}", sealed[0]);
+
+    // B's copy follows: usage of the customer sent to B is refused, as a standalone agent refuses it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut attempt = 0;
+    let refused = loop {
+        // A new key each time: a key acknowledged before the copy caught up would only replay.
+        attempt += 1;
+        match record(&b_client, event(&format!("after-{attempt}"), 0, "api_calls", 1, now_s)).await {
+            Err(e) => break e,
+            Ok(_) => assert!(Instant::now() < deadline, "B still accepts usage of a customer that left"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("deprovisioning"), "{}", refused.message());
+    let tenant = record(&b_client, tenant_event("after-t", "acme", 1, now_s)).await.unwrap_err();
+    assert_eq!(tenant.code(), tonic::Code::FailedPrecondition, "{tenant:?}");
+    // The same event delivered again, to B this time: nothing changes.
+    let b_http: std::net::SocketAddr = b.http.as_ref().unwrap().parse().unwrap();
+    let (code, _, body) =
+        meterd_tests::stack::http_post_with(b_http, "/internal/marketplace/events", "application/json", &key, &ev)
+            .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"applied\":false"), "{body}");
+    // Usage B acknowledged before its copy caught up is counted in a later hour, never a second record of the
+    // final hour's AWS key: 5 units billed, no DuplicateRecord.
+    let counters = emulator.inspect("/_emulator/counters").unwrap();
+    assert_eq!(counters["duplicates"], 0, "{counters}");
+    assert_eq!(total(billed(&emulator)), 5);
+    assert_eq!(a.terminate().unwrap(), Some(0));
+    assert_eq!(b.terminate().unwrap(), Some(0));
+}
+
+/// Runs `meterd` with `args` to its exit (failing the test if it has not exited within 60 s): exit code, stdout,
+/// stderr.
+fn meterd(args: &[&str]) -> (Option<i32>, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(meterd_tests::meterd_bin())
+        .args(args)
+        .env("METERD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("meterd {args:?} did not exit within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_database_check_says_precisely_what_is_wrong_and_a_start_waiting_cannot_fix_is_refused() {
+    let pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
+    let dir = tempfile::tempdir().unwrap();
+    let config_at = |name: &str, url: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, agent_toml(&dir.path().join("data"), "http://127.0.0.1:9", url, 0, "4h")).unwrap();
+        path.display().to_string()
+    };
+    // A fresh database: reachable, not migrated.
+    let fresh = config_at("fresh", &pg.url());
+    let (code, out, _) = meterd(&["check-config", &fresh, "--fleet"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("fleet: FAILED: meterd@127.0.0.1:") && out.contains("not migrated"), "{out}");
+    // Migrated (as an agent does at start): the check passes and names the version.
+    let mut c = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
+    meterd_fleet::migrate::migrate(&mut c).await.unwrap();
+    let (code, out, _) = meterd(&["check-config", &fresh, "--fleet"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("schema at version {}", meterd_fleet::migrate::current())), "{out}");
+    // Nothing listens there: the check says it cannot connect, where.
+    let nowhere = config_at("nowhere", "postgres://meterd@127.0.0.1:9/meterd");
+    let (code, out, _) = meterd(&["check-config", &nowhere, "--fleet"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("fleet.database_url: cannot connect to meterd@127.0.0.1:9/meterd"), "{out}");
+
+    // A database that does not exist: waiting cannot fix it, so the agent refuses to start, naming the setting.
+    let missing = config_at("missing", &format!("postgres://meterd@127.0.0.1:{}/nope", pg.port()));
+    let (code, out, _) = meterd(&["check-config", &missing, "--fleet"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("does not exist"), "{out}");
+    let (code, _, err) = meterd(&["run", "--config", &missing]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("fleet.database_url (meterd@127.0.0.1:") && err.contains("\"nope\" does not exist"), "{err}");
+    // A schema migrated by a newer meterd: refused at start, not retried for ever.
+    c.execute("INSERT INTO meterd_schema_migrations (version, name) VALUES (99, 'future')", &[]).await.unwrap();
+    let (code, out, _) = meterd(&["check-config", &fresh, "--fleet"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("newer than this meterd knows"), "{out}");
+    let (code, _, err) = meterd(&["run", "--config", &fresh]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("fleet.database_url") && err.contains("version 99, newer than this meterd knows"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_checks_run_on_every_fleet_agent() {
+    let pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
+    let emulator = EmulatorProcess::start(
+        "seed = 3\nrate_limit_per_sec = 10.0\nstrict_wire = true\n[[products]]\nproduct_code = \"fleetprod\"\n\
+         dimensions = [\"api_calls\", \"gb_hours\"]\n[[products]]\nproduct_code = \"amiprod\"\n\
+         dimensions = [\"vcpu_hours\"]\n",
+    )
+    .unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let deployment =
+        "[products.ami]\nidentity = \"deployment\"\nproduct_code = \"amiprod\"\ndimensions = [\"vcpu_hours\"]\n[fleet]";
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|n| {
+            let config = agent_toml(dirs[n].path(), &emulator.url, &pg.url(), n, "4h").replace("[fleet]", deployment);
+            Agent::start(&config).unwrap()
+        })
+        .collect();
+    // The submitting agent and the other one alike: each host proves its own setup.
+    for a in &agents {
+        let client = a.client().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let checks = loop {
+            let s = client.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+            if !s.deployment_checks.is_empty()
+                && s.deployment_checks.iter().all(|c| c.state == "ok" || c.state == "failed")
+            {
+                break s.deployment_checks;
+            }
+            assert!(Instant::now() < deadline, "checks never settled: {:?}", s.deployment_checks);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            checks.iter().map(|c| (c.product.as_str(), c.check.as_str(), c.state.as_str())).collect::<Vec<_>>(),
+            [("ami", "dry_run:vcpu_hours", "ok")]
+        );
+    }
+    for a in &mut agents {
+        assert_eq!(a.terminate().unwrap(), Some(0));
+    }
 }

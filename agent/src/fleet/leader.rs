@@ -30,13 +30,15 @@ pub struct FleetQueue {
     client: tokio::sync::Mutex<Option<meterd_fleet::Client>>,
     lease: Mutex<Option<(Lease, Instant)>>,
     terms: Terms,
-    /// Tenant mappings and the customer registry are this agent's own (not fleet-wide yet).
+    /// This agent's copy of the fleet-wide registry (held records go out as their tenant's mapping).
     local: Store,
+    /// The fleet-wide registry, where AWS's CustomerNotSubscribed answers are kept.
+    registry: Arc<super::registry::FleetRegistry>,
 }
 
 impl FleetQueue {
-    pub fn new(node: Arc<Node>, local: Store, terms: Terms) -> Self {
-        FleetQueue { node, client: Default::default(), lease: Mutex::new(None), terms, local }
+    pub fn new(node: Arc<Node>, local: Store, registry: Arc<super::registry::FleetRegistry>, terms: Terms) -> Self {
+        FleetQueue { node, client: Default::default(), lease: Mutex::new(None), terms, local, registry }
     }
 
     fn lease(&self) -> Option<Lease> {
@@ -121,7 +123,16 @@ impl FleetQueue {
         let rules = SealRules { down_after: self.node.config.down_after, max_wait: self.node.config.max_wait };
         let mut guard = self.client().await?;
         let client = guard.as_mut().expect("connected");
-        match seal::seal(client, &lease, products, cutoff, &config.seal_policy(), rules).await {
+        let policy = config.seal_policy();
+        // Customers that left (a lifecycle event posted to any agent): their final hour goes out now.
+        match meterd_fleet::registry::seal_leaving(client, &lease, products, &policy.params(0, cutoff)).await {
+            Ok(s) if s.records > 0 => {
+                tracing::info!(records = s.records, "sealed the final hour of customers that stopped accepting usage");
+            }
+            Ok(_) => {}
+            Err(e) => return Err(self.failed(&mut guard, e)),
+        }
+        match seal::seal(client, &lease, products, cutoff, &policy, rules).await {
             Ok(s) => {
                 if s.records + s.carried_only > 0 {
                     tracing::info!(records = s.records, carried_only = s.carried_only,
@@ -192,7 +203,7 @@ impl Queue for FleetQueue {
     }
 
     fn note_not_subscribed(&self, identity: Identity, at_ms: UnixMillis) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.local.note_not_subscribed(identity, at_ms))
+        Box::pin(self.registry.note_not_subscribed(identity, at_ms))
     }
 }
 

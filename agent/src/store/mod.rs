@@ -15,6 +15,7 @@ pub mod generation;
 pub mod keys;
 pub mod metrics;
 pub mod migrate;
+pub mod mirror;
 pub mod outbox;
 pub mod pages;
 pub mod pending;

@@ -145,6 +145,11 @@ pub enum Command {
         at_ms: UnixMillis,
         reply: Answer<()>,
     },
+    /// Fleet mode: write this agent's copy of the fleet-wide customer registry (`super::mirror`).
+    Mirror {
+        batch: sled::Batch,
+        reply: Answer<()>,
+    },
     /// Read everything the report needs, between two writes.
     Snapshot {
         reply: Answer<super::LedgerSnapshot>,
@@ -202,6 +207,7 @@ fn refuse(cmd: Command, e: StoreError) -> bool {
         Command::Amend { reply, .. } => drop(reply.send(Err(e))),
         Command::Compact { reply, .. } => drop(reply.send(Err(e))),
         Command::NotSubscribed { reply, .. } => drop(reply.send(Err(e))),
+        Command::Mirror { reply, .. } => drop(reply.send(Err(e))),
         Command::Repack { reply } => drop(reply.send(Err(e))),
         Command::Snapshot { reply } => drop(reply.send(Err(e))),
         Command::ReportPage { reply, .. } => drop(reply.send(Err(e))),
@@ -377,6 +383,12 @@ impl Writer {
                                     }
                                 }
                             }
+                            Command::Mirror { batch, reply } => match self.db.apply_batch(batch) {
+                                Ok(()) => group.replies.push(pending(reply, ())),
+                                Err(e) => {
+                                    let _ = reply.send(Err(e.into()));
+                                }
+                            },
                             // Answered with the group, after the fsync that covers every write it saw.
                             Command::Snapshot { reply } => match super::read_snapshot(&self.db) {
                                 Ok(snap) => group.replies.push(pending(reply, snap)),
@@ -543,8 +555,12 @@ impl Writer {
         }
         let mut batch = sled::Batch::default();
         let new_events = writes.events.len() as u64;
-        for (k, b) in &writes.buckets {
-            batch.insert(keys::encode_bucket_key(k), encode(b));
+        // A spool keeps no totals: the shared ledger counts each forwarded event itself (a spool never seals, so
+        // its buckets would only pile up, one per hour × customer × dimension × tag set, for good).
+        if self.place.spool.is_none() {
+            for (k, b) in &writes.buckets {
+                batch.insert(keys::encode_bucket_key(k), encode(b));
+            }
         }
         // Fleet mode: the acknowledged events' content, in the same atomic write (store/outbox.rs): it joins
         // the default-tree batch, which goes with the dedupe segment in one transaction below.
@@ -553,7 +569,7 @@ impl Writer {
         }
         if new_events == 0 {
             // The spool adds an entry only for a stored event, so a group of replays writes nothing.
-            if !writes.buckets.is_empty() {
+            if !writes.buckets.is_empty() && self.place.spool.is_none() {
                 self.db.apply_batch(batch)?;
             }
         } else {
