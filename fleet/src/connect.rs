@@ -20,6 +20,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_postgres::Client;
 
+/// How long the server lets one of our sessions sit idle inside a transaction before ending it (see `parse`).
+/// Longer than any pause between two statements of a running agent, shorter than waiting for a takeover should be.
+pub const IDLE_IN_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
     Disable,
@@ -139,6 +143,16 @@ impl Database {
             _ => tokio_postgres::config::SslMode::Require,
         });
         config.application_name("meterd");
+        // A paused agent (GC, a stopped VM, SIGSTOP) in the middle of a transaction keeps its row locks: the lease
+        // row it fenced on (FOR SHARE, so nobody can take the lease over), seal marks, key stripes. No agent
+        // transaction waits on anything but the database between its statements, so one idle that long belongs
+        // to a process that is not running; the server ends that session and its locks go with it.
+        let session = format!("-c idle_in_transaction_session_timeout={}", IDLE_IN_TRANSACTION.as_millis());
+        let options = match config.get_options() {
+            Some(given) if !given.is_empty() => format!("{given} {session}"),
+            _ => session,
+        };
+        config.options(options);
         let roots = match &root_cert {
             Some(path) => {
                 let certs: Vec<_> = CertificateDer::pem_file_iter(path)

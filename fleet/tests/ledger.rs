@@ -521,3 +521,33 @@ async fn two_nodes_racing_one_key_with_different_contents_count_one_and_record_t
     assert_eq!(sums[&(hour_start(t), customer(1))].0, Micros(expected));
     assert_eq!(views::conflicts(&c).await.unwrap().len() as u128, KEYS);
 }
+
+/// A leader paused inside a fenced transaction (GC, a stopped VM, SIGSTOP) holds the lease row `FOR SHARE`, which
+/// blocks every takeover. The sessions `Database` opens are ended by the server once idle in a transaction for
+/// `IDLE_IN_TRANSACTION`, so the locks go and another node takes over; without that the takeover waits for ever.
+#[tokio::test]
+async fn a_leader_paused_inside_a_transaction_does_not_block_the_takeover() {
+    let pg = TestPostgres::start().expect("postgres");
+    let c = migrated(&pg).await;
+    let a = nodes::register(&c, "a", "", Duration::from_secs(60)).await.unwrap();
+    let b = nodes::register(&c, "b", "", Duration::from_secs(60)).await.unwrap();
+    let terms = Terms { ttl: Duration::from_secs(2), margin: Duration::from_secs(1) };
+    let la = lease::acquire(&c, "acct", &a, terms).await.unwrap().unwrap();
+
+    // a's own session, opened the way the agent opens them, stops between two statements of a fenced transaction.
+    let db = meterd_fleet::connect::Database::parse(&pg.url(), None).expect("url");
+    let mut paused = db.connect().await.expect("connect");
+    let tx = paused.transaction().await.unwrap();
+    lease::fence(&tx, &la).await.expect("a still holds the lease");
+
+    tokio::time::sleep(terms.ttl + Duration::from_millis(500)).await;
+    let bound = meterd_fleet::connect::IDLE_IN_TRANSACTION * 6;
+    let lb = tokio::time::timeout(bound, lease::acquire(&c, "acct", &b, LONG))
+        .await
+        .expect("the paused session's lock was never released: no takeover")
+        .unwrap()
+        .expect("b takes the expired lease");
+    assert_eq!(lb.epoch, la.epoch + 1);
+    // The paused transaction is gone with its session: nothing it would do next can commit.
+    assert!(tx.commit().await.is_err());
+}
