@@ -143,16 +143,6 @@ impl Database {
             _ => tokio_postgres::config::SslMode::Require,
         });
         config.application_name("meterd");
-        // A paused agent (GC, a stopped VM, SIGSTOP) in the middle of a transaction keeps its row locks: the lease
-        // row it fenced on (FOR SHARE, so nobody can take the lease over), seal marks, key stripes. No agent
-        // transaction waits on anything but the database between its statements, so one idle that long belongs
-        // to a process that is not running; the server ends that session and its locks go with it.
-        let session = format!("-c idle_in_transaction_session_timeout={}", IDLE_IN_TRANSACTION.as_millis());
-        let options = match config.get_options() {
-            Some(given) if !given.is_empty() => format!("{given} {session}"),
-            _ => session,
-        };
-        config.options(options);
         let roots = match &root_cert {
             Some(path) => {
                 let certs: Vec<_> = CertificateDer::pem_file_iter(path)
@@ -212,6 +202,14 @@ impl Database {
             tokio::spawn(drive(connection));
             client
         };
+        // A paused agent (GC, a stopped VM, SIGSTOP) in the middle of a transaction keeps its row locks: the lease
+        // row it fenced on (FOR SHARE, so nobody can take the lease over), seal marks, key stripes. No agent
+        // transaction waits on anything but the database between its statements, so one idle that long belongs
+        // to a process that is not running; the server ends that session and its locks go with it. A statement
+        // rather than the `options` start-up parameter, which PgBouncer refuses by default.
+        client
+            .batch_execute(&format!("SET idle_in_transaction_session_timeout = {}", IDLE_IN_TRANSACTION.as_millis()))
+            .await?;
         Ok(client)
     }
 }
