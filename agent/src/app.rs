@@ -89,9 +89,15 @@ pub async fn run(
         }
         Some(node) => {
             let submit = Arc::new(crate::submit::SubmitMetrics::default());
-            let (fleet, stats) =
-                crate::fleet::start(node, config.clone(), store.clone(), clock.clone(), submit.clone(), &metrics)
-                    .await?;
+            let (fleet, stats) = crate::fleet::start(
+                node.clone(),
+                config.clone(),
+                store.clone(),
+                clock.clone(),
+                submit.clone(),
+                &metrics,
+            )
+            .await?;
             let (p, r) = crate::pipeline::Pipeline::spool(
                 config.clone(),
                 ledger.clone(),
@@ -99,6 +105,7 @@ pub async fn run(
                 &metrics,
                 submit,
                 stats,
+                node,
             );
             (p, r, Some(fleet))
         }

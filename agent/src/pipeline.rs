@@ -24,6 +24,8 @@ pub struct Pipeline {
     pub deployment: Arc<crate::submit::register::DeploymentChecks>,
     /// Fleet mode: the local store is a spool; the shared ledger seals and submits (`crate::fleet`).
     spool: bool,
+    /// Fleet mode: this agent in the fleet. Report, status and flush then answer from the shared ledger.
+    pub fleet: Option<Arc<crate::fleet::Node>>,
 }
 
 pub struct Running {
@@ -78,7 +80,8 @@ impl Pipeline {
             accounts: submit_stats.clone(),
             deployment: deployment.clone(),
         }));
-        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats, deployment, spool: false };
+        let pipeline =
+            Pipeline { config, seal_policy, store, clock, nudge, submit_stats, deployment, spool: false, fleet: None };
         let sealer = pipeline.clone();
         let mut stop_sealer = stop_rx;
         tasks.spawn(async move {
@@ -127,6 +130,7 @@ impl Pipeline {
         registry: &crate::metrics::Registry,
         metrics: Arc<crate::submit::SubmitMetrics>,
         submit_stats: Vec<(String, Arc<SubmitStats>)>,
+        node: Arc<crate::fleet::Node>,
     ) -> (Self, Running) {
         let (stop, _) = watch::channel(false);
         let deployment = Arc::new(crate::submit::register::DeploymentChecks::default());
@@ -138,7 +142,17 @@ impl Pipeline {
         }));
         let seal_policy = config.seal_policy();
         let nudge = Arc::new(Notify::new());
-        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats, deployment, spool: true };
+        let pipeline = Pipeline {
+            config,
+            seal_policy,
+            store,
+            clock,
+            nudge,
+            submit_stats,
+            deployment,
+            spool: true,
+            fleet: Some(node),
+        };
         (pipeline, Running { stop, tasks: tokio::task::JoinSet::new() })
     }
 
@@ -165,6 +179,14 @@ impl Pipeline {
     /// Wakes the submitters (new records, or held records that can go now).
     pub fn nudge(&self) {
         self.nudge.notify_waiters();
+    }
+
+    /// Where the report reads its pages: the shared ledger in fleet mode, else the local store.
+    pub fn report_pages(&self, store: &crate::store::Store) -> Arc<dyn crate::store::pages::PageSource> {
+        match &self.fleet {
+            Some(node) => Arc::new(crate::fleet::report::FleetPages::new(node.clone(), store.clone())),
+            None => Arc::new(store.clone()),
+        }
     }
 
     /// Seals every ended hour now, ignoring the grace, and wakes the submitters.

@@ -10,7 +10,9 @@
 //! - [`partitions`]: the dedupe window — event keys partitioned by day, retention drops partitions.
 //! - [`seal`]: fleet-wide sealing on the nodes' watermarks, under the account's lease, with the agent's seal
 //!   arithmetic; one record per AWS key; record state updates by the agent's rule.
-//! - [`views`]: reads for reports and `status`.
+//! - [`seal_requests`]: `meterd flush` on any agent asks the account's lease holder to seal ended hours now.
+//! - [`views`]: reads for `GET /fleet` and tests.
+//! - [`report`]: bounded keyset pages of the ledger for the report, its structure stamp, the queue's totals.
 //! - [`test_postgres`]: a real throwaway PostgreSQL server for tests (initdb + pg_ctl in a temp dir).
 //!
 //! The database's `now()` is the only clock: agents' clocks may disagree; the database is the one they share.
@@ -22,7 +24,9 @@ pub mod lease;
 pub mod migrate;
 pub mod nodes;
 pub mod partitions;
+pub mod report;
 pub mod seal;
+pub mod seal_requests;
 pub mod test_postgres;
 pub mod views;
 

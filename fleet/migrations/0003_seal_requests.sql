@@ -1,0 +1,11 @@
+-- Seal requests (`meterd flush` in fleet mode): any agent asks the account's submitter — the lease holder, which
+-- alone seals, fenced by its epoch — to seal every hour before cutoff_ms now, without waiting for
+-- pipeline.seal_grace. The holder reads the row at each tick, seals as far as the fleet's watermarks allow, and
+-- deletes the row once the account's products are sealed through it. A row outlives a change of holder: the
+-- next holder honours it. Requests only ever move forward (GREATEST), so two flushes never undo each other.
+CREATE TABLE meterd_seal_requests (
+    account      text        PRIMARY KEY CHECK (length(account) BETWEEN 1 AND 128),
+    cutoff_ms    bigint      NOT NULL,
+    requested_by text        NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now()
+);
