@@ -376,6 +376,13 @@ async fn ack_shared_answers_after_the_commit_and_unavailable_while_the_database_
     pg.stop(false).unwrap();
     let refused = client.metering().record_usage_batch(batch(&["s4"])).await.expect_err("answered without PostgreSQL");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // The fleet views say the database is away rather than show the spool as if it were the fleet.
+    let status = client.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+    let fleet = status.fleet.expect("the fleet part, with this agent's own figures");
+    assert!(fleet.database_error.starts_with("fleet database"), "{fleet:?}");
+    assert_eq!((fleet.node_id.as_str(), status.pending_records), ("node-0", 0));
+    let report = client.admin().report(v1::ReportRequest {}).await.expect_err("a report without the ledger");
+    assert_eq!(report.code(), tonic::Code::Unavailable, "{report:?}");
     pg.start_again().unwrap();
     // The SDK's retry with the same key: replayed locally, committed in the shared ledger, answered.
     let deadline = Instant::now() + Duration::from_secs(60);

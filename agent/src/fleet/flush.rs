@@ -35,8 +35,28 @@ fn unavailable(e: impl std::error::Error + 'static) -> StoreError {
     StoreError::Io(super::describe(&super::chain(&e)))
 }
 
+/// How long the forward of the spool and the database's answers may take on top of `wait` (a database that
+/// stopped answering fails the flush with UNAVAILABLE instead of holding the call).
+pub const DATABASE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Forwards the spool, requests the seal of every hour before the current one, waits up to `wait`.
 pub async fn flush(
+    node: &Arc<Node>,
+    store: &Store,
+    clock: &SharedClock,
+    config: &Config,
+    wait: Duration,
+) -> Result<FleetFlush, StoreError> {
+    match tokio::time::timeout(wait + DATABASE_TIMEOUT, flush_within(node, store, clock, config, wait)).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Io(format!(
+            "fleet database: the flush got no answer within {} s",
+            (wait + DATABASE_TIMEOUT).as_secs()
+        ))),
+    }
+}
+
+async fn flush_within(
     node: &Arc<Node>,
     store: &Store,
     clock: &SharedClock,
