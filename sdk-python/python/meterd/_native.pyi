@@ -198,7 +198,7 @@ class FleetStatus:
     def spool_oldest_age_seconds(self) -> int: ...
     @property
     def ack(self) -> str:
-        """"local" or "shared" (fleet.ack)."""
+        """Either "local" or "shared" (fleet.ack)."""
     @property
     def database_error(self) -> str:
         """Empty when the shared ledger answered; otherwise why not (the queue figures are then zero)."""
