@@ -481,6 +481,14 @@ async fn report_status_and_flush_on_any_agent_show_and_seal_the_fleets_ledger() 
     assert_eq!(rows.len(), expected.keys().filter(|(cu, _)| *cu == customer).count());
     assert!(rows.iter().all(|r| r.customer == customer && r.state == "open"), "{rows:?}");
 
+    // The dashboard on C: the same ledger's totals, and the fleet's nodes.
+    let admin: std::net::SocketAddr = agents[2].admin.as_ref().unwrap().parse().unwrap();
+    let (code, body) = meterd_tests::stack::http_get(admin, "/api/dashboard").await;
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["totals"]["recorded"], acked.to_string(), "{}", doc["totals"]);
+    assert_eq!(doc["nodes"].as_array().map(Vec::len), Some(AGENTS), "{}", doc["nodes"]);
+
     // Status on C: the fleet's queue (nothing sealed yet), every node, and who submits for the account.
     let status = c.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
     let fleet = status.fleet.clone().expect("status shows the fleet in fleet mode");
