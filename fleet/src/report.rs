@@ -155,7 +155,9 @@ pub async fn carries_after(
 
 /// A stamp of the ledger's structure: it changes whenever a seal moved usage from buckets into records and
 /// carries (every such seal raises a product's `sealed_through`, in the same transaction). Forwards only add to
-/// buckets and record updates only change states, so pages read under one stamp count every unit once.
+/// buckets and record updates only change states, so pages read under one stamp count every unit once. Any new
+/// write that moves usage between the report's regions (a leaving customer's early seal, a tenant mapping that
+/// moves buckets) must change this stamp too, or a report read across it may count a unit twice or not at all.
 pub async fn structure(client: &impl GenericClient) -> Result<u64, ViewError> {
     let row = client
         .query_one(
@@ -169,7 +171,8 @@ pub async fn structure(client: &impl GenericClient) -> Result<u64, ViewError> {
     Ok(text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)))
 }
 
-/// Records AWS answered DuplicateRecord on their first send, and their whole units (revenue lost for good).
+/// Records AWS answered DuplicateRecord on their first send, and their whole units (revenue lost for good). Reads
+/// the rejected records only (partial index `meterd_records_rejected`).
 pub async fn lost(client: &impl GenericClient) -> Result<(u64, u64), ViewError> {
     let row = client
         .query_one(
