@@ -509,6 +509,17 @@ async fn report_status_and_flush_on_any_agent_show_and_seal_the_fleets_ledger() 
     let status = c.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
     let submitters = status.fleet.unwrap().submitters;
     assert_eq!((submitters[0].account.as_str(), submitters[0].node_id.as_str()), ("emu", holder.as_str()));
+    // What an operator reads: `meterd status` and `meterd report` against C.
+    let text = cli(&agents[2].target(), &["status"]).await;
+    for n in 0..AGENTS {
+        assert!(text.contains(&format!("  node node-{n}: live, heartbeat ")), "{text}");
+    }
+    assert!(text.contains(&format!("  submitter emu: node {holder} (lease epoch ")), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&cli(&agents[2].target(), &["status", "--json"]).await).unwrap();
+    assert_eq!(json["fleet"]["nodes"].as_array().map(Vec::len), Some(AGENTS), "{json}");
+    let text = cli(&agents[2].target(), &["report"]).await;
+    assert!(text.contains(&format!("totals: recorded {acked} ")), "{text}");
+    assert!(text.contains("conflicts: 1 events reused an idempotency key"), "{text}");
 
     // Flush on an agent that does not hold the lease: its spool is forwarded, and the holder seals the hour.
     let n = (0..AGENTS).find(|n| format!("node-{n}") != holder).unwrap();
@@ -535,6 +546,14 @@ async fn report_status_and_flush_on_any_agent_show_and_seal_the_fleets_ledger() 
     for a in &mut agents {
         assert_eq!(a.terminate().unwrap(), Some(0));
     }
+}
+
+/// Runs the `meterd` CLI against `target`; its standard output.
+async fn cli(target: &str, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(meterd_tests::meterd_bin());
+    cmd.args(args).args(["--target", target]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    String::from_utf8(out.stdout).unwrap()
 }
 
 async fn send_to(agent: &Agent, events: Vec<v1::UsageEvent>) {
