@@ -496,7 +496,8 @@ async fn report_status_and_flush_on_any_agent_show_and_seal_the_fleets_ledger() 
     let nodes: Vec<&str> = fleet.nodes.iter().map(|n| n.node_id.as_str()).collect();
     assert_eq!(nodes, ["node-0", "node-1", "node-2"], "{fleet:?}");
     assert!(fleet.nodes.iter().all(|n| n.live && n.watermark.is_some()), "{fleet:?}");
-    assert_eq!(fleet.nodes[2].spool_events, Some(0), "C's own spool is known, and forwarded");
+    let spools: Vec<bool> = fleet.nodes.iter().map(|n| n.spool_events.is_some()).collect();
+    assert_eq!(spools, [false, false, true], "only the answering agent's own spool is known");
     assert_eq!(status.open_buckets, expected.len() as u64, "the shared ledger's open buckets");
     let deadline = Instant::now() + Duration::from_secs(30);
     let holder = loop {

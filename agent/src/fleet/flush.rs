@@ -76,18 +76,22 @@ async fn flush_within(
         }
     }
     let cutoff = hour_start(clock.now_ms());
+    let mut accounts = Vec::new();
     let mut products = Vec::new();
     for account in config.accounts.keys() {
         let mine: Vec<String> =
             config.products.keys().filter(|p| config.account_of(p) == Some(account.as_str())).cloned().collect();
-        if mine.is_empty() {
-            continue;
+        if !mine.is_empty() {
+            accounts.push(account);
+            products.extend(mine);
         }
+    }
+    // The marks before the request: the holder may seal as soon as it sees it.
+    let before = marks(&client, &products).await?;
+    for account in accounts {
         seal_requests::request(&client, account, cutoff, &node.me.node_id).await.map_err(unavailable)?;
-        products.extend(mine);
     }
     node.wake.notify_waiters();
-    let before = marks(&client, &products).await?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut after = before.clone();
     loop {
