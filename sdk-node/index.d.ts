@@ -115,6 +115,46 @@ export interface AgentStatus {
   unitsAtRisk: number;
   /** Seconds to send every pending record at the submitters' current rates (0 when nothing is pending). */
   projectedDrainSeconds: number;
+  /** Fleet mode only: the nodes sharing the ledger and the submitters (the queue figures are then the fleet's). */
+  fleet?: FleetStatus | null;
+}
+
+/** Fleet mode: the answering agent's spool, every node sharing the ledger, who submits for each account. */
+export interface FleetStatus {
+  nodeId: string;
+  /** Events this agent acknowledged that are not yet in the shared ledger, and the oldest one's age. */
+  spoolEvents: number;
+  spoolOldestAgeSeconds: number;
+  /** 'local' or 'shared' (fleet.ack). */
+  ack: string;
+  /** Empty when the shared ledger answered; otherwise why not (the queue figures are then zero). */
+  databaseError: string;
+  nodes: FleetNode[];
+  submitters: FleetSubmitter[];
+  /** Keys forwarded with other content than the event counted under them (recorded, never counted). */
+  conflicts: number;
+}
+
+export interface FleetNode {
+  nodeId: string;
+  version: string;
+  lastHeartbeat?: Date | null;
+  /** Heartbeat within fleet.down_after: the seal waits for its forward. */
+  live: boolean;
+  /** Everything the node acknowledged before this is in the shared ledger (null before its first forward). */
+  watermark?: Date | null;
+  forwardLagSeconds: number;
+  eventsForwarded: number;
+  /** Known for the answering agent only. */
+  spoolEvents?: number | null;
+}
+
+export interface FleetSubmitter {
+  account: string;
+  /** The submitter lease holder: it seals and submits for the account. */
+  nodeId: string;
+  epoch: number;
+  leaseExpires?: Date | null;
 }
 
 /** An ended hour far below its own baseline (the same hour on previous days and weekdays). */
@@ -133,6 +173,10 @@ export interface FlushResult {
   recordsSealed: number;
   hoursCarriedOnly: number;
   sealedThrough?: Date | null;
+  /** Fleet mode: events forwarded from the agent's spool to the shared ledger by this flush. */
+  eventsForwarded: number;
+  /** Fleet mode: live nodes whose forward the seal still waits for (empty when every ended hour is sealed). */
+  waitingFor: string[];
 }
 
 /** One hour x customer x dimension. Decimal amounts are exact decimal strings; whole units are numbers. */
@@ -176,6 +220,8 @@ export interface ReportTotals {
   lostUnits: number;
   /** Units of held tenant records merged into their identity's next hour (their AWS key was taken). */
   mergedUnits: number;
+  /** Fleet mode: events whose key was already counted with other content (recorded, never counted). */
+  conflicts: number;
 }
 
 export interface ReportStreamOptions {

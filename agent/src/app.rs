@@ -89,17 +89,26 @@ pub async fn run(
         }
         Some(node) => {
             let submit = Arc::new(crate::submit::SubmitMetrics::default());
-            let (fleet, stats) =
-                crate::fleet::start(node, config.clone(), store.clone(), clock.clone(), submit.clone(), &metrics)
-                    .await?;
+            let (fleet, stats) = crate::fleet::start(
+                node.clone(),
+                config.clone(),
+                store.clone(),
+                clock.clone(),
+                submit.clone(),
+                &metrics,
+            )
+            .await?;
             let (p, r) = crate::pipeline::Pipeline::spool(
                 config.clone(),
                 ledger.clone(),
                 clock.clone(),
                 &metrics,
-                submit,
-                stats,
-                fleet.deployment.clone(),
+                crate::pipeline::SpoolParts {
+                    metrics: submit,
+                    submit_stats: stats,
+                    deployment: fleet.deployment.clone(),
+                    node,
+                },
             );
             (p, r, Some(fleet))
         }

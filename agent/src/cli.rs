@@ -419,12 +419,22 @@ fn default_operator() -> String {
 async fn flush(target: &str) -> anyhow::Result<ExitCode> {
     let client = meterd_proto::client::Client::connect(target, Duration::from_secs(3)).await?;
     let r = client.admin().flush(meterd_proto::v1::FlushRequest {}).await?.into_inner();
+    if r.events_forwarded > 0 {
+        println!("forwarded {} event(s) from this agent's spool to the shared ledger", r.events_forwarded);
+    }
     println!(
         "sealed {} record(s) ({} hour(s) were only fractions, carried on); sealed through {}",
         r.records_sealed,
         r.hours_carried_only,
         r.sealed_through.as_ref().map(|t| crate::clock::rfc3339(t.seconds * 1000)).unwrap_or_else(|| "-".into())
     );
+    if !r.waiting_for.is_empty() {
+        println!(
+            "the fleet's seal still waits for the forward of node(s) {} (up to fleet.down_after once they stop \
+             heartbeating); the submitter seals as soon as they have forwarded",
+            r.waiting_for.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -619,6 +629,9 @@ async fn status(target: &str, json: bool) -> anyhow::Result<ExitCode> {
             );
         }
         println!("  next deadline  {}", ts(&s.most_urgent_deadline));
+        if let Some(f) = &s.fleet {
+            print!("{}", crate::fleet::status_view::text(f));
+        }
         if s.usage_drops.is_empty() {
             println!("  usage drops    none in the last ended hour");
         } else {

@@ -24,6 +24,8 @@ pub struct Pipeline {
     pub deployment: Arc<crate::submit::register::DeploymentChecks>,
     /// Fleet mode: the local store is a spool; the shared ledger seals and submits (`crate::fleet`).
     spool: bool,
+    /// Fleet mode: this agent in the fleet. Report, status and flush then answer from the shared ledger.
+    pub fleet: Option<Arc<crate::fleet::Node>>,
 }
 
 pub struct Running {
@@ -36,6 +38,15 @@ impl Running {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// What a spool's pipeline shows of the fleet: the fleet submitters' counters and metrics, this agent's start-up
+/// checks, and the node (for the fleet-wide report, status and flush).
+pub struct SpoolParts {
+    pub metrics: Arc<crate::submit::SubmitMetrics>,
+    pub submit_stats: Vec<(String, Arc<SubmitStats>)>,
+    pub deployment: Arc<crate::submit::register::DeploymentChecks>,
+    pub node: Arc<crate::fleet::Node>,
 }
 
 impl Pipeline {
@@ -78,7 +89,8 @@ impl Pipeline {
             accounts: submit_stats.clone(),
             deployment: deployment.clone(),
         }));
-        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats, deployment, spool: false };
+        let pipeline =
+            Pipeline { config, seal_policy, store, clock, nudge, submit_stats, deployment, spool: false, fleet: None };
         let sealer = pipeline.clone();
         let mut stop_sealer = stop_rx;
         tasks.spawn(async move {
@@ -126,10 +138,9 @@ impl Pipeline {
         store: Arc<dyn Ledger>,
         clock: SharedClock,
         registry: &crate::metrics::Registry,
-        metrics: Arc<crate::submit::SubmitMetrics>,
-        submit_stats: Vec<(String, Arc<SubmitStats>)>,
-        deployment: Arc<crate::submit::register::DeploymentChecks>,
+        fleet: SpoolParts,
     ) -> (Self, Running) {
+        let SpoolParts { metrics, submit_stats, deployment, node } = fleet;
         let (stop, _) = watch::channel(false);
         let submit_stats = Arc::new(submit_stats);
         registry.register(Arc::new(crate::submit::metrics::SubmitCollector {
@@ -139,7 +150,17 @@ impl Pipeline {
         }));
         let seal_policy = config.seal_policy();
         let nudge = Arc::new(Notify::new());
-        let pipeline = Pipeline { config, seal_policy, store, clock, nudge, submit_stats, deployment, spool: true };
+        let pipeline = Pipeline {
+            config,
+            seal_policy,
+            store,
+            clock,
+            nudge,
+            submit_stats,
+            deployment,
+            spool: true,
+            fleet: Some(node),
+        };
         (pipeline, Running { stop, tasks: tokio::task::JoinSet::new() })
     }
 
@@ -166,6 +187,14 @@ impl Pipeline {
     /// Wakes the submitters (new records, or held records that can go now).
     pub fn nudge(&self) {
         self.nudge.notify_waiters();
+    }
+
+    /// Where the report reads its pages: the shared ledger in fleet mode, else the local store.
+    pub fn report_pages(&self, store: &crate::store::Store) -> Arc<dyn crate::store::pages::PageSource> {
+        match &self.fleet {
+            Some(node) => Arc::new(crate::fleet::report::FleetPages::new(node.clone(), store.clone())),
+            None => Arc::new(store.clone()),
+        }
     }
 
     /// Seals every ended hour now, ignoring the grace, and wakes the submitters.

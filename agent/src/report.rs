@@ -66,6 +66,9 @@ pub struct Totals {
     pub lost_units: u64,
     /// Whole units of held records merged into their identity's next hour (their AWS key was taken).
     pub merged_units: u64,
+    /// Fleet mode: keys forwarded to the shared ledger with other content than the event counted under them —
+    /// recorded there, never counted (not part of `recorded`); 0 for a standalone agent.
+    pub conflicts: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -282,6 +285,7 @@ impl TotalsAcc {
             lost_records: lost.records,
             lost_units: lost.units,
             merged_units: self.merged_units,
+            conflicts: 0,
         })
     }
 }
@@ -384,6 +388,13 @@ pub fn totals_text(t: &Totals) -> String {
             "LOST REVENUE: {} units in {} records that AWS answered DuplicateRecord on their first send (it already \
              holds another quantity for those hours: they will never be billed; see docs/operations.md)\n",
             t.lost_units, t.lost_records
+        ));
+    }
+    if t.conflicts > 0 {
+        out.push_str(&format!(
+            "conflicts: {} events reused an idempotency key with other content on another agent: recorded in the \
+             shared ledger (meterd_conflicts), not counted\n",
+            t.conflicts
         ));
     }
     if t.merged_units > 0 {

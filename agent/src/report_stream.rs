@@ -20,8 +20,8 @@ use crate::clock::UnixMillis;
 use crate::domain::quantity::Micros;
 use crate::domain::record::RecordKey;
 use crate::report::{Row, Totals, TotalsAcc};
-use crate::store::pages::{PageCursor, PageTail};
-use crate::store::{Ledger, StoreError};
+use crate::store::StoreError;
+use crate::store::pages::{PageCursor, PageSource, PageTail};
 
 /// Entries per page read from the store (each page is read on the writer thread, between two writes).
 pub const PAGE_SIZE: usize = 2_000;
@@ -109,9 +109,22 @@ struct OpenRow {
     at_risk: bool,
 }
 
+/// Any borrowed source, `dyn` or not, as one boxed type.
+struct Borrowed<'a, S: ?Sized>(&'a S);
+
+impl<S: PageSource + ?Sized> PageSource for Borrowed<'_, S> {
+    fn report_page(
+        &self,
+        cursor: PageCursor,
+        limit: usize,
+    ) -> crate::store::seam::BoxFuture<'_, Result<crate::store::pages::LedgerPage, StoreError>> {
+        self.0.report_page(cursor, limit)
+    }
+}
+
 /// Reads the ledger page by page, yielding rows and accumulating the totals.
 pub struct RowReader<'a> {
-    ledger: &'a dyn Ledger,
+    ledger: Box<dyn PageSource + 'a>,
     page_size: usize,
     cursor: Option<PageCursor>,
     acc: TotalsAcc,
@@ -126,9 +139,9 @@ fn overflow(_: crate::domain::quantity::Overflow) -> StoreError {
 }
 
 impl<'a> RowReader<'a> {
-    pub fn new(ledger: &'a dyn Ledger, page_size: usize) -> Self {
+    pub fn new<S: PageSource + ?Sized>(ledger: &'a S, page_size: usize) -> Self {
         RowReader {
-            ledger,
+            ledger: Box::new(Borrowed(ledger)),
             page_size,
             cursor: Some(PageCursor::start()),
             acc: TotalsAcc::default(),
@@ -199,7 +212,9 @@ impl<'a> RowReader<'a> {
     /// The totals, once [`RowReader::next_rows`] has returned `None`.
     pub fn finish(self) -> Result<Totals, StoreError> {
         let tail = self.tail.ok_or_else(|| StoreError::Io("the report was not read to its end".into()))?;
-        self.acc.finish(&tail.compacted, tail.lost)
+        let mut totals = self.acc.finish(&tail.compacted, tail.lost)?;
+        totals.conflicts = tail.conflicts;
+        Ok(totals)
     }
 }
 
@@ -260,7 +275,11 @@ pub struct Summary {
 }
 
 /// Reads the summary, again when a structural write came between two pages (at most [`MAX_ATTEMPTS`] reads).
-pub async fn summarize(ledger: &dyn Ledger, filter: &Filter, page_size: usize) -> Result<Summary, StoreError> {
+pub async fn summarize<S: PageSource + ?Sized>(
+    ledger: &S,
+    filter: &Filter,
+    page_size: usize,
+) -> Result<Summary, StoreError> {
     let mut restarts = 0;
     loop {
         let mut groups: BTreeMap<(UnixMillis, String, String), Group> = BTreeMap::new();

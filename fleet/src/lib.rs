@@ -11,7 +11,9 @@
 //! - [`seal`]: fleet-wide sealing on the nodes' watermarks, under the account's lease, with the agent's seal
 //!   arithmetic; one record per AWS key; record state updates by the agent's rule.
 //! - [`registry`]: the fleet-wide customer registry — tenant mappings, lifecycles, agreements — by revision.
-//! - [`views`]: reads for reports and `status`.
+//! - [`seal_requests`]: `meterd flush` on any agent asks the account's lease holder to seal ended hours now.
+//! - [`views`]: reads for `GET /fleet` and tests.
+//! - [`report`]: bounded keyset pages of the ledger for the report, its structure stamp, the queue's totals.
 //! - [`test_postgres`]: a real throwaway PostgreSQL server for tests (initdb + pg_ctl in a temp dir).
 //!
 //! The database's `now()` is the only clock: agents' clocks may disagree; the database is the one they share.
@@ -24,7 +26,9 @@ pub mod migrate;
 pub mod nodes;
 pub mod partitions;
 pub mod registry;
+pub mod report;
 pub mod seal;
+pub mod seal_requests;
 pub mod test_postgres;
 pub mod views;
 

@@ -191,6 +191,8 @@ async fn try_put_mapping(
         .query_one("SELECT sealed_through FROM meterd_seal_marks WHERE product = $1 FOR UPDATE", &[&m.product])
         .await?
         .get(0);
+    // Buckets and held records may change keys below: a paged report in progress must notice (its stamp).
+    tx.execute("UPDATE meterd_seal_marks SET moves = moves + 1 WHERE product = $1", &[&m.product]).await?;
     let open_hour = sealed.map_or(hour_start(now_ms), |s| hour_start(now_ms).max(s));
     let tenant = codec::identity_text(&Identity::Tenant(m.tenant_id.clone()));
     let identity = codec::identity_text(&m.identity);
@@ -625,6 +627,8 @@ pub async fn seal_leaving(
         &[&products],
     )
     .await?;
+    // Open buckets become records below, without raising `sealed_through`: the report's stamp must still move.
+    tx.execute("UPDATE meterd_seal_marks SET moves = moves + 1 WHERE product = ANY($1)", &[&products]).await?;
     let now_ms: i64 = tx.query_one("SELECT (extract(epoch FROM now()) * 1000)::int8", &[]).await?.get(0);
     let params = SealParams { now_ms, ..params.clone() };
     let mut out = LeavingSealed::default();

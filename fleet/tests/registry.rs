@@ -124,7 +124,9 @@ async fn a_mapping_moves_the_tenants_held_usage_and_later_forwards_count_under_t
     );
 
     // t1 → customer 1, posted to any agent: the open bucket moves, the held record takes the AWS key.
+    let stamp = meterd_fleet::report::structure(&c).await.unwrap();
     let put = registry::put_mapping(&mut c, &mapping("t1", customer(1)), now).await.unwrap();
+    assert_ne!(meterd_fleet::report::structure(&c).await.unwrap(), stamp, "re-keyed buckets: a paged report re-reads");
     assert_eq!(put, MappingPut { moved: 1, sent_as: 1, merged: 0 });
     assert_eq!(buckets(&c).await, BTreeMap::from([((open, customer(1)), (Micros(1_000_000), Micros::ZERO))]));
     // Usage forwarded afterwards by any node is counted under the identity (the agent's ingest rule).
@@ -273,7 +275,9 @@ async fn a_leaving_customers_open_hours_are_sealed_at_once_and_usage_forwarded_l
     let left =
         registry::apply_lifecycle(&mut c, &lifecycle(LifecycleKind::Deprovisioning, 4, "d4"), now).await.unwrap();
     assert!(left.leaves);
+    let stamp = meterd_fleet::report::structure(&c).await.unwrap();
     let s = registry::seal_leaving(&mut c, &lease, &products(), &params).await.unwrap();
+    assert_ne!(meterd_fleet::report::structure(&c).await.unwrap(), stamp, "buckets became records: the stamp moves");
     assert_eq!(s.records, 2, "both of its open hours, the current one included");
     let records = seal::records(&c, "p").await.unwrap();
     assert_eq!(

@@ -57,6 +57,77 @@ pub(crate) fn drops(d: Vec<v1::UsageDrop>) -> Vec<NativeUsageDrop> {
         .collect()
 }
 
+/// Fleet mode: one agent sharing the ledger in PostgreSQL.
+#[napi(object)]
+pub struct NativeFleetNode {
+    pub node_id: String,
+    pub version: String,
+    pub last_heartbeat_ms: Option<f64>,
+    pub live: bool,
+    pub watermark_ms: Option<f64>,
+    pub forward_lag_seconds: i64,
+    pub events_forwarded: i64,
+    pub spool_events: Option<i64>,
+}
+
+/// Fleet mode: who submits for an account (the submitter lease holder).
+#[napi(object)]
+pub struct NativeFleetSubmitter {
+    pub account: String,
+    pub node_id: String,
+    pub epoch: i64,
+    pub lease_expires_ms: Option<f64>,
+}
+
+#[napi(object)]
+pub struct NativeFleetStatus {
+    pub node_id: String,
+    pub spool_events: i64,
+    pub spool_oldest_age_seconds: i64,
+    pub ack: String,
+    pub database_error: String,
+    pub nodes: Vec<NativeFleetNode>,
+    pub submitters: Vec<NativeFleetSubmitter>,
+    pub conflicts: i64,
+}
+
+impl From<v1::FleetStatus> for NativeFleetStatus {
+    fn from(f: v1::FleetStatus) -> Self {
+        NativeFleetStatus {
+            node_id: f.node_id,
+            spool_events: f.spool_events as i64,
+            spool_oldest_age_seconds: f.spool_oldest_age_seconds,
+            ack: f.ack,
+            database_error: f.database_error,
+            nodes: f
+                .nodes
+                .into_iter()
+                .map(|n| NativeFleetNode {
+                    node_id: n.node_id,
+                    version: n.version,
+                    last_heartbeat_ms: ms(n.last_heartbeat),
+                    live: n.live,
+                    watermark_ms: ms(n.watermark),
+                    forward_lag_seconds: n.forward_lag_seconds,
+                    events_forwarded: n.events_forwarded as i64,
+                    spool_events: n.spool_events.map(|s| s as i64),
+                })
+                .collect(),
+            submitters: f
+                .submitters
+                .into_iter()
+                .map(|s| NativeFleetSubmitter {
+                    account: s.account,
+                    node_id: s.node_id,
+                    epoch: s.epoch,
+                    lease_expires_ms: ms(s.lease_expires),
+                })
+                .collect(),
+            conflicts: f.conflicts as i64,
+        }
+    }
+}
+
 #[napi(object)]
 pub struct NativeStatus {
     pub version: String,
@@ -87,6 +158,7 @@ pub struct NativeStatus {
     pub pending_units: i64,
     pub units_at_risk: i64,
     pub projected_drain_seconds: i64,
+    pub fleet: Option<NativeFleetStatus>,
 }
 
 impl From<v1::StatusResponse> for NativeStatus {
@@ -138,6 +210,7 @@ impl From<v1::StatusResponse> for NativeStatus {
             pending_units: s.pending_units as i64,
             units_at_risk: s.units_at_risk as i64,
             projected_drain_seconds: s.projected_drain_seconds as i64,
+            fleet: s.fleet.map(NativeFleetStatus::from),
         }
     }
 }
@@ -147,6 +220,8 @@ pub struct NativeFlush {
     pub records_sealed: i64,
     pub hours_carried_only: i64,
     pub sealed_through_ms: Option<f64>,
+    pub events_forwarded: i64,
+    pub waiting_for: Vec<String>,
 }
 
 impl From<v1::FlushResponse> for NativeFlush {
@@ -155,6 +230,8 @@ impl From<v1::FlushResponse> for NativeFlush {
             records_sealed: f.records_sealed as i64,
             hours_carried_only: f.hours_carried_only as i64,
             sealed_through_ms: ms(f.sealed_through),
+            events_forwarded: f.events_forwarded as i64,
+            waiting_for: f.waiting_for,
         }
     }
 }
@@ -197,6 +274,7 @@ pub struct NativeReportTotals {
     pub lost_records: i64,
     pub lost_units: i64,
     pub merged_units: i64,
+    pub conflicts: i64,
 }
 
 #[napi(object)]
@@ -259,5 +337,6 @@ pub(crate) fn totals(t: v1::ReportTotals) -> NativeReportTotals {
         lost_records: t.lost_records as i64,
         lost_units: t.lost_units as i64,
         merged_units: t.merged_units as i64,
+        conflicts: t.conflicts as i64,
     }
 }

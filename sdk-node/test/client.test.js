@@ -74,8 +74,13 @@ test('status and flush', async () => {
     [['demo', ['api_calls', 'storage_gb_hours']]],
   );
   assert.ok(s.startedAt instanceof Date);
+  // A standalone agent: no fleet part, nothing forwarded, nothing waited for.
+  assert.equal(s.fleet ?? null, null);
   const f = await client.flush();
   assert.equal(typeof f.recordsSealed, 'number');
+  assert.equal(f.eventsForwarded, 0);
+  assert.deepEqual(f.waitingFor, []);
+  assert.equal((await client.report()).totals.conflicts, 0);
 });
 
 test('InvalidUsage names the field and nothing is stored', async () => {

@@ -59,6 +59,80 @@ pub(crate) fn drops(d: Vec<v1::UsageDrop>) -> Vec<UsageDrop> {
         .collect()
 }
 
+/// Fleet mode: one agent sharing the ledger in PostgreSQL.
+#[pyclass(frozen, get_all, module = "meterd")]
+#[derive(Clone)]
+pub struct FleetNode {
+    pub node_id: String,
+    pub version: String,
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    pub live: bool,
+    pub watermark: Option<DateTime<Utc>>,
+    pub forward_lag_seconds: i64,
+    pub events_forwarded: u64,
+    /// Known for the answering agent only.
+    pub spool_events: Option<u64>,
+}
+
+/// Fleet mode: who submits for an account (the submitter lease holder).
+#[pyclass(frozen, get_all, module = "meterd")]
+#[derive(Clone)]
+pub struct FleetSubmitter {
+    pub account: String,
+    pub node_id: String,
+    pub epoch: i64,
+    pub lease_expires: Option<DateTime<Utc>>,
+}
+
+/// Fleet mode: the answering agent's spool, every node, and the submitters.
+#[pyclass(frozen, get_all, module = "meterd")]
+#[derive(Clone)]
+pub struct FleetStatus {
+    pub node_id: String,
+    pub spool_events: u64,
+    pub spool_oldest_age_seconds: i64,
+    pub ack: String,
+    pub database_error: String,
+    pub nodes: Vec<FleetNode>,
+    pub submitters: Vec<FleetSubmitter>,
+    pub conflicts: u64,
+}
+
+fn fleet(f: v1::FleetStatus) -> FleetStatus {
+    FleetStatus {
+        node_id: f.node_id,
+        spool_events: f.spool_events,
+        spool_oldest_age_seconds: f.spool_oldest_age_seconds,
+        ack: f.ack,
+        database_error: f.database_error,
+        nodes: f
+            .nodes
+            .into_iter()
+            .map(|n| FleetNode {
+                node_id: n.node_id,
+                version: n.version,
+                last_heartbeat: time(n.last_heartbeat),
+                live: n.live,
+                watermark: time(n.watermark),
+                forward_lag_seconds: n.forward_lag_seconds,
+                events_forwarded: n.events_forwarded,
+                spool_events: n.spool_events,
+            })
+            .collect(),
+        submitters: f
+            .submitters
+            .into_iter()
+            .map(|s| FleetSubmitter {
+                account: s.account,
+                node_id: s.node_id,
+                epoch: s.epoch,
+                lease_expires: time(s.lease_expires),
+            })
+            .collect(),
+        conflicts: f.conflicts,
+    }
+}
+
 #[pyclass(frozen, get_all, module = "meterd")]
 pub struct AgentStatus {
     pub version: String,
@@ -89,6 +163,8 @@ pub struct AgentStatus {
     pub pending_units: u64,
     pub units_at_risk: u64,
     pub projected_drain_seconds: u64,
+    /// Fleet mode only (None for a standalone agent).
+    pub fleet: Option<FleetStatus>,
 }
 
 #[pymethods]
@@ -149,6 +225,7 @@ pub fn status_to_py(py: Python<'_>, s: v1::StatusResponse) -> PyResult<Py<PyAny>
         pending_units: s.pending_units,
         units_at_risk: s.units_at_risk,
         projected_drain_seconds: s.projected_drain_seconds,
+        fleet: s.fleet.map(fleet),
     };
     Ok(Py::new(py, status)?.into_any())
 }
@@ -158,6 +235,9 @@ pub struct FlushResult {
     pub records_sealed: u64,
     pub hours_carried_only: u64,
     pub sealed_through: Option<DateTime<Utc>>,
+    /// Fleet mode: events forwarded from the agent's spool, and live nodes the seal still waits for.
+    pub events_forwarded: u64,
+    pub waiting_for: Vec<String>,
 }
 
 #[pymethods]
@@ -172,6 +252,8 @@ pub fn flush_to_py(py: Python<'_>, f: v1::FlushResponse) -> PyResult<Py<PyAny>> 
         records_sealed: f.records_sealed,
         hours_carried_only: f.hours_carried_only,
         sealed_through: time(f.sealed_through),
+        events_forwarded: f.events_forwarded,
+        waiting_for: f.waiting_for,
     };
     Ok(Py::new(py, r)?.into_any())
 }
@@ -217,6 +299,7 @@ pub struct ReportTotals {
     pub lost_records: u64,
     pub lost_units: u64,
     pub merged_units: u64,
+    pub conflicts: u64,
 }
 
 #[pyclass(frozen, get_all, module = "meterd")]
@@ -287,5 +370,6 @@ pub(crate) fn totals(t: v1::ReportTotals) -> ReportTotals {
         lost_records: t.lost_records,
         lost_units: t.lost_units,
         merged_units: t.merged_units,
+        conflicts: t.conflicts,
     }
 }

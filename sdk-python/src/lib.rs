@@ -25,6 +25,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<admin::ProductStatus>()?;
     m.add_class::<admin::AccountStatus>()?;
     m.add_class::<admin::FlushResult>()?;
+    m.add_class::<admin::FleetStatus>()?;
+    m.add_class::<admin::FleetNode>()?;
+    m.add_class::<admin::FleetSubmitter>()?;
     m.add_class::<admin::Report>()?;
     m.add_class::<admin::ReportRow>()?;
     m.add_class::<admin::ReportTotals>()?;

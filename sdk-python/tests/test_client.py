@@ -62,8 +62,12 @@ def test_status_and_flush(client: meterd.Client) -> None:
     assert s.version and s.events_stored >= 0
     assert [p.name for p in s.products] == ["demo"]
     assert s.products[0].dimensions == ["api_calls", "storage_gb_hours"]
+    # A standalone agent: no fleet part, nothing forwarded, nothing waited for.
+    assert s.fleet is None
     f = client.flush()
     assert isinstance(f, meterd.FlushResult) and f.records_sealed >= 0
+    assert f.events_forwarded == 0 and f.waiting_for == []
+    assert client.report().totals.conflicts == 0
 
 
 def test_invalid_usage_names_the_field_and_stores_nothing(client: meterd.Client, tenant: str) -> None:

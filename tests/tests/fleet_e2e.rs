@@ -377,6 +377,13 @@ async fn ack_shared_answers_after_the_commit_and_unavailable_while_the_database_
     pg.stop(false).unwrap();
     let refused = client.metering().record_usage_batch(batch(&["s4"])).await.expect_err("answered without PostgreSQL");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // The fleet views say the database is away rather than show the spool as if it were the fleet.
+    let status = client.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+    let fleet = status.fleet.expect("the fleet part, with this agent's own figures");
+    assert!(fleet.database_error.starts_with("fleet database"), "{fleet:?}");
+    assert_eq!((fleet.node_id.as_str(), status.pending_records), ("node-0", 0));
+    let report = client.admin().report(v1::ReportRequest {}).await.expect_err("a report without the ledger");
+    assert_eq!(report.code(), tonic::Code::Unavailable, "{report:?}");
     pg.start_again().unwrap();
     // The SDK's retry with the same key: replayed locally, committed in the shared ledger, answered.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -657,4 +664,170 @@ async fn deployment_checks_run_on_every_fleet_agent() {
     for a in &mut agents {
         assert_eq!(a.terminate().unwrap(), Some(0));
     }
+}
+
+/// The whole report stream of `agent`: its rows (or groups) and its trailer.
+async fn stream(
+    client: &meterd_proto::client::Client,
+    req: v1::ReportStreamRequest,
+) -> (Vec<v1::ReportRow>, Vec<v1::ReportGroup>, v1::ReportTrailer) {
+    let mut s = client.admin().report_stream(req).await.unwrap().into_inner();
+    let (mut rows, mut groups) = (Vec::new(), Vec::new());
+    while let Some(c) = s.message().await.unwrap() {
+        match c.chunk.unwrap() {
+            v1::report_chunk::Chunk::Rows(r) => rows.extend(r.rows),
+            v1::report_chunk::Chunk::Groups(g) => groups.extend(g.groups),
+            v1::report_chunk::Chunk::Trailer(t) => return (rows, groups, t),
+        }
+    }
+    panic!("the report stream ended without its trailer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_status_and_flush_on_any_agent_show_and_seal_the_fleets_ledger() {
+    let pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
+    let emulator = EmulatorProcess::start(&emulator_toml(17)).unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..AGENTS).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A long seal_grace: nothing is sealed unless a flush asks for it.
+    let mut agents: Vec<Agent> = (0..AGENTS)
+        .map(|n| Agent::start(&agent_toml(dirs[n].path(), &emulator.url, &pg.url(), n, "4h")).unwrap())
+        .collect();
+    let hour = meterd::clock::system_now_ms() / 1000 / 3600 * 3600 - 2 * 3600;
+    let mut expected: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut acked = 0u64;
+    let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
+    for i in 0..12usize {
+        let (c, dim, q) = (i % 4, DIMENSIONS[i % 2], 3 + i as u64);
+        let e = event(&format!("k{i}"), c, dim, q, hour + 60 + i as i64);
+        if i % 2 == 0 {
+            on_a.push(e)
+        } else {
+            on_b.push(e)
+        }
+        *expected.entry((format!("aws:{ACCOUNT}/{}", arn(c)), dim.to_string())).or_default() += q;
+        acked += q;
+    }
+    // Agent C sees only a retry of one of A's keys (same content: counted once) — and B a key of A's reused with
+    // other content: B acknowledges it (its spool never saw the key), the shared ledger records a conflict.
+    let retry = on_a[0].clone();
+    let mut reused = on_a[1].clone();
+    reused.quantity = "1000".into();
+    send_to(&agents[0], on_a).await;
+    send_to(&agents[1], on_b).await;
+    send_to(&agents[2], vec![retry]).await;
+    let db = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while meterd_fleet::views::event_keys(&db).await.unwrap() < 12 {
+        assert!(Instant::now() < deadline, "the spools were not forwarded within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Only once A's event is in the shared ledger: the reuse on B is then the one refused.
+    send_to(&agents[1], vec![reused]).await;
+    while meterd_fleet::views::conflicts(&db).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the reused key was not forwarded within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The report on C (which acknowledged one replay only) is the fleet's: every open row, totals == acknowledged,
+    // the conflict shown beside them.
+    let c = agents[2].client().await.unwrap();
+    let report = c.admin().report(v1::ReportRequest {}).await.unwrap().into_inner();
+    let totals = report.totals.clone().unwrap();
+    assert_eq!((totals.recorded.clone(), totals.open.clone()), (acked.to_string(), acked.to_string()), "{totals:?}");
+    assert!(totals.reconciled && totals.conflicts == 1, "{totals:?}");
+    let rows: BTreeMap<(String, String), u64> =
+        report.rows.iter().map(|r| ((r.customer.clone(), r.dimension.clone()), r.recorded.parse().unwrap())).collect();
+    assert_eq!(rows, expected, "the report's rows are the fleet's usage per customer × dimension");
+    // The streamed report reads the same ledger: the summary, and rows narrowed by a filter (totals stay whole).
+    let (_, groups, trailer) = stream(&c, v1::ReportStreamRequest::default()).await;
+    assert_eq!(trailer.totals.as_ref(), Some(&totals), "the summary's totals");
+    assert!(trailer.consistent && groups.iter().all(|g| g.hour.as_ref().unwrap().seconds == hour));
+    assert_eq!(groups.iter().map(|g| g.rows).sum::<u64>(), expected.len() as u64);
+    let customer = format!("aws:{ACCOUNT}/{}", arn(1));
+    let (rows, _, trailer) =
+        stream(&c, v1::ReportStreamRequest { rows: true, customer: customer.clone(), ..Default::default() }).await;
+    assert_eq!(trailer.totals.as_ref(), Some(&totals), "a filter narrows the rows, not the totals");
+    assert_eq!(rows.len(), expected.keys().filter(|(cu, _)| *cu == customer).count());
+    assert!(rows.iter().all(|r| r.customer == customer && r.state == "open"), "{rows:?}");
+
+    // The dashboard on C: the same ledger's totals, and the fleet's nodes.
+    let admin: std::net::SocketAddr = agents[2].admin.as_ref().unwrap().parse().unwrap();
+    let (code, body) = meterd_tests::stack::http_get(admin, "/api/dashboard").await;
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["totals"]["recorded"], acked.to_string(), "{}", doc["totals"]);
+    assert_eq!(doc["nodes"].as_array().map(Vec::len), Some(AGENTS), "{}", doc["nodes"]);
+
+    // Status on C: the fleet's queue (nothing sealed yet), every node, and who submits for the account.
+    let status = c.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+    let fleet = status.fleet.clone().expect("status shows the fleet in fleet mode");
+    assert_eq!((fleet.node_id.as_str(), fleet.database_error.as_str(), fleet.conflicts), ("node-2", "", 1));
+    let nodes: Vec<&str> = fleet.nodes.iter().map(|n| n.node_id.as_str()).collect();
+    assert_eq!(nodes, ["node-0", "node-1", "node-2"], "{fleet:?}");
+    assert!(fleet.nodes.iter().all(|n| n.live && n.watermark.is_some()), "{fleet:?}");
+    let spools: Vec<bool> = fleet.nodes.iter().map(|n| n.spool_events.is_some()).collect();
+    assert_eq!(spools, [false, false, true], "only the answering agent's own spool is known");
+    assert_eq!(status.open_buckets, expected.len() as u64, "the shared ledger's open buckets");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        if let Some((_, h, _, _)) = meterd_fleet::lease::holders(&db).await.unwrap().first() {
+            break h.clone();
+        }
+        assert!(Instant::now() < deadline, "no agent took the submitter lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let status = c.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+    let submitters = status.fleet.unwrap().submitters;
+    assert_eq!((submitters[0].account.as_str(), submitters[0].node_id.as_str()), ("emu", holder.as_str()));
+    // What an operator reads: `meterd status` and `meterd report` against C.
+    let text = cli(&agents[2].target(), &["status"]).await;
+    for n in 0..AGENTS {
+        assert!(text.contains(&format!("  node node-{n}: live, heartbeat ")), "{text}");
+    }
+    assert!(text.contains(&format!("  submitter emu: node {holder} (lease epoch ")), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&cli(&agents[2].target(), &["status", "--json"]).await).unwrap();
+    assert_eq!(json["fleet"]["nodes"].as_array().map(Vec::len), Some(AGENTS), "{json}");
+    let text = cli(&agents[2].target(), &["report"]).await;
+    assert!(text.contains(&format!("totals: recorded {acked} ")), "{text}");
+    assert!(text.contains("conflicts: 1 events reused an idempotency key"), "{text}");
+
+    // Flush on an agent that does not hold the lease: its spool is forwarded, and the holder seals the hour.
+    let n = (0..AGENTS).find(|n| format!("node-{n}") != holder).unwrap();
+    let other = agents[n].client().await.unwrap();
+    other
+        .metering()
+        .record_usage_batch(v1::RecordUsageBatchRequest {
+            events: vec![event("late-on-flusher", 0, "gb_hours", 5, hour + 7)],
+        })
+        .await
+        .unwrap();
+    acked += 5;
+    let f = other.admin().flush(v1::FlushRequest {}).await.unwrap().into_inner();
+    assert!(f.records_sealed >= expected.len() as u64 && f.sealed_through.is_some(), "{f:?}");
+    assert!(f.sealed_through.as_ref().unwrap().seconds > hour, "{f:?}");
+    assert!(meterd_fleet::views::sealed_through(&db, "app").await.unwrap() > Some(hour * 1000));
+    let report = c.admin().report(v1::ReportRequest {}).await.unwrap().into_inner();
+    let totals = report.totals.unwrap();
+    assert_eq!((totals.recorded.clone(), totals.open.as_str()), (acked.to_string(), "0"), "{totals:?}");
+    assert!(totals.reconciled, "{totals:?}");
+    assert!(report.rows.iter().all(|r| r.state != "open"), "{:?}", report.rows);
+    let status = c.admin().status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert!(status.sealed_through.unwrap().seconds > hour, "C sees the hour sealed fleet-wide");
+    for a in &mut agents {
+        assert_eq!(a.terminate().unwrap(), Some(0));
+    }
+}
+
+/// Runs the `meterd` CLI against `target`; its standard output.
+async fn cli(target: &str, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(meterd_tests::meterd_bin());
+    cmd.args(args).args(["--target", target]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn send_to(agent: &Agent, events: Vec<v1::UsageEvent>) {
+    let r = agent.client().await.unwrap().metering().record_usage_batch(v1::RecordUsageBatchRequest { events }).await;
+    let r = r.unwrap().into_inner();
+    assert!(r.results.iter().all(|r| matches!(r.outcome, Some(v1::event_result::Outcome::Receipt(_)))), "{r:?}");
 }

@@ -27,6 +27,9 @@ const TYPES: &[(&str, &str, &str)] = &[
     ("UsageDrop", "UsageDrop", "UsageDrop"),
     ("ReportGroup", "ReportGroup", "ReportGroup"),
     ("ReportTrailer", "ReportTrailer", "ReportTrailer"),
+    ("FleetStatus", "FleetStatus", "FleetStatus"),
+    ("FleetNode", "FleetNode", "FleetNode"),
+    ("FleetSubmitter", "FleetSubmitter", "FleetSubmitter"),
 ];
 
 /// (proto message, proto field, why the SDKs do not expose it under its proto name).

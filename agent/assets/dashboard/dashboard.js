@@ -180,7 +180,7 @@
     renderAccounts(s.accounts || []);
     renderAgent(s);
     $("nodes").textContent = doc.nodes.length
-      ? doc.nodes.map((n) => n.name).join(", ")
+      ? "Fleet: " + doc.nodes.map((n) => `${n.name} (${n.live ? `live, forward lag ${n.forward_lag_seconds} s` : "DOWN"})`).join(", ")
       : "This agent only (fleet mode is not configured).";
     document.body.dataset.ready = "1";
     document.body.dataset.generatedAt = doc.generated_at;

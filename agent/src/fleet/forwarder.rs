@@ -134,6 +134,17 @@ pub(crate) async fn step(
     clock: &SharedClock,
     client: &mut meterd_fleet::Client,
 ) -> Result<bool, StepError> {
+    Ok(forward_page(node, store, clock, client).await? >= node.config.forward_batch)
+}
+
+/// [`step`], answering how many events the page held.
+pub(crate) async fn forward_page(
+    node: &Node,
+    store: &Store,
+    clock: &SharedClock,
+    client: &mut meterd_fleet::Client,
+) -> Result<usize, StepError> {
+    let _one_at_a_time = node.forwarding.lock().await;
     nodes::heartbeat(client, &node.me).await?;
     let batch = node.config.forward_batch;
     let scan_ms = clock.now_ms();
@@ -158,7 +169,7 @@ pub(crate) async fn step(
     s.late.fetch_add(done.late, Ordering::Relaxed);
     s.watermark_ms.fetch_max(watermark, Ordering::Relaxed);
     s.ok(clock.now_ms());
-    Ok(full)
+    Ok(page.entries.len())
 }
 
 #[cfg(test)]

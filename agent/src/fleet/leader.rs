@@ -118,11 +118,27 @@ impl FleetQueue {
         })
     }
 
-    async fn seal(&self, products: &[String], cutoff: UnixMillis, config: &Config) -> Result<(), StoreError> {
+    /// Seals the account's hours before `cutoff`, or before a flush's request (`meterd flush` on any agent,
+    /// [`meterd_fleet::seal_requests`]) when that reaches further — never past the current hour's start.
+    async fn seal(
+        &self,
+        account: &str,
+        products: &[String],
+        cutoff: UnixMillis,
+        now_ms: UnixMillis,
+        config: &Config,
+    ) -> Result<(), StoreError> {
         let Some(lease) = self.lease() else { return Ok(()) };
         let rules = SealRules { down_after: self.node.config.down_after, max_wait: self.node.config.max_wait };
         let mut guard = self.client().await?;
         let client = guard.as_mut().expect("connected");
+        let requested = match meterd_fleet::seal_requests::requested(client, account).await {
+            Ok(r) => r,
+            Err(e) => {
+                *guard = None;
+                return Err(unavailable(e));
+            }
+        };
         let policy = config.seal_policy();
         // Customers that left (a lifecycle event posted to any agent): their final hour goes out now.
         match meterd_fleet::registry::seal_leaving(client, &lease, products, &policy.params(0, cutoff)).await {
@@ -132,8 +148,15 @@ impl FleetQueue {
             Ok(_) => {}
             Err(e) => return Err(self.failed(&mut guard, e)),
         }
+        let cutoff = requested.map_or(cutoff, |r| cutoff.max(r.min(hour_start(now_ms))));
         match seal::seal(client, &lease, products, cutoff, &policy, rules).await {
             Ok(s) => {
+                if let (Some(r), Some(through)) = (requested, s.sealed_through)
+                    && through >= r
+                    && let Err(e) = meterd_fleet::seal_requests::done(client, account, through).await
+                {
+                    tracing::warn!(%account, error = %e, "could not clear a satisfied seal request; cleared next tick");
+                }
                 if s.records + s.carried_only > 0 {
                     tracing::info!(records = s.records, carried_only = s.carried_only,
                         sealed_through = %s.sealed_through.map(crate::clock::rfc3339).unwrap_or_default(),
@@ -238,8 +261,9 @@ pub async fn run(
                     submitter.recover();
                 }
                 let grace = config.pipeline.seal_grace.as_millis() as i64;
-                let cutoff = hour_start(clock.now_ms() - grace - HOUR_MS) + HOUR_MS;
-                if let Err(e) = queue.seal(&products, cutoff, &config).await {
+                let now = clock.now_ms();
+                let cutoff = hour_start(now - grace - HOUR_MS) + HOUR_MS;
+                if let Err(e) = queue.seal(&account, &products, cutoff, now, &config).await {
                     tracing::warn!(%account, error = %e, "fleet seal failed; will retry");
                 }
                 if queue.lease().is_some()
@@ -264,6 +288,8 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            // A flush on this agent: its seal request is read at once instead of at the next tick.
+            _ = node.wake.notified() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }

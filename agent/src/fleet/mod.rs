@@ -2,11 +2,14 @@
 //! ([`crate::store::outbox`]); a [`forwarder`] ships it to the shared ledger in PostgreSQL; the agent elected in
 //! PostgreSQL for an account seals the shared ledger and submits its records ([`leader`]).
 
+pub mod flush;
 pub mod forwarder;
 pub mod leader;
 pub mod registry;
+pub mod report;
 pub mod shared_ack;
 pub mod status;
+pub mod status_view;
 pub mod view;
 
 use std::sync::Arc;
@@ -49,6 +52,11 @@ pub struct Node {
     pub me: Registration,
     pub config: FleetConfig,
     pub status: Arc<FleetStatus>,
+    /// One forward of the spool at a time (the forwarder, a flush, `ack = "shared"`): two at once would send
+    /// the same page twice (harmless replays, but wasted work and misleading counters).
+    pub forwarding: tokio::sync::Mutex<()>,
+    /// Wakes this agent's submitter campaigns (a flush asked for a seal).
+    pub wake: tokio::sync::Notify,
 }
 
 /// Joins the fleet: connects, applies the schema migrations, and registers `fleet.node_id`. Waits (retrying)
@@ -63,7 +71,14 @@ pub async fn join(cfg: &FleetConfig, store: &Store) -> anyhow::Result<Node> {
             Ok(me) => {
                 store.set_fleet_incarnation(*me.incarnation.as_bytes())?;
                 tracing::info!(%node_id, incarnation = %me.incarnation, "joined the fleet");
-                return Ok(Node { db, me, config: cfg.clone(), status: Arc::default() });
+                return Ok(Node {
+                    db,
+                    me,
+                    config: cfg.clone(),
+                    status: Arc::default(),
+                    forwarding: Default::default(),
+                    wake: Default::default(),
+                });
             }
             Err(JoinError::InUse(e)) => anyhow::bail!("{e}"),
             Err(JoinError::Fatal(e)) => anyhow::bail!("{e}"),

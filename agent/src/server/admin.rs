@@ -33,11 +33,25 @@ impl Admin for AdminService {
     }
 
     async fn flush(&self, _: Request<v1::FlushRequest>) -> Result<Response<v1::FlushResponse>, Status> {
+        if let Some(node) = &self.pipeline.fleet {
+            let f = crate::fleet::flush::flush(node, &self.store, &self.clock, &self.config, crate::fleet::flush::WAIT)
+                .await
+                .map_err(store_status)?;
+            return Ok(Response::new(v1::FlushResponse {
+                records_sealed: f.records,
+                hours_carried_only: f.carried_only,
+                sealed_through: f.sealed_through.map(timestamp),
+                events_forwarded: f.forwarded,
+                waiting_for: f.waiting_for,
+            }));
+        }
         let s = self.pipeline.flush().await.map_err(store_status)?;
         Ok(Response::new(v1::FlushResponse {
             records_sealed: s.records,
             hours_carried_only: s.carried_only,
             sealed_through: s.sealed_through.map(timestamp),
+            events_forwarded: 0,
+            waiting_for: Vec::new(),
         }))
     }
 
@@ -59,6 +73,7 @@ impl Admin for AdminService {
     ) -> Result<Response<Self::ReportStreamStream>, Status> {
         let source = super::report_stream::ReportSource {
             config: self.config.clone(),
+            pages: self.pipeline.report_pages(&self.store),
             store: self.store.clone(),
             clock: self.clock.clone(),
         };

@@ -122,6 +122,7 @@ pub fn totals_to_wire(t: &crate::report::Totals) -> v1::ReportTotals {
         lost_records: t.lost_records,
         lost_units: t.lost_units,
         merged_units: t.merged_units,
+        conflicts: t.conflicts,
     }
 }
 
@@ -210,5 +211,6 @@ pub fn totals_from_wire(t: v1::ReportTotals) -> crate::report::Totals {
         lost_records: t.lost_records,
         lost_units: t.lost_units,
         merged_units: t.merged_units,
+        conflicts: t.conflicts,
     }
 }

@@ -59,7 +59,9 @@ async fn dashboard(State(s): State<Source>) -> Response {
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("status: {}\n", e.message())).into_response(),
     };
     let now = s.clock.now_ms();
-    let (panels, totals) = match read_panels(&s.store, now).await {
+    // In fleet mode the shared ledger's pages, as `meterd report` reads them.
+    let pages = s.pipeline.report_pages(&s.store);
+    let (panels, totals) = match read_panels(pages.as_ref(), now).await {
         Ok(p) => p,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("report: {e}\n")).into_response(),
     };
@@ -71,10 +73,9 @@ async fn dashboard(State(s): State<Source>) -> Response {
 /// hours and the at-risk rows shown, never by the ledger. Read again when a seal moved usage between two pages
 /// (as the summary does), so the panels and the totals agree.
 async fn read_panels(
-    store: &crate::store::Store,
+    ledger: &dyn crate::store::pages::PageSource,
     now_ms: UnixMillis,
 ) -> Result<(Panels, crate::report::Totals), crate::store::StoreError> {
-    let ledger: &dyn crate::store::Ledger = store;
     for _ in 0..crate::report_stream::MAX_ATTEMPTS {
         let mut reader = crate::report_stream::RowReader::new(ledger, crate::report_stream::PAGE_SIZE);
         let mut panels = Panels::new(now_ms);
@@ -215,8 +216,12 @@ impl Panels {
                 "total": self.at_risk_total,
                 "rows": self.at_risk.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
             },
-            // Fleet mode does not exist yet; the page shows this agent as the only node.
-            "nodes": [],
+            // Fleet mode: every node sharing the ledger (empty for a standalone agent: the page says so).
+            "nodes": status["fleet"]["nodes"].as_array().map(|nodes| nodes.iter().map(|n| json!({
+                "name": n["node_id"],
+                "live": n["live"],
+                "forward_lag_seconds": n["forward_lag_seconds"],
+            })).collect::<Vec<_>>()).unwrap_or_default(),
         })
     }
 }

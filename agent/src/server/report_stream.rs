@@ -12,7 +12,8 @@ use super::convert::{row_to_wire, store_status, timestamp, totals_to_wire};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::report_stream::{Filter, Group, PAGE_SIZE, RowReader, summarize};
-use crate::store::{Ledger, Store};
+use crate::store::Store;
+use crate::store::pages::PageSource;
 
 /// What a gRPC client decodes by default (tonic's and grpc-go's limit): a bigger reply fails in the client with a
 /// transport error, so `Admin.Report` refuses before that.
@@ -30,6 +31,9 @@ const CHUNKS_QUEUED: usize = 2;
 #[derive(Clone)]
 pub struct ReportSource {
     pub config: Arc<Config>,
+    /// Where the report's pages come from: the local store, or the shared ledger in fleet mode
+    /// ([`crate::pipeline::Pipeline::report_pages`]).
+    pub pages: Arc<dyn PageSource>,
     pub store: Store,
     pub clock: SharedClock,
 }
@@ -106,8 +110,7 @@ async fn send(tx: &Tx, c: v1::report_chunk::Chunk) -> Result<(), Status> {
 }
 
 async fn stream_summary(source: &ReportSource, filter: &Filter, tx: &Tx) -> Result<(), Status> {
-    let ledger: &dyn Ledger = &source.store;
-    let summary = summarize(ledger, filter, PAGE_SIZE).await.map_err(store_status)?;
+    let summary = summarize(source.pages.as_ref(), filter, PAGE_SIZE).await.map_err(store_status)?;
     for groups in summary.groups.chunks(GROUPS_PER_CHUNK) {
         let groups = groups.iter().map(group_to_wire).collect();
         send(tx, v1::report_chunk::Chunk::Groups(v1::ReportGroups { groups })).await?;
@@ -125,8 +128,7 @@ async fn stream_summary(source: &ReportSource, filter: &Filter, tx: &Tx) -> Resu
 }
 
 async fn stream_rows(source: &ReportSource, filter: &Filter, tx: &Tx) -> Result<(), Status> {
-    let ledger: &dyn Ledger = &source.store;
-    let mut reader = RowReader::new(ledger, PAGE_SIZE);
+    let mut reader = RowReader::new(source.pages.as_ref(), PAGE_SIZE);
     let mut selected = Group::default();
     let mut sent = 0u64;
     while let Some(rows) = reader.next_rows().await.map_err(store_status)? {
@@ -177,7 +179,7 @@ async fn usage_drops(source: &ReportSource) -> Result<Vec<v1::UsageDrop>, Status
 /// The one-reply report, refused with FAILED_PRECONDITION (naming the streaming call: the ledger's size, not a passing shortage, is
 /// what stands in the way, so it is not worth retrying) once its rows pass what a
 /// client decodes, without holding more than that. Read again when the ledger changed structure meanwhile.
-pub async fn bounded_report(ledger: &dyn Ledger, limit: usize) -> Result<crate::report::Report, Status> {
+pub async fn bounded_report<S: PageSource + ?Sized>(ledger: &S, limit: usize) -> Result<crate::report::Report, Status> {
     let budget = limit.saturating_sub(REPLY_RESERVE);
     for _ in 0..crate::report_stream::MAX_ATTEMPTS {
         let mut reader = RowReader::new(ledger, PAGE_SIZE);

@@ -60,7 +60,7 @@ impl Source {
             .iter()
             .map(|(_, s)| s.pace_milli_calls.load(Ordering::Relaxed) as f64 / 1000.0)
             .sum();
-        Ok(v1::StatusResponse {
+        let mut status = v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: Some(timestamp(self.started_at_ms)),
             now: Some(timestamp(now)),
@@ -142,15 +142,21 @@ impl Source {
                     signature: r.signature,
                 })
                 .collect(),
-        })
+            fleet: None,
+        };
+        if let Some(node) = &self.pipeline.fleet {
+            crate::fleet::status_view::fill(node, &self.store, &self.config, now, rate, &mut status).await;
+        }
+        Ok(status)
     }
 
     /// `Admin.Report`: the reconciliation report in one reply, read in pages (re-read if a seal moved usage
     /// meanwhile, so its parts cannot disagree), refused once it would pass what a client decodes; and the usage
     /// drops of the last ended hour.
     pub async fn report(&self) -> Result<v1::ReportResponse, Status> {
-        let ledger: &dyn crate::store::Ledger = &self.store;
-        let report = super::report_stream::bounded_report(ledger, super::report_stream::CLIENT_DECODE_LIMIT).await?;
+        let pages = self.pipeline.report_pages(&self.store);
+        let report =
+            super::report_stream::bounded_report(pages.as_ref(), super::report_stream::CLIENT_DECODE_LIMIT).await?;
         let store = self.store.clone();
         let (settings, now) = (crate::silence::settings(&self.config), self.clock.now_ms());
         let drops = tokio::task::spawn_blocking(move || crate::silence::last_ended_hour(&store, &settings, now))
@@ -211,6 +217,7 @@ pub fn to_json(s: &v1::StatusResponse) -> serde_json::Value {
         "products": s.products.iter().map(|p| serde_json::json!({
             "name": p.name, "identity": p.identity, "dimensions": p.dimensions,
         })).collect::<Vec<_>>(),
+        "fleet": s.fleet.as_ref().map(crate::fleet::status_view::json),
         "deployment_checks": s.deployment_checks.iter().map(|c| serde_json::json!({
             "product": c.product, "check": c.check, "state": c.state, "error_code": c.error_code,
             "message": c.message, "at": ts(&c.at), "attempts": c.attempts, "signature": c.signature,

@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 use std::ops::Bound;
 
+use super::seam::BoxFuture;
 use super::{Compacted, Lost, StoreError, decode, keys};
 use crate::domain::event::{Bucket, BucketKey, Identity};
 use crate::domain::quantity::Micros;
@@ -49,6 +50,23 @@ impl PageCursor {
 pub struct PageTail {
     pub compacted: Compacted,
     pub lost: Lost,
+    /// Fleet mode: events refused by the shared ledger because their key was counted with other content (never
+    /// counted, shown beside the totals). Always 0 for a standalone store, which refuses such an event at ingest.
+    pub conflicts: u64,
+}
+
+/// Where a report's pages come from: the local store ([`super::Store`], and anything implementing
+/// [`super::Ledger`]), or in fleet mode the shared ledger in PostgreSQL (`crate::fleet::report`). The report's
+/// reading, streaming and consistency logic ([`crate::report_stream`]) is written once against this.
+pub trait PageSource: Send + Sync {
+    /// One bounded page from `cursor`, carrying the structure count it was read at ([`LedgerPage::structure`]).
+    fn report_page(&self, cursor: PageCursor, limit: usize) -> BoxFuture<'_, Result<LedgerPage, StoreError>>;
+}
+
+impl<T: super::Ledger + ?Sized> PageSource for T {
+    fn report_page(&self, cursor: PageCursor, limit: usize) -> BoxFuture<'_, Result<LedgerPage, StoreError>> {
+        super::Ledger::report_page(self, cursor, limit)
+    }
 }
 
 /// One bounded page: at most the asked number of entries of one region.
@@ -140,6 +158,7 @@ pub(crate) fn read_page(
                     page.tail = Some(PageTail {
                         compacted: db.get(keys::COMPACTED_KEY)?.map(|v| decode(&v)).transpose()?.unwrap_or_default(),
                         lost: db.get(keys::LOST_KEY)?.map(|v| decode(&v)).transpose()?.unwrap_or_default(),
+                        conflicts: 0,
                     });
                 }
             }

@@ -181,6 +181,68 @@ class AgentStatus:
     @property
     def projected_drain_seconds(self) -> int:
         """Seconds to send every pending record at the submitters' current rates (0 when nothing is pending)."""
+    @property
+    def fleet(self) -> Optional[FleetStatus]:
+        """Fleet mode only: the nodes sharing the ledger and the submitters (the queue figures are then the fleet's)."""
+
+@final
+class FleetStatus:
+    """Fleet mode: the answering agent's spool, every node sharing the ledger, who submits for each account."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def spool_events(self) -> int:
+        """Events this agent acknowledged that are not yet in the shared ledger."""
+    @property
+    def spool_oldest_age_seconds(self) -> int: ...
+    @property
+    def ack(self) -> str:
+        """Either "local" or "shared" (fleet.ack)."""
+    @property
+    def database_error(self) -> str:
+        """Empty when the shared ledger answered; otherwise why not (the queue figures are then zero)."""
+    @property
+    def nodes(self) -> list[FleetNode]: ...
+    @property
+    def submitters(self) -> list[FleetSubmitter]: ...
+    @property
+    def conflicts(self) -> int:
+        """Keys forwarded with other content than the event counted under them (recorded, never counted)."""
+
+@final
+class FleetNode:
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def last_heartbeat(self) -> Optional[datetime.datetime]: ...
+    @property
+    def live(self) -> bool:
+        """Heartbeat within fleet.down_after: the seal waits for its forward."""
+    @property
+    def watermark(self) -> Optional[datetime.datetime]:
+        """Everything the node acknowledged before this is in the shared ledger (None before its first forward)."""
+    @property
+    def forward_lag_seconds(self) -> int: ...
+    @property
+    def events_forwarded(self) -> int: ...
+    @property
+    def spool_events(self) -> Optional[int]:
+        """Known for the answering agent only."""
+
+@final
+class FleetSubmitter:
+    @property
+    def account(self) -> str: ...
+    @property
+    def node_id(self) -> str:
+        """The submitter lease holder: it seals and submits for the account."""
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def lease_expires(self) -> Optional[datetime.datetime]: ...
 
 @final
 class UsageDrop:
@@ -210,6 +272,12 @@ class FlushResult:
     def hours_carried_only(self) -> int: ...
     @property
     def sealed_through(self) -> Optional[datetime.datetime]: ...
+    @property
+    def events_forwarded(self) -> int:
+        """Fleet mode: events forwarded from the agent's spool to the shared ledger by this flush."""
+    @property
+    def waiting_for(self) -> list[str]:
+        """Fleet mode: live nodes whose forward the seal still waits for (empty when every ended hour is sealed)."""
 
 @final
 class ReportRow:
@@ -288,6 +356,9 @@ class ReportTotals:
     @property
     def merged_units(self) -> int:
         """Units of held tenant records merged into their identity's next hour (their AWS key was taken)."""
+    @property
+    def conflicts(self) -> int:
+        """Fleet mode: events whose key was already counted with other content (recorded, never counted)."""
 
 @final
 class Report:

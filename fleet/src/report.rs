@@ -1,0 +1,244 @@
+//! Bounded reads of the shared ledger for the agent's report and `status`: keyset pages of the sealed records,
+//! the open buckets and the carried fractions (each in its primary key's order, so a page is an index range
+//! scan of `limit` rows, never the whole table), the structure stamp that tells a reader of many pages whether
+//! a seal moved usage between two of them, and the queue's totals.
+//!
+//! Keys are compared in the columns' own collation, the one their primary key index is built with: the cursor
+//! condition `(a, b, …) > ($1, $2, …)` and the `ORDER BY a, b, …` then agree on one total order (the default
+//! collations are deterministic), whatever the database's locale.
+
+use meterd_core::clock::UnixMillis;
+use meterd_core::domain::event::{Bucket, BucketKey, Identity};
+use meterd_core::domain::quantity::Micros;
+use meterd_core::domain::record::{RecordKey, SealedRecord};
+use tokio_postgres::GenericClient;
+
+use crate::codec;
+use crate::views::ViewError;
+
+/// One carry series and the fraction it carries to its next sealed hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carry {
+    pub product: String,
+    pub identity: Identity,
+    pub dimension: String,
+    pub carried: Micros,
+}
+
+/// A read-only transaction on one snapshot (REPEATABLE READ): a page and its [`structure`] stamp read in it
+/// agree.
+pub async fn snapshot(
+    client: &mut tokio_postgres::Client,
+) -> Result<tokio_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+}
+
+/// Sealed records after `after` (None: from the first), in key order: hour, product, customer, dimension.
+pub async fn records_after(
+    client: &impl GenericClient,
+    after: Option<&RecordKey>,
+    limit: i64,
+) -> Result<Vec<SealedRecord>, ViewError> {
+    let rows =
+        match after {
+            None => client
+                .query(
+                    "SELECT record::text FROM meterd_records ORDER BY hour_ms, product, customer, dimension LIMIT $1",
+                    &[&limit],
+                )
+                .await?,
+            Some(k) => {
+                client
+                    .query(
+                        "SELECT record::text FROM meterd_records
+                     WHERE (hour_ms, product, customer, dimension) > ($1, $2, $3, $4)
+                     ORDER BY hour_ms, product, customer, dimension LIMIT $5",
+                        &[&k.hour_ms, &k.product, &codec::identity_text(&k.identity), &k.dimension, &limit],
+                    )
+                    .await?
+            }
+        };
+    rows.iter().map(|r| codec::record_of(r.get(0)).map_err(ViewError::from)).collect()
+}
+
+/// Open buckets after `after`, in key order: hour, product, customer, dimension, tag set (so the buckets of one
+/// future record — its tag sets — are adjacent).
+pub async fn buckets_after(
+    client: &impl GenericClient,
+    after: Option<&BucketKey>,
+    limit: i64,
+) -> Result<Vec<(BucketKey, Bucket)>, ViewError> {
+    const COLUMNS: &str = "SELECT hour_ms, product, customer, dimension, tags, total::text, events, late::text
+                           FROM meterd_buckets";
+    const ORDER: &str = "ORDER BY hour_ms, product, customer, dimension, tags";
+    let rows = match after {
+        None => client.query(&format!("{COLUMNS} {ORDER} LIMIT $1"), &[&limit]).await?,
+        Some(k) => {
+            client
+                .query(
+                    &format!(
+                        "{COLUMNS} WHERE (hour_ms, product, customer, dimension, tags) > ($1, $2, $3, $4, $5)
+                         {ORDER} LIMIT $6"
+                    ),
+                    &[
+                        &k.hour_ms,
+                        &k.product,
+                        &codec::identity_text(&k.identity),
+                        &k.dimension,
+                        &codec::tags_text(&k.tags),
+                        &limit,
+                    ],
+                )
+                .await?
+        }
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let events: i64 = r.get(6);
+        out.push((
+            BucketKey {
+                hour_ms: r.get(0),
+                product: r.get(1),
+                identity: codec::identity_of(r.get(2))?,
+                dimension: r.get(3),
+                tags: codec::tags_of(r.get(4))?,
+            },
+            Bucket { total: codec::micros_of(r.get(5))?, events: events as u64, late: codec::micros_of(r.get(7))? },
+        ));
+    }
+    Ok(out)
+}
+
+/// Carried fractions after the series (product, customer, dimension) `after`, in key order.
+pub async fn carries_after(
+    client: &impl GenericClient,
+    after: Option<(&str, &Identity, &str)>,
+    limit: i64,
+) -> Result<Vec<Carry>, ViewError> {
+    let rows = match after {
+        None => {
+            client
+                .query(
+                    "SELECT product, customer, dimension, carried::text FROM meterd_carries
+                     ORDER BY product, customer, dimension LIMIT $1",
+                    &[&limit],
+                )
+                .await?
+        }
+        Some((product, identity, dimension)) => {
+            client
+                .query(
+                    "SELECT product, customer, dimension, carried::text FROM meterd_carries
+                     WHERE (product, customer, dimension) > ($1, $2, $3)
+                     ORDER BY product, customer, dimension LIMIT $4",
+                    &[&product, &codec::identity_text(identity), &dimension, &limit],
+                )
+                .await?
+        }
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(Carry {
+            product: r.get(0),
+            identity: codec::identity_of(r.get(1))?,
+            dimension: r.get(2),
+            carried: codec::micros_of(r.get(3))?,
+        });
+    }
+    Ok(out)
+}
+
+/// A stamp of the ledger's structure: it changes whenever a seal moved usage from buckets into records and
+/// carries (every such seal raises a product's `sealed_through`, in the same transaction). Forwards only add to
+/// buckets and record updates only change states, so pages read under one stamp count every unit once. Any new
+/// write that moves usage between the report's regions (a leaving customer's early seal, a tenant mapping that
+/// moves buckets) must change this stamp too, or a report read across it may count a unit twice or not at all.
+pub async fn structure(client: &impl GenericClient) -> Result<u64, ViewError> {
+    let row = client
+        .query_one(
+            "SELECT count(*)::text || ':' || coalesce(sum(coalesce(sealed_through, 0)), 0)::text || ':'
+                    || coalesce(sum(moves), 0)::text
+             FROM meterd_seal_marks",
+            &[],
+        )
+        .await?;
+    let text: String = row.get(0);
+    // Equality is all a reader needs: fold the exact text into 64 bits (FNV-1a).
+    Ok(text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)))
+}
+
+/// Records AWS answered DuplicateRecord on their first send, and their whole units (revenue lost for good). Reads
+/// the rejected records only (partial index `meterd_records_rejected`).
+pub async fn lost(client: &impl GenericClient) -> Result<(u64, u64), ViewError> {
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(sum((record->>'quantity')::int8), 0)::int8 FROM meterd_records
+             WHERE state = 'rejected' AND record->'state'->'Rejected'->>'reason' = 'DuplicateRecord'",
+            &[],
+        )
+        .await?;
+    let (records, units): (i64, i64) = (row.get(0), row.get(1));
+    Ok((records as u64, units as u64))
+}
+
+/// Conflicts recorded: keys forwarded with other content than the event counted under them.
+pub async fn conflict_count(client: &impl GenericClient) -> Result<u64, ViewError> {
+    let n: i64 = client.query_one("SELECT count(*) FROM meterd_conflicts", &[]).await?.get(0);
+    Ok(n as u64)
+}
+
+/// What `status` shows of the fleet's submission queue (sealed or in-flight records), by aggregates over the
+/// pending index: the answer is a few rows whatever the queue holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueView {
+    pub records: u64,
+    pub in_flight: u64,
+    pub units: u64,
+    pub oldest_hour_ms: Option<UnixMillis>,
+    pub first_deadline_ms: Option<UnixMillis>,
+    /// Pending records held under a tenant with no identity sent yet: (tenant, records, units). At risk while the
+    /// tenant has no mapping (the caller knows the mappings).
+    pub held: Vec<(String, u64, u64)>,
+}
+
+/// The queue's totals, and its held tenants (at most `max_tenants`, most records first).
+pub async fn queue(client: &impl GenericClient, max_tenants: i64) -> Result<QueueView, ViewError> {
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'in_flight'),
+                    coalesce(sum((record->>'quantity')::int8), 0)::int8, min(hour_ms), min(deadline_ms)
+             FROM meterd_records WHERE state IN ('sealed', 'in_flight')",
+            &[],
+        )
+        .await?;
+    let (records, in_flight, units): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let held = client
+        .query(
+            "SELECT record->'key'->'identity'->>'Tenant', count(*), coalesce(sum((record->>'quantity')::int8), 0)::int8
+             FROM meterd_records
+             WHERE state IN ('sealed', 'in_flight') AND record->'key'->'identity' ? 'Tenant'
+               AND coalesce(record->'sent_as', 'null'::jsonb) = 'null'::jsonb
+             GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $1",
+            &[&max_tenants],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let (n, u): (i64, i64) = (r.get(1), r.get(2));
+            (r.get::<_, String>(0), n as u64, u as u64)
+        })
+        .collect();
+    Ok(QueueView {
+        records: records as u64,
+        in_flight: in_flight as u64,
+        units: units as u64,
+        oldest_hour_ms: row.get(3),
+        first_deadline_ms: row.get(4),
+        held,
+    })
+}
