@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::segments::{self, Segment, Segments};
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
-    StoreCounters, StoreError, current, current_db, decode, durable, encode, generation, keys, pending,
+    StoreCounters, StoreError, current, current_db, decode, durable, encode, generation, hour_totals, keys, pending,
 };
 use crate::clock::{UnixMillis, hour_start};
 use crate::domain::customer::{CustomerLifecycle, CustomerStatus, StatusChange, TenantMapping, final_hour_deadline};
@@ -33,8 +33,10 @@ fn overflow(what: &str) -> impl Fn(Overflow) -> StoreError + '_ {
     move |_| StoreError::Overflow(what.to_string())
 }
 
-/// The ingest decision's reads, answered from the live generation and its dedupe segments.
-struct SledLookups<'a>(&'a sled::Db, &'a Segments);
+/// The ingest decision's reads, answered from the live generation and its dedupe segments. Keeps each bucket's
+/// total as read (None: no such bucket yet), so the write can add each bucket's growth to the hour's summary
+/// ([`super::hour_totals`]) and count the buckets it opens, without reading them again.
+struct SledLookups<'a>(&'a sled::Db, &'a Segments, HashMap<BucketKey, Option<Micros>>);
 
 impl Lookups for SledLookups<'_> {
     type Error = StoreError;
@@ -51,7 +53,9 @@ impl Lookups for SledLookups<'_> {
         })
     }
     fn bucket(&mut self, key: &BucketKey) -> Result<Option<Bucket>, StoreError> {
-        self.0.get(keys::encode_bucket_key(key))?.map(|v| decode(&v)).transpose()
+        let b: Option<Bucket> = self.0.get(keys::encode_bucket_key(key))?.map(|v| decode(&v)).transpose()?;
+        self.2.entry(key.clone()).or_insert(b.as_ref().map(|b| b.total));
+        Ok(b)
     }
 }
 
@@ -525,7 +529,7 @@ impl Writer {
         let now_ms = calls.iter().map(|c| c.1).max().expect("at least one call");
         self.forget(now_ms)?;
         let mut group = IngestGroup::new(self.sealed_through()?);
-        let mut look = SledLookups(&self.db, &self.segments);
+        let mut look = SledLookups(&self.db, &self.segments, HashMap::new());
         let mut all = Vec::with_capacity(calls.len());
         for (events, received_ms, rules, _) in calls {
             let mut outcomes = Vec::with_capacity(events.len());
@@ -543,9 +547,15 @@ impl Writer {
         }
         let mut batch = sled::Batch::default();
         let new_events = writes.events.len() as u64;
+        let read = look.2;
+        let mut hours = hour_totals::Edits::new(&self.db);
         for (k, b) in &writes.buckets {
             batch.insert(keys::encode_bucket_key(k), encode(b));
+            // A bucket only grows at ingest: its growth is what the hour gained.
+            let before = read.get(k).copied().flatten().unwrap_or(Micros::ZERO);
+            hours.add_usage(k.hour_ms, &k.product, &k.dimension, Micros(b.total.0.saturating_sub(before.0)))?;
         }
+        hours.write(&mut batch);
         // Fleet mode: the acknowledged events' content, in the same atomic write (store/outbox.rs): it joins
         // the default-tree batch, which goes with the dedupe segment in one transaction below.
         if let Some(spool) = &self.place.spool {
@@ -813,6 +823,7 @@ impl Writer {
         // holds one now (an hour of whole units then needs no write for it: a sled write is most of a seal's cost).
         let mut carries: HashMap<Vec<u8>, (Micros, bool)> = HashMap::new();
         let mut totals = self.pending_totals()?;
+        let mut hours = hour_totals::Edits::new(db);
         for group in groups {
             let rk = &group.key;
             let ck = keys::carry_key(&rk.product, &rk.identity, &rk.dimension);
@@ -833,8 +844,10 @@ impl Writer {
                 totals.add(&record, pending::at_risk(db, &record)?);
                 summary.records += 1;
             }
+            hours.sealed(&record)?;
             batch.insert(rkey, encode(&record));
         }
+        hours.write(batch);
         batch.insert(keys::PENDING_KEY, encode(&totals));
         for (ck, (c, stored)) in carries {
             if c != Micros::ZERO {
@@ -875,6 +888,7 @@ impl Writer {
         let tenant = Identity::Tenant(m.tenant_id.clone());
         let mut moved = 0;
         let mut merged: HashMap<Vec<u8>, Bucket> = HashMap::new();
+        let mut hours = hour_totals::Edits::new(&self.db);
         for kv in self.db.scan_prefix(keys::BUCKET_PREFIX) {
             let (k, v) = kv?;
             let bk = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -888,6 +902,9 @@ impl Writer {
                 hour_ms = self.free_hour(hour_ms.max(open_hour), &bk.product, &customer, &bk.dimension)?;
                 b.late = b.total;
             }
+            // The usage leaves the tenant's hour for the identity's (the same hour unless its AWS key is taken).
+            hours.remove_usage(bk.hour_ms, &bk.product, &bk.dimension, b.total)?;
+            hours.add_usage(hour_ms, &bk.product, &bk.dimension, b.total)?;
             let target = keys::encode_bucket_key(&BucketKey { identity: m.identity.clone(), hour_ms, ..bk });
             let mut t = match merged.remove(&target) {
                 Some(t) => t,
@@ -992,6 +1009,7 @@ impl Writer {
         for (k, b) in merged {
             batch.insert(k, encode(&b));
         }
+        hours.write(&mut batch);
         batch.insert(keys::PENDING_KEY, encode(&totals));
         self.db.apply_batch(batch)?;
         Ok(moved)
@@ -1281,6 +1299,7 @@ impl Writer {
     fn compact_records(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
         let mut removed = super::Compacted::default();
         let mut batch = sled::Batch::default();
+        let mut hours = hour_totals::Edits::new(&self.db);
         // Records are keyed hour first: stop at the first hour not older than the cutoff.
         for kv in self.db.scan_prefix(keys::RECORD_PREFIX) {
             let (k, v) = kv?;
@@ -1301,6 +1320,7 @@ impl Writer {
             removed.recorded = removed.recorded.try_add(r.recorded).map_err(overflow("compacted usage"))?;
             removed.late = removed.late.try_add(r.late).map_err(overflow("compacted late usage"))?;
             removed.records += 1;
+            hours.removed(&r)?;
             batch.remove(k);
         }
         // Idempotency keys are not counted here: their segments leave whole ([`Self::drop_segments`]).
@@ -1318,6 +1338,7 @@ impl Writer {
         total.accepted += removed.accepted;
         total.rejected += removed.rejected;
         total.expired += removed.expired;
+        hours.write(&mut batch);
         batch.insert(keys::COMPACTED_KEY, encode(&total));
         self.db.apply_batch(batch)?;
         Ok(removed)
