@@ -123,6 +123,9 @@ fn check_pending_totals(store: &Store) -> Result<(), TestCaseError> {
 fn check_hour_summaries(store: &Store) -> Result<(), TestCaseError> {
     let (kept, scanned) = store.hour_summaries_kept_and_recounted().unwrap();
     prop_assert_eq!(kept, scanned);
+    // So are the open buckets and customers per status.
+    let (kept, scanned) = store.counts_kept_and_recounted().unwrap();
+    prop_assert_eq!(kept, scanned);
     Ok(())
 }
 

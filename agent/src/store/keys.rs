@@ -21,6 +21,7 @@
 //! | `a/`   | `a/` + agreement id                   | the `s/` key of that agreement's customer |
 //! | `h/`   | `h/` + hour + product + dimension     | postcard `HourSummary`: the hour's usage, kept with it ([`super::hour_totals`]) |
 //! | `m/`   | `m/hour_totals`                       | empty: the `h/` summaries are kept (absent: counted once at open) |
+//! | `m/`   | `m/open_buckets`, `m/customers`       | postcard `u64`, `CustomerCounts`: kept counts ([`super::counts`]) |
 //!
 //! Bucket keys start with the hour (big-endian, sign-flipped) so a range scan visits hours in order, and
 //! all tag sets of one (hour, product, customer, dimension) are contiguous: sealing reads them together.
@@ -51,6 +52,10 @@ pub const TENANT_PREFIX: &[u8] = b"t/";
 pub const LIFECYCLE_PREFIX: &[u8] = b"s/";
 pub const AGREEMENT_PREFIX: &[u8] = b"a/";
 
+/// Open buckets (`u64`), kept with every write that opens or closes one ([`super::counts`]).
+pub const OPEN_BUCKETS_KEY: &[u8] = b"m/open_buckets";
+/// Customers per lifecycle status ([`super::counts::CustomerCounts`]), kept with every `s/` write.
+pub const CUSTOMER_COUNTS_KEY: &[u8] = b"m/customers";
 /// Per hour × product × dimension: usage and biggest customers ([`super::hour_totals`]).
 pub const HOUR_TOTALS_PREFIX: &[u8] = b"h/";
 /// Present once every `h/` summary is kept by the writes (a store written before them has them counted at open).

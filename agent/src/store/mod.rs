@@ -10,6 +10,7 @@
 //! A PostgreSQL backend for fleets would implement the same operations; nothing outside
 //! this module touches sled.
 
+pub mod counts;
 pub mod durable;
 pub mod generation;
 pub mod hour_totals;
@@ -381,6 +382,10 @@ impl Store {
             live_gen.sync()?;
             tracing::info!(pending = totals.records, "counted the pending queue once; its totals are kept from now on");
         }
+        if counts::count_once(&db)? {
+            live_gen.sync()?;
+            tracing::info!("counted the open buckets and the customers per status once; they are kept from now on");
+        }
         if let Some(n) = hour_totals::count_once(&db)? {
             // A store written before the hours' usage was kept: counted once, from then on every write keeps it.
             live_gen.sync()?;
@@ -729,8 +734,20 @@ impl Store {
             .collect()
     }
 
-    pub fn open_bucket_count(&self) -> u64 {
-        self.db().scan_prefix(keys::BUCKET_PREFIX).count() as u64
+    /// Buckets not sealed yet, as kept by every write ([`counts`]).
+    pub fn open_bucket_count(&self) -> Result<u64, StoreError> {
+        counts::open_buckets(&self.db())
+    }
+
+    /// Customers per lifecycle status, as kept by every write ([`counts`]).
+    pub fn customer_counts(&self) -> Result<counts::CustomerCounts, StoreError> {
+        counts::customers(&self.db())
+    }
+
+    /// The kept counts, and the same by a full scan (tests compare them).
+    pub fn counts_kept_and_recounted(&self) -> Result<(counts::Counts, counts::Counts), StoreError> {
+        let db = self.db();
+        Ok(((counts::open_buckets(&db)?, counts::customers(&db)?), counts::recount(&db)?))
     }
 
     pub fn counters(&self) -> &StoreCounters {

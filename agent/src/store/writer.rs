@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::segments::{self, Segment, Segments};
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
-    StoreCounters, StoreError, current, current_db, decode, durable, encode, generation, hour_totals, keys, pending,
+    StoreCounters, StoreError, counts, current, current_db, decode, durable, encode, generation, hour_totals, keys,
+    pending,
 };
 use crate::clock::{UnixMillis, hour_start};
 use crate::domain::customer::{CustomerLifecycle, CustomerStatus, StatusChange, TenantMapping, final_hour_deadline};
@@ -549,6 +550,8 @@ impl Writer {
         let new_events = writes.events.len() as u64;
         let read = look.2;
         let mut hours = hour_totals::Edits::new(&self.db);
+        let opened = writes.buckets.iter().filter(|(k, _)| read.get(k).is_some_and(|b| b.is_none())).count();
+        counts::buckets_changed(&self.db, &mut batch, opened as u64, 0)?;
         for (k, b) in &writes.buckets {
             batch.insert(keys::encode_bucket_key(k), encode(b));
             // A bucket only grows at ingest: its growth is what the hour gained.
@@ -848,6 +851,7 @@ impl Writer {
             batch.insert(rkey, encode(&record));
         }
         hours.write(batch);
+        counts::buckets_changed(db, batch, 0, summary.buckets)?;
         batch.insert(keys::PENDING_KEY, encode(&totals));
         for (ck, (c, stored)) in carries {
             if c != Micros::ZERO {
@@ -878,6 +882,7 @@ impl Writer {
                 event_id: None,
                 applied: true,
             });
+            counts::customer_written(&self.db, &mut batch, None, &life)?;
             batch.insert(lk.clone(), encode(&life));
         }
         // AWS keeps one record per (customer, dimension, hour) and answers DuplicateRecord to any other: held
@@ -889,6 +894,8 @@ impl Writer {
         let mut moved = 0;
         let mut merged: HashMap<Vec<u8>, Bucket> = HashMap::new();
         let mut hours = hour_totals::Edits::new(&self.db);
+        // Buckets the move creates (targets not stored yet, placeholders); every moved one is closed.
+        let mut opened = 0u64;
         for kv in self.db.scan_prefix(keys::BUCKET_PREFIX) {
             let (k, v) = kv?;
             let bk = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -910,7 +917,10 @@ impl Writer {
                 Some(t) => t,
                 None => match self.db.get(&target)? {
                     Some(tv) => decode(&tv)?,
-                    None => Bucket::default(),
+                    None => {
+                        opened += 1;
+                        Bucket::default()
+                    }
                 },
             };
             t.total = t.total.try_add(b.total).map_err(overflow("a bucket moved to the identity"))?;
@@ -994,6 +1004,7 @@ impl Writer {
                     tags: Default::default(),
                 };
                 merged.insert(keys::encode_bucket_key(&placeholder), Bucket::default());
+                opened += 1;
             }
             tracing::warn!(record = ?r.key, into = %m.identity.label(), units = r.quantity,
                 into_hour = %crate::clock::rfc3339(into_hour_ms),
@@ -1010,6 +1021,7 @@ impl Writer {
             batch.insert(k, encode(&b));
         }
         hours.write(&mut batch);
+        counts::buckets_changed(&self.db, &mut batch, opened, moved)?;
         batch.insert(keys::PENDING_KEY, encode(&totals));
         self.db.apply_batch(batch)?;
         Ok(moved)
@@ -1095,8 +1107,9 @@ impl Writer {
                 None => return Ok(LifecycleOutcome { unknown_agreement: true, ..LifecycleOutcome::default() }),
             },
         };
-        let mut life = match self.db.get(&lk)? {
-            Some(v) => decode::<CustomerLifecycle>(&v)?,
+        let before = self.db.get(&lk)?.map(|v| decode::<CustomerLifecycle>(&v)).transpose()?;
+        let mut life = match &before {
+            Some(l) => l.clone(),
             None => match identity {
                 Some(identity) => CustomerLifecycle::new(identity, ev.product_code.clone(), ev.agreement_id.clone()),
                 None => return Ok(LifecycleOutcome { unknown_agreement: true, ..LifecycleOutcome::default() }),
@@ -1136,6 +1149,7 @@ impl Writer {
             let s = self.seal_buckets(&mut batch, buckets, params, Some(final_hour_deadline(now, params.margin_ms)))?;
             outcome.records_sealed = s.records;
         }
+        counts::customer_written(&self.db, &mut batch, before.as_ref(), &life)?;
         batch.insert(lk, encode(&life));
         self.db.apply_batch(batch)?;
         Ok(outcome)
@@ -1158,24 +1172,29 @@ impl Writer {
         };
         let Some(lk) = lk else { return Ok(None) };
         let Some(v) = self.db.get(&lk)? else { return Ok(None) };
-        let mut life = decode::<CustomerLifecycle>(&v)?;
+        let before = decode::<CustomerLifecycle>(&v)?;
+        let mut life = before.clone();
         let previous = life.status.clone();
         if !life.amend(entry, reinstate) {
             return Ok(Some(super::AmendOutcome { previous, lifecycle: life, changed: false }));
         }
-        self.db.insert(lk, encode(&life))?;
+        let mut batch = sled::Batch::default();
+        counts::customer_written(&self.db, &mut batch, Some(&before), &life)?;
+        batch.insert(lk, encode(&life));
+        self.db.apply_batch(batch)?;
         Ok(Some(super::AmendOutcome { previous, lifecycle: life, changed: true }))
     }
 
     /// Keeps AWS's word on the customer ([`CustomerLifecycle::note_not_subscribed`]).
     fn apply_not_subscribed(&self, identity: &Identity, at_ms: UnixMillis) -> Result<(), StoreError> {
         let Some(lk) = keys::lifecycle_key(identity) else { return Ok(()) };
-        let mut life = match self.db.get(&lk)? {
-            Some(v) => decode::<CustomerLifecycle>(&v)?,
-            None => CustomerLifecycle::new(identity.clone(), None, None),
-        };
+        let before = self.db.get(&lk)?.map(|v| decode::<CustomerLifecycle>(&v)).transpose()?;
+        let mut life = before.clone().unwrap_or_else(|| CustomerLifecycle::new(identity.clone(), None, None));
         life.note_not_subscribed(at_ms);
-        self.db.insert(lk, encode(&life))?;
+        let mut batch = sled::Batch::default();
+        counts::customer_written(&self.db, &mut batch, before.as_ref(), &life)?;
+        batch.insert(lk, encode(&life));
+        self.db.apply_batch(batch)?;
         Ok(())
     }
 
