@@ -78,11 +78,12 @@ fn every_write_path_keeps_the_counts() {
             ev("b", aws(1), 1, T0 + 2),
             ev("c", Identity::Tenant("t".into()), 0, T0 + 3),
             ev("d", aws(2), 0, T0 + HOUR_MS + 4),
+            ev("e", aws(3), 0, T0 + 5),
         ];
         store.ingest(events.clone(), T0 + HOUR_MS + 5, LateUsage::Carry).await.unwrap();
         store.ingest(events, T0 + HOUR_MS + 6, LateUsage::Carry).await.unwrap();
-        assert_eq!(check(&store).0, 4);
-        // A mapping moves the tenant's bucket to the identity (a new bucket) and adds the customer.
+        assert_eq!(check(&store).0, 5);
+        // A mapping moves the tenant's bucket into the identity's (one bucket fewer) and adds the customer.
         let m = TenantMapping {
             tenant_id: "t".into(),
             product: "p".into(),
