@@ -1,34 +1,41 @@
-//! Usage drops of the last ended hour, read from the store: the hour itself and the hours its baseline needs
-//! ([`baseline_hours`], 10 with the defaults) — sealed records and, for hours not sealed yet, open buckets —
-//! never the whole history. `Admin.Status`, `Admin.Report`, the dashboard and `/metrics` all call
-//! [`last_ended_hour`], so they show the same drops.
+//! Usage drops of the last ended hour, read from the store's kept hour summaries ([`crate::store::hour_totals`]):
+//! the hour itself and the hours its baseline needs ([`baseline_hours`], 10 with the defaults), a few small
+//! values each, never the records of those hours (4-5 s for a 900,000-record hour before). `Admin.Status`,
+//! `Admin.Report`, the dashboard and `/metrics` all call [`last_ended_hour`], so they show the same drops.
+//!
+//! **Product × dimension totals** are exact: each summary's total is what a scan of the hour would sum, kept in
+//! the same writes as the usage.
+//!
+//! **Customers.** The customers considered are those among the `TOP_PER_HOUR`(crate::store::hour_totals::TOP_PER_HOUR) biggest sealed records of at
+//! least one baseline hour, plus any customer with open buckets in a baseline hour (an hour not sealed yet, which
+//! a day later only happens while the sealer catches up). Each of them gets its exact usage in every hour read
+//! (from the lists, or a point read of its record where a list is not complete), so its baseline is exact; the
+//! `silence.top_customers` biggest by baseline are watched, as [`crate::domain::silence::detect`] would pick them
+//! over every customer. The two differ only if a customer that would be among those biggest was outranked by
+//! `TOP_PER_HOUR` others in every one of its baseline hours — impossible while an hour has at most
+//! `TOP_PER_HOUR` records of the product × dimension (the lists are then complete), and otherwise only when more
+//! than `TOP_PER_HOUR` customers each beat it in every baseline hour.
 
 use std::collections::BTreeMap;
 
 use crate::clock::{HOUR_MS, UnixMillis, hour_start};
 use crate::config::Config;
+use crate::domain::event::Identity;
 use crate::domain::quantity::Micros;
-use crate::domain::silence::{SeriesKey, Settings, Usage, UsageDrop, baseline_hours, detect};
+use crate::domain::silence::{SeriesUsage, Settings, UsageDrop, baseline_hours, detect_series, watched};
 use crate::store::{Ledger, StoreError};
 
-/// Usage of one hour per (product, dimension, customer): sealed records' recorded usage plus open buckets.
-fn hour_usage(store: &(impl Ledger + ?Sized), hour_ms: UnixMillis) -> Result<BTreeMap<SeriesKey, Micros>, StoreError> {
-    let mut out: BTreeMap<SeriesKey, Micros> = BTreeMap::new();
-    // An hour's total that does not fit is an error, never a silently dropped term.
-    let mut add = |product: &str, dimension: &str, customer: String, q: Micros| {
-        let e = out
-            .entry(SeriesKey { product: product.to_string(), dimension: dimension.to_string(), customer })
-            .or_default();
-        *e = e.try_add(q).map_err(|_| StoreError::Overflow("an hour's usage for silence detection".into()))?;
-        Ok::<_, StoreError>(())
-    };
-    for r in store.records_of_hour(hour_ms)? {
-        add(&r.key.product, &r.key.dimension, r.key.identity.label(), r.recorded)?;
-    }
-    for (k, b) in store.buckets_of_hour(hour_ms)? {
-        add(&k.product, &k.dimension, k.identity.label(), b.total)?;
-    }
-    Ok(out)
+type Pd = (String, String);
+
+fn add(to: &mut Micros, q: Micros) {
+    *to = Micros(to.0.saturating_add(q.0));
+}
+
+/// One baseline hour of one product × dimension as its summary lists it.
+#[derive(Default)]
+struct Listed {
+    complete: bool,
+    top: BTreeMap<String, Micros>,
 }
 
 /// The drops of the hour that ended last before `now_ms` (usage is compared as soon as the hour ends; the
@@ -43,9 +50,107 @@ pub fn last_ended_hour(
     if hour < known_since {
         return Ok(Vec::new());
     }
+    let baseline: Vec<UnixMillis> = baseline_hours(hour).into_iter().filter(|h| *h >= known_since).collect();
+    let mut usage = SeriesUsage::default();
+    // The customers that can be watched, by label (the detection's name for them), with their identity.
+    let mut candidates: BTreeMap<Pd, BTreeMap<String, Identity>> = BTreeMap::new();
+    let mut listed: BTreeMap<(Pd, UnixMillis), Listed> = BTreeMap::new();
+    for h in std::iter::once(hour).chain(baseline.iter().copied()) {
+        for s in store.hour_summaries(h)? {
+            let pd = (s.product, s.dimension);
+            usage.totals.entry(pd.clone()).or_default().insert(h, s.total);
+            if h == hour {
+                continue;
+            }
+            let who = candidates.entry(pd.clone()).or_default();
+            let l = listed.entry((pd, h)).or_default();
+            l.complete = s.complete;
+            for (identity, q) in s.top {
+                let label = identity.label();
+                l.top.insert(label.clone(), q);
+                who.insert(label, identity);
+            }
+        }
+    }
+    // Open buckets of baseline hours: none once they are sealed (a day after they ended, normally).
+    let mut open: BTreeMap<(Pd, UnixMillis), BTreeMap<String, Micros>> = BTreeMap::new();
+    for &h in &baseline {
+        for (k, b) in store.buckets_of_hour(h)? {
+            let label = k.identity.label();
+            let pd = (k.product, k.dimension);
+            add(open.entry((pd.clone(), h)).or_default().entry(label.clone()).or_default(), b.total);
+            candidates.entry(pd).or_default().insert(label, k.identity);
+        }
+    }
+    // Every candidate's exact usage in every baseline hour.
+    for (pd, who) in &candidates {
+        let by_customer = usage.customers.entry(pd.clone()).or_default();
+        for (label, identity) in who {
+            let per_hour = by_customer.entry(label.clone()).or_default();
+            for &h in &baseline {
+                let key = (pd.clone(), h);
+                let opened = open.get(&key).and_then(|o| o.get(label)).copied().unwrap_or(Micros::ZERO);
+                let q = match listed.get(&key) {
+                    Some(l) => match l.top.get(label) {
+                        Some(q) => Micros(q.0.saturating_add(opened.0)),
+                        None if l.complete => opened,
+                        // Pushed out of a full list: its record (and open buckets) read directly.
+                        None => store.series_usage(h, &pd.0, identity, &pd.1)?,
+                    },
+                    // No summary: no usage sealed in that hour for this product × dimension.
+                    None => opened,
+                };
+                if q != Micros::ZERO {
+                    per_hour.insert(h, q);
+                }
+            }
+        }
+    }
+    // The watched customers' usage in the hour itself (the choice depends only on the hours before it).
+    let mut observed = Vec::new();
+    for (pd, by_customer) in &usage.customers {
+        for (_, label, _) in watched(by_customer, hour, known_since, settings) {
+            let identity = &candidates[pd][label];
+            observed.push((pd.clone(), label.to_string(), store.series_usage(hour, &pd.0, identity, &pd.1)?));
+        }
+    }
+    for (pd, label, q) in observed {
+        if q != Micros::ZERO
+            && let Some(per_hour) = usage.customers.get_mut(&pd).and_then(|c| c.get_mut(&label))
+        {
+            per_hour.insert(hour, q);
+        }
+    }
+    Ok(detect_series(hour, &usage, known_since, settings))
+}
+
+/// The drops of the last ended hour computed from every record and bucket of the hours read (the detection
+/// before hour summaries were kept): the reference [`last_ended_hour`] is tested against.
+pub fn last_ended_hour_by_scan(
+    store: &(impl Ledger + ?Sized),
+    settings: &Settings,
+    now_ms: UnixMillis,
+) -> Result<Vec<UsageDrop>, StoreError> {
+    use crate::domain::silence::{SeriesKey, Usage, detect};
+    let hour = hour_start(now_ms) - HOUR_MS;
+    let Some(known_since) = store.first_hour()? else { return Ok(Vec::new()) };
+    if hour < known_since {
+        return Ok(Vec::new());
+    }
     let mut usage = Usage::new();
     for h in std::iter::once(hour).chain(baseline_hours(hour)).filter(|h| *h >= known_since) {
-        usage.insert(h, hour_usage(store, h)?);
+        let mut out: BTreeMap<SeriesKey, Micros> = BTreeMap::new();
+        let mut put = |product: &str, dimension: &str, customer: String, q: Micros| {
+            let k = SeriesKey { product: product.to_string(), dimension: dimension.to_string(), customer };
+            add(out.entry(k).or_default(), q);
+        };
+        for r in store.records_of_hour(h)? {
+            put(&r.key.product, &r.key.dimension, r.key.identity.label(), r.recorded);
+        }
+        for (k, b) in store.buckets_of_hour(h)? {
+            put(&k.product, &k.dimension, k.identity.label(), b.total);
+        }
+        usage.insert(h, out);
     }
     Ok(detect(hour, &usage, known_since, settings))
 }

@@ -118,6 +118,17 @@ fn check_pending_totals(store: &Store) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The kept hour summaries (usage per hour × product × dimension and its biggest records) agree with a full scan
+/// of the records and buckets.
+fn check_hour_summaries(store: &Store) -> Result<(), TestCaseError> {
+    let (kept, scanned) = store.hour_summaries_kept_and_recounted().unwrap();
+    prop_assert_eq!(kept, scanned);
+    // So are the open buckets and customers per status.
+    let (kept, scanned) = store.counts_kept_and_recounted().unwrap();
+    prop_assert_eq!(kept, scanned);
+    Ok(())
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -237,6 +248,7 @@ proptest! {
                 }
             }
             check_pending_totals(&store)?;
+            check_hour_summaries(&store)?;
             let rep = rt.block_on(report::build(&store)).unwrap();
             prop_assert!(rep.totals.reconciled, "does not reconcile: {:?}", rep.totals);
             prop_assert_eq!(rep.totals.recorded.clone(), recorded.to_string());

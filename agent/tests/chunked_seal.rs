@@ -87,7 +87,7 @@ fn any_chunk_size_seals_the_same_records_as_one_write() {
             store.ingest(usage(), T0 + 3 * HOUR, LateUsage::Carry).await.unwrap();
             let s = store.seal(params(T0 + 3 * HOUR)).await.unwrap();
             assert_eq!((s.buckets, s.sealed_through), (usage().len() as u64, Some(T0 + 3 * HOUR)));
-            assert_eq!(store.open_bucket_count(), 0);
+            assert_eq!(store.open_bucket_count().unwrap(), 0);
             assert!(store.carries().unwrap().iter().any(|c| *c != Micros::ZERO), "fractions carry on");
             sealed.push((content(store.records().unwrap()), store.carries().unwrap()));
             store.close().await.unwrap();
@@ -214,4 +214,39 @@ fn a_store_without_kept_queue_totals_counts_them_once_at_open() {
     });
     let db = raw(dir.path());
     assert!(db.get(keys::PENDING_KEY).unwrap().is_some(), "stored, so the count is never repeated");
+}
+
+/// The first chunk's write moves the watermark to the seal's target: from then on usage of the hours being sealed
+/// is placed like usage of a sealed hour (late, in the open hour), never in a bucket the seal may already have
+/// passed. Seen between two chunks of a seal of 3,000 one-bucket chunks: fails if only the last chunk moves it.
+#[test]
+fn the_first_chunk_moves_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let cutoff = T0 + 3 * HOUR;
+    rt.block_on(async {
+        let store = open(dir.path(), 1);
+        let events: Vec<_> = (0..3_000u32)
+            .map(|c| ev(format!("k{c}"), c, 0, 1_000_000, T0 + i64::from(c % 3) * HOUR + 60_000, 0))
+            .collect();
+        store.ingest(events, cutoff, LateUsage::Carry).await.unwrap();
+        let sealing = {
+            let store = store.clone();
+            tokio::spawn(async move { store.seal(params(cutoff)).await })
+        };
+        // The first chunk's records become visible in the same atomic write that moves the watermark.
+        while store.pending_view().unwrap().totals.records == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.sealed_through().unwrap(), Some(cutoff), "the first chunk moved the watermark");
+        // Usage of the last hour being sealed, for a series the seal reaches last: late, in the open hour.
+        let probe = ev("probe".into(), 9_999, 0, 1_000_000, T0 + 2 * HOUR + 5, 0);
+        let out = store.ingest(vec![probe], cutoff + 10, LateUsage::Carry).await.unwrap();
+        let IngestOutcome::Stored(receipt) = &out[0] else { panic!("{out:?}") };
+        assert_eq!(receipt.hour_ms, cutoff, "usage of an hour being sealed goes to the open hour");
+        let s = sealing.await.unwrap().unwrap();
+        assert_eq!(s.buckets, 3_000);
+        assert!(store.buckets().unwrap().iter().all(|(k, _)| k.hour_ms >= cutoff), "no bucket behind the seal");
+        store.close().await.unwrap();
+    });
 }

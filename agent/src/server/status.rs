@@ -31,14 +31,12 @@ impl Source {
         let snapshot = tokio::task::spawn_blocking(move || {
             // Kept totals and the first queue key: no scan, however many records are pending.
             let view = store.pending_view()?;
-            let mut by_status = std::collections::HashMap::new();
-            let mut not_subscribed = 0u64;
-            for l in store.lifecycles()? {
-                *by_status.entry(l.status.name().to_string()).or_insert(0u64) += 1;
-                not_subscribed += u64::from(l.not_subscribed_at_ms.is_some());
-            }
+            // Counts kept in the same writes as the buckets and customers: no scan either.
+            let customers = store.customer_counts()?;
+            let by_status: std::collections::HashMap<String, u64> = customers.by_status.into_iter().collect();
+            let not_subscribed = customers.not_subscribed;
             Ok::<_, crate::store::StoreError>((
-                store.open_bucket_count(),
+                store.open_bucket_count()?,
                 store.size_on_disk(),
                 view,
                 store.sealed_through()?,

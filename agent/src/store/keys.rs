@@ -20,6 +20,9 @@
 //! | `t/`   | `t/` + tenant id                      | stored mapping ([`super::schema::customer`]) |
 //! | `s/`   | `s/` + `l` license ARN / `g` customer identifier | stored lifecycle ([`super::schema::customer`]) |
 //! | `a/`   | `a/` + agreement id                   | the `s/` key of that agreement's customer |
+//! | `h/`   | `h/` + hour + product + dimension     | postcard `HourSummary`: the hour's usage, kept with it ([`super::hour_totals`]) |
+//! | `m/`   | `m/hour_totals`                       | empty: the `h/` summaries are kept (absent: counted once at open) |
+//! | `m/`   | `m/open_buckets`, `m/customers`       | postcard `u64`, `CustomerCounts`: kept counts ([`super::counts`]) |
 //!
 //! Bucket keys start with the hour (big-endian, sign-flipped) so a range scan visits hours in order, and
 //! all tag sets of one (hour, product, customer, dimension) are contiguous: sealing reads them together.
@@ -49,6 +52,28 @@ pub const CARRY_PREFIX: &[u8] = b"c/";
 pub const TENANT_PREFIX: &[u8] = b"t/";
 pub const LIFECYCLE_PREFIX: &[u8] = b"s/";
 pub const AGREEMENT_PREFIX: &[u8] = b"a/";
+
+/// Open buckets (`u64`), kept with every write that opens or closes one ([`super::counts`]).
+pub const OPEN_BUCKETS_KEY: &[u8] = b"m/open_buckets";
+/// Customers per lifecycle status ([`super::counts::CustomerCounts`]), kept with every `s/` write.
+pub const CUSTOMER_COUNTS_KEY: &[u8] = b"m/customers";
+/// Per hour × product × dimension: usage and biggest customers ([`super::hour_totals`]).
+pub const HOUR_TOTALS_PREFIX: &[u8] = b"h/";
+/// Present once every `h/` summary is kept by the writes (a store written before them has them counted at open).
+pub const HOUR_TOTALS_KEPT_KEY: &[u8] = b"m/hour_totals";
+
+/// `h/` + hour + product + dimension.
+pub fn hour_totals_key(hour_ms: i64, product: &str, dimension: &str) -> Vec<u8> {
+    let mut out = hour_totals_hour_prefix(hour_ms);
+    put_str(&mut out, product);
+    put_str(&mut out, dimension);
+    out
+}
+
+/// `h/` + hour: the prefix of every summary of that hour.
+pub fn hour_totals_hour_prefix(hour_ms: i64) -> Vec<u8> {
+    [HOUR_TOTALS_PREFIX, &hour_bytes(hour_ms)[..]].concat()
+}
 
 pub fn tenant_key(tenant_id: &str) -> Vec<u8> {
     [TENANT_PREFIX, tenant_id.as_bytes()].concat()

@@ -81,7 +81,12 @@ impl Collect for LedgerMetrics {
             "Pending records held for tenants with no marketplace identity.",
             backlog.at_risk,
         );
-        out.single("meterd_open_buckets", "gauge", "Hourly buckets not sealed yet.", self.store.open_bucket_count());
+        out.single(
+            "meterd_open_buckets",
+            "gauge",
+            "Hourly buckets not sealed yet.",
+            self.store.open_bucket_count().map_err(err)?,
+        );
         out.single(
             "meterd_oldest_pending_age_seconds",
             "gauge",

@@ -5,7 +5,7 @@
 //! (`crate::fleet::registry`) and is only ever written here, whole entries at a time, through the writer (so a
 //! repack switching generations never loses one).
 
-use super::{Store, StoreError, encode, keys, writer};
+use super::{Store, StoreError, counts, decode, encode, keys, writer};
 use crate::domain::customer::{CustomerLifecycle, TenantMapping};
 use crate::domain::ingest::CustomerRef;
 
@@ -26,22 +26,39 @@ impl RegistryCopy {
 impl Store {
     /// Writes `copy` in one atomic batch (durable before it returns).
     pub async fn mirror_registry(&self, copy: RegistryCopy) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (tenant, m) in &copy.mappings {
-            match m {
-                Some(m) => batch.insert(keys::tenant_key(tenant), encode(m)),
-                None => batch.remove(keys::tenant_key(tenant)),
-            }
-        }
-        for life in &copy.customers {
-            if let Some(k) = keys::lifecycle_key(&life.identity) {
-                batch.insert(k, encode(life));
-            }
-        }
-        for (agreement, customer) in &copy.agreements {
-            batch.insert(keys::agreement_key(agreement), keys::customer_key(customer));
-        }
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.command(writer::Command::Mirror { batch, reply }, rx).await
+        self.command(writer::Command::Mirror { copy, reply }, rx).await
     }
+}
+
+/// The batch that writes `copy`, on the writer thread: the customers-per-status counts move with the lifecycles
+/// (`m/customers`, as every other lifecycle write keeps them).
+pub(super) fn batch(db: &sled::Db, copy: &RegistryCopy) -> Result<sled::Batch, StoreError> {
+    let mut batch = sled::Batch::default();
+    for (tenant, m) in &copy.mappings {
+        match m {
+            Some(m) => batch.insert(keys::tenant_key(tenant), encode(m)),
+            None => batch.remove(keys::tenant_key(tenant)),
+        }
+    }
+    // The last revision of each customer only: the counts move once per customer, from what is stored.
+    let mut latest = std::collections::BTreeMap::new();
+    for life in &copy.customers {
+        if let Some(k) = keys::lifecycle_key(&life.identity) {
+            latest.insert(k, life);
+        }
+    }
+    let mut changes = Vec::new();
+    for (k, life) in latest {
+        let before: Option<CustomerLifecycle> = db.get(&k)?.map(|v| decode(&v)).transpose()?;
+        batch.insert(k, encode(life));
+        changes.push((before, life));
+    }
+    if !changes.is_empty() {
+        counts::customers_written(db, &mut batch, changes)?;
+    }
+    for (agreement, customer) in &copy.agreements {
+        batch.insert(keys::agreement_key(agreement), keys::customer_key(customer));
+    }
+    Ok(batch)
 }

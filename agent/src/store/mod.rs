@@ -10,8 +10,10 @@
 //! A PostgreSQL backend for fleets would implement the same operations; nothing outside
 //! this module touches sled.
 
+pub mod counts;
 pub mod durable;
 pub mod generation;
+pub mod hour_totals;
 pub mod keys;
 pub mod metrics;
 pub mod migrate;
@@ -344,6 +346,7 @@ impl Store {
                 let mut batch = sled::Batch::default();
                 batch.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes());
                 batch.insert(keys::PENDING_KEY, encode(&pending::PendingTotals::default()));
+                batch.insert(keys::HOUR_TOTALS_KEPT_KEY, &[][..]);
                 db.apply_batch(batch)?;
                 live_gen.sync()?;
             }
@@ -390,6 +393,15 @@ impl Store {
             db.insert(keys::PENDING_KEY, encode(&totals))?;
             live_gen.sync()?;
             tracing::info!(pending = totals.records, "counted the pending queue once; its totals are kept from now on");
+        }
+        if counts::count_once(&db)? {
+            live_gen.sync()?;
+            tracing::info!("counted the open buckets and the customers per status once; they are kept from now on");
+        }
+        if let Some(n) = hour_totals::count_once(&db)? {
+            // A store written before the hours' usage was kept: counted once, from then on every write keeps it.
+            live_gen.sync()?;
+            tracing::info!(summaries = n, "counted each hour's usage once; it is kept from now on");
         }
         let counters = Arc::new(StoreCounters::default());
         counters.disk_free_bytes.store(room.free_bytes, Ordering::Relaxed);
@@ -672,6 +684,31 @@ impl Store {
             .collect()
     }
 
+    /// Usage of one hour per product × dimension, with its biggest sealed records, as kept by every write
+    /// ([`hour_totals`]): a prefix scan of a few keys, whatever the hour holds.
+    pub fn hour_summaries(&self, hour_ms: UnixMillis) -> Result<Vec<hour_totals::HourSummary>, StoreError> {
+        hour_totals::of_hour(&self.db(), hour_ms)
+    }
+
+    /// One series' usage in one hour: its record's recorded usage plus its open buckets.
+    pub fn series_usage(
+        &self,
+        hour_ms: UnixMillis,
+        product: &str,
+        identity: &crate::domain::event::Identity,
+        dimension: &str,
+    ) -> Result<Micros, StoreError> {
+        hour_totals::series_usage(&self.db(), hour_ms, product, identity, dimension)
+    }
+
+    /// Every kept hour summary, and the same by a full scan of records and buckets (tests compare them).
+    pub fn hour_summaries_kept_and_recounted(
+        &self,
+    ) -> Result<(Vec<hour_totals::HourSummary>, Vec<hour_totals::HourSummary>), StoreError> {
+        let db = self.db();
+        Ok((hour_totals::kept(&db)?, hour_totals::recompute(&db)?))
+    }
+
     /// The hour of the oldest sealed record or open bucket still stored (`None` when there is none): where the
     /// store's history starts.
     pub fn first_hour(&self) -> Result<Option<UnixMillis>, StoreError> {
@@ -709,8 +746,20 @@ impl Store {
             .collect()
     }
 
-    pub fn open_bucket_count(&self) -> u64 {
-        self.db().scan_prefix(keys::BUCKET_PREFIX).count() as u64
+    /// Buckets not sealed yet, as kept by every write ([`counts`]).
+    pub fn open_bucket_count(&self) -> Result<u64, StoreError> {
+        counts::open_buckets(&self.db())
+    }
+
+    /// Customers per lifecycle status, as kept by every write ([`counts`]).
+    pub fn customer_counts(&self) -> Result<counts::CustomerCounts, StoreError> {
+        counts::customers(&self.db())
+    }
+
+    /// The kept counts, and the same by a full scan (tests compare them).
+    pub fn counts_kept_and_recounted(&self) -> Result<(counts::Counts, counts::Counts), StoreError> {
+        let db = self.db();
+        Ok(((counts::open_buckets(&db)?, counts::customers(&db)?), counts::recount(&db)?))
     }
 
     pub fn counters(&self) -> &StoreCounters {

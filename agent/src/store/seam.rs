@@ -88,6 +88,26 @@ pub trait Ledger: Send + Sync {
     fn buckets_of_hour(&self, hour_ms: UnixMillis) -> Result<Vec<(BucketKey, Bucket)>>;
     /// The hour of the oldest sealed record or open bucket still kept (None when there is none).
     fn first_hour(&self) -> Result<Option<UnixMillis>>;
+    /// Usage of one hour per product × dimension with its biggest sealed records ([`super::hour_totals`]). sled
+    /// keeps them in the same writes as the usage; this default computes them from the hour's records and buckets.
+    fn hour_summaries(&self, hour_ms: UnixMillis) -> Result<Vec<super::hour_totals::HourSummary>> {
+        Ok(super::hour_totals::summarise(&self.records_of_hour(hour_ms)?, &self.buckets_of_hour(hour_ms)?))
+    }
+    /// One series' usage in one hour: its record's recorded usage plus its open buckets.
+    fn series_usage(&self, hour_ms: UnixMillis, product: &str, identity: &Identity, dimension: &str) -> Result<Micros> {
+        let mut total = Micros::ZERO;
+        for r in self.records_of_hour(hour_ms)? {
+            if r.key.product == product && r.key.identity == *identity && r.key.dimension == dimension {
+                total = Micros(total.0.saturating_add(r.recorded.0));
+            }
+        }
+        for (k, b) in self.buckets_of_hour(hour_ms)? {
+            if k.product == product && k.identity == *identity && k.dimension == dimension {
+                total = Micros(total.0.saturating_add(b.total.0));
+            }
+        }
+        Ok(total)
+    }
     fn carries(&self) -> Result<Vec<Micros>>;
     fn event(&self, idempotency_key: &str) -> Result<Option<StoredEvent>>;
     fn mapping(&self, tenant_id: &str) -> Result<Option<TenantMapping>>;
@@ -172,6 +192,12 @@ impl Ledger for super::Store {
     }
     fn first_hour(&self) -> Result<Option<UnixMillis>> {
         super::Store::first_hour(self)
+    }
+    fn hour_summaries(&self, hour_ms: UnixMillis) -> Result<Vec<super::hour_totals::HourSummary>> {
+        super::Store::hour_summaries(self, hour_ms)
+    }
+    fn series_usage(&self, hour_ms: UnixMillis, product: &str, identity: &Identity, dimension: &str) -> Result<Micros> {
+        super::Store::series_usage(self, hour_ms, product, identity, dimension)
     }
     fn carries(&self) -> Result<Vec<Micros>> {
         super::Store::carries(self)

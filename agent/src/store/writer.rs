@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::segments::{self, Segment, Segments};
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
-    StoreCounters, StoreError, current, current_db, decode, durable, encode, generation, keys, pending, schema,
+    StoreCounters, StoreError, counts, current, current_db, decode, durable, encode, generation, hour_totals, keys,
+    pending, schema,
 };
 use crate::clock::{UnixMillis, hour_start};
 use crate::domain::customer::{CustomerLifecycle, CustomerStatus, StatusChange, TenantMapping, final_hour_deadline};
@@ -33,8 +34,10 @@ fn overflow(what: &str) -> impl Fn(Overflow) -> StoreError + '_ {
     move |_| StoreError::Overflow(what.to_string())
 }
 
-/// The ingest decision's reads, answered from the live generation and its dedupe segments.
-struct SledLookups<'a>(&'a sled::Db, &'a Segments);
+/// The ingest decision's reads, answered from the live generation and its dedupe segments. Keeps each bucket's
+/// total as read (None: no such bucket yet), so the write can add each bucket's growth to the hour's summary
+/// ([`super::hour_totals`]) and count the buckets it opens, without reading them again.
+struct SledLookups<'a>(&'a sled::Db, &'a Segments, HashMap<BucketKey, Option<Micros>>);
 
 impl Lookups for SledLookups<'_> {
     type Error = StoreError;
@@ -51,7 +54,9 @@ impl Lookups for SledLookups<'_> {
         })
     }
     fn bucket(&mut self, key: &BucketKey) -> Result<Option<Bucket>, StoreError> {
-        self.0.get(keys::encode_bucket_key(key))?.map(|v| decode(&v)).transpose()
+        let b: Option<Bucket> = self.0.get(keys::encode_bucket_key(key))?.map(|v| decode(&v)).transpose()?;
+        self.2.entry(key.clone()).or_insert(b.as_ref().map(|b| b.total));
+        Ok(b)
     }
 }
 
@@ -147,7 +152,7 @@ pub enum Command {
     },
     /// Fleet mode: write this agent's copy of the fleet-wide customer registry (`super::mirror`).
     Mirror {
-        batch: sled::Batch,
+        copy: super::mirror::RegistryCopy,
         reply: Answer<()>,
     },
     /// Read everything the report needs, between two writes.
@@ -383,12 +388,16 @@ impl Writer {
                                     }
                                 }
                             }
-                            Command::Mirror { batch, reply } => match self.db.apply_batch(batch) {
-                                Ok(()) => group.replies.push(pending(reply, ())),
-                                Err(e) => {
-                                    let _ = reply.send(Err(e.into()));
+                            Command::Mirror { copy, reply } => {
+                                match super::mirror::batch(&self.db, &copy)
+                                    .and_then(|b| self.db.apply_batch(b).map_err(StoreError::from))
+                                {
+                                    Ok(()) => group.replies.push(pending(reply, ())),
+                                    Err(e) => {
+                                        let _ = reply.send(Err(e));
+                                    }
                                 }
-                            },
+                            }
                             // Answered with the group, after the fsync that covers every write it saw.
                             Command::Snapshot { reply } => match super::read_snapshot(&self.db) {
                                 Ok(snap) => group.replies.push(pending(reply, snap)),
@@ -537,7 +546,7 @@ impl Writer {
         let now_ms = calls.iter().map(|c| c.1).max().expect("at least one call");
         self.forget(now_ms)?;
         let mut group = IngestGroup::new(self.sealed_through()?);
-        let mut look = SledLookups(&self.db, &self.segments);
+        let mut look = SledLookups(&self.db, &self.segments, HashMap::new());
         let mut all = Vec::with_capacity(calls.len());
         for (events, received_ms, rules, _) in calls {
             let mut outcomes = Vec::with_capacity(events.len());
@@ -556,12 +565,21 @@ impl Writer {
         let mut batch = sled::Batch::default();
         let new_events = writes.events.len() as u64;
         // A spool keeps no totals: the shared ledger counts each forwarded event itself (a spool never seals, so
-        // its buckets would only pile up, one per hour × customer × dimension × tag set, for good).
+        // its buckets would only pile up, one per hour × customer × dimension × tag set, for good). Nor, then, the
+        // counts and hour summaries kept with buckets.
+        let mut hours = hour_totals::Edits::new(&self.db);
         if self.place.spool.is_none() {
+            let read = look.2;
+            let opened = writes.buckets.iter().filter(|(k, _)| read.get(k).is_some_and(|b| b.is_none())).count();
+            counts::buckets_changed(&self.db, &mut batch, opened as u64, 0)?;
             for (k, b) in &writes.buckets {
                 batch.insert(keys::encode_bucket_key(k), encode(b));
+                // A bucket only grows at ingest: its growth is what the hour gained.
+                let before = read.get(k).copied().flatten().unwrap_or(Micros::ZERO);
+                hours.add_usage(k.hour_ms, &k.product, &k.dimension, Micros(b.total.0.saturating_sub(before.0)))?;
             }
         }
+        hours.write(&mut batch);
         // Fleet mode: the acknowledged events' content, in the same atomic write (store/outbox.rs): it joins
         // the default-tree batch, which goes with the dedupe segment in one transaction below.
         if let Some(spool) = &self.place.spool {
@@ -829,6 +847,7 @@ impl Writer {
         // holds one now (an hour of whole units then needs no write for it: a sled write is most of a seal's cost).
         let mut carries: HashMap<Vec<u8>, (Micros, bool)> = HashMap::new();
         let mut totals = self.pending_totals()?;
+        let mut hours = hour_totals::Edits::new(db);
         for group in groups {
             let rk = &group.key;
             let ck = keys::carry_key(&rk.product, &rk.identity, &rk.dimension);
@@ -849,8 +868,11 @@ impl Writer {
                 totals.add(&record, pending::at_risk(db, &record)?);
                 summary.records += 1;
             }
+            hours.sealed(&record)?;
             batch.insert(rkey, encode(&record));
         }
+        hours.write(batch);
+        counts::buckets_changed(db, batch, 0, summary.buckets)?;
         batch.insert(keys::PENDING_KEY, encode(&totals));
         for (ck, (c, stored)) in carries {
             if c != Micros::ZERO {
@@ -881,6 +903,7 @@ impl Writer {
                 event_id: None,
                 applied: true,
             });
+            counts::customer_written(&self.db, &mut batch, None, &life)?;
             batch.insert(lk.clone(), encode(&life));
         }
         // AWS keeps one record per (customer, dimension, hour) and answers DuplicateRecord to any other: held
@@ -891,6 +914,9 @@ impl Writer {
         let tenant = Identity::Tenant(m.tenant_id.clone());
         let mut moved = 0;
         let mut merged: HashMap<Vec<u8>, Bucket> = HashMap::new();
+        let mut hours = hour_totals::Edits::new(&self.db);
+        // Buckets the move creates (targets not stored yet, placeholders); every moved one is closed.
+        let mut opened = 0u64;
         for kv in self.db.scan_prefix(keys::BUCKET_PREFIX) {
             let (k, v) = kv?;
             let bk = keys::decode_bucket_key(&k).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -904,12 +930,18 @@ impl Writer {
                 hour_ms = self.free_hour(hour_ms.max(open_hour), &bk.product, &customer, &bk.dimension)?;
                 b.late = b.total;
             }
+            // The usage leaves the tenant's hour for the identity's (the same hour unless its AWS key is taken).
+            hours.remove_usage(bk.hour_ms, &bk.product, &bk.dimension, b.total)?;
+            hours.add_usage(hour_ms, &bk.product, &bk.dimension, b.total)?;
             let target = keys::encode_bucket_key(&BucketKey { identity: m.identity.clone(), hour_ms, ..bk });
             let mut t = match merged.remove(&target) {
                 Some(t) => t,
                 None => match self.db.get(&target)? {
                     Some(tv) => decode(&tv)?,
-                    None => Bucket::default(),
+                    None => {
+                        opened += 1;
+                        Bucket::default()
+                    }
                 },
             };
             t.total = t.total.try_add(b.total).map_err(overflow("a bucket moved to the identity"))?;
@@ -993,6 +1025,7 @@ impl Writer {
                     tags: Default::default(),
                 };
                 merged.insert(keys::encode_bucket_key(&placeholder), Bucket::default());
+                opened += 1;
             }
             tracing::warn!(record = ?r.key, into = %m.identity.label(), units = r.quantity,
                 into_hour = %crate::clock::rfc3339(into_hour_ms),
@@ -1008,6 +1041,8 @@ impl Writer {
         for (k, b) in merged {
             batch.insert(k, encode(&b));
         }
+        hours.write(&mut batch);
+        counts::buckets_changed(&self.db, &mut batch, opened, moved)?;
         batch.insert(keys::PENDING_KEY, encode(&totals));
         self.db.apply_batch(batch)?;
         Ok(moved)
@@ -1093,8 +1128,9 @@ impl Writer {
                 None => return Ok(LifecycleOutcome { unknown_agreement: true, ..LifecycleOutcome::default() }),
             },
         };
-        let mut life = match self.db.get(&lk)? {
-            Some(v) => decode::<CustomerLifecycle>(&v)?,
+        let before = self.db.get(&lk)?.map(|v| decode::<CustomerLifecycle>(&v)).transpose()?;
+        let mut life = match &before {
+            Some(l) => l.clone(),
             None => match identity {
                 Some(identity) => CustomerLifecycle::new(identity, ev.product_code.clone(), ev.agreement_id.clone()),
                 None => return Ok(LifecycleOutcome { unknown_agreement: true, ..LifecycleOutcome::default() }),
@@ -1134,6 +1170,7 @@ impl Writer {
             let s = self.seal_buckets(&mut batch, buckets, params, Some(final_hour_deadline(now, params.margin_ms)))?;
             outcome.records_sealed = s.records;
         }
+        counts::customer_written(&self.db, &mut batch, before.as_ref(), &life)?;
         batch.insert(lk, encode(&life));
         self.db.apply_batch(batch)?;
         Ok(outcome)
@@ -1156,24 +1193,29 @@ impl Writer {
         };
         let Some(lk) = lk else { return Ok(None) };
         let Some(v) = self.db.get(&lk)? else { return Ok(None) };
-        let mut life = decode::<CustomerLifecycle>(&v)?;
+        let before = decode::<CustomerLifecycle>(&v)?;
+        let mut life = before.clone();
         let previous = life.status.clone();
         if !life.amend(entry, reinstate) {
             return Ok(Some(super::AmendOutcome { previous, lifecycle: life, changed: false }));
         }
-        self.db.insert(lk, encode(&life))?;
+        let mut batch = sled::Batch::default();
+        counts::customer_written(&self.db, &mut batch, Some(&before), &life)?;
+        batch.insert(lk, encode(&life));
+        self.db.apply_batch(batch)?;
         Ok(Some(super::AmendOutcome { previous, lifecycle: life, changed: true }))
     }
 
     /// Keeps AWS's word on the customer ([`CustomerLifecycle::note_not_subscribed`]).
     fn apply_not_subscribed(&self, identity: &Identity, at_ms: UnixMillis) -> Result<(), StoreError> {
         let Some(lk) = keys::lifecycle_key(identity) else { return Ok(()) };
-        let mut life = match self.db.get(&lk)? {
-            Some(v) => decode::<CustomerLifecycle>(&v)?,
-            None => CustomerLifecycle::new(identity.clone(), None, None),
-        };
+        let before = self.db.get(&lk)?.map(|v| decode::<CustomerLifecycle>(&v)).transpose()?;
+        let mut life = before.clone().unwrap_or_else(|| CustomerLifecycle::new(identity.clone(), None, None));
         life.note_not_subscribed(at_ms);
-        self.db.insert(lk, encode(&life))?;
+        let mut batch = sled::Batch::default();
+        counts::customer_written(&self.db, &mut batch, before.as_ref(), &life)?;
+        batch.insert(lk, encode(&life));
+        self.db.apply_batch(batch)?;
         Ok(())
     }
 
@@ -1297,6 +1339,7 @@ impl Writer {
     fn compact_records(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
         let mut removed = super::Compacted::default();
         let mut batch = sled::Batch::default();
+        let mut hours = hour_totals::Edits::new(&self.db);
         // Records are keyed hour first: stop at the first hour not older than the cutoff.
         for kv in self.db.scan_prefix(keys::RECORD_PREFIX) {
             let (k, v) = kv?;
@@ -1317,6 +1360,7 @@ impl Writer {
             removed.recorded = removed.recorded.try_add(r.recorded).map_err(overflow("compacted usage"))?;
             removed.late = removed.late.try_add(r.late).map_err(overflow("compacted late usage"))?;
             removed.records += 1;
+            hours.removed(&r)?;
             batch.remove(k);
         }
         // Idempotency keys are not counted here: their segments leave whole ([`Self::drop_segments`]).
@@ -1334,6 +1378,7 @@ impl Writer {
         total.accepted += removed.accepted;
         total.rejected += removed.rejected;
         total.expired += removed.expired;
+        hours.write(&mut batch);
         batch.insert(keys::COMPACTED_KEY, encode(&total));
         self.db.apply_batch(batch)?;
         Ok(removed)

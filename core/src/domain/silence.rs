@@ -113,28 +113,76 @@ fn is_drop(observed: Micros, baseline: Micros, s: &Settings) -> bool {
         && observed.0.saturating_mul(100) < baseline.0.saturating_mul(u128::from(s.drop_below_percent))
 }
 
+/// One series' usage per hour start.
+pub type PerHour = BTreeMap<UnixMillis, Micros>;
+
+/// Usage per product × dimension: its total per hour, and per customer (label) its usage per hour. A reader that
+/// keeps totals apart (the store's hour summaries) fills `customers` only with the customers that can be watched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeriesUsage {
+    pub totals: BTreeMap<(String, String), PerHour>,
+    pub customers: BTreeMap<(String, String), BTreeMap<String, PerHour>>,
+}
+
+impl SeriesUsage {
+    /// Totals and customers summed from every series' usage.
+    pub fn of(usage: &Usage) -> Self {
+        let mut out = SeriesUsage::default();
+        for (&h, series) in usage {
+            for (k, &q) in series {
+                let pd = (k.product.clone(), k.dimension.clone());
+                let t = out.totals.entry(pd.clone()).or_default().entry(h).or_default();
+                // A comparison, not a ledger: a sum past u128 compares as the largest value instead of losing a term.
+                *t = Micros(t.0.saturating_add(q.0));
+                let c =
+                    out.customers.entry(pd).or_default().entry(k.customer.clone()).or_default().entry(h).or_default();
+                *c = Micros(c.0.saturating_add(q.0));
+            }
+        }
+        out
+    }
+}
+
 /// The drops of `hour_ms`: product × dimension totals first, then customers, each in key order.
 /// `known_since` is the first hour the store has usage for (earlier hours are unknown, not silent).
 pub fn detect(hour_ms: UnixMillis, usage: &Usage, known_since: UnixMillis, s: &Settings) -> Vec<UsageDrop> {
+    detect_series(hour_ms, &SeriesUsage::of(usage), known_since, s)
+}
+
+/// The customers of one product × dimension watched one by one: the `top_customers` biggest by baseline (at
+/// least `min_baseline`), in label order, with their baselines. The rest are too small to tell a stop from a
+/// quiet hour, and the list stays bounded. Depends only on the hours before `hour_ms`.
+pub fn watched<'a>(
+    by_customer: &'a BTreeMap<String, PerHour>,
+    hour_ms: UnixMillis,
+    known_since: UnixMillis,
+    s: &Settings,
+) -> Vec<(Micros, &'a str, &'a PerHour)> {
+    let mut watched: Vec<(Micros, &str, &PerHour)> = by_customer
+        .iter()
+        .filter_map(|(c, per_hour)| {
+            baseline(per_hour, hour_ms, known_since).filter(|b| *b >= s.min_baseline).map(|b| (b, c.as_str(), per_hour))
+        })
+        .collect();
+    watched.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    watched.truncate(s.top_customers);
+    watched.sort_by(|a, b| a.1.cmp(b.1));
+    watched
+}
+
+/// [`detect`] over usage already grouped per product × dimension.
+pub fn detect_series(
+    hour_ms: UnixMillis,
+    usage: &SeriesUsage,
+    known_since: UnixMillis,
+    s: &Settings,
+) -> Vec<UsageDrop> {
     if hour_ms < known_since {
         return Vec::new();
     }
-    type PerHour = BTreeMap<UnixMillis, Micros>;
-    let mut totals: BTreeMap<(&str, &str), PerHour> = BTreeMap::new();
-    let mut customers: BTreeMap<(&str, &str), BTreeMap<&str, PerHour>> = BTreeMap::new();
-    for (&h, series) in usage {
-        for (k, &q) in series {
-            let pd = (k.product.as_str(), k.dimension.as_str());
-            let t = totals.entry(pd).or_default().entry(h).or_default();
-            // A comparison, not a ledger: a sum past u128 compares as the largest value instead of losing a term.
-            *t = Micros(t.0.saturating_add(q.0));
-            let c = customers.entry(pd).or_default().entry(k.customer.as_str()).or_default().entry(h).or_default();
-            *c = Micros(c.0.saturating_add(q.0));
-        }
-    }
     let observed = |per_hour: &PerHour| per_hour.get(&hour_ms).copied().unwrap_or(Micros::ZERO);
     let mut drops = Vec::new();
-    for ((product, dimension), per_hour) in &totals {
+    for ((product, dimension), per_hour) in &usage.totals {
         if let Some(b) = baseline(per_hour, hour_ms, known_since)
             && is_drop(observed(per_hour), b, s)
         {
@@ -148,19 +196,8 @@ pub fn detect(hour_ms: UnixMillis, usage: &Usage, known_since: UnixMillis, s: &S
             });
         }
     }
-    for ((product, dimension), by_customer) in &customers {
-        // Only the biggest customers by baseline are watched one by one: the rest are too small to tell a
-        // stop from a quiet hour, and the list stays bounded.
-        let mut watched: Vec<(Micros, &str, &PerHour)> = by_customer
-            .iter()
-            .filter_map(|(c, per_hour)| {
-                baseline(per_hour, hour_ms, known_since).filter(|b| *b >= s.min_baseline).map(|b| (b, *c, per_hour))
-            })
-            .collect();
-        watched.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-        watched.truncate(s.top_customers);
-        watched.sort_by(|a, b| a.1.cmp(b.1));
-        for (b, customer, per_hour) in watched {
+    for ((product, dimension), by_customer) in &usage.customers {
+        for (b, customer, per_hour) in watched(by_customer, hour_ms, known_since, s) {
             if is_drop(observed(per_hour), b, s) {
                 drops.push(UsageDrop {
                     hour_ms,

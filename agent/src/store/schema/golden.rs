@@ -410,3 +410,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn counts_and_hour_summaries_are_pinned() {
+    use crate::store::counts::{CustomerCounts, OpenBuckets};
+    use crate::store::hour_totals::HourSummary;
+    pinned(&OpenBuckets(300), "01ac02123f21ec");
+    let customers = CustomerCounts {
+        by_status: std::collections::BTreeMap::from([("active".to_string(), 2), ("ended".to_string(), 1)]),
+        not_subscribed: 1,
+    };
+    pinned(&customers, "0102066163746976650205656e6465640101269c3c64");
+    let hour = HourSummary {
+        hour_ms: H,
+        product: "app".into(),
+        dimension: "api".into(),
+        total: Micros(3_250_000),
+        top: vec![(
+            Identity::Aws { account_id: "123456789012".into(), license_arn: "arn:l".into() },
+            Micros(3_250_000),
+        )],
+        complete: true,
+    };
+    pinned(&hour, "0180a0f9a0da660361707003617069d0aec60101010c3132333435363738393031320561726e3a6cd0aec60101fce8766e");
+}

@@ -30,8 +30,12 @@
 //! | `m/seal_progress`   | [`meta::StoredSealProgress`]       | 1       | [`meta`]       |
 //! | `m/sealed_through`  | [`meta::StoredSealedThrough`]      | 1       | [`meta`]       |
 //! | `o/` outbox entry   | [`outbox::StoredOutboxEntry`]      | 2       | [`outbox`]     |
+//! | `m/open_buckets`    | [`counts::StoredOpenBuckets`]      | 1       | [`counts`]     |
+//! | `m/customers`       | [`counts::StoredCustomerCounts`]   | 1       | [`counts`]     |
+//! | `h/` hour summary   | [`counts::StoredHourSummary`]      | 1       | [`counts`]     |
 
 mod codec;
+pub mod counts;
 pub mod customer;
 pub mod entry;
 #[cfg(test)]
