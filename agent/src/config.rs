@@ -113,8 +113,11 @@ fn min_free_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::st
     crate::store::space::MinFree::parse(&s).map_err(serde::de::Error::custom)
 }
 
+/// sled 0.34 keeps its in-memory pages well above the sizes it counts against this (about 1.5-3.5× here), so the
+/// default is the cache that keeps a 900,000-record hour — recorded, sealed and submitted — within 512 MiB; ingest
+/// measured no slower than with 256 (docs/ARCHITECTURE.md, cardinality and ingest benchmarks).
 fn default_cache_mb() -> u64 {
-    256
+    64
 }
 
 fn default_repack_ratio() -> f64 {

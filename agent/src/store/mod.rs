@@ -275,9 +275,10 @@ struct Inner {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, created 0700 because it holds billing data.
+    /// Opens (or creates) the store in `dir`, created 0700 because it holds billing data, with the default
+    /// `storage.cache_mb` (64 MiB).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(dir, 256 * 1024 * 1024)
+        Self::open_with_cache(dir, 64 * 1024 * 1024)
     }
 
     /// As [`Store::open`], with sled's page cache bounded to `cache_bytes` (sled's default is 1 GiB).

@@ -38,9 +38,9 @@ struct Args {
     /// The agent's `storage.seal_chunk` (buckets per atomic seal write); its default when unset.
     #[arg(long)]
     seal_chunk: Option<usize>,
-    /// The agent's `storage.cache_mb`.
-    #[arg(long, default_value_t = 256)]
-    cache_mb: u64,
+    /// The agent's `storage.cache_mb`; its default when unset.
+    #[arg(long)]
+    cache_mb: Option<u64>,
     /// Where the data dirs go (a fresh temp dir under it per run).
     #[arg(long, default_value = ".")]
     data_root: std::path::PathBuf,
@@ -109,7 +109,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\ncardinality benchmark: one hour of N customer × dimension pairs ({} dimensions), {} callers × batches of {}, \
          storage.cache_mb = {}; emulator quota 10 calls/s × 25 records = 250 records/s",
-        args.dimensions, args.callers, args.batch, args.cache_mb
+        args.dimensions,
+        args.callers,
+        args.batch,
+        args.cache_mb.map_or("default".to_string(), |mb| mb.to_string())
     );
     println!(
         "{:>8} {:>9} {:>8} {:>8} {:>24} {:>26} {:>14} {:>28} {:>10} {:>10} {:>12}",
@@ -178,7 +181,7 @@ async fn run(args: &Args, pairs: usize) -> anyhow::Result<Row> {
 listen = "127.0.0.1:0"
 [storage]
 data_dir = "{data}"
-cache_mb = {cache}
+{cache}
 {chunk}
 [pipeline]
 seal_grace = "2h"
@@ -193,7 +196,7 @@ product_code = "{PRODUCT_CODE}"
 dimensions = [{dims}]
 "#,
         data = dir.path().join("data").display(),
-        cache = args.cache_mb,
+        cache = args.cache_mb.map(|mb| format!("cache_mb = {mb}")).unwrap_or_default(),
         chunk = args.seal_chunk.map(|c| format!("seal_chunk = {c}")).unwrap_or_default(),
         endpoint = handle.endpoint_url(),
         dims = quoted.join(", "),

@@ -34,6 +34,9 @@ struct Args {
     /// Skip the SQLite baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// The agent's `storage.cache_mb` (sled's page cache); its default when unset.
+    #[arg(long)]
+    cache_mb: Option<u64>,
     /// Skip the no-op ceiling.
     #[arg(long)]
     no_ceiling: bool,
@@ -283,6 +286,7 @@ async fn main() -> anyhow::Result<()> {
     ];
     let root = meterd_tests::bench_data_dir(&args.data_root)?;
     let mut extra = String::from("[ingest]\nmax_batch_events = 100000\n");
+
     if let Some(url) = &args.fleet_database_url {
         extra.push_str(&format!(
             "[fleet]\ndatabase_url = \"{url}\"\nnode_id = \"bench-{}\"\nack = \"{}\"\n",
@@ -290,7 +294,12 @@ async fn main() -> anyhow::Result<()> {
             args.fleet_ack
         ));
     }
-    let agent = Agent::start(&basic_config(&root.path().join("meterd"), &extra))?;
+    let mut config = basic_config(&root.path().join("meterd"), &extra);
+    if let Some(mb) = args.cache_mb {
+        // Into basic_config's own [storage] table.
+        config = config.replace("[storage]\n", &format!("[storage]\ncache_mb = {mb}\n"));
+    }
+    let agent = Agent::start(&config)?;
     let target = agent.target();
     let sqlite_path = root.path().join("baseline.sqlite");
     let run_id = format!("{}", meterd::clock::system_now_ms());
