@@ -42,6 +42,10 @@ struct Args {
     /// `storage.dedupe_window`: how long store v2 keeps an idempotency key.
     #[arg(long, default_value = "48h")]
     dedupe_window: String,
+    /// Print every batch call slower than this (ms) to stderr, with its end as Unix ms and simulated day, to line
+    /// it up with the agent's log (0: off).
+    #[arg(long, default_value_t = 0)]
+    slow_ms: u64,
     #[arg(long, default_value = ".")]
     data_root: std::path::PathBuf,
 }
@@ -74,7 +78,7 @@ fn start(config: &std::path::Path, speed: f64) -> anyhow::Result<(Running, Durat
     let mut child = std::process::Command::new(meterd_tests::meterd_bin())
         .args(["run", "--simulate", "--speed", &speed.to_string(), "--config"])
         .arg(config)
-        .env("METERD_LOG", "warn")
+        .env("METERD_LOG", std::env::var("METERD_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()?;
@@ -110,12 +114,23 @@ async fn main() -> anyhow::Result<()> {
         args.days, args.speed, args.dedupe_window
     );
     println!(
-        "{:>10} {:>8} {:>8} {:>11} {:>10} {:>12} {:>12} {:>11} {:>11} {:>11}",
-        "N", "days", "real s", "in window", "B/event", "dir end MB", "dir peak MB", "p99.9 ms", "max ms", "restart s"
+        "{:>10} {:>8} {:>8} {:>11} {:>10} {:>12} {:>12} {:>11} {:>11} {:>11} {:>8} {:>8}",
+        "N",
+        "days",
+        "real s",
+        "in window",
+        "B/event",
+        "dir end MB",
+        "dir peak MB",
+        "p99.9 ms",
+        "max ms",
+        "restart s",
+        "p50 ms",
+        "p99 ms"
     );
     for r in rows {
         println!(
-            "{:>10} {:>8.1} {:>8.1} {:>11} {:>10.1} {:>12.1} {:>12.1} {:>11.1} {:>11.1} {:>11.2}",
+            "{:>10} {:>8.1} {:>8.1} {:>11} {:>10.1} {:>12.1} {:>12.1} {:>11.1} {:>11.1} {:>11.2} {:>8.1} {:>8.1}",
             r.events,
             r.days,
             r.secs,
@@ -125,7 +140,9 @@ async fn main() -> anyhow::Result<()> {
             r.peak_bytes as f64 / 1e6,
             r.lat.value_at_quantile(0.999) as f64 / 1000.0,
             r.lat.max() as f64 / 1000.0,
-            r.restart_s
+            r.restart_s,
+            r.lat.value_at_quantile(0.5) as f64 / 1000.0,
+            r.lat.value_at_quantile(0.99) as f64 / 1000.0,
         );
     }
     for r in &rows_by_day {
@@ -192,6 +209,7 @@ dimensions = ["api_calls", "gb_hours"]
     // Callers pace themselves to `rate` overall; every call's latency goes into the histogram.
     let started = Instant::now();
     let per_caller = n / CALLERS;
+    let slow_ms = args.slow_ms;
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..CALLERS {
         let mut m = client.metering();
@@ -222,7 +240,13 @@ dimensions = ["api_calls", "gb_hours"]
                 let count = events.len() as u64;
                 let t = Instant::now();
                 m.record_usage_batch(v1::RecordUsageBatchRequest { events }).await?;
-                lat.record(t.elapsed().as_micros() as u64)?;
+                let took = t.elapsed();
+                lat.record(took.as_micros() as u64)?;
+                if slow_ms > 0 && took >= Duration::from_millis(slow_ms) {
+                    let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+                    let day = started.elapsed().as_secs_f64() * speed / 86_400.0;
+                    eprintln!("slow call: {} ms, ended at {unix_ms} (simulated day {day:.2})", took.as_millis());
+                }
                 sent += count;
             }
             anyhow::Ok(lat)
