@@ -5,7 +5,8 @@
 //
 // Starts `meterd run --simulate` ($METERD_BIN, default target/release/meterd) on a temporary data dir unless
 // --target ADDR names a running agent. Measures calls/s and p50/p99 for single events with 1 and 32
-// concurrent callers, and events/s for batches of 1,000, for both clients, and prints the ratios.
+// concurrent callers, and events/s for batches of 1,000, for both clients, and prints the ratios. The caller's own
+// cost of a call is its CPU time in this process (the agent and its fsync run in another one).
 const { spawn } = require('node:child_process');
 const { randomUUID } = require('node:crypto');
 const fs = require('node:fs');
@@ -66,6 +67,9 @@ async function runCallers(call, callers, seconds) {
   const stop = performance.now() + seconds * 1000;
   const lat = [];
   const started = performance.now();
+  // The caller's own cost: this process's CPU time (every thread, the addon's native ones included) per call. The
+  // agent's work and its fsync happen in another process; waiting costs no CPU.
+  const cpuStarted = process.cpuUsage();
   await Promise.all(
     Array.from({ length: callers }, async () => {
       while (performance.now() < stop) {
@@ -75,10 +79,12 @@ async function runCallers(call, callers, seconds) {
       }
     }),
   );
+  const cpu = process.cpuUsage(cpuStarted);
   const elapsed = (performance.now() - started) / 1000;
   lat.sort((a, b) => a - b);
   const pct = (p) => lat[Math.min(lat.length - 1, Math.floor(p * lat.length))];
-  return { rate: lat.length / elapsed, p50: pct(0.5), p99: pct(0.99), n: lat.length };
+  const cpuMs = (cpu.user + cpu.system) / 1000 / lat.length;
+  return { rate: lat.length / elapsed, p50: pct(0.5), p99: pct(0.99), cpu: cpuMs, n: lat.length };
 }
 
 async function main() {
@@ -122,11 +128,17 @@ async function main() {
     }
     const f = (x, w, d = 0) => x.toFixed(d).padStart(w);
     console.log(`\nmeterd Node SDK vs @grpc/grpc-js — agent ${target}, ${SECONDS} s per cell`);
-    console.log(`${'scenario'.padEnd(26)} ${'client'.padEnd(8)} ${'rate'.padStart(14)} ${'p50 ms'.padStart(9)} ${'p99 ms'.padStart(9)}`);
+    console.log(
+      `${'scenario'.padEnd(26)} ${'client'.padEnd(8)} ${'rate'.padStart(14)} ${'p50 ms'.padStart(9)} ${'p99 ms'.padStart(9)} ` +
+        'caller CPU ms/call'.padStart(19),
+    );
     for (const [name, per, s, g] of rows) {
       const unit = per > 1 ? 'events/s' : 'calls/s';
       for (const [label, r] of [['sdk', s], ['grpc-js', g]]) {
-        console.log(`${name.padEnd(26)} ${label.padEnd(8)} ${f(r.rate * per, 10)} ${unit.padEnd(3)} ${f(r.p50, 9, 3)} ${f(r.p99, 9, 3)}`);
+        console.log(
+          `${name.padEnd(26)} ${label.padEnd(8)} ${f(r.rate * per, 10)} ${unit.padEnd(3)} ${f(r.p50, 9, 3)} ${f(r.p99, 9, 3)} ` +
+            f(r.cpu, 19, 3),
+        );
       }
       console.log(
         `${''.padEnd(26)} ${'ratio'.padEnd(8)} ${f(s.rate / g.rate, 13, 2)}x ${f(g.p50 / s.p50, 8, 2)}x ${f(g.p99 / s.p99, 8, 2)}x` +

@@ -5,7 +5,8 @@
 
 Starts `meterd run --simulate` ($METERD_BIN, default target/release/meterd) on a temporary data dir, unless
 --target names a running agent. Measures calls/s and p50/p99 latency for single events with 1 and 32
-concurrent callers (threads), and events/s for batches of 1,000, for both clients, and prints the ratios.
+concurrent callers (threads), and events/s for batches of 1,000, for both clients, and prints the ratios. The
+caller's own cost of a call is its CPU time in this process (the agent and its fsync run in another one).
 """
 
 from __future__ import annotations
@@ -84,16 +85,21 @@ def run_callers(call, callers: int, seconds: float) -> dict:
 
     threads = [threading.Thread(target=loop, args=(latencies[i],)) for i in range(callers)]
     started = time.perf_counter()
+    # The caller's own cost: CPU time of this process (every thread, the SDK's native ones included) per call.
+    # The agent's work and its fsync happen in another process, so they are not in it; waiting costs no CPU.
+    cpu_started = time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    cpu = time.process_time() - cpu_started
     elapsed = time.perf_counter() - started
     all_lat = sorted(x for xs in latencies for x in xs)
     return {
         "rate": len(all_lat) / elapsed,
         "p50": percentile(all_lat, 0.50) * 1e3,
         "p99": percentile(all_lat, 0.99) * 1e3,
+        "cpu": cpu / len(all_lat) * 1e3,
         "n": len(all_lat),
     }
 
@@ -160,11 +166,12 @@ def main() -> None:
 
         unit = lambda per: "events/s" if per > 1 else "calls/s"  # noqa: E731
         print(f"\nmeterd Python SDK vs grpcio stub — agent {target}, {args.seconds:g} s per cell")
-        print(f"{'scenario':<26} {'client':<8} {'rate':>14} {'p50 ms':>9} {'p99 ms':>9}")
+        print(f"{'scenario':<26} {'client':<8} {'rate':>14} {'p50 ms':>9} {'p99 ms':>9} {'caller CPU ms/call':>19}")
         for name, per, s, g in rows:
             for label, r in (("sdk", s), ("grpcio", g)):
                 print(
                     f"{name:<26} {label:<8} {r['rate'] * per:>10.0f} {unit(per):<3} {r['p50']:>9.3f} {r['p99']:>9.3f}"
+                    f" {r['cpu']:>19.3f}"
                 )
             print(
                 f"{'':<26} {'ratio':<8} {s['rate'] / g['rate']:>13.2f}x {g['p50'] / s['p50']:>8.2f}x "
