@@ -34,7 +34,9 @@ CREATE TABLE meterd_customers (
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX meterd_customers_revision ON meterd_customers (revision);
-CREATE INDEX meterd_customers_left ON meterd_customers (customer) WHERE NOT accepts_usage;
+-- The leader asks every tick for the customers that left lately (`registry::seal_leaving`): a range on when they
+-- left, so the read stays small however many customers have ever left.
+CREATE INDEX meterd_customers_left ON meterd_customers (left_at_ms) WHERE NOT accepts_usage;
 
 -- `Purchase Agreement *` events name only the agreement: which customer it is.
 CREATE TABLE meterd_agreements (
