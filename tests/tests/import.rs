@@ -266,11 +266,18 @@ async fn an_agent_that_dies_midway_stops_the_import_and_a_rerun_after_its_restar
 async fn every_refusal_reason_is_written_with_its_row_and_the_exit_status_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(&config(&dir.path().join("data"), "late_usage = \"reject\"")).unwrap();
-    let now = now_ms();
+    // Seal every ended hour, so a row for the last one is late (and refused by the late policy). Again if the hour
+    // turned during the flush: the hour before `hour` must be the one it sealed.
+    let now = loop {
+        let before = now_ms();
+        let flush = Command::new(meterd_bin()).args(["flush", "--target", &agent.target()]).output().unwrap();
+        assert!(flush.status.success(), "{}", String::from_utf8_lossy(&flush.stderr));
+        let after = now_ms();
+        if meterd::clock::hour_start(before) == meterd::clock::hour_start(after) {
+            break after;
+        }
+    };
     let hour = meterd::clock::hour_start(now);
-    // Seal every ended hour, so a row for the last one is late (and refused by the late policy).
-    let flush = Command::new(meterd_bin()).args(["flush", "--target", &agent.target()]).output().unwrap();
-    assert!(flush.status.success(), "{}", String::from_utf8_lossy(&flush.stderr));
     // A tenant of the other product.
     let put = Command::new(meterd_bin())
         .args(["customers", "--target", &agent.target(), "put", "t-other", "--product", "other"])
@@ -279,7 +286,8 @@ async fn every_refusal_reason_is_written_with_its_row_and_the_exit_status_says_s
         .unwrap();
     assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
 
-    let open = rfc3339(now - 60_000);
+    // In the current hour even during its first minute (a minute back would be the hour just sealed: late).
+    let open = rfc3339((now - 60_000).max(hour));
     let row = |ts: &str, dim: &str, q: &str, extra: &str| {
         format!(
             r#"{{"timestamp":"{ts}","customer_aws_account_id":"{ACCOUNT}","license_arn":"{}","dimension":"{dim}","quantity":"{q}"{extra}}}"#,
