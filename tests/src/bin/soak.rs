@@ -68,6 +68,17 @@ async fn metrics(admin: std::net::SocketAddr) -> anyhow::Result<impl Fn(&str) ->
     Ok(move |name: &str| samples.get(name).copied().unwrap_or(0.0))
 }
 
+/// p99, p99.9 and max (ms) of sorted call latencies (µs), and how many took over 50 ms.
+fn tail(sorted: &[u64]) -> (f64, f64, f64, usize) {
+    let at = |q: f64| {
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)] as f64 / 1000.0
+    };
+    (at(0.99), at(0.999), at(1.0), sorted.iter().filter(|&&us| us > 50_000).count())
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -126,10 +137,13 @@ dimensions = ["api_calls", "gb_hours"]
 
     let client = meterd_proto::client::Client::connect(&target, Duration::from_secs(5)).await?;
     let deadline = Instant::now() + Duration::from_secs(args.minutes * 60);
+    // Every batch call's latency (µs) since the last sample: the write pauses a caller sees.
+    let latencies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..args.callers {
         let mut m = client.metering();
         let pause = Duration::from_millis(args.pause_ms);
+        let latencies = latencies.clone();
         tasks.spawn(async move {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(c as u64);
             let mut sent = 0u64;
@@ -166,7 +180,10 @@ dimensions = ["api_calls", "gb_hours"]
                         }
                     })
                     .collect();
-                if m.record_usage_batch(v1::RecordUsageBatchRequest { events }).await.is_ok() {
+                let called = Instant::now();
+                let ok = m.record_usage_batch(v1::RecordUsageBatchRequest { events }).await.is_ok();
+                latencies.lock().expect("latency lock").push(called.elapsed().as_micros() as u64);
+                if ok {
                     sent += 100;
                 }
                 tokio::time::sleep(pause).await;
@@ -176,7 +193,7 @@ dimensions = ["api_calls", "gb_hours"]
     }
 
     println!(
-        "{:>5} {:>8} {:>9} {:>9} {:>7} {:>10} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10}",
+        "{:>5} {:>8} {:>9} {:>9} {:>7} {:>10} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10} {:>7} {:>7} {:>7} {:>7} {:>6}",
         "min",
         "rss_mib",
         "disk_mib",
@@ -188,8 +205,14 @@ dimensions = ["api_calls", "gb_hours"]
         "pending",
         "expired",
         "records",
-        "reconciled"
+        "reconciled",
+        "calls",
+        "p99_ms",
+        "p999_ms",
+        "max_ms",
+        ">50ms"
     );
+    let mut all_calls: Vec<u64> = Vec::new();
     let start = Instant::now();
     let mut minute = 0;
     while Instant::now() < deadline {
@@ -199,8 +222,12 @@ dimensions = ["api_calls", "gb_hours"]
         let r = client.admin().report(v1::ReportRequest {}).await?.into_inner();
         let t = r.totals.unwrap_or_default();
         let m = metrics(admin).await?;
+        let mut calls = std::mem::take(&mut *latencies.lock().expect("latency lock"));
+        calls.sort_unstable();
+        let (p99, p999, max, slow) = tail(&calls);
+        all_calls.extend_from_slice(&calls);
         println!(
-            "{:>5} {:>8.1} {:>9.1} {:>9.1} {:>7} {:>10.1} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10}",
+            "{:>5} {:>8.1} {:>9.1} {:>9.1} {:>7} {:>10.1} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10} {:>7} {:>7.1} {:>7.1} {:>7.1} {:>6}",
             minute,
             rss_kib(pid) as f64 / 1024.0,
             meterd::store::generation::dir_bytes(&data) as f64 / 1048576.0,
@@ -212,9 +239,20 @@ dimensions = ["api_calls", "gb_hours"]
             st.pending_records,
             t.expired,
             r.rows.len(),
-            t.reconciled
+            t.reconciled,
+            calls.len(),
+            p99,
+            p999,
+            max,
+            slow
         );
     }
+    all_calls.sort_unstable();
+    let (p99, p999, max, slow) = tail(&all_calls);
+    println!(
+        "batch calls: {} in all, p99 {p99:.1} ms, p99.9 {p999:.1} ms, max {max:.1} ms, {slow} over 50 ms",
+        all_calls.len()
+    );
     let mut sent = 0;
     while let Some(s) = tasks.join_next().await {
         sent += s?;
