@@ -366,6 +366,8 @@ pub struct LifecycleApplied {
     pub leaves: bool,
     /// A `Purchase Agreement *` event for an agreement the registry has never seen.
     pub unknown_agreement: bool,
+    /// The customer's key ([`customer_key`]) the event applied to (also when it named an agreement).
+    pub customer: Option<String>,
 }
 
 async fn subject_key(tx: &Transaction<'_>, subject: &Subject) -> Result<Option<String>, tokio_postgres::Error> {
@@ -414,7 +416,13 @@ pub async fn apply_lifecycle(
     let t = life.apply(ev, now_ms);
     store_customer(&tx, &key, &life, t.leaves.then_some(now_ms), revision).await?;
     tx.commit().await?;
-    Ok(LifecycleApplied { applied: t.applied, status: Some(life.status), leaves: t.leaves, unknown_agreement: false })
+    Ok(LifecycleApplied {
+        applied: t.applied,
+        status: Some(life.status),
+        leaves: t.leaves,
+        unknown_agreement: false,
+        customer: Some(key),
+    })
 }
 
 /// What amending a customer did.

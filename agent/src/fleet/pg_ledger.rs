@@ -32,7 +32,7 @@ use meterd_fleet::{forward, registry, report as pg, seal, views};
 use crate::clock::UnixMillis;
 use crate::domain::customer::{CustomerLifecycle, StatusChange, TenantMapping};
 use crate::domain::event::{Bucket, BucketKey, Identity, StoredEvent, UsageEvent};
-use crate::domain::ingest::{CustomerRef, IngestOutcome, IngestRules};
+use crate::domain::ingest::{IngestOutcome, IngestRules};
 use crate::domain::lifecycle::{LifecycleEvent, Subject};
 use crate::domain::quantity::Micros;
 use crate::domain::record::SealedRecord;
@@ -128,10 +128,10 @@ impl Inner {
     async fn lease(&self, client: &meterd_fleet::Client) -> Result<Lease> {
         let mut held = self.lease.lock().await;
         let terms = Terms::default();
-        if let Some(l) = held.as_mut() {
-            if l.is_valid(Instant::now()) || lease::renew(client, l, terms).await.is_ok() {
-                return Ok(l.clone());
-            }
+        if let Some(l) = held.as_mut()
+            && (l.is_valid(Instant::now()) || lease::renew(client, l, terms).await.is_ok())
+        {
+            return Ok(l.clone());
         }
         match lease::acquire(client, &self.cfg.account, &self.me, terms).await.map_err(db_error)? {
             Some(l) => {
@@ -312,20 +312,12 @@ impl Ledger for PgLedger {
             let client = guard.as_mut().expect("connected");
             let applied = registry::apply_lifecycle(client, &event, params.now_ms).await.map_err(registry_error)?;
             let mut records_sealed = 0;
-            let key = match &event.subject {
-                Subject::License { license_arn, .. } => Some(CustomerRef::License(license_arn.clone())),
-                Subject::Legacy { customer_identifier, .. } => Some(CustomerRef::Legacy(customer_identifier.clone())),
-                // An agreement's customer: the lease holder's pass finds it by when it left.
-                Subject::Agreement { .. } => None,
-            };
-            if applied.leaves {
-                if let Some(key) = key.map(|c| registry::customer_ref_key(&c)) {
-                    let lease = i.lease(client).await?;
-                    let sealed = registry::seal_customer_left(client, &lease, &i.cfg.products, &key, &params)
-                        .await
-                        .map_err(seal_error)?;
-                    records_sealed = sealed.records;
-                }
+            if let (true, Some(key)) = (applied.leaves, &applied.customer) {
+                let lease = i.lease(client).await?;
+                let sealed = registry::seal_customer_left(client, &lease, &i.cfg.products, key, &params)
+                    .await
+                    .map_err(seal_error)?;
+                records_sealed = sealed.records;
             }
             Ok(LifecycleOutcome {
                 applied: applied.applied,
