@@ -527,3 +527,25 @@ impl Ledger for PgLedger {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_without_products_is_refused_before_connecting() {
+        let cfg = PgLedgerConfig {
+            // Nothing listens here: the refusal must come first.
+            database: Database::parse("postgres://meterd@127.0.0.1:1/none?sslmode=disable", None).unwrap(),
+            account: "111122223333".into(),
+            node_id: "n".into(),
+            products: vec![],
+            seal_rules: SealRules {
+                down_after: std::time::Duration::from_secs(60),
+                max_wait: std::time::Duration::from_secs(3600),
+            },
+        };
+        let e = PgLedger::open(cfg).err().expect("refused");
+        assert!(e.to_string().contains("products: the account needs at least one product"), "{e}");
+    }
+}
