@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use meterd_core::clock::UnixMillis;
 use meterd_core::domain::catalog::LatePolicy;
 use meterd_core::domain::customer::TenantMapping;
-use meterd_core::domain::event::{Bucket, BucketKey, ContentDigest, StoredEvent, UsageEvent};
+use meterd_core::domain::event::{Bucket, BucketKey, ContentDigest, Identity, StoredEvent, UsageEvent};
 use meterd_core::domain::ingest::{CustomerRef, IngestGroup, IngestOutcome, IngestRules, Lookups, Standing};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -88,10 +88,51 @@ pub async fn forward(
     if !(1..=128).contains(&len) {
         return Err(ForwardError::NodeId(len));
     }
+    Ok(apply(client, node_id, events, Mode::Forward { watermark_ms }).await?.0)
+}
+
+/// Decides a caller's `events` against the shared ledger with the caller's `rules` and applies what is stored,
+/// in one transaction: the `Ledger` seam over PostgreSQL (the agent's `PgLedger`), where the ledger itself
+/// answers the caller rather than a node's spool. Unlike [`forward`], nothing was acknowledged yet, so the
+/// caller's late policy and lateness bound apply, the fleet's registry gates the customer (its standing, a tenant
+/// mapped for another product), and a refusal or a conflict is the caller's answer (no conflict row: nothing
+/// acknowledged was refused). No watermark moves: the events are in the ledger once this returns. One outcome
+/// per event, in order.
+pub async fn ingest(
+    client: &mut Client,
+    node_id: &str,
+    events: &[UsageEvent],
+    received_ms: UnixMillis,
+    rules: IngestRules,
+) -> Result<Vec<IngestOutcome>, ForwardError> {
+    let len = node_id.chars().count();
+    if !(1..=128).contains(&len) {
+        return Err(ForwardError::NodeId(len));
+    }
+    let acked: Vec<Acked> = events.iter().map(|e| Acked { event: e.clone(), received_ms }).collect();
+    Ok(apply(client, node_id, &acked, Mode::Ingest { rules }).await?.1)
+}
+
+/// How a batch is decided and what it writes besides events and buckets.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// A node's acknowledged events: always "carry", never refused, no standing consulted, conflicts recorded,
+    /// the node's watermark moved.
+    Forward { watermark_ms: UnixMillis },
+    /// A caller's events: its rules, the registry's standing and mappings; refusals and conflicts answered.
+    Ingest { rules: IngestRules },
+}
+
+async fn apply(
+    client: &mut Client,
+    node_id: &str,
+    events: &[Acked],
+    mode: Mode,
+) -> Result<(Forwarded, Vec<IngestOutcome>), ForwardError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match try_forward(client, node_id, events, watermark_ms).await {
+        match try_apply(client, node_id, events, mode).await {
             Err(ForwardError::Db(e)) if attempt < ATTEMPTS && is_missing_partition(&e) => {
                 // A new day (or a fresh database): create its partition and go again.
                 crate::partitions::ensure(client, 1, 2).await?;
@@ -111,10 +152,15 @@ pub async fn forward(
 /// acknowledged). Customer standing is not consulted: the node answered for the event already (its copy of the
 /// registry gated it), so a customer that left meanwhile is counted and sealed by the leaving rule
 /// (`registry::seal_leaving`), never dropped.
+///
+/// [`ingest`] gates instead (`gate`: nothing is acknowledged yet): the registry's standing of the customer, and
+/// every mapping of the tenant, so one mapped for another product is refused as the sled store refuses it.
 struct Shared<'a> {
     known: &'a HashMap<String, (StoredEvent, String)>,
     mappings: &'a HashMap<String, TenantMapping>,
+    standings: &'a HashMap<String, Standing>,
     product: &'a str,
+    gate: bool,
 }
 
 impl Lookups for Shared<'_> {
@@ -123,10 +169,10 @@ impl Lookups for Shared<'_> {
         Ok(self.known.get(key).map(|(s, _)| s.clone()))
     }
     fn mapping(&mut self, tenant: &str) -> Result<Option<TenantMapping>, Self::Error> {
-        Ok(self.mappings.get(tenant).filter(|m| m.product == self.product).cloned())
+        Ok(self.mappings.get(tenant).filter(|m| self.gate || m.product == self.product).cloned())
     }
-    fn standing(&mut self, _: &CustomerRef) -> Result<Option<Standing>, Self::Error> {
-        Ok(None)
+    fn standing(&mut self, c: &CustomerRef) -> Result<Option<Standing>, Self::Error> {
+        Ok(if self.gate { self.standings.get(&crate::registry::customer_ref_key(c)).cloned() } else { None })
     }
     fn bucket(&mut self, _: &BucketKey) -> Result<Option<Bucket>, Self::Error> {
         Ok(None)
@@ -135,16 +181,16 @@ impl Lookups for Shared<'_> {
 
 const ACKED: IngestRules = IngestRules { late: LatePolicy::Carry, max_lateness_ms: None };
 
-async fn try_forward(
+async fn try_apply(
     client: &mut Client,
     node_id: &str,
     events: &[Acked],
-    watermark_ms: UnixMillis,
-) -> Result<Forwarded, ForwardError> {
+    mode: Mode,
+) -> Result<(Forwarded, Vec<IngestOutcome>), ForwardError> {
     let tx = client.transaction().await?;
-    let mut by_product: BTreeMap<&str, Vec<&Acked>> = BTreeMap::new();
-    for a in events {
-        by_product.entry(a.event.product.as_str()).or_default().push(a);
+    let mut by_product: BTreeMap<&str, Vec<(usize, &Acked)>> = BTreeMap::new();
+    for (i, a) in events.iter().enumerate() {
+        by_product.entry(a.event.product.as_str()).or_default().push((i, a));
     }
     let products: Vec<&str> = by_product.keys().copied().collect();
     tx.execute(
@@ -169,17 +215,37 @@ async fn try_forward(
     let mut tenants: Vec<&str> = events
         .iter()
         .filter_map(|a| match &a.event.identity {
-            meterd_core::domain::event::Identity::Tenant(t) => Some(t.as_str()),
+            Identity::Tenant(t) => Some(t.as_str()),
             _ => None,
         })
         .collect();
     tenants.sort_unstable();
     tenants.dedup();
-    let mappings = crate::registry::mappings_for(&tx, &tenants).await.map_err(|e| match e {
+    let registry_error = |e| match e {
         crate::registry::RegistryError::Db(e) => ForwardError::Db(e),
         crate::registry::RegistryError::Corrupt(c) => ForwardError::Corrupt(c),
         other => ForwardError::Refused { key: String::new(), reason: other.to_string() },
-    })?;
+    };
+    let mappings = crate::registry::mappings_for(&tx, &tenants).await.map_err(registry_error)?;
+    let (rules, gate) = match mode {
+        Mode::Forward { .. } => (ACKED, false),
+        Mode::Ingest { rules } => (rules, true),
+    };
+    let standings = if gate {
+        // The customers the events name, directly or through their tenant's mapping.
+        let mut customers: Vec<String> = events
+            .iter()
+            .filter_map(|a| match &a.event.identity {
+                Identity::Tenant(t) => mappings.get(t).and_then(|m| crate::registry::customer_key(&m.identity)),
+                other => crate::registry::customer_key(other),
+            })
+            .collect();
+        customers.sort_unstable();
+        customers.dedup();
+        crate::registry::standings_for(&tx, &customers).await.map_err(registry_error)?
+    } else {
+        HashMap::new()
+    };
     let mut keys: Vec<&str> = events.iter().map(|a| a.event.idempotency_key.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
@@ -194,51 +260,47 @@ async fn try_forward(
     let mut known: HashMap<String, (StoredEvent, String)> = HashMap::new();
     for r in tx
         .query(
-            "SELECT idempotency_key, digest, product, event_time_ms, hour_ms, late, recorded_at_ms,
-                    quantity::text, node_id
-             FROM meterd_event_keys WHERE idempotency_key = ANY($1)",
+            &format!(
+                "SELECT idempotency_key, node_id, {} FROM meterd_event_keys WHERE idempotency_key = ANY($1)",
+                crate::views::STORED_EVENT_COLUMNS
+            ),
             &[&keys],
         )
         .await?
     {
-        let digest: Vec<u8> = r.get(1);
-        let stored = StoredEvent {
-            digest: ContentDigest::v2_from_slice(&digest)
-                .ok_or_else(|| Corrupt { what: "event digest", detail: "not 16 bytes".into() })?,
-            late: r.get(5),
-            product: r.get(2),
-            event_time_ms: r.get(3),
-            hour_ms: r.get(4),
-            recorded_at_ms: r.get(6),
-            quantity: codec::micros_of(r.get(7))?,
-        };
-        known.insert(r.get(0), (stored, r.get(8)));
+        known.insert(r.get(0), (crate::views::stored_event_of(&r, 2)?, r.get(1)));
     }
 
     let mut out = Forwarded::default();
+    let mut outcomes: Vec<Option<IngestOutcome>> = vec![None; events.len()];
     let mut new_events: Vec<(String, StoredEvent)> = Vec::new();
     let mut buckets: Vec<(BucketKey, Bucket)> = Vec::new();
     let mut conflicts: Vec<(&Acked, ContentDigest, String, UnixMillis)> = Vec::new();
     for (product, acked) in &by_product {
         let mut group = IngestGroup::new(sealed.get(*product).copied().flatten());
-        for a in acked {
+        for (i, a) in acked {
+            let mut look = Shared { known: &known, mappings: &mappings, standings: &standings, product, gate };
             let outcome = group
-                .decide(&a.event, a.received_ms, ACKED, &mut Shared { known: &known, mappings: &mappings, product })
+                .decide(&a.event, a.received_ms, rules, &mut look)
                 .unwrap_or_else(|never: std::convert::Infallible| match never {});
-            match outcome {
+            match &outcome {
                 IngestOutcome::Stored(_) => out.stored += 1,
                 IngestOutcome::Replayed(_) => out.replayed += 1,
+                // The caller is answered the conflict: nothing acknowledged was refused, so no conflict row.
+                IngestOutcome::Conflict { .. } if gate => {}
                 IngestOutcome::Conflict { existing } => {
                     // Claimed earlier in this batch (by this node) or already in the ledger.
                     let existing_node =
                         known.get(&existing.idempotency_key).map_or_else(|| node_id.to_string(), |(_, n)| n.clone());
                     conflicts.push((a, a.event.content_digest(), existing_node, existing.hour_ms));
                 }
+                _ if gate => {}
                 other => {
                     let reason = other.refusal().map_or_else(|| format!("{other:?}"), |(_, f)| f.message);
                     return Err(ForwardError::Refused { key: a.event.idempotency_key.clone(), reason });
                 }
             }
+            outcomes[*i] = Some(outcome);
         }
         let writes = group.into_writes();
         out.late += writes.late_events;
@@ -283,17 +345,20 @@ async fn try_forward(
             existing_hour_ms: *existing_hour,
         });
     }
-    tx.execute(
-        "INSERT INTO meterd_watermarks (node_id, watermark_ms, forwarded) VALUES ($1, $2, $3)
-         ON CONFLICT (node_id) DO UPDATE
-             SET watermark_ms = greatest(meterd_watermarks.watermark_ms, excluded.watermark_ms),
-                 forwarded = meterd_watermarks.forwarded + excluded.forwarded,
-                 updated_at = now()",
-        &[&node_id, &watermark_ms, &(out.stored as i64)],
-    )
-    .await?;
+    if let Mode::Forward { watermark_ms } = mode {
+        tx.execute(
+            "INSERT INTO meterd_watermarks (node_id, watermark_ms, forwarded) VALUES ($1, $2, $3)
+             ON CONFLICT (node_id) DO UPDATE
+                 SET watermark_ms = greatest(meterd_watermarks.watermark_ms, excluded.watermark_ms),
+                     forwarded = meterd_watermarks.forwarded + excluded.forwarded,
+                     updated_at = now()",
+            &[&node_id, &watermark_ms, &(out.stored as i64)],
+        )
+        .await?;
+    }
     tx.commit().await?;
-    Ok(out)
+    let outcomes = outcomes.into_iter().map(|o| o.expect("every event is decided once")).collect();
+    Ok((out, outcomes))
 }
 
 async fn insert_events(

@@ -22,12 +22,12 @@ use std::collections::HashMap;
 use meterd_core::clock::{HOUR_MS, UnixMillis, hour_start};
 use meterd_core::domain::customer::{CustomerLifecycle, CustomerStatus, StatusChange, TenantMapping};
 use meterd_core::domain::event::{Bucket, BucketKey, Identity};
-use meterd_core::domain::ingest::CustomerRef;
+use meterd_core::domain::ingest::{CustomerRef, Standing};
 use meterd_core::domain::lifecycle::{LifecycleEvent, Subject};
 use meterd_core::domain::quantity::Micros;
 use meterd_core::domain::record::{RecordState, SealedRecord};
 use meterd_core::domain::seal::SealParams;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::codec::{self, Corrupt};
 use crate::lease::{self, Lease, LeaseError};
@@ -366,6 +366,8 @@ pub struct LifecycleApplied {
     pub leaves: bool,
     /// A `Purchase Agreement *` event for an agreement the registry has never seen.
     pub unknown_agreement: bool,
+    /// The customer's key ([`customer_key`]) the event applied to (also when it named an agreement).
+    pub customer: Option<String>,
 }
 
 async fn subject_key(tx: &Transaction<'_>, subject: &Subject) -> Result<Option<String>, tokio_postgres::Error> {
@@ -414,7 +416,13 @@ pub async fn apply_lifecycle(
     let t = life.apply(ev, now_ms);
     store_customer(&tx, &key, &life, t.leaves.then_some(now_ms), revision).await?;
     tx.commit().await?;
-    Ok(LifecycleApplied { applied: t.applied, status: Some(life.status), leaves: t.leaves, unknown_agreement: false })
+    Ok(LifecycleApplied {
+        applied: t.applied,
+        status: Some(life.status),
+        leaves: t.leaves,
+        unknown_agreement: false,
+        customer: Some(key),
+    })
 }
 
 /// What amending a customer did.
@@ -542,15 +550,68 @@ pub(crate) async fn mappings_for(
     Ok(out)
 }
 
+/// The standing ([`Standing::of`] their lifecycle) of the customers `keys` ([`customer_key`]) that the registry
+/// knows, for a decision that gates them.
+pub(crate) async fn standings_for(
+    tx: &Transaction<'_>,
+    keys: &[String],
+) -> Result<HashMap<String, Standing>, RegistryError> {
+    let mut out = HashMap::new();
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    for r in
+        tx.query("SELECT customer, lifecycle::text FROM meterd_customers WHERE customer = ANY($1)", &[&keys]).await?
+    {
+        out.insert(r.get(0), Standing::of(&lifecycle_of(r.get(1))?));
+    }
+    Ok(out)
+}
+
+/// A tenant's mapping (None: never mapped, or removed).
+pub async fn mapping(client: &impl GenericClient, tenant_id: &str) -> Result<Option<TenantMapping>, RegistryError> {
+    let row = client
+        .query_opt(
+            "SELECT mapping::text FROM meterd_tenant_mappings WHERE tenant_id = $1 AND mapping IS NOT NULL",
+            &[&tenant_id],
+        )
+        .await?;
+    Ok(row.map(|r| mapping_of(r.get(0))).transpose()?)
+}
+
+/// Every tenant mapping, by tenant id.
+pub async fn mappings(client: &impl GenericClient) -> Result<Vec<TenantMapping>, RegistryError> {
+    let rows = client
+        .query(
+            "SELECT mapping::text FROM meterd_tenant_mappings WHERE mapping IS NOT NULL ORDER BY tenant_id COLLATE \"C\"",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| mapping_of(r.get(0))).collect::<Result<_, _>>()?)
+}
+
+/// The lifecycle of the customer `key` ([`customer_key`]), when the registry knows it.
+pub async fn lifecycle(client: &impl GenericClient, key: &str) -> Result<Option<CustomerLifecycle>, RegistryError> {
+    let row = client.query_opt("SELECT lifecycle::text FROM meterd_customers WHERE customer = $1", &[&key]).await?;
+    Ok(row.map(|r| lifecycle_of(r.get(0))).transpose()?)
+}
+
+/// Every customer's lifecycle, by customer key.
+pub async fn lifecycles(client: &impl GenericClient) -> Result<Vec<CustomerLifecycle>, RegistryError> {
+    let rows =
+        client.query("SELECT lifecycle::text FROM meterd_customers ORDER BY customer COLLATE \"C\"", &[]).await?;
+    Ok(rows.iter().map(|r| lifecycle_of(r.get(0))).collect::<Result<_, _>>()?)
+}
+
 /// How long after a customer left its open hours are still sealed by [`seal_leaving`]: its final hour, usage
 /// rolled into the next hour (sealed once that hour begins), with room for a late forward. Afterwards any usage
 /// of it left over is sealed by the ordinary seal (rolling past a taken key all the same), and this pass reads
 /// nothing for it.
 const LEAVING_WINDOW_MS: i64 = 3 * HOUR_MS;
 
-/// The open buckets (up to the current hour, by the database's clock) of the customers in `$2` (license ARNs)
-/// and `$3` (legacy customer identifiers), matched on the bucket's customer JSON.
-const OPEN_OF_LEFT: &str = "hour_ms <= (extract(epoch FROM now()) * 1000)::int8 / 3600000 * 3600000
+/// The open buckets (up to the current hour: of `$4`, or of the database's clock when `$4` is NULL) of the
+/// customers in `$2` (license ARNs) and `$3` (legacy customer identifiers), matched on the bucket's customer JSON.
+const OPEN_OF_LEFT: &str = "hour_ms <= coalesce($4::int8, (extract(epoch FROM now()) * 1000)::int8) / 3600000 * 3600000
     AND (customer::jsonb -> 'Aws' ->> 'license_arn' = ANY($2)
          OR customer::jsonb -> 'Legacy' ->> 'customer_identifier' = ANY($3))";
 
@@ -601,11 +662,39 @@ pub async fn seal_leaving(
     if left.is_empty() {
         return Ok(LeavingSealed::default());
     }
-    let (arns, ids) = leaving_filter(&left);
+    seal_left(client, lease, products, &left, params, None).await
+}
+
+/// Seals, under `lease`, the open hours of the customer `key` ([`customer_key`]) that stopped accepting usage at
+/// `params.now_ms`, by the caller's clock: the `Ledger` seam's "a customer that leaves has its open hours sealed"
+/// for a caller that applied the event itself ([`apply_lifecycle`] returned `leaves`). The lease holder's
+/// [`seal_leaving`] pass does the same for every agent's events, on the database's clock.
+pub async fn seal_customer_left(
+    client: &mut Client,
+    lease: &Lease,
+    products: &[String],
+    key: &str,
+    params: &SealParams,
+) -> Result<LeavingSealed, crate::seal::SealError> {
+    let left = HashMap::from([(key.to_string(), params.now_ms)]);
+    seal_left(client, lease, products, &left, params, Some(params.now_ms)).await
+}
+
+/// The sealing part of [`seal_leaving`], for the customers `left` (key → when it left); `now_ms` None: the
+/// database's clock.
+async fn seal_left(
+    client: &mut Client,
+    lease: &Lease,
+    products: &[String],
+    left: &HashMap<String, i64>,
+    params: &SealParams,
+    now_ms: Option<i64>,
+) -> Result<LeavingSealed, crate::seal::SealError> {
+    let (arns, ids) = leaving_filter(left);
     let due = client
         .query_opt(
             &format!("SELECT 1 FROM meterd_buckets WHERE product = ANY($1) AND {OPEN_OF_LEFT} LIMIT 1"),
-            &[&products, &arns, &ids],
+            &[&products, &arns, &ids, &now_ms],
         )
         .await?;
     if due.is_none() {
@@ -629,7 +718,10 @@ pub async fn seal_leaving(
     .await?;
     // Open buckets become records below, without raising `sealed_through`: the report's stamp must still move.
     tx.execute("UPDATE meterd_seal_marks SET moves = moves + 1 WHERE product = ANY($1)", &[&products]).await?;
-    let now_ms: i64 = tx.query_one("SELECT (extract(epoch FROM now()) * 1000)::int8", &[]).await?.get(0);
+    let now_ms: i64 = match now_ms {
+        Some(n) => n,
+        None => tx.query_one("SELECT (extract(epoch FROM now()) * 1000)::int8", &[]).await?.get(0),
+    };
     let params = SealParams { now_ms, ..params.clone() };
     let mut out = LeavingSealed::default();
     for product in products {
@@ -640,7 +732,7 @@ pub async fn seal_leaving(
                      WHERE product = ANY($1) AND {OPEN_OF_LEFT}
                      ORDER BY hour_ms, customer COLLATE \"C\", dimension COLLATE \"C\", tags COLLATE \"C\""
                 ),
-                &[&vec![product], &arns, &ids],
+                &[&vec![product], &arns, &ids, &Some(now_ms)],
             )
             .await?;
         let mut by_cap: std::collections::BTreeMap<i64, Vec<(BucketKey, Bucket)>> = Default::default();

@@ -153,23 +153,25 @@ pub async fn carries_after(
     Ok(out)
 }
 
-/// A stamp of the ledger's structure: it changes whenever a seal moved usage from buckets into records and
-/// carries (every such seal raises a product's `sealed_through`, in the same transaction). Forwards only add to
-/// buckets and record updates only change states, so pages read under one stamp count every unit once. Any new
-/// write that moves usage between the report's regions (a leaving customer's early seal, a tenant mapping that
-/// moves buckets) must change this stamp too, or a report read across it may count a unit twice or not at all.
+/// A stamp of the ledger's structure that grows with every write that moves usage between the report's regions:
+/// a seal raises a product's `sealed_through` by whole hours (so the sum of the marks' hours grows by at least
+/// one), a leaving customer's early seal and a tenant mapping's move raise the product's `moves`, each in its own
+/// transaction. Forwards only add to buckets and record updates only change states, so pages read under one stamp
+/// count every unit once; a mark row alone (a product's first forward inserts one, unsealed) adds nothing. Any
+/// new write that moves usage must raise it too, or a report read across it may count a unit twice or not at
+/// all. Monotone, as the seam's count of structural writes is (`Ledger::report_page`), never a hash: a reader
+/// may compare two stamps for order, and equal stamps are the same structure exactly.
 pub async fn structure(client: &impl GenericClient) -> Result<u64, ViewError> {
     let row = client
         .query_one(
-            "SELECT count(*)::text || ':' || coalesce(sum(coalesce(sealed_through, 0)), 0)::text || ':'
-                    || coalesce(sum(moves), 0)::text
+            "SELECT (coalesce(sum(coalesce(sealed_through, 0) / 3600000), 0) + coalesce(sum(moves), 0))::int8
              FROM meterd_seal_marks",
             &[],
         )
         .await?;
-    let text: String = row.get(0);
-    // Equality is all a reader needs: fold the exact text into 64 bits (FNV-1a).
-    Ok(text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)))
+    let stamp: i64 = row.get(0);
+    // Hours since 1970 and counts of moves: never negative.
+    Ok(stamp.max(0) as u64)
 }
 
 /// Records AWS answered DuplicateRecord on their first send, and their whole units (revenue lost for good). Reads

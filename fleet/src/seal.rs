@@ -21,7 +21,7 @@ use meterd_core::clock::{HOUR_MS, UnixMillis, hour_start};
 use meterd_core::domain::event::{Bucket, BucketKey};
 use meterd_core::domain::quantity::Micros;
 use meterd_core::domain::record::{RecordKey, RecordState, SealedRecord, UpdateRefused, check_update};
-use meterd_core::domain::seal::{SealPolicy, group_buckets, seal_record};
+use meterd_core::domain::seal::{SealParams, SealPolicy, group_buckets, seal_record};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -122,10 +122,37 @@ pub async fn seal(
     policy: &SealPolicy,
     rules: SealRules,
 ) -> Result<SealSummary, SealError> {
+    seal_with(client, lease, products, cutoff_hour_ms, &|now_ms, cutoff| policy.params(now_ms, cutoff), rules).await
+}
+
+/// [`seal`] with the caller's parameters and clock (`params.now_ms` stamps the records; the cutoff is still
+/// bounded by the nodes' watermarks): the `Ledger` seam over PostgreSQL, whose caller decides when it seals.
+pub async fn seal_at(
+    client: &mut Client,
+    lease: &Lease,
+    products: &[String],
+    params: &SealParams,
+    rules: SealRules,
+) -> Result<SealSummary, SealError> {
+    let at = |_, cutoff| SealParams { cutoff_hour_ms: cutoff, ..params.clone() };
+    seal_with(client, lease, products, params.cutoff_hour_ms, &at, rules).await
+}
+
+/// The seal's parameters at (database `now`, sealable cutoff).
+type ParamsAt<'a> = &'a (dyn Fn(UnixMillis, UnixMillis) -> SealParams + Sync);
+
+async fn seal_with(
+    client: &mut Client,
+    lease: &Lease,
+    products: &[String],
+    cutoff_hour_ms: UnixMillis,
+    params_at: ParamsAt<'_>,
+    rules: SealRules,
+) -> Result<SealSummary, SealError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match try_seal(client, lease, products, cutoff_hour_ms, policy, rules).await {
+        match try_seal(client, lease, products, cutoff_hour_ms, params_at, rules).await {
             Err(SealError::Db(e)) if attempt < 6 && crate::forward::is_transient(&e) => {}
             other => return other,
         }
@@ -137,7 +164,7 @@ async fn try_seal(
     lease: &Lease,
     products: &[String],
     cutoff_hour_ms: UnixMillis,
-    policy: &SealPolicy,
+    params_at: ParamsAt<'_>,
     rules: SealRules,
 ) -> Result<SealSummary, SealError> {
     let tx = client.transaction().await?;
@@ -174,7 +201,7 @@ async fn try_seal(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let (cutoff, waiting_for) = sealable_cutoff(cutoff_hour_ms, now_ms, &live, rules.max_wait);
-    let params = policy.params(now_ms, cutoff);
+    let params = params_at(now_ms, cutoff);
     let mut summary = SealSummary { waiting_for, ..SealSummary::default() };
     for (product, sealed_through) in &marks {
         if cutoff > 0 && sealed_through.is_none_or(|s| s < cutoff) {

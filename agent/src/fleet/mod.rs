@@ -5,6 +5,7 @@
 pub mod flush;
 pub mod forwarder;
 pub mod leader;
+pub mod pg_ledger;
 pub mod registry;
 pub mod report;
 pub mod shared_ack;

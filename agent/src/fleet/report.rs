@@ -90,7 +90,7 @@ fn unavailable(e: impl std::error::Error + 'static) -> StoreError {
 }
 
 /// One page and its stamp from one snapshot.
-async fn read_page(
+pub(crate) async fn read_page(
     client: &mut meterd_fleet::Client,
     cursor: &PageCursor,
     limit: usize,
