@@ -8,6 +8,8 @@
 //! - [`forward`]: a node's acknowledged events into the shared ledger — unique event keys (replay / conflict),
 //!   bucket totals and the node's forward watermark in one transaction, decided by the agent's own ingest rules.
 //! - [`partitions`]: the dedupe window — event keys partitioned by day, retention drops partitions.
+//! - [`retention`]: the lease holder's retention pass — old terminal records and day partitions of event keys
+//!   leave, their totals folded into kept per-product counters in the same transaction.
 //! - [`seal`]: fleet-wide sealing on the nodes' watermarks, under the account's lease, with the agent's seal
 //!   arithmetic; one record per AWS key; record state updates by the agent's rule.
 //! - [`registry`]: the fleet-wide customer registry — tenant mappings, lifecycles, agreements — by revision.
@@ -27,6 +29,7 @@ pub mod nodes;
 pub mod partitions;
 pub mod registry;
 pub mod report;
+pub mod retention;
 pub mod seal;
 pub mod seal_requests;
 pub mod test_postgres;

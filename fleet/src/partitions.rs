@@ -1,6 +1,6 @@
 //! The dedupe window: event keys live in one partition per UTC day (the database's clock) and retention drops
-//! whole partitions — O(1), no row-by-row delete and no vacuum debt, the same bound as the sled store's
-//! `storage.retention`.
+//! whole partitions — O(1), no row-by-row delete and no vacuum debt, the same bound as the sled store's dedupe
+//! segments (`storage.dedupe_window`; the lease holder's hourly pass, `retention.rs`).
 //!
 //! Contract: a key is remembered for at least `dedupe_window` after it was stored, and at most one day longer
 //! (its day's partition goes once the whole day is older than the window). A retry that arrives after its key was
@@ -10,10 +10,6 @@
 use std::time::Duration;
 
 use tokio_postgres::{Client, GenericClient};
-
-/// The agent's `storage.retention` default: past the AWS month, so a retry within the billing period is always
-/// recognised.
-pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(45 * 24 * 3600);
 
 /// Serialises partition DDL between agents (a second `CREATE TABLE IF NOT EXISTS` racing the first fails).
 const LOCK_KEY: i64 = 0x6d65_7465_7264_0002; // "meterd" + 2
@@ -63,9 +59,13 @@ pub struct Dropped {
     pub days: Vec<String>,
     /// Conflict rows older than the window (a report shows them while they are kept).
     pub conflicts: u64,
+    /// Event keys dropped with those days, folded into `meterd_compacted` (the report's events ever stored).
+    pub events: u64,
 }
 
-/// Drops every day partition that ends more than `window` ago, and conflicts detected before that.
+/// Drops every day partition that ends more than `window` ago, and conflicts detected before that. The keys a
+/// partition held are counted per product into `meterd_compacted` in the same transaction (one read of the day
+/// being dropped, by the retention pass, never by the write path).
 pub async fn drop_expired(client: &mut Client, window: Duration) -> Result<Dropped, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
@@ -86,6 +86,12 @@ pub async fn drop_expired(client: &mut Client, window: Duration) -> Result<Dropp
     for row in expired {
         let (table, day): (String, String) = (row.get(0), row.get(1));
         // `table` is a partition name read from the catalog, matched by the pattern above.
+        for r in tx.query(&format!("SELECT product, count(*) FROM {table} GROUP BY product"), &[]).await? {
+            let (product, n): (String, i64) = (r.get(0), r.get(1));
+            let c = crate::retention::Compacted { events: n.max(0) as u64, ..Default::default() };
+            crate::retention::fold(&tx, &product, &c).await?;
+            dropped.events += c.events;
+        }
         tx.batch_execute(&format!("DROP TABLE {table}")).await?;
         dropped.days.push(day);
     }

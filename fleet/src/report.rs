@@ -177,10 +177,15 @@ pub async fn structure(client: &impl GenericClient) -> Result<u64, ViewError> {
 /// Records AWS answered DuplicateRecord on their first send, and their whole units (revenue lost for good). Reads
 /// the rejected records only (partial index `meterd_records_rejected`).
 pub async fn lost(client: &impl GenericClient) -> Result<(u64, u64), ViewError> {
+    // Those still in the ledger, plus those retention removed (kept apart in `meterd_compacted`).
     let row = client
         .query_one(
-            "SELECT count(*), coalesce(sum((record->>'quantity')::int8), 0)::int8 FROM meterd_records
-             WHERE state = 'rejected' AND record->'state'->'Rejected'->>'reason' = 'DuplicateRecord'",
+            "SELECT ((SELECT count(*) FROM meterd_records
+                      WHERE state = 'rejected' AND record->'state'->'Rejected'->>'reason' = 'DuplicateRecord')
+                     + (SELECT coalesce(sum(lost_records), 0) FROM meterd_compacted))::int8,
+                    ((SELECT coalesce(sum((record->>'quantity')::int8), 0) FROM meterd_records
+                      WHERE state = 'rejected' AND record->'state'->'Rejected'->>'reason' = 'DuplicateRecord')
+                     + (SELECT coalesce(sum(lost_units), 0) FROM meterd_compacted))::int8",
             &[],
         )
         .await?;

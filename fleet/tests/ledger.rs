@@ -551,3 +551,77 @@ async fn a_leader_paused_inside_a_transaction_does_not_block_the_takeover() {
     // The paused transaction is gone with its session: nothing it would do next can commit.
     assert!(tx.commit().await.is_err());
 }
+
+#[tokio::test]
+async fn retention_folds_old_terminal_records_into_kept_totals_in_batches_and_leaves_pending_ones() {
+    use meterd_core::domain::record::{ExpiryReason, RejectReason};
+    use meterd_fleet::{report, retention};
+    let pg = TestPostgres::start().expect("postgres");
+    let mut c = migrated(&pg).await;
+    let open = hour_start(now_ms());
+    let (old, recent) = (open - 3 * HOUR_MS, open - 2 * HOUR_MS);
+    let rules = SealRules { down_after: Duration::from_secs(60), max_wait: Duration::from_secs(24 * 3600) };
+    let a = nodes::register(&c, "a", "", Duration::from_secs(60)).await.unwrap();
+    // More records in the old hour than one retention batch deletes.
+    let n = retention::BATCH as u32 + 200;
+    forward_hour(&mut c, "a", old, n).await;
+    let now = now_ms();
+    let recent_events: Vec<Acked> =
+        (0..3).map(|i| acked(event(&format!("recent-{i}"), customer(i), 2_000_000, recent + 1000), now)).collect();
+    forward::forward(&mut c, "a", &recent_events, now).await.unwrap();
+    let l = lease::acquire(&c, "acct", &a, LONG).await.unwrap().unwrap();
+    assert_eq!(seal::seal(&mut c, &l, &products(), open, &POLICY, rules).await.unwrap().records, u64::from(n) + 3);
+
+    // The old hour: one lost to DuplicateRecord, one expired, one still pending, the rest accepted; the recent
+    // hour all accepted (but inside the retention).
+    let at_ms = 1;
+    let accepted =
+        RecordState::Accepted { metering_record_id: Some("m".into()), aws_request_id: None, at_ms, verify: false };
+    let mut updates = Vec::new();
+    for (i, r) in seal::records(&c, "p").await.unwrap().into_iter().enumerate() {
+        let state = match (r.key.hour_ms == old, i) {
+            (true, 0) => RecordState::Rejected { reason: RejectReason::DuplicateRecord, aws_request_id: None, at_ms },
+            (true, 1) => RecordState::Expired { reason: ExpiryReason::DeadlinePassed, at_ms },
+            (true, 2) => continue,
+            _ => accepted.clone(),
+        };
+        updates.push(SealedRecord { state, ..r });
+    }
+    seal::update_records(&mut c, &l, &updates).await.unwrap();
+    assert_eq!(report::lost(&c).await.unwrap(), (1, 2));
+    let stamp = report::structure(&c).await.unwrap();
+
+    // A stale holder (another epoch) is fenced and removes nothing.
+    let stale = lease::Lease { epoch: l.epoch + 1, ..l.clone() };
+    assert!(matches!(retention::compact_records(&mut c, &stale, &products(), recent).await, Err(SealError::Fenced(_))));
+    assert_eq!(seal::records(&c, "p").await.unwrap().len(), n as usize + 3);
+
+    let removed = retention::compact_records(&mut c, &l, &products(), recent).await.unwrap();
+    let terminal = u64::from(n) - 1;
+    assert_eq!(
+        (removed.records, removed.accepted, removed.rejected, removed.expired),
+        (terminal, 2 * (terminal - 2), 2, 2)
+    );
+    assert_eq!((removed.recorded, removed.late), (Micros(2_000_000 * u128::from(terminal)), Micros::ZERO));
+    assert_eq!((removed.lost_records, removed.lost_units, removed.events), (1, 2, 0));
+    // What is left: the old hour's pending record and the recent hour.
+    let left = seal::records(&c, "p").await.unwrap();
+    assert_eq!(left.len(), 4, "{left:?}");
+    assert!(left.iter().filter(|r| r.key.hour_ms == old).all(|r| r.state == RecordState::Sealed));
+    // Kept: the totals, the revenue lost (no longer in any record), and a structure stamp that moved.
+    assert_eq!(retention::compacted(&c).await.unwrap(), removed);
+    assert_eq!(report::lost(&c).await.unwrap(), (1, 2));
+    assert!(report::structure(&c).await.unwrap() > stamp, "a paged report must re-read across a compaction");
+    // Nothing more to do the second time.
+    assert_eq!(retention::compact_records(&mut c, &l, &products(), recent).await.unwrap().records, 0);
+
+    // Event keys go with their day's partition, counted into the kept totals.
+    partitions::ensure(&mut c, 10, 2).await.unwrap();
+    c.execute("UPDATE meterd_event_keys SET stored_on = stored_on - 5 WHERE idempotency_key LIKE 'a-%'", &[])
+        .await
+        .unwrap();
+    let dropped = partitions::drop_expired(&mut c, Duration::from_secs(2 * 24 * 3600)).await.unwrap();
+    assert_eq!(dropped.events, u64::from(n));
+    assert_eq!(retention::compacted(&c).await.unwrap(), retention::Compacted { events: u64::from(n), ..removed });
+    assert_eq!(views::event_keys(&c).await.unwrap(), 3);
+}

@@ -171,6 +171,36 @@ impl FleetQueue {
         }
     }
 
+    /// The shared ledger's retention pass (`meterd_fleet::retention`), run by the lease holder about once an
+    /// hour: terminal records of the account's products whose hour is before `cutoff` leave in fenced batches, and
+    /// the day partitions of event keys older than `dedupe_window` are dropped, both folded into the kept totals.
+    async fn retention(
+        &self,
+        products: &[String],
+        cutoff: UnixMillis,
+        dedupe_window: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let Some(lease) = self.lease() else { return Ok(()) };
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected");
+        let removed = match meterd_fleet::retention::compact_records(client, &lease, products, cutoff).await {
+            Ok(c) => c,
+            Err(e) => return Err(self.failed(&mut guard, e)),
+        };
+        let dropped = match meterd_fleet::partitions::drop_expired(client, dedupe_window).await {
+            Ok(d) => d,
+            Err(e) => {
+                *guard = None;
+                return Err(unavailable(e));
+            }
+        };
+        if removed.records > 0 || !dropped.days.is_empty() {
+            tracing::info!(records = removed.records, days = ?dropped.days, events = dropped.events,
+                conflicts = dropped.conflicts, "retention compacted the shared ledger's old history");
+        }
+        Ok(())
+    }
+
     fn failed(&self, guard: &mut Option<meterd_fleet::Client>, e: SealError) -> StoreError {
         match e {
             SealError::Fenced(e) => {
@@ -247,6 +277,9 @@ pub async fn run(
     // Consecutive failures to reach the database: the campaign backs off (1 s … 10 s) instead of logging a
     // warning every tick through an outage.
     let mut failures: u32 = 0;
+    // When this agent last ran the retention pass (its clock): hourly while it holds the lease, as a single
+    // agent compacts its own store (`pipeline.rs`).
+    let mut last_retention: Option<UnixMillis> = None;
     loop {
         if *stop.borrow() {
             break;
@@ -270,6 +303,13 @@ pub async fn run(
                     && let Err(e) = submitter.pass().await
                 {
                     tracing::warn!(%account, error = %e, "fleet submitter pass failed; will retry");
+                }
+                if queue.lease().is_some() && last_retention.is_none_or(|t| now - t >= HOUR_MS) {
+                    last_retention = Some(now);
+                    let cutoff = now - config.storage.retention.as_millis() as i64;
+                    if let Err(e) = queue.retention(&products, cutoff, config.storage.dedupe_window).await {
+                        tracing::error!(%account, error = %e, "fleet retention failed; will retry in an hour");
+                    }
                 }
             }
             Ok(None) => failures = 0,

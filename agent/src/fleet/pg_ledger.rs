@@ -9,10 +9,11 @@
 //! callers only after the PostgreSQL commit (as `ack = "shared"` does), so it has no spool and is no node the
 //! fleet's seal waits for; it seals and updates records only while it holds the account's submitter lease.
 //!
-//! What it does not do, by design or not yet (`docs/fleet.md`): retention compaction of sealed records into
-//! `Compacted` totals is not built for the shared ledger (terminal records stay; event keys go with their day's
-//! partition, `partitions::drop_expired`), so [`Ledger::compact`] refuses; [`Ledger::reclaim_space`] has nothing
-//! to do (PostgreSQL's autovacuum reclaims space; partitions are dropped whole).
+//! Retention ([`Ledger::compact`]) removes terminal records before the caller's cutoff into the kept totals
+//! (`retention::compact_records`, under the lease); event keys are not forgotten by that cutoff but with their
+//! day's partition on the database's clock (`partitions::drop_expired`, the lease holder's hourly pass), so a
+//! compaction here reports no events. [`Ledger::reclaim_space`] has nothing to do (PostgreSQL's autovacuum
+//! reclaims space; partitions are dropped whole).
 //!
 //! The trait's reads are synchronous (sled's are local); here they are queries. The connection lives on this
 //! ledger's own small runtime, so a synchronous read blocks only the calling thread (never a runtime's only
@@ -237,13 +238,14 @@ async fn snapshot_of(client: &mut meterd_fleet::Client) -> Result<LedgerSnapshot
     let carries = pg::carries_after(&tx, None, i64::MAX).await.map_err(view_error)?;
     let mappings = registry::mappings(&tx).await.map_err(registry_error)?;
     let (lost_records, units) = pg::lost(&tx).await.map_err(view_error)?;
+    let compacted = meterd_fleet::retention::compacted(&tx).await.map_err(view_error)?;
     tx.commit().await.map_err(db_error)?;
     Ok(LedgerSnapshot {
         records,
         buckets,
         carries: carries.into_iter().map(|c| c.carried).collect(),
         mappings,
-        compacted: Compacted::default(),
+        compacted: super::report::compacted_of(&compacted),
         lost: Lost { records: lost_records, units },
     })
 }
@@ -350,13 +352,15 @@ impl Ledger for PgLedger {
         })
     }
 
-    fn compact(&self, _cutoff_ms: UnixMillis) -> BoxFuture<'_, Result<Compacted>> {
-        Box::pin(async {
-            Err(StoreError::Io(
-                "retention compaction is not built for the shared ledger: terminal records stay in meterd_records, \
-                 event keys go with their day's partition (docs/fleet.md)"
-                    .into(),
-            ))
+    fn compact(&self, cutoff_ms: UnixMillis) -> BoxFuture<'_, Result<Compacted>> {
+        self.spawn(move |i| async move {
+            let mut guard = i.client().await?;
+            let client = guard.as_mut().expect("connected");
+            let lease = i.lease(client).await?;
+            let removed = meterd_fleet::retention::compact_records(client, &lease, &i.cfg.products, cutoff_ms)
+                .await
+                .map_err(seal_error)?;
+            Ok(super::report::compacted_of(&removed))
         })
     }
 
@@ -515,8 +519,11 @@ impl Ledger for PgLedger {
     }
 
     fn compacted(&self) -> Result<Compacted> {
-        // Nothing is ever compacted here (module doc).
-        Ok(Compacted::default())
+        self.block(move |i| async move {
+            let guard = i.client().await?;
+            let conn = guard.as_ref().expect("connected");
+            meterd_fleet::retention::compacted(conn).await.map(|k| super::report::compacted_of(&k)).map_err(view_error)
+        })
     }
 
     fn lost(&self) -> Result<Lost> {

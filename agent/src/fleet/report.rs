@@ -131,9 +131,9 @@ pub(crate) async fn read_page(
                 }
                 _ => {
                     let (records, units) = pg::lost(&tx).await.map_err(unavailable)?;
+                    let kept = meterd_fleet::retention::compacted(&tx).await.map_err(unavailable)?;
                     page.tail = Some(PageTail {
-                        // The shared ledger keeps its records (no retention compaction yet).
-                        compacted: Default::default(),
+                        compacted: compacted_of(&kept),
                         lost: Lost { records, units },
                         conflicts: pg::conflict_count(&tx).await.map_err(unavailable)?,
                     });
@@ -143,4 +143,17 @@ pub(crate) async fn read_page(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(page)
+}
+
+/// The agent's view of what the shared ledger's retention removed (`meterd_compacted`).
+pub(crate) fn compacted_of(k: &meterd_fleet::retention::Compacted) -> crate::store::Compacted {
+    crate::store::Compacted {
+        records: k.records,
+        events: k.events,
+        recorded: k.recorded,
+        late: k.late,
+        accepted: k.accepted,
+        rejected: k.rejected,
+        expired: k.expired,
+    }
 }

@@ -1,0 +1,202 @@
+//! Retention of the shared ledger: the sled store's `compact` and its dedupe window, for PostgreSQL.
+//!
+//! The account's lease holder runs a pass every hour: terminal records (accepted, rejected, expired, carried,
+//! merged) whose hour is older than `storage.retention` are deleted, and the day partitions of event keys older
+//! than `storage.dedupe_window` are dropped ([`crate::partitions::drop_expired`]). What they held is folded into
+//! `meterd_compacted` (one row per product) in the same transaction as the delete, so the report's totals and
+//! the revenue lost never shrink when history goes, and the ledger's tables stay bounded by the retention, not by
+//! every hour ever sealed.
+//!
+//! Records leave in batches of [`BATCH`] per transaction (a short lock on few rows, never a long one over the
+//! history), each fenced by the lease like every other write of the holder's, oldest hour first over the partial
+//! index on terminal records. Each batch raises the product's `moves` on its seal mark, so a report read in pages
+//! across it re-reads (`report::structure`), as sled counts a compaction as a structural write.
+
+use std::collections::BTreeMap;
+
+use meterd_core::clock::UnixMillis;
+use meterd_core::domain::quantity::Micros;
+use meterd_core::domain::record::{RecordState, lost_units};
+use tokio_postgres::{Client, GenericClient};
+
+use crate::codec;
+use crate::lease::{self, Lease};
+use crate::seal::SealError;
+use crate::views::ViewError;
+
+/// Records deleted per transaction.
+pub const BATCH: i64 = 1_000;
+
+/// What retention removed (a pass), or everything it ever removed (`meterd_compacted`, summed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compacted {
+    pub records: u64,
+    /// Event keys dropped with their day's partition.
+    pub events: u64,
+    pub recorded: Micros,
+    pub late: Micros,
+    /// Whole units of the accepted, rejected and expired records removed.
+    pub accepted: u64,
+    pub rejected: u64,
+    pub expired: u64,
+    /// Records rejected DuplicateRecord on their first send, and their units (revenue lost for good).
+    pub lost_records: u64,
+    pub lost_units: u64,
+}
+
+impl Compacted {
+    fn add(&mut self, o: &Compacted) -> Result<(), SealError> {
+        let overflow = |what: &str| SealError::Overflow(format!("compacted {what}"));
+        self.records += o.records;
+        self.events += o.events;
+        self.recorded = self.recorded.try_add(o.recorded).map_err(|_| overflow("usage"))?;
+        self.late = self.late.try_add(o.late).map_err(|_| overflow("late usage"))?;
+        self.accepted += o.accepted;
+        self.rejected += o.rejected;
+        self.expired += o.expired;
+        self.lost_records += o.lost_records;
+        self.lost_units += o.lost_units;
+        Ok(())
+    }
+}
+
+/// Deletes the terminal records of `products` whose hour is before `cutoff_ms`, under `lease`, folding them into
+/// `meterd_compacted`; returns what it removed. Pending records (sealed, in flight) are never touched.
+pub async fn compact_records(
+    client: &mut Client,
+    lease: &Lease,
+    products: &[String],
+    cutoff_ms: UnixMillis,
+) -> Result<Compacted, SealError> {
+    let mut products: Vec<&str> = products.iter().map(String::as_str).collect();
+    products.sort_unstable();
+    products.dedup();
+    let mut total = Compacted::default();
+    loop {
+        let tx = client.transaction().await?;
+        lease::fence(&tx, lease).await?;
+        // The seal marks first, in product order, as a seal takes them: the same lock order, so no deadlock with
+        // a forward or a seal, and a seal of these products waits for this batch (and the other way round).
+        tx.query(
+            "SELECT product FROM meterd_seal_marks WHERE product = ANY($1) ORDER BY product COLLATE \"C\" FOR UPDATE",
+            &[&products],
+        )
+        .await?;
+        let rows = tx
+            .query(
+                "SELECT hour_ms, product, customer, dimension, record::text FROM meterd_records
+                 WHERE hour_ms < $1 AND product = ANY($2)
+                   AND state IN ('accepted', 'rejected', 'expired', 'carried', 'merged')
+                 ORDER BY hour_ms LIMIT $3 FOR UPDATE",
+                &[&cutoff_ms, &products, &BATCH],
+            )
+            .await?;
+        let mut by_product: BTreeMap<String, Compacted> = BTreeMap::new();
+        let (mut hours, mut prods, mut customers, mut dims) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for row in &rows {
+            let r = codec::record_of(row.get(4))?;
+            let c = by_product.entry(r.key.product.clone()).or_default();
+            let q = u64::from(r.quantity);
+            match &r.state {
+                RecordState::Accepted { .. } => c.accepted += q,
+                RecordState::Rejected { .. } => c.rejected += q,
+                RecordState::Expired { .. } => c.expired += q,
+                RecordState::Carried | RecordState::Merged { .. } => {}
+                // The query selects terminal states only; a row whose JSON disagrees with its state column is not
+                // ours to delete.
+                other => {
+                    return Err(SealError::Corrupt(codec::Corrupt {
+                        what: "sealed record",
+                        detail: format!("{:?} is {} in its JSON but terminal in its state column", r.key, other.name()),
+                    }));
+                }
+            }
+            if let Some(units) = lost_units(&r) {
+                c.lost_records += 1;
+                c.lost_units += units;
+            }
+            c.add(&Compacted { records: 1, recorded: r.recorded, late: r.late, ..Default::default() })?;
+            hours.push(row.get::<_, i64>(0));
+            prods.push(row.get::<_, String>(1));
+            customers.push(row.get::<_, String>(2));
+            dims.push(row.get::<_, String>(3));
+        }
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(total);
+        }
+        tx.execute(
+            "DELETE FROM meterd_records r USING unnest($1::int8[], $2::text[], $3::text[], $4::text[])
+                 AS d(hour_ms, product, customer, dimension)
+             WHERE r.hour_ms = d.hour_ms AND r.product = d.product AND r.customer = d.customer
+               AND r.dimension = d.dimension",
+            &[&hours, &prods, &customers, &dims],
+        )
+        .await?;
+        for (product, c) in &by_product {
+            fold(&tx, product, c).await?;
+            tx.execute("UPDATE meterd_seal_marks SET moves = moves + 1 WHERE product = $1", &[product]).await?;
+            total.add(c)?;
+        }
+        tx.commit().await?;
+        if (rows.len() as i64) < BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+/// Adds `c` to `product`'s kept totals (within the caller's transaction).
+pub(crate) async fn fold(tx: &impl GenericClient, product: &str, c: &Compacted) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO meterd_compacted AS k
+             (product, records, events, recorded, late, accepted, rejected, expired, lost_records, lost_units)
+         VALUES ($1, $2, $3, $4::text::numeric, $5::text::numeric, $6, $7, $8, $9, $10)
+         ON CONFLICT (product) DO UPDATE SET
+             records = k.records + excluded.records, events = k.events + excluded.events,
+             recorded = k.recorded + excluded.recorded, late = k.late + excluded.late,
+             accepted = k.accepted + excluded.accepted, rejected = k.rejected + excluded.rejected,
+             expired = k.expired + excluded.expired, lost_records = k.lost_records + excluded.lost_records,
+             lost_units = k.lost_units + excluded.lost_units",
+        &[
+            &product,
+            &(c.records as i64),
+            &(c.events as i64),
+            &codec::micros_text(c.recorded),
+            &codec::micros_text(c.late),
+            &(c.accepted as i64),
+            &(c.rejected as i64),
+            &(c.expired as i64),
+            &(c.lost_records as i64),
+            &(c.lost_units as i64),
+        ],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Everything retention ever removed, over every product (a few rows: one per product).
+pub async fn compacted(client: &impl GenericClient) -> Result<Compacted, ViewError> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(records), 0)::int8, coalesce(sum(events), 0)::int8,
+                    coalesce(sum(recorded), 0)::text, coalesce(sum(late), 0)::text,
+                    coalesce(sum(accepted), 0)::int8, coalesce(sum(rejected), 0)::int8,
+                    coalesce(sum(expired), 0)::int8, coalesce(sum(lost_records), 0)::int8,
+                    coalesce(sum(lost_units), 0)::int8
+             FROM meterd_compacted",
+            &[],
+        )
+        .await?;
+    let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+    Ok(Compacted {
+        records: n(0),
+        events: n(1),
+        recorded: codec::micros_of(row.get(2))?,
+        late: codec::micros_of(row.get(3))?,
+        accepted: n(4),
+        rejected: n(5),
+        expired: n(6),
+        lost_records: n(7),
+        lost_units: n(8),
+    })
+}
