@@ -118,7 +118,12 @@ impl Client {
     /// only when the batch cannot be delivered (agent unavailable, timeout) or is unusable (empty).
     pub async fn record_usage_batch(&self, usages: &[Usage]) -> Result<Vec<Result<Receipt, Error>>, Error> {
         let default_product = self.options.default_product.as_deref();
-        let events: Vec<v1::UsageEvent> = usages.iter().map(|u| u.to_wire(default_product)).collect();
+        let mut keys =
+            usage::new_idempotency_keys(usages.iter().filter(|u| u.idempotency_key.is_none()).count()).into_iter();
+        let events: Vec<v1::UsageEvent> = usages
+            .iter()
+            .map(|u| u.to_wire_with_key(default_product, || keys.next().unwrap_or_else(new_idempotency_key)))
+            .collect();
         self.record_events(events).await
     }
 
