@@ -208,22 +208,22 @@ function packBatch(usages) {
 }
 
 /** The native packed results → one Receipt or MeterdError per event, in order (layout: src/packed.rs). */
-function unpackResults({ text, nums }) {
+function unpackResults({ keys, text, nums }) {
   const out = [];
   let t = 0;
+  let k = 0;
   for (let i = 0; i < nums.length; ) {
     if (nums[i] === 0) {
-      const key = text.slice(t, (t += nums[i + 1]));
-      const product = text.slice(t, (t += nums[i + 2]));
+      const product = text.slice(t, (t += nums[i + 1]));
       out.push({
-        idempotencyKey: key,
-        replayed: nums[i + 3] === 1,
+        idempotencyKey: keys[k++],
+        replayed: nums[i + 2] === 1,
         product,
-        eventTime: new Date(nums[i + 4]),
-        usageHour: new Date(nums[i + 5]),
-        recordedAt: new Date(nums[i + 6]),
+        eventTime: new Date(nums[i + 3]),
+        usageHour: new Date(nums[i + 4]),
+        recordedAt: new Date(nums[i + 5]),
       });
-      i += 7;
+      i += 6;
     } else {
       const code = text.slice(t, (t += nums[i + 1]));
       const field = nums[i + 2] < 0 ? null : text.slice(t, (t += nums[i + 2]));

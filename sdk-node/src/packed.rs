@@ -1,5 +1,6 @@
-//! A batch crossing N-API packed, both ways: every string of the batch in one UTF-16 string, everything else
-//! (which fields are set, string lengths, times) in one `Float64Array`. `index.js` packs and unpacks.
+//! A batch crossing N-API packed, both ways: the strings in one UTF-16 string (but the receipts' keys, see
+//! `NativePackedResults`), everything else (which fields are set, string lengths, times) in one `Float64Array`.
+//! `index.js` packs and unpacks.
 //!
 //! Why: one JS object per event cost the caller more than the rest of the call. napi's `#[napi(object)]`
 //! conversion makes one `napi_get_named_property` per declared field and event (each re-creates and internalizes
@@ -117,11 +118,13 @@ pub fn usages(text: &[u16], nums: &[f64]) -> napi::Result<Vec<sdk::Usage>> {
     Ok(out)
 }
 
-/// A batch's results, packed: per event `0, key length, product length, replayed, event time, usage hour,
-/// recorded at` (a receipt; times in epoch ms) or `1, code length, field length (-1: none), message length, gRPC
-/// code (-1: none)` (an error); the strings in that order in `text`.
+/// A batch's results, packed: per event `0, product length, replayed, event time, usage hour, recorded at` (a
+/// receipt; times in epoch ms; its key is the next of `keys`) or `1, code length, field length (-1: none),
+/// message length, gRPC code (-1: none)` (an error); the strings in that order in `text`. Keys are strings of
+/// their own because callers keep them: a slice of `text` would keep the whole batch's text alive with it.
 #[napi(object)]
 pub struct NativePackedResults {
+    pub keys: Vec<String>,
     pub text: Utf16String,
     pub nums: Float64Array,
 }
@@ -133,14 +136,15 @@ fn put(text: &mut Vec<u16>, nums: &mut Vec<f64>, s: &str) {
 }
 
 pub fn results(results: Vec<Result<sdk::Receipt, sdk::Error>>) -> NativePackedResults {
-    // A receipt is ~40 UTF-16 units (a generated key is 36) and 7 numbers.
-    let mut text = Vec::with_capacity(results.len() * 44);
-    let mut nums = Vec::with_capacity(results.len() * 7);
+    // A receipt is its product's few UTF-16 units and 6 numbers.
+    let mut keys = Vec::with_capacity(results.len());
+    let mut text = Vec::with_capacity(results.len() * 8);
+    let mut nums = Vec::with_capacity(results.len() * 6);
     for r in results {
         match r {
             Ok(r) => {
                 nums.push(0.0);
-                put(&mut text, &mut nums, &r.idempotency_key);
+                keys.push(r.idempotency_key);
                 put(&mut text, &mut nums, &r.product);
                 nums.extend([
                     f64::from(u8::from(r.replayed)),
@@ -161,5 +165,5 @@ pub fn results(results: Vec<Result<sdk::Receipt, sdk::Error>>) -> NativePackedRe
             }
         }
     }
-    NativePackedResults { text: Utf16String::from(text), nums: Float64Array::new(nums) }
+    NativePackedResults { keys, text: Utf16String::from(text), nums: Float64Array::new(nums) }
 }
