@@ -14,9 +14,11 @@ mod customers;
 mod error;
 mod report;
 mod retry;
+mod shared_batch;
 mod usage;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -140,15 +142,9 @@ impl Client {
         let mut events = events;
         while !events.is_empty() {
             let rest = events.split_off(chunk.min(events.len()));
-            let request = v1::RecordUsageBatchRequest { events };
-            let expected = request.events.len();
-            let response = self
-                .call(|| {
-                    let mut m = self.conn.metering();
-                    let req = tonic::Request::new(request.clone());
-                    async move { m.record_usage_batch(req).await }
-                })
-                .await?;
+            let expected = events.len();
+            let request = Arc::new(v1::RecordUsageBatchRequest { events });
+            let response = self.call(|| shared_batch::record_usage_batch(self.conn.channel(), request.clone())).await?;
             if response.results.len() != expected {
                 return Err(Error::Agent {
                     grpc_code: tonic::Code::Internal as i32,
