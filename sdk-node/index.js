@@ -128,8 +128,111 @@ function nativeUsage(u, i) {
     }
     out.tags = u.tags;
   }
-  if (u.product !== undefined && u.product !== null) out.product = u.product;
-  if (u.idempotencyKey !== undefined && u.idempotencyKey !== null) out.idempotencyKey = u.idempotencyKey;
+  if (u.product !== undefined && u.product !== null) out.product = stringArg(`${where}.product`, u.product);
+  if (u.idempotencyKey !== undefined && u.idempotencyKey !== null) {
+    out.idempotencyKey = stringArg(`${where}.idempotencyKey`, u.idempotencyKey);
+  }
+  if (out.productCode !== undefined && out.productCode !== null) stringArg(`${where}.customer.productCode`, out.productCode);
+  return out;
+}
+
+// A batch crosses to the native addon packed (sdk-node/src/packed.rs has the layout and why): all strings in one
+// string, everything else in one Float64Array. These flags say which optional fields an event has.
+const TENANT = 1;
+const AWS_ACCOUNT = 1 << 1;
+const LICENSE_ARN = 1 << 2;
+const CUSTOMER_IDENTIFIER = 1 << 3;
+const PRODUCT_CODE = 1 << 4;
+const DEPLOYMENT = 1 << 5;
+const TIMESTAMP = 1 << 6;
+const TAGS = 1 << 7;
+const PRODUCT = 1 << 8;
+const IDEMPOTENCY_KEY = 1 << 9;
+
+/** `usages` checked and normalised by `nativeUsage`, packed: `[text, nums]`. */
+function packBatch(usages) {
+  const strings = [];
+  const nums = [];
+  const put = (s) => {
+    strings.push(s);
+    nums.push(s.length);
+  };
+  for (let i = 0; i < usages.length; i++) {
+    const u = nativeUsage(usages[i], i);
+    const flagsAt = nums.push(0) - 1;
+    let flags = 0;
+    if (u.deployment) flags |= DEPLOYMENT;
+    if (u.tenantId !== undefined) {
+      flags |= TENANT;
+      put(u.tenantId);
+    }
+    if (u.awsAccountId !== undefined) {
+      flags |= AWS_ACCOUNT | LICENSE_ARN;
+      put(u.awsAccountId);
+      put(u.licenseArn);
+    }
+    if (u.customerIdentifier !== undefined) {
+      flags |= CUSTOMER_IDENTIFIER;
+      put(u.customerIdentifier);
+    }
+    if (u.productCode !== undefined && u.productCode !== null) {
+      flags |= PRODUCT_CODE;
+      put(u.productCode);
+    }
+    put(u.dimension);
+    put(u.quantity);
+    if (u.product !== undefined) {
+      flags |= PRODUCT;
+      put(u.product);
+    }
+    if (u.idempotencyKey !== undefined) {
+      flags |= IDEMPOTENCY_KEY;
+      put(u.idempotencyKey);
+    }
+    if (u.timestampMs !== undefined) {
+      flags |= TIMESTAMP;
+      nums.push(u.timestampMs);
+    }
+    if (u.tags !== undefined) {
+      flags |= TAGS;
+      const tags = Object.entries(u.tags);
+      nums.push(tags.length);
+      for (const [k, v] of tags) {
+        put(k);
+        put(v);
+      }
+    }
+    nums[flagsAt] = flags;
+  }
+  return [strings.join(''), new Float64Array(nums)];
+}
+
+/** The native packed results → one Receipt or MeterdError per event, in order (layout: src/packed.rs). */
+function unpackResults({ keys, text, nums }) {
+  const out = [];
+  let t = 0;
+  let k = 0;
+  for (let i = 0; i < nums.length; ) {
+    if (nums[i] === 0) {
+      const product = text.slice(t, (t += nums[i + 1]));
+      out.push({
+        idempotencyKey: keys[k++],
+        replayed: nums[i + 2] === 1,
+        product,
+        eventTime: new Date(nums[i + 3]),
+        usageHour: new Date(nums[i + 4]),
+        recordedAt: new Date(nums[i + 5]),
+      });
+      i += 6;
+    } else {
+      const code = text.slice(t, (t += nums[i + 1]));
+      const field = nums[i + 2] < 0 ? null : text.slice(t, (t += nums[i + 2]));
+      const message = text.slice(t, (t += nums[i + 3]));
+      const grpcCode = nums[i + 4] < 0 ? null : nums[i + 4];
+      out.push(errors.fromNative({ code, field, message, grpcCode }));
+      i += 5;
+    }
+  }
   return out;
 }
 
@@ -268,8 +371,8 @@ class Client {
   /** Records many events; resolves to one Receipt or MeterdError per event, in order. */
   async recordUsageBatch(usages) {
     if (!Array.isArray(usages)) usages = Array.from(usages);
-    const results = await call(this.#native.recordUsageBatch(usages.map(nativeUsage)));
-    return results.map((r) => (r.receipt ? receipt(r.receipt) : errors.fromNative(r.error)));
+    const [text, nums] = packBatch(usages);
+    return unpackResults(await call(this.#native.recordUsageBatchPacked(text, nums)));
   }
 
   async status() {

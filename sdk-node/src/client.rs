@@ -4,14 +4,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use meterd_proto::sdk::{self, ClientOptions, RetryPolicy};
-use napi::bindgen_prelude::within_runtime_if_available;
+use napi::Env;
+use napi::bindgen_prelude::{Float64ArraySlice, PromiseRaw, Utf16String, within_runtime_if_available};
 use napi_derive::napi;
 
 use crate::admin::{NativeFlush, NativeReport, NativeStatus};
 use crate::customers::{NativeCustomerInfo, NativeEventOutcome, NativeIdentity, identity_from_js};
 use crate::error::to_js;
+use crate::packed::{self, NativePackedResults};
 use crate::report::{self, NativeReportQuery, NativeReportStream};
-use crate::usage::{NativeReceipt, NativeResult, NativeUsage, from_js};
+use crate::usage::{NativeReceipt, NativeUsage, from_js};
 
 /// Options as `index.js` passes them (seconds as numbers, already defaulted).
 #[napi(object)]
@@ -71,12 +73,21 @@ impl NativeClient {
         client.record_usage(from_js(usage)).await.map(Into::into).map_err(to_js)
     }
 
-    #[napi]
-    pub async fn record_usage_batch(&self, usages: Vec<NativeUsage>) -> napi::Result<Vec<NativeResult>> {
+    /// `recordUsageBatch`, packed both ways (`packed.rs`): the events are read here on the JS thread, then the
+    /// call runs on napi's tokio runtime like the `async fn`s.
+    #[napi(ts_return_type = "Promise<NativePackedResults>")]
+    pub fn record_usage_batch_packed<'env>(
+        &self,
+        env: &'env Env,
+        text: Utf16String,
+        nums: Float64ArraySlice,
+    ) -> napi::Result<PromiseRaw<'env, NativePackedResults>> {
+        let usages = packed::usages(&text, &nums)?;
         let client = self.client()?;
-        let usages: Vec<sdk::Usage> = usages.into_iter().map(from_js).collect();
-        let results = client.record_usage_batch(&usages).await.map_err(to_js)?;
-        Ok(results.into_iter().map(Into::into).collect())
+        env.spawn_future(async move {
+            let results = client.record_usage_batch(&usages).await.map_err(to_js)?;
+            Ok(packed::results(results))
+        })
     }
 
     #[napi]

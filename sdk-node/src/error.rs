@@ -2,7 +2,6 @@
 //! JSON after a fixed prefix; `errors.js` parses it into the matching `MeterdError` subclass.
 
 use meterd_proto::sdk::Error;
-use napi_derive::napi;
 
 pub const PREFIX: &str = "meterd-error:";
 
@@ -30,24 +29,4 @@ pub fn to_js(e: Error) -> napi::Error {
         escape(e.message())
     );
     napi::Error::new(napi::Status::GenericFailure, format!("{PREFIX}{json}"))
-}
-
-/// A per-event error of a batch.
-#[napi(object)]
-pub struct NativeError {
-    pub code: String,
-    pub field: Option<String>,
-    pub message: String,
-    pub grpc_code: Option<i32>,
-}
-
-impl From<Error> for NativeError {
-    fn from(e: Error) -> Self {
-        NativeError {
-            code: e.code().to_string(),
-            field: e.field().map(str::to_string),
-            message: e.message().to_string(),
-            grpc_code: e.grpc_code(),
-        }
-    }
 }

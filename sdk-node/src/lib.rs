@@ -7,5 +7,6 @@ mod admin;
 mod client;
 mod customers;
 mod error;
+mod packed;
 mod report;
 mod usage;

@@ -6,8 +6,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use meterd_proto::sdk::{self, Customer};
 use napi_derive::napi;
 
-use crate::error::NativeError;
-
 /// One event, as `index.js` hands it over: exactly one customer shape, the quantity as text, times in ms.
 #[napi(object)]
 pub struct NativeUsage {
@@ -26,17 +24,34 @@ pub struct NativeUsage {
     pub deployment: Option<bool>,
 }
 
-pub fn from_js(u: NativeUsage) -> sdk::Usage {
-    let customer = match (u.tenant_id, u.aws_account_id, u.customer_identifier) {
-        _ if u.deployment == Some(true) => Customer::Deployment,
+/// The customer of an event from the fields `index.js` set (one shape; `deployment` wins).
+pub fn customer(
+    deployment: bool,
+    tenant_id: Option<String>,
+    aws_account_id: Option<String>,
+    license_arn: Option<String>,
+    customer_identifier: Option<String>,
+    product_code: Option<String>,
+) -> Customer {
+    match (tenant_id, aws_account_id, customer_identifier) {
+        _ if deployment => Customer::Deployment,
         (Some(t), _, _) => Customer::Tenant(t),
-        (None, Some(account_id), _) => Customer::Aws { account_id, license_arn: u.license_arn.unwrap_or_default() },
-        (None, None, Some(customer_identifier)) => {
-            Customer::Legacy { customer_identifier, product_code: u.product_code }
-        }
+        (None, Some(account_id), _) => Customer::Aws { account_id, license_arn: license_arn.unwrap_or_default() },
+        (None, None, Some(customer_identifier)) => Customer::Legacy { customer_identifier, product_code },
         // index.js always sets one; an empty tenant id is refused by the agent with the field named.
         (None, None, None) => Customer::Tenant(String::new()),
-    };
+    }
+}
+
+pub fn from_js(u: NativeUsage) -> sdk::Usage {
+    let customer = customer(
+        u.deployment == Some(true),
+        u.tenant_id,
+        u.aws_account_id,
+        u.license_arn,
+        u.customer_identifier,
+        u.product_code,
+    );
     let mut usage = sdk::Usage::new(customer, u.dimension, u.quantity);
     usage.timestamp = u.timestamp_ms.map(from_ms);
     usage.tags = u.tags.unwrap_or_default().into_iter().collect();
@@ -46,7 +61,7 @@ pub fn from_js(u: NativeUsage) -> sdk::Usage {
 }
 
 /// A JS time value (whole epoch milliseconds, as `Date.getTime()` gives) as a `SystemTime`, exactly.
-fn from_ms(ms: f64) -> SystemTime {
+pub fn from_ms(ms: f64) -> SystemTime {
     let d = Duration::from_millis(ms.abs().trunc() as u64);
     if ms >= 0.0 { UNIX_EPOCH + d } else { UNIX_EPOCH - d }
 }
@@ -78,22 +93,6 @@ impl From<sdk::Receipt> for NativeReceipt {
             event_time_ms: to_ms(r.event_time),
             usage_hour_ms: to_ms(r.usage_hour),
             recorded_at_ms: to_ms(r.recorded_at),
-        }
-    }
-}
-
-/// One batch result: exactly one of the two is set.
-#[napi(object)]
-pub struct NativeResult {
-    pub receipt: Option<NativeReceipt>,
-    pub error: Option<NativeError>,
-}
-
-impl From<Result<sdk::Receipt, sdk::Error>> for NativeResult {
-    fn from(r: Result<sdk::Receipt, sdk::Error>) -> Self {
-        match r {
-            Ok(r) => NativeResult { receipt: Some(r.into()), error: None },
-            Err(e) => NativeResult { receipt: None, error: Some(e.into()) },
         }
     }
 }

@@ -14,9 +14,11 @@ mod customers;
 mod error;
 mod report;
 mod retry;
+mod shared_batch;
 mod usage;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -118,7 +120,12 @@ impl Client {
     /// only when the batch cannot be delivered (agent unavailable, timeout) or is unusable (empty).
     pub async fn record_usage_batch(&self, usages: &[Usage]) -> Result<Vec<Result<Receipt, Error>>, Error> {
         let default_product = self.options.default_product.as_deref();
-        let events: Vec<v1::UsageEvent> = usages.iter().map(|u| u.to_wire(default_product)).collect();
+        let mut keys =
+            usage::new_idempotency_keys(usages.iter().filter(|u| u.idempotency_key.is_none()).count()).into_iter();
+        let events: Vec<v1::UsageEvent> = usages
+            .iter()
+            .map(|u| u.to_wire_with_key(default_product, || keys.next().unwrap_or_else(new_idempotency_key)))
+            .collect();
         self.record_events(events).await
     }
 
@@ -135,15 +142,9 @@ impl Client {
         let mut events = events;
         while !events.is_empty() {
             let rest = events.split_off(chunk.min(events.len()));
-            let request = v1::RecordUsageBatchRequest { events };
-            let expected = request.events.len();
-            let response = self
-                .call(|| {
-                    let mut m = self.conn.metering();
-                    let req = tonic::Request::new(request.clone());
-                    async move { m.record_usage_batch(req).await }
-                })
-                .await?;
+            let expected = events.len();
+            let request = Arc::new(v1::RecordUsageBatchRequest { events });
+            let response = self.call(|| shared_batch::record_usage_batch(self.conn.channel(), request.clone())).await?;
             if response.results.len() != expected {
                 return Err(Error::Agent {
                     grpc_code: tonic::Code::Internal as i32,
