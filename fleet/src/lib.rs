@@ -13,7 +13,8 @@
 //! - [`registry`]: the fleet-wide customer registry — tenant mappings, lifecycles, agreements — by revision.
 //! - [`seal_requests`]: `meterd flush` on any agent asks the account's lease holder to seal ended hours now.
 //! - [`views`]: reads for `GET /fleet` and tests.
-//! - [`report`]: bounded keyset pages of the ledger for the report, its structure stamp, the queue's totals.
+//! - [`report`]: bounded keyset pages of the ledger for the report, its structure stamp.
+//! - [`totals`]: `status`'s figures kept in the transactions that change them (O(1) reads).
 //! - [`test_postgres`]: a real throwaway PostgreSQL server for tests (initdb + pg_ctl in a temp dir).
 //!
 //! The database's `now()` is the only clock: agents' clocks may disagree; the database is the one they share.
@@ -30,6 +31,7 @@ pub mod report;
 pub mod seal;
 pub mod seal_requests;
 pub mod test_postgres;
+pub mod totals;
 pub mod views;
 
 pub use tokio_postgres::{Client, Error as PgError};
