@@ -1,6 +1,7 @@
 //! meterd fleet mode on PostgreSQL: the shared ledger and the coordination of the agents that write it.
 //!
 //! - [`connect`]: the database URL, password file and TLS (rustls, libpq's `sslmode` semantics).
+//! - [`iam`]: IAM database authentication for RDS / Aurora (a fresh token as each connection's password).
 //! - [`migrate`]: the schema, versioned, applied at start under a transaction-scoped advisory lock (so that many
 //!   agents starting at once apply each migration exactly once, and a pooler cannot strand the lock).
 //! - [`nodes`]: the node registry — unique node ids, incarnations, heartbeats.
@@ -22,6 +23,7 @@
 pub mod codec;
 pub mod connect;
 pub mod forward;
+pub mod iam;
 pub mod lease;
 pub mod migrate;
 pub mod nodes;
