@@ -33,12 +33,18 @@ pub enum IamError {
 /// The clock tokens are dated by (the system's; tests pin it).
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
+/// Credentials are fetched again this long before they expire (temporary ones: a web identity, a role).
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
+
 /// What makes tokens: the database's Region, the AWS credentials and the clock.
 #[derive(Clone)]
 pub struct IamAuth {
     region: String,
     credentials: SharedCredentialsProvider,
     clock: Clock,
+    /// The credentials last fetched: the chain's providers (STS for a web identity, the instance metadata
+    /// service) are not asked again for every connection while these are good.
+    cached: Arc<tokio::sync::Mutex<Option<Credentials>>>,
 }
 
 impl std::fmt::Debug for IamAuth {
@@ -49,7 +55,7 @@ impl std::fmt::Debug for IamAuth {
 
 impl IamAuth {
     pub fn new(region: impl Into<String>, credentials: SharedCredentialsProvider) -> Self {
-        IamAuth { region: region.into(), credentials, clock: Arc::new(SystemTime::now) }
+        IamAuth { region: region.into(), credentials, clock: Arc::new(SystemTime::now), cached: Arc::default() }
     }
 
     /// Tokens dated by `clock` instead of the system clock (tests).
@@ -61,11 +67,23 @@ impl IamAuth {
         &self.region
     }
 
-    /// A fresh token for `user` at `host:port`, dated now. The credentials provider caches what it fetched (the
-    /// SDK's chain refreshes temporary credentials before they expire).
+    /// A fresh token for `user` at `host:port`, dated now.
     pub async fn token(&self, host: &str, port: u16, user: &str) -> Result<String, IamError> {
-        let credentials = self.credentials.provide_credentials().await.map_err(|e| IamError::Credentials(chain(&e)))?;
-        auth_token(host, port, user, &self.region, &credentials, (self.clock)())
+        let now = (self.clock)();
+        let credentials = {
+            let mut cached = self.cached.lock().await;
+            let fresh = |c: &Credentials| c.expiry().is_none_or(|e| now + REFRESH_BEFORE_EXPIRY < e);
+            match cached.as_ref().filter(|c| fresh(c)) {
+                Some(c) => c.clone(),
+                None => {
+                    let c =
+                        self.credentials.provide_credentials().await.map_err(|e| IamError::Credentials(chain(&e)))?;
+                    *cached = Some(c.clone());
+                    c
+                }
+            }
+        };
+        auth_token(host, port, user, &self.region, &credentials, now)
     }
 }
 
@@ -126,4 +144,55 @@ fn url_encode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use aws_credential_types::provider::future;
+
+    use super::*;
+
+    /// Temporary credentials valid one hour from T0, counting how often they are fetched.
+    #[derive(Debug, Default, Clone)]
+    struct Counting(Arc<AtomicU32>);
+
+    const T0: u64 = 1_796_032_800;
+
+    impl ProvideCredentials for Counting {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let expiry = SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + 3600);
+            future::ProvideCredentials::ready(Ok(Credentials::new(
+                "AKID",
+                "secret",
+                Some("s".into()),
+                Some(expiry),
+                "t",
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_are_fetched_again_only_when_they_near_their_expiry() {
+        let provider = Counting::default();
+        let second = Arc::new(std::sync::atomic::AtomicU64::new(T0));
+        let clock = {
+            let second = second.clone();
+            Arc::new(move || SystemTime::UNIX_EPOCH + Duration::from_secs(second.load(Ordering::SeqCst)))
+        };
+        let iam = IamAuth::new("us-east-1", SharedCredentialsProvider::new(provider.clone())).with_clock(clock);
+        let first = iam.token("db", 5432, "u").await.unwrap();
+        second.store(T0 + 54 * 60, Ordering::SeqCst);
+        let later = iam.token("db", 5432, "u").await.unwrap();
+        assert_ne!(first, later, "a token per call, dated now");
+        assert_eq!(provider.0.load(Ordering::SeqCst), 1, "the credentials were still good for 6 minutes");
+        second.store(T0 + 56 * 60, Ordering::SeqCst);
+        iam.token("db", 5432, "u").await.unwrap();
+        assert_eq!(provider.0.load(Ordering::SeqCst), 2, "within 5 minutes of their expiry: fetched again");
+    }
 }
