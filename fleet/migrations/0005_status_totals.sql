@@ -68,3 +68,30 @@ GROUP BY 1;
 UPDATE meterd_watermarks w SET late = k.late
 FROM (SELECT node_id, count(*) AS late FROM meterd_event_keys WHERE late GROUP BY node_id) AS k
 WHERE k.node_id = w.node_id;
+
+-- Usage drops (`status`, `report`, the dashboard) read ~11 hours of usage per product × dimension, as the sled
+-- store's kept hour summaries give them (`agent/src/store/hour_totals.rs`): `total` is the hour's sealed records'
+-- recorded usage plus its open buckets' totals. One row per shard: a node's forwards add to the node's own row (so
+-- forwards from many nodes never queue on one counter), ledger moves (a seal's or a mapping's usage moved to
+-- another hour) to the row of shard ''. A seal turning buckets into records changes no total.
+CREATE TABLE meterd_hour_totals (
+    hour_ms   bigint  NOT NULL,
+    product   text    NOT NULL,
+    dimension text    NOT NULL,
+    shard     text    NOT NULL,
+    total     numeric NOT NULL,
+    PRIMARY KEY (hour_ms, product, dimension, shard)
+);
+
+-- The biggest sealed records of an hour × product × dimension: an index range read of a hundred entries.
+CREATE INDEX meterd_records_usage
+    ON meterd_records (hour_ms, product, dimension, ((record->>'recorded')::numeric) DESC);
+
+INSERT INTO meterd_hour_totals (hour_ms, product, dimension, shard, total)
+SELECT hour_ms, product, dimension, '', sum(total)
+FROM (
+    SELECT hour_ms, product, dimension, (record->>'recorded')::numeric AS total FROM meterd_records
+    UNION ALL
+    SELECT hour_ms, product, dimension, total FROM meterd_buckets
+) AS u
+GROUP BY hour_ms, product, dimension;

@@ -252,6 +252,7 @@ async fn try_forward(
 
     insert_events(&tx, node_id, &new_events).await?;
     let opened = add_to_buckets(&tx, &mut buckets).await?;
+    add_to_hour_totals(&tx, node_id, &buckets).await?;
     for (a, digest, existing_node, existing_hour) in &conflicts {
         let existing_digest =
             known.get(&a.event.idempotency_key).map(|(s, _)| s.digest.bytes().to_vec()).unwrap_or_default();
@@ -322,6 +323,37 @@ async fn insert_events(
          FROM unnest($1::text[], $2::bytea[], $3::text[], $4::int8[], $5::int8[], $6::bool[], $7::text[], $9::int8[])
               AS u(k, d, p, t, h, l, q, r)",
         &[&keys, &digests, &products, &times, &hours, &late, &quantities, &node_id, &recorded],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Adds the batch's usage to the hour × product × dimension totals (`status`'s usage drops), in this node's own
+/// rows, in key order.
+async fn add_to_hour_totals(
+    tx: &tokio_postgres::Transaction<'_>,
+    node_id: &str,
+    buckets: &[(BucketKey, Bucket)],
+) -> Result<(), tokio_postgres::Error> {
+    let mut sums: BTreeMap<(i64, &str, &str), u128> = BTreeMap::new();
+    for (k, b) in buckets {
+        let s = sums.entry((k.hour_ms, k.product.as_str(), k.dimension.as_str())).or_default();
+        *s = s.saturating_add(b.total.0);
+    }
+    sums.retain(|_, s| *s > 0);
+    if sums.is_empty() {
+        return Ok(());
+    }
+    let hours: Vec<i64> = sums.keys().map(|k| k.0).collect();
+    let products: Vec<&str> = sums.keys().map(|k| k.1).collect();
+    let dimensions: Vec<&str> = sums.keys().map(|k| k.2).collect();
+    let totals: Vec<String> = sums.values().map(|s| s.to_string()).collect();
+    tx.execute(
+        "INSERT INTO meterd_hour_totals AS t (hour_ms, product, dimension, shard, total)
+         SELECT h, p, d, $5, s::numeric FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[]) AS u(h, p, d, s)
+         ORDER BY 1, 2, 3
+         ON CONFLICT (hour_ms, product, dimension, shard) DO UPDATE SET total = t.total + excluded.total",
+        &[&hours, &products, &dimensions, &totals, &node_id],
     )
     .await?;
     Ok(())

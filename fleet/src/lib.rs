@@ -16,6 +16,7 @@
 //! - [`views`]: reads for `GET /fleet` and tests.
 //! - [`report`]: bounded keyset pages of the ledger for the report, its structure stamp.
 //! - [`totals`]: `status`'s figures kept in the transactions that change them (O(1) reads).
+//! - [`hours`]: one hour's usage per product × dimension and its biggest records, for usage-drop detection.
 //! - [`test_postgres`]: a real throwaway PostgreSQL server for tests (initdb + pg_ctl in a temp dir).
 //!
 //! The database's `now()` is the only clock: agents' clocks may disagree; the database is the one they share.
@@ -23,6 +24,7 @@
 pub mod codec;
 pub mod connect;
 pub mod forward;
+pub mod hours;
 pub mod iam;
 pub mod lease;
 pub mod migrate;

@@ -225,6 +225,7 @@ async fn try_put_mapping(
         }
         let opened = add_bucket(&tx, hour, &m.product, &identity, &dimension, &tags, &b).await?;
         totals.buckets(&m.product, i64::from(opened));
+        totals.usage_moved(&m.product, &dimension, hour_ms, hour, b.total);
         out.moved += 1;
     }
 

@@ -377,6 +377,7 @@ pub(crate) async fn roll_over(
             .await?
             .get(0);
         totals.buckets(&k.product, i64::from(opened));
+        totals.usage_moved(&k.product, &k.dimension, k.hour_ms, next(k.hour_ms), b.total);
     }
     Ok(())
 }

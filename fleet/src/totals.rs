@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use meterd_core::clock::UnixMillis;
 use meterd_core::domain::event::Identity;
+use meterd_core::domain::quantity::Micros;
 use meterd_core::domain::record::{RecordState, SealedRecord, lost_units};
 use tokio_postgres::{GenericClient, Transaction};
 
@@ -45,6 +46,8 @@ pub struct StatusTotals {
 pub(crate) struct Delta {
     products: BTreeMap<String, [i64; 6]>,
     held: BTreeMap<String, (i64, i64)>,
+    /// Usage moved between hours (hour, product, dimension): micro-units.
+    hours: BTreeMap<(i64, String, String), i128>,
 }
 
 const RECORDS: usize = 0;
@@ -94,6 +97,18 @@ impl Delta {
     pub fn replaced(&mut self, old: &SealedRecord, new: &SealedRecord) {
         self.count(old, -1);
         self.count(new, 1);
+    }
+
+    /// Usage of a bucket moved from one hour to another (a roll-over, a mapping into a free hour).
+    pub fn usage_moved(&mut self, product: &str, dimension: &str, from_hour: i64, to_hour: i64, q: Micros) {
+        if from_hour == to_hour || q == Micros::ZERO {
+            return;
+        }
+        let q = i128::try_from(q.0).unwrap_or(i128::MAX);
+        for (hour, sign) in [(from_hour, -1), (to_hour, 1)] {
+            let h = self.hours.entry((hour, product.to_string(), dimension.to_string())).or_default();
+            *h = h.saturating_add(sign * q);
+        }
     }
 
     /// Buckets of `product` opened (positive) or closed (negative).
@@ -156,6 +171,21 @@ impl Delta {
             )
             .await?;
             tx.execute("DELETE FROM meterd_held_totals WHERE tenant = ANY($1) AND records = 0", &[&tenants]).await?;
+        }
+        let hours: Vec<(&(i64, String, String), &i128)> = self.hours.iter().filter(|(_, q)| **q != 0).collect();
+        if !hours.is_empty() {
+            let hour: Vec<i64> = hours.iter().map(|(k, _)| k.0).collect();
+            let products: Vec<&str> = hours.iter().map(|(k, _)| k.1.as_str()).collect();
+            let dimensions: Vec<&str> = hours.iter().map(|(k, _)| k.2.as_str()).collect();
+            let change: Vec<String> = hours.iter().map(|(_, q)| q.to_string()).collect();
+            tx.execute(
+                "INSERT INTO meterd_hour_totals AS t (hour_ms, product, dimension, shard, total)
+                 SELECT h, p, d, '', q::numeric FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[])
+                      AS u(h, p, d, q) ORDER BY 1, 2, 3
+                 ON CONFLICT (hour_ms, product, dimension, shard) DO UPDATE SET total = t.total + excluded.total",
+                &[&hour, &products, &dimensions, &change],
+            )
+            .await?;
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use meterd_fleet::lease::{self, Lease, Terms};
 use meterd_fleet::seal::{self, SealRules};
 use meterd_fleet::test_postgres::TestPostgres;
 use meterd_fleet::totals::{self, StatusTotals};
-use meterd_fleet::{Client, migrate, nodes, registry};
+use meterd_fleet::{Client, hours, migrate, nodes, registry};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -176,6 +176,8 @@ impl World {
         let kept = totals::kept(&self.c).await.unwrap();
         let scratch = totals::recount(&self.c).await.unwrap();
         assert_eq!(kept, scratch, "after step {step} ({what}): kept totals differ from a from-scratch aggregate");
+        let (hours, hours_scratch) = (hours::kept(&self.c).await.unwrap(), hours::recount(&self.c).await.unwrap());
+        assert_eq!(hours, hours_scratch, "after step {step} ({what}): kept hour totals differ from the ledger's");
         kept
     }
 }
@@ -185,6 +187,8 @@ async fn back_to_version_4(c: &Client) {
     c.batch_execute(
         "DROP TABLE meterd_queue_totals;
          DROP TABLE meterd_held_totals;
+         DROP TABLE meterd_hour_totals;
+         DROP INDEX meterd_records_usage;
          ALTER TABLE meterd_watermarks DROP COLUMN late, DROP COLUMN buckets_opened;
          DROP INDEX meterd_records_pending;
          CREATE INDEX meterd_records_pending ON meterd_records (deadline_ms) WHERE state IN ('sealed', 'in_flight');
@@ -275,9 +279,9 @@ async fn a_write_that_fails_changes_neither_the_ledger_nor_the_totals() {
     // A write whose totals update fails must not change the ledger, and one whose ledger change fails must not
     // change the totals: a failure injected at one table aborts the write's whole transaction. (Totals written in
     // a transaction of their own, before or after the ledger's, would disagree with the ledger here.)
-    for (k, table) in
-        ["meterd_held_totals", "meterd_queue_totals", "meterd_records", "meterd_buckets"].into_iter().enumerate()
-    {
+    let tables =
+        ["meterd_held_totals", "meterd_queue_totals", "meterd_hour_totals", "meterd_records", "meterd_buckets"];
+    for (k, table) in tables.into_iter().enumerate() {
         fail_writes_to(&w.c, table).await;
         let m = TenantMapping {
             tenant_id: format!("t{k}"),
@@ -297,8 +301,18 @@ async fn a_write_that_fails_changes_neither_the_ledger_nor_the_totals() {
         ];
         let update = seal::update_records(&mut w.c, &w.lease, &updates).await;
         let sealed = seal::seal(&mut w.c, &w.lease, &products(), w.open, &POLICY, RULES).await;
+        let event = UsageEvent {
+            idempotency_key: format!("extra-{k}"),
+            product: "p".into(),
+            identity: customer(1),
+            dimension: "requests".into(),
+            quantity: Micros(2_500_000),
+            timestamp_ms: Some(w.open + 1),
+            tags: Default::default(),
+        };
+        let forwarded = forward::forward(&mut w.c, "a", &[Acked { event, received_ms: now_ms() }], now_ms()).await;
         allow_writes_to(&w.c, table).await;
-        let failed = [mapped.is_err(), update.is_err(), sealed.is_err()];
+        let failed = [mapped.is_err(), update.is_err(), sealed.is_err(), forwarded.is_err()];
         assert!(failed.iter().any(|f| *f), "no write touched {table}");
         w.check(1, &format!("writes failing at {table}: {failed:?}")).await;
     }

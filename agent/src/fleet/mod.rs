@@ -4,6 +4,7 @@
 
 pub mod flush;
 pub mod forwarder;
+pub mod hours;
 pub mod leader;
 pub mod registry;
 pub mod report;

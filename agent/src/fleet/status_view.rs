@@ -57,6 +57,7 @@ pub async fn fill(
     status.units_lost = 0;
     status.events_stored = 0;
     status.late_events = 0;
+    status.usage_drops.clear();
     let read = read(node, config, now_ms, depth.entries, status, &mut fleet);
     match tokio::time::timeout(TIMEOUT, read).await {
         Ok(Ok(())) => {
@@ -143,6 +144,10 @@ async fn read(
             lease_expires: Some(timestamp(now_ms + left_ms)),
         });
     }
+    // The fleet's usage drops (this agent's spool holds no usage to compare).
+    let drops =
+        super::hours::last_ended_hour(client, crate::silence::settings(config), now_ms).await.map_err(|x| e(&x))?;
+    status.usage_drops = drops.iter().map(crate::server::convert::drop_to_wire).collect();
     Ok(())
 }
 
