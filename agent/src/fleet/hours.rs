@@ -69,6 +69,16 @@ impl HourReads for FleetHours {
     }
 }
 
+/// The fleet's usage drops for `report` (a session of its own), or why they cannot be read.
+pub async fn of_fleet(
+    node: &super::Node,
+    config: &crate::config::Config,
+    now_ms: UnixMillis,
+) -> Result<Vec<UsageDrop>, String> {
+    let client = node.db.connect().await.map_err(|e| super::describe(&super::chain(&e)))?;
+    last_ended_hour(client, crate::silence::settings(config), now_ms).await.map_err(|e| e.to_string())
+}
+
 /// The fleet's usage drops in the hour that ended last before `now_ms`.
 pub async fn last_ended_hour(
     client: meterd_fleet::Client,
