@@ -21,11 +21,55 @@ use std::collections::BTreeMap;
 use crate::clock::{HOUR_MS, UnixMillis, hour_start};
 use crate::config::Config;
 use crate::domain::event::Identity;
+use crate::domain::event::{Bucket, BucketKey};
 use crate::domain::quantity::Micros;
+use crate::domain::record::SealedRecord;
 use crate::domain::silence::{SeriesUsage, Settings, UsageDrop, baseline_hours, detect_series, watched};
+use crate::store::hour_totals::HourSummary;
 use crate::store::{Ledger, StoreError};
 
 type Pd = (String, String);
+
+/// What the detection reads of a ledger, hour by hour: every [`Ledger`] (the sled store's kept summaries), and the
+/// fleet's shared ledger in PostgreSQL (`fleet::hours`), so both detect drops with this one code.
+pub trait HourReads {
+    fn first_hour(&self) -> Result<Option<UnixMillis>, StoreError>;
+    fn hour_summaries(&self, hour_ms: UnixMillis) -> Result<Vec<HourSummary>, StoreError>;
+    fn buckets_of_hour(&self, hour_ms: UnixMillis) -> Result<Vec<(BucketKey, Bucket)>, StoreError>;
+    fn series_usage(
+        &self,
+        hour_ms: UnixMillis,
+        product: &str,
+        identity: &Identity,
+        dimension: &str,
+    ) -> Result<Micros, StoreError>;
+    /// Every record of the hour: only the scan reference ([`last_ended_hour_by_scan`]) reads it.
+    fn records_of_hour(&self, hour_ms: UnixMillis) -> Result<Vec<SealedRecord>, StoreError>;
+}
+
+impl<L: Ledger + ?Sized> HourReads for L {
+    fn first_hour(&self) -> Result<Option<UnixMillis>, StoreError> {
+        Ledger::first_hour(self)
+    }
+    fn hour_summaries(&self, hour_ms: UnixMillis) -> Result<Vec<HourSummary>, StoreError> {
+        Ledger::hour_summaries(self, hour_ms)
+    }
+    fn buckets_of_hour(&self, hour_ms: UnixMillis) -> Result<Vec<(BucketKey, Bucket)>, StoreError> {
+        Ledger::buckets_of_hour(self, hour_ms)
+    }
+    fn series_usage(
+        &self,
+        hour_ms: UnixMillis,
+        product: &str,
+        identity: &Identity,
+        dimension: &str,
+    ) -> Result<Micros, StoreError> {
+        Ledger::series_usage(self, hour_ms, product, identity, dimension)
+    }
+    fn records_of_hour(&self, hour_ms: UnixMillis) -> Result<Vec<SealedRecord>, StoreError> {
+        Ledger::records_of_hour(self, hour_ms)
+    }
+}
 
 fn add(to: &mut Micros, q: Micros) {
     *to = Micros(to.0.saturating_add(q.0));
@@ -41,7 +85,7 @@ struct Listed {
 /// The drops of the hour that ended last before `now_ms` (usage is compared as soon as the hour ends; the
 /// seal does not have to have happened).
 pub fn last_ended_hour(
-    store: &(impl Ledger + ?Sized),
+    store: &(impl HourReads + ?Sized),
     settings: &Settings,
     now_ms: UnixMillis,
 ) -> Result<Vec<UsageDrop>, StoreError> {
@@ -127,7 +171,7 @@ pub fn last_ended_hour(
 /// The drops of the last ended hour computed from every record and bucket of the hours read (the detection
 /// before hour summaries were kept): the reference [`last_ended_hour`] is tested against.
 pub fn last_ended_hour_by_scan(
-    store: &(impl Ledger + ?Sized),
+    store: &(impl HourReads + ?Sized),
     settings: &Settings,
     now_ms: UnixMillis,
 ) -> Result<Vec<UsageDrop>, StoreError> {

@@ -50,6 +50,8 @@ impl SslMode {
 pub enum ConnectError {
     #[error("{field}: {reason}")]
     Config { field: &'static str, reason: String },
+    #[error(transparent)]
+    Iam(#[from] crate::iam::IamError),
     #[error("fleet database: {0}")]
     Db(#[from] tokio_postgres::Error),
 }
@@ -65,6 +67,8 @@ pub struct Database {
     pub ssl_mode: SslMode,
     pub root_cert: Option<PathBuf>,
     roots: Option<Vec<CertificateDer<'static>>>,
+    /// IAM database authentication: each new connection's password is a fresh token ([`crate::iam`]).
+    iam: Option<crate::iam::IamAuth>,
 }
 
 impl std::fmt::Debug for Database {
@@ -77,6 +81,7 @@ impl std::fmt::Debug for Database {
             .field("dbname", &self.config.get_dbname())
             .field("ssl_mode", &self.ssl_mode)
             .field("root_cert", &self.root_cert)
+            .field("iam", &self.iam)
             .finish()
     }
 }
@@ -156,7 +161,56 @@ impl Database {
             }
             None => None,
         };
-        Ok(Database { config, ssl_mode, root_cert, roots })
+        Ok(Database { config, ssl_mode, root_cert, roots, iam: None })
+    }
+
+    /// Whether this URL can be used with IAM database authentication: a user to authenticate, no password of its
+    /// own (the token is the password), and TLS (RDS accepts tokens only over an encrypted connection: `prefer`
+    /// could fall back to plain text).
+    pub fn check_iam(&self) -> Result<(), ConnectError> {
+        const WHY: &str = "with fleet.iam_auth = true";
+        if !matches!(self.ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
+            return Err(config_error(
+                "fleet.database_url",
+                format!(
+                    "sslmode must be require, verify-ca or verify-full {WHY} (RDS accepts IAM authentication tokens \
+                     only over TLS; verify-full with the RDS CA bundle as sslrootcert is the safe choice)"
+                ),
+            ));
+        }
+        if self.config.get_user().is_none_or(str::is_empty) {
+            return Err(config_error("fleet.database_url", format!("must name the database user {WHY}")));
+        }
+        if self.config.get_password().is_some() {
+            return Err(config_error(
+                "fleet.database_url",
+                format!("must not hold a password {WHY} (each connection's password is an IAM token)"),
+            ));
+        }
+        if !matches!(self.config.get_hosts().first(), Some(tokio_postgres::config::Host::Tcp(_))) {
+            return Err(config_error("fleet.database_url", format!("must name a TCP host {WHY}")));
+        }
+        Ok(())
+    }
+
+    /// Authenticates every new connection with a fresh IAM token (see [`crate::iam`]), after [`Self::check_iam`].
+    pub fn with_iam(self, iam: crate::iam::IamAuth) -> Result<Self, ConnectError> {
+        self.check_iam()?;
+        Ok(Database { iam: Some(iam), ..self })
+    }
+
+    /// The session's settings: with IAM authentication, a fresh token as the password.
+    async fn session_config(&self) -> Result<std::borrow::Cow<'_, tokio_postgres::Config>, ConnectError> {
+        let Some(iam) = &self.iam else { return Ok(std::borrow::Cow::Borrowed(&self.config)) };
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.as_str(),
+            _ => return Err(config_error("fleet.database_url", "must name a TCP host with fleet.iam_auth = true")),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let user = self.config.get_user().unwrap_or_default();
+        let mut config = self.config.clone();
+        config.password(iam.token(host, port, user).await?);
+        Ok(std::borrow::Cow::Owned(config))
     }
 
     fn tls(&self) -> Result<rustls::ClientConfig, ConnectError> {
@@ -192,13 +246,14 @@ impl Database {
 
     /// Opens a session and drives it on a task.
     pub async fn connect(&self) -> Result<Client, ConnectError> {
+        let config = self.session_config().await?;
         let client = if self.ssl_mode == SslMode::Disable {
-            let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
             tokio::spawn(drive(connection));
             client
         } else {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls()?);
-            let (client, connection) = self.config.connect(tls).await?;
+            let (client, connection) = config.connect(tls).await?;
             tokio::spawn(drive(connection));
             client
         };

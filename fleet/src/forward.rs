@@ -313,7 +313,8 @@ async fn try_apply(
     }
 
     insert_events(&tx, node_id, &new_events).await?;
-    add_to_buckets(&tx, &mut buckets).await?;
+    let opened = add_to_buckets(&tx, &mut buckets).await?;
+    add_to_hour_totals(&tx, node_id, &buckets).await?;
     for (a, digest, existing_node, existing_hour) in &conflicts {
         let existing_digest =
             known.get(&a.event.idempotency_key).map(|(s, _)| s.digest.bytes().to_vec()).unwrap_or_default();
@@ -345,17 +346,24 @@ async fn try_apply(
             existing_hour_ms: *existing_hour,
         });
     }
-    if let Mode::Forward { watermark_ms } = mode {
-        tx.execute(
-            "INSERT INTO meterd_watermarks (node_id, watermark_ms, forwarded) VALUES ($1, $2, $3)
-             ON CONFLICT (node_id) DO UPDATE
-                 SET watermark_ms = greatest(meterd_watermarks.watermark_ms, excluded.watermark_ms),
-                     forwarded = meterd_watermarks.forwarded + excluded.forwarded,
-                     updated_at = now()",
-            &[&node_id, &watermark_ms, &(out.stored as i64)],
-        )
-        .await?;
-    }
+    // A `PgLedger`'s own writes (`Mode::Ingest`) are counted like a node's forwards, under its writer id, but move
+    // no watermark: nothing was acknowledged ahead of them (and it is no node of `meterd_nodes` a seal waits for).
+    let watermark_ms = match mode {
+        Mode::Forward { watermark_ms } => watermark_ms,
+        Mode::Ingest { .. } => i64::MIN,
+    };
+    tx.execute(
+        "INSERT INTO meterd_watermarks (node_id, watermark_ms, forwarded, late, buckets_opened)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (node_id) DO UPDATE
+             SET watermark_ms = greatest(meterd_watermarks.watermark_ms, excluded.watermark_ms),
+                 forwarded = meterd_watermarks.forwarded + excluded.forwarded,
+                 late = meterd_watermarks.late + excluded.late,
+                 buckets_opened = meterd_watermarks.buckets_opened + excluded.buckets_opened,
+                 updated_at = now()",
+        &[&node_id, &watermark_ms, &(out.stored as i64), &(out.late as i64), &opened],
+    )
+    .await?;
     tx.commit().await?;
     let outcomes = outcomes.into_iter().map(|o| o.expect("every event is decided once")).collect();
     Ok((out, outcomes))
@@ -389,14 +397,46 @@ async fn insert_events(
     Ok(())
 }
 
+/// Adds the batch's usage to the hour × product × dimension totals (`status`'s usage drops), in this node's own
+/// rows, in key order.
+async fn add_to_hour_totals(
+    tx: &tokio_postgres::Transaction<'_>,
+    node_id: &str,
+    buckets: &[(BucketKey, Bucket)],
+) -> Result<(), tokio_postgres::Error> {
+    let mut sums: BTreeMap<(i64, &str, &str), u128> = BTreeMap::new();
+    for (k, b) in buckets {
+        let s = sums.entry((k.hour_ms, k.product.as_str(), k.dimension.as_str())).or_default();
+        *s = s.saturating_add(b.total.0);
+    }
+    sums.retain(|_, s| *s > 0);
+    if sums.is_empty() {
+        return Ok(());
+    }
+    let hours: Vec<i64> = sums.keys().map(|k| k.0).collect();
+    let products: Vec<&str> = sums.keys().map(|k| k.1).collect();
+    let dimensions: Vec<&str> = sums.keys().map(|k| k.2).collect();
+    let totals: Vec<String> = sums.values().map(|s| s.to_string()).collect();
+    tx.execute(
+        "INSERT INTO meterd_hour_totals AS t (hour_ms, product, dimension, shard, total)
+         SELECT h, p, d, $5, s::numeric FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[]) AS u(h, p, d, s)
+         ORDER BY 1, 2, 3
+         ON CONFLICT (hour_ms, product, dimension, shard) DO UPDATE SET total = t.total + excluded.total",
+        &[&hours, &products, &dimensions, &totals, &node_id],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Adds the batch's increments to the shared totals, in key order (every forward locks bucket rows in the same
-/// order, so concurrent forwards queue rather than deadlock).
+/// order, so concurrent forwards queue rather than deadlock). Returns how many buckets it opened (new rows), for
+/// the node's count of them (`status`'s open buckets).
 async fn add_to_buckets(
     tx: &tokio_postgres::Transaction<'_>,
     buckets: &mut [(BucketKey, Bucket)],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<i64, tokio_postgres::Error> {
     if buckets.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let rows: BTreeMap<(i64, &str, String, &str, String), &Bucket> = buckets
         .iter()
@@ -421,17 +461,23 @@ async fn add_to_buckets(
     let totals: Vec<String> = rows.values().map(|b| codec::micros_text(b.total)).collect();
     let counts: Vec<i64> = rows.values().map(|b| b.events as i64).collect();
     let late: Vec<String> = rows.values().map(|b| codec::micros_text(b.late)).collect();
-    tx.execute(
-        "INSERT INTO meterd_buckets (hour_ms, product, customer, dimension, tags, total, events, late)
-         SELECT h, p, c, d, t, tot::numeric, e, l::numeric
-         FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[])
-              AS u(h, p, c, d, t, tot, e, l)
-         ON CONFLICT (hour_ms, product, customer, dimension, tags) DO UPDATE
-             SET total = meterd_buckets.total + excluded.total,
-                 events = meterd_buckets.events + excluded.events,
-                 late = meterd_buckets.late + excluded.late",
-        &[&hours, &products, &customers, &dimensions, &tags, &totals, &counts, &late],
-    )
-    .await?;
-    Ok(())
+    // xmax = 0: the row was inserted, not updated (PostgreSQL's tell for an upsert's outcome).
+    let opened: i64 = tx
+        .query_one(
+            "WITH up AS (
+                 INSERT INTO meterd_buckets (hour_ms, product, customer, dimension, tags, total, events, late)
+                 SELECT h, p, c, d, t, tot::numeric, e, l::numeric
+                 FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
+                             $8::text[]) AS u(h, p, c, d, t, tot, e, l)
+                 ON CONFLICT (hour_ms, product, customer, dimension, tags) DO UPDATE
+                     SET total = meterd_buckets.total + excluded.total,
+                         events = meterd_buckets.events + excluded.events,
+                         late = meterd_buckets.late + excluded.late
+                 RETURNING xmax = 0 AS opened)
+             SELECT count(*) FILTER (WHERE opened) FROM up",
+            &[&hours, &products, &customers, &dimensions, &tags, &totals, &counts, &late],
+        )
+        .await?
+        .get(0);
+    Ok(opened)
 }

@@ -1,6 +1,7 @@
 //! meterd fleet mode on PostgreSQL: the shared ledger and the coordination of the agents that write it.
 //!
 //! - [`connect`]: the database URL, password file and TLS (rustls, libpq's `sslmode` semantics).
+//! - [`iam`]: IAM database authentication for RDS / Aurora (a fresh token as each connection's password).
 //! - [`migrate`]: the schema, versioned, applied at start under a transaction-scoped advisory lock (so that many
 //!   agents starting at once apply each migration exactly once, and a pooler cannot strand the lock).
 //! - [`nodes`]: the node registry — unique node ids, incarnations, heartbeats.
@@ -15,7 +16,9 @@
 //! - [`registry`]: the fleet-wide customer registry — tenant mappings, lifecycles, agreements — by revision.
 //! - [`seal_requests`]: `meterd flush` on any agent asks the account's lease holder to seal ended hours now.
 //! - [`views`]: reads for `GET /fleet` and tests.
-//! - [`report`]: bounded keyset pages of the ledger for the report, its structure stamp, the queue's totals.
+//! - [`report`]: bounded keyset pages of the ledger for the report, its structure stamp.
+//! - [`totals`]: `status`'s figures kept in the transactions that change them (O(1) reads).
+//! - [`hours`]: one hour's usage per product × dimension and its biggest records, for usage-drop detection.
 //! - [`test_postgres`]: a real throwaway PostgreSQL server for tests (initdb + pg_ctl in a temp dir).
 //!
 //! The database's `now()` is the only clock: agents' clocks may disagree; the database is the one they share.
@@ -23,6 +26,8 @@
 pub mod codec;
 pub mod connect;
 pub mod forward;
+pub mod hours;
+pub mod iam;
 pub mod lease;
 pub mod migrate;
 pub mod nodes;
@@ -33,6 +38,7 @@ pub mod retention;
 pub mod seal;
 pub mod seal_requests;
 pub mod test_postgres;
+pub mod totals;
 pub mod views;
 
 pub use tokio_postgres::{Client, Error as PgError};

@@ -15,7 +15,8 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "ledger", sql: include_str!("../migrations/0002_ledger.sql") },
     Migration { version: 3, name: "registry", sql: include_str!("../migrations/0003_registry.sql") },
     Migration { version: 4, name: "seal_requests", sql: include_str!("../migrations/0004_seal_requests.sql") },
-    Migration { version: 5, name: "retention", sql: include_str!("../migrations/0005_retention.sql") },
+    Migration { version: 5, name: "status_totals", sql: include_str!("../migrations/0005_status_totals.sql") },
+    Migration { version: 6, name: "retention", sql: include_str!("../migrations/0006_retention.sql") },
 ];
 
 /// The advisory lock key of the migrator (an arbitrary constant; other applications in the same database are

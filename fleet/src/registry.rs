@@ -31,6 +31,7 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::codec::{self, Corrupt};
 use crate::lease::{self, Lease, LeaseError};
+use crate::totals::Delta;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -197,6 +198,7 @@ async fn try_put_mapping(
     let tenant = codec::identity_text(&Identity::Tenant(m.tenant_id.clone()));
     let identity = codec::identity_text(&m.identity);
     let mut out = MappingPut::default();
+    let mut totals = Delta::default();
 
     let rows = tx
         .query(
@@ -205,6 +207,7 @@ async fn try_put_mapping(
             &[&m.product, &tenant],
         )
         .await?;
+    totals.buckets(&m.product, -(rows.len() as i64));
     let mut moved: Vec<(i64, String, String, Bucket)> = Vec::with_capacity(rows.len());
     for r in &rows {
         let events: i64 = r.get(4);
@@ -220,7 +223,9 @@ async fn try_put_mapping(
             hour = free_hour(&tx, hour.max(open_hour), &m.product, &identity, &m.identity, &dimension).await?;
             b.late = b.total;
         }
-        add_bucket(&tx, hour, &m.product, &identity, &dimension, &tags, &b).await?;
+        let opened = add_bucket(&tx, hour, &m.product, &identity, &dimension, &tags, &b).await?;
+        totals.buckets(&m.product, i64::from(opened));
+        totals.usage_moved(&m.product, &dimension, hour_ms, hour, b.total);
         out.moved += 1;
     }
 
@@ -238,6 +243,7 @@ async fn try_put_mapping(
         if r.sent_as.is_some() {
             continue;
         }
+        let old = r.clone();
         let new = if !aws_key_taken(&tx, r.key.hour_ms, &m.product, &identity, &m.identity, &r.key.dimension).await? {
             out.sent_as += 1;
             SealedRecord { sent_as: Some(m.identity.clone()), ..r }
@@ -254,7 +260,10 @@ async fn try_put_mapping(
             )
             .await?;
             // The carry is sealed with the series' next bucket: make sure there is one.
-            add_bucket(&tx, into_hour_ms, &m.product, &identity, &r.key.dimension, "{}", &Bucket::default()).await?;
+            let opened =
+                add_bucket(&tx, into_hour_ms, &m.product, &identity, &r.key.dimension, "{}", &Bucket::default())
+                    .await?;
+            totals.buckets(&m.product, i64::from(opened));
             tracing::warn!(record = ?r.key, into = %m.identity.label(), units = r.quantity,
                 "held usage maps to an AWS key another record already has: merged into the identity's next hour");
             out.merged += 1;
@@ -267,11 +276,14 @@ async fn try_put_mapping(
             &[&new.key.hour_ms, &m.product, &tenant, &new.key.dimension, &codec::record_text(&new), &new.state.name()],
         )
         .await?;
+        totals.replaced(&old, &new);
     }
+    totals.write(&tx).await?;
     tx.commit().await?;
     Ok(out)
 }
 
+/// Adds `b` to a bucket; true when that opened it (a new row).
 async fn add_bucket(
     tx: &Transaction<'_>,
     hour_ms: i64,
@@ -280,27 +292,29 @@ async fn add_bucket(
     dimension: &str,
     tags: &str,
     b: &Bucket,
-) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
-        "INSERT INTO meterd_buckets (hour_ms, product, customer, dimension, tags, total, events, late)
+) -> Result<bool, tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            "INSERT INTO meterd_buckets (hour_ms, product, customer, dimension, tags, total, events, late)
          VALUES ($1, $2, $3, $4, $5, $6::text::numeric, $7, $8::text::numeric)
          ON CONFLICT (hour_ms, product, customer, dimension, tags) DO UPDATE
              SET total = meterd_buckets.total + excluded.total,
                  events = meterd_buckets.events + excluded.events,
-                 late = meterd_buckets.late + excluded.late",
-        &[
-            &hour_ms,
-            &product,
-            &customer,
-            &dimension,
-            &tags,
-            &codec::micros_text(b.total),
-            &(b.events as i64),
-            &codec::micros_text(b.late),
-        ],
-    )
-    .await?;
-    Ok(())
+                 late = meterd_buckets.late + excluded.late
+         RETURNING xmax = 0",
+            &[
+                &hour_ms,
+                &product,
+                &customer,
+                &dimension,
+                &tags,
+                &codec::micros_text(b.total),
+                &(b.events as i64),
+                &codec::micros_text(b.late),
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// Whether a record that is (or will be) sent as `identity` has the AWS key (hour, product, identity,
@@ -724,6 +738,7 @@ async fn seal_left(
     };
     let params = SealParams { now_ms, ..params.clone() };
     let mut out = LeavingSealed::default();
+    let mut totals = Delta::default();
     for product in products {
         let rows = tx
             .query(
@@ -755,25 +770,29 @@ async fn seal_left(
         for (cap, buckets) in by_cap {
             out.buckets += buckets.len() as u64;
             for (k, _) in &buckets {
-                tx.execute(
-                    "DELETE FROM meterd_buckets
+                let closed = tx
+                    .execute(
+                        "DELETE FROM meterd_buckets
                      WHERE hour_ms = $1 AND product = $2 AND customer = $3 AND dimension = $4 AND tags = $5",
-                    &[
-                        &k.hour_ms,
-                        &product,
-                        &codec::identity_text(&k.identity),
-                        &k.dimension,
-                        &codec::tags_text(&k.tags),
-                    ],
-                )
-                .await?;
+                        &[
+                            &k.hour_ms,
+                            &product,
+                            &codec::identity_text(&k.identity),
+                            &k.dimension,
+                            &codec::tags_text(&k.tags),
+                        ],
+                    )
+                    .await?;
+                totals.buckets(product, -(closed as i64));
             }
-            let (s, taken) = crate::seal::seal_buckets(&tx, lease, product, buckets, &params, Some(cap)).await?;
+            let (s, taken) =
+                crate::seal::seal_buckets(&tx, lease, product, buckets, &params, Some(cap), &mut totals).await?;
             out.records += s.records;
             // Sealed on a later pass, once its hour has begun (a record is never sent for an hour to come).
-            crate::seal::roll_over(&tx, taken, |h| h + HOUR_MS).await?;
+            crate::seal::roll_over(&tx, taken, |h| h + HOUR_MS, &mut totals).await?;
         }
     }
+    totals.write(&tx).await?;
     tx.commit().await?;
     Ok(out)
 }

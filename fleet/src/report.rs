@@ -1,13 +1,12 @@
 //! Bounded reads of the shared ledger for the agent's report and `status`: keyset pages of the sealed records,
 //! the open buckets and the carried fractions (each in its primary key's order, so a page is an index range
 //! scan of `limit` rows, never the whole table), the structure stamp that tells a reader of many pages whether
-//! a seal moved usage between two of them, and the queue's totals.
+//! a seal moved usage between two of them. (`status`'s figures: [`crate::totals`].)
 //!
 //! Keys are compared in the columns' own collation, the one their primary key index is built with: the cursor
 //! condition `(a, b, …) > ($1, $2, …)` and the `ORDER BY a, b, …` then agree on one total order (the default
 //! collations are deterministic), whatever the database's locale.
 
-use meterd_core::clock::UnixMillis;
 use meterd_core::domain::event::{Bucket, BucketKey, Identity};
 use meterd_core::domain::quantity::Micros;
 use meterd_core::domain::record::{RecordKey, SealedRecord};
@@ -174,78 +173,22 @@ pub async fn structure(client: &impl GenericClient) -> Result<u64, ViewError> {
     Ok(stamp.max(0) as u64)
 }
 
-/// Records AWS answered DuplicateRecord on their first send, and their whole units (revenue lost for good). Reads
-/// the rejected records only (partial index `meterd_records_rejected`).
+/// Records AWS answered DuplicateRecord on their first send, and their whole units (revenue lost for good): the
+/// kept totals (`meterd_queue_totals`, one row per product, written with every record update), which retention
+/// never lowers — as the sled store's `m/lost` — so revenue lost stays visible after its records are compacted.
 pub async fn lost(client: &impl GenericClient) -> Result<(u64, u64), ViewError> {
-    // Those still in the ledger, plus those retention removed (kept apart in `meterd_compacted`).
     let row = client
         .query_one(
-            "SELECT ((SELECT count(*) FROM meterd_records
-                      WHERE state = 'rejected' AND record->'state'->'Rejected'->>'reason' = 'DuplicateRecord')
-                     + (SELECT coalesce(sum(lost_records), 0) FROM meterd_compacted))::int8,
-                    ((SELECT coalesce(sum((record->>'quantity')::int8), 0) FROM meterd_records
-                      WHERE state = 'rejected' AND record->'state'->'Rejected'->>'reason' = 'DuplicateRecord')
-                     + (SELECT coalesce(sum(lost_units), 0) FROM meterd_compacted))::int8",
+            "SELECT coalesce(sum(lost_records), 0)::int8, coalesce(sum(lost_units), 0)::int8 FROM meterd_queue_totals",
             &[],
         )
         .await?;
     let (records, units): (i64, i64) = (row.get(0), row.get(1));
-    Ok((records as u64, units as u64))
+    Ok((records.max(0) as u64, units.max(0) as u64))
 }
 
 /// Conflicts recorded: keys forwarded with other content than the event counted under them.
 pub async fn conflict_count(client: &impl GenericClient) -> Result<u64, ViewError> {
     let n: i64 = client.query_one("SELECT count(*) FROM meterd_conflicts", &[]).await?.get(0);
     Ok(n as u64)
-}
-
-/// What `status` shows of the fleet's submission queue (sealed or in-flight records), by aggregates over the
-/// pending index: the answer is a few rows whatever the queue holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct QueueView {
-    pub records: u64,
-    pub in_flight: u64,
-    pub units: u64,
-    pub oldest_hour_ms: Option<UnixMillis>,
-    pub first_deadline_ms: Option<UnixMillis>,
-    /// Pending records held under a tenant with no identity sent yet: (tenant, records, units). At risk while the
-    /// tenant has no mapping (the caller knows the mappings).
-    pub held: Vec<(String, u64, u64)>,
-}
-
-/// The queue's totals, and its held tenants (at most `max_tenants`, most records first).
-pub async fn queue(client: &impl GenericClient, max_tenants: i64) -> Result<QueueView, ViewError> {
-    let row = client
-        .query_one(
-            "SELECT count(*), count(*) FILTER (WHERE state = 'in_flight'),
-                    coalesce(sum((record->>'quantity')::int8), 0)::int8, min(hour_ms), min(deadline_ms)
-             FROM meterd_records WHERE state IN ('sealed', 'in_flight')",
-            &[],
-        )
-        .await?;
-    let (records, in_flight, units): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    let held = client
-        .query(
-            "SELECT record->'key'->'identity'->>'Tenant', count(*), coalesce(sum((record->>'quantity')::int8), 0)::int8
-             FROM meterd_records
-             WHERE state IN ('sealed', 'in_flight') AND record->'key'->'identity' ? 'Tenant'
-               AND coalesce(record->'sent_as', 'null'::jsonb) = 'null'::jsonb
-             GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $1",
-            &[&max_tenants],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let (n, u): (i64, i64) = (r.get(1), r.get(2));
-            (r.get::<_, String>(0), n as u64, u as u64)
-        })
-        .collect();
-    Ok(QueueView {
-        records: records as u64,
-        in_flight: in_flight as u64,
-        units: units as u64,
-        oldest_hour_ms: row.get(3),
-        first_deadline_ms: row.get(4),
-        held,
-    })
 }

@@ -3,9 +3,10 @@
 //! The account's lease holder runs a pass every hour: terminal records (accepted, rejected, expired, carried,
 //! merged) whose hour is older than `storage.retention` are deleted, and the day partitions of event keys older
 //! than `storage.dedupe_window` are dropped ([`crate::partitions::drop_expired`]). What they held is folded into
-//! `meterd_compacted` (one row per product) in the same transaction as the delete, so the report's totals and
-//! the revenue lost never shrink when history goes, and the ledger's tables stay bounded by the retention, not by
-//! every hour ever sealed.
+//! `meterd_compacted` (one row per product) in the same transaction as the delete, so the report's totals never
+//! shrink when history goes (the revenue lost is kept in `meterd_queue_totals`, which retention never lowers), and
+//! the ledger's tables — records, their kept hour totals, event keys — stay bounded by the retention and the
+//! window, not by every hour ever sealed.
 //!
 //! Records leave in batches of [`BATCH`] per transaction (a short lock on few rows, never a long one over the
 //! history), each fenced by the lease like every other write of the holder's, oldest hour first over the partial
@@ -16,7 +17,7 @@ use std::collections::BTreeMap;
 
 use meterd_core::clock::UnixMillis;
 use meterd_core::domain::quantity::Micros;
-use meterd_core::domain::record::{RecordState, lost_units};
+use meterd_core::domain::record::RecordState;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::codec;
@@ -39,9 +40,6 @@ pub struct Compacted {
     pub accepted: u64,
     pub rejected: u64,
     pub expired: u64,
-    /// Records rejected DuplicateRecord on their first send, and their units (revenue lost for good).
-    pub lost_records: u64,
-    pub lost_units: u64,
 }
 
 impl Compacted {
@@ -54,8 +52,6 @@ impl Compacted {
         self.accepted += o.accepted;
         self.rejected += o.rejected;
         self.expired += o.expired;
-        self.lost_records += o.lost_records;
-        self.lost_units += o.lost_units;
         Ok(())
     }
 }
@@ -92,9 +88,13 @@ pub async fn compact_records(
             )
             .await?;
         let mut by_product: BTreeMap<String, Compacted> = BTreeMap::new();
+        // What the deleted records recorded, by hour × product × dimension (the kept hour totals, below).
+        let mut gone: BTreeMap<(i64, String, String), Micros> = BTreeMap::new();
         let (mut hours, mut prods, mut customers, mut dims) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for row in &rows {
             let r = codec::record_of(row.get(4))?;
+            let e = gone.entry((r.key.hour_ms, r.key.product.clone(), r.key.dimension.clone())).or_default();
+            *e = e.try_add(r.recorded).map_err(|_| SealError::Overflow("an hour's usage".into()))?;
             let c = by_product.entry(r.key.product.clone()).or_default();
             let q = u64::from(r.quantity);
             match &r.state {
@@ -110,10 +110,6 @@ pub async fn compact_records(
                         detail: format!("{:?} is {} in its JSON but terminal in its state column", r.key, other.name()),
                     }));
                 }
-            }
-            if let Some(units) = lost_units(&r) {
-                c.lost_records += 1;
-                c.lost_units += units;
             }
             c.add(&Compacted { records: 1, recorded: r.recorded, late: r.late, ..Default::default() })?;
             hours.push(row.get::<_, i64>(0));
@@ -133,6 +129,33 @@ pub async fn compact_records(
             &[&hours, &prods, &customers, &dims],
         )
         .await?;
+        // The kept hour totals (`meterd_hour_totals`, usage drops): what the deleted records recorded leaves its
+        // hour × product × dimension, as sled's retention subtracts from its hour summaries; an hour left with no
+        // record loses its rows, so the table is bounded by the retention too.
+        let (mut gh, mut gp, mut gd, mut gt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((h, p, d), t) in gone {
+            gh.push(h);
+            gp.push(p);
+            gd.push(d);
+            gt.push(format!("-{}", codec::micros_text(t)));
+        }
+        tx.execute(
+            "INSERT INTO meterd_hour_totals AS t (hour_ms, product, dimension, shard, total)
+             SELECT h, p, d, '', x::numeric FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[]) AS g(h, p, d, x)
+             ON CONFLICT (hour_ms, product, dimension, shard) DO UPDATE SET total = t.total + excluded.total",
+            &[&gh, &gp, &gd, &gt],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM meterd_hour_totals t USING unnest($1::int8[], $2::text[], $3::text[]) AS g(h, p, d)
+             WHERE t.hour_ms = g.h AND t.product = g.p AND t.dimension = g.d
+               AND NOT EXISTS (SELECT 1 FROM meterd_records r
+                               WHERE r.hour_ms = g.h AND r.product = g.p AND r.dimension = g.d)
+               AND NOT EXISTS (SELECT 1 FROM meterd_buckets b
+                               WHERE b.hour_ms = g.h AND b.product = g.p AND b.dimension = g.d)",
+            &[&gh, &gp, &gd],
+        )
+        .await?;
         for (product, c) in &by_product {
             fold(&tx, product, c).await?;
             tx.execute("UPDATE meterd_seal_marks SET moves = moves + 1 WHERE product = $1", &[product]).await?;
@@ -149,14 +172,13 @@ pub async fn compact_records(
 pub(crate) async fn fold(tx: &impl GenericClient, product: &str, c: &Compacted) -> Result<(), tokio_postgres::Error> {
     tx.execute(
         "INSERT INTO meterd_compacted AS k
-             (product, records, events, recorded, late, accepted, rejected, expired, lost_records, lost_units)
-         VALUES ($1, $2, $3, $4::text::numeric, $5::text::numeric, $6, $7, $8, $9, $10)
+             (product, records, events, recorded, late, accepted, rejected, expired)
+         VALUES ($1, $2, $3, $4::text::numeric, $5::text::numeric, $6, $7, $8)
          ON CONFLICT (product) DO UPDATE SET
              records = k.records + excluded.records, events = k.events + excluded.events,
              recorded = k.recorded + excluded.recorded, late = k.late + excluded.late,
              accepted = k.accepted + excluded.accepted, rejected = k.rejected + excluded.rejected,
-             expired = k.expired + excluded.expired, lost_records = k.lost_records + excluded.lost_records,
-             lost_units = k.lost_units + excluded.lost_units",
+             expired = k.expired + excluded.expired",
         &[
             &product,
             &(c.records as i64),
@@ -166,8 +188,6 @@ pub(crate) async fn fold(tx: &impl GenericClient, product: &str, c: &Compacted) 
             &(c.accepted as i64),
             &(c.rejected as i64),
             &(c.expired as i64),
-            &(c.lost_records as i64),
-            &(c.lost_units as i64),
         ],
     )
     .await
@@ -181,8 +201,7 @@ pub async fn compacted(client: &impl GenericClient) -> Result<Compacted, ViewErr
             "SELECT coalesce(sum(records), 0)::int8, coalesce(sum(events), 0)::int8,
                     coalesce(sum(recorded), 0)::text, coalesce(sum(late), 0)::text,
                     coalesce(sum(accepted), 0)::int8, coalesce(sum(rejected), 0)::int8,
-                    coalesce(sum(expired), 0)::int8, coalesce(sum(lost_records), 0)::int8,
-                    coalesce(sum(lost_units), 0)::int8
+                    coalesce(sum(expired), 0)::int8
              FROM meterd_compacted",
             &[],
         )
@@ -196,7 +215,5 @@ pub async fn compacted(client: &impl GenericClient) -> Result<Compacted, ViewErr
         accepted: n(4),
         rejected: n(5),
         expired: n(6),
-        lost_records: n(7),
-        lost_units: n(8),
     })
 }

@@ -27,6 +27,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::codec::{self, Corrupt};
 use crate::lease::{self, Lease, LeaseError};
+use crate::totals::Delta;
 
 /// How long a seal waits for nodes.
 #[derive(Debug, Clone, Copy)]
@@ -203,11 +204,13 @@ async fn try_seal(
     let (cutoff, waiting_for) = sealable_cutoff(cutoff_hour_ms, now_ms, &live, rules.max_wait);
     let params = params_at(now_ms, cutoff);
     let mut summary = SealSummary { waiting_for, ..SealSummary::default() };
+    let mut totals = Delta::default();
     for (product, sealed_through) in &marks {
         if cutoff > 0 && sealed_through.is_none_or(|s| s < cutoff) {
-            seal_product(&tx, lease, product, cutoff, &params, &mut summary).await?;
+            seal_product(&tx, lease, product, cutoff, &params, &mut summary, &mut totals).await?;
         }
     }
+    totals.write(&tx).await?;
     // Every product's mark is now at least min(its old mark, cutoff).
     summary.sealed_through = marks
         .iter()
@@ -227,6 +230,7 @@ async fn seal_product(
     cutoff: UnixMillis,
     params: &meterd_core::domain::seal::SealParams,
     summary: &mut SealSummary,
+    totals: &mut Delta,
 ) -> Result<(), SealError> {
     let rows = tx
         .query(
@@ -251,12 +255,14 @@ async fn seal_product(
         buckets.push((key, bucket));
     }
     summary.buckets += buckets.len() as u64;
-    let (s, taken) = seal_buckets(tx, lease, product, buckets, params, None).await?;
+    let (s, taken) = seal_buckets(tx, lease, product, buckets, params, None, totals).await?;
     summary.records += s.records;
     summary.carried_only += s.carried_only;
-    tx.execute("DELETE FROM meterd_buckets WHERE product = $1 AND hour_ms < $2", &[product, &cutoff]).await?;
+    let closed =
+        tx.execute("DELETE FROM meterd_buckets WHERE product = $1 AND hour_ms < $2", &[product, &cutoff]).await?;
+    totals.buckets(product, -(closed as i64));
     // Usage of a customer whose final hour was sealed early (it left): the open hour, nobody's key yet.
-    roll_over(tx, taken, |h| (h + HOUR_MS).max(cutoff)).await?;
+    roll_over(tx, taken, |h| (h + HOUR_MS).max(cutoff), totals).await?;
     tx.execute("UPDATE meterd_seal_marks SET sealed_through = $2 WHERE product = $1", &[product, &cutoff]).await?;
     Ok(())
 }
@@ -272,6 +278,7 @@ pub(crate) async fn seal_buckets(
     buckets: Vec<(BucketKey, Bucket)>,
     params: &meterd_core::domain::seal::SealParams,
     deadline_cap: Option<UnixMillis>,
+    totals: &mut Delta,
 ) -> Result<(SealSummary, Vec<(BucketKey, Bucket)>), SealError> {
     let mut summary = SealSummary::default();
     let mut taken_keys = std::collections::HashSet::new();
@@ -281,15 +288,26 @@ pub(crate) async fn seal_buckets(
     let mut carries: HashMap<(String, String), Micros> = HashMap::new();
     for group in groups {
         let customer = codec::identity_text(&group.key.identity);
-        if crate::registry::aws_key_taken(
-            tx,
-            group.key.hour_ms,
-            product,
-            &customer,
-            &group.key.identity,
-            &group.key.dimension,
-        )
-        .await?
+        // A fraction-only (carried) or merged record of the key is not an AWS key taken, but its row is: usage
+        // of a customer sealed early meeting one is rolled over too, never a second row (a unique violation that
+        // would fail every later seal of the leaving customer).
+        let row_taken = tx
+            .query_opt(
+                "SELECT 1 FROM meterd_records WHERE hour_ms = $1 AND product = $2 AND customer = $3 AND dimension = $4",
+                &[&group.key.hour_ms, &product, &customer, &group.key.dimension],
+            )
+            .await?
+            .is_some();
+        if row_taken
+            || crate::registry::aws_key_taken(
+                tx,
+                group.key.hour_ms,
+                product,
+                &customer,
+                &group.key.identity,
+                &group.key.dimension,
+            )
+            .await?
         {
             taken_keys.insert((group.key.hour_ms, customer, group.key.dimension.clone()));
             continue;
@@ -335,6 +353,7 @@ pub(crate) async fn seal_buckets(
             ],
         )
         .await?;
+        totals.added(&record);
     }
     for ((customer, dimension), carried) in carries {
         tx.execute(
@@ -358,28 +377,34 @@ pub(crate) async fn roll_over(
     tx: &tokio_postgres::Transaction<'_>,
     buckets: Vec<(BucketKey, Bucket)>,
     next: impl Fn(UnixMillis) -> UnixMillis,
+    totals: &mut Delta,
 ) -> Result<(), SealError> {
     for (k, b) in buckets {
         tracing::warn!(bucket = ?k, "usage of a customer whose record of this hour is already sealed (it left): \
             counted in a later hour, flagged late");
-        tx.execute(
-            "INSERT INTO meterd_buckets (hour_ms, product, customer, dimension, tags, total, events, late)
+        let opened: bool = tx
+            .query_one(
+                "INSERT INTO meterd_buckets (hour_ms, product, customer, dimension, tags, total, events, late)
              VALUES ($1, $2, $3, $4, $5, $6::text::numeric, $7, $6::text::numeric)
              ON CONFLICT (hour_ms, product, customer, dimension, tags) DO UPDATE
                  SET total = meterd_buckets.total + excluded.total,
                      events = meterd_buckets.events + excluded.events,
-                     late = meterd_buckets.late + excluded.late",
-            &[
-                &next(k.hour_ms),
-                &k.product,
-                &codec::identity_text(&k.identity),
-                &k.dimension,
-                &codec::tags_text(&k.tags),
-                &codec::micros_text(b.total),
-                &(b.events as i64),
-            ],
-        )
-        .await?;
+                     late = meterd_buckets.late + excluded.late
+             RETURNING xmax = 0",
+                &[
+                    &next(k.hour_ms),
+                    &k.product,
+                    &codec::identity_text(&k.identity),
+                    &k.dimension,
+                    &codec::tags_text(&k.tags),
+                    &codec::micros_text(b.total),
+                    &(b.events as i64),
+                ],
+            )
+            .await?
+            .get(0);
+        totals.buckets(&k.product, i64::from(opened));
+        totals.usage_moved(&k.product, &k.dimension, k.hour_ms, next(k.hour_ms), b.total);
     }
     Ok(())
 }
@@ -391,6 +416,7 @@ pub async fn update_records(client: &mut Client, lease: &Lease, records: &[Seale
     lease::fence(&tx, lease).await?;
     let mut ordered: Vec<&SealedRecord> = records.iter().collect();
     ordered.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut totals = Delta::default();
     for new in ordered {
         let customer = codec::identity_text(&new.key.identity);
         let pk: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
@@ -405,6 +431,7 @@ pub async fn update_records(client: &mut Client, lease: &Lease, records: &[Seale
             .ok_or_else(|| SealError::Unknown(new.key.clone()))?;
         let old = codec::record_of(old.get(0))?;
         check_update(&old, new)?;
+        totals.replaced(&old, new);
         tx.execute(
             "UPDATE meterd_records SET record = $5::text::jsonb, state = $6, updated_at = now()
              WHERE hour_ms = $1 AND product = $2 AND customer = $3 AND dimension = $4",
@@ -419,6 +446,7 @@ pub async fn update_records(client: &mut Client, lease: &Lease, records: &[Seale
         )
         .await?;
     }
+    totals.write(&tx).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -194,6 +194,23 @@ impl TestPostgres {
         self.port
     }
 
+    /// Makes `role` authenticate with its password (SCRAM), over TLS only, as RDS does for IAM tokens: the
+    /// rule goes before initdb's `trust` lines, then the server reloads its configuration.
+    pub fn require_password_over_tls(&self, role: &str) -> Result<(), HarnessError> {
+        let hba = self.data().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).map_err(|e| failed("read pg_hba.conf", e))?;
+        let rules = format!(
+            "hostssl all {role} 127.0.0.1/32 scram-sha-256\nhost all {role} 127.0.0.1/32 reject\n\
+             host all {role} ::1/128 reject\n"
+        );
+        std::fs::write(&hba, format!("{rules}{old}")).map_err(|e| failed("write pg_hba.conf", e))?;
+        run("pg_ctl reload", {
+            let mut c = as_server_user(&self.bindir.join("pg_ctl"));
+            c.arg("-D").arg(self.data()).arg("reload");
+            c
+        })
+    }
+
     /// The server's log, for a failing test's message.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()

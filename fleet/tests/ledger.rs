@@ -603,7 +603,7 @@ async fn retention_folds_old_terminal_records_into_kept_totals_in_batches_and_le
         (terminal, 2 * (terminal - 2), 2, 2)
     );
     assert_eq!((removed.recorded, removed.late), (Micros(2_000_000 * u128::from(terminal)), Micros::ZERO));
-    assert_eq!((removed.lost_records, removed.lost_units, removed.events), (1, 2, 0));
+    assert_eq!(removed.events, 0);
     // What is left: the old hour's pending record and the recent hour.
     let left = seal::records(&c, "p").await.unwrap();
     assert_eq!(left.len(), 4, "{left:?}");
@@ -611,9 +611,21 @@ async fn retention_folds_old_terminal_records_into_kept_totals_in_batches_and_le
     // Kept: the totals, the revenue lost (no longer in any record), and a structure stamp that moved.
     assert_eq!(retention::compacted(&c).await.unwrap(), removed);
     assert_eq!(report::lost(&c).await.unwrap(), (1, 2));
+    // The kept hour totals lose what the deleted records recorded: the old hour keeps its pending record's usage.
+    assert_eq!(hour_total(&c, old).await.1, "2000000");
+    assert_eq!(hour_total(&c, recent).await.1, "6000000");
     assert!(report::structure(&c).await.unwrap() > stamp, "a paged report must re-read across a compaction");
     // Nothing more to do the second time.
     assert_eq!(retention::compact_records(&mut c, &l, &products(), recent).await.unwrap().records, 0);
+    // Once the old hour's last record is final, retention takes it, and the hour's kept totals go with it.
+    let last = left.into_iter().find(|r| r.key.hour_ms == old).unwrap();
+    seal::update_records(&mut c, &l, &[SealedRecord { state: accepted.clone(), ..last }]).await.unwrap();
+    let more = retention::compact_records(&mut c, &l, &products(), recent).await.unwrap();
+    assert_eq!((more.records, more.accepted), (1, 2));
+    assert_eq!(hour_total(&c, old).await.0, 0, "an hour with no record left keeps no totals");
+    assert_eq!(hour_total(&c, recent).await.1, "6000000");
+    let removed = retention::compacted(&c).await.unwrap();
+    assert_eq!(removed.records, u64::from(n));
 
     // Event keys go with their day's partition, counted into the kept totals.
     partitions::ensure(&mut c, 10, 2).await.unwrap();
@@ -624,4 +636,13 @@ async fn retention_folds_old_terminal_records_into_kept_totals_in_batches_and_le
     assert_eq!(dropped.events, u64::from(n));
     assert_eq!(retention::compacted(&c).await.unwrap(), retention::Compacted { events: u64::from(n), ..removed });
     assert_eq!(views::event_keys(&c).await.unwrap(), 3);
+}
+
+/// The kept hour totals' rows of hour `h` and their sum.
+async fn hour_total(c: &Client, h: i64) -> (i64, String) {
+    let row = c
+        .query_one("SELECT count(*), coalesce(sum(total), 0)::text FROM meterd_hour_totals WHERE hour_ms = $1", &[&h])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
 }

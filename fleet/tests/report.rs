@@ -9,13 +9,13 @@ use std::time::Duration;
 use meterd_core::clock::{HOUR_MS, hour_start};
 use meterd_core::domain::event::{Identity, UsageEvent};
 use meterd_core::domain::quantity::Micros;
-use meterd_core::domain::record::{RecordState, RejectReason};
+use meterd_core::domain::record::{RecordState, RejectReason, SealedRecord};
 use meterd_core::domain::seal::SealPolicy;
 use meterd_fleet::forward::{self, Acked};
 use meterd_fleet::lease::{self, Terms};
 use meterd_fleet::seal::{self, SealRules};
 use meterd_fleet::test_postgres::TestPostgres;
-use meterd_fleet::{Client, migrate, nodes, report, seal_requests, views};
+use meterd_fleet::{Client, migrate, nodes, report, seal_requests, totals, views};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
@@ -154,14 +154,21 @@ async fn keyset_pages_read_every_row_once_and_the_stamp_moves_with_seals_only() 
     assert!(all_buckets(&c, 7).await.is_empty());
 
     // The queue: every record pending (each hour holds 1.4 units per customer: 1 unit sent, carries on).
-    let q = report::queue(&c, 100).await.unwrap();
+    let q = totals::kept(&c).await.unwrap();
     let pending = seal::pending_records(&c, 1000).await.unwrap();
     assert_eq!(q.records, pending.len() as u64);
     assert_eq!(q.units, pending.iter().map(|r| u64::from(r.quantity)).sum::<u64>());
-    assert_eq!((q.in_flight, q.oldest_hour_ms), (0, Some(h1)));
+    assert_eq!((q.in_flight, q.first_hour_ms), (0, Some(h1)));
     assert_eq!(q.first_deadline_ms, pending.iter().map(|r| r.deadline_ms).min());
-    let held: Vec<&str> = q.held.iter().map(|(t, _, _)| t.as_str()).collect();
-    assert_eq!(held, ["held-tenant"], "the tenant's pending records are held (never sent as an identity)");
+    let held: Vec<&SealedRecord> =
+        pending.iter().filter(|r| matches!(&r.key.identity, Identity::Tenant(t) if t == "held-tenant")).collect();
+    assert!(!held.is_empty());
+    assert_eq!(
+        (q.at_risk_records, q.at_risk_units),
+        (held.len() as u64, held.iter().map(|r| u64::from(r.quantity)).sum::<u64>()),
+        "the tenant's pending records are held (never sent as an identity) and it has no mapping: at risk"
+    );
+    assert_eq!(q, totals::recount(&c).await.unwrap());
 
     // One record rejected DuplicateRecord on its first send: lost revenue; one in flight.
     let mut lost = pending.iter().find(|r| r.quantity > 0).unwrap().clone();
@@ -170,8 +177,10 @@ async fn keyset_pages_read_every_row_once_and_the_stamp_moves_with_seals_only() 
     flying.state = RecordState::InFlight { attempts: 1, next_attempt_ms: 1 };
     seal::update_records(&mut c, &lease, &[lost.clone(), flying]).await.unwrap();
     assert_eq!(report::lost(&c).await.unwrap(), (1, u64::from(lost.quantity)));
-    let q2 = report::queue(&c, 100).await.unwrap();
+    let q2 = totals::kept(&c).await.unwrap();
     assert_eq!((q2.records, q2.in_flight), (q.records - 1, 1));
+    assert_eq!((q2.lost_records, q2.lost_units), (1, u64::from(lost.quantity)));
+    assert_eq!(q2, totals::recount(&c).await.unwrap());
     assert_eq!(report::conflict_count(&c).await.unwrap(), 0);
 }
 

@@ -768,6 +768,8 @@ async fn report_status_and_flush_on_any_agent_show_and_seal_the_fleets_ledger() 
     let spools: Vec<bool> = fleet.nodes.iter().map(|n| n.spool_events.is_some()).collect();
     assert_eq!(spools, [false, false, true], "only the answering agent's own spool is known");
     assert_eq!(status.open_buckets, expected.len() as u64, "the shared ledger's open buckets");
+    let keys = meterd_fleet::views::event_keys(&db).await.unwrap() as u64;
+    assert_eq!(status.events_stored, keys, "events stored fleet-wide (C stored one replay only)");
     let deadline = Instant::now() + Duration::from_secs(30);
     let holder = loop {
         if let Some((_, h, _, _)) = meterd_fleet::lease::holders(&db).await.unwrap().first() {

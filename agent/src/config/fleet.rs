@@ -31,6 +31,13 @@ pub struct FleetConfig {
     /// A file whose first line is the database password (a mounted Kubernetes secret).
     #[serde(default)]
     pub database_password_file: Option<PathBuf>,
+    /// IAM database authentication (RDS / Aurora): each new connection's password is a fresh authentication
+    /// token signed with the AWS credentials of the standard chain. Needs `aws_region` and TLS.
+    #[serde(default)]
+    pub iam_auth: bool,
+    /// The database's AWS Region (`iam_auth` only), e.g. "us-east-1".
+    #[serde(default)]
+    pub aws_region: Option<String>,
     /// This agent's name in the fleet; the host name when left out. Unique among live agents.
     #[serde(default)]
     pub node_id: Option<String>,
@@ -105,6 +112,7 @@ impl FleetConfig {
         {
             return Err(invalid("fleet.database_password_file", "must be a file path"));
         }
+        self.validate_iam(url)?;
         let node = self.node_id();
         let len = node.chars().count();
         if !(1..=128).contains(&len) || node.chars().any(char::is_control) {
@@ -138,6 +146,39 @@ impl FleetConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl FleetConfig {
+    /// `iam_auth`: a Region, no password file (the token is the password), and a URL that allows tokens (TLS, a
+    /// user, no password of its own).
+    fn validate_iam(&self, url: &str) -> Result<(), ConfigError> {
+        if !self.iam_auth {
+            if self.aws_region.is_some() {
+                return Err(invalid("fleet.aws_region", "is only used with fleet.iam_auth = true"));
+            }
+            return Ok(());
+        }
+        let region = self.aws_region.as_deref().unwrap_or_default();
+        if region.is_empty() {
+            return Err(invalid(
+                "fleet.aws_region",
+                "required with fleet.iam_auth = true: the database's Region (e.g. \"us-east-1\"), which the \
+                 authentication token is signed for",
+            ));
+        }
+        if region.len() > 32 || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(invalid("fleet.aws_region", format!("{region:?} is not an AWS Region name (e.g. us-east-1)")));
+        }
+        if self.database_password_file.is_some() {
+            return Err(invalid(
+                "fleet.database_password_file",
+                "must not be set with fleet.iam_auth = true (each connection's password is an IAM token)",
+            ));
+        }
+        meterd_fleet::connect::Database::parse(url, None)
+            .and_then(|d| d.check_iam())
+            .map_err(|e| invalid("fleet.database_url", strip_field(&e.to_string(), "fleet.database_url")))
     }
 }
 
@@ -234,5 +275,39 @@ mod tests {
         assert!(err(&format!("{url}max_wait = \"23h30m\"\n")).starts_with("fleet.max_wait:"));
         assert!(err(&format!("{url}database_password_file = \"\"\n")).starts_with("fleet.database_password_file:"));
         assert!(err(&format!("{url}nodeid = \"a\"\n")).contains("unknown field"));
+    }
+
+    #[test]
+    fn iam_auth_needs_a_region_tls_and_no_password_and_errors_name_the_field() {
+        let tls = "[fleet]\ndatabase_url = \"postgres://meterd@db:5432/x?sslmode=verify-full\"\n";
+        let ok = parse(&format!("{tls}iam_auth = true\naws_region = \"eu-west-1\"\n"), &[]).unwrap().fleet.unwrap();
+        assert_eq!((ok.iam_auth, ok.aws_region.as_deref()), (true, Some("eu-west-1")));
+        for (extra, field, needle) in [
+            (format!("{tls}iam_auth = true\n"), "fleet.aws_region:", "required with fleet.iam_auth"),
+            (format!("{tls}iam_auth = true\naws_region = \"\"\n"), "fleet.aws_region:", "required"),
+            (format!("{tls}iam_auth = true\naws_region = \"US East\"\n"), "fleet.aws_region:", "not an AWS Region"),
+            (format!("{tls}aws_region = \"us-east-1\"\n"), "fleet.aws_region:", "only used with fleet.iam_auth"),
+            (
+                format!("{tls}iam_auth = true\naws_region = \"us-east-1\"\ndatabase_password_file = \"/run/pw\"\n"),
+                "fleet.database_password_file:",
+                "must not be set with fleet.iam_auth",
+            ),
+            (
+                "[fleet]\ndatabase_url = \"postgres://meterd@db:5432/x\"\niam_auth = true\naws_region = \"us-east-1\"\n"
+                    .to_string(),
+                "fleet.database_url:",
+                "sslmode must be require, verify-ca or verify-full with fleet.iam_auth",
+            ),
+            (
+                "[fleet]\ndatabase_url = \"postgres://meterd:pw@db:5432/x?sslmode=require\"\niam_auth = true\n\
+                 aws_region = \"us-east-1\"\n"
+                    .to_string(),
+                "fleet.database_url:",
+                "must not hold a password",
+            ),
+        ] {
+            let e = err(&extra);
+            assert!(e.starts_with(field) && e.contains(needle), "{extra}: {e}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod flush;
 pub mod forwarder;
+pub mod hours;
 pub mod leader;
 pub mod pg_ledger;
 pub mod registry;
@@ -60,11 +61,30 @@ pub struct Node {
     pub wake: tokio::sync::Notify,
 }
 
+/// The fleet database as configured. With `iam_auth`, every new connection authenticates with a fresh RDS IAM
+/// token signed with the standard AWS credential chain (the environment, a web identity such as EKS IRSA, the
+/// container or instance role, a profile), for `aws_region`.
+pub async fn database(cfg: &FleetConfig) -> Result<Database, meterd_fleet::connect::ConnectError> {
+    let db = Database::parse(cfg.database_url(), cfg.database_password_file.as_deref())?;
+    if !cfg.iam_auth {
+        return Ok(db);
+    }
+    let region = cfg.aws_region.clone().unwrap_or_default();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region.clone()))
+        .load()
+        .await;
+    let credentials = sdk
+        .credentials_provider()
+        .ok_or_else(|| meterd_fleet::iam::IamError::Credentials("the AWS SDK found no credential provider".into()))?;
+    db.with_iam(meterd_fleet::iam::IamAuth::new(region, credentials))
+}
+
 /// Joins the fleet: connects, applies the schema migrations, and registers `fleet.node_id`. Waits (retrying)
 /// while the database is unreachable; refuses when another live agent holds the node id. A previous incarnation
 /// of this same data dir (a crash-restart) is released first: the data dir is this process's alone.
 pub async fn join(cfg: &FleetConfig, store: &Store) -> anyhow::Result<Node> {
-    let db = Database::parse(cfg.database_url(), cfg.database_password_file.as_deref())?;
+    let db = database(cfg).await?;
     let node_id = cfg.node_id();
     let mut delay = Duration::from_millis(500);
     loop {
@@ -147,7 +167,7 @@ async fn try_join(db: &Database, node_id: &str, cfg: &FleetConfig, store: &Store
 /// `check-config --fleet`: whether the fleet database is reachable and migrated to this meterd's schema. Ok: a
 /// line saying so; Err: a line saying precisely what is wrong. Reads only (the agent migrates at start).
 pub async fn check_database(cfg: &FleetConfig) -> Result<String, String> {
-    let db = Database::parse(cfg.database_url(), cfg.database_password_file.as_deref()).map_err(|e| e.to_string())?;
+    let db = database(cfg).await.map_err(|e| e.to_string())?;
     let at = db.location();
     let client = match tokio::time::timeout(Duration::from_secs(10), db.connect()).await {
         Err(_) => return Err(format!("fleet.database_url: cannot connect to {at}: no answer within 10 s")),

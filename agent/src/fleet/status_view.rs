@@ -1,7 +1,10 @@
 //! `Admin.Status` in fleet mode: the queue is the shared ledger's (what the fleet still has to send, whichever
 //! agent submits it), and the fleet itself — every node's heartbeat, watermark and forward lag, and who holds
-//! each account's submitter lease — is listed. Read with aggregates and the (small) node and lease tables: a few
-//! rows whatever the ledger holds.
+//! each account's submitter lease — is listed. The queue figures, revenue lost, open buckets, events stored and
+//! late events are the fleet's kept totals (`meterd_fleet::totals`: a row per product, node and held tenant, and
+//! one entry of the pending index, read in one snapshot), so a call reads a few rows whatever the ledger holds,
+//! as the sled store's status does. The disk figures stay this agent's (its spool); `fleet.nodes` lists each
+//! node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +20,6 @@ use crate::store::Store;
 
 /// How long status waits for the database before answering with this agent's part only.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// Held tenants read for the at-risk figures (most records first); beyond this, the figures are a lower bound.
-const MAX_HELD_TENANTS: i64 = 10_000;
 
 /// Replaces the local spool's queue figures in `status` by the shared ledger's and adds the fleet. When the
 /// database cannot be read, the queue figures are zero and `fleet.database_error` says why.
@@ -54,7 +55,10 @@ pub async fn fill(
     status.open_buckets = 0;
     status.records_lost = 0;
     status.units_lost = 0;
-    let read = read(node, store, config, now_ms, depth.entries, status, &mut fleet);
+    status.events_stored = 0;
+    status.late_events = 0;
+    status.usage_drops.clear();
+    let read = read(node, config, now_ms, depth.entries, status, &mut fleet);
     match tokio::time::timeout(TIMEOUT, read).await {
         Ok(Ok(())) => {
             status.projected_drain_seconds = crate::domain::backlog::Backlog::drain_seconds(
@@ -72,7 +76,6 @@ pub async fn fill(
 
 async fn read(
     node: &Node,
-    store: &Store,
     config: &Config,
     now_ms: UnixMillis,
     my_spool: u64,
@@ -80,25 +83,32 @@ async fn read(
     fleet: &mut v1::FleetStatus,
 ) -> Result<(), String> {
     let e = |e: &(dyn std::error::Error + 'static)| super::describe(&super::chain(e));
-    let client = node.db.connect().await.map_err(|x| e(&x))?;
-    let q = meterd_fleet::report::queue(&client, MAX_HELD_TENANTS).await.map_err(|x| e(&x))?;
-    status.pending_records = q.records;
-    status.pending_in_flight = q.in_flight;
-    status.pending_units = q.units;
-    status.oldest_pending_age_seconds = q.oldest_hour_ms.map_or(0, |h| (now_ms - h).max(0) / 1000);
-    status.most_urgent_deadline = q.first_deadline_ms.map(timestamp);
-    for (tenant, records, units) in &q.held {
-        // Tenant mappings are this agent's own (not fleet-wide yet): at risk as this agent would send it.
-        if store.mapping(tenant).map_err(|x| e(&x))?.is_none() {
-            status.records_at_risk += records;
-            status.units_at_risk += units;
-        }
-    }
-    let (lost_records, lost_units) = meterd_fleet::report::lost(&client).await.map_err(|x| e(&x))?;
-    status.records_lost = lost_records;
-    status.units_lost = lost_units;
-    let open: i64 = client.query_one("SELECT count(*) FROM meterd_buckets", &[]).await.map_err(|x| e(&x))?.get(0);
-    status.open_buckets = open as u64;
+    let mut client = node.db.connect().await.map_err(|x| e(&x))?;
+    let t = {
+        let snapshot = meterd_fleet::report::snapshot(&mut client).await.map_err(|x| e(&x))?;
+        let t = meterd_fleet::totals::kept(&snapshot).await.map_err(|x| e(&x))?;
+        snapshot.commit().await.map_err(|x| e(&x))?;
+        t
+    };
+    let backlog = crate::domain::backlog::Backlog {
+        pending: t.records,
+        at_risk: t.at_risk_records,
+        oldest_pending_hour_ms: t.first_hour_ms,
+        most_urgent_deadline_ms: t.first_deadline_ms,
+    };
+    status.pending_records = t.records;
+    status.pending_in_flight = t.in_flight;
+    status.pending_units = t.units;
+    status.oldest_pending_age_seconds = backlog.oldest_pending_age_seconds(now_ms);
+    status.most_urgent_deadline = t.first_deadline_ms.map(timestamp);
+    // At risk by the fleet's mappings (the sled store's rule: held, and the tenant unmapped now).
+    status.records_at_risk = t.at_risk_records;
+    status.units_at_risk = t.at_risk_units;
+    status.records_lost = t.lost_records;
+    status.units_lost = t.lost_units;
+    status.open_buckets = t.open_buckets;
+    status.events_stored = t.events_stored;
+    status.late_events = t.late_events;
     // Every hour before the earliest mark of the configured products is sealed fleet-wide.
     let mut sealed: Option<Option<UnixMillis>> = None;
     for product in config.products.keys() {
@@ -134,6 +144,10 @@ async fn read(
             lease_expires: Some(timestamp(now_ms + left_ms)),
         });
     }
+    // The fleet's usage drops (this agent's spool holds no usage to compare).
+    let drops =
+        super::hours::last_ended_hour(client, crate::silence::settings(config), now_ms).await.map_err(|x| e(&x))?;
+    status.usage_drops = drops.iter().map(crate::server::convert::drop_to_wire).collect();
     Ok(())
 }
 

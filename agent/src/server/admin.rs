@@ -76,6 +76,7 @@ impl Admin for AdminService {
             pages: self.pipeline.report_pages(&self.store),
             store: self.store.clone(),
             clock: self.clock.clone(),
+            fleet: self.pipeline.fleet.clone(),
         };
         let rx = super::report_stream::start(source, request.into_inner())?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))

@@ -36,6 +36,8 @@ pub struct ReportSource {
     pub pages: Arc<dyn PageSource>,
     pub store: Store,
     pub clock: SharedClock,
+    /// In fleet mode: usage drops are the shared ledger's (the spool holds no usage).
+    pub fleet: Option<Arc<crate::fleet::Node>>,
 }
 
 /// The filter of a request, checked; a bad field is INVALID_ARGUMENT naming it.
@@ -167,6 +169,12 @@ async fn stream_rows(source: &ReportSource, filter: &Filter, tx: &Tx) -> Result<
 }
 
 async fn usage_drops(source: &ReportSource) -> Result<Vec<v1::UsageDrop>, Status> {
+    if let Some(node) = &source.fleet {
+        let drops = crate::fleet::hours::of_fleet(node, &source.config, source.clock.now_ms())
+            .await
+            .map_err(Status::unavailable)?;
+        return Ok(drops.iter().map(super::convert::drop_to_wire).collect());
+    }
     let store = source.store.clone();
     let (settings, now) = (crate::silence::settings(&source.config), source.clock.now_ms());
     let drops = tokio::task::spawn_blocking(move || crate::silence::last_ended_hour(&store, &settings, now))

@@ -157,10 +157,14 @@ impl Source {
             super::report_stream::bounded_report(pages.as_ref(), super::report_stream::CLIENT_DECODE_LIMIT).await?;
         let store = self.store.clone();
         let (settings, now) = (crate::silence::settings(&self.config), self.clock.now_ms());
-        let drops = tokio::task::spawn_blocking(move || crate::silence::last_ended_hour(&store, &settings, now))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(store_status)?;
+        let drops = match &self.pipeline.fleet {
+            // The shared ledger's (the spool holds no usage).
+            Some(node) => crate::fleet::hours::of_fleet(node, &self.config, now).await.map_err(Status::unavailable)?,
+            None => tokio::task::spawn_blocking(move || crate::silence::last_ended_hour(&store, &settings, now))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(store_status)?,
+        };
         let mut wire = super::convert::report_to_wire(&report);
         wire.usage_drops = drops.iter().map(drop_to_wire).collect();
         Ok(wire)

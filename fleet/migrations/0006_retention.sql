@@ -1,7 +1,7 @@
 -- Retention of the shared ledger, as the sled store's `m/compacted`: the lease holder deletes terminal records whose
 -- hour is older than `storage.retention`, and event keys leave with their day's partition past
 -- `storage.dedupe_window`; what they held is folded in here, per product, in the same transaction, so the report's
--- totals and the revenue lost never shrink when history goes.
+-- totals never shrink when history goes.
 CREATE TABLE meterd_compacted (
     product      text    PRIMARY KEY,
     records      bigint  NOT NULL DEFAULT 0 CHECK (records >= 0),
@@ -10,12 +10,9 @@ CREATE TABLE meterd_compacted (
     late         numeric NOT NULL DEFAULT 0 CHECK (late >= 0),
     accepted     bigint  NOT NULL DEFAULT 0 CHECK (accepted >= 0),
     rejected     bigint  NOT NULL DEFAULT 0 CHECK (rejected >= 0),
-    expired      bigint  NOT NULL DEFAULT 0 CHECK (expired >= 0),
-    -- Records AWS answered DuplicateRecord on their first send, and their units: kept apart so that retention
-    -- never hides revenue lost for good.
-    lost_records bigint  NOT NULL DEFAULT 0 CHECK (lost_records >= 0),
-    lost_units   bigint  NOT NULL DEFAULT 0 CHECK (lost_units >= 0)
+    expired      bigint  NOT NULL DEFAULT 0 CHECK (expired >= 0)
 );
+-- Revenue lost (DuplicateRecord) is kept in `meterd_queue_totals` (migration 5), which retention never lowers.
 
 -- Retention reads the oldest terminal records, hour first, in bounded batches: a partial index on exactly those, so a
 -- pass never walks pending records (a held tenant's can wait for weeks) to find the next batch.
