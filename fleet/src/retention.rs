@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use meterd_core::clock::UnixMillis;
 use meterd_core::domain::quantity::Micros;
+pub use meterd_core::domain::record::Compacted;
 use meterd_core::domain::record::RecordState;
 use tokio_postgres::{Client, GenericClient};
 
@@ -28,32 +29,17 @@ use crate::views::ViewError;
 /// Records deleted per transaction.
 pub const BATCH: i64 = 1_000;
 
-/// What retention removed (a pass), or everything it ever removed (`meterd_compacted`, summed).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Compacted {
-    pub records: u64,
-    /// Event keys dropped with their day's partition.
-    pub events: u64,
-    pub recorded: Micros,
-    pub late: Micros,
-    /// Whole units of the accepted, rejected and expired records removed.
-    pub accepted: u64,
-    pub rejected: u64,
-    pub expired: u64,
-}
-
-impl Compacted {
-    fn add(&mut self, o: &Compacted) -> Result<(), SealError> {
-        let overflow = |what: &str| SealError::Overflow(format!("compacted {what}"));
-        self.records += o.records;
-        self.events += o.events;
-        self.recorded = self.recorded.try_add(o.recorded).map_err(|_| overflow("usage"))?;
-        self.late = self.late.try_add(o.late).map_err(|_| overflow("late usage"))?;
-        self.accepted += o.accepted;
-        self.rejected += o.rejected;
-        self.expired += o.expired;
-        Ok(())
-    }
+/// `o` added to `total` (a pass's batches, or a product's kept row).
+fn add(total: &mut Compacted, o: &Compacted) -> Result<(), SealError> {
+    let overflow = |what: &str| SealError::Overflow(format!("compacted {what}"));
+    total.records += o.records;
+    total.events += o.events;
+    total.recorded = total.recorded.try_add(o.recorded).map_err(|_| overflow("usage"))?;
+    total.late = total.late.try_add(o.late).map_err(|_| overflow("late usage"))?;
+    total.accepted += o.accepted;
+    total.rejected += o.rejected;
+    total.expired += o.expired;
+    Ok(())
 }
 
 /// Deletes the terminal records of `products` whose hour is before `cutoff_ms`, under `lease`, folding them into
@@ -111,7 +97,7 @@ pub async fn compact_records(
                     }));
                 }
             }
-            c.add(&Compacted { records: 1, recorded: r.recorded, late: r.late, ..Default::default() })?;
+            add(c, &Compacted { records: 1, recorded: r.recorded, late: r.late, ..Default::default() })?;
             hours.push(row.get::<_, i64>(0));
             prods.push(row.get::<_, String>(1));
             customers.push(row.get::<_, String>(2));
@@ -159,7 +145,7 @@ pub async fn compact_records(
         for (product, c) in &by_product {
             fold(&tx, product, c).await?;
             tx.execute("UPDATE meterd_seal_marks SET moves = moves + 1 WHERE product = $1", &[product]).await?;
-            total.add(c)?;
+            add(&mut total, c)?;
         }
         tx.commit().await?;
         if (rows.len() as i64) < BATCH {

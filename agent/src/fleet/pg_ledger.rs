@@ -245,7 +245,7 @@ async fn snapshot_of(client: &mut meterd_fleet::Client) -> Result<LedgerSnapshot
         buckets,
         carries: carries.into_iter().map(|c| c.carried).collect(),
         mappings,
-        compacted: super::report::compacted_of(&compacted),
+        compacted,
         lost: Lost { records: lost_records, units },
     })
 }
@@ -357,10 +357,9 @@ impl Ledger for PgLedger {
             let mut guard = i.client().await?;
             let client = guard.as_mut().expect("connected");
             let lease = i.lease(client).await?;
-            let removed = meterd_fleet::retention::compact_records(client, &lease, &i.cfg.products, cutoff_ms)
+            meterd_fleet::retention::compact_records(client, &lease, &i.cfg.products, cutoff_ms)
                 .await
-                .map_err(seal_error)?;
-            Ok(super::report::compacted_of(&removed))
+                .map_err(seal_error)
         })
     }
 
@@ -522,7 +521,7 @@ impl Ledger for PgLedger {
         self.block(move |i| async move {
             let guard = i.client().await?;
             let conn = guard.as_ref().expect("connected");
-            meterd_fleet::retention::compacted(conn).await.map(|k| super::report::compacted_of(&k)).map_err(view_error)
+            meterd_fleet::retention::compacted(conn).await.map_err(view_error)
         })
     }
 

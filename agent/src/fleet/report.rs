@@ -133,7 +133,7 @@ pub(crate) async fn read_page(
                     let (records, units) = pg::lost(&tx).await.map_err(unavailable)?;
                     let kept = meterd_fleet::retention::compacted(&tx).await.map_err(unavailable)?;
                     page.tail = Some(PageTail {
-                        compacted: compacted_of(&kept),
+                        compacted: kept,
                         lost: Lost { records, units },
                         conflicts: pg::conflict_count(&tx).await.map_err(unavailable)?,
                     });
@@ -143,17 +143,4 @@ pub(crate) async fn read_page(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(page)
-}
-
-/// The agent's view of what the shared ledger's retention removed (`meterd_compacted`).
-pub(crate) fn compacted_of(k: &meterd_fleet::retention::Compacted) -> crate::store::Compacted {
-    crate::store::Compacted {
-        records: k.records,
-        events: k.events,
-        recorded: k.recorded,
-        late: k.late,
-        accepted: k.accepted,
-        rejected: k.rejected,
-        expired: k.expired,
-    }
 }

@@ -81,17 +81,8 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-/// Totals of records and events removed by retention, kept so the report still reconciles.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Compacted {
-    pub records: u64,
-    pub events: u64,
-    pub recorded: Micros,
-    pub late: Micros,
-    pub accepted: u64,
-    pub rejected: u64,
-    pub expired: u64,
-}
+/// Totals of records and events removed by retention (shared with the fleet's ledger).
+pub use crate::domain::record::Compacted;
 
 /// Records AWS answered DuplicateRecord on their first send: it already holds another quantity under their
 /// key, so their units are never billed. Kept apart from the records so retention never hides them.

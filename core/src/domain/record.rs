@@ -187,6 +187,21 @@ pub fn check_update(old: &SealedRecord, new: &SealedRecord) -> Result<(), Update
     Ok(())
 }
 
+/// Totals of the records and events retention removed, kept so the report still reconciles (the sled store's
+/// `m/compacted`, the shared ledger's `meterd_compacted`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compacted {
+    pub records: u64,
+    /// Event keys forgotten with them.
+    pub events: u64,
+    pub recorded: Micros,
+    pub late: Micros,
+    /// Whole units of the accepted, rejected and expired records removed.
+    pub accepted: u64,
+    pub rejected: u64,
+    pub expired: u64,
+}
+
 /// The units a record's new state loses for good (DuplicateRecord on a first send), if any.
 pub fn lost_units(r: &SealedRecord) -> Option<u64> {
     match &r.state {
