@@ -211,13 +211,28 @@ async fn simulate_clock_offset_shifts_the_agents_hour_and_needs_speed_one() {
         before + offset
     );
 
-    let out = Command::new(meterd_bin())
+    // Its own data dir: the first agent holds the other's lock. Killed if it starts (the refusal is missing).
+    let other = basic_config(&data.path().join("other"), "");
+    let config = data.path().join("other.toml");
+    std::fs::write(&config, other).unwrap();
+    let child = Command::new(meterd_bin())
         .args(["run", "--simulate", "--speed", "120", "--clock-offset-ms", "1000", "--config"])
-        .arg(&agent.config_path)
+        .arg(&config)
         .env("METERD_LOG", "off")
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut child = KillOnDrop(child);
+    let mut stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        let _ = tx.send(s);
+    });
+    // The refusal comes at once; a wait this long only bounds a test that would otherwise hang.
+    let err = rx.recv_timeout(Duration::from_secs(60)).expect("meterd ran with --clock-offset-ms at --speed 120");
+    assert!(!child.0.wait().unwrap().success());
     assert!(err.contains("--clock-offset-ms needs --speed 1"), "{err}");
 }
