@@ -61,6 +61,12 @@ struct Args {
     /// Seconds allowed for the agents to start before the load begins (the hour's end is planned from it).
     #[arg(long, default_value_t = 12)]
     start_budget: u64,
+    /// Extra `[fleet]` settings for every fleet agent (TOML lines, e.g. `forward_batch = 5000`).
+    #[arg(long, default_value = "")]
+    fleet_toml: String,
+    /// Skip the hour end → accepted measurement (e.g. with forwarding held back by --fleet-toml).
+    #[arg(long)]
+    no_hour: bool,
     /// Where data dirs go.
     #[arg(long, default_value = ".")]
     data_root: std::path::PathBuf,
@@ -127,9 +133,12 @@ fn fmt_us(us: u64) -> String {
     if us >= 10_000 { format!("{:.1} ms", us as f64 / 1000.0) } else { format!("{:.2} ms", us as f64 / 1000.0) }
 }
 
-fn agent_config(data: &std::path::Path, setup: Setup, node: usize, db_url: &str, seal_grace: &str) -> String {
+fn agent_config(data: &std::path::Path, setup: Setup, node: usize, db_url: &str, args: &Args) -> String {
+    let (seal_grace, extra) = (&args.seal_grace, &args.fleet_toml);
     let fleet = match setup.ack {
-        Some(ack) => format!("[fleet]\ndatabase_url = \"{db_url}\"\nnode_id = \"bench-{node}\"\nack = \"{ack}\"\n"),
+        Some(ack) => {
+            format!("[fleet]\ndatabase_url = \"{db_url}\"\nnode_id = \"bench-{node}\"\nack = \"{ack}\"\n{extra}\n")
+        }
         None => String::new(),
     };
     format!(
@@ -364,7 +373,7 @@ async fn run_setup(
     let mut agents = Vec::new();
     for n in 0..setup.agents {
         let data = root.join(format!("{tag}-{n}"));
-        let config = agent_config(&data, setup, n, &db_url, &args.seal_grace);
+        let config = agent_config(&data, setup, n, &db_url, args);
         agents.push(Agent::start_with_args(&config, &["--simulate", "--speed", "1", "--clock-offset-ms", &offset])?);
     }
     let targets: Vec<String> = agents.iter().map(|a| a.target()).collect();
@@ -386,17 +395,23 @@ async fn run_setup(
         results.push((w.name, m));
     }
     let overran = Instant::now() > hour_end_at;
-    tokio::time::sleep_until(hour_end_at.into()).await;
+    if !args.no_hour {
+        tokio::time::sleep_until(hour_end_at.into()).await;
+    }
     let hour_s = (hour_end_ms - HOUR_MS) / 1000;
     let deadline = hour_end_at + Duration::from_secs(300);
-    let hour_to_accepted_s = loop {
-        if accepted_in_hour(&emulators, hour_s).await? >= pairs.len() {
-            break Some(hour_end_at.elapsed().as_secs_f64());
+    let hour_to_accepted_s = if args.no_hour {
+        Some(f64::NAN)
+    } else {
+        loop {
+            if accepted_in_hour(&emulators, hour_s).await? >= pairs.len() {
+                break Some(hour_end_at.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if Instant::now() > deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     drop(agents);
     Ok(RunResult { round, setup, load, workloads: results, hour_to_accepted_s, records: pairs.len(), overran })
@@ -422,6 +437,7 @@ fn print_row(r: &RunResult) {
             fmt_us(m.p50_us),
             fmt_us(m.p99_us),
             match r.hour_to_accepted_s {
+                Some(s) if s.is_nan() => "skipped (--no-hour)".to_string(),
                 Some(s) =>
                     format!("{s:.1} s ({} records){}", r.records, if r.overran { " (load overran)" } else { "" }),
                 None => format!("not within 300 s ({} records)", r.records),
