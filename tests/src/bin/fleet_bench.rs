@@ -460,7 +460,7 @@ async fn main() -> anyhow::Result<()> {
         setups.push(Setup { name: "shared x3", agents: 3, ack: Some("shared") });
     }
     if !args.only.is_empty() {
-        setups.retain(|s| args.only.iter().any(|o| o == &s.name.replace(' ', "").replace('x', "")));
+        setups.retain(|s| args.only.iter().any(|o| o == &s.name.replace([' ', 'x'], "")));
         anyhow::ensure!(!setups.is_empty(), "--only: no configuration named {:?}", args.only);
     }
     let pg = TestPostgres::start()?;
