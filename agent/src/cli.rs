@@ -149,6 +149,11 @@ pub struct RunArgs {
     /// With --simulate and --config: also run the demo load.
     #[arg(long)]
     pub feed: bool,
+    /// With --simulate (at --speed 1): run the clock this many milliseconds ahead of (or, negative, behind) the
+    /// wall clock. Processes given the same offset agree on the time: fleet-bench uses it to end an hour a few
+    /// seconds after its load, for several agents at once.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_offset_ms: i64,
 }
 
 pub fn main() -> ExitCode {
@@ -265,12 +270,16 @@ async fn run_simulated(
     if !(args.speed >= 1.0 && args.speed <= 3600.0) {
         anyhow::bail!("--speed must be between 1 and 3600");
     }
+    if args.clock_offset_ms != 0 && (args.speed - 1.0).abs() >= f64::EPSILON {
+        // A scaled clock counts from its own start: processes would disagree however the offset is set.
+        anyhow::bail!("--clock-offset-ms needs --speed 1");
+    }
     if demo {
         // Simulated minutes: seal a minute after each hour ends, look for work often.
         config.pipeline.seal_grace = Duration::from_secs(60);
         config.pipeline.tick = Duration::from_millis(250);
     }
-    let sim = crate::simulate::prepare(config, args.speed).await?;
+    let sim = crate::simulate::prepare_with_offset(config, args.speed, args.clock_offset_ms).await?;
     let emulator_url = sim.handle.endpoint_url();
     let config = sim.config.clone();
     let feeder_config = Arc::new(config.clone());

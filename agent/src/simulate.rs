@@ -9,7 +9,7 @@ use std::time::Duration;
 use meterd_emulator::{EmuCustomer, EmuProduct, Emulator, EmulatorConfig, EmulatorHandle};
 use meterd_proto::v1;
 
-use crate::clock::{ScaledClock, SharedClock, SystemClock};
+use crate::clock::{OffsetClock, ScaledClock, SharedClock, SystemClock};
 use crate::config::{AccountConfig, Config, IdentityMode};
 
 /// Lets the embedded emulator read the agent's clock, so both agree on what hour it is. Kept here, not in
@@ -45,9 +45,19 @@ fn demo_license_arn(product: &str) -> String {
 
 /// Starts the emulator for `config`'s products (and one subscribed demo customer each) and points every
 /// product at it.
-pub async fn prepare(mut config: Config, speed: f64) -> anyhow::Result<Simulation> {
-    let clock: SharedClock =
-        if (speed - 1.0).abs() < f64::EPSILON { Arc::new(SystemClock) } else { ScaledClock::new(speed) };
+pub async fn prepare(config: Config, speed: f64) -> anyhow::Result<Simulation> {
+    prepare_with_offset(config, speed, 0).await
+}
+
+/// [`prepare`] with the clock `offset_ms` from the wall clock (speed 1 only: `run` refuses the combination).
+pub async fn prepare_with_offset(mut config: Config, speed: f64, offset_ms: i64) -> anyhow::Result<Simulation> {
+    let clock: SharedClock = if offset_ms != 0 {
+        Arc::new(OffsetClock { offset_ms })
+    } else if (speed - 1.0).abs() < f64::EPSILON {
+        Arc::new(SystemClock)
+    } else {
+        ScaledClock::new(speed)
+    };
     // strict_wire: the demo (and the SDK tests built on it) also checks meterd's wire shape.
     let mut emu = EmulatorConfig { rate_limit_per_sec: 10.0, seed: 1, strict_wire: true, ..EmulatorConfig::default() };
     for (name, p) in config.products.iter_mut() {

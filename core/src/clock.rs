@@ -74,6 +74,20 @@ impl Clock for ScaledClock {
     }
 }
 
+/// The wall clock shifted by a fixed offset: real durations, a chosen "now". Several processes given the same
+/// offset agree on the time (unlike a [`ScaledClock`], which starts counting when it is made), so a benchmark can
+/// place an hour's end a few seconds ahead for a fleet of agents and its emulator.
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetClock {
+    pub offset_ms: i64,
+}
+
+impl Clock for OffsetClock {
+    fn now_ms(&self) -> UnixMillis {
+        system_now_ms() + self.offset_ms
+    }
+}
+
 pub const HOUR_MS: i64 = 3_600_000;
 
 /// Start of the UTC hour containing `ms`.
@@ -91,6 +105,13 @@ pub fn rfc3339(ms: UnixMillis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_offset_clock_is_the_wall_clock_shifted() {
+        let c = OffsetClock { offset_ms: -2 * HOUR_MS };
+        let (before, now, after) = (system_now_ms(), c.now_ms(), system_now_ms());
+        assert!((before - 2 * HOUR_MS..=after - 2 * HOUR_MS).contains(&now), "{before} {now} {after}");
+    }
 
     #[test]
     fn hour_start_truncates_in_utc() {

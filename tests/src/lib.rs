@@ -84,7 +84,11 @@ pub struct Agent {
     pub admin: Option<String>,
     /// The marketplace listener's address, when configured.
     pub http: Option<String>,
+    /// The embedded emulator's URL (`run --simulate`).
+    pub emulator: Option<String>,
     pub config_path: PathBuf,
+    /// Arguments after `run --config FILE` (kept for a restart).
+    args: Vec<String>,
     _config_dir: tempfile::TempDir,
 }
 
@@ -94,7 +98,15 @@ impl Agent {
         let config_dir = tempfile::tempdir()?;
         let config_path = config_dir.path().join("meterd.toml");
         std::fs::write(&config_path, config)?;
-        Self::start_with(&config_path, config_dir, &[])
+        Self::start_with(&config_path, config_dir, &[], Vec::new())
+    }
+
+    /// [`Agent::start`] with more arguments to `meterd run` (e.g. `--simulate --speed 1`).
+    pub fn start_with_args(config: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let config_dir = tempfile::tempdir()?;
+        let config_path = config_dir.path().join("meterd.toml");
+        std::fs::write(&config_path, config)?;
+        Self::start_with(&config_path, config_dir, &[], args.iter().map(|a| a.to_string()).collect())
     }
 
     /// [`Agent::start`] with `env` set and every `AWS_*` variable of the test's own environment removed, so the
@@ -105,12 +117,17 @@ impl Agent {
         std::fs::write(&config_path, config)?;
         let mut env: Vec<(&str, &str)> = env.to_vec();
         env.push((CLEAR_AWS_ENV, ""));
-        Self::start_with(&config_path, config_dir, &env)
+        Self::start_with(&config_path, config_dir, &env, Vec::new())
     }
 
-    fn start_with(config_path: &Path, config_dir: tempfile::TempDir, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+    fn start_with(
+        config_path: &Path,
+        config_dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        args: Vec<String>,
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(meterd_bin());
-        cmd.arg("run").arg("--config").arg(config_path);
+        cmd.arg("run").arg("--config").arg(config_path).args(&args);
         cmd.env("METERD_LOG", std::env::var("METERD_LOG").unwrap_or_else(|_| "warn".into()));
         if env.iter().any(|(k, _)| *k == CLEAR_AWS_ENV) {
             for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("AWS_")) {
@@ -128,6 +145,8 @@ impl Agent {
             unix: field("unix").map(PathBuf::from),
             admin: field("admin"),
             http: field("http"),
+            emulator: field("emulator"),
+            args,
             child: Some(child),
             config_path: config_path.to_path_buf(),
             _config_dir: config_dir,
@@ -138,7 +157,8 @@ impl Agent {
     pub fn restart(mut self) -> anyhow::Result<Self> {
         assert!(self.child.is_none(), "stop or kill the agent first");
         let dir = std::mem::replace(&mut self._config_dir, tempfile::tempdir()?);
-        Self::start_with(&self.config_path.clone(), dir, &[])
+        let args = std::mem::take(&mut self.args);
+        Self::start_with(&self.config_path.clone(), dir, &[], args)
     }
 
     pub fn pid(&self) -> u32 {

@@ -163,3 +163,76 @@ fn simulate_removes_its_throwaway_data_dir_and_keeps_a_chosen_one() {
     assert!(!ready.contains("removed on exit"), "{ready}");
     assert!(chosen.is_dir(), "{} was removed", chosen.display());
 }
+
+/// `run --simulate --speed 1 --clock-offset-ms X` runs the agent (and its emulator) X ms from the wall clock —
+/// what fleet-bench relies on to end an hour for several agents at once — and refuses the offset with a scaled
+/// clock, where processes could not agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_clock_offset_shifts_the_agents_hour_and_needs_speed_one() {
+    use meterd::clock::{HOUR_MS, hour_start, system_now_ms};
+    let data = tempfile::tempdir().unwrap();
+    let offset = -3 * HOUR_MS;
+    let agent = Agent::start_with_args(
+        &basic_config(&data.path().join("data"), ""),
+        &["--simulate", "--speed", "1", "--clock-offset-ms", &offset.to_string()],
+    )
+    .unwrap();
+    assert!(agent.emulator.is_some(), "no emulator= on the ready line");
+    let before = system_now_ms();
+    let ev = meterd_proto::v1::UsageEvent {
+        idempotency_key: "offset-1".into(),
+        customer: Some(meterd_proto::v1::Customer {
+            identity: Some(meterd_proto::v1::customer::Identity::AwsAccount(meterd_proto::v1::AwsCustomer {
+                customer_aws_account_id: "111122223333".into(),
+                license_arn: "arn:aws:license-manager::111122223333:license:l-offset".into(),
+            })),
+        }),
+        dimension: "api_calls".into(),
+        quantity: "1".into(),
+        ..Default::default()
+    };
+    let receipt = agent
+        .client()
+        .await
+        .unwrap()
+        .metering()
+        .record_usage(meterd_proto::v1::RecordUsageRequest { event: Some(ev) })
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    let after = system_now_ms();
+    let hour_ms = receipt.usage_hour.unwrap().seconds * 1000;
+    // The hour may turn between the two readings: either side is the shifted clock's.
+    assert!(
+        [hour_start(before + offset), hour_start(after + offset)].contains(&hour_ms),
+        "usage hour {hour_ms}, expected the hour of {} (3 h ago)",
+        before + offset
+    );
+
+    // Its own data dir: the first agent holds the other's lock. Killed if it starts (the refusal is missing).
+    let other = basic_config(&data.path().join("other"), "");
+    let config = data.path().join("other.toml");
+    std::fs::write(&config, other).unwrap();
+    let child = Command::new(meterd_bin())
+        .args(["run", "--simulate", "--speed", "120", "--clock-offset-ms", "1000", "--config"])
+        .arg(&config)
+        .env("METERD_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let mut stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        let _ = tx.send(s);
+    });
+    // The refusal comes at once; a wait this long only bounds a test that would otherwise hang.
+    let err = rx.recv_timeout(Duration::from_secs(60)).expect("meterd ran with --clock-offset-ms at --speed 120");
+    assert!(!child.0.wait().unwrap().success());
+    assert!(err.contains("--clock-offset-ms needs --speed 1"), "{err}");
+}
