@@ -155,3 +155,37 @@ fn a_spools_local_state_after_forwarding_does_not_grow_with_the_hours() {
         store.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_groups_events_are_kept_in_blocks_forwarded_and_removed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open_spool(dir.path(), options()).unwrap();
+        // One group of 1,000 new events (and one replay, which adds nothing): blocks of 256, 256, 256 and 232.
+        let mut events: Vec<UsageEvent> = (0..1_000).map(|i| event(&format!("k{i}"), i, None)).collect();
+        events.push(event("k7", 7, None));
+        let out = store.ingest(events, T0 + 1, Carry).await.unwrap();
+        assert!(matches!(out[1_000], IngestOutcome::Replayed(_)));
+        assert_eq!(store.outbox_depth().unwrap(), Depth { entries: 1_000, oldest_received_ms: Some(T0 + 1) });
+
+        // A page is whole blocks, until it holds the limit.
+        let page = store.outbox_page(300).unwrap();
+        assert_eq!(page.blocks, vec![0, outbox::BLOCK_ENTRIES as u64]);
+        let seqs: Vec<u64> = page.entries.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (0..2 * outbox::BLOCK_ENTRIES as u64).collect::<Vec<_>>());
+        assert_eq!(page.entries[300].1, Entry::new(&event("k300", 300, None), T0 + 1));
+        store.outbox_remove(&page.blocks).unwrap();
+        assert_eq!(store.outbox_depth().unwrap().entries, 1_000 - 2 * outbox::BLOCK_ENTRIES as u64);
+        store.close().await.unwrap();
+        drop(store);
+
+        // Reopened: the sequence continues after the last block's last entry.
+        let store = Store::open_spool(dir.path(), options()).unwrap();
+        store.ingest(vec![event("next", 1, None)], T0 + 2, Carry).await.unwrap();
+        let page = store.outbox_page(10_000).unwrap();
+        assert_eq!(page.entries.last().unwrap().0, 1_000);
+        assert_eq!(page.entries.len(), 1_000 - 2 * outbox::BLOCK_ENTRIES + 1);
+        assert_eq!(store.outbox_depth().unwrap().entries, page.entries.len() as u64);
+        store.close().await.unwrap();
+    });
+}

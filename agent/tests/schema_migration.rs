@@ -222,7 +222,12 @@ fn a_v2_spool_keeps_its_outbox() {
         assert_eq!(store.outbox_page(100).unwrap().entries, before);
         store.close().await.unwrap();
     });
-    assert_eq!(snapshot(d.path()), written);
+    // Every other value as this build wrote it; the outbox as store v3 converts it (one entry per key, encoding
+    // 2), which this build reads as blocks of one (the page above).
+    let outside = |m: std::collections::BTreeMap<Vec<u8>, Vec<u8>>| {
+        m.into_iter().filter(|(k, _)| !k.starts_with(b"o/")).collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert_eq!(outside(snapshot(d.path())), outside(written));
 }
 
 /// Run as a child process by the SIGKILL test: opens the store named by the environment; after each chunk the

@@ -155,8 +155,7 @@ pub(crate) async fn forward_page(
     let watermark = watermark_after(scan_ms, full, page.entries.last().map(|(_, e)| e.received_ms));
     let done = forward(client, &node.me.node_id, &acked, watermark).await?;
     // Only now is the page in the shared ledger: a crash before this line resends it, and it replays.
-    let seqs: Vec<u64> = page.entries.iter().map(|(s, _)| *s).collect();
-    store.outbox_remove(&seqs)?;
+    store.outbox_remove(&page.blocks)?;
     for c in &done.conflicts {
         tracing::warn!(key = %c.idempotency_key, counted_by = %c.existing_node_id,
             "an event reused an idempotency key with other content on another agent: recorded as a conflict in \

@@ -5,13 +5,17 @@
 //! in the outbox or already in PostgreSQL), removed only after the forward that carried it committed. A crash
 //! between the commit and the removal resends the entry, which the shared ledger answers as a replay.
 //!
-//! | key                                   | value                                           |
-//! |---------------------------------------|-------------------------------------------------|
-//! | `o/` + sequence (u64, big-endian)     | stored outbox entry ([`super::schema::outbox`]) |
+//! | key                                            | value                                                   |
+//! |------------------------------------------------|---------------------------------------------------------|
+//! | `o/` + first sequence (u64, big-endian)        | a block of consecutive entries ([`super::schema::outbox`]) |
 //!
-//! The sequence follows acknowledgement order (one writer thread assigns it), so a scan reads the oldest first.
+//! Every acknowledged event has a sequence, in acknowledgement order (one writer thread assigns them); an ingest
+//! group's new events go in blocks of at most [`BLOCK_ENTRIES`], each keyed by its first sequence, so a scan reads
+//! the oldest first and a group is a few sled writes, not one per event (a write per event kept one agent's
+//! batch ingest at about half of a standalone agent's, docs/fleet.md). A block is forwarded and removed whole.
 //! The value's first byte names its encoding: an older agent never misreads a newer layout, it stops. Encoding 1
-//! (postcard, store v2) is converted to 2 by the v2 → v3 migration.
+//! (postcard, store v2) is converted to 2 (one entry per key) by the v2 → v3 migration; 2 still reads, as a block
+//! of one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,8 +26,11 @@ use crate::domain::ingest::IngestOutcome;
 use crate::domain::quantity::Micros;
 
 pub const OUTBOX_PREFIX: &[u8] = b"o/";
-/// The encoding this build writes ([`super::schema::outbox`]).
-pub const ENCODING: u8 = super::schema::outbox::OUTBOX_VERSION;
+/// The newest encoding this build reads and the one it writes ([`super::schema::outbox`]).
+pub const ENCODING: u8 = super::schema::outbox::OUTBOX_BLOCK_VERSION;
+/// Most entries in one block: a block stays a small sled value (sled moves values over ~128 KiB to files of
+/// their own; an entry is ~200 bytes), and a forwarder's page overshoots its limit by less than one block.
+pub const BLOCK_ENTRIES: usize = 256;
 
 /// One acknowledged event, as the caller sent it, and when this agent acknowledged it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +85,18 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
     }
 }
 
+/// The entries of one `o/` value (a block, or a single entry written by an earlier build).
+pub fn decode_value(bytes: &[u8]) -> Result<Vec<Entry>, StoreError> {
+    match bytes.first() {
+        Some(v) if *v > ENCODING => {
+            Err(StoreError::Corrupt(format!("outbox entry in encoding {v}: written by a newer meterd")))
+        }
+        _ => {
+            super::schema::outbox::decode_value(bytes).map_err(|e| StoreError::Corrupt(format!("o/ outbox value: {e}")))
+        }
+    }
+}
+
 /// Present in a data dir that is a fleet node's spool.
 pub const SPOOL_MODE_KEY: &[u8] = b"m/spool";
 
@@ -128,10 +147,13 @@ pub(crate) struct Spool {
 }
 
 impl Spool {
-    /// Continues after the last entry kept in `db`.
+    /// Continues after the last entry kept in `db` (the last block's first sequence plus its entries).
     pub(crate) fn open(db: &sled::Db) -> Result<Self, StoreError> {
         let next = match db.scan_prefix(OUTBOX_PREFIX).next_back() {
-            Some(kv) => seq_of(&kv?.0)? + 1,
+            Some(kv) => {
+                let (k, v) = kv?;
+                seq_of(&k)? + decode_value(&v)?.len() as u64
+            }
             None => 0,
         };
         Ok(Spool { next: AtomicU64::new(next) })
@@ -144,13 +166,17 @@ impl Spool {
         calls: impl Iterator<Item = (&'a [UsageEvent], UnixMillis)>,
         outcomes: &[Vec<IngestOutcome>],
     ) {
+        let mut stored = Vec::new();
         for ((events, received_ms), outcomes) in calls.zip(outcomes) {
             for (e, o) in events.iter().zip(outcomes) {
                 if matches!(o, IngestOutcome::Stored(_)) {
-                    let seq = self.next.fetch_add(1, Ordering::Relaxed);
-                    batch.insert(entry_key(seq), encode_entry(&Entry::new(e, received_ms)));
+                    stored.push(Entry::new(e, received_ms));
                 }
             }
+        }
+        for block in stored.chunks(BLOCK_ENTRIES) {
+            let first = self.next.fetch_add(block.len() as u64, Ordering::Relaxed);
+            batch.insert(entry_key(first), super::schema::outbox::encode_block(block));
         }
     }
 }
@@ -158,10 +184,14 @@ impl Spool {
 /// The fleet incarnation this data dir last registered as (see `meterd_fleet::nodes::release`).
 pub const INCARNATION_KEY: &[u8] = b"m/fleet_incarnation";
 
-/// A page of the outbox, oldest first.
+/// A page of the outbox, oldest first: whole blocks.
 #[derive(Debug, Default)]
 pub struct Page {
+    /// Each entry with its sequence.
     pub entries: Vec<(u64, Entry)>,
+    /// The first sequence of each block the page holds: what [`Store::outbox_remove`] takes once they are
+    /// forwarded.
+    pub blocks: Vec<u64>,
 }
 
 /// How much is waiting to be forwarded.
@@ -207,18 +237,25 @@ impl Store {
         Ok(())
     }
 
-    /// The oldest `limit` entries of the outbox.
+    /// The oldest whole blocks of the outbox, until they hold at least `limit` entries (so at most `limit` +
+    /// [`BLOCK_ENTRIES`] − 1).
     pub fn outbox_page(&self, limit: usize) -> Result<Page, StoreError> {
-        let mut entries = Vec::new();
-        for kv in self.db().scan_prefix(OUTBOX_PREFIX).take(limit) {
+        let mut page = Page::default();
+        for kv in self.db().scan_prefix(OUTBOX_PREFIX) {
+            if page.entries.len() >= limit {
+                break;
+            }
             let (k, v) = kv?;
-            entries.push((seq_of(&k)?, decode_entry(&v)?));
+            let first = seq_of(&k)?;
+            page.blocks.push(first);
+            page.entries.extend((first..).zip(decode_value(&v)?));
         }
-        Ok(Page { entries })
+        Ok(page)
     }
 
-    /// Removes forwarded entries (after the shared ledger committed them). Not fsynced on its own: an entry that
-    /// comes back after a crash is forwarded again and replays.
+    /// Removes the blocks that start at `seqs` (a page's [`Page::blocks`], after the shared ledger committed
+    /// them); a sequence that starts no block is ignored. Not fsynced on its own: a block that comes back after a
+    /// crash is forwarded again and replays.
     pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for s in seqs {
@@ -228,21 +265,26 @@ impl Store {
         Ok(())
     }
 
-    /// Entries waiting, and the oldest one's acknowledgement time. Two lookups, whatever the depth: entries are
-    /// removed oldest first, so the sequences between the first and the last key are all still there (a write
-    /// that failed after taking a sequence leaves a gap: then this over-counts by the gap).
+    /// Entries waiting, and the oldest one's acknowledgement time. Two block reads, whatever the depth: blocks are
+    /// removed oldest first, so the sequences between the first block and the end of the last are all still there
+    /// (a write that failed after taking sequences leaves a gap: then this over-counts by the gap).
     pub fn outbox_depth(&self) -> Result<Depth, StoreError> {
         let db = self.db();
         let mut range = db.scan_prefix(OUTBOX_PREFIX);
         let Some(first) = range.next() else { return Ok(Depth::default()) };
         let (first_key, first_value) = first?;
-        let last = match range.next_back() {
-            Some(kv) => seq_of(&kv?.0)?,
-            None => seq_of(&first_key)?,
+        let first_entries = decode_value(&first_value)?;
+        // One past the last sequence: the last block's first sequence plus its entries.
+        let end = match range.next_back() {
+            Some(kv) => {
+                let (k, v) = kv?;
+                seq_of(&k)? + decode_value(&v)?.len() as u64
+            }
+            None => seq_of(&first_key)? + first_entries.len() as u64,
         };
         Ok(Depth {
-            entries: last - seq_of(&first_key)? + 1,
-            oldest_received_ms: Some(decode_entry(&first_value)?.received_ms),
+            entries: end - seq_of(&first_key)?,
+            oldest_received_ms: first_entries.first().map(|e| e.received_ms),
         })
     }
 }

@@ -260,12 +260,15 @@ pub fn from_v3(family: Family, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
         Family::Pending => to_v2(&V2PendingTotals::from(decode::<PendingTotals>(bytes)?)),
         Family::SealProgress => to_v2(&V2SealProgress::from(decode::<SealProgress>(bytes)?)),
         Family::SealedThrough => to_v2(&decode::<schema::meta::StoredSealedThrough>(bytes)?.cutoff_ms),
-        Family::Outbox => {
-            let mut v = vec![OUTBOX_ENCODING_1];
-            v.extend(to_v2(&V2OutboxEntry::from(decode::<outbox::Entry>(bytes)?)));
-            v
-        }
+        Family::Outbox => outbox_v2(decode::<outbox::Entry>(bytes)?),
     })
+}
+
+/// One outbox entry as store v2 wrote it (encoding 1, one entry per key).
+fn outbox_v2(e: outbox::Entry) -> Vec<u8> {
+    let mut v = vec![OUTBOX_ENCODING_1];
+    v.extend(to_v2(&V2OutboxEntry::from(e)));
+    v
 }
 
 /// The compacted totals of a v2 (or v1) store, read by the v1 → v2 migration.
@@ -281,9 +284,24 @@ pub fn rewrite_as_v2(db: &sled::Db) -> Result<u64, StoreError> {
     let mut n = 0;
     for kv in db.iter() {
         let (k, v) = kv?;
-        if let Some(f) = Family::of(&k) {
-            batch.insert(k, from_v3(f, &v)?);
-            n += 1;
+        match Family::of(&k) {
+            // A block (outbox encoding 3, newer than store v3 itself) was one key per entry in store v2.
+            Some(Family::Outbox) if v.first() == Some(&schema::outbox::OUTBOX_BLOCK_VERSION) => {
+                let first = u64::from_be_bytes(
+                    k[outbox::OUTBOX_PREFIX.len()..]
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("outbox key is not o/ + 8 bytes".into()))?,
+                );
+                for (seq, e) in (first..).zip(outbox::decode_value(&v)?) {
+                    batch.insert([outbox::OUTBOX_PREFIX, &seq.to_be_bytes()].concat(), outbox_v2(e));
+                    n += 1;
+                }
+            }
+            Some(f) => {
+                batch.insert(k, from_v3(f, &v)?);
+                n += 1;
+            }
+            None => {}
         }
     }
     batch.insert(keys::SCHEMA_VERSION_KEY, &2u32.to_be_bytes());
