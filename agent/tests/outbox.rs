@@ -88,6 +88,7 @@ fn a_standalone_store_keeps_no_outbox() {
         let store = Store::open_with(dir.path(), options()).unwrap();
         store.ingest(vec![event("a", 1, None)], T0, Carry).await.unwrap();
         assert_eq!(store.outbox_depth().unwrap(), Depth::default());
+        assert!(store.outbox_is_empty().unwrap());
         store.close().await.unwrap();
     });
 }
@@ -167,6 +168,7 @@ fn a_groups_events_are_kept_in_blocks_forwarded_and_removed_whole() {
         let out = store.ingest(events, T0 + 1, Carry).await.unwrap();
         assert!(matches!(out[1_000], IngestOutcome::Replayed(_)));
         assert_eq!(store.outbox_depth().unwrap(), Depth { entries: 1_000, oldest_received_ms: Some(T0 + 1) });
+        assert!(!store.outbox_is_empty().unwrap());
 
         // A page is whole blocks, until it holds the limit.
         let page = store.outbox_page(300).unwrap();
@@ -186,6 +188,9 @@ fn a_groups_events_are_kept_in_blocks_forwarded_and_removed_whole() {
         assert_eq!(page.entries.last().unwrap().0, 1_000);
         assert_eq!(page.entries.len(), 1_000 - 2 * outbox::BLOCK_ENTRIES + 1);
         assert_eq!(store.outbox_depth().unwrap().entries, page.entries.len() as u64);
+        store.outbox_remove(&page.blocks).unwrap();
+        assert!(store.outbox_is_empty().unwrap());
+        assert_eq!(store.outbox_depth().unwrap(), Depth::default());
         store.close().await.unwrap();
     });
 }

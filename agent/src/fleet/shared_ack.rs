@@ -39,7 +39,7 @@ impl AckGate for SharedAck {
             // One forward at a time: calls queue here, and the first forward carries every call's events.
             let mut guard = self.client.lock().await;
             // Our events were written before we got here: an empty outbox means a forward already carried them.
-            if self.store.outbox_depth()?.entries == 0 {
+            if self.store.outbox_is_empty()? {
                 return Ok(());
             }
             let forwarded = tokio::time::timeout(SHARED_ACK_TIMEOUT, async {

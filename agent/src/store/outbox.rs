@@ -87,13 +87,23 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
 
 /// The entries of one `o/` value (a block, or a single entry written by an earlier build).
 pub fn decode_value(bytes: &[u8]) -> Result<Vec<Entry>, StoreError> {
+    read_value(bytes, super::schema::outbox::decode_value)
+}
+
+/// How many entries one `o/` value holds, without decoding them.
+fn count_value(bytes: &[u8]) -> Result<u64, StoreError> {
+    read_value(bytes, super::schema::outbox::count_of)
+}
+
+fn read_value<T>(
+    bytes: &[u8],
+    read: impl FnOnce(&[u8]) -> Result<T, super::schema::DecodeError>,
+) -> Result<T, StoreError> {
     match bytes.first() {
         Some(v) if *v > ENCODING => {
             Err(StoreError::Corrupt(format!("outbox entry in encoding {v}: written by a newer meterd")))
         }
-        _ => {
-            super::schema::outbox::decode_value(bytes).map_err(|e| StoreError::Corrupt(format!("o/ outbox value: {e}")))
-        }
+        _ => read(bytes).map_err(|e| StoreError::Corrupt(format!("o/ outbox value: {e}"))),
     }
 }
 
@@ -152,7 +162,7 @@ impl Spool {
         let next = match db.scan_prefix(OUTBOX_PREFIX).next_back() {
             Some(kv) => {
                 let (k, v) = kv?;
-                seq_of(&k)? + decode_value(&v)?.len() as u64
+                seq_of(&k)? + count_value(&v)?
             }
             None => 0,
         };
@@ -265,6 +275,11 @@ impl Store {
         Ok(())
     }
 
+    /// Whether nothing waits to be forwarded: one key lookup (`ack = "shared"` asks it on every call).
+    pub fn outbox_is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.db().scan_prefix(OUTBOX_PREFIX).next().transpose()?.is_none())
+    }
+
     /// Entries waiting, and the oldest one's acknowledgement time. Two block reads, whatever the depth: blocks are
     /// removed oldest first, so the sequences between the first block and the end of the last are all still there
     /// (a write that failed after taking sequences leaves a gap: then this over-counts by the gap).
@@ -278,7 +293,7 @@ impl Store {
         let end = match range.next_back() {
             Some(kv) => {
                 let (k, v) = kv?;
-                seq_of(&k)? + decode_value(&v)?.len() as u64
+                seq_of(&k)? + count_value(&v)?
             }
             None => seq_of(&first_key)? + first_entries.len() as u64,
         };

@@ -97,6 +97,19 @@ pub fn decode_value(bytes: &[u8]) -> Result<Vec<Entry>, DecodeError> {
     Ok(out)
 }
 
+/// How many entries an `o/` value holds, its checksum verified but no entry decoded (the outbox's depth and the
+/// spool's next sequence read only this of the last block).
+pub fn count_of(bytes: &[u8]) -> Result<u64, DecodeError> {
+    if bytes.first() == Some(&OUTBOX_VERSION) {
+        return Reader::open(bytes, OUTBOX_VERSION).map(|_| 1);
+    }
+    let count = Reader::open(bytes, OUTBOX_BLOCK_VERSION)?.u64("count")?;
+    if count == 0 || count > bytes.len() as u64 {
+        return Err(DecodeError::Field { field: "count", at: 1 });
+    }
+    Ok(count)
+}
+
 /// A version-3 block of `entries` (at least one).
 pub fn encode_block(entries: &[Entry]) -> Vec<u8> {
     let mut w = Writer::new(OUTBOX_BLOCK_VERSION);
@@ -158,6 +171,7 @@ mod tests {
         expected.extend_from_slice(&crc32fast::hash(&expected).to_be_bytes());
         assert_eq!(block, expected);
         assert_eq!(decode_value(&block).unwrap(), vec![e.clone(), e.clone()]);
+        assert_eq!((count_of(&block).unwrap(), count_of(&single).unwrap()), (2, 1));
         // A value an earlier build wrote (one version-2 entry per key) reads as a block of one.
         assert_eq!(decode_value(&single).unwrap(), vec![e]);
     }
@@ -168,11 +182,14 @@ mod tests {
         let mut flipped = encode_block(std::slice::from_ref(&e));
         flipped[3] ^= 1;
         assert!(matches!(decode_value(&flipped), Err(DecodeError::Checksum)));
+        assert!(matches!(count_of(&flipped), Err(DecodeError::Checksum)));
         // A count of zero, or one the bytes cannot hold, is damage (never an allocation of that size).
         for count in [0u64, 1 << 40] {
             let mut w = Writer::new(OUTBOX_BLOCK_VERSION);
             w.u64(count);
-            assert!(matches!(decode_value(&w.finish()), Err(DecodeError::Field { field: "count", .. })), "{count}");
+            let bytes = w.finish();
+            assert!(matches!(decode_value(&bytes), Err(DecodeError::Field { field: "count", .. })), "{count}");
+            assert!(matches!(count_of(&bytes), Err(DecodeError::Field { field: "count", .. })), "{count}");
         }
         // One entry promised more than the bytes hold.
         let mut w = Writer::new(OUTBOX_BLOCK_VERSION);
