@@ -452,9 +452,10 @@ async fn repack(target: &str) -> anyhow::Result<ExitCode> {
     let r = client.admin().repack(meterd_proto::v1::RepackRequest {}).await?.into_inner();
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "repacked {} key(s) in {} ms: {:.1} MiB -> {:.1} MiB",
+        "repacked {} key(s) in {} ms (writes waited {} ms): {:.1} MiB -> {:.1} MiB",
         r.keys,
         r.duration_ms,
+        r.writes_paused_ms,
         mib(r.bytes_before),
         mib(r.bytes_after)
     );

@@ -282,3 +282,71 @@ fn a_bloated_store_is_repacked_and_a_lean_one_is_left_alone() {
         store.close().await.unwrap();
     });
 }
+
+/// The dedupe segments are copied while the writer goes on (`store/repack.rs`): with the copy held after the
+/// segments, ingest is answered, into the segment being copied and into one made meanwhile; a segment past the
+/// window is not dropped under the copy; and after the switch every key written meanwhile is in the new
+/// generation (only the catch-up log brings them: the copy had passed them all).
+#[test]
+fn ingest_goes_on_while_a_repack_copies_the_dedupe_segments_and_nothing_written_meanwhile_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let batch = |tag: &str, n: usize, at: i64| -> Vec<UsageEvent> {
+            (0..n).map(|i| event(&format!("{tag}-{i}"), "c", 2, at + 1000)).collect()
+        };
+        store.ingest(batch("before", 3_000, T0), T0, Carry).await.unwrap();
+
+        meterd::store::repack::hold_copies(dir.path(), true);
+        let repack = {
+            let store = store.clone();
+            tokio::spawn(async move { store.repack().await })
+        };
+        let waited = std::time::Instant::now();
+        while !meterd::store::repack::copy_is_held(dir.path()) {
+            assert!(waited.elapsed().as_secs() < 60, "the repack never reached the hold");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Same segment as "before" (day 0), then a day-3 segment made during the copy: day 0's is past the window
+        // then, but must not be dropped while it is being copied.
+        for (tag, at) in [("same", T0 + HOUR), ("newer", T0 + 3 * DAY)] {
+            let out = store.ingest(batch(tag, 500, at), at, Carry).await.unwrap();
+            assert!(out.iter().all(|o| matches!(o, IngestOutcome::Stored(_))), "{tag}: {:?}", &out[..1]);
+        }
+        // A second repack asked for meanwhile shares the outcome of the one running.
+        let second = {
+            let store = store.clone();
+            tokio::spawn(async move { store.repack().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!repack.is_finished() && !second.is_finished(), "a held copy cannot have switched");
+        assert_eq!(store.compacted().unwrap().events, 0, "no segment is dropped while the copy runs");
+
+        meterd::store::repack::hold_copies(dir.path(), false);
+        let outcome = repack.await.unwrap().unwrap();
+        assert_eq!(second.await.unwrap().unwrap(), outcome);
+        assert!(outcome.keys >= 4_000, "{outcome:?}");
+        assert!(outcome.paused_millis <= outcome.millis, "{outcome:?}");
+        assert_eq!(store.counters().repacks.load(Ordering::Relaxed), 1);
+
+        // After the switch the drop it waited for happens with the next write.
+        store.ingest(batch("after", 1, T0 + 3 * DAY), T0 + 3 * DAY, Carry).await.unwrap();
+        assert_eq!(store.compacted().unwrap().events, 3_500, "day 0's segment, dropped once the copy is over");
+        store.close().await.unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        for (tag, n) in [("newer", 500), ("after", 1)] {
+            for i in 0..n {
+                assert!(
+                    store.event(&format!("{tag}-{i}")).unwrap().is_some(),
+                    "{tag}-{i} was acknowledged but is gone"
+                );
+            }
+        }
+        let total: u128 = store.buckets().unwrap().iter().map(|(_, b)| b.total.0).sum();
+        assert_eq!(total, 2 * 4_001);
+        store.close().await.unwrap();
+    });
+    assert_eq!(generations(dir.path()), ["sled-1"]);
+}

@@ -62,6 +62,7 @@ impl Admin for AdminService {
             bytes_before: r.bytes_before,
             bytes_after: r.bytes_after,
             duration_ms: r.millis,
+            writes_paused_ms: r.paused_millis,
         }))
     }
 

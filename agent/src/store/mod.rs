@@ -21,6 +21,7 @@ pub mod mirror;
 pub mod outbox;
 pub mod pages;
 pub mod pending;
+pub mod repack;
 pub mod schema;
 pub mod seam;
 pub mod segments;
@@ -191,7 +192,10 @@ pub struct RepackOutcome {
     pub keys: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// From the start of the copy to the switch.
     pub millis: u64,
+    /// How long writes waited: the final step only (the dedupe segments are copied while the writer goes on).
+    pub paused_millis: u64,
 }
 
 /// The live generation: sled's handle and the files its barrier fsyncs.
@@ -494,7 +498,8 @@ impl Store {
     }
 
     /// Copies every live key into a fresh sled generation and switches to it, giving back the space sled's log
-    /// keeps under churn. Writes wait while it runs (seconds per million keys); reads go on.
+    /// keeps under churn. The dedupe segments are copied while writes go on; writes wait only for the rest (the
+    /// default tree: buckets, records, counters) and the switch ([`repack`]). Reads go on throughout.
     pub async fn repack(&self) -> Result<RepackOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.command(writer::Command::Repack { reply }, rx).await

@@ -13,6 +13,7 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::repack::{self, SegmentCopy};
 use super::segments::{self, Segment, Segments};
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
@@ -64,8 +65,6 @@ impl Lookups for SledLookups<'_> {
 const MAX_GROUP_EVENTS: usize = 16_384;
 /// Commands waiting for the writer; senders wait when it is full (backpressure, not memory growth).
 const QUEUE_DEPTH: usize = 4096;
-/// Keys per atomic batch while a repack copies into the new generation.
-const REPACK_BATCH_KEYS: usize = 10_000;
 /// Buckets one seal chunk reads by default (`storage.seal_chunk`): each chunk is one atomic batch, and ingest
 /// groups run between chunks, so this bounds both the seal's memory and how long a caller can wait behind it.
 /// sled spends ~50-100 us per sealed bucket (four writes each, copying tree nodes), so 200 buckets keep a caller's
@@ -169,6 +168,11 @@ pub enum Command {
     Repack {
         reply: Answer<RepackOutcome>,
     },
+    /// Sent by the repack's copy thread: the dedupe segments are copied into `generation`, the writer may finish
+    /// the repack (a stale one, from a copy given up, is ignored).
+    RepackCopied {
+        generation: String,
+    },
     Stop,
 }
 
@@ -214,6 +218,7 @@ fn refuse(cmd: Command, e: StoreError) -> bool {
         Command::NotSubscribed { reply, .. } => drop(reply.send(Err(e))),
         Command::Mirror { reply, .. } => drop(reply.send(Err(e))),
         Command::Repack { reply } => drop(reply.send(Err(e))),
+        Command::RepackCopied { .. } => {}
         Command::Snapshot { reply } => drop(reply.send(Err(e))),
         Command::ReportPage { reply, .. } => drop(reply.send(Err(e))),
         Command::Stop => return true,
@@ -229,6 +234,7 @@ pub fn spawn(
     forgetting: Option<std::thread::JoinHandle<()>>,
 ) -> (mpsc::Sender<Command>, Vec<std::thread::JoinHandle<()>>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let wake = tx.downgrade();
     let (flush_tx, flush_rx) = std_mpsc::channel::<AppliedGroup>();
     let db = current_db(&shared);
     let flusher = {
@@ -254,6 +260,8 @@ pub fn spawn(
                 forgetting,
                 events_stored,
                 job: None,
+                wake,
+                repacking: None,
             }
             .run(rx, flush_tx)
         })
@@ -281,6 +289,18 @@ struct Writer {
     forgetting: Option<std::thread::JoinHandle<()>>,
     /// `m/events_stored` as last written.
     events_stored: u64,
+    /// The writer's own queue, for the repack's copy thread to wake it (weak: it never keeps the store open).
+    wake: mpsc::WeakSender<Command>,
+    /// A repack copying the dedupe segments beside the writer, if one runs ([`repack`]).
+    repacking: Option<Repacking>,
+}
+
+/// A repack under way: the segment copy and everyone waiting for its outcome.
+struct Repacking {
+    copy: SegmentCopy,
+    replies: Vec<Answer<RepackOutcome>>,
+    started: std::time::Instant,
+    bytes_before: u64,
 }
 
 impl Writer {
@@ -423,14 +443,19 @@ impl Writer {
                                     let _ = reply.send(Err(e));
                                 }
                             },
-                            Command::Repack { reply } => {
-                                // Answer what was applied so far without waiting for the copy. Whichever
-                                // generation the flusher then fsyncs, those writes are durable: the repack fsyncs
-                                // the old generation before it copies.
+                            // Answered when the repack switches generations.
+                            Command::Repack { reply } => self.begin_repack(reply),
+                            Command::RepackCopied { generation } => {
+                                if self.repacking.as_ref().is_none_or(|r| r.copy.next != generation) {
+                                    continue;
+                                }
+                                // Answer what was applied so far without waiting for the switch. Whichever
+                                // generation the flusher then fsyncs, those writes are durable: the switch fsyncs
+                                // the old generation before it copies the default tree.
                                 if !group.replies.is_empty() && flush_tx.send(std::mem::take(&mut group)).is_err() {
                                     return;
                                 }
-                                let _ = reply.send(self.repack());
+                                self.finish_repack();
                             }
                             Command::Stop => stopping = true,
                             Command::Ingest { .. } => unreachable!("handled above"),
@@ -450,6 +475,17 @@ impl Writer {
             if !group.replies.is_empty() && flush_tx.send(group).is_err() {
                 break;
             }
+            if self.repacking.as_ref().is_some_and(|r| r.copy.log.lock().map_or(0, |l| l.len()) > repack::LOG_CAP) {
+                self.abandon_repack(format!(
+                    "repack given up: ingest outran the copy ({} entries waiting to be copied); the old generation \
+                     stays live and the next hourly check tries again",
+                    repack::LOG_CAP
+                ));
+            }
+        }
+        // A repack still copying is given up: the old generation is the live one, untouched.
+        if self.repacking.is_some() {
+            self.abandon_repack("the store is shutting down".into());
         }
         // A seal cut short by a stop resumes from its durable progress at the next seal.
         // Dropping flush_tx lets the flusher finish the last groups and exit. A segment drop under way finishes
@@ -620,9 +656,11 @@ impl Writer {
         let total = self.events_stored + events.len() as u64;
         batch.insert(segments::index_key(start), &segments::encode_count(count)[..]);
         batch.insert(keys::EVENTS_STORED_KEY, &segments::encode_count(total)[..]);
+        let encoded: Vec<Vec<u8>> =
+            events.iter().map(|(_, stored)| super::schema::encode_entry(stored, start)).collect();
         let mut entries = sled::Batch::default();
-        for (key, stored) in events {
-            entries.insert(key.as_bytes(), super::schema::encode_entry(stored, start));
+        for ((key, _), value) in events.iter().zip(&encoded) {
+            entries.insert(key.as_bytes(), &value[..]);
         }
         use sled::Transactional;
         (&*self.db, &seg.tree)
@@ -637,6 +675,10 @@ impl Writer {
             })?;
         self.segments.live.get_mut(&start).expect("live").count = count;
         self.events_stored = total;
+        // A repack copying the segments gets them too (after the write, so only what is stored is copied).
+        if let Some(r) = &self.repacking {
+            r.copy.log_entries(start, events.iter().zip(&encoded).map(|((k, _), v)| (k.as_bytes(), &v[..])));
+        }
         Ok(())
     }
 
@@ -649,7 +691,9 @@ impl Writer {
 
     /// Drops the segments starting at `expired` (see [`Self::forget`]); returns how many keys they held.
     fn drop_segments(&mut self, expired: &[UnixMillis]) -> Result<u64, StoreError> {
-        if expired.is_empty() {
+        // While a repack copies the segments none is dropped: the drop waits for the switch (a key is only ever
+        // kept longer, never shorter), and the copy never meets a tree that vanished under it.
+        if expired.is_empty() || self.repacking.is_some() {
             return Ok(0);
         }
         let mut total: super::Compacted = match self.db.get(keys::COMPACTED_KEY)? {
@@ -1219,59 +1263,108 @@ impl Writer {
         Ok(())
     }
 
-    /// Copies the live generation into the next one and switches to it (see [`generation`]). Nothing is written
-    /// meanwhile: this thread is the only writer.
-    fn repack(&mut self) -> Result<RepackOutcome, StoreError> {
+    /// Starts a repack (see [`repack`]): opens the next generation and copies the dedupe segments into it on a
+    /// thread of its own; the writer goes on and finishes the repack when the copy is done
+    /// ([`Self::finish_repack`]). A repack asked for while one runs is answered with that one's outcome.
+    fn begin_repack(&mut self, reply: Answer<RepackOutcome>) {
+        if let Some(r) = &mut self.repacking {
+            r.replies.push(reply);
+            return;
+        }
         let started = std::time::Instant::now();
-        // A drop still freeing pages of the old generation has nothing to do with the copy; let it finish first.
-        if let Some(h) = self.forgetting.take() {
-            let _ = h.join();
-        }
-        let bytes_before = self.db.size_on_disk()?;
-        // A copy is never larger than the generation it copies: room for that on top of the reserve.
-        self.check_room(bytes_before)?;
-        // Every acknowledged write is in the old generation: make it durable before copying from it.
-        current(&self.shared).sync()?;
-        let next = generation::next(&self.place.generation);
-        let path = self.place.dir.join(&next);
-        let io = |e: std::io::Error| StoreError::Io(format!("repack into {}: {e}", path.display()));
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(io)?;
-        }
-        let copied = (|| {
+        let begun = (|| {
+            // A drop still freeing pages of the old generation has nothing to do with the copy; let it finish first.
+            if let Some(h) = self.forgetting.take() {
+                let _ = h.join();
+            }
+            let bytes_before = self.db.size_on_disk()?;
+            // A copy is never larger than the generation it copies: room for that on top of the reserve.
+            self.check_room(bytes_before)?;
+            let next = generation::next(&self.place.generation);
+            let path = self.place.dir.join(&next);
+            if path.exists() {
+                std::fs::remove_dir_all(&path)
+                    .map_err(|e| StoreError::Io(format!("repack into {}: {e}", path.display())))?;
+            }
             // While it copies, the new generation's cache fills next to the old one's: the agent's memory peaks
-            // at up to twice the store's working set until the old generation is dropped below.
+            // at up to twice the store's working set until the old generation is dropped at the switch.
             let fresh = super::open_sled(&path, self.place.cache_bytes)?;
+            let trees = self.segments.live.iter().map(|(s, seg)| (*s, seg.tree.clone())).collect();
+            let wake = self.wake.clone();
+            let name = next.clone();
+            let done = move || {
+                if let Some(tx) = wake.upgrade() {
+                    let _ = tx.blocking_send(Command::RepackCopied { generation: name });
+                }
+            };
+            match SegmentCopy::start(fresh, path.clone(), next, trees, done) {
+                Ok(copy) => Ok((copy, bytes_before)),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&path);
+                    Err(e)
+                }
+            }
+        })();
+        match begun {
+            Ok((copy, bytes_before)) => {
+                tracing::info!(generation = %copy.next, "repack started: copying the dedupe segments while ingest goes on");
+                self.repacking = Some(Repacking { copy, replies: vec![reply], started, bytes_before })
+            }
+            Err(e) => drop(reply.send(Err(e))),
+        }
+    }
+
+    /// The copy thread is done: with writes stopped, copies what is left (the last of the catch-up log and the
+    /// default tree), makes the new generation durable and switches to it. Answers everyone waiting.
+    fn finish_repack(&mut self) {
+        let Some(mut r) = self.repacking.take() else { return };
+        let result = self.switch(&mut r);
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "repack failed; the old generation stays live");
+        }
+        for reply in r.replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    /// Gives up the repack under way; the old generation stays live, untouched.
+    fn abandon_repack(&mut self, why: String) {
+        let Some(r) = self.repacking.take() else { return };
+        tracing::warn!("{why}");
+        r.copy.abandon();
+        for reply in r.replies {
+            let _ = reply.send(Err(StoreError::Io(why.clone())));
+        }
+    }
+
+    /// The stop-the-world end of a repack (see [`Self::finish_repack`]). Nothing is written meanwhile: this
+    /// thread is the only writer.
+    fn switch(&mut self, r: &mut Repacking) -> Result<RepackOutcome, StoreError> {
+        let paused = std::time::Instant::now();
+        let path = r.copy.path.clone();
+        let next = r.copy.next.clone();
+        let io = |e: std::io::Error| StoreError::Io(format!("repack into {}: {e}", path.display()));
+        let copied = (|| {
+            let mut keys = r.copy.join()?;
+            // Every acknowledged write is in the old generation: make it durable before copying from it.
+            current(&self.shared).sync()?;
+            let fresh = r.copy.fresh.clone();
+            let rest = std::mem::take(&mut *r.copy.log.lock().unwrap_or_else(|e| e.into_inner()));
+            keys += repack::apply(&fresh, rest)?;
+            // The default tree: buckets, records, queue, registry, counters and the segments' `g/` records.
             let mut batch = sled::Batch::default();
-            let (mut keys, mut in_batch) = (0u64, 0usize);
+            let mut in_batch = 0usize;
             for kv in self.db.iter() {
                 let (k, v) = kv?;
                 batch.insert(k, v);
                 keys += 1;
                 in_batch += 1;
-                if in_batch == REPACK_BATCH_KEYS {
+                if in_batch == repack::BATCH_KEYS {
                     fresh.apply_batch(std::mem::take(&mut batch))?;
                     in_batch = 0;
                 }
             }
             fresh.apply_batch(batch)?;
-            // The live dedupe segments, each into a tree of the same name (a dropped one is not copied).
-            for (start, seg) in &self.segments.live {
-                let tree = fresh.open_tree(segments::tree_name(*start))?;
-                let mut batch = sled::Batch::default();
-                let mut in_batch = 0usize;
-                for kv in seg.tree.iter() {
-                    let (k, v) = kv?;
-                    batch.insert(k, v);
-                    keys += 1;
-                    in_batch += 1;
-                    if in_batch == REPACK_BATCH_KEYS {
-                        tree.apply_batch(std::mem::take(&mut batch))?;
-                        in_batch = 0;
-                    }
-                }
-                tree.apply_batch(batch)?;
-            }
             // The new generation must be whole on disk — log, config, directories, its entry in the data dir —
             // before CURRENT may name it.
             let files = durable::GenerationFiles::open(&path).map_err(io)?;
@@ -1309,14 +1402,21 @@ impl Writer {
                 tracing::warn!(generation = %old, error = %e, "could not remove the old store generation; the next start will")
             }
         }
+        let paused_millis = paused.elapsed().as_millis() as u64;
         give_back_freed_memory();
-        let took = started.elapsed();
+        let took = r.started.elapsed();
         self.counters.repacks.fetch_add(1, Ordering::Relaxed);
-        self.counters.repack_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        let outcome =
-            RepackOutcome { keys, bytes_before, bytes_after: self.db.size_on_disk()?, millis: took.as_millis() as u64 };
-        tracing::info!(generation = %self.place.generation, keys, bytes_before, bytes_after = outcome.bytes_after,
-            millis = outcome.millis, "repacked the store");
+        // The metric is the time writes waited (the switch), not the copy that ran beside them.
+        self.counters.repack_micros.fetch_add(paused_millis * 1000, Ordering::Relaxed);
+        let outcome = RepackOutcome {
+            keys,
+            bytes_before: r.bytes_before,
+            bytes_after: self.db.size_on_disk()?,
+            millis: took.as_millis() as u64,
+            paused_millis,
+        };
+        tracing::info!(generation = %self.place.generation, keys, bytes_before = outcome.bytes_before,
+            bytes_after = outcome.bytes_after, millis = outcome.millis, paused_millis, "repacked the store");
         Ok(outcome)
     }
 
