@@ -91,7 +91,8 @@ pub struct StorageConfig {
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
     /// Repack the store (copy its live keys into a fresh sled generation) when it takes more than this many
-    /// times the bytes of its keys and values; checked after each hourly retention pass. 0 turns it off.
+    /// times what a fresh copy of its keys and values takes (learned at the last repack; before one, their
+    /// bytes); checked after each hourly retention pass. 0 turns it off.
     #[serde(default = "default_repack_ratio")]
     pub repack_ratio: f64,
     /// Free space kept on the data dir's filesystem ("256MiB", "5%"): below it ingest is refused with

@@ -355,3 +355,36 @@ fn ingest_goes_on_while_a_repack_copies_the_dedupe_segments_and_nothing_written_
     });
     assert_eq!(generations(dir.path()), ["sled-1"]);
 }
+
+/// A repack given up midway (here: the store closes while the copy runs) leaves the old generation live and
+/// whole, and its half-made copy is deleted.
+#[test]
+fn a_repack_given_up_mid_copy_leaves_the_old_generation_live_and_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let events = (0..2_000).map(|i| event(&format!("k{i}"), "c", 1, T0 + 1000)).collect();
+        store.ingest(events, T0, Carry).await.unwrap();
+        meterd::store::repack::hold_copies(dir.path(), true);
+        let repack = {
+            let store = store.clone();
+            tokio::spawn(async move { store.repack().await })
+        };
+        while !meterd::store::repack::copy_is_held(dir.path()) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        store.ingest(vec![event("during", "c", 1, T0 + 1000)], T0, Carry).await.unwrap();
+        store.close().await.unwrap();
+        let e = repack.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("shutting down"), "{e}");
+        meterd::store::repack::hold_copies(dir.path(), false);
+    });
+    rt.block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.counters().events_stored.load(Ordering::Relaxed), 2_001);
+        assert!(store.event("during").unwrap().is_some() && store.event("k1999").unwrap().is_some());
+        store.close().await.unwrap();
+    });
+    assert_eq!(generations(dir.path()), ["sled"], "the half-made copy is gone");
+}

@@ -54,13 +54,29 @@ pub fn remove_others(dir: &Path, keep: &str) -> std::io::Result<Vec<String>> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-        if name != keep && parse(&name).is_some() && entry.file_type()?.is_dir() {
+        if name != keep && (parse(&name).is_some() || is_set_aside(&name)) && entry.file_type()?.is_dir() {
             std::fs::remove_dir_all(entry.path())?;
             removed.push(name);
         }
     }
     let _ = std::fs::remove_file(dir.join(format!("{CURRENT_FILE}.tmp")));
     Ok(removed)
+}
+
+/// Marks a generation directory renamed out of the way by [`set_aside`].
+const SET_ASIDE: &str = ".gone-";
+
+fn is_set_aside(name: &str) -> bool {
+    name.starts_with(PREFIX) && name.contains(SET_ASIDE)
+}
+
+/// Renames the (never live) generation directory `name` out of the way, to be deleted at leisure: a later
+/// repack may reuse its name at once. Returns the new path; [`remove_others`] deletes it if nothing else does.
+pub fn set_aside(dir: &Path, name: &str) -> std::io::Result<std::path::PathBuf> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let to = dir.join(format!("{name}{SET_ASIDE}{nanos}"));
+    std::fs::rename(dir.join(name), &to)?;
+    Ok(to)
 }
 
 /// Bytes used by the files under `path`.
@@ -101,6 +117,12 @@ mod tests {
         removed.sort();
         assert_eq!(removed, ["sled", "sled-2"]);
         assert!(d.path().join("sled-1").is_dir() && d.path().join("unrelated").is_dir());
+        // A copy set aside (a repack given up) goes too, and its name is free again at once.
+        std::fs::create_dir(d.path().join("sled-2")).unwrap();
+        let aside = set_aside(d.path(), "sled-2").unwrap();
+        assert!(aside.is_dir() && !d.path().join("sled-2").exists());
+        assert_eq!(remove_others(d.path(), "sled-1").unwrap().len(), 1);
+        assert!(!aside.exists());
     }
 
     #[test]

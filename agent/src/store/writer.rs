@@ -1273,10 +1273,8 @@ impl Writer {
         }
         let started = std::time::Instant::now();
         let begun = (|| {
-            // A drop still freeing pages of the old generation has nothing to do with the copy; let it finish first.
-            if let Some(h) = self.forgetting.take() {
-                let _ = h.join();
-            }
+            // A drop still freeing a dropped segment's pages is left to run: that segment is no longer live, so
+            // the copy never reads it (waiting for it here stalled writes for up to 0.5 s).
             let bytes_before = self.db.size_on_disk()?;
             // A copy is never larger than the generation it copies: room for that on top of the reserve.
             self.check_room(bytes_before)?;
