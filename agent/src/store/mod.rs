@@ -844,9 +844,15 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Opens a sled directory, waiting (10 s at most) for its file lock; public for tests that inspect a closed store.
 pub fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    open_sled_with(path, || sled::Config::new().cache_capacity(cache_bytes))
+}
+
+/// As [`open_sled`], with the sled settings `config` makes (afresh for each try: a sled `Config` cannot be
+/// changed once cloned).
+pub(crate) fn open_sled_with(path: &Path, config: impl Fn() -> sled::Config) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        match sled::Config::new().path(path).cache_capacity(cache_bytes).open() {
+        match config().path(path).open() {
             Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
                 if std::time::Instant::now() >= deadline {
                     return Err(StoreError::Io(format!(

@@ -301,6 +301,8 @@ struct Repacking {
     replies: Vec<Answer<RepackOutcome>>,
     started: std::time::Instant,
     bytes_before: u64,
+    /// Bytes in the catch-up log after the writer's last append.
+    logged: usize,
 }
 
 impl Writer {
@@ -475,11 +477,11 @@ impl Writer {
             if !group.replies.is_empty() && flush_tx.send(group).is_err() {
                 break;
             }
-            if self.repacking.as_ref().is_some_and(|r| r.copy.log.lock().map_or(0, |l| l.len()) > repack::LOG_CAP) {
+            if self.repacking.as_ref().is_some_and(|r| r.logged > repack::LOG_CAP_BYTES) {
                 self.abandon_repack(format!(
-                    "repack given up: ingest outran the copy ({} entries waiting to be copied); the old generation \
-                     stays live and the next hourly check tries again",
-                    repack::LOG_CAP
+                    "repack given up: ingest outran the copy ({} MiB of entries waiting to be copied); the old \
+                     generation stays live and the next hourly check tries again",
+                    repack::LOG_CAP_BYTES >> 20
                 ));
             }
         }
@@ -676,8 +678,8 @@ impl Writer {
         self.segments.live.get_mut(&start).expect("live").count = count;
         self.events_stored = total;
         // A repack copying the segments gets them too (after the write, so only what is stored is copied).
-        if let Some(r) = &self.repacking {
-            r.copy.log_entries(start, events.iter().zip(&encoded).map(|((k, _), v)| (k.as_bytes(), &v[..])));
+        if let Some(r) = &mut self.repacking {
+            r.logged = r.copy.log_entries(start, events.iter().zip(&encoded).map(|((k, _), v)| (k.as_bytes(), &v[..])));
         }
         Ok(())
     }
@@ -1286,7 +1288,11 @@ impl Writer {
             }
             // While it copies, the new generation's cache fills next to the old one's: the agent's memory peaks
             // at up to twice the store's working set until the old generation is dropped at the switch.
-            let fresh = super::open_sled(&path, self.place.cache_bytes)?;
+            // Without sled's 500 ms background flush, which would hold sled's process-wide lock while it writes
+            // (see `repack::pace`); the flusher flushes it after every group once it is live.
+            let cache = self.place.cache_bytes;
+            let fresh =
+                super::open_sled_with(&path, || sled::Config::new().cache_capacity(cache).flush_every_ms(None))?;
             let trees = self.segments.live.iter().map(|(s, seg)| (*s, seg.tree.clone())).collect();
             let wake = self.wake.clone();
             let name = next.clone();
@@ -1306,7 +1312,7 @@ impl Writer {
         match begun {
             Ok((copy, bytes_before)) => {
                 tracing::info!(generation = %copy.next, "repack started: copying the dedupe segments while ingest goes on");
-                self.repacking = Some(Repacking { copy, replies: vec![reply], started, bytes_before })
+                self.repacking = Some(Repacking { copy, replies: vec![reply], started, bytes_before, logged: 0 })
             }
             Err(e) => drop(reply.send(Err(e))),
         }
@@ -1347,8 +1353,7 @@ impl Writer {
             // Every acknowledged write is in the old generation: make it durable before copying from it.
             current(&self.shared).sync()?;
             let fresh = r.copy.fresh.clone();
-            let rest = std::mem::take(&mut *r.copy.log.lock().unwrap_or_else(|e| e.into_inner()));
-            keys += repack::apply(&fresh, rest)?;
+            keys += repack::apply(&fresh, &r.copy.take_log(), || Ok(()))?;
             // The default tree: buckets, records, queue, registry, counters and the segments' `g/` records.
             let mut batch = sled::Batch::default();
             let mut in_batch = 0usize;
@@ -1552,7 +1557,11 @@ fn flusher_loop(shared: SharedDb, rx: std_mpsc::Receiver<AppliedGroup>, counters
                     poisoned = Some(msg.clone());
                     StoreError::Poisoned(msg)
                 });
-                counters.fsync_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let took = started.elapsed();
+                counters.fsync_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                if took >= std::time::Duration::from_millis(100) {
+                    tracing::debug!(millis = took.as_millis() as u64, groups = groups.len(), "slow barrier");
+                }
                 r
             }
         };
