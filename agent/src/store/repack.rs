@@ -225,11 +225,11 @@ fn copy(
             let (k, v) = kv?;
             batch.insert(k, v);
             keys += 1;
-            if keys % COPY_BATCH_KEYS as u64 == 0 {
+            if keys.is_multiple_of(COPY_BATCH_KEYS as u64) {
                 into.apply_batch(std::mem::take(&mut batch))?;
                 let_the_writer_in();
             }
-            if keys % PACE_KEYS as u64 == 0 {
+            if keys.is_multiple_of(PACE_KEYS as u64) {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(cancelled());
                 }
