@@ -1392,7 +1392,7 @@ impl Writer {
         for (start, seg) in self.segments.live.iter_mut() {
             seg.tree = fresh.db.open_tree(segments::tree_name(*start))?;
         }
-        self.db = fresh.db.clone();
+        let old_db = std::mem::replace(&mut self.db, fresh.db.clone());
         let replaced = std::mem::replace(&mut *self.shared.write().unwrap_or_else(|e| e.into_inner()), fresh);
         replaced.files.retire();
         let old = std::mem::replace(&mut self.place.generation, next);
@@ -1405,8 +1405,17 @@ impl Writer {
                 tracing::warn!(generation = %old, error = %e, "could not remove the old store generation; the next start will")
             }
         }
+        // The old generation's last handles are dropped (sled then flushes it and stops its threads) and the freed
+        // memory handed back off this thread: both took ~0.6 s of writes waiting after the switch at the 10 M
+        // history benchmark.
+        let spawned = std::thread::Builder::new().name("meterd-retire".into()).spawn(move || {
+            drop((old_db, replaced));
+            give_back_freed_memory();
+        });
+        if spawned.is_err() {
+            give_back_freed_memory();
+        }
         let paused_millis = paused.elapsed().as_millis() as u64;
-        give_back_freed_memory();
         let took = r.started.elapsed();
         self.counters.repacks.fetch_add(1, Ordering::Relaxed);
         // The metric is the time writes waited (the switch), not the copy that ran beside them.
