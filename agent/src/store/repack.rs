@@ -319,3 +319,25 @@ pub fn apply(
     }
     Ok(log.entries() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catch_up_log_gives_back_every_entry_in_order_byte_for_byte() {
+        let mut log = Log::default();
+        let entries: Vec<(UnixMillis, Vec<u8>, Vec<u8>)> = (0..300)
+            .map(|i: i64| {
+                (i * 43_200_000 - 7, vec![i as u8; (i % 41) as usize], vec![(i * 3) as u8; (i % 97) as usize])
+            })
+            .collect();
+        for (s, k, v) in &entries {
+            log.push(*s, k, v);
+        }
+        assert_eq!(log.entries(), 300);
+        let back: Vec<_> = log.iter().map(|(s, k, v)| (s, k.to_vec(), v.to_vec())).collect();
+        assert_eq!(back, entries);
+        assert_eq!(Log::default().iter().count(), 0);
+    }
+}
