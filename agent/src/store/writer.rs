@@ -658,11 +658,15 @@ impl Writer {
         let total = self.events_stored + events.len() as u64;
         batch.insert(segments::index_key(start), &segments::encode_count(count)[..]);
         batch.insert(keys::EVENTS_STORED_KEY, &segments::encode_count(total)[..]);
-        let encoded: Vec<Vec<u8>> =
-            events.iter().map(|(_, stored)| super::schema::encode_entry(stored, start)).collect();
+        // A copy of the encoded entries is kept only while a repack copies the segments (logged below).
+        let mut encoded: Vec<Vec<u8>> = Vec::new();
         let mut entries = sled::Batch::default();
-        for ((key, _), value) in events.iter().zip(&encoded) {
-            entries.insert(key.as_bytes(), &value[..]);
+        for (key, stored) in events {
+            let value = super::schema::encode_entry(stored, start);
+            if self.repacking.is_some() {
+                encoded.push(value.clone());
+            }
+            entries.insert(key.as_bytes(), value);
         }
         use sled::Transactional;
         (&*self.db, &seg.tree)
