@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use meterd::config::LateUsage::Carry;
 use meterd::domain::event::{Identity, TagSet, UsageEvent};
 use meterd::domain::quantity::Micros;
-use meterd::store::{IngestOutcome, Store, StoreOptions, keys, schema, segments, space::MinFree};
+use meterd::domain::event::StoredEvent;
+use meterd::store::{IngestOutcome, Store, StoreOptions, journal, keys, schema, segments, space::MinFree};
 use proptest::prelude::*;
 
 const HOUR: i64 = 3_600_000;
@@ -119,7 +120,7 @@ proptest! {
     }
 }
 
-/// Of a closed store: segment trees, events ever stored, events of dropped segments, events of live segments.
+/// Of a closed store: segment files, events ever stored, events of dropped segments, events of live segments.
 fn on_disk(dir: &Path) -> (usize, u64, u64, u64) {
     let db = meterd::store::open_sled(&dir.join("sled"), 16 << 20).unwrap();
     let count = |v: &[u8]| u64::from_be_bytes(v.try_into().unwrap());
@@ -127,22 +128,20 @@ fn on_disk(dir: &Path) -> (usize, u64, u64, u64) {
     let compacted: meterd::store::Compacted =
         db.get(keys::COMPACTED_KEY).unwrap().map_or_else(Default::default, |v| schema::decode(&v).unwrap());
     let live = db.scan_prefix(keys::SEGMENT_INDEX_PREFIX).map(|kv| count(&kv.unwrap().1)).sum();
-    (segments::tree_names(&db).len(), ever, compacted.events, live)
+    let files = std::fs::read_dir(dir.join(journal::DIR)).map_or(0, |d| d.count());
+    (files, ever, compacted.events, live)
 }
 
 /// Rewrites a closed store of this build into the v1 layout, as meterd with store v1 left it: every value in
 /// its postcard layout (v1 and v2 shared them), one `e/<key>` record per event (postcard, the v1 digest), no
 /// segments, no counter, schema version 1.
 fn make_v1(dir: &Path, events: &[(UsageEvent, i64)]) {
+    let stored = stored_entries(dir, events);
     let db = meterd::store::open_sled(&dir.join("sled"), 16 << 20).unwrap();
     meterd::store::migrate::v2::rewrite_as_v2(&db).unwrap();
-    for name in segments::tree_names(&db) {
-        let tree = db.open_tree(&name).unwrap();
-        for kv in tree.iter() {
-            let (k, _) = kv.unwrap();
-            let key = String::from_utf8(k.to_vec()).unwrap();
-            let (ev, _) = events.iter().find(|(e, _)| e.idempotency_key == key).unwrap();
-            let stored = segments::read(&db, &key).unwrap().unwrap();
+    {
+        for (ev, stored) in events.iter().map(|(e, _)| e).zip(&stored) {
+            let key = &ev.idempotency_key;
             let v1 = schema::V1StoredEvent {
                 digest: ev.content_digest_v1(),
                 late: stored.late,
@@ -154,14 +153,45 @@ fn make_v1(dir: &Path, events: &[(UsageEvent, i64)]) {
             };
             db.insert([keys::EVENT_PREFIX, key.as_bytes()].concat(), postcard::to_allocvec(&v1).unwrap()).unwrap();
         }
-        db.drop_tree(&name).unwrap();
     }
+    std::fs::remove_dir_all(dir.join(journal::DIR)).unwrap();
+    db.remove(keys::JOURNAL_MARK_KEY).unwrap();
     let index: Vec<_> = db.scan_prefix(keys::SEGMENT_INDEX_PREFIX).map(|kv| kv.unwrap().0).collect();
     for k in index {
         db.remove(k).unwrap();
     }
     db.remove(keys::EVENTS_STORED_KEY).unwrap();
     db.insert(keys::SCHEMA_VERSION_KEY, &1u32.to_be_bytes()).unwrap();
+    db.flush().unwrap();
+}
+
+/// What a closed store of this build keeps for each event's key.
+fn stored_entries(dir: &Path, events: &[(UsageEvent, i64)]) -> Vec<StoredEvent> {
+    rt().block_on(async {
+        let store = open(dir);
+        let out = events.iter().map(|(e, _)| store.event(&e.idempotency_key).unwrap().expect("stored")).collect();
+        store.close().await.unwrap();
+        out
+    })
+}
+
+/// Rewrites a closed store of this build into the v3 layout (store v2's dedupe segments in sled trees, entries
+/// in the v1 entry layout, no journal), as meterd before v4 left it.
+fn make_v3(dir: &Path, events: &[(UsageEvent, i64)]) {
+    let stored = stored_entries(dir, events);
+    let db = meterd::store::open_sled(&dir.join("sled"), 16 << 20).unwrap();
+    let counts = segments::counts(&db).unwrap();
+    let span = segments::span_for(KEEP);
+    assert_eq!(span, SPAN);
+    for (ev, stored) in events.iter().map(|(e, _)| e).zip(&stored) {
+        let start = stored.recorded_at_ms.div_euclid(span) * span;
+        assert!(counts.contains_key(&start), "the segment of {}", ev.idempotency_key);
+        let tree = db.open_tree(segments::tree_name(start)).unwrap();
+        tree.insert(ev.idempotency_key.as_bytes(), schema::encode_entry(stored, start)).unwrap();
+    }
+    std::fs::remove_dir_all(dir.join(journal::DIR)).unwrap();
+    db.remove(keys::JOURNAL_MARK_KEY).unwrap();
+    db.insert(keys::SCHEMA_VERSION_KEY, &3u32.to_be_bytes()).unwrap();
     db.flush().unwrap();
 }
 
@@ -173,6 +203,16 @@ fn schema_version(dir: &Path) -> u32 {
 
 /// `n` events of distinct keys over `hours` hours, stored by this build and rewritten into the v1 layout.
 fn v1_store(dir: &Path, n: usize, hours: i64) -> Vec<(UsageEvent, i64)> {
+    v1_store_made_as(dir, n, hours, make_v1)
+}
+
+/// `n` events of distinct keys over `hours` hours, stored by this build and rewritten by `make`.
+fn v1_store_made_as(
+    dir: &Path,
+    n: usize,
+    hours: i64,
+    make: fn(&Path, &[(UsageEvent, i64)]),
+) -> Vec<(UsageEvent, i64)> {
     let events: Vec<(UsageEvent, i64)> = (0..n)
         .map(|i| {
             // Arrivals in steps of 100 events, so they can be stored 100 to a call.
@@ -189,7 +229,7 @@ fn v1_store(dir: &Path, n: usize, hours: i64) -> Vec<(UsageEvent, i64)> {
         }
         store.close().await.unwrap();
     });
-    make_v1(dir, &events);
+    make(dir, &events);
     events
 }
 
@@ -299,6 +339,53 @@ fn a_migration_killed_midway_is_completed_by_the_next_open() {
             store.close().await.unwrap();
         });
         assert_eq!(schema_version(d.path()), meterd::store::SCHEMA_VERSION);
+    }
+}
+
+#[test]
+fn a_v3_store_killed_while_its_segments_move_into_files_is_migrated_by_the_next_open_and_keeps_every_key() {
+    use std::io::BufRead;
+    for segments_copied in [0usize, 1, 2] {
+        let d = tempfile::tempdir().unwrap();
+        // 3 hours of arrivals: 3 segments of 1 h.
+        let events = v1_store_made_as(d.path(), 3_000, 3, make_v3);
+        assert_eq!(schema_version(d.path()), 3);
+        if segments_copied > 0 {
+            let mut child = spawn_child(d.path(), false);
+            let out = child.stdout.take().unwrap();
+            let mut seen = 0;
+            for line in std::io::BufReader::new(out).lines() {
+                if line.unwrap().contains("copied into its file") {
+                    seen += 1;
+                    if seen == segments_copied {
+                        break;
+                    }
+                }
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+            eprintln!("killed after segment {segments_copied}: schema version {}", schema_version(d.path()));
+        }
+        rt().block_on(async {
+            let store = open(d.path());
+            assert_eq!(store.counters().events_stored.load(Ordering::Relaxed), 3_000);
+            let buckets = store.buckets().unwrap();
+            for (e, _) in events.iter().step_by(13) {
+                let out = store.ingest(vec![e.clone()], T0 + 3 * HOUR, Carry).await.unwrap();
+                assert!(matches!(out[0], IngestOutcome::Replayed(_)), "after {segments_copied}: {out:?}");
+                let changed = UsageEvent { quantity: Micros(e.quantity.0 + 1), ..e.clone() };
+                let out = store.ingest(vec![changed], T0 + 3 * HOUR, Carry).await.unwrap();
+                assert!(matches!(out[0], IngestOutcome::Conflict { .. }), "after {segments_copied}: {out:?}");
+            }
+            assert_eq!(store.buckets().unwrap(), buckets, "replays and conflicts changed no total");
+            store.close().await.unwrap();
+        });
+        assert_eq!(schema_version(d.path()), meterd::store::SCHEMA_VERSION);
+        let (files, ever, compacted, live) = on_disk(d.path());
+        assert_eq!((files, ever, compacted + live), (3, 3_000, 3_000));
+        let db = meterd::store::open_sled(&d.path().join("sled"), 16 << 20).unwrap();
+        let trees = segments::tree_names(&db).len();
+        assert_eq!(trees, 0, "left-over trees are dropped");
     }
 }
 

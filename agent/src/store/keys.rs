@@ -36,6 +36,8 @@ pub const EVENT_PREFIX: &[u8] = b"e/";
 pub const SEGMENT_INDEX_PREFIX: &[u8] = b"g/";
 /// Every event ever stored, updated in the same write as the events (start-up reads it instead of counting).
 pub const EVENTS_STORED_KEY: &[u8] = b"m/events_stored";
+/// The dedupe journal's mark: the last record whose group this store holds (`journal::Mark`).
+pub const JOURNAL_MARK_KEY: &[u8] = b"m/journal";
 pub const BUCKET_PREFIX: &[u8] = b"b/";
 pub const SEALED_THROUGH_KEY: &[u8] = b"m/sealed_through";
 /// Totals of history compacted away, so the report still reconciles.

@@ -14,6 +14,7 @@ pub mod counts;
 pub mod durable;
 pub mod generation;
 pub mod hour_totals;
+pub mod journal;
 pub mod keys;
 pub mod metrics;
 pub mod migrate;
@@ -45,7 +46,7 @@ pub use seam::Ledger;
 /// The on-disk layout this build writes. Bump it with a migration in `open`. 1: one `e/` key per event for the
 /// whole retention; 2: idempotency keys in dedupe segments ([`segments`], [`migrate`]); 3: every value in an
 /// explicit, versioned, checksummed stored layout ([`schema`]) instead of postcard of a Rust struct.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -270,6 +271,8 @@ struct Inner {
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Fleet mode with `ack = "shared"`: an ingest answers only once this says the shared ledger has it.
     ack_gate: std::sync::OnceLock<Arc<dyn outbox::AckGate>>,
+    /// The dedupe window's segments (the writer appends; readers look keys up).
+    journal: Arc<RwLock<journal::Journal>>,
 }
 
 impl Store {
@@ -372,6 +375,16 @@ impl Store {
                         millis = started.elapsed().as_millis() as u64,
                         "migrated the store from v2 to v3"
                     );
+                }
+                if (1..=3).contains(&found) {
+                    let started = std::time::Instant::now();
+                    let copied = migrate::v3_to_v4(&db, &dir.join(journal::DIR), dedupe_keep_ms)?;
+                    live_gen.sync()?;
+                    tracing::info!(
+                        copied,
+                        millis = started.elapsed().as_millis() as u64,
+                        "migrated the store from v3 to v4 (dedupe segments into their own files)"
+                    );
                 } else if found != SCHEMA_VERSION {
                     return Err(StoreError::UnsupportedSchema { found });
                 }
@@ -407,9 +420,10 @@ impl Store {
         counters.disk_reserve_bytes.store(min_free.bytes(room.total_bytes), Ordering::Relaxed);
         // Kept in the same write as the events: one small read, whatever the history.
         counters.events_stored.store(segments::events_stored(&db)?, Ordering::Relaxed);
-        let (segs, orphans) = segments::Segments::load(&db, dedupe_keep_ms)?;
-        // Segments whose drop a crash cut short: already forgotten and counted, only their pages are left.
-        let forgetting = segments::drop_in_background(db.clone(), orphans);
+        let journal = open_journal(&db, &live_gen, &dir.join(journal::DIR), dedupe_keep_ms)?;
+        // Dedupe segment trees of a store before v4, left over by its migration: only their pages are left.
+        let forgetting = segments::drop_in_background(db.clone(), segments::tree_names(&db).iter().map(|n| n.to_vec()).collect());
+        let journal = Arc::new(RwLock::new(journal));
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
         let spool = if spool { Some(outbox::Spool::open(&db)?) } else { None };
         let place = writer::Place {
@@ -420,7 +434,7 @@ impl Store {
             min_free,
             spool,
         };
-        let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone(), segs, forgetting);
+        let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone(), journal.clone(), forgetting);
         Ok(Store {
             inner: Arc::new(Inner {
                 db: shared,
@@ -429,6 +443,7 @@ impl Store {
                 counters,
                 threads: std::sync::Mutex::new(threads),
                 ack_gate: Default::default(),
+                journal,
             }),
         })
     }
@@ -743,7 +758,7 @@ impl Store {
 
     /// The stored record of one idempotency key (None once its segment is past the dedupe window).
     pub fn event(&self, idempotency_key: &str) -> Result<Option<StoredEvent>, StoreError> {
-        segments::read(&self.db(), idempotency_key)
+        self.inner.journal.read().unwrap_or_else(|e| e.into_inner()).get(idempotency_key)
     }
 
     /// Every bucket with its running total, in key order (hour first).
@@ -875,8 +890,35 @@ pub(crate) fn sealed_through(db: &sled::Db) -> Result<Option<UnixMillis>, StoreE
         .map(|s| s.cutoff_ms))
 }
 
+/// Opens the dedupe journal for the live segments (their `g/` records) and finishes the drops a crash cut short
+/// after deleting the file: their counts are folded into the compacted total, as the drop would have.
+fn open_journal(db: &sled::Db, live: &Live, dir: &Path, keep_ms: i64) -> Result<journal::Journal, StoreError> {
+    let mark = match db.get(keys::JOURNAL_MARK_KEY)? {
+        Some(v) => journal::Mark::decode(&v)?,
+        None => journal::Mark::default(),
+    };
+    let counts = segments::counts(db)?;
+    let opened = journal::Journal::open(dir, keep_ms, mark, &counts)?;
+    if !opened.missing.is_empty() {
+        let mut total: Compacted = match db.get(keys::COMPACTED_KEY)? {
+            Some(v) => decode(&v)?,
+            None => Compacted::default(),
+        };
+        let mut batch = sled::Batch::default();
+        for start in &opened.missing {
+            total.events += counts[start];
+            batch.remove(segments::index_key(*start));
+        }
+        batch.insert(keys::COMPACTED_KEY, encode(&total));
+        db.apply_batch(batch)?;
+        live.sync()?;
+        tracing::info!(segments = opened.missing.len(), "finished dropping dedupe segments a crash cut short");
+    }
+    Ok(opened.journal)
+}
+
 fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {
-    let mut total = segments::live_bytes(db)?;
+    let mut total = 0;
     for kv in db.iter() {
         let (k, v) = kv?;
         total += (k.len() + v.len()) as u64;

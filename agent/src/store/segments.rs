@@ -34,7 +34,7 @@ pub fn tree_name(start_ms: UnixMillis) -> Vec<u8> {
     [TREE_PREFIX, &keys::hour_bytes(start_ms)[..]].concat()
 }
 
-fn start_of_tree(name: &[u8]) -> Option<UnixMillis> {
+pub fn start_of_tree(name: &[u8]) -> Option<UnixMillis> {
     let b: [u8; 8] = name.strip_prefix(TREE_PREFIX)?.try_into().ok()?;
     Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
 }
@@ -176,6 +176,19 @@ pub fn live_bytes(db: &sled::Db) -> Result<u64, StoreError> {
         }
     }
     Ok(total)
+}
+
+/// Every live segment's key count (its `g/` record), by start: a scan of the small `g/` family only.
+pub fn counts(db: &sled::Db) -> Result<BTreeMap<UnixMillis, u64>, StoreError> {
+    let mut out = BTreeMap::new();
+    for kv in db.scan_prefix(keys::SEGMENT_INDEX_PREFIX) {
+        let (k, v) = kv?;
+        let b: [u8; 8] = k[keys::SEGMENT_INDEX_PREFIX.len()..]
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("segment index key {:?} is malformed", String::from_utf8_lossy(&k))))?;
+        out.insert((u64::from_be_bytes(b) ^ (1 << 63)) as i64, decode_count(&k, &v)?);
+    }
+    Ok(out)
 }
 
 /// The events-ever-stored counter (`m/events_stored`).

@@ -14,7 +14,8 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::repack::{self, SegmentCopy};
-use super::segments::{self, Segment, Segments};
+use super::journal::{self, Journal};
+use super::segments;
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
     StoreCounters, StoreError, counts, current, current_db, decode, durable, encode, generation, hour_totals, keys,
@@ -35,10 +36,10 @@ fn overflow(what: &str) -> impl Fn(Overflow) -> StoreError + '_ {
     move |_| StoreError::Overflow(what.to_string())
 }
 
-/// The ingest decision's reads, answered from the live generation and its dedupe segments. Keeps each bucket's
+/// The ingest decision's reads, answered from the live generation and the dedupe journal. Keeps each bucket's
 /// total as read (None: no such bucket yet), so the write can add each bucket's growth to the hour's summary
 /// ([`super::hour_totals`]) and count the buckets it opens, without reading them again.
-struct SledLookups<'a>(&'a sled::Db, &'a Segments, HashMap<BucketKey, Option<Micros>>);
+struct SledLookups<'a>(&'a sled::Db, &'a Journal, HashMap<BucketKey, Option<Micros>>);
 
 impl Lookups for SledLookups<'_> {
     type Error = StoreError;
@@ -230,7 +231,7 @@ pub fn spawn(
     shared: SharedDb,
     place: Place,
     counters: Arc<StoreCounters>,
-    segments: Segments,
+    journal: Arc<std::sync::RwLock<Journal>>,
     forgetting: Option<std::thread::JoinHandle<()>>,
 ) -> (mpsc::Sender<Command>, Vec<std::thread::JoinHandle<()>>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -256,7 +257,7 @@ pub fn spawn(
                 counters,
                 warned: Default::default(),
                 broken: None,
-                segments,
+                journal,
                 forgetting,
                 events_stored,
                 job: None,
@@ -283,9 +284,9 @@ struct Writer {
     warned: std::cell::RefCell<std::collections::HashSet<String>>,
     /// The chunked seal under way, if any.
     job: Option<SealJob>,
-    /// The live dedupe segments.
-    segments: Segments,
-    /// The thread freeing the pages of dropped segments, if one runs.
+    /// The dedupe window's segments (shared with readers, who look keys up).
+    journal: Arc<std::sync::RwLock<Journal>>,
+    /// The thread deleting dropped segments (or freeing a pre-v4 store's segment trees), if one runs.
     forgetting: Option<std::thread::JoinHandle<()>>,
     /// `m/events_stored` as last written.
     events_stored: u64,
@@ -584,7 +585,9 @@ impl Writer {
         let now_ms = calls.iter().map(|c| c.1).max().expect("at least one call");
         self.forget(now_ms)?;
         let mut group = IngestGroup::new(self.sealed_through()?);
-        let mut look = SledLookups(&self.db, &self.segments, HashMap::new());
+        let journal = self.journal.clone();
+        let read_journal = journal.read().unwrap_or_else(|e| e.into_inner());
+        let mut look = SledLookups(&self.db, &read_journal, HashMap::new());
         let mut all = Vec::with_capacity(calls.len());
         for (events, received_ms, rules, _) in calls {
             let mut outcomes = Vec::with_capacity(events.len());
@@ -606,8 +609,9 @@ impl Writer {
         // its buckets would only pile up, one per hour × customer × dimension × tag set, for good). Nor, then, the
         // counts and hour summaries kept with buckets.
         let mut hours = hour_totals::Edits::new(&self.db);
+        let read = look.2;
+        drop(read_journal);
         if self.place.spool.is_none() {
-            let read = look.2;
             let opened = writes.buckets.iter().filter(|(k, _)| read.get(k).is_some_and(|b| b.is_none())).count();
             counts::buckets_changed(&self.db, &mut batch, opened as u64, 0)?;
             for (k, b) in &writes.buckets {
@@ -636,72 +640,53 @@ impl Writer {
         Ok((all, new_events))
     }
 
-    /// Writes the buckets in `batch`, the group's idempotency entries into the segment of `now_ms`, that segment's
-    /// count and the events-ever-stored counter: one sled transaction over the default tree and the segment.
+    /// Writes the group's idempotency entries as one record of the journal segment of `now_ms` (fsynced), then the
+    /// buckets in `batch` with that segment's count, the events-ever-stored counter and the journal mark: one sled
+    /// batch. The record's barrier comes first, so sled never holds a group whose keys could be lost
+    /// ([`journal`]); a record whose batch fails is overwritten by the next one.
     fn write_with_events(
         &mut self,
         mut batch: sled::Batch,
         events: &[(String, StoredEvent)],
         now_ms: UnixMillis,
     ) -> Result<(), StoreError> {
-        let start = self.segments.start_of(now_ms);
-        if !self.segments.live.contains_key(&start) {
-            // A drop of a tree by this name (after the clock went back) must be over before it is made anew.
+        let journal = self.journal.clone();
+        let mut journal = journal.write().unwrap_or_else(|e| e.into_inner());
+        let start = journal.start_of(now_ms);
+        if !journal.live.contains_key(&start) {
+            // A file of this name being deleted (the clock went back) must be gone before it is made anew.
             if let Some(h) = self.forgetting.take() {
                 let _ = h.join();
             }
-            let tree = self.db.open_tree(segments::tree_name(start))?;
-            self.segments.live.insert(start, Segment { tree, count: 0 });
         }
-        let seg = self.segments.live.get(&start).expect("inserted above");
-        let count = seg.count + events.len() as u64;
+        let appended = journal.write(start, events)?;
         let total = self.events_stored + events.len() as u64;
-        batch.insert(segments::index_key(start), &segments::encode_count(count)[..]);
+        batch.insert(segments::index_key(start), &segments::encode_count(appended.count)[..]);
         batch.insert(keys::EVENTS_STORED_KEY, &segments::encode_count(total)[..]);
-        // A copy of the encoded entries is kept only while a repack copies the segments (logged below).
-        let mut encoded: Vec<Vec<u8>> = Vec::new();
-        let mut entries = sled::Batch::default();
-        for (key, stored) in events {
-            let value = super::schema::encode_entry(stored, start);
-            if self.repacking.is_some() {
-                encoded.push(value.clone());
-            }
-            entries.insert(key.as_bytes(), value);
-        }
-        use sled::Transactional;
-        (&*self.db, &seg.tree)
-            .transaction(|(main, seg)| {
-                main.apply_batch(&batch)?;
-                seg.apply_batch(&entries)?;
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
-                sled::transaction::TransactionError::Abort(()) => StoreError::Io("ingest transaction aborted".into()),
-            })?;
-        self.segments.live.get_mut(&start).expect("live").count = count;
+        batch.insert(keys::JOURNAL_MARK_KEY, &appended.mark.encode()[..]);
+        self.db.apply_batch(batch)?;
+        journal.commit(appended);
         self.events_stored = total;
-        // A repack copying the segments gets them too (after the write, so only what is stored is copied).
-        if let Some(r) = &mut self.repacking {
-            r.logged = r.copy.log_entries(start, events.iter().zip(&encoded).map(|((k, _), v)| (k.as_bytes(), &v[..])));
-        }
         Ok(())
     }
 
     /// Drops every segment entirely past the dedupe window at `now_ms`: its index record goes and its count joins
     /// the compacted total in one batch, then its tree is dropped whole off this thread ([`segments`]).
     fn forget(&mut self, now_ms: UnixMillis) -> Result<(), StoreError> {
-        let expired = self.segments.expired(now_ms);
+        let expired = self.journal.read().unwrap_or_else(|e| e.into_inner()).expired(now_ms);
         self.drop_segments(&expired).map(|_| ())
     }
 
-    /// Drops the segments starting at `expired` (see [`Self::forget`]); returns how many keys they held.
+    /// Drops the segments starting at `expired` (see [`Self::forget`]); returns how many keys they held. Their
+    /// `g/` records go and their counts join the compacted total in one batch, then their files are deleted off
+    /// this thread. A crash between the two leaves either a file without its `g/` record or a `g/` record
+    /// without its file, and the next open finishes the drop either way.
     fn drop_segments(&mut self, expired: &[UnixMillis]) -> Result<u64, StoreError> {
-        // While a repack copies the segments none is dropped: the drop waits for the switch (a key is only ever
-        // kept longer, never shorter), and the copy never meets a tree that vanished under it.
-        if expired.is_empty() || self.repacking.is_some() {
+        if expired.is_empty() {
             return Ok(0);
         }
+        let journal = self.journal.clone();
+        let mut journal = journal.write().unwrap_or_else(|e| e.into_inner());
         let mut total: super::Compacted = match self.db.get(keys::COMPACTED_KEY)? {
             Some(v) => decode(&v)?,
             None => super::Compacted::default(),
@@ -709,20 +694,17 @@ impl Writer {
         let mut batch = sled::Batch::default();
         let mut dropped = 0;
         for start in expired {
-            dropped += self.segments.live[start].count;
+            dropped += journal.live.get(start).map_or(0, |s| s.count);
             batch.remove(segments::index_key(*start));
         }
         total.events += dropped;
         batch.insert(keys::COMPACTED_KEY, encode(&total));
         self.db.apply_batch(batch)?;
-        for start in expired {
-            self.segments.live.remove(start);
-        }
+        let files = expired.iter().filter_map(|s| journal.remove(*s)).collect();
         if let Some(h) = self.forgetting.take() {
             let _ = h.join();
         }
-        let names = expired.iter().map(|s| segments::tree_name(*s)).collect();
-        self.forgetting = segments::drop_in_background(self.db.clone(), names);
+        self.forgetting = journal::delete_in_background(journal.dir().to_path_buf(), files);
         Ok(dropped)
     }
 
@@ -1297,7 +1279,8 @@ impl Writer {
             let cache = self.place.cache_bytes;
             let fresh =
                 super::open_sled_with(&path, || sled::Config::new().cache_capacity(cache).flush_every_ms(None))?;
-            let trees = self.segments.live.iter().map(|(s, seg)| (*s, seg.tree.clone())).collect();
+            // The dedupe segments live in the journal's files, outside sled: nothing of them to copy.
+            let trees = Vec::new();
             let wake = self.wake.clone();
             let name = next.clone();
             let done = move || {
@@ -1393,9 +1376,6 @@ impl Writer {
             self.broken = Some(why.clone());
             return Err(StoreError::Poisoned(why));
         }
-        for (start, seg) in self.segments.live.iter_mut() {
-            seg.tree = fresh.db.open_tree(segments::tree_name(*start))?;
-        }
         let old_db = std::mem::replace(&mut self.db, fresh.db.clone());
         let replaced = std::mem::replace(&mut *self.shared.write().unwrap_or_else(|e| e.into_inner()), fresh);
         replaced.files.retire();
@@ -1439,13 +1419,16 @@ impl Writer {
     fn apply_compact(&mut self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
         // Segments whose keys all arrived more than a day (the largest future skew allowed) before the cutoff:
         // retention is at least the dedupe window, so they are past it (normally the ingest path dropped them).
-        let old: Vec<UnixMillis> = self
-            .segments
-            .live
-            .keys()
-            .copied()
-            .filter(|s| s.saturating_add(self.segments.span_ms) <= cutoff_ms.saturating_sub(24 * crate::clock::HOUR_MS))
-            .collect();
+        let old: Vec<UnixMillis> = {
+            let journal = self.journal.read().unwrap_or_else(|e| e.into_inner());
+            let span = journal.span_ms;
+            journal
+                .live
+                .keys()
+                .copied()
+                .filter(|s| s.saturating_add(span) <= cutoff_ms.saturating_sub(24 * crate::clock::HOUR_MS))
+                .collect()
+        };
         let events = self.drop_segments(&old)?;
         let mut removed = self.compact_records(cutoff_ms)?;
         removed.events = events;

@@ -1,4 +1,5 @@
-//! Migrations of the store's layout at open, one version at a time: v1 → v2 here, v2 → v3 in [`to_v3`].
+//! Migrations of the store's layout at open, one version at a time: v1 → v2 here, v2 → v3 in [`to_v3`], v3 → v4
+//! (dedupe segments out of sled into the journal's files) in [`to_v4`].
 //!
 //! Store v1 → v2: the v1 `e/<key>` records (one per event for the whole retention) move into dedupe
 //! segments by their arrival time, in the v2 entry layout; everything else is kept as it is.
@@ -16,9 +17,11 @@ use sled::Transactional;
 use super::{StoreError, keys, schema, segments};
 
 mod to_v3;
+mod to_v4;
 pub mod v2;
 
 pub use to_v3::{PROGRESS_KEY as V3_PROGRESS_KEY, v2_to_v3};
+pub use to_v4::v3_to_v4;
 
 /// Keys per transaction: bounds the memory a chunk takes and the work a crash can undo.
 const CHUNK: usize = 10_000;

@@ -18,7 +18,9 @@
 //!
 //! | key family          | stored type                        | version | module         |
 //! |---------------------|------------------------------------|---------|----------------|
-//! | `d/<start>` trees   | idempotency entry                  | 1       | [`entry`]      |
+//! | `dedupe/<start>.seg` files | dedupe journal records (store v4) | 1 | [`journal`] |
+//! | `d/<start>` trees   | idempotency entry (store v2–v3; read by the migration to v4) | 1 | [`entry`] |
+//! | `m/journal`         | `crate::store::journal::Mark`      | –       | `journal`      |
 //! | `b/` open bucket    | [`ledger::StoredBucket`]           | 1       | [`ledger`]     |
 //! | `r/` sealed record  | [`ledger::StoredRecord`]           | 1       | [`ledger`]     |
 //! | `c/` carry          | [`ledger::StoredCarry`]            | 1       | [`ledger`]     |
@@ -38,6 +40,7 @@ mod codec;
 pub mod counts;
 pub mod customer;
 pub mod entry;
+pub mod journal;
 #[cfg(test)]
 pub(crate) mod golden;
 pub mod ledger;
