@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use meterd::config::LateUsage::Carry;
+use meterd::domain::event::StoredEvent;
 use meterd::domain::event::{Identity, TagSet, UsageEvent};
 use meterd::domain::quantity::Micros;
-use meterd::domain::event::StoredEvent;
 use meterd::store::{IngestOutcome, Store, StoreOptions, journal, keys, schema, segments, space::MinFree};
 use proptest::prelude::*;
 
@@ -175,24 +175,11 @@ fn stored_entries(dir: &Path, events: &[(UsageEvent, i64)]) -> Vec<StoredEvent> 
     })
 }
 
-/// Rewrites a closed store of this build into the v3 layout (store v2's dedupe segments in sled trees, entries
-/// in the v1 entry layout, no journal), as meterd before v4 left it.
-fn make_v3(dir: &Path, events: &[(UsageEvent, i64)]) {
-    let stored = stored_entries(dir, events);
+/// Rewrites a closed store of this build into the v3 layout (store v2's dedupe segments in sled trees, no
+/// journal), as meterd before v4 left it.
+fn make_v3(dir: &Path, _events: &[(UsageEvent, i64)]) {
     let db = meterd::store::open_sled(&dir.join("sled"), 16 << 20).unwrap();
-    let counts = segments::counts(&db).unwrap();
-    let span = segments::span_for(KEEP);
-    assert_eq!(span, SPAN);
-    for (ev, stored) in events.iter().map(|(e, _)| e).zip(&stored) {
-        let start = stored.recorded_at_ms.div_euclid(span) * span;
-        assert!(counts.contains_key(&start), "the segment of {}", ev.idempotency_key);
-        let tree = db.open_tree(segments::tree_name(start)).unwrap();
-        tree.insert(ev.idempotency_key.as_bytes(), schema::encode_entry(stored, start)).unwrap();
-    }
-    std::fs::remove_dir_all(dir.join(journal::DIR)).unwrap();
-    db.remove(keys::JOURNAL_MARK_KEY).unwrap();
-    db.insert(keys::SCHEMA_VERSION_KEY, &3u32.to_be_bytes()).unwrap();
-    db.flush().unwrap();
+    meterd::store::migrate::journal_into_trees(&db, dir, KEEP).unwrap();
 }
 
 fn schema_version(dir: &Path) -> u32 {
@@ -207,12 +194,7 @@ fn v1_store(dir: &Path, n: usize, hours: i64) -> Vec<(UsageEvent, i64)> {
 }
 
 /// `n` events of distinct keys over `hours` hours, stored by this build and rewritten by `make`.
-fn v1_store_made_as(
-    dir: &Path,
-    n: usize,
-    hours: i64,
-    make: fn(&Path, &[(UsageEvent, i64)]),
-) -> Vec<(UsageEvent, i64)> {
+fn v1_store_made_as(dir: &Path, n: usize, hours: i64, make: fn(&Path, &[(UsageEvent, i64)])) -> Vec<(UsageEvent, i64)> {
     let events: Vec<(UsageEvent, i64)> = (0..n)
         .map(|i| {
             // Arrivals in steps of 100 events, so they can be stored 100 to a call.

@@ -62,9 +62,15 @@ fn seal_before(hour_ms: i64) -> SealParams {
     }
 }
 
-/// Every key and value of a closed store's default tree.
+/// Every key and value of a closed store's default tree, but the journal mark: the migration to v4 writes the
+/// journal anew, so its mark names other records (`tests/dedupe.rs` checks the keys themselves).
 fn snapshot(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    raw(dir).iter().map(|kv| kv.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    raw(dir)
+        .iter()
+        .map(|kv| kv.unwrap())
+        .filter(|(k, _)| k != keys::JOURNAL_MARK_KEY)
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
 }
 
 fn schema_version(db: &sled::Db) -> u32 {
@@ -164,6 +170,7 @@ const FAMILIES: [&[u8]; 10] = [
 /// Rewrites the closed store in `dir` as meterd with store v2 left it; returns how many values changed.
 fn make_v2(dir: &Path) -> u64 {
     let db = raw(dir);
+    migrate::journal_into_trees(&db, dir, meterd::store::DEFAULT_DEDUPE_KEEP_MS).unwrap();
     let n = migrate::v2::rewrite_as_v2(&db).unwrap();
     assert_eq!(schema_version(&db), 2);
     n

@@ -191,8 +191,14 @@ pub struct Opened {
 impl Journal {
     /// Opens the journal in `dir` for the live segments `counts` (start → its `g/` count), cutting off whatever
     /// follows `mark` and deleting files no `g/` record names.
-    pub fn open(dir: &Path, keep_ms: i64, mark: Mark, counts: &BTreeMap<UnixMillis, u64>) -> Result<Opened, StoreError> {
-        let io = |what: &str, e: std::io::Error| StoreError::Io(format!("dedupe journal {}: {what}: {e}", dir.display()));
+    pub fn open(
+        dir: &Path,
+        keep_ms: i64,
+        mark: Mark,
+        counts: &BTreeMap<UnixMillis, u64>,
+    ) -> Result<Opened, StoreError> {
+        let io =
+            |what: &str, e: std::io::Error| StoreError::Io(format!("dedupe journal {}: {what}: {e}", dir.display()));
         durable::create_dir_all(dir, 0o700).map_err(|e| io("create", e))?;
         let hasher = RandomState::new();
         let mut live = BTreeMap::new();
@@ -357,6 +363,20 @@ impl Journal {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Every entry of the live segment at `start`, in no particular order (reads each one: for migrations and
+    /// tests, never the write path).
+    pub fn entries(&self, start: UnixMillis) -> Result<Vec<(String, StoredEvent)>, StoreError> {
+        let Some(seg) = self.live.get(&start) else { return Ok(Vec::new()) };
+        let mut out = Vec::with_capacity(seg.count as usize);
+        for off in seg.index.values().chain(seg.more.values().flatten()) {
+            let (key, e) = seg.read_entry(*off, start)?;
+            let key = String::from_utf8(key)
+                .map_err(|_| StoreError::Corrupt(format!("dedupe segment {start}: a key is not UTF-8")))?;
+            out.push((key, e));
+        }
+        Ok(out)
     }
 }
 

@@ -422,7 +422,8 @@ impl Store {
         counters.events_stored.store(segments::events_stored(&db)?, Ordering::Relaxed);
         let journal = open_journal(&db, &live_gen, &dir.join(journal::DIR), dedupe_keep_ms)?;
         // Dedupe segment trees of a store before v4, left over by its migration: only their pages are left.
-        let forgetting = segments::drop_in_background(db.clone(), segments::tree_names(&db).iter().map(|n| n.to_vec()).collect());
+        let forgetting =
+            segments::drop_in_background(db.clone(), segments::tree_names(&db).iter().map(|n| n.to_vec()).collect());
         let journal = Arc::new(RwLock::new(journal));
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
         let spool = if spool { Some(outbox::Spool::open(&db)?) } else { None };

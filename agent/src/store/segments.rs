@@ -183,9 +183,9 @@ pub fn counts(db: &sled::Db) -> Result<BTreeMap<UnixMillis, u64>, StoreError> {
     let mut out = BTreeMap::new();
     for kv in db.scan_prefix(keys::SEGMENT_INDEX_PREFIX) {
         let (k, v) = kv?;
-        let b: [u8; 8] = k[keys::SEGMENT_INDEX_PREFIX.len()..]
-            .try_into()
-            .map_err(|_| StoreError::Corrupt(format!("segment index key {:?} is malformed", String::from_utf8_lossy(&k))))?;
+        let b: [u8; 8] = k[keys::SEGMENT_INDEX_PREFIX.len()..].try_into().map_err(|_| {
+            StoreError::Corrupt(format!("segment index key {:?} is malformed", String::from_utf8_lossy(&k)))
+        })?;
         out.insert((u64::from_be_bytes(b) ^ (1 << 63)) as i64, decode_count(&k, &v)?);
     }
     Ok(out)

@@ -13,8 +13,8 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::repack::{self, SegmentCopy};
 use super::journal::{self, Journal};
+use super::repack::{self, SegmentCopy};
 use super::segments;
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,

@@ -21,7 +21,7 @@ mod to_v4;
 pub mod v2;
 
 pub use to_v3::{PROGRESS_KEY as V3_PROGRESS_KEY, v2_to_v3};
-pub use to_v4::v3_to_v4;
+pub use to_v4::{journal_into_trees, v3_to_v4};
 
 /// Keys per transaction: bounds the memory a chunk takes and the work a crash can undo.
 const CHUNK: usize = 10_000;

@@ -67,3 +67,32 @@ pub fn v3_to_v4(db: &sled::Db, dir: &Path, keep_ms: i64) -> Result<u64, StoreErr
     db.apply_batch(batch)?;
     Ok(copied)
 }
+
+/// The other way, for tests that build a store as meterd before v4 left it: the closed store in `data_dir` (whose
+/// live generation is `db`) gets its journal's entries back in segment trees, in the entry layout v2–v3 kept
+/// there, without the journal and its mark, marked v3.
+pub fn journal_into_trees(db: &sled::Db, data_dir: &Path, keep_ms: i64) -> Result<u64, StoreError> {
+    let dir = data_dir.join(crate::store::journal::DIR);
+    let mark = match db.get(keys::JOURNAL_MARK_KEY)? {
+        Some(v) => Mark::decode(&v)?,
+        None => Mark::default(),
+    };
+    let counts = segments::counts(db)?;
+    let journal = Journal::open(&dir, keep_ms, mark, &counts)?.journal;
+    let mut moved = 0u64;
+    for start in counts.keys() {
+        let tree = db.open_tree(segments::tree_name(*start))?;
+        let mut batch = sled::Batch::default();
+        for (key, e) in journal.entries(*start)? {
+            batch.insert(key.as_bytes(), schema::encode_entry(&e, *start));
+            moved += 1;
+        }
+        tree.apply_batch(batch)?;
+    }
+    drop(journal);
+    std::fs::remove_dir_all(&dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+    db.remove(keys::JOURNAL_MARK_KEY)?;
+    db.insert(keys::SCHEMA_VERSION_KEY, &3u32.to_be_bytes())?;
+    db.flush()?;
+    Ok(moved)
+}

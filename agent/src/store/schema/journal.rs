@@ -244,7 +244,8 @@ fn decode_entry_at<'a>(
         .ok_or(DecodeError::Field { field: "hour", at })?;
     let quantity = Micros(r.varint("quantity")?);
     let at = r.pos;
-    let id = u64::try_from(r.varint("product number")?).map_err(|_| DecodeError::Field { field: "product number", at })?;
+    let id =
+        u64::try_from(r.varint("product number")?).map_err(|_| DecodeError::Field { field: "product number", at })?;
     let product = product(id).ok_or(DecodeError::Field { field: "product number", at })?;
     Ok((
         key,
@@ -360,13 +361,13 @@ mod tests {
             &[1][..], // one entry
             &[2][..],
             b"k1",
-            &[1][..],                                               // late
-            &[7; 16][..],                                           // digest
-            &[0xc8, 0x01][..],                                      // recorded_at − base = 100, zigzag
-            &[0xe8, 0x07][..],                                      // recorded − event time = 500, zigzag
-            &[0][..],                                               // hour offset
-            &[0x80, 0x89, 0x7a][..],                                // 2,000,000 micro-units
-            &[0][..],                                               // product 0
+            &[1][..],                // late
+            &[7; 16][..],            // digest
+            &[0xc8, 0x01][..],       // recorded_at − base = 100, zigzag
+            &[0xe8, 0x07][..],       // recorded − event time = 500, zigzag
+            &[0][..],                // hour offset
+            &[0x80, 0x89, 0x7a][..], // 2,000,000 micro-units
+            &[0][..],                // product 0
         ]
         .concat();
         let mut want = (body.len() as u32).to_be_bytes().to_vec();
@@ -380,9 +381,8 @@ mod tests {
         assert_eq!((rb.seq, rb.base, rb.new_products.clone()), (5, 7_201_400, vec!["prod-a".to_string()]));
         assert_eq!(rb.entries.len(), 1);
         assert_eq!(FRAME_LEN + rb.entries[0].1, entries_at);
-        let (key, e) = decode_entry(&bytes[entries_at..], rb.base, |i| (i == 0).then(|| "prod-a".into()))
-            .unwrap()
-            .unwrap();
+        let (key, e) =
+            decode_entry(&bytes[entries_at..], rb.base, |i| (i == 0).then(|| "prod-a".into())).unwrap().unwrap();
         assert_eq!((key, e), (&b"k1"[..], event()));
     }
 

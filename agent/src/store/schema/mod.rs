@@ -40,9 +40,9 @@ mod codec;
 pub mod counts;
 pub mod customer;
 pub mod entry;
-pub mod journal;
 #[cfg(test)]
 pub(crate) mod golden;
+pub mod journal;
 pub mod ledger;
 pub mod meta;
 pub mod outbox;
