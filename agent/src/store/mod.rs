@@ -22,7 +22,6 @@ pub mod mirror;
 pub mod outbox;
 pub mod pages;
 pub mod pending;
-pub mod repack;
 pub mod schema;
 pub mod seam;
 pub mod segments;
@@ -517,8 +516,8 @@ impl Store {
     }
 
     /// Copies every live key into a fresh sled generation and switches to it, giving back the space sled's log
-    /// keeps under churn. The dedupe segments are copied while writes go on; writes wait only for the rest (the
-    /// default tree: buckets, records, counters) and the switch ([`repack`]). Reads go on throughout.
+    /// keeps under churn. Writes wait for the copy (the ledger, registry and counters: the dedupe window is in the
+    /// journal's files, which a repack leaves alone); reads go on throughout.
     pub async fn repack(&self) -> Result<RepackOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.command(writer::Command::Repack { reply }, rx).await
@@ -526,7 +525,7 @@ impl Store {
 
     /// Repacks when the live generation holds more than `ratio` times what a fresh copy of its live bytes takes
     /// (the live bytes themselves until a repack has measured that) and at least `min_bytes` ([`REPACK_MIN_BYTES`]
-    /// in the agent). Measuring reads the default tree and a sample of each dedupe segment, off the writer, so ingest goes on meanwhile.
+    /// in the agent). Measuring reads the default tree off the writer, so ingest goes on meanwhile.
     pub async fn repack_if_bloated(&self, ratio: f64, min_bytes: u64) -> Result<Option<RepackOutcome>, StoreError> {
         if ratio <= 0.0 {
             return Ok(None);

@@ -14,7 +14,6 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{self, Journal};
-use super::repack::{self, SegmentCopy};
 use super::segments;
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
@@ -61,6 +60,9 @@ impl Lookups for SledLookups<'_> {
         Ok(b)
     }
 }
+
+/// Keys per atomic batch of a repack's copy: bounds the memory a batch takes.
+const REPACK_BATCH_KEYS: usize = 10_000;
 
 /// Most events one write group carries; bounds the batch size and the latency of a single apply.
 const MAX_GROUP_EVENTS: usize = 16_384;
@@ -169,11 +171,6 @@ pub enum Command {
     Repack {
         reply: Answer<RepackOutcome>,
     },
-    /// Sent by the repack's copy thread: the dedupe segments are copied into `generation`, the writer may finish
-    /// the repack (a stale one, from a copy given up, is ignored).
-    RepackCopied {
-        generation: String,
-    },
     Stop,
 }
 
@@ -219,7 +216,6 @@ fn refuse(cmd: Command, e: StoreError) -> bool {
         Command::NotSubscribed { reply, .. } => drop(reply.send(Err(e))),
         Command::Mirror { reply, .. } => drop(reply.send(Err(e))),
         Command::Repack { reply } => drop(reply.send(Err(e))),
-        Command::RepackCopied { .. } => {}
         Command::Snapshot { reply } => drop(reply.send(Err(e))),
         Command::ReportPage { reply, .. } => drop(reply.send(Err(e))),
         Command::Stop => return true,
@@ -235,7 +231,6 @@ pub fn spawn(
     forgetting: Option<std::thread::JoinHandle<()>>,
 ) -> (mpsc::Sender<Command>, Vec<std::thread::JoinHandle<()>>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    let wake = tx.downgrade();
     let (flush_tx, flush_rx) = std_mpsc::channel::<AppliedGroup>();
     let db = current_db(&shared);
     let flusher = {
@@ -261,8 +256,6 @@ pub fn spawn(
                 forgetting,
                 events_stored,
                 job: None,
-                wake,
-                repacking: None,
             }
             .run(rx, flush_tx)
         })
@@ -290,20 +283,6 @@ struct Writer {
     forgetting: Option<std::thread::JoinHandle<()>>,
     /// `m/events_stored` as last written.
     events_stored: u64,
-    /// The writer's own queue, for the repack's copy thread to wake it (weak: it never keeps the store open).
-    wake: mpsc::WeakSender<Command>,
-    /// A repack copying the dedupe segments beside the writer, if one runs ([`repack`]).
-    repacking: Option<Repacking>,
-}
-
-/// A repack under way: the segment copy and everyone waiting for its outcome.
-struct Repacking {
-    copy: SegmentCopy,
-    replies: Vec<Answer<RepackOutcome>>,
-    started: std::time::Instant,
-    bytes_before: u64,
-    /// Bytes in the catch-up log after the writer's last append.
-    logged: usize,
 }
 
 impl Writer {
@@ -446,19 +425,18 @@ impl Writer {
                                     let _ = reply.send(Err(e));
                                 }
                             },
-                            // Answered when the repack switches generations.
-                            Command::Repack { reply } => self.begin_repack(reply),
-                            Command::RepackCopied { generation } => {
-                                if self.repacking.as_ref().is_none_or(|r| r.copy.next != generation) {
-                                    continue;
-                                }
-                                // Answer what was applied so far without waiting for the switch. Whichever
-                                // generation the flusher then fsyncs, those writes are durable: the switch fsyncs
-                                // the old generation before it copies the default tree.
+                            Command::Repack { reply } => {
+                                // Answer what was applied so far without waiting for the copy. Whichever
+                                // generation the flusher then fsyncs, those writes are durable: the repack fsyncs
+                                // the old generation before it copies.
                                 if !group.replies.is_empty() && flush_tx.send(std::mem::take(&mut group)).is_err() {
                                     return;
                                 }
-                                self.finish_repack();
+                                let result = self.repack();
+                                if let Err(e) = &result {
+                                    tracing::warn!(error = %e, "repack failed; the old generation stays live");
+                                }
+                                let _ = reply.send(result);
                             }
                             Command::Stop => stopping = true,
                             Command::Ingest { .. } => unreachable!("handled above"),
@@ -478,17 +456,6 @@ impl Writer {
             if !group.replies.is_empty() && flush_tx.send(group).is_err() {
                 break;
             }
-            if self.repacking.as_ref().is_some_and(|r| r.logged > repack::LOG_CAP_BYTES) {
-                self.abandon_repack(format!(
-                    "repack given up: ingest outran the copy ({} MiB of entries waiting to be copied); the old \
-                     generation stays live and the next hourly check tries again",
-                    repack::LOG_CAP_BYTES >> 20
-                ));
-            }
-        }
-        // A repack still copying is given up: the old generation is the live one, untouched.
-        if self.repacking.is_some() {
-            self.abandon_repack("the store is shutting down".into());
         }
         // A seal cut short by a stop resumes from its durable progress at the next seal.
         // Dropping flush_tx lets the flusher finish the last groups and exit. A segment drop under way finishes
@@ -1251,97 +1218,28 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts a repack (see [`repack`]): opens the next generation and copies the dedupe segments into it on a
-    /// thread of its own; the writer goes on and finishes the repack when the copy is done
-    /// ([`Self::finish_repack`]). A repack asked for while one runs is answered with that one's outcome.
-    fn begin_repack(&mut self, reply: Answer<RepackOutcome>) {
-        if let Some(r) = &mut self.repacking {
-            r.replies.push(reply);
-            return;
-        }
+    /// Copies the live generation's default tree into a fresh generation, makes it durable and switches to it
+    /// (`CURRENT`), with writes stopped: this thread is the only writer. The dedupe window is not in sled (store
+    /// v4: `journal`), so what is copied is the ledger, the registry and the counters.
+    fn repack(&mut self) -> Result<RepackOutcome, StoreError> {
         let started = std::time::Instant::now();
-        let begun = (|| {
-            // A drop still freeing a dropped segment's pages is left to run: that segment is no longer live, so
-            // the copy never reads it (waiting for it here stalled writes for up to 0.5 s).
-            let bytes_before = self.db.size_on_disk()?;
-            // A copy is never larger than the generation it copies: room for that on top of the reserve.
-            self.check_room(bytes_before)?;
-            let next = generation::next(&self.place.generation);
-            let path = self.place.dir.join(&next);
-            if path.exists() {
-                std::fs::remove_dir_all(&path)
-                    .map_err(|e| StoreError::Io(format!("repack into {}: {e}", path.display())))?;
-            }
-            // While it copies, the new generation's cache fills next to the old one's: the agent's memory peaks
-            // at up to twice the store's working set until the old generation is dropped at the switch.
-            // Without sled's 500 ms background flush, which would hold sled's process-wide lock while it writes
-            // (see `repack::pace`); the flusher flushes it after every group once it is live.
-            let cache = self.place.cache_bytes;
-            let fresh =
-                super::open_sled_with(&path, || sled::Config::new().cache_capacity(cache).flush_every_ms(None))?;
-            // The dedupe segments live in the journal's files, outside sled: nothing of them to copy.
-            let trees = Vec::new();
-            let wake = self.wake.clone();
-            let name = next.clone();
-            let done = move || {
-                if let Some(tx) = wake.upgrade() {
-                    let _ = tx.blocking_send(Command::RepackCopied { generation: name });
-                }
-            };
-            match SegmentCopy::start(fresh, path.clone(), next, trees, done) {
-                Ok(copy) => Ok((copy, bytes_before)),
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&path);
-                    Err(e)
-                }
-            }
-        })();
-        match begun {
-            Ok((copy, bytes_before)) => {
-                tracing::info!(generation = %copy.next, "repack started: copying the dedupe segments while ingest goes on");
-                self.repacking = Some(Repacking { copy, replies: vec![reply], started, bytes_before, logged: 0 })
-            }
-            Err(e) => drop(reply.send(Err(e))),
-        }
-    }
-
-    /// The copy thread is done: with writes stopped, copies what is left (the last of the catch-up log and the
-    /// default tree), makes the new generation durable and switches to it. Answers everyone waiting.
-    fn finish_repack(&mut self) {
-        let Some(mut r) = self.repacking.take() else { return };
-        let result = self.switch(&mut r);
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "repack failed; the old generation stays live");
-        }
-        for reply in r.replies {
-            let _ = reply.send(result.clone());
-        }
-    }
-
-    /// Gives up the repack under way; the old generation stays live, untouched.
-    fn abandon_repack(&mut self, why: String) {
-        let Some(r) = self.repacking.take() else { return };
-        tracing::warn!("{why}");
-        r.copy.abandon();
-        for reply in r.replies {
-            let _ = reply.send(Err(StoreError::Io(why.clone())));
-        }
-    }
-
-    /// The stop-the-world end of a repack (see [`Self::finish_repack`]). Nothing is written meanwhile: this
-    /// thread is the only writer.
-    fn switch(&mut self, r: &mut Repacking) -> Result<RepackOutcome, StoreError> {
-        let paused = std::time::Instant::now();
-        let path = r.copy.path.clone();
-        let next = r.copy.next.clone();
+        let bytes_before = self.db.size_on_disk()?;
+        // A copy is never larger than the generation it copies: room for that on top of the reserve.
+        self.check_room(bytes_before)?;
+        let next = generation::next(&self.place.generation);
+        let path = self.place.dir.join(&next);
         let io = |e: std::io::Error| StoreError::Io(format!("repack into {}: {e}", path.display()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(io)?;
+        }
         let copied = (|| {
-            let mut keys = r.copy.join()?;
+            let cache = self.place.cache_bytes;
+            let fresh = super::open_sled(&path, cache)?;
             // Every acknowledged write is in the old generation: make it durable before copying from it.
             current(&self.shared).sync()?;
-            let fresh = r.copy.fresh.clone();
-            keys += repack::apply(&fresh, &r.copy.take_log(), || Ok(()))?;
-            // The default tree: buckets, records, queue, registry, counters and the segments' `g/` records.
+            // The default tree: buckets, records, queue, registry, counters, the segments' `g/` records and the
+            // journal mark.
+            let mut keys = 0u64;
             let mut batch = sled::Batch::default();
             let mut in_batch = 0usize;
             for kv in self.db.iter() {
@@ -1349,7 +1247,7 @@ impl Writer {
                 batch.insert(k, v);
                 keys += 1;
                 in_batch += 1;
-                if in_batch == repack::BATCH_KEYS {
+                if in_batch == REPACK_BATCH_KEYS {
                     fresh.apply_batch(std::mem::take(&mut batch))?;
                     in_batch = 0;
                 }
@@ -1399,14 +1297,14 @@ impl Writer {
         if spawned.is_err() {
             give_back_freed_memory();
         }
-        let paused_millis = paused.elapsed().as_millis() as u64;
-        let took = r.started.elapsed();
+        // Writes waited for all of it: the copy runs on this thread.
+        let paused_millis = started.elapsed().as_millis() as u64;
+        let took = started.elapsed();
         self.counters.repacks.fetch_add(1, Ordering::Relaxed);
-        // The metric is the time writes waited (the switch), not the copy that ran beside them.
         self.counters.repack_micros.fetch_add(paused_millis * 1000, Ordering::Relaxed);
         let outcome = RepackOutcome {
             keys,
-            bytes_before: r.bytes_before,
+            bytes_before,
             bytes_after: self.db.size_on_disk()?,
             millis: took.as_millis() as u64,
             paused_millis,

@@ -162,7 +162,7 @@ pub fn split_record(buf: &[u8]) -> Result<Option<(&[u8], usize)>, DecodeError> {
         return Ok(None);
     }
     let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-    if len > MAX_BODY || len < 9 {
+    if !(9..=MAX_BODY).contains(&len) {
         return Err(DecodeError::Field { field: "length", at: 0 });
     }
     let Some(body) = buf.get(FRAME_LEN..FRAME_LEN + len) else { return Ok(None) };
@@ -210,11 +210,11 @@ fn skip_entry<'a>(r: &mut Cursor<'a>) -> Result<&'a [u8], DecodeError> {
 
 /// Decodes the entry at the start of `buf` (which may run on past it). Returns its key and what it stored;
 /// `Ok(None)` when `buf` ends before the entry does (read more).
-pub fn decode_entry<'a>(
-    buf: &'a [u8],
+pub fn decode_entry(
+    buf: &[u8],
     base: UnixMillis,
     product: impl Fn(u64) -> Option<String>,
-) -> Result<Option<(&'a [u8], StoredEvent)>, DecodeError> {
+) -> Result<Option<(&[u8], StoredEvent)>, DecodeError> {
     let mut r = Cursor { buf, pos: 0, short: false };
     match decode_entry_at(&mut r, base, product) {
         Err(_) if r.short => Ok(None),
