@@ -536,6 +536,29 @@ mod tests {
     }
 
     #[test]
+    fn a_record_never_committed_is_overwritten_by_the_next_and_never_found() {
+        let d = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(d.path(), KEEP, Mark::default(), &BTreeMap::new()).unwrap().journal;
+        // Written and fsynced, then its sled batch failed: the writer drops it without a commit.
+        let failed = j.write(0, &[ev(1), ev(2), ev(3)]).unwrap();
+        assert_eq!(failed.mark.seq, 1);
+        drop(failed);
+        assert_eq!(j.get("key-1").unwrap(), None);
+        let a = j.write(0, &[ev(4)]).unwrap();
+        assert_eq!(a.mark.seq, 1, "the next record takes its number and its place");
+        let mark = a.mark;
+        j.commit(a);
+        let c = counts(&j);
+        drop(j);
+        let j = Journal::open(d.path(), KEEP, mark, &c).unwrap().journal;
+        assert_eq!(j.get("key-4").unwrap(), Some(ev(4).1));
+        for k in ["key-1", "key-2", "key-3"] {
+            assert_eq!(j.get(k).unwrap(), None, "{k} was never applied");
+        }
+        assert_eq!(std::fs::metadata(d.path().join(file_name(0))).unwrap().len(), mark.end);
+    }
+
+    #[test]
     fn a_segment_that_lost_acknowledged_records_is_reported_not_cut() {
         let d = tempfile::tempdir().unwrap();
         let mut j = Journal::open(d.path(), KEEP, Mark::default(), &BTreeMap::new()).unwrap().journal;

@@ -11,16 +11,8 @@ impl Writer {
         Writer(vec![version])
     }
 
-    pub fn varint(&mut self, mut v: u128) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                self.0.push(byte);
-                return;
-            }
-            self.0.push(byte | 0x80);
-        }
+    pub fn varint(&mut self, v: u128) {
+        put_varint(&mut self.0, v);
     }
 
     pub fn u64(&mut self, v: u64) {
@@ -67,10 +59,30 @@ impl Writer {
     }
 }
 
+/// Appends `v` as a LEB128 varint.
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u128) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Appends `v` zigzag-encoded, so small negative numbers stay small.
+pub(crate) fn put_zigzag(out: &mut Vec<u8>, v: i64) {
+    put_varint(out, ((v << 1) ^ (v >> 63)) as u64 as u128);
+}
+
 /// Reads one stored value's fields in order; every error names the field it was reading.
 pub(crate) struct Reader<'a> {
     body: &'a [u8],
     pos: usize,
+    /// Set when a read ran past the end of the bytes (more bytes may complete it: see [`Self::ran_out`]).
+    short: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -89,7 +101,18 @@ impl<'a> Reader<'a> {
         if crc32fast::hash(body).to_be_bytes() != crc {
             return Err(DecodeError::Checksum);
         }
-        Ok(Reader { body, pos: 1 })
+        Ok(Reader { body, pos: 1, short: false })
+    }
+
+    /// Reads bytes with no version byte or checksum of their own (part of something already checked, or read
+    /// to find where it ends).
+    pub fn raw(bytes: &'a [u8]) -> Self {
+        Reader { body: bytes, pos: 0, short: false }
+    }
+
+    /// Whether a read failed because the bytes ended (rather than because they are malformed).
+    pub fn ran_out(&self) -> bool {
+        self.short
     }
 
     /// Where the next field starts (for errors).
@@ -97,9 +120,12 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
         let at = self.pos;
-        let end = at.checked_add(n).filter(|e| *e <= self.body.len()).ok_or(DecodeError::Field { field, at })?;
+        let Some(end) = at.checked_add(n).filter(|e| *e <= self.body.len()) else {
+            self.short = true;
+            return Err(DecodeError::Field { field, at });
+        };
         self.pos = end;
         Ok(&self.body[at..end])
     }
@@ -155,10 +181,12 @@ impl<'a> Reader<'a> {
     /// allocation (every item takes at least one byte).
     pub fn count(&mut self, field: &'static str) -> Result<usize, DecodeError> {
         let at = self.pos;
-        usize::try_from(self.varint(field)?)
-            .ok()
-            .filter(|n| *n <= self.body.len() - self.pos)
-            .ok_or(DecodeError::Field { field, at })
+        let n = usize::try_from(self.varint(field)?).map_err(|_| DecodeError::Field { field, at })?;
+        if n > self.body.len() - self.pos {
+            self.short = true;
+            return Err(DecodeError::Field { field, at });
+        }
+        Ok(n)
     }
 
     pub fn bytes(&mut self, field: &'static str) -> Result<Vec<u8>, DecodeError> {

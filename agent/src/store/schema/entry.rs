@@ -14,6 +14,7 @@
 //! | 9 | checksum             | `u32` big-endian: CRC32 of bytes 1–8                                           |
 
 use super::DecodeError;
+use super::codec::put_varint;
 use crate::clock::{HOUR_MS, UnixMillis, hour_start};
 use crate::domain::event::{ContentDigest, StoredEvent};
 use crate::domain::quantity::Micros;
@@ -118,18 +119,6 @@ impl V1StoredEvent {
 
 fn zigzag(v: i64) -> u128 {
     ((v << 1) ^ (v >> 63)) as u64 as u128
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u128) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 struct Reader<'a> {

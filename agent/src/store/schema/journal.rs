@@ -34,6 +34,7 @@
 //! | product     | varint: the file's product number                                   |
 
 use super::DecodeError;
+use super::codec::{Reader, put_varint, put_zigzag};
 use crate::clock::{HOUR_MS, UnixMillis, hour_start};
 use crate::domain::event::{ContentDigest, StoredEvent};
 use crate::domain::quantity::Micros;
@@ -174,31 +175,31 @@ pub fn split_record(buf: &[u8]) -> Result<Option<(&[u8], usize)>, DecodeError> {
 
 /// Reads a record's body: its number, base, new products and where each entry starts.
 pub fn read_body(body: &[u8], segment_start: UnixMillis) -> Result<RecordBody<'_>, DecodeError> {
-    let mut r = Cursor { buf: body, pos: 0, short: false };
+    let mut r = Reader::raw(body);
     let seq = u64::from_be_bytes(r.take(8, "seq")?.try_into().expect("8 bytes"));
-    let base = segment_start.wrapping_add(r.zigzag("base")?);
+    let base = segment_start.wrapping_add(r.i64("base")?);
     let n = r.count("products")?;
     let mut new_products = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
         let len = r.count("product")?;
-        let at = r.pos;
+        let at = r.pos();
         let bytes = r.take(len, "product")?;
         new_products.push(String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Field { field: "product", at })?);
     }
     let n = r.count("entries")?;
     let mut entries = Vec::with_capacity(n.min(1 << 16));
     for _ in 0..n {
-        let at = r.pos;
+        let at = r.pos();
         let key = skip_entry(&mut r)?;
         entries.push((key, at));
     }
-    if r.pos != body.len() {
-        return Err(DecodeError::Field { field: "entries", at: r.pos });
+    if r.pos() != body.len() {
+        return Err(DecodeError::Field { field: "entries", at: r.pos() });
     }
     Ok(RecordBody { seq, base, new_products, entries })
 }
 
-fn skip_entry<'a>(r: &mut Cursor<'a>) -> Result<&'a [u8], DecodeError> {
+fn skip_entry<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], DecodeError> {
     let len = r.count("key")?;
     let key = r.take(len, "key")?;
     r.take(17, "digest")?;
@@ -215,15 +216,15 @@ pub fn decode_entry(
     base: UnixMillis,
     product: impl Fn(u64) -> Option<String>,
 ) -> Result<Option<(&[u8], StoredEvent)>, DecodeError> {
-    let mut r = Cursor { buf, pos: 0, short: false };
+    let mut r = Reader::raw(buf);
     match decode_entry_at(&mut r, base, product) {
-        Err(_) if r.short => Ok(None),
+        Err(_) if r.ran_out() => Ok(None),
         other => other.map(Some),
     }
 }
 
 fn decode_entry_at<'a>(
-    r: &mut Cursor<'a>,
+    r: &mut Reader<'a>,
     base: UnixMillis,
     product: impl Fn(u64) -> Option<String>,
 ) -> Result<(&'a [u8], StoredEvent), DecodeError> {
@@ -231,19 +232,19 @@ fn decode_entry_at<'a>(
     let key = r.take(len, "key")?;
     let flags = r.take(1, "flags")?[0];
     if flags & !(FLAG_LATE | FLAG_V1_DIGEST) != 0 {
-        return Err(DecodeError::Field { field: "flags", at: r.pos - 1 });
+        return Err(DecodeError::Field { field: "flags", at: r.pos() - 1 });
     }
     let digest: [u8; 16] = r.take(16, "digest")?.try_into().expect("16 bytes");
-    let recorded_at_ms = base.wrapping_add(r.zigzag("recorded_at")?);
-    let event_time_ms = recorded_at_ms.wrapping_sub(r.zigzag("event time")?);
-    let at = r.pos;
-    let hours = r.zigzag("hour")?;
+    let recorded_at_ms = base.wrapping_add(r.i64("recorded_at")?);
+    let event_time_ms = recorded_at_ms.wrapping_sub(r.i64("event time")?);
+    let at = r.pos();
+    let hours = r.i64("hour")?;
     let hour_ms = hours
         .checked_mul(HOUR_MS)
         .map(|d| hour_start(event_time_ms).wrapping_add(d))
         .ok_or(DecodeError::Field { field: "hour", at })?;
     let quantity = Micros(r.varint("quantity")?);
-    let at = r.pos;
+    let at = r.pos();
     let id =
         u64::try_from(r.varint("product number")?).map_err(|_| DecodeError::Field { field: "product number", at })?;
     let product = product(id).ok_or(DecodeError::Field { field: "product number", at })?;
@@ -259,76 +260,6 @@ fn decode_entry_at<'a>(
             quantity,
         },
     ))
-}
-
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    /// Set when a read ran past the end of `buf` (more bytes may complete it).
-    short: bool,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
-        let at = self.pos;
-        let Some(end) = at.checked_add(n).filter(|e| *e <= self.buf.len()) else {
-            self.short = true;
-            return Err(DecodeError::Field { field, at });
-        };
-        self.pos = end;
-        Ok(&self.buf[at..end])
-    }
-
-    fn varint(&mut self, field: &'static str) -> Result<u128, DecodeError> {
-        let at = self.pos;
-        let mut v: u128 = 0;
-        for i in 0..19u32 {
-            let b = self.take(1, field)?[0];
-            let bits = u128::from(b & 0x7f);
-            if i == 18 && bits > 0b11 {
-                return Err(DecodeError::Field { field, at });
-            }
-            v |= bits << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(DecodeError::Field { field, at })
-    }
-
-    /// A length or count: bounded by what is left to read, so damage never allocates.
-    fn count(&mut self, field: &'static str) -> Result<usize, DecodeError> {
-        let at = self.pos;
-        let n = usize::try_from(self.varint(field)?).map_err(|_| DecodeError::Field { field, at })?;
-        if n > self.buf.len() {
-            // Longer than what was read: more bytes may hold it (an entry read on its own).
-            self.short = true;
-            return Err(DecodeError::Field { field, at });
-        }
-        Ok(n)
-    }
-
-    fn zigzag(&mut self, field: &'static str) -> Result<i64, DecodeError> {
-        let at = self.pos;
-        let v = u64::try_from(self.varint(field)?).map_err(|_| DecodeError::Field { field, at })?;
-        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
-    }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u128) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn put_zigzag(out: &mut Vec<u8>, v: i64) {
-    put_varint(out, ((v << 1) ^ (v >> 63)) as u64 as u128);
 }
 
 #[cfg(test)]
