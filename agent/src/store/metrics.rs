@@ -106,7 +106,7 @@ impl Collect for LedgerMetrics {
         out.single(
             "meterd_store_live_bytes",
             "gauge",
-            "Bytes of keys and values in the store, as the last hourly repack check measured (0 before it).",
+            "Bytes of keys and values in the store's sled generation (the dedupe window's files are not counted), as the last hourly repack check measured (0 before it).",
             ld(&st.live_bytes),
         );
         out.single(

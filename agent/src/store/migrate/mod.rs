@@ -6,7 +6,7 @@
 //!
 //! Crash-safe by construction: the events-ever-stored counter is written first (once: from the `e/` keys and the
 //! compacted total, the only count of keys this store ever does), then each chunk of keys is one sled transaction
-//! that writes their entries and segment counts and removes their `e/` keys; the schema version moves to 2 only
+//! (flushed before the next) that writes their entries and segment counts and removes their `e/` keys; the schema version moves to 2 only
 //! when no `e/` key is left. A SIGKILL at any point leaves whole chunks moved and the rest in place, and the next
 //! open carries on from there.
 
@@ -87,6 +87,9 @@ pub fn v1_to_v2(db: &sled::Db, keep_ms: i64) -> Result<u64, StoreError> {
                 sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
                 sled::transaction::TransactionError::Abort(why) => StoreError::Corrupt(why),
             })?;
+        // Each chunk on disk before the next starts (and before its progress line): a crash costs at most the
+        // chunk under way.
+        db.flush()?;
         moved += old_keys.len() as u64;
         tracing::info!(moved, "store v1 → v2: idempotency keys moved into dedupe segments");
     }
