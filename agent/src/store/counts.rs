@@ -48,7 +48,7 @@ pub fn customers(db: &sled::Db) -> Result<CustomerCounts, StoreError> {
 /// the same batch. One lifecycle per write: each write that changes one reads the counts first.
 pub fn customer_written(
     db: &sled::Db,
-    batch: &mut sled::Batch,
+    batch: &mut super::batch::Batch,
     before: Option<&CustomerLifecycle>,
     after: &CustomerLifecycle,
 ) -> Result<(), StoreError> {
@@ -65,7 +65,7 @@ pub fn customer_written(
 /// customer at most once): their counts move together in the same batch.
 pub fn customers_written<'a>(
     db: &sled::Db,
-    batch: &mut sled::Batch,
+    batch: &mut super::batch::Batch,
     changes: impl IntoIterator<Item = (Option<CustomerLifecycle>, &'a CustomerLifecycle)>,
 ) -> Result<(), StoreError> {
     let mut c = customers(db)?;
@@ -84,7 +84,12 @@ pub fn open_buckets(db: &sled::Db) -> Result<u64, StoreError> {
 }
 
 /// Buckets opened and closed (sealed, or moved away by a mapping) by a write, in its batch.
-pub fn buckets_changed(db: &sled::Db, batch: &mut sled::Batch, opened: u64, closed: u64) -> Result<(), StoreError> {
+pub fn buckets_changed(
+    db: &sled::Db,
+    batch: &mut super::batch::Batch,
+    opened: u64,
+    closed: u64,
+) -> Result<(), StoreError> {
     if opened == closed {
         return Ok(());
     }
@@ -108,9 +113,9 @@ pub fn count_once(db: &sled::Db) -> Result<bool, StoreError> {
         return Ok(false);
     }
     let (buckets, customers) = recount(db)?;
-    let mut batch = sled::Batch::default();
+    let mut batch = super::batch::Batch::default();
     batch.insert(keys::OPEN_BUCKETS_KEY, encode(&OpenBuckets(buckets)));
     batch.insert(keys::CUSTOMER_COUNTS_KEY, encode(&customers));
-    db.apply_batch(batch)?;
+    batch.apply_unlogged(db)?;
     Ok(true)
 }

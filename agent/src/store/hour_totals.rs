@@ -157,7 +157,7 @@ impl<'a> Edits<'a> {
     }
 
     /// Puts every changed summary into `batch` (an empty one is removed).
-    pub fn write(self, batch: &mut sled::Batch) {
+    pub fn write(self, batch: &mut super::batch::Batch) {
         for (k, s) in self.changed {
             if s.is_empty() {
                 batch.remove(k);
@@ -235,7 +235,7 @@ pub fn count_once(db: &sled::Db) -> Result<Option<usize>, StoreError> {
         return Ok(None);
     }
     let all = recompute(db)?;
-    let mut batch = sled::Batch::default();
+    let mut batch = super::batch::Batch::default();
     // Leftovers of a count a crash cut short are replaced, not added to.
     for kv in db.scan_prefix(keys::HOUR_TOTALS_PREFIX) {
         batch.remove(kv?.0);
@@ -244,7 +244,7 @@ pub fn count_once(db: &sled::Db) -> Result<Option<usize>, StoreError> {
         batch.insert(keys::hour_totals_key(s.hour_ms, &s.product, &s.dimension), encode(s));
     }
     batch.insert(keys::HOUR_TOTALS_KEPT_KEY, &[][..]);
-    db.apply_batch(batch)?;
+    batch.apply_unlogged(db)?;
     Ok(Some(all.len()))
 }
 

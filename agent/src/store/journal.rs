@@ -160,10 +160,14 @@ pub struct Journal {
     last_seq: u64,
 }
 
-/// A record written and fsynced but not yet part of the journal in memory: [`Journal::commit`] once its sled
-/// batch is applied; dropped otherwise (the next record overwrites it; [`Journal::open`] cuts it off).
+/// A record written (not synced: the redo log holds its bytes until a checkpoint syncs the file) but not yet part
+/// of the journal in memory: [`Journal::commit`] once its sled batch is applied; dropped otherwise (the next
+/// record overwrites it; [`Journal::open`] cuts it off).
 pub struct Appended {
     pub start: UnixMillis,
+    /// Where the record starts in its segment file, and its bytes.
+    pub at: u64,
+    pub bytes: Vec<u8>,
     pub mark: Mark,
     /// The segment's key count with this record's.
     pub count: u64,
@@ -284,8 +288,8 @@ impl Journal {
             .collect()
     }
 
-    /// Writes `events` as the next record of the segment at `start` (made first if need be) and fsyncs it. Nothing
-    /// in memory changes until [`Self::commit`].
+    /// Writes `events` as the next record of the segment at `start` (made first if need be, durably), without a
+    /// sync: the caller logs [`Appended::bytes`] in the redo log. Nothing in memory changes until [`Self::commit`].
     pub fn write(&mut self, start: UnixMillis, events: &[(String, StoredEvent)]) -> Result<Appended, StoreError> {
         let path = self.dir.join(file_name(start));
         let io = |e: std::io::Error| StoreError::Io(format!("dedupe segment {}: {e}", path.display()));
@@ -318,7 +322,7 @@ impl Journal {
         }
         let (bytes, entries_at, offsets) = b.finish();
         let at = seg.len;
-        seg.file.write_all_at(&bytes, at).and_then(|()| seg.file.sync_data()).map_err(io)?;
+        seg.file.write_all_at(&bytes, at).map_err(io)?;
         let keys = events
             .iter()
             .zip(offsets)
@@ -326,12 +330,19 @@ impl Journal {
             .collect();
         Ok(Appended {
             start,
+            at,
             mark: Mark { seq, start, end: at + bytes.len() as u64 },
             count: seg.count + events.len() as u64,
             base,
             new_products,
             keys,
+            bytes,
         })
+    }
+
+    /// Handles on the live segments' files, for a checkpoint to sync.
+    pub fn files(&self) -> std::io::Result<Vec<File>> {
+        self.live.values().map(|s| s.file.try_clone()).collect()
     }
 
     /// Makes a written record part of the journal, once its sled batch is applied.

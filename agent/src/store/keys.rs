@@ -38,6 +38,9 @@ pub const SEGMENT_INDEX_PREFIX: &[u8] = b"g/";
 pub const EVENTS_STORED_KEY: &[u8] = b"m/events_stored";
 /// The dedupe journal's mark: the last record whose group this store holds (`journal::Mark`).
 pub const JOURNAL_MARK_KEY: &[u8] = b"m/journal";
+/// The number of the last redo record whose write this tree holds (`u64` big-endian), written with that write
+/// ([`super::redo`]): the open replays the records after it.
+pub const REDO_SEQ_KEY: &[u8] = b"m/redo_seq";
 pub const BUCKET_PREFIX: &[u8] = b"b/";
 pub const SEALED_THROUGH_KEY: &[u8] = b"m/sealed_through";
 /// Totals of history compacted away, so the report still reconciles.

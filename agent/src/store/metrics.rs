@@ -47,12 +47,29 @@ impl Collect for LedgerMetrics {
             "Atomic store writes (each carries every call that was waiting).",
             ld(&st.write_groups),
         );
-        out.single("meterd_fsyncs_total", "counter", "Store fsyncs (shared by all writes in a group).", ld(&st.fsyncs));
+        out.single(
+            "meterd_fsyncs_total",
+            "counter",
+            "Redo log fsyncs: the barrier every reply waits for (shared by all writes in a group).",
+            ld(&st.fsyncs),
+        );
         out.single(
             "meterd_fsync_seconds_total",
             "counter",
             "Time spent in store fsyncs.",
             ld(&st.fsync_micros) as f64 / 1e6,
+        );
+        out.single(
+            "meterd_checkpoints_total",
+            "counter",
+            "Checkpoints: sled and the dedupe segments synced off the write path, redo log files deleted.",
+            ld(&st.checkpoints),
+        );
+        out.single(
+            "meterd_checkpoint_seconds_total",
+            "counter",
+            "Time spent in checkpoints.",
+            ld(&st.checkpoint_micros) as f64 / 1e6,
         );
         out.single(
             "meterd_records_merged_total",

@@ -33,8 +33,8 @@ impl Store {
 
 /// The batch that writes `copy`, on the writer thread: the customers-per-status counts move with the lifecycles
 /// (`m/customers`, as every other lifecycle write keeps them).
-pub(super) fn batch(db: &sled::Db, copy: &RegistryCopy) -> Result<sled::Batch, StoreError> {
-    let mut batch = sled::Batch::default();
+pub(super) fn batch(db: &sled::Db, copy: &RegistryCopy) -> Result<super::batch::Batch, StoreError> {
+    let mut batch = super::batch::Batch::default();
     for (tenant, m) in &copy.mappings {
         match m {
             Some(m) => batch.insert(keys::tenant_key(tenant), encode(m)),

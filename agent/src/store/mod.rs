@@ -2,14 +2,16 @@
 //!
 //! The rest of the agent sees a narrow interface: [`Store::ingest`] (validated events in, receipts out,
 //! returning only once the write is fsynced) and read-only views. All mutations go through one writer
-//! thread, which turns each group of concurrently arriving calls into one atomic sled write (a transaction over
-//! the default tree and the current dedupe segment, [`segments`]); a flusher
-//! thread fsyncs behind it, so many callers share one fsync (group commit) while the writer already
-//! prepares the next group. A reply never leaves before the fsync that covers its write.
+//! thread, which turns each group of concurrently arriving calls into one atomic write: a record in the redo log
+//! ([`redo`], the commit point), then a sled batch over the default tree, with the group's idempotency keys in
+//! the current dedupe segment file ([`journal`]). Many callers share one fsync of the log (group commit); sled and
+//! the segment files are synced by a checkpoint off the write path. A reply never leaves before the fsync that
+//! covers its write.
 //!
 //! A PostgreSQL backend for fleets would implement the same operations; nothing outside
 //! this module touches sled.
 
+pub mod batch;
 pub mod counts;
 pub mod durable;
 pub mod generation;
@@ -22,6 +24,7 @@ pub mod mirror;
 pub mod outbox;
 pub mod pages;
 pub mod pending;
+pub mod redo;
 pub mod schema;
 pub mod seam;
 pub mod segments;
@@ -44,8 +47,9 @@ pub use seam::Ledger;
 
 /// The on-disk layout this build writes. Bump it with a migration in `open`. 1: one `e/` key per event for the
 /// whole retention; 2: idempotency keys in dedupe segments ([`segments`], [`migrate`]); 3: every value in an
-/// explicit, versioned, checksummed stored layout ([`schema`]) instead of postcard of a Rust struct.
-pub const SCHEMA_VERSION: u32 = 4;
+/// explicit, versioned, checksummed stored layout ([`schema`]) instead of postcard of a Rust struct; 4: the dedupe
+/// window in files of its own ([`journal`]); 5: every write committed through the redo log ([`redo`]).
+pub const SCHEMA_VERSION: u32 = 5;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -130,6 +134,9 @@ pub struct StoreCounters {
     pub replays: AtomicU64,
     pub fsyncs: AtomicU64,
     pub fsync_micros: AtomicU64,
+    /// Checkpoints (sled and the dedupe segments synced, redo log files deleted) and the time they took.
+    pub checkpoints: AtomicU64,
+    pub checkpoint_micros: AtomicU64,
     pub late_events: AtomicU64,
     /// Hourly buckets frozen into records, and records sealed (since start).
     pub buckets_sealed: AtomicU64,
@@ -335,6 +342,14 @@ impl Store {
         let files = durable::GenerationFiles::open(&gen_dir)
             .map_err(|e| StoreError::Io(format!("cannot sync the store files in {}: {e}", gen_dir.display())))?;
         let live_gen = Live { db: db.clone(), files: Arc::new(files) };
+        // First of all: what the redo log holds and sled may not (the log is the commit point, see `redo`).
+        let redo_dir = dir.join(redo::DIR);
+        let replayed = redo::replay(&redo_dir, &db, &dir.join(journal::DIR))?;
+        if replayed.records > 0 {
+            live_gen.sync()?;
+            tracing::info!(records = replayed.records, applied = replayed.applied, "replayed the redo log");
+        }
+        redo::clear(&redo_dir)?;
         match db.get(keys::SCHEMA_VERSION_KEY)? {
             None => {
                 if let Some(marker) = &marker {
@@ -344,11 +359,11 @@ impl Store {
                         dir.display()
                     )));
                 }
-                let mut batch = sled::Batch::default();
+                let mut batch = batch::Batch::default();
                 batch.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes());
                 batch.insert(keys::PENDING_KEY, encode(&pending::PendingTotals::default()));
                 batch.insert(keys::HOUR_TOTALS_KEPT_KEY, &[][..]);
-                db.apply_batch(batch)?;
+                batch.apply_unlogged(&db)?;
                 live_gen.sync()?;
             }
             Some(v) => {
@@ -384,6 +399,13 @@ impl Store {
                         millis = started.elapsed().as_millis() as u64,
                         "migrated the store from v3 to v4 (dedupe segments into their own files)"
                     );
+                }
+                if (1..=4).contains(&found) {
+                    // v5 adds the redo log: no data changes, but a v4 meterd must not open a store whose
+                    // acknowledged writes may be in the log only.
+                    db.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                    live_gen.sync()?;
+                    tracing::info!(from = found, "the store is at v5 (writes committed through the redo log)");
                 } else if found != SCHEMA_VERSION {
                     return Err(StoreError::UnsupportedSchema { found });
                 }
@@ -434,7 +456,9 @@ impl Store {
             min_free,
             spool,
         };
-        let (commands, threads) = writer::spawn(shared.clone(), place, counters.clone(), journal.clone(), forgetting);
+        let redo = Arc::new(redo::Redo::create(&redo_dir, replayed.next_seq)?);
+        let (commands, threads) =
+            writer::spawn(shared.clone(), place, counters.clone(), journal.clone(), redo, forgetting);
         Ok(Store {
             inner: Arc::new(Inner {
                 db: shared,
@@ -904,13 +928,13 @@ fn open_journal(db: &sled::Db, live: &Live, dir: &Path, keep_ms: i64) -> Result<
             Some(v) => decode(&v)?,
             None => Compacted::default(),
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = batch::Batch::default();
         for start in &opened.missing {
             total.events += counts[start];
             batch.remove(segments::index_key(*start));
         }
         batch.insert(keys::COMPACTED_KEY, encode(&total));
-        db.apply_batch(batch)?;
+        batch.apply_unlogged(db)?;
         live.sync()?;
         tracing::info!(segments = opened.missing.len(), "finished dropping dedupe segments a crash cut short");
     }

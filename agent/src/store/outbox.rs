@@ -172,7 +172,7 @@ impl Spool {
     /// Adds every newly stored event of `calls` (decided as `outcomes`) to `batch`.
     pub(crate) fn add<'a>(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut super::batch::Batch,
         calls: impl Iterator<Item = (&'a [UsageEvent], UnixMillis)>,
         outcomes: &[Vec<IngestOutcome>],
     ) {
@@ -267,11 +267,11 @@ impl Store {
     /// them); a sequence that starts no block is ignored. Not fsynced on its own: a block that comes back after a
     /// crash is forwarded again and replays.
     pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = super::batch::Batch::default();
         for s in seqs {
             batch.remove(entry_key(*s));
         }
-        self.db().apply_batch(batch)?;
+        batch.apply_unlogged(&self.db())?;
         Ok(())
     }
 

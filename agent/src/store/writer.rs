@@ -1,10 +1,12 @@
-//! The single writer and its flusher: group commit without write conflicts.
+//! The single writer, its flusher and its checkpointer: group commit without write conflicts.
 //!
 //! Writer: takes every command waiting in the queue. Runs of ingest commands are decided together (new,
 //! replay, conflict, late) against the store plus what the run already decided, and written as one atomic
-//! sled batch; a seal or record update is its own atomic batch. Flusher: takes every applied group waiting,
-//! fsyncs once, then answers all their callers. While it fsyncs, the writer applies the next group, so the
-//! fsync cost is shared by everyone who arrived during it.
+//! write; a seal or record update is its own atomic write. Every write is logged in the redo log, then applied
+//! to sled ([`super::redo`]). A group that stores new events syncs the log itself before sled sees it, and its
+//! callers are answered at once. Flusher: takes the other groups, syncs the log once, then answers all their
+//! callers, while the writer applies the next group. Checkpointer: every second, syncs sled and the dedupe
+//! segments off the write path and deletes the log files they cover.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +15,9 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch::Batch;
 use super::journal::{self, Journal};
+use super::redo::Redo;
 use super::segments;
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
@@ -228,18 +232,27 @@ pub fn spawn(
     place: Place,
     counters: Arc<StoreCounters>,
     journal: Arc<std::sync::RwLock<Journal>>,
+    redo: Arc<Redo>,
     forgetting: Option<std::thread::JoinHandle<()>>,
 ) -> (mpsc::Sender<Command>, Vec<std::thread::JoinHandle<()>>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let (flush_tx, flush_rx) = std_mpsc::channel::<AppliedGroup>();
+    let (stop_checkpoints, stopped) = std_mpsc::channel::<()>();
     let db = current_db(&shared);
     let flusher = {
-        let shared = shared.clone();
+        let redo = redo.clone();
         let counters = counters.clone();
         std::thread::Builder::new()
             .name("meterd-flusher".into())
-            .spawn(move || flusher_loop(shared, flush_rx, counters))
+            .spawn(move || flusher_loop(redo, flush_rx, counters))
             .expect("spawn flusher thread")
+    };
+    let checkpointer = {
+        let (shared, journal, redo, counters) = (shared.clone(), journal.clone(), redo.clone(), counters.clone());
+        std::thread::Builder::new()
+            .name("meterd-checkpoint".into())
+            .spawn(move || checkpoint_loop(shared, journal, redo, counters, stopped))
+            .expect("spawn checkpoint thread")
     };
     let writer = std::thread::Builder::new()
         .name("meterd-writer".into())
@@ -253,14 +266,17 @@ pub fn spawn(
                 warned: Default::default(),
                 broken: None,
                 journal,
+                redo,
                 forgetting,
                 events_stored,
                 job: None,
             }
-            .run(rx, flush_tx)
+            .run(rx, flush_tx);
+            // The checkpointer makes a last checkpoint and stops.
+            drop(stop_checkpoints);
         })
         .expect("spawn writer thread");
-    (tx, vec![writer, flusher])
+    (tx, vec![writer, flusher, checkpointer])
 }
 
 type IngestCall = (Vec<UsageEvent>, UnixMillis, IngestRules, Answer<Vec<IngestOutcome>>);
@@ -279,6 +295,8 @@ struct Writer {
     job: Option<SealJob>,
     /// The dedupe window's segments (shared with readers, who look keys up).
     journal: Arc<std::sync::RwLock<Journal>>,
+    /// Where every write is logged before sled applies it: the commit point ([`super::redo`]).
+    redo: Arc<Redo>,
     /// The thread deleting dropped segments (or freeing a pre-v4 store's segment trees), if one runs.
     forgetting: Option<std::thread::JoinHandle<()>>,
     /// `m/events_stored` as last written.
@@ -315,9 +333,10 @@ impl Writer {
             let mut group = AppliedGroup::default();
             let mut ingests: Vec<IngestCall> = Vec::new();
             for cmd in commands {
-                // Checked per command: a repack earlier in this same run may just have broken the store.
-                if let Some(why) = &self.broken {
-                    stopping |= refuse(cmd, StoreError::Poisoned(why.clone()));
+                // Checked per command: a repack or a failed write earlier in this same run may just have broken
+                // the store.
+                if let Some(why) = self.broken.clone().or_else(|| self.redo.poisoned()) {
+                    stopping |= refuse(cmd, StoreError::Poisoned(why));
                     continue;
                 }
                 // A mapping moves open buckets, possibly to below the seal's cursor (and out of its order).
@@ -391,9 +410,7 @@ impl Writer {
                                 }
                             }
                             Command::Mirror { copy, reply } => {
-                                match super::mirror::batch(&self.db, &copy)
-                                    .and_then(|b| self.db.apply_batch(b).map_err(StoreError::from))
-                                {
+                                match super::mirror::batch(&self.db, &copy).and_then(|b| self.commit(b)) {
                                     Ok(()) => group.replies.push(pending(reply, ())),
                                     Err(e) => {
                                         let _ = reply.send(Err(e));
@@ -453,7 +470,17 @@ impl Writer {
                 }
                 self.seal_chunk(&mut group);
             }
-            if !group.replies.is_empty() && flush_tx.send(group).is_err() {
+            if group.replies.is_empty() {
+                continue;
+            }
+            if self.redo.is_synced() {
+                // The last write was an ingest logged and synced before it was applied: that barrier covers every
+                // write before it, so the flusher has nothing left to do for this group.
+                self.counters.events_stored.fetch_add(group.new_events, Ordering::Relaxed);
+                for reply in group.replies {
+                    reply(Ok(()));
+                }
+            } else if flush_tx.send(group).is_err() {
                 break;
             }
         }
@@ -494,10 +521,10 @@ impl Writer {
                 totals.add(&r, true);
             }
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = super::batch::Batch::default();
         batch.remove(tk);
         batch.insert(keys::PENDING_KEY, encode(&totals));
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         Ok(true)
     }
 
@@ -570,7 +597,7 @@ impl Writer {
                     at risk until the tenant is mapped (meterd customers put/resolve) before its deadline");
             }
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = super::batch::Batch::default();
         let new_events = writes.events.len() as u64;
         // A spool keeps no totals: the shared ledger counts each forwarded event itself (a spool never seals, so
         // its buckets would only pile up, one per hour × customer × dimension × tag set, for good). Nor, then, the
@@ -597,7 +624,7 @@ impl Writer {
         if new_events == 0 {
             // The spool adds an entry only for a stored event, so a group of replays writes nothing.
             if !writes.buckets.is_empty() && self.place.spool.is_none() {
-                self.db.apply_batch(batch)?;
+                self.commit(batch)?;
             }
         } else {
             self.write_with_events(batch, &writes.events, now_ms)?;
@@ -607,13 +634,14 @@ impl Writer {
         Ok((all, new_events))
     }
 
-    /// Writes the group's idempotency entries as one record of the journal segment of `now_ms` (fsynced), then the
-    /// buckets in `batch` with that segment's count, the events-ever-stored counter and the journal mark: one sled
-    /// batch. The record's barrier comes first, so sled never holds a group whose keys could be lost
-    /// ([`journal`]); a record whose batch fails is overwritten by the next one.
+    /// Writes the group's idempotency entries as one record of the journal segment of `now_ms`, then logs it with
+    /// the buckets in `batch`, that segment's count, the events-ever-stored counter and the journal mark as one
+    /// redo record, syncs the log, and applies the batch to sled. The barrier comes before sled sees the batch, so
+    /// sled never holds a group whose keys could be lost ([`super::redo`]); a record never logged is overwritten by
+    /// the next one.
     fn write_with_events(
         &mut self,
-        mut batch: sled::Batch,
+        mut batch: Batch,
         events: &[(String, StoredEvent)],
         now_ms: UnixMillis,
     ) -> Result<(), StoreError> {
@@ -626,14 +654,49 @@ impl Writer {
                 let _ = h.join();
             }
         }
-        let appended = journal.write(start, events)?;
+        let mut appended = journal.write(start, events)?;
         let total = self.events_stored + events.len() as u64;
         batch.insert(segments::index_key(start), &segments::encode_count(appended.count)[..]);
         batch.insert(keys::EVENTS_STORED_KEY, &segments::encode_count(total)[..]);
         batch.insert(keys::JOURNAL_MARK_KEY, &appended.mark.encode()[..]);
-        self.db.apply_batch(batch)?;
+        let bytes = std::mem::take(&mut appended.bytes);
+        let seq = self.redo.append(&mut batch, Some((start, appended.at, &bytes)))?;
+        // Synced before sled may hold the group's count and mark (see `super::redo`, "Order").
+        self.sync_redo()?;
+        self.apply(seq, batch)?;
         journal.commit(appended);
         self.events_stored = total;
+        Ok(())
+    }
+
+    /// Logs `batch` in the redo log and applies it to sled; durable once the log is synced (the flusher's barrier).
+    fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
+        let seq = self.redo.append(&mut batch, None)?;
+        self.apply(seq, batch)
+    }
+
+    /// Applies a logged write. A write the log holds but sled refused would come back at the next open: nothing
+    /// more is written until then.
+    fn apply(&self, seq: u64, batch: Batch) -> Result<(), StoreError> {
+        match self.db.apply_batch(batch.to_sled()) {
+            Ok(()) => {
+                self.redo.applied(seq);
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("sled refused the write of redo record {seq}: {e}");
+                self.redo.poison(why.clone());
+                Err(StoreError::Poisoned(why))
+            }
+        }
+    }
+
+    fn sync_redo(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        if self.redo.sync()? {
+            self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.counters.fsync_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -658,7 +721,7 @@ impl Writer {
             Some(v) => decode(&v)?,
             None => super::Compacted::default(),
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = super::batch::Batch::default();
         let mut dropped = 0;
         for start in expired {
             dropped += journal.live.get(start).map_or(0, |s| s.count);
@@ -666,7 +729,7 @@ impl Writer {
         }
         total.events += dropped;
         batch.insert(keys::COMPACTED_KEY, encode(&total));
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         let files = expired.iter().filter_map(|s| journal.remove(*s)).collect();
         if let Some(h) = self.forgetting.take() {
             let _ = h.join();
@@ -781,7 +844,7 @@ impl Writer {
                 next = Some(kv?.0.to_vec());
             }
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = super::batch::Batch::default();
         let summary = self.seal_buckets(&mut batch, buckets, &job.params, None)?;
         match &next {
             Some(resume_key) => batch.insert(
@@ -793,7 +856,7 @@ impl Writer {
         if self.sealed_through()?.is_none_or(|s| s < cutoff) {
             batch.insert(keys::SEALED_THROUGH_KEY, encode(&schema::meta::StoredSealedThrough { cutoff_ms: cutoff }));
         }
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         // Every chunk moves usage from buckets to records: a report read in pages across it must know.
         self.moved_usage(summary.buckets > 0);
         job.summary.buckets += summary.buckets;
@@ -813,7 +876,7 @@ impl Writer {
     /// deadlines forward (a deprovisioned customer's final hour).
     fn seal_buckets(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut super::batch::Batch,
         buckets: Vec<(Vec<u8>, BucketKey, Bucket)>,
         params: &SealParams,
         deadline_cap: Option<UnixMillis>,
@@ -827,7 +890,7 @@ impl Writer {
 
     fn seal_buckets_inner(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut super::batch::Batch,
         buckets: Vec<(Vec<u8>, BucketKey, Bucket)>,
         params: &SealParams,
         deadline_cap: Option<UnixMillis>,
@@ -887,7 +950,7 @@ impl Writer {
         if matches!(m.identity, Identity::Tenant(_)) {
             return Err(StoreError::Corrupt("a tenant cannot map to another tenant".into()));
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = super::batch::Batch::default();
         batch.insert(keys::tenant_key(&m.tenant_id), encode(m));
         let lk = keys::lifecycle_key(&m.identity).expect("marketplace identity");
         if let Some(a) = &m.agreement_id {
@@ -1043,7 +1106,7 @@ impl Writer {
         hours.write(&mut batch);
         counts::buckets_changed(&self.db, &mut batch, opened, moved)?;
         batch.insert(keys::PENDING_KEY, encode(&totals));
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         Ok(moved)
     }
 
@@ -1137,7 +1200,7 @@ impl Writer {
         };
         let transition = life.apply(ev, now);
         let applied = transition.applied;
-        let mut batch = sled::Batch::default();
+        let mut batch = super::batch::Batch::default();
         if let Some(a) = &life.agreement_id {
             batch.insert(keys::agreement_key(a), lk.clone());
         }
@@ -1171,7 +1234,7 @@ impl Writer {
         }
         counts::customer_written(&self.db, &mut batch, before.as_ref(), &life)?;
         batch.insert(lk, encode(&life));
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         Ok(outcome)
     }
 
@@ -1198,10 +1261,10 @@ impl Writer {
         if !life.amend(entry, reinstate) {
             return Ok(Some(super::AmendOutcome { previous, lifecycle: life, changed: false }));
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = super::batch::Batch::default();
         counts::customer_written(&self.db, &mut batch, Some(&before), &life)?;
         batch.insert(lk, encode(&life));
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         Ok(Some(super::AmendOutcome { previous, lifecycle: life, changed: true }))
     }
 
@@ -1211,10 +1274,10 @@ impl Writer {
         let before = self.db.get(&lk)?.map(|v| decode::<CustomerLifecycle>(&v)).transpose()?;
         let mut life = before.clone().unwrap_or_else(|| CustomerLifecycle::new(identity.clone(), None, None));
         life.note_not_subscribed(at_ms);
-        let mut batch = sled::Batch::default();
+        let mut batch = super::batch::Batch::default();
         counts::customer_written(&self.db, &mut batch, before.as_ref(), &life)?;
         batch.insert(lk, encode(&life));
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         Ok(())
     }
 
@@ -1335,7 +1398,7 @@ impl Writer {
 
     fn compact_records(&self, cutoff_ms: UnixMillis) -> Result<super::Compacted, StoreError> {
         let mut removed = super::Compacted::default();
-        let mut batch = sled::Batch::default();
+        let mut batch = super::batch::Batch::default();
         let mut hours = hour_totals::Edits::new(&self.db);
         // Records are keyed hour first: stop at the first hour not older than the cutoff.
         for kv in self.db.scan_prefix(keys::RECORD_PREFIX) {
@@ -1377,12 +1440,12 @@ impl Writer {
         total.expired += removed.expired;
         hours.write(&mut batch);
         batch.insert(keys::COMPACTED_KEY, encode(&total));
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         Ok(removed)
     }
 
     fn apply_update(&self, records: &[SealedRecord]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = super::batch::Batch::default();
         let mut lost: Option<super::Lost> = None;
         let mut totals = self.pending_totals()?;
         // A record updated twice in one call changes from its state in this batch, not the stored one.
@@ -1428,37 +1491,28 @@ impl Writer {
         if let Some(l) = lost {
             batch.insert(keys::LOST_KEY, encode(&l));
         }
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         Ok(())
     }
 }
 
-fn flusher_loop(shared: SharedDb, rx: std_mpsc::Receiver<AppliedGroup>, counters: Arc<StoreCounters>) {
-    let mut poisoned: Option<String> = None;
+fn flusher_loop(redo: Arc<Redo>, rx: std_mpsc::Receiver<AppliedGroup>, counters: Arc<StoreCounters>) {
     while let Ok(first) = rx.recv() {
         let mut groups = vec![first];
         groups.extend(rx.try_iter());
-        let result = match &poisoned {
-            Some(e) => Err(StoreError::Poisoned(e.clone())),
-            None => {
-                counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-                let started = std::time::Instant::now();
-                // The live generation: a group applied before a repack was already fsynced by the repack.
-                let r = current(&shared).sync().map_err(|e| {
-                    // After a failed fsync the kernel may have dropped dirty pages: nothing written since can
-                    // be promised durable, so every later write is refused too.
-                    let msg = e.to_string();
-                    poisoned = Some(msg.clone());
-                    StoreError::Poisoned(msg)
-                });
+        let started = std::time::Instant::now();
+        // After a failed fsync the kernel may have dropped dirty pages: the log poisons itself, so nothing
+        // written since is promised durable and every later write is refused too.
+        let result = redo.sync().map(|synced| {
+            if synced {
                 let took = started.elapsed();
+                counters.fsyncs.fetch_add(1, Ordering::Relaxed);
                 counters.fsync_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
                 if took >= std::time::Duration::from_millis(100) {
                     tracing::debug!(millis = took.as_millis() as u64, groups = groups.len(), "slow barrier");
                 }
-                r
             }
-        };
+        });
         for group in groups {
             if result.is_ok() {
                 counters.events_stored.fetch_add(group.new_events, Ordering::Relaxed);
@@ -1466,6 +1520,50 @@ fn flusher_loop(shared: SharedDb, rx: std_mpsc::Receiver<AppliedGroup>, counters
             for reply in group.replies {
                 reply(result.clone());
             }
+        }
+    }
+}
+
+/// Every [`super::redo::CHECKPOINT_EVERY`], and once more when the writer stops: syncs sled's live generation
+/// and the dedupe segment files, then deletes the redo log files that only held what they now hold. A failed
+/// sync poisons the log (a retry could succeed over pages the kernel dropped) and keeps every file.
+fn checkpoint_loop(
+    shared: SharedDb,
+    journal: Arc<std::sync::RwLock<Journal>>,
+    redo: Arc<Redo>,
+    counters: Arc<StoreCounters>,
+    stopped: std_mpsc::Receiver<()>,
+) {
+    let mut done = redo.applied_seq();
+    loop {
+        let last = matches!(
+            stopped.recv_timeout(super::redo::CHECKPOINT_EVERY),
+            Err(std_mpsc::RecvTimeoutError::Disconnected)
+        );
+        let through = redo.applied_seq();
+        if through > done && redo.poisoned().is_none() {
+            let started = std::time::Instant::now();
+            let synced = (|| {
+                // Read before the syncs: everything applied up to `through` is in what they cover.
+                current(&shared).sync()?;
+                let files = journal.read().unwrap_or_else(|e| e.into_inner()).files();
+                for f in files.map_err(|e| StoreError::Io(format!("dedupe segment: {e}")))? {
+                    f.sync_data().map_err(|e| StoreError::Io(format!("dedupe segment: {e}")))?;
+                }
+                Ok::<_, StoreError>(())
+            })();
+            match synced {
+                Ok(()) => {
+                    done = through;
+                    redo.release_through(through);
+                    counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    counters.checkpoint_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
+                Err(e) => redo.poison(format!("checkpoint failed: {e}")),
+            }
+        }
+        if last {
+            return;
         }
     }
 }

@@ -46,6 +46,7 @@ pub mod journal;
 pub mod ledger;
 pub mod meta;
 pub mod outbox;
+pub mod redo;
 
 pub use entry::{ENTRY_VERSION, V1StoredEvent, decode_entry, encode_entry};
 
