@@ -100,7 +100,7 @@ pub struct SegmentFile {
     index: KeyIndex,
     more: HashMap<u64, Vec<u64>>,
     products: Vec<String>,
-    product_ids: HashMap<String, u32>,
+    product_ids: HashMap<String, u32, foldhash::fast::RandomState>,
     /// Each record's offset and base time, in file order (an entry's base is its record's).
     records: Vec<(u64, UnixMillis)>,
     last_seq: u64,
@@ -115,7 +115,7 @@ impl SegmentFile {
             index: KeyIndex::default(),
             more: HashMap::new(),
             products: Vec::new(),
-            product_ids: HashMap::new(),
+            product_ids: HashMap::default(),
             records: Vec::new(),
             last_seq: 0,
         }

@@ -38,8 +38,13 @@ use super::{StoreError, durable, journal, keys};
 use crate::clock::UnixMillis;
 
 pub const DIR: &str = "redo";
-/// A log file this long is closed and a new one started: the checkpoint deletes closed files whole.
-pub const ROTATE_BYTES: u64 = 16 << 20;
+/// A log file this long is closed and the next one started; the checkpoint deletes closed files whole, but for
+/// one it keeps as the spare the next rotation reuses. Files are this long from the start (zero-filled once):
+/// an `fdatasync` after writing inside a file's allocated length persists data only, while one after a write
+/// that grows the file also writes its size and block map (`fsync_buffers_list` in a profile of the writer).
+pub const ROTATE_BYTES: u64 = 4 << 20;
+/// The name of the spare file (no log file's name: [`replay`] never reads it).
+const SPARE: &str = "spare";
 /// How often sled and the dedupe segments are synced so that log files can go.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -72,6 +77,8 @@ pub struct Redo {
     active: Mutex<Active>,
     /// Closed files and the last record each holds, oldest first.
     closed: Mutex<Vec<(PathBuf, u64)>>,
+    /// A closed file the checkpoint kept for the next rotation (held while renaming it either way).
+    spare: Mutex<Option<PathBuf>>,
     /// The last record applied to sled.
     applied: AtomicU64,
     /// Why nothing more may be logged: a sync failed (the kernel may have dropped what it had not written).
@@ -92,6 +99,7 @@ impl Redo {
                 next_seq,
             }),
             closed: Mutex::new(Vec::new()),
+            spare: Mutex::new(None),
             applied: AtomicU64::new(next_seq.saturating_sub(1)),
             poisoned: Mutex::new(None),
         })
@@ -114,8 +122,9 @@ impl Redo {
         self.poisoned.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why);
     }
 
-    /// Appends `batch` (with `m/redo_seq` added to it) and the dedupe record it goes with, as the next record;
-    /// returns its number. Not synced: see [`Self::sync`]. A failed write leaves the log as it was.
+    /// Appends `batch` (with `m/redo_seq` added to it as its last op: a write applied key by key is whole once its
+    /// number is there) and the dedupe record it goes with, as the next record; returns its number. Not synced:
+    /// see [`Self::sync`]. A failed write leaves the log as it was.
     pub fn append(&self, batch: &mut Batch, dedupe: Option<(UnixMillis, u64, &[u8])>) -> Result<u64, StoreError> {
         self.check()?;
         let mut a = self.active.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,7 +152,13 @@ impl Redo {
             self.poison(format!("redo log {}: fdatasync failed: {e}", a.path.display()));
             return Err(io_error(a.path.display(), e));
         }
-        let (file, path) = new_file(&self.dir, a.next_seq)?;
+        let (file, path) = {
+            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            match spare.take() {
+                Some(p) => reuse(&self.dir, &p, a.next_seq)?,
+                None => new_file(&self.dir, a.next_seq)?,
+            }
+        };
         let old = std::mem::replace(&mut a.path, path);
         self.closed.lock().unwrap_or_else(|e| e.into_inner()).push((old, a.next_seq - 1));
         a.file = Arc::new(file);
@@ -196,7 +211,8 @@ impl Redo {
         !self.closed.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 
-    /// Deletes the closed files whose every record is at most `seq` (sled and the segments hold them durably).
+    /// Deletes the closed files whose every record is at most `seq` (sled and the segments hold them durably),
+    /// keeping one as the spare if there is none.
     pub fn release_through(&self, seq: u64) -> usize {
         let gone: Vec<PathBuf> = {
             let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
@@ -204,8 +220,16 @@ impl Redo {
             closed.drain(..n).map(|(p, _)| p).collect()
         };
         for p in &gone {
-            // A file that comes back after a power loss is harmless: its records are at most sled's mark.
-            if let Err(e) = std::fs::remove_file(p) {
+            // A file that comes back after a power loss, under its name, is harmless: its records are at most
+            // sled's mark. The spare's rename is made durable before the file is written again.
+            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            let kept = spare.is_none() && {
+                let to = self.dir.join(SPARE);
+                let renamed = std::fs::rename(p, &to).and_then(|()| durable::sync_dir(&self.dir));
+                renamed.is_ok().then(|| *spare = Some(to)).is_some()
+            };
+            drop(spare);
+            if !kept && let Err(e) = std::fs::remove_file(p) {
                 tracing::warn!(file = %p.display(), error = %e, "could not delete a redo log file a checkpoint covers");
             }
         }
@@ -227,13 +251,35 @@ impl Redo {
     }
 }
 
+/// A new log file: its header, zeros to [`ROTATE_BYTES`], all durable, and its entry in `dir`.
 fn new_file(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), StoreError> {
     let path = dir.join(file_name(first_seq));
     let io = |e| io_error(path.display(), e);
     let file = File::options().read(true).write(true).create(true).truncate(true).open(&path).map_err(io)?;
     file.write_all_at(&layout::encode_header(first_seq), 0).map_err(io)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = layout::HEADER_LEN as u64;
+    while at < ROTATE_BYTES {
+        let n = zeros.len().min((ROTATE_BYTES - at) as usize);
+        file.write_all_at(&zeros[..n], at).map_err(io)?;
+        at += n as u64;
+    }
     file.sync_data().map_err(io)?;
     durable::sync_dir(dir).map_err(io)?;
+    Ok((file, path))
+}
+
+/// The spare file renamed (durably) to the log file starting at `first_seq`, with that header. Its old records
+/// stay behind the new ones until overwritten: their numbers are older, so [`replay`] stops at the first.
+fn reuse(dir: &Path, spare: &Path, first_seq: u64) -> Result<(File, PathBuf), StoreError> {
+    let path = dir.join(file_name(first_seq));
+    let io = |e| io_error(path.display(), e);
+    std::fs::rename(spare, &path).map_err(io)?;
+    durable::sync_dir(dir).map_err(io)?;
+    let file = File::options().read(true).write(true).open(&path).map_err(io)?;
+    // Made durable with the first record's sync; until then the file names records it does not hold, and
+    // replay stops at it (none of them was synced, so none was answered).
+    file.write_all_at(&layout::encode_header(first_seq), 0).map_err(io)?;
     Ok((file, path))
 }
 
@@ -269,7 +315,7 @@ pub fn replay(dir: &Path, db: &sled::Db, journal_dir: &Path) -> Result<Replayed,
     let mut done = Replayed { next_seq: mark + 1, ..Default::default() };
     let mut expect: Option<u64> = None;
     let mut segments: std::collections::BTreeMap<UnixMillis, Option<File>> = Default::default();
-    'files: for (first, path) in &files {
+    for (first, path) in &files {
         let io = |e| io_error(path.display(), e);
         let bytes = std::fs::read(path).map_err(io)?;
         match layout::decode_header(&bytes) {
@@ -287,11 +333,13 @@ pub fn replay(dir: &Path, db: &sled::Db, journal_dir: &Path) -> Result<Replayed,
         }
         let mut at = layout::HEADER_LEN;
         while let Some(frame) = bytes.get(at..at + layout::FRAME_LEN) {
-            let Some(len) = layout::frame_len(frame.try_into().expect("frame")) else { break 'files };
-            let Some(framed) = bytes.get(at..at + layout::FRAME_LEN + len) else { break 'files };
-            let Ok(record) = layout::decode_record(framed) else { break 'files };
+            // The end of this file's records (zeros, a torn record, or a spare's older records): the next file
+            // goes on only if it starts with the next number.
+            let Some(len) = layout::frame_len(frame.try_into().expect("frame")) else { break };
+            let Some(framed) = bytes.get(at..at + layout::FRAME_LEN + len) else { break };
+            let Ok(record) = layout::decode_record(framed) else { break };
             if expect.is_some_and(|e| e != record.seq) || (expect.is_none() && record.seq != *first) {
-                break 'files;
+                break;
             }
             if let Some(d) = &record.dedupe {
                 let file = match segments.entry(d.start) {
@@ -436,9 +484,24 @@ mod tests {
         let db = sled::open(d.path().join("db")).unwrap();
         assert_eq!(replay(&log, &db, &segs).unwrap(), Replayed { records: 7, applied: 7, next_seq: 8 });
         assert_eq!(redo.release_through(7), 2, "the active file stays");
-        assert_eq!(std::fs::read_dir(&log).unwrap().count(), 1);
+        // One of the two is kept as the spare, which replay never reads.
+        assert_eq!(std::fs::read_dir(&log).unwrap().count(), 2);
+        assert!(log.join(SPARE).exists());
         // sled holds through 7 (replayed above): the last file alone is a whole log again.
         assert_eq!(replay(&log, &db, &segs).unwrap(), Replayed { records: 1, applied: 0, next_seq: 8 });
+        // The next rotation reuses the spare: its older records (1-3) stay behind the new ones, and replay stops
+        // at them. Record 13 is as long as the spare's record 1, so a whole, valid, older record 2 follows it.
+        for i in 8..=10u64 {
+            redo.append(&mut put(&format!("k{i}"), "new"), None).unwrap();
+        }
+        redo.append(&mut put("k11", &big), None).unwrap();
+        redo.append(&mut put("k12", &big), None).unwrap();
+        redo.append(&mut put("k1", &big), None).unwrap();
+        redo.sync().unwrap();
+        assert!(!log.join(SPARE).exists());
+        assert_eq!(std::fs::read_dir(&log).unwrap().count(), 2);
+        assert!(std::fs::metadata(log.join(file_name(13))).unwrap().len() >= ROTATE_BYTES);
+        assert_eq!(replay(&log, &db, &segs).unwrap(), Replayed { records: 7, applied: 6, next_seq: 14 });
         // A store that lost what a checkpoint covered is reported, never silently continued.
         let empty = sled::open(d.path().join("empty")).unwrap();
         assert!(matches!(replay(&log, &empty, &segs), Err(StoreError::Corrupt(_))));
@@ -461,6 +524,18 @@ mod tests {
         assert_eq!(replay(&log, &db, &segs).unwrap().applied, 2);
         assert_eq!(std::fs::read(&seg).unwrap(), b"HEADERrecord-one");
         assert!(!segs.join(journal::file_name(43_200_000)).exists());
+    }
+
+    #[test]
+    fn the_record_number_is_the_last_op_of_its_write() {
+        let d = tempfile::tempdir().unwrap();
+        let redo = Redo::create(d.path(), 9).unwrap();
+        let mut b = put("a", "1");
+        b.remove(b"z");
+        assert_eq!(redo.append(&mut b, None).unwrap(), 9);
+        let ops: Vec<_> = b.ops().collect();
+        assert_eq!(ops.len(), 3);
+        assert_eq!(ops[2], (keys::REDO_SEQ_KEY, Some(&9u64.to_be_bytes()[..])));
     }
 
     #[test]

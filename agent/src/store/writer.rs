@@ -42,7 +42,7 @@ fn overflow(what: &str) -> impl Fn(Overflow) -> StoreError + '_ {
 /// The ingest decision's reads, answered from the live generation and the dedupe journal. Keeps each bucket's
 /// total as read (None: no such bucket yet), so the write can add each bucket's growth to the hour's summary
 /// ([`super::hour_totals`]) and count the buckets it opens, without reading them again.
-struct SledLookups<'a>(&'a sled::Db, &'a Journal, HashMap<BucketKey, Option<Micros>>);
+struct SledLookups<'a>(&'a sled::Db, &'a Journal, HashMap<BucketKey, Option<Micros>, foldhash::fast::RandomState>);
 
 impl Lookups for SledLookups<'_> {
     type Error = StoreError;
@@ -581,7 +581,7 @@ impl Writer {
         let mut group = IngestGroup::new(self.sealed_through()?);
         let journal = self.journal.clone();
         let read_journal = journal.read().unwrap_or_else(|e| e.into_inner());
-        let mut look = SledLookups(&self.db, &read_journal, HashMap::new());
+        let mut look = SledLookups(&self.db, &read_journal, HashMap::default());
         let mut all = Vec::with_capacity(calls.len());
         for (events, received_ms, rules, _) in calls {
             let mut outcomes = Vec::with_capacity(events.len());
@@ -663,7 +663,7 @@ impl Writer {
         let seq = self.redo.append(&mut batch, Some((start, appended.at, &bytes)))?;
         // Synced before sled may hold the group's count and mark (see `super::redo`, "Order").
         self.sync_redo()?;
-        self.apply(seq, batch)?;
+        self.apply_loose(seq, batch)?;
         journal.commit(appended);
         self.events_stored = total;
         Ok(())
@@ -679,6 +679,37 @@ impl Writer {
     /// more is written until then.
     fn apply(&self, seq: u64, batch: Batch) -> Result<(), StoreError> {
         match self.db.apply_batch(batch.to_sled()) {
+            Ok(()) => {
+                self.redo.applied(seq);
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("sled refused the write of redo record {seq}: {e}");
+                self.redo.poison(why.clone());
+                Err(StoreError::Poisoned(why))
+            }
+        }
+    }
+
+    /// Applies an ingest group's logged write key by key instead of as one sled batch. sled's `apply_batch` writes
+    /// out and `sync_file_range`s its I/O buffer on every call (it rolls the buffer to mark the batch's end), a
+    /// second stream of device writes that doubled the latency of the log's own fdatasync beside it. Atomicity
+    /// comes from the log instead: `m/redo_seq` is the last op, and sled recovers a prefix of its writes, so after
+    /// a crash either the whole group is there with its number, or the number is older and the open re-applies
+    /// the whole record (absolute values: re-applying a part that made it changes nothing). Readers outside the
+    /// writer may see part of a group for a moment; the reads that must agree (report pages, snapshots) are
+    /// answered by the writer between two writes.
+    fn apply_loose(&self, seq: u64, batch: Batch) -> Result<(), StoreError> {
+        let r = (|| {
+            for (k, v) in batch.ops() {
+                match v {
+                    Some(v) => self.db.insert(k, v)?,
+                    None => self.db.remove(k)?,
+                };
+            }
+            Ok::<(), sled::Error>(())
+        })();
+        match r {
             Ok(()) => {
                 self.redo.applied(seq);
                 Ok(())
