@@ -17,6 +17,11 @@ impl Batch {
         self.ops.push((key.into(), None));
     }
 
+    /// Takes back the last op (the redo log's number, when the log refuses the write).
+    pub fn remove_last(&mut self) {
+        self.ops.pop();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }

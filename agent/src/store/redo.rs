@@ -134,6 +134,15 @@ impl Redo {
         let seq = a.next_seq;
         batch.insert(keys::REDO_SEQ_KEY, &seq.to_be_bytes()[..]);
         let record = layout::encode_record(seq, dedupe, batch.ops());
+        if record.len() - layout::FRAME_LEN > layout::MAX_BODY {
+            // Replay would take it for damage and stop there: refuse it whole instead.
+            batch.remove_last();
+            return Err(StoreError::Io(format!(
+                "a write of {} bytes is larger than the redo log takes ({} bytes)",
+                record.len(),
+                layout::MAX_BODY
+            )));
+        }
         if let Err(e) = a.file.write_all_at(&record, a.len) {
             // Cut what may have been written, so the next record follows the last whole one.
             if let Err(cut) = a.file.set_len(a.len) {
