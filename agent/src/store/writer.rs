@@ -65,6 +65,22 @@ impl Lookups for SledLookups<'_> {
     }
 }
 
+/// How a logged write reaches sled.
+#[derive(Clone, Copy)]
+enum Apply {
+    /// One `apply_batch`: readers outside the writer see all of it or none (seal chunks, mappings, updates).
+    Atomic,
+    /// Key by key, its record number last: for ingest groups. sled's `apply_batch` writes out and
+    /// `sync_file_range`s its I/O buffer on every call (it rolls the buffer to mark the batch's end), a second stream
+    /// of device writes that doubled the latency of the log's own fdatasync beside it. Atomicity comes from the log
+    /// instead: `m/redo_seq` is the last op, and sled recovers a prefix of its writes, so after a crash either the
+    /// whole group is there with its number, or the number is older and the open re-applies the whole record
+    /// (absolute values: re-applying a part that made it changes nothing). Readers outside the writer may see part
+    /// of a group for a moment; the reads that must agree (report pages, snapshots) are answered by the writer
+    /// between two writes.
+    KeyByKey,
+}
+
 /// Keys per atomic batch of a repack's copy: bounds the memory a batch takes.
 const REPACK_BATCH_KEYS: usize = 10_000;
 
@@ -663,7 +679,7 @@ impl Writer {
         let seq = self.redo.append(&mut batch, Some((start, appended.at, &bytes)))?;
         // Synced before sled may hold the group's count and mark (see `super::redo`, "Order").
         self.sync_redo()?;
-        self.apply_loose(seq, batch)?;
+        self.apply(seq, batch, Apply::KeyByKey)?;
         journal.commit(appended);
         self.events_stored = total;
         Ok(())
@@ -672,44 +688,23 @@ impl Writer {
     /// Logs `batch` in the redo log and applies it to sled; durable once the log is synced (the flusher's barrier).
     fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
         let seq = self.redo.append(&mut batch, None)?;
-        self.apply(seq, batch)
+        self.apply(seq, batch, Apply::Atomic)
     }
 
     /// Applies a logged write. A write the log holds but sled refused would come back at the next open: nothing
     /// more is written until then.
-    fn apply(&self, seq: u64, batch: Batch) -> Result<(), StoreError> {
-        match self.db.apply_batch(batch.to_sled()) {
-            Ok(()) => {
-                self.redo.applied(seq);
-                Ok(())
-            }
-            Err(e) => {
-                let why = format!("sled refused the write of redo record {seq}: {e}");
-                self.redo.poison(why.clone());
-                Err(StoreError::Poisoned(why))
-            }
-        }
-    }
-
-    /// Applies an ingest group's logged write key by key instead of as one sled batch. sled's `apply_batch` writes
-    /// out and `sync_file_range`s its I/O buffer on every call (it rolls the buffer to mark the batch's end), a
-    /// second stream of device writes that doubled the latency of the log's own fdatasync beside it. Atomicity
-    /// comes from the log instead: `m/redo_seq` is the last op, and sled recovers a prefix of its writes, so after
-    /// a crash either the whole group is there with its number, or the number is older and the open re-applies
-    /// the whole record (absolute values: re-applying a part that made it changes nothing). Readers outside the
-    /// writer may see part of a group for a moment; the reads that must agree (report pages, snapshots) are
-    /// answered by the writer between two writes.
-    fn apply_loose(&self, seq: u64, batch: Batch) -> Result<(), StoreError> {
-        let r = (|| {
-            for (k, v) in batch.ops() {
+    fn apply(&self, seq: u64, batch: Batch, how: Apply) -> Result<(), StoreError> {
+        let applied = match how {
+            Apply::Atomic => self.db.apply_batch(batch.to_sled()),
+            Apply::KeyByKey => batch.ops().try_for_each(|(k, v)| {
                 match v {
                     Some(v) => self.db.insert(k, v)?,
                     None => self.db.remove(k)?,
                 };
-            }
-            Ok::<(), sled::Error>(())
-        })();
-        match r {
+                Ok::<(), sled::Error>(())
+            }),
+        };
+        match applied {
             Ok(()) => {
                 self.redo.applied(seq);
                 Ok(())
