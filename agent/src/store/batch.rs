@@ -17,19 +17,6 @@ impl Batch {
         self.ops.push((key.into(), None));
     }
 
-    /// Takes back the last op (the redo log's number, when the log refuses the write).
-    pub fn remove_last(&mut self) {
-        self.ops.pop();
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-
     /// Each op in order: a key and its new value, or `None` for a removal (a later op on a key wins).
     pub fn ops(&self) -> impl ExactSizeIterator<Item = (&[u8], Option<&[u8]>)> {
         self.ops.iter().map(|(k, v)| (k.as_ref(), v.as_deref()))

@@ -135,8 +135,7 @@ impl Redo {
         batch.insert(keys::REDO_SEQ_KEY, &seq.to_be_bytes()[..]);
         let record = layout::encode_record(seq, dedupe, batch.ops());
         if record.len() - layout::FRAME_LEN > layout::MAX_BODY {
-            // Replay would take it for damage and stop there: refuse it whole instead.
-            batch.remove_last();
+            // Replay would take it for damage and stop there: refuse it whole instead (the caller drops the write).
             return Err(StoreError::Io(format!(
                 "a write of {} bytes is larger than the redo log takes ({} bytes)",
                 record.len(),
@@ -215,11 +214,6 @@ impl Redo {
         self.applied.load(Ordering::Acquire)
     }
 
-    /// Whether a checkpoint through `seq` would let a file go.
-    pub fn has_closed(&self) -> bool {
-        !self.closed.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-    }
-
     /// Deletes the closed files whose every record is at most `seq` (sled and the segments hold them durably),
     /// keeping one as the spare if there is none.
     pub fn release_through(&self, seq: u64) -> usize {
@@ -243,20 +237,6 @@ impl Redo {
             }
         }
         gone.len()
-    }
-
-    /// Bytes of the log on disk.
-    pub fn bytes(&self) -> u64 {
-        let active = self.active.lock().unwrap_or_else(|e| e.into_inner()).len;
-        let closed: u64 = self
-            .closed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(|(p, _)| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        active + closed
     }
 }
 
@@ -457,7 +437,7 @@ mod tests {
         std::fs::create_dir_all(&log).unwrap();
         let redo = Redo::create(&log, 1).unwrap();
         log_only(&redo, 1, 3);
-        let len = redo.bytes();
+        let len = redo.active.lock().unwrap().len;
         drop(redo);
         let path = log.join(file_name(1));
         // A torn tail: the last record half written.
