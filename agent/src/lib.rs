@@ -13,6 +13,7 @@ pub mod customers;
 pub mod fleet;
 pub mod import;
 pub mod ingest;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod report;

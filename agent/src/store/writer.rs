@@ -110,16 +110,6 @@ struct SealJob {
     replies: Vec<Answer<SealSummary>>,
 }
 
-/// The old generation's cache was freed, but glibc keeps freed heap pages mapped; hand them back so the agent's
-/// memory does not ratchet up by one cache at each repack.
-fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub enum Command {
@@ -1381,10 +1371,10 @@ impl Writer {
         // history benchmark.
         let spawned = std::thread::Builder::new().name("meterd-retire".into()).spawn(move || {
             drop((old_db, replaced));
-            give_back_freed_memory();
+            crate::memory::give_back_freed_memory();
         });
         if spawned.is_err() {
-            give_back_freed_memory();
+            crate::memory::give_back_freed_memory();
         }
         // Writes waited for all of it: the copy runs on this thread.
         let paused_millis = started.elapsed().as_millis() as u64;

@@ -30,6 +30,9 @@ struct Args {
     /// The agent's `storage.repack_ratio` (0 turns repacking off, for a side-by-side baseline).
     #[arg(long, default_value_t = 3.0)]
     repack_ratio: f64,
+    /// The agent's `storage.cache_mb` (sled's page cache; 64, the agent's default, when not given).
+    #[arg(long, default_value_t = 64)]
+    cache_mb: u64,
 }
 
 const ACCOUNT: &str = "111122223333";
@@ -95,6 +98,7 @@ listen = "127.0.0.1:0"
 data_dir = "{}"
 retention = "3d"
 repack_ratio = {}
+cache_mb = {}
 [admin]
 listen = "127.0.0.1:0"
 [pipeline]
@@ -106,7 +110,8 @@ product_code = "soak-product"
 dimensions = ["api_calls", "gb_hours"]
 "#,
             data.display(),
-            args.repack_ratio
+            args.repack_ratio,
+            args.cache_mb
         ),
     )?;
     let mut child = std::process::Command::new(meterd_tests::meterd_bin())
