@@ -10,12 +10,15 @@ use crate::domain::ingest::{IngestOutcome, IngestRules};
 use crate::domain::quantity::Micros;
 use crate::domain::validate::{RawEvent, validate};
 use crate::metrics::{Collect, CounterVec, Encoder, Registry};
+use crate::store::stamps::Stamps;
 use crate::store::{Ledger, StoreError};
 
 #[derive(Clone)]
 pub struct Ingest {
     catalog: Arc<Catalog>,
     store: Arc<dyn Ledger>,
+    /// Each call's `received_ms`, held until its write is done (the fleet forwarder's watermark stays below it).
+    stamps: Arc<Stamps>,
     clock: SharedClock,
     metrics: Arc<IngestMetrics>,
 }
@@ -45,10 +48,16 @@ impl Collect for IngestMetrics {
 
 impl Ingest {
     /// Registers ingest's metrics with `registry`.
-    pub fn new(catalog: Arc<Catalog>, store: Arc<dyn Ledger>, clock: SharedClock, registry: &Registry) -> Self {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        store: Arc<dyn Ledger>,
+        stamps: Arc<Stamps>,
+        clock: SharedClock,
+        registry: &Registry,
+    ) -> Self {
         let metrics = Arc::new(IngestMetrics::default());
         registry.register(metrics.clone());
-        Self { catalog, store, clock, metrics }
+        Self { catalog, store, stamps, clock, metrics }
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -58,7 +67,10 @@ impl Ingest {
     /// Validates all events, stores the valid ones atomically, and returns one outcome per event in order.
     /// Returns `Err` only if the store could not make the write durable; then nothing is acknowledged.
     pub async fn record(&self, events: Vec<RawEvent>) -> Result<Vec<IngestOutcome>, StoreError> {
-        let now = self.clock.now_ms();
+        // Held to the end of the call. A call given up while its write is still queued gives it back early: its
+        // events may then reach the shared ledger after the watermark passed them, and count late (not lost).
+        let stamp = self.stamps.take(&self.clock);
+        let now = stamp.ms;
         let mut results: Vec<Option<IngestOutcome>> = Vec::with_capacity(events.len());
         let mut valid = Vec::with_capacity(events.len());
         for ev in events {

@@ -15,10 +15,14 @@ use super::Node;
 use crate::clock::{SharedClock, UnixMillis};
 use crate::store::{Store, StoreError};
 
-/// How long an event may take from its acknowledgement stamp (taken before the write is queued) to its write in
-/// the outbox. The watermark stays this far behind the outbox scan, so it never claims an event that was stamped
-/// but not yet written. An event slower than this is not lost: it is counted late, in the open hour.
-pub const STAMP_TO_WRITE_MARGIN_MS: i64 = 60_000;
+/// How far the outbox's order (the order of writes) may stray from the order of the stamps it holds: a call
+/// stamped earlier can be written later than another. Used only when a page was full, to claim no further than
+/// the page's last entry less this. An event slower than this is not lost: it is counted late, in the open hour.
+pub const REORDER_MARGIN_MS: i64 = 60_000;
+
+/// A wall clock stepped back (NTP) can stamp a call below a low water already read; the watermark stays this far
+/// behind it. A call stamped further back than this counts late, not lost.
+pub const CLOCK_STEP_MARGIN_MS: i64 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StepError {
@@ -30,14 +34,17 @@ pub(crate) enum StepError {
     Node(#[from] NodeError),
 }
 
-/// The watermark after forwarding a page read at `scan_ms`: everything acknowledged before it is forwarded.
-/// When the page was full, the entries after it are still waiting: no later than the page's last one.
-pub fn watermark_after(scan_ms: UnixMillis, page_full: bool, last_received_ms: Option<UnixMillis>) -> UnixMillis {
-    let reach = match (page_full, last_received_ms) {
-        (true, Some(last)) => last.min(scan_ms),
-        _ => scan_ms,
-    };
-    reach - STAMP_TO_WRITE_MARGIN_MS
+/// The watermark after forwarding a page read just after the stamps' low water was `low_water_ms`
+/// ([`crate::store::stamps`]): everything acknowledged before it is forwarded.
+///
+/// A page that was not full held every entry the outbox had: every call stamped below the low water had been
+/// written before the read, so it was in this page or an earlier one. A full page leaves entries waiting, some
+/// perhaps stamped before its last one: no further than that, less [`REORDER_MARGIN_MS`].
+pub fn watermark_after(low_water_ms: UnixMillis, page_full: bool, last_received_ms: Option<UnixMillis>) -> UnixMillis {
+    match (page_full, last_received_ms) {
+        (true, Some(last)) => last.min(low_water_ms) - REORDER_MARGIN_MS,
+        _ => low_water_ms - CLOCK_STEP_MARGIN_MS,
+    }
 }
 
 /// How long a stopping agent keeps forwarding its spool (its listeners are closed: nothing new arrives). A
@@ -147,12 +154,13 @@ pub(crate) async fn forward_page(
     let _one_at_a_time = node.forwarding.lock().await;
     nodes::heartbeat(client, &node.me).await?;
     let batch = node.config.forward_batch;
-    let scan_ms = clock.now_ms();
+    // Read before the page: a call stamped below it was written before the read.
+    let low_water_ms = store.stamps().low_water(clock);
     let page = store.outbox_page(batch)?;
     let full = page.entries.len() >= batch;
     let acked: Vec<Acked> =
         page.entries.iter().map(|(_, e)| Acked { event: e.event(), received_ms: e.received_ms }).collect();
-    let watermark = watermark_after(scan_ms, full, page.entries.last().map(|(_, e)| e.received_ms));
+    let watermark = watermark_after(low_water_ms, full, page.entries.last().map(|(_, e)| e.received_ms));
     let done = forward(client, &node.me.node_id, &acked, watermark).await?;
     // Only now is the page in the shared ledger: a crash before this line resends it, and it replays.
     store.outbox_remove(&page.blocks)?;
@@ -177,10 +185,12 @@ mod tests {
 
     #[test]
     fn the_watermark_never_claims_what_may_still_be_written_or_waiting() {
-        // Drained: the scan time, less the stamp-to-write margin.
-        assert_eq!(watermark_after(1_000_000, false, Some(900_000)), 1_000_000 - STAMP_TO_WRITE_MARGIN_MS);
-        assert_eq!(watermark_after(1_000_000, false, None), 1_000_000 - STAMP_TO_WRITE_MARGIN_MS);
-        // A full page: entries after it wait, so no further than the page's last acknowledgement.
-        assert_eq!(watermark_after(1_000_000, true, Some(900_000)), 900_000 - STAMP_TO_WRITE_MARGIN_MS);
+        // Drained: the stamps' low water, less the clock-step margin.
+        assert_eq!(watermark_after(1_000_000, false, Some(900_000)), 1_000_000 - CLOCK_STEP_MARGIN_MS);
+        assert_eq!(watermark_after(1_000_000, false, None), 1_000_000 - CLOCK_STEP_MARGIN_MS);
+        // A full page: entries after it wait, so no further than the page's last acknowledgement, less the
+        // reordering margin; nor past the low water.
+        assert_eq!(watermark_after(1_000_000, true, Some(900_000)), 900_000 - REORDER_MARGIN_MS);
+        assert_eq!(watermark_after(800_000, true, Some(900_000)), 800_000 - REORDER_MARGIN_MS);
     }
 }

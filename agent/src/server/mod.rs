@@ -59,7 +59,8 @@ pub fn routes(
     let reflection_v1 = reflection().build_v1().expect("descriptor sets are valid");
     let reflection_v1alpha = reflection().build_v1alpha().expect("descriptor sets are valid");
     let started_at_ms = clock.now_ms();
-    let ingest = Ingest::new(Arc::new(config.catalog()), Arc::new(store.clone()), clock.clone(), metrics);
+    let ingest =
+        Ingest::new(Arc::new(config.catalog()), Arc::new(store.clone()), store.stamps(), clock.clone(), metrics);
     let metering = MeteringServer::new(MeteringService { ingest, max_batch_events: config.ingest.max_batch_events })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

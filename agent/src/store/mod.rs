@@ -29,6 +29,7 @@ pub mod schema;
 pub mod seam;
 pub mod segments;
 pub mod space;
+pub mod stamps;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -279,6 +280,8 @@ struct Inner {
     ack_gate: std::sync::OnceLock<Arc<dyn outbox::AckGate>>,
     /// The dedupe window's segments (the writer appends; readers look keys up).
     journal: Arc<RwLock<journal::Journal>>,
+    /// Ingest calls stamped and not yet written (the fleet forwarder's watermark stays below them).
+    stamps: Arc<stamps::Stamps>,
 }
 
 impl Store {
@@ -468,8 +471,15 @@ impl Store {
                 threads: std::sync::Mutex::new(threads),
                 ack_gate: Default::default(),
                 journal,
+                stamps: Default::default(),
             }),
         })
+    }
+
+    /// The stamps of ingest calls under way: [`crate::ingest::Ingest`] takes one per call and holds it until the
+    /// call's write is done; the fleet forwarder reads their low water.
+    pub fn stamps(&self) -> Arc<stamps::Stamps> {
+        self.inner.stamps.clone()
     }
 
     /// Stores validated events atomically and durably, decided by [`crate::domain::ingest`] under `rules` (a
