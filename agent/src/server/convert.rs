@@ -24,6 +24,18 @@ pub fn receipt_to_wire(r: &Receipt) -> v1::Receipt {
     }
 }
 
+/// [`receipt_to_wire`], taking the receipt's strings instead of copying them.
+pub fn receipt_into_wire(r: Receipt) -> v1::Receipt {
+    v1::Receipt {
+        event_time: Some(timestamp(r.event_time_ms)),
+        usage_hour: Some(timestamp(r.hour_ms)),
+        recorded_at: Some(timestamp(r.recorded_at_ms)),
+        idempotency_key: r.idempotency_key,
+        replayed: r.replayed,
+        product: r.product,
+    }
+}
+
 /// Store failures are the agent's problem, never the caller's: UNAVAILABLE tells SDKs to retry with the same
 /// idempotency key, which is safe because nothing was acknowledged.
 pub fn store_status(e: StoreError) -> Status {

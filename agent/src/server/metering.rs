@@ -3,7 +3,7 @@
 use meterd_proto::v1::{self, metering_server::Metering};
 use tonic::{Code, Request, Response, Status};
 
-use super::convert::{receipt_to_wire, refusal_code, store_status};
+use super::convert::{receipt_into_wire, receipt_to_wire, refusal_code, store_status};
 use crate::domain::ingest::IngestOutcome;
 use crate::ingest::Ingest;
 
@@ -59,16 +59,21 @@ impl Metering for MeteringService {
             .record(events.into_iter().map(super::convert::raw_event).collect())
             .await
             .map_err(store_status)?;
+        // Receipts are moved, not copied, and a refusal's field path is formatted only for a refusal: per event,
+        // this is on the batch path's every call.
         let results = results
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(i, o)| v1::EventResult {
-                outcome: Some(match (o.receipt(), refusal(&format!("events[{i}]"), o)) {
-                    (Some(receipt), _) => v1::event_result::Outcome::Receipt(receipt_to_wire(receipt)),
-                    (None, Some((code, field, message))) => {
+                outcome: Some(match o {
+                    IngestOutcome::Stored(r) | IngestOutcome::Replayed(r) => {
+                        v1::event_result::Outcome::Receipt(receipt_into_wire(r))
+                    }
+                    refused => {
+                        let (code, field, message) =
+                            refusal(&format!("events[{i}]"), &refused).expect("an outcome is a receipt or a refusal");
                         v1::event_result::Outcome::Error(v1::EventError { code: code as i32, field, message })
                     }
-                    (None, None) => unreachable!("an outcome is a receipt or a refusal"),
                 }),
             })
             .collect();

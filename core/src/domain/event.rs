@@ -54,7 +54,10 @@ impl UsageEvent {
     /// Quantities are compared by value ("1.0" equals "1"), tags as a set. Computed over the explicit layout of
     /// [`content_bytes`](Self::content_bytes), never over a serde layout a refactor could change.
     pub fn content_digest(&self) -> ContentDigest {
-        ContentDigest::V2(first16(&Sha256::digest(self.content_bytes())))
+        // Streamed into the hash: the same bytes as `content_bytes`, without a buffer per event.
+        let mut h = Sha256::new();
+        self.write_content(|b| h.update(b));
+        ContentDigest::V2(first16(&h.finalize()))
     }
 
     /// The explicit content layout the digest covers. Fields in this order, never reordered (a change is a new
@@ -63,44 +66,49 @@ impl UsageEvent {
     /// `1` + `i64` ms big-endian); tag count (`u32`) and each key and value in key order. Strings are a `u32`
     /// big-endian length + UTF-8 bytes.
     pub fn content_bytes(&self) -> Vec<u8> {
-        fn put(out: &mut Vec<u8>, s: &str) {
-            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
         let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(b"meterd.event.v2\0");
+        self.write_content(|b| out.extend_from_slice(b));
+        out
+    }
+
+    /// [`content_bytes`](Self::content_bytes), piece by piece into `out`.
+    fn write_content(&self, mut out: impl FnMut(&[u8])) {
+        fn put(out: &mut impl FnMut(&[u8]), s: &str) {
+            out(&(s.len() as u32).to_be_bytes());
+            out(s.as_bytes());
+        }
+        out(b"meterd.event.v2\0");
         put(&mut out, &self.product);
         match &self.identity {
             Identity::Tenant(t) => {
-                out.push(0);
+                out(&[0]);
                 put(&mut out, t);
             }
             Identity::Aws { account_id, license_arn } => {
-                out.push(1);
+                out(&[1]);
                 put(&mut out, account_id);
                 put(&mut out, license_arn);
             }
             Identity::Legacy { customer_identifier } => {
-                out.push(2);
+                out(&[2]);
                 put(&mut out, customer_identifier);
             }
-            Identity::Deployment => out.push(3),
+            Identity::Deployment => out(&[3]),
         }
         put(&mut out, &self.dimension);
-        out.extend_from_slice(&self.quantity.0.to_be_bytes());
+        out(&self.quantity.0.to_be_bytes());
         match self.timestamp_ms {
-            None => out.push(0),
+            None => out(&[0]),
             Some(t) => {
-                out.push(1);
-                out.extend_from_slice(&t.to_be_bytes());
+                out(&[1]);
+                out(&t.to_be_bytes());
             }
         }
-        out.extend_from_slice(&(self.tags.len() as u32).to_be_bytes());
+        out(&(self.tags.len() as u32).to_be_bytes());
         for (k, v) in &self.tags {
             put(&mut out, k);
             put(&mut out, v);
         }
-        out
     }
 
     /// The digest meterd 0.x with store v1 kept (postcard of these fields). Frozen: only entries migrated from a
@@ -167,13 +175,78 @@ impl ContentDigest {
 
 /// The aggregation key: one bucket per (product, customer, dimension, UTC hour, tag set). Sealing turns all
 /// tag-set buckets of one (product, customer, dimension, hour) into one AWS `UsageRecord`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BucketKey {
     pub hour_ms: UnixMillis,
     pub product: String,
     pub identity: Identity,
     pub dimension: String,
     pub tags: TagSet,
+}
+
+/// A [`BucketKey`] made of borrowed parts: an ingest group looks its buckets up with it, so an event whose bucket
+/// the group already holds copies no string. Hashes exactly as the owned key (one function hashes both).
+#[derive(Clone, Copy, Debug)]
+pub struct BucketKeyRef<'a> {
+    pub hour_ms: UnixMillis,
+    pub product: &'a str,
+    pub identity: &'a Identity,
+    pub dimension: &'a str,
+    pub tags: &'a TagSet,
+}
+
+impl BucketKeyRef<'_> {
+    pub fn to_owned_key(&self) -> BucketKey {
+        BucketKey {
+            hour_ms: self.hour_ms,
+            product: self.product.to_string(),
+            identity: self.identity.clone(),
+            dimension: self.dimension.to_string(),
+            tags: self.tags.clone(),
+        }
+    }
+
+    fn matches(&self, k: &BucketKey) -> bool {
+        self.hour_ms == k.hour_ms
+            && self.product == k.product
+            && *self.identity == k.identity
+            && self.dimension == k.dimension
+            && *self.tags == k.tags
+    }
+}
+
+fn hash_bucket_parts<H: std::hash::Hasher>(
+    state: &mut H,
+    hour_ms: UnixMillis,
+    product: &str,
+    identity: &Identity,
+    dimension: &str,
+    tags: &TagSet,
+) {
+    use std::hash::Hash;
+    hour_ms.hash(state);
+    product.hash(state);
+    identity.hash(state);
+    dimension.hash(state);
+    tags.hash(state);
+}
+
+impl std::hash::Hash for BucketKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_bucket_parts(state, self.hour_ms, &self.product, &self.identity, &self.dimension, &self.tags);
+    }
+}
+
+impl std::hash::Hash for BucketKeyRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_bucket_parts(state, self.hour_ms, self.product, self.identity, self.dimension, self.tags);
+    }
+}
+
+impl hashbrown::Equivalent<BucketKey> for BucketKeyRef<'_> {
+    fn equivalent(&self, key: &BucketKey) -> bool {
+        self.matches(key)
+    }
 }
 
 /// What the store keeps per idempotency key: enough to answer a replay with the original receipt.
@@ -225,6 +298,44 @@ pub struct Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_borrowed_bucket_key_hashes_and_compares_as_the_owned_one() {
+        use std::hash::BuildHasher;
+        let tags: TagSet = [("team".to_string(), "a".to_string())].into();
+        let keys = [
+            BucketKey { hour_ms: 0, product: "p".into(), identity: Identity::Deployment, dimension: "d".into(), tags },
+            BucketKey {
+                hour_ms: 3_600_000,
+                product: "p".into(),
+                identity: Identity::Aws { account_id: "1".into(), license_arn: "arn:l".into() },
+                dimension: "d".into(),
+                tags: TagSet::new(),
+            },
+            BucketKey {
+                hour_ms: 3_600_000,
+                product: "p".into(),
+                identity: Identity::Tenant("1".into()),
+                dimension: "d".into(),
+                tags: TagSet::new(),
+            },
+        ];
+        let s = std::hash::RandomState::new();
+        for (i, k) in keys.iter().enumerate() {
+            let r = BucketKeyRef {
+                hour_ms: k.hour_ms,
+                product: &k.product,
+                identity: &k.identity,
+                dimension: &k.dimension,
+                tags: &k.tags,
+            };
+            assert_eq!(s.hash_one(k), s.hash_one(r), "{k:?}");
+            assert_eq!(r.to_owned_key(), *k);
+            for (j, other) in keys.iter().enumerate() {
+                assert_eq!(hashbrown::Equivalent::equivalent(&r, other), i == j);
+            }
+        }
+    }
 
     fn sample() -> UsageEvent {
         UsageEvent {

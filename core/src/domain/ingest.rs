@@ -6,10 +6,11 @@
 //! mapping, the lifecycle gate, the late-usage policy and the bucket arithmetic all live here.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use super::catalog::{LatePolicy, Limits};
 use super::customer::{CustomerStatus, TenantMapping};
-use super::event::{Bucket, BucketKey, Identity, Receipt, StoredEvent, UsageEvent};
+use super::event::{Bucket, BucketKey, BucketKeyRef, Identity, Receipt, StoredEvent, UsageEvent};
 use super::quantity::Overflow;
 use super::validate::FieldError;
 use crate::clock::{UnixMillis, hour_start};
@@ -175,7 +176,7 @@ pub fn place(
 }
 
 /// The customer whose lifecycle gates an identity's usage (a license, or a legacy customer identifier).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CustomerRef {
     License(String),
     Legacy(String),
@@ -184,12 +185,63 @@ pub enum CustomerRef {
 impl CustomerRef {
     /// None for a tenant: it has no lifecycle of its own until mapped.
     pub fn of(identity: &Identity) -> Option<Self> {
+        CustomerKey::of(identity).map(|k| k.to_owned_ref())
+    }
+
+    fn key(&self) -> CustomerKey<'_> {
+        match self {
+            CustomerRef::License(l) => CustomerKey::License(l),
+            CustomerRef::Legacy(c) => CustomerKey::Legacy(c),
+        }
+    }
+}
+
+/// A [`CustomerRef`] borrowed from an identity: the group looks standings up with it without copying the ARN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CustomerKey<'a> {
+    License(&'a str),
+    Legacy(&'a str),
+}
+
+impl<'a> CustomerKey<'a> {
+    fn of(identity: &'a Identity) -> Option<Self> {
         match identity {
-            Identity::Aws { license_arn, .. } => Some(CustomerRef::License(license_arn.clone())),
-            Identity::Legacy { customer_identifier } => Some(CustomerRef::Legacy(customer_identifier.clone())),
+            Identity::Aws { license_arn, .. } => Some(CustomerKey::License(license_arn)),
+            Identity::Legacy { customer_identifier } => Some(CustomerKey::Legacy(customer_identifier)),
             // A deployment's buyer has no lifecycle meterd can see: AWS decides entitlement at each MeterUsage.
             Identity::Tenant(_) | Identity::Deployment => None,
         }
+    }
+
+    fn to_owned_ref(self) -> CustomerRef {
+        match self {
+            CustomerKey::License(l) => CustomerRef::License(l.to_string()),
+            CustomerKey::Legacy(c) => CustomerRef::Legacy(c.to_string()),
+        }
+    }
+}
+
+// The owned and the borrowed form hash alike (one impl), so either finds the other in a map.
+impl std::hash::Hash for CustomerKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (kind, s) = match self {
+            CustomerKey::License(s) => (0u8, s),
+            CustomerKey::Legacy(s) => (1u8, s),
+        };
+        kind.hash(state);
+        s.hash(state);
+    }
+}
+
+impl std::hash::Hash for CustomerRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<CustomerRef> for CustomerKey<'_> {
+    fn equivalent(&self, key: &CustomerRef) -> bool {
+        *self == key.key()
     }
 }
 
@@ -256,17 +308,21 @@ pub struct GroupWrites {
 /// The group's own maps: foldhash (seeded per process, several times faster than SipHash on these keys; a group
 /// holds at most 16,384 events, so a caller who aimed collisions could only slow their own group).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// For the maps looked up with borrowed keys ([`BucketKeyRef`], [`CustomerKey`]): no copy per event.
+type FastProbeMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Decides the events of one group in order, each against the store plus what the group already decided (a key
 /// claimed earlier in the group is a replay or a conflict; totals add up within the group).
 #[derive(Default)]
 pub struct IngestGroup {
     sealed_through: Option<UnixMillis>,
-    claimed: FastMap<String, usize>,
+    /// Indexes into `events`, by the hash of their key: the key is kept once, in `events`.
+    claimed: hashbrown::HashTable<usize>,
+    hasher: foldhash::fast::RandomState,
     events: Vec<(String, StoredEvent)>,
-    buckets: FastMap<BucketKey, Bucket>,
+    buckets: FastProbeMap<BucketKey, Bucket>,
     mappings: FastMap<String, Option<TenantMapping>>,
-    standings: FastMap<CustomerRef, Option<Standing>>,
+    standings: FastProbeMap<CustomerRef, Option<Standing>>,
     replays: u64,
     late_events: u64,
     unmapped: Vec<String>,
@@ -286,8 +342,10 @@ impl IngestGroup {
     ) -> Result<IngestOutcome, L::Error> {
         let key = ev.idempotency_key.as_str();
         let digest = ev.content_digest();
-        let existing = match self.claimed.get(key) {
-            Some(&i) => Some(self.events[i].1.clone()),
+        let key_hash = self.hasher.hash_one(key);
+        let events = &self.events;
+        let existing = match self.claimed.find(key_hash, |&i| events[i].0 == key) {
+            Some(&i) => Some(events[i].1.clone()),
             None => look.event(key)?,
         };
         if let Some(s) = existing {
@@ -309,7 +367,8 @@ impl IngestGroup {
         }
 
         // A mapped tenant is counted under its marketplace identity; an unmapped one is held.
-        let mut identity = ev.identity.clone();
+        // Borrowed: copied only into a bucket key the group did not hold yet.
+        let mut identity = std::borrow::Cow::Borrowed(&ev.identity);
         if let Identity::Tenant(t) = &ev.identity {
             let m = match self.mappings.get(t) {
                 Some(m) => m.clone(),
@@ -330,13 +389,14 @@ impl IngestGroup {
                         product: ev.product.clone(),
                     }));
                 }
-                identity = m.identity;
+                identity = std::borrow::Cow::Owned(m.identity);
             }
         }
-        if let Some(c) = CustomerRef::of(&identity) {
+        if let Some(c) = CustomerKey::of(&identity) {
             let standing = match self.standings.get(&c) {
                 Some(s) => s.clone(),
                 None => {
+                    let c = c.to_owned_ref();
                     let s = look.standing(&c)?;
                     self.standings.insert(c, s.clone());
                     s
@@ -346,7 +406,7 @@ impl IngestGroup {
             // pair, or takes it as a second record of the license's hour), so it is refused now, not acked and
             // lost at submission.
             if let (Identity::Aws { account_id, license_arn }, Some(Standing { bound_account: Some(bound), .. })) =
-                (&identity, &standing)
+                (identity.as_ref(), &standing)
                 && bound != account_id
             {
                 return Ok(IngestOutcome::NotActive(Inactive::OtherAccount {
@@ -365,18 +425,19 @@ impl IngestGroup {
             Ok(p) => p,
             Err(refused) => return Ok(refused),
         };
-        let bucket_key = BucketKey {
+        let probe = BucketKeyRef {
             hour_ms,
-            product: ev.product.clone(),
-            identity,
-            dimension: ev.dimension.clone(),
-            tags: ev.tags.clone(),
+            product: &ev.product,
+            identity: &identity,
+            dimension: &ev.dimension,
+            tags: &ev.tags,
         };
         // Added in place (`add` changes nothing when it fails); a bucket first read for this event joins the group
         // only if the event is counted.
-        let added = match self.buckets.get_mut(&bucket_key) {
+        let added = match self.buckets.get_mut(&probe) {
             Some(b) => b.add(ev.quantity, late),
             None => {
+                let bucket_key = probe.to_owned_key();
                 let mut b = look.bucket(&bucket_key)?.unwrap_or_default();
                 let added = b.add(ev.quantity, late);
                 if added.is_ok() {
@@ -401,7 +462,8 @@ impl IngestGroup {
             quantity: ev.quantity,
         };
         let receipt = Receipt::from_stored(key, &stored, false);
-        self.claimed.insert(key.to_string(), self.events.len());
+        let (events, hasher) = (&self.events, &self.hasher);
+        self.claimed.insert_unique(key_hash, events.len(), |&i| hasher.hash_one(events[i].0.as_str()));
         self.events.push((key.to_string(), stored));
         Ok(IngestOutcome::Stored(receipt))
     }
@@ -433,6 +495,21 @@ impl Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_borrowed_customer_key_hashes_and_compares_as_the_owned_one() {
+        use std::hash::BuildHasher;
+        let s = std::hash::RandomState::new();
+        let refs =
+            [CustomerRef::License("x".into()), CustomerRef::Legacy("x".into()), CustomerRef::License("y".into())];
+        for (i, c) in refs.iter().enumerate() {
+            assert_eq!(s.hash_one(c), s.hash_one(c.key()));
+            assert_eq!(c.key().to_owned_ref(), *c);
+            for (j, other) in refs.iter().enumerate() {
+                assert_eq!(hashbrown::Equivalent::equivalent(&c.key(), other), i == j);
+            }
+        }
+    }
     use crate::clock::HOUR_MS;
     use crate::domain::quantity::Micros;
 

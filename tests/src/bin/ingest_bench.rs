@@ -47,6 +47,11 @@ struct Args {
     /// With --fleet-database-url: `local` (answer after the local fsync) or `shared` (after the PostgreSQL commit).
     #[arg(long, default_value = "local")]
     fleet_ack: String,
+    /// Run only the workloads whose name contains this (`unary`, `batch x1`, ...); all when unset. With
+    /// `perf stat -p <agent>` this measures one workload's instructions per event, which other load on the host
+    /// does not change the way it changes events/s.
+    #[arg(long)]
+    only: Option<String>,
     /// Internal: serve the no-op Metering service on an ephemeral loopback port, print `tcp=ADDR`, serve forever.
     #[arg(long, hide = true)]
     serve_noop: bool,
@@ -289,6 +294,10 @@ async fn main() -> anyhow::Result<()> {
         Workload { name: "batch x1", callers: 1, batch: args.batch_size },
         Workload { name: "batch x4", callers: 4, batch: args.batch_size },
     ];
+    let workloads: Vec<Workload> = workloads
+        .into_iter()
+        .filter(|w| args.only.as_deref().is_none_or(|o| w.name.replace('N', &args.callers.to_string()).contains(o)))
+        .collect();
     let root = meterd_tests::bench_data_dir(&args.data_root)?;
     let mut extra = String::from("[ingest]\nmax_batch_events = 100000\n");
 
