@@ -7,6 +7,9 @@ use meterd::domain::quantity::Micros;
 use meterd::store::outbox::{self, Depth, Entry};
 use meterd::store::{IngestOutcome, Store, StoreOptions};
 
+mod common;
+use common::options;
+
 const HOUR: i64 = 3_600_000;
 const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
 
@@ -21,15 +24,6 @@ fn event(key: &str, qty: u128, ts: Option<i64>) -> UsageEvent {
         quantity: Micros(qty),
         timestamp_ms: ts,
         tags,
-    }
-}
-
-fn options() -> StoreOptions {
-    StoreOptions {
-        cache_bytes: 16 << 20,
-        min_free: meterd::store::space::MinFree::Bytes(0),
-        seal_chunk: meterd::store::SEAL_CHUNK_BUCKETS,
-        dedupe_keep_ms: meterd::store::DEFAULT_DEDUPE_KEEP_MS,
     }
 }
 

@@ -13,11 +13,12 @@ use tokio::sync::watch;
 
 use super::Node;
 use crate::clock::{SharedClock, UnixMillis};
+use crate::store::outbox::{Page, Reorder};
 use crate::store::{Store, StoreError};
 
-/// How far the outbox's order (the order of writes) may stray from the order of the stamps it holds: a call
-/// stamped earlier can be written later than another. Used only when a page was full, to claim no further than
-/// the page's last entry less this. An event slower than this is not lost: it is counted late, in the open hour.
+/// How far the outbox's order (the order of writes) may stray from the order of the stamps it holds, for entries
+/// an earlier process wrote (this process measures its own: [`Reorder`]). Used only when a page was full. An
+/// event slower than this is not lost: it is counted late, in the open hour.
 pub const REORDER_MARGIN_MS: i64 = 60_000;
 
 /// A wall clock stepped back (NTP) can stamp a call below a low water already read; the watermark stays this far
@@ -35,16 +36,39 @@ pub(crate) enum StepError {
 }
 
 /// The watermark after forwarding a page read just after the stamps' low water was `low_water_ms`
-/// ([`crate::store::stamps`]): everything acknowledged before it is forwarded.
+/// ([`crate::store::stamps`]), with the spool's reorder depth read just after the page: everything acknowledged
+/// before it is forwarded.
 ///
-/// A page that was not full held every entry the outbox had: every call stamped below the low water had been
-/// written before the read, so it was in this page or an earlier one. A full page leaves entries waiting, some
-/// perhaps stamped before its last one: no further than that, less [`REORDER_MARGIN_MS`].
-pub fn watermark_after(low_water_ms: UnixMillis, page_full: bool, last_received_ms: Option<UnixMillis>) -> UnixMillis {
-    match (page_full, last_received_ms) {
-        (true, Some(last)) => last.min(low_water_ms) - REORDER_MARGIN_MS,
-        _ => low_water_ms - CLOCK_STEP_MARGIN_MS,
+/// A call not written yet holds a stamp at or above the low water. A page that was not full held every entry the
+/// outbox had, so the low water (less a clock step) is the claim. A full page leaves entries waiting, written
+/// after its last one (`last`: sequence, stamp) and so stamped at least that stamp less the reorder depth, when
+/// this process wrote them all; entries an earlier process wrote get the fixed [`REORDER_MARGIN_MS`].
+pub fn watermark_after(
+    low_water_ms: UnixMillis,
+    page_full: bool,
+    last: Option<(u64, UnixMillis)>,
+    reorder: Option<Reorder>,
+) -> UnixMillis {
+    let drained = low_water_ms - CLOCK_STEP_MARGIN_MS;
+    match (page_full, last) {
+        (true, Some((seq, last_ms))) => match reorder {
+            Some(r) if seq >= r.first_seq => drained.min(last_ms - r.depth_ms),
+            _ => last_ms.min(low_water_ms) - REORDER_MARGIN_MS,
+        },
+        _ => drained,
     }
+}
+
+/// The outbox's oldest `batch` entries and the watermark they let the node claim once forwarded.
+pub fn next_page(store: &Store, clock: &SharedClock, batch: usize) -> Result<(Page, UnixMillis), StoreError> {
+    // Read before the page: a call stamped below it was written before the read.
+    let low_water_ms = store.stamps().low_water(clock);
+    let page = store.outbox_page(batch)?;
+    // Read after the page: it covers every entry the page read could see.
+    let reorder = store.outbox_reorder();
+    let full = page.entries.len() >= batch;
+    let last = page.entries.last().map(|(seq, e)| (*seq, e.received_ms));
+    Ok((page, watermark_after(low_water_ms, full, last, reorder)))
 }
 
 /// How long a stopping agent keeps forwarding its spool (its listeners are closed: nothing new arrives). A
@@ -153,14 +177,9 @@ pub(crate) async fn forward_page(
 ) -> Result<usize, StepError> {
     let _one_at_a_time = node.forwarding.lock().await;
     nodes::heartbeat(client, &node.me).await?;
-    let batch = node.config.forward_batch;
-    // Read before the page: a call stamped below it was written before the read.
-    let low_water_ms = store.stamps().low_water(clock);
-    let page = store.outbox_page(batch)?;
-    let full = page.entries.len() >= batch;
+    let (page, watermark) = next_page(store, clock, node.config.forward_batch)?;
     let acked: Vec<Acked> =
         page.entries.iter().map(|(_, e)| Acked { event: e.event(), received_ms: e.received_ms }).collect();
-    let watermark = watermark_after(low_water_ms, full, page.entries.last().map(|(_, e)| e.received_ms));
     let done = forward(client, &node.me.node_id, &acked, watermark).await?;
     // Only now is the page in the shared ledger: a crash before this line resends it, and it replays.
     store.outbox_remove(&page.blocks)?;
@@ -185,12 +204,16 @@ mod tests {
 
     #[test]
     fn the_watermark_never_claims_what_may_still_be_written_or_waiting() {
+        let mine = Some(Reorder { first_seq: 100, depth_ms: 2_500 });
         // Drained: the stamps' low water, less the clock-step margin.
-        assert_eq!(watermark_after(1_000_000, false, Some(900_000)), 1_000_000 - CLOCK_STEP_MARGIN_MS);
-        assert_eq!(watermark_after(1_000_000, false, None), 1_000_000 - CLOCK_STEP_MARGIN_MS);
-        // A full page: entries after it wait, so no further than the page's last acknowledgement, less the
-        // reordering margin; nor past the low water.
-        assert_eq!(watermark_after(1_000_000, true, Some(900_000)), 900_000 - REORDER_MARGIN_MS);
-        assert_eq!(watermark_after(800_000, true, Some(900_000)), 800_000 - REORDER_MARGIN_MS);
+        assert_eq!(watermark_after(1_000_000, false, Some((150, 900_000)), mine), 1_000_000 - CLOCK_STEP_MARGIN_MS);
+        assert_eq!(watermark_after(1_000_000, false, None, None), 1_000_000 - CLOCK_STEP_MARGIN_MS);
+        // A full page of this process's entries: no further than its last stamp less the measured reorder depth,
+        // nor past the low water.
+        assert_eq!(watermark_after(1_000_000, true, Some((150, 900_000)), mine), 900_000 - 2_500);
+        assert_eq!(watermark_after(898_000, true, Some((150, 900_000)), mine), 898_000 - CLOCK_STEP_MARGIN_MS);
+        // Entries an earlier process wrote (below first_seq), or no depth known: the fixed margin.
+        assert_eq!(watermark_after(1_000_000, true, Some((99, 900_000)), mine), 900_000 - REORDER_MARGIN_MS);
+        assert_eq!(watermark_after(800_000, true, Some((150, 900_000)), None), 800_000 - REORDER_MARGIN_MS);
     }
 }

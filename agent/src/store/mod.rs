@@ -282,6 +282,8 @@ struct Inner {
     journal: Arc<RwLock<journal::Journal>>,
     /// Ingest calls stamped and not yet written (the fleet forwarder's watermark stays below them).
     stamps: Arc<stamps::Stamps>,
+    /// Fleet mode: the outbox's writer side (the forwarder reads its reorder depth).
+    spool: Option<Arc<outbox::Spool>>,
 }
 
 impl Store {
@@ -450,14 +452,14 @@ impl Store {
             segments::drop_in_background(db.clone(), segments::tree_names(&db).iter().map(|n| n.to_vec()).collect());
         let journal = Arc::new(RwLock::new(journal));
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
-        let spool = if spool { Some(outbox::Spool::open(&db)?) } else { None };
+        let spool = if spool { Some(Arc::new(outbox::Spool::open(&db)?)) } else { None };
         let place = writer::Place {
             dir: dir.to_path_buf(),
             seal_chunk: seal_chunk.max(1),
             generation: live,
             cache_bytes,
             min_free,
-            spool,
+            spool: spool.clone(),
         };
         let redo = Arc::new(redo::Redo::create(&redo_dir, replayed.next_seq)?);
         let (commands, threads) =
@@ -471,7 +473,12 @@ impl Store {
                 threads: std::sync::Mutex::new(threads),
                 ack_gate: Default::default(),
                 journal,
-                stamps: Default::default(),
+                stamps: Arc::new(if spool.is_some() {
+                    stamps::Stamps::tracking()
+                } else {
+                    stamps::Stamps::untracked()
+                }),
+                spool,
             }),
         })
     }

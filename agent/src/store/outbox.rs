@@ -152,8 +152,27 @@ fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
 }
 
 /// The writer's side: assigns sequences and adds entries to an ingest's batch. Only the writer thread adds.
+///
+/// It also measures how far the outbox's order (the order of writes) strays from the order of the stamps it
+/// holds: the **reorder depth**, the most any entry's `received_ms` fell below the highest `received_ms` written
+/// before or with it, since this process opened the spool. Every entry written after an entry stamped `s` is then
+/// stamped at least `s` − depth (it was written when the highest stamp was already ≥ `s`), which is what lets the
+/// forwarder claim a watermark after a full page without a fixed margin ([`Reorder`]).
 pub(crate) struct Spool {
     next: AtomicU64,
+    /// The first sequence this process wrote: entries below it were written by an earlier one, whose depth is
+    /// not known.
+    first_of_process: u64,
+    highest_ms: std::sync::atomic::AtomicI64,
+    depth_ms: std::sync::atomic::AtomicI64,
+}
+
+/// What [`Store::outbox_reorder`] answers: the reorder depth of the entries this process wrote (from sequence
+/// `first_seq` on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reorder {
+    pub first_seq: u64,
+    pub depth_ms: i64,
 }
 
 impl Spool {
@@ -166,7 +185,16 @@ impl Spool {
             }
             None => 0,
         };
-        Ok(Spool { next: AtomicU64::new(next) })
+        Ok(Spool {
+            next: AtomicU64::new(next),
+            first_of_process: next,
+            highest_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            depth_ms: std::sync::atomic::AtomicI64::new(0),
+        })
+    }
+
+    pub(crate) fn reorder(&self) -> Reorder {
+        Reorder { first_seq: self.first_of_process, depth_ms: self.depth_ms.load(Ordering::SeqCst) }
     }
 
     /// Adds every newly stored event of `calls` (decided as `outcomes`) to `batch`.
@@ -184,6 +212,16 @@ impl Spool {
                 }
             }
         }
+        // Before the entries can be read (the batch is applied after this): a forwarder that reads them reads a
+        // depth that covers them.
+        let mut highest = self.highest_ms.load(Ordering::SeqCst);
+        let mut depth = self.depth_ms.load(Ordering::SeqCst);
+        for e in &stored {
+            highest = highest.max(e.received_ms);
+            depth = depth.max(highest.saturating_sub(e.received_ms));
+        }
+        self.highest_ms.store(highest, Ordering::SeqCst);
+        self.depth_ms.store(depth, Ordering::SeqCst);
         for block in stored.chunks(BLOCK_ENTRIES) {
             let first = self.next.fetch_add(block.len() as u64, Ordering::Relaxed);
             batch.insert(entry_key(first), super::schema::outbox::encode_block(block));
@@ -273,6 +311,11 @@ impl Store {
         }
         batch.apply_unlogged(&self.db())?;
         Ok(())
+    }
+
+    /// The spool's reorder depth ([`Spool`]); `None` for a store that is not a spool.
+    pub fn outbox_reorder(&self) -> Option<Reorder> {
+        self.inner.spool.as_ref().map(|s| s.reorder())
     }
 
     /// Whether nothing waits to be forwarded: one key lookup (`ack = "shared"` asks it on every call).

@@ -13,24 +13,45 @@ use std::sync::{Arc, Mutex};
 use crate::clock::{SharedClock, UnixMillis};
 
 /// The stamps of ingest calls under way (a multiset: calls in the same millisecond share an entry).
-#[derive(Default)]
 pub struct Stamps {
     taken: Mutex<BTreeMap<UnixMillis, u32>>,
+    /// Only a spool has a forwarder that reads the low water; a store that is not one hands out stamps that
+    /// only read the clock (no lock, no map entry, on every call).
+    tracking: bool,
+}
+
+impl Default for Stamps {
+    fn default() -> Self {
+        Stamps::tracking()
+    }
 }
 
 /// One call's stamp, given back when dropped (after its write, or when the call is given up).
 pub struct Stamp {
-    stamps: Arc<Stamps>,
+    stamps: Option<Arc<Stamps>>,
     pub ms: UnixMillis,
 }
 
 impl Stamps {
+    /// Stamps whose low water is kept (a spool: the forwarder reads it).
+    pub fn tracking() -> Self {
+        Stamps { taken: Mutex::default(), tracking: true }
+    }
+
+    /// Stamps that are clock readings only: [`Stamps::low_water`] is then the clock.
+    pub fn untracked() -> Self {
+        Stamps { taken: Mutex::default(), tracking: false }
+    }
+
     /// Reads the clock for a call and holds the reading until the returned stamp is dropped.
     pub fn take(self: &Arc<Self>, clock: &SharedClock) -> Stamp {
+        if !self.tracking {
+            return Stamp { stamps: None, ms: clock.now_ms() };
+        }
         let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
         let ms = clock.now_ms();
         *taken.entry(ms).or_default() += 1;
-        Stamp { stamps: self.clone(), ms }
+        Stamp { stamps: Some(self.clone()), ms }
     }
 
     /// The oldest stamp still held, or the clock's reading now when none is: every call stamped below it has
@@ -49,7 +70,8 @@ impl Stamps {
 
 impl Drop for Stamp {
     fn drop(&mut self) {
-        let mut taken = self.stamps.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(stamps) = &self.stamps else { return };
+        let mut taken = stamps.taken.lock().unwrap_or_else(|e| e.into_inner());
         if let std::collections::btree_map::Entry::Occupied(mut e) = taken.entry(self.ms) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {
@@ -84,5 +106,17 @@ mod tests {
         drop(c);
         assert_eq!(stamps.low_water(&shared), 2_000);
         assert_eq!(stamps.held(), 0);
+    }
+
+    #[test]
+    fn untracked_stamps_read_the_clock_and_hold_nothing() {
+        let clock = ManualClock::new(1_000);
+        let shared: SharedClock = clock.clone();
+        let stamps = Arc::new(Stamps::untracked());
+        let a = stamps.take(&shared);
+        clock.advance(500);
+        assert_eq!(a.ms, 1_000);
+        assert_eq!(stamps.held(), 0);
+        assert_eq!(stamps.low_water(&shared), 1_500, "the clock: nothing is forwarded from a store without a spool");
     }
 }

@@ -184,6 +184,80 @@ pub enum Command {
     Stop,
 }
 
+impl Command {
+    /// For the slow-write log: an index into [`COMMAND_KINDS`].
+    fn kind(&self) -> usize {
+        match self {
+            Command::Ingest { .. } => 0,
+            Command::Seal { .. } => 1,
+            Command::Update { .. } => 2,
+            Command::PutMapping { .. } => 3,
+            Command::RemoveMapping { .. } => 4,
+            Command::Lifecycle { .. } => 5,
+            Command::Amend { .. } => 6,
+            Command::Compact { .. } => 7,
+            Command::NotSubscribed { .. } => 8,
+            Command::Mirror { .. } => 9,
+            Command::Snapshot { .. } => 10,
+            Command::ReportPage { .. } => 11,
+            Command::Repack { .. } => 12,
+            Command::Stop => 13,
+        }
+    }
+}
+
+const COMMAND_KINDS: [&str; 14] = [
+    "ingest",
+    "seal",
+    "update",
+    "put_mapping",
+    "remove_mapping",
+    "lifecycle",
+    "amend",
+    "compact",
+    "not_subscribed",
+    "mirror",
+    "snapshot",
+    "report_page",
+    "repack",
+    "stop",
+];
+
+/// What one writer pass held, counted without allocating (it is taken on every pass; read only when slow).
+#[derive(Default)]
+struct PassHeld {
+    commands: [u32; COMMAND_KINDS.len()],
+    ingest_events: usize,
+}
+
+impl PassHeld {
+    fn of(commands: &[Command]) -> Self {
+        let mut held = PassHeld::default();
+        for c in commands {
+            held.commands[c.kind()] += 1;
+            if let Command::Ingest { events, .. } = c {
+                held.ingest_events += events.len();
+            }
+        }
+        held
+    }
+}
+
+impl std::fmt::Display for PassHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (name, &n) in COMMAND_KINDS.iter().zip(&self.commands).filter(|&(_, &n)| n > 0) {
+            write!(f, "{}{name}×{n}", if first { "" } else { " " })?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+/// A pass of the writer (or an ingest's own barrier) this long is logged at debug level with what it held: a
+/// caller waits at least that long (the soak's goal is no call over 50 ms).
+const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Where the writer's generations live.
 pub struct Place {
     pub dir: std::path::PathBuf,
@@ -194,7 +268,7 @@ pub struct Place {
     pub cache_bytes: u64,
     pub min_free: super::space::MinFree,
     /// Fleet mode: keeps every acknowledged event in the outbox until forwarded.
-    pub spool: Option<super::outbox::Spool>,
+    pub spool: Option<Arc<super::outbox::Spool>>,
 }
 
 /// A reply waiting for the fsync that makes its write durable.
@@ -336,6 +410,8 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let started = std::time::Instant::now();
+            let held = PassHeld::of(&commands);
             let mut group = AppliedGroup::default();
             let mut ingests: Vec<IngestCall> = Vec::new();
             for cmd in commands {
@@ -475,6 +551,11 @@ impl Writer {
                     break;
                 }
                 self.seal_chunk(&mut group);
+            }
+            let took = started.elapsed();
+            if took >= SLOW_WRITE {
+                tracing::debug!(millis = took.as_millis() as u64, commands = %held, ingest_events = held.ingest_events,
+                    seal_chunk = self.job.is_some(), "slow write");
             }
             if group.replies.is_empty() {
                 continue;
@@ -710,8 +791,12 @@ impl Writer {
     fn sync_redo(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         if self.redo.sync()? {
+            let took = started.elapsed();
             self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-            self.counters.fsync_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            self.counters.fsync_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+            if took >= SLOW_WRITE {
+                tracing::debug!(millis = took.as_millis() as u64, "slow barrier (an ingest group's)");
+            }
         }
         Ok(())
     }
@@ -1581,5 +1666,19 @@ fn checkpoint_loop(
         if last {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_is_described_by_its_command_counts() {
+        let remove = || Command::RemoveMapping { tenant_id: "t".into(), reply: oneshot::channel().0 };
+        let held = PassHeld::of(&[remove(), Command::Stop, remove()]);
+        assert_eq!(held.to_string(), "remove_mapping×2 stop×1");
+        assert_eq!(held.ingest_events, 0);
+        assert_eq!(PassHeld::of(&[]).to_string(), "");
     }
 }

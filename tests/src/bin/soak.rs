@@ -33,6 +33,12 @@ struct Args {
     /// The agent's `storage.cache_mb` (sled's page cache; 64, the agent's default, when not given).
     #[arg(long, default_value_t = 64)]
     cache_mb: u64,
+    /// The agent's `METERD_LOG` (e.g. `warn,meterd::store=debug` for its slow-write log).
+    #[arg(long, default_value = "warn")]
+    agent_log: String,
+    /// Where the agent's log goes (discarded when not given).
+    #[arg(long)]
+    agent_log_file: Option<std::path::PathBuf>,
 }
 
 const ACCOUNT: &str = "111122223333";
@@ -117,9 +123,12 @@ dimensions = ["api_calls", "gb_hours"]
     let mut child = std::process::Command::new(meterd_tests::meterd_bin())
         .args(["run", "--simulate", "--speed", &args.speed.to_string(), "--config"])
         .arg(&config)
-        .env("METERD_LOG", "warn")
+        .env("METERD_LOG", &args.agent_log)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(match &args.agent_log_file {
+            Some(path) => std::process::Stdio::from(std::fs::File::create(path)?),
+            None => std::process::Stdio::null(),
+        })
         .spawn()?;
     let mut line = String::new();
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
