@@ -178,8 +178,16 @@ pub(crate) async fn forward_page(
     let _one_at_a_time = node.forwarding.lock().await;
     nodes::heartbeat(client, &node.me).await?;
     let (page, watermark) = next_page(store, clock, node.config.forward_batch)?;
-    let acked: Vec<Acked> =
-        page.entries.iter().map(|(_, e)| Acked { event: e.event(), received_ms: e.received_ms }).collect();
+    let events = page.entries.len();
+    // Moved, not copied: the page is only its blocks' sequences once read.
+    let acked: Vec<Acked> = page
+        .entries
+        .into_iter()
+        .map(|(_, e)| {
+            let received_ms = e.received_ms;
+            Acked { event: e.into_event(), received_ms }
+        })
+        .collect();
     let done = forward(client, &node.me.node_id, &acked, watermark).await?;
     // Only now is the page in the shared ledger: a crash before this line resends it, and it replays.
     store.outbox_remove(&page.blocks)?;
@@ -195,7 +203,7 @@ pub(crate) async fn forward_page(
     s.late.fetch_add(done.late, Ordering::Relaxed);
     s.watermark_ms.fetch_max(watermark, Ordering::Relaxed);
     s.ok(clock.now_ms());
-    Ok(page.entries.len())
+    Ok(events)
 }
 
 #[cfg(test)]

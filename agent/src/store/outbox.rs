@@ -59,16 +59,20 @@ impl Entry {
         }
     }
 
-    pub fn event(&self) -> UsageEvent {
+    pub fn into_event(self) -> UsageEvent {
         UsageEvent {
-            idempotency_key: self.idempotency_key.clone(),
-            product: self.product.clone(),
-            identity: self.identity.clone(),
-            dimension: self.dimension.clone(),
+            idempotency_key: self.idempotency_key,
+            product: self.product,
+            identity: self.identity,
+            dimension: self.dimension,
             quantity: self.quantity,
             timestamp_ms: self.timestamp_ms,
-            tags: self.tags.clone(),
+            tags: self.tags,
         }
+    }
+
+    pub fn event(&self) -> UsageEvent {
+        self.clone().into_event()
     }
 }
 
@@ -204,11 +208,12 @@ impl Spool {
         calls: impl Iterator<Item = (&'a [UsageEvent], UnixMillis)>,
         outcomes: &[Vec<IngestOutcome>],
     ) {
-        let mut stored = Vec::new();
+        // Borrowed: an entry's strings are written from the event itself, never copied first.
+        let mut stored: Vec<(&UsageEvent, UnixMillis)> = Vec::new();
         for ((events, received_ms), outcomes) in calls.zip(outcomes) {
             for (e, o) in events.iter().zip(outcomes) {
                 if matches!(o, IngestOutcome::Stored(_)) {
-                    stored.push(Entry::new(e, received_ms));
+                    stored.push((e, received_ms));
                 }
             }
         }
@@ -216,15 +221,15 @@ impl Spool {
         // depth that covers them.
         let mut highest = self.highest_ms.load(Ordering::SeqCst);
         let mut depth = self.depth_ms.load(Ordering::SeqCst);
-        for e in &stored {
-            highest = highest.max(e.received_ms);
-            depth = depth.max(highest.saturating_sub(e.received_ms));
+        for &(_, received_ms) in &stored {
+            highest = highest.max(received_ms);
+            depth = depth.max(highest.saturating_sub(received_ms));
         }
         self.highest_ms.store(highest, Ordering::SeqCst);
         self.depth_ms.store(depth, Ordering::SeqCst);
         for block in stored.chunks(BLOCK_ENTRIES) {
             let first = self.next.fetch_add(block.len() as u64, Ordering::Relaxed);
-            batch.insert(entry_key(first), super::schema::outbox::encode_block(block));
+            batch.insert(entry_key(first), super::schema::outbox::encode_events(block));
         }
     }
 }

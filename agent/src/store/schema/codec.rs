@@ -11,6 +11,13 @@ impl Writer {
         Writer(vec![version])
     }
 
+    /// A writer whose buffer holds `capacity` bytes before it grows.
+    pub fn with_capacity(version: u8, capacity: usize) -> Self {
+        let mut b = Vec::with_capacity(capacity.max(1));
+        b.push(version);
+        Writer(b)
+    }
+
     pub fn varint(&mut self, v: u128) {
         put_varint(&mut self.0, v);
     }

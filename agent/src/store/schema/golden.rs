@@ -386,7 +386,12 @@ proptest! {
         received_ms in any::<i64>(),
     ) {
         let (idempotency_key, product, identity, dimension, quantity, timestamp_ms) = e;
-        round_trips(&Entry { idempotency_key, product, identity, dimension, quantity, timestamp_ms, tags, received_ms })?;
+        let entry = Entry { idempotency_key, product, identity, dimension, quantity, timestamp_ms, tags, received_ms };
+        round_trips(&entry)?;
+        // The block the writer encodes straight from the event reads back as the same entry.
+        let event = entry.event();
+        let block = crate::store::schema::outbox::encode_events(&[(&event, received_ms), (&event, received_ms)]);
+        prop_assert_eq!(crate::store::schema::outbox::decode_value(&block).unwrap(), vec![entry.clone(), entry]);
     }
 
     #[test]

@@ -128,22 +128,7 @@ pub enum StoredIdentity {
 
 impl StoredIdentity {
     pub(super) fn put(&self, w: &mut Writer) {
-        match self {
-            StoredIdentity::Tenant(t) => {
-                w.u8(0);
-                w.str(t);
-            }
-            StoredIdentity::Aws { account_id, license_arn } => {
-                w.u8(1);
-                w.str(account_id);
-                w.str(license_arn);
-            }
-            StoredIdentity::Legacy(c) => {
-                w.u8(2);
-                w.str(c);
-            }
-            StoredIdentity::Deployment => w.u8(3),
-        }
+        IdentityRef::from(self).put(w)
     }
 
     pub(super) fn get(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
@@ -154,6 +139,59 @@ impl StoredIdentity {
             3 => StoredIdentity::Deployment,
             _ => return Err(r.bad_tag(field)),
         })
+    }
+}
+
+/// A customer, borrowed, as it is written: the one place the layout of [`StoredIdentity`] is written, shared by
+/// the stored type and the domain's [`Identity`] (an outbox entry is encoded straight from the event).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum IdentityRef<'a> {
+    Tenant(&'a str),
+    Aws { account_id: &'a str, license_arn: &'a str },
+    Legacy(&'a str),
+    Deployment,
+}
+
+impl IdentityRef<'_> {
+    pub(super) fn put(self, w: &mut Writer) {
+        match self {
+            IdentityRef::Tenant(t) => {
+                w.u8(0);
+                w.str(t);
+            }
+            IdentityRef::Aws { account_id, license_arn } => {
+                w.u8(1);
+                w.str(account_id);
+                w.str(license_arn);
+            }
+            IdentityRef::Legacy(c) => {
+                w.u8(2);
+                w.str(c);
+            }
+            IdentityRef::Deployment => w.u8(3),
+        }
+    }
+}
+
+impl<'a> From<&'a StoredIdentity> for IdentityRef<'a> {
+    fn from(i: &'a StoredIdentity) -> Self {
+        match i {
+            StoredIdentity::Tenant(t) => IdentityRef::Tenant(t),
+            StoredIdentity::Aws { account_id, license_arn } => IdentityRef::Aws { account_id, license_arn },
+            StoredIdentity::Legacy(c) => IdentityRef::Legacy(c),
+            StoredIdentity::Deployment => IdentityRef::Deployment,
+        }
+    }
+}
+
+impl<'a> From<&'a Identity> for IdentityRef<'a> {
+    fn from(i: &'a Identity) -> Self {
+        match i {
+            Identity::Tenant(t) => IdentityRef::Tenant(t),
+            Identity::Aws { account_id, license_arn } => IdentityRef::Aws { account_id, license_arn },
+            Identity::Legacy { customer_identifier } => IdentityRef::Legacy(customer_identifier),
+            Identity::Deployment => IdentityRef::Deployment,
+        }
     }
 }
 

@@ -31,7 +31,7 @@
 //! | `m/pending`         | [`meta::StoredPending`]            | 1       | [`meta`]       |
 //! | `m/seal_progress`   | [`meta::StoredSealProgress`]       | 1       | [`meta`]       |
 //! | `m/sealed_through`  | [`meta::StoredSealedThrough`]      | 1       | [`meta`]       |
-//! | `o/` outbox block   | [`outbox::encode_block`] (entries: [`outbox::StoredOutboxEntry`]) | 3 (2 read) | [`outbox`] |
+//! | `o/` outbox block   | [`outbox::encode_events`] (entries: [`outbox::StoredOutboxEntry`]) | 3 (2 read) | [`outbox`] |
 //! | `m/open_buckets`    | [`counts::StoredOpenBuckets`]      | 1       | [`counts`]     |
 //! | `m/customers`       | [`counts::StoredCustomerCounts`]   | 1       | [`counts`]     |
 //! | `h/` hour summary   | [`counts::StoredHourSummary`]      | 1       | [`counts`]     |

@@ -12,8 +12,10 @@
 //! version-2 value still reads, as a block of one.
 
 use super::codec::{Reader, Writer};
-use super::ledger::{StoredIdentity, get_tags};
+use super::ledger::{IdentityRef, StoredIdentity, get_tags};
 use super::{DecodeError, stored_via};
+use crate::clock::UnixMillis;
+use crate::domain::event::UsageEvent;
 use crate::domain::quantity::Micros;
 use crate::store::outbox::Entry;
 
@@ -41,20 +43,18 @@ impl StoredOutboxEntry {
         w.finish()
     }
 
-    /// The fields, in their order (never reorder: versions 2 and 3 both read them so).
     fn put(&self, w: &mut Writer) {
-        w.str(&self.idempotency_key);
-        w.str(&self.product);
-        self.identity.put(w);
-        w.str(&self.dimension);
-        w.varint(self.quantity);
-        w.opt(self.timestamp_ms, |w, t| w.i64(t));
-        w.u64(self.tags.len() as u64);
-        for (k, v) in &self.tags {
-            w.str(k);
-            w.str(v);
+        EntryFields {
+            idempotency_key: &self.idempotency_key,
+            product: &self.product,
+            identity: (&self.identity).into(),
+            dimension: &self.dimension,
+            quantity: self.quantity,
+            timestamp_ms: self.timestamp_ms,
+            tags: self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            received_ms: self.received_ms,
         }
-        w.i64(self.received_ms);
+        .put(w)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
@@ -75,6 +75,38 @@ impl StoredOutboxEntry {
             tags: get_tags(r, "tags")?,
             received_ms: r.i64("received at")?,
         })
+    }
+}
+
+/// An entry's fields, borrowed from whatever holds them: the stored type, the outbox's [`Entry`], or the event
+/// itself as the writer adds it (no copy of its strings per event on the ingest path).
+struct EntryFields<'a, T> {
+    idempotency_key: &'a str,
+    product: &'a str,
+    identity: IdentityRef<'a>,
+    dimension: &'a str,
+    quantity: u128,
+    timestamp_ms: Option<i64>,
+    /// In ascending key order.
+    tags: T,
+    received_ms: i64,
+}
+
+impl<'a, T: ExactSizeIterator<Item = (&'a str, &'a str)>> EntryFields<'a, T> {
+    /// The fields, in their order (never reorder: versions 2 and 3 both read them so).
+    fn put(self, w: &mut Writer) {
+        w.str(self.idempotency_key);
+        w.str(self.product);
+        self.identity.put(w);
+        w.str(self.dimension);
+        w.varint(self.quantity);
+        w.opt(self.timestamp_ms, |w, t| w.i64(t));
+        w.u64(self.tags.len() as u64);
+        for (k, v) in self.tags {
+            w.str(k);
+            w.str(v);
+        }
+        w.i64(self.received_ms);
     }
 }
 
@@ -110,12 +142,24 @@ pub fn count_of(bytes: &[u8]) -> Result<u64, DecodeError> {
     Ok(count)
 }
 
-/// A version-3 block of `entries` (at least one).
-pub fn encode_block(entries: &[Entry]) -> Vec<u8> {
-    let mut w = Writer::new(OUTBOX_BLOCK_VERSION);
-    w.u64(entries.len() as u64);
-    for e in entries {
-        StoredOutboxEntry::from(e).put(&mut w);
+/// A version-3 block of newly stored events (at least one), each with the time it was acknowledged, written
+/// straight from the events.
+pub fn encode_events(events: &[(&UsageEvent, UnixMillis)]) -> Vec<u8> {
+    // ~150 bytes an entry: one allocation for most blocks instead of a dozen doublings.
+    let mut w = Writer::with_capacity(OUTBOX_BLOCK_VERSION, 16 + 160 * events.len());
+    w.u64(events.len() as u64);
+    for &(e, received_ms) in events {
+        EntryFields {
+            idempotency_key: &e.idempotency_key,
+            product: &e.product,
+            identity: (&e.identity).into(),
+            dimension: &e.dimension,
+            quantity: e.quantity.0,
+            timestamp_ms: e.timestamp_ms,
+            tags: e.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            received_ms,
+        }
+        .put(&mut w)
     }
     w.finish()
 }
@@ -156,6 +200,14 @@ stored_via!(Entry, StoredOutboxEntry, "o/ outbox entry");
 mod tests {
     use super::*;
     use crate::store::schema::golden;
+
+    /// A block of `entries`, encoded as the writer does: from their events.
+    fn encode_block(entries: &[Entry]) -> Vec<u8> {
+        let events: Vec<UsageEvent> = entries.iter().map(Entry::event).collect();
+        let pairs: Vec<(&UsageEvent, UnixMillis)> =
+            events.iter().zip(entries).map(|(ev, e)| (ev, e.received_ms)).collect();
+        encode_events(&pairs)
+    }
 
     #[test]
     fn a_block_is_the_version_2_fields_after_a_count_and_one_checksum() {
