@@ -13,18 +13,7 @@ pub fn timestamp(ms: UnixMillis) -> Timestamp {
     Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-pub fn receipt_to_wire(r: &Receipt) -> v1::Receipt {
-    v1::Receipt {
-        idempotency_key: r.idempotency_key.clone(),
-        replayed: r.replayed,
-        product: r.product.clone(),
-        event_time: Some(timestamp(r.event_time_ms)),
-        usage_hour: Some(timestamp(r.hour_ms)),
-        recorded_at: Some(timestamp(r.recorded_at_ms)),
-    }
-}
-
-/// [`receipt_to_wire`], taking the receipt's strings instead of copying them.
+/// A receipt on the wire, taking its strings (the batch path moves every receipt it answers with).
 pub fn receipt_into_wire(r: Receipt) -> v1::Receipt {
     v1::Receipt {
         event_time: Some(timestamp(r.event_time_ms)),

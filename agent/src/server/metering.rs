@@ -3,7 +3,7 @@
 use meterd_proto::v1::{self, metering_server::Metering};
 use tonic::{Code, Request, Response, Status};
 
-use super::convert::{receipt_into_wire, receipt_to_wire, refusal_code, store_status};
+use super::convert::{receipt_into_wire, refusal_code, store_status};
 use crate::domain::ingest::IngestOutcome;
 use crate::ingest::Ingest;
 
@@ -29,9 +29,9 @@ impl Metering for MeteringService {
         let event = request.into_inner().event.ok_or_else(|| Status::invalid_argument("event: is required"))?;
         let mut results = self.ingest.record(vec![super::convert::raw_event(event)]).await.map_err(store_status)?;
         let outcome = results.pop().expect("one result per event");
-        if let Some(r) = outcome.receipt() {
+        if let IngestOutcome::Stored(r) | IngestOutcome::Replayed(r) = outcome {
             tracing::debug!(key = %r.idempotency_key, replayed = r.replayed, "usage recorded");
-            return Ok(Response::new(v1::RecordUsageResponse { receipt: Some(receipt_to_wire(r)) }));
+            return Ok(Response::new(v1::RecordUsageResponse { receipt: Some(receipt_into_wire(r)) }));
         }
         let (code, _, message) = refusal("event", &outcome).expect("neither stored nor replayed");
         tracing::debug!(?code, %message, "usage refused");

@@ -496,6 +496,9 @@ impl Bucket {
 mod tests {
     use super::*;
 
+    use crate::clock::HOUR_MS;
+    use crate::domain::quantity::Micros;
+
     #[test]
     fn a_borrowed_customer_key_hashes_and_compares_as_the_owned_one() {
         use std::hash::BuildHasher;
@@ -510,8 +513,6 @@ mod tests {
             }
         }
     }
-    use crate::clock::HOUR_MS;
-    use crate::domain::quantity::Micros;
 
     const T0: UnixMillis = 1_790_000_000_000 / HOUR_MS * HOUR_MS;
 
