@@ -309,12 +309,18 @@ impl Store {
     /// Removes the blocks that start at `seqs` (a page's [`Page::blocks`], after the shared ledger committed
     /// them); a sequence that starts no block is ignored. Not fsynced on its own: a block that comes back after a
     /// crash is forwarded again and replays.
+    ///
+    /// Key by key, oldest first, never one `apply_batch`: sled 0.34.7's `apply_batch` takes its global write lock
+    /// and rolls the I/O buffer twice, and a forwarder doing that page after page beside the writer's inserts
+    /// queued enough buffer writes on sled's I/O threads to deadlock the whole store (every I/O thread waiting
+    /// for the segment accountant, whose holder waited for a file truncation queued behind them; seen in
+    /// `forward_watermark.rs`, about 1 run in 15). A crash keeps a prefix of the removals, so what is left is
+    /// still the outbox's oldest-first tail.
     pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        let mut batch = super::batch::Batch::default();
+        let db = self.db();
         for s in seqs {
-            batch.remove(entry_key(*s));
+            db.remove(entry_key(*s))?;
         }
-        batch.apply_unlogged(&self.db())?;
         Ok(())
     }
 
