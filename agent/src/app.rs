@@ -55,6 +55,7 @@ pub async fn run(
         min_free: config.storage.min_free,
         seal_chunk: config.storage.seal_chunk,
         dedupe_keep_ms: (config.storage.dedupe_window + config.ingest.max_future_skew).as_millis() as i64,
+        stuck_after: Some(config.storage.stuck_after).filter(|d| !d.is_zero()),
     };
     // In fleet mode the local store is a spool (its outbox keeps what is not yet in the shared ledger).
     let open = if config.fleet.is_some() { Store::open_spool } else { Store::open_with };

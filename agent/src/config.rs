@@ -103,6 +103,15 @@ pub struct StorageConfig {
     /// most one chunk in memory, however large the hour.
     #[serde(default = "default_seal_chunk")]
     pub seal_chunk: usize,
+    /// A store writer pass, redo log fsync or checkpoint that has not finished after this long ("10m") means a
+    /// hung device or a deadlock: the agent logs it and exits with code 70 for its supervisor to restart it
+    /// (everything acknowledged is in the redo log). A repack is exempt. "0s" turns it off.
+    #[serde(default = "default_stuck_after", with = "humantime_serde_compat")]
+    pub stuck_after: Duration,
+}
+
+fn default_stuck_after() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_seal_chunk() -> usize {
@@ -530,6 +539,9 @@ impl Config {
         }
         if !(10..=100_000).contains(&self.storage.seal_chunk) {
             return Err(invalid("storage.seal_chunk", "must be between 10 and 100000 buckets"));
+        }
+        if !self.storage.stuck_after.is_zero() && self.storage.stuck_after < Duration::from_secs(1) {
+            return Err(invalid("storage.stuck_after", "must be 0s (off) or at least 1s"));
         }
         let ratio = self.storage.repack_ratio;
         if !(ratio == 0.0 || (2.5..=100.0).contains(&ratio)) {
@@ -1148,6 +1160,10 @@ mod tests {
             (
                 GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\nseal_chunk = 5"),
                 "storage.seal_chunk:",
+            ),
+            (
+                GOOD.replace("data_dir = \"/tmp/meterd\"", "data_dir = \"/tmp/meterd\"\nstuck_after = \"500ms\""),
+                "storage.stuck_after:",
             ),
             (format!("{GOOD}{MP}sns_topics = [\"arn:aws:sqs:us-east-1:1:x\"]"), "marketplace.sns_topics[0]:"),
             (format!("{GOOD}{MP}events_accounts = [\"12\"]"), "marketplace.events_accounts[0]:"),

@@ -33,6 +33,7 @@ fn open(dir: &Path) -> Store {
             min_free: MinFree::Bytes(0),
             seal_chunk: meterd::store::SEAL_CHUNK_BUCKETS,
             dedupe_keep_ms: KEEP,
+            stuck_after: None,
         },
     )
     .unwrap()

@@ -181,6 +181,22 @@ impl Agent {
         }
     }
 
+    /// Waits up to `within` for the agent to exit by itself: its exit status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.child.as_mut().expect("running");
+            if let Some(status) = c.try_wait()? {
+                self.child = None;
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
         let mut c = self.child.take().expect("running");

@@ -150,3 +150,76 @@ async fn crash_loop(crash: Crash, runs: usize) {
     assert!(totals.reconciled, "{totals:?}");
     assert_eq!(agent.terminate().unwrap(), Some(0), "SIGTERM must exit 0");
 }
+
+/// A device whose syncs hang leaves an agent that is up but takes no usage and sends nothing. The store's watchdog
+/// must end it (exit code 70) once a sync has hung for `storage.stuck_after`, so its supervisor restarts it; the
+/// restarted agent has every event acknowledged before. The control: idle and ordinary syncs never trip it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_stuck_on_a_hung_sync_ends_the_agent_for_its_supervisor() {
+    let mut m = mount();
+    let data = m.fs.path().join("data");
+    let config = basic_config(&data, "").replace("[storage]\n", "[storage]\nstuck_after = \"2s\"\n");
+    assert!(config.contains("stuck_after"));
+    m.agent = Some(Agent::start(&config).unwrap());
+    let client = m.agent.as_ref().unwrap().client().await.unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let events: Vec<_> = (0..20).map(|i| random_event(&mut rng, format!("before-{i}"), None)).collect();
+    let r = client.metering().record_usage_batch(v1::RecordUsageBatchRequest { events: events.clone() }).await.unwrap();
+    let acked: Acked = Default::default();
+    for (ev, res) in events.into_iter().zip(r.into_inner().results) {
+        let Some(v1::event_result::Outcome::Receipt(rc)) = res.outcome else { panic!("{res:?}") };
+        acked.lock().unwrap().push((ev, rc));
+    }
+    // Longer than stuck_after, with checkpoints and an idle writer: not stuck.
+    assert!(m.agent.as_mut().unwrap().wait_exit(Duration::from_secs(4)).unwrap().is_none(), "exited while healthy");
+
+    m.fs.stall_syncs(true);
+    // Lets the syncs go on every way out of this test: a process whose thread waits in a stalled sync cannot be
+    // reaped, so the agent's drop (kill -9 and wait) would wait for good.
+    let _release = ReleaseSyncs(&m.fs);
+    let stalled_at = std::time::Instant::now();
+    let hung = {
+        let client = client.clone();
+        let event = random_event(&mut rng, "during".into(), None);
+        tokio::spawn(async move { client.metering().record_usage(v1::RecordUsageRequest { event: Some(event) }).await })
+    };
+    let pid = m.agent.as_ref().unwrap().pid();
+    assert!(
+        tokio::task::block_in_place(|| main_thread_exited(pid, Duration::from_secs(60))),
+        "the agent is still up 60 s into a hung sync"
+    );
+    let after = stalled_at.elapsed();
+    assert!(after >= Duration::from_secs(2), "exited {after:?} into the stall, before stuck_after");
+    // Its exit waits for the thread still in the stalled sync; let that sync go and the exit completes.
+    m.fs.stall_syncs(false);
+    let status = m.agent.as_mut().unwrap().wait_exit(Duration::from_secs(30)).unwrap().expect("the exit completes");
+    assert_eq!(status.code(), Some(70), "{status:?}");
+    assert!(hung.await.unwrap().is_err(), "the call made during the stall was never acknowledged");
+
+    let agent = m.agent.take().unwrap().restart().expect("a clean start after the stuck exit");
+    assert_all_acknowledged_present(&agent.client().await.unwrap(), &acked, "stuck").await;
+    m.agent = Some(agent);
+}
+
+struct ReleaseSyncs<'a>(&'a LazyFs);
+
+impl Drop for ReleaseSyncs<'_> {
+    fn drop(&mut self) {
+        self.0.stall_syncs(false);
+    }
+}
+
+/// Whether the process's main thread exited within `within`. A process that exits while one of its threads waits
+/// on a stalled FUSE request stays a zombie until that request is answered, so its exit cannot be waited for yet.
+fn main_thread_exited(pid: u32, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+        // The state follows the parenthesised command name.
+        if stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()) == Some('Z') {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}

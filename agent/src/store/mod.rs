@@ -30,6 +30,7 @@ pub mod seam;
 pub mod segments;
 pub mod space;
 pub mod stamps;
+pub mod watch;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -258,6 +259,9 @@ pub struct StoreOptions {
     /// How long an idempotency key is kept after it arrived: `storage.dedupe_window` plus the future-skew
     /// allowance ([`segments`]).
     pub dedupe_keep_ms: i64,
+    /// A writer pass, redo log fsync or checkpoint that takes longer than this ends the process ([`watch`]);
+    /// `None`: not watched (tests, tools).
+    pub stuck_after: Option<std::time::Duration>,
 }
 
 pub use writer::{SEAL_CHUNK_BUCKETS, SealProgress};
@@ -302,6 +306,7 @@ impl Store {
                 min_free: space::MinFree::Bytes(0),
                 seal_chunk: SEAL_CHUNK_BUCKETS,
                 dedupe_keep_ms: DEFAULT_DEDUPE_KEEP_MS,
+                stuck_after: None,
             },
         )
     }
@@ -320,7 +325,7 @@ impl Store {
     }
 
     fn open_as(dir: &Path, options: StoreOptions, spool: bool) -> Result<Self, StoreError> {
-        let StoreOptions { cache_bytes, min_free, seal_chunk, dedupe_keep_ms } = options;
+        let StoreOptions { cache_bytes, min_free, seal_chunk, dedupe_keep_ms, stuck_after } = options;
         let room = space::space_of(dir).map_err(|e| StoreError::Io(format!("statvfs {}: {e}", dir.display())))?;
         if let Some(full) = space::shortfall(&room, min_free, 0) {
             tracing::error!(dir = %dir.display(), "{full}: not opening the store");
@@ -463,7 +468,7 @@ impl Store {
         };
         let redo = Arc::new(redo::Redo::create(&redo_dir, replayed.next_seq)?);
         let (commands, threads) =
-            writer::spawn(shared.clone(), place, counters.clone(), journal.clone(), redo, forgetting);
+            writer::spawn(shared.clone(), place, counters.clone(), journal.clone(), redo, forgetting, stuck_after);
         Ok(Store {
             inner: Arc::new(Inner {
                 db: shared,

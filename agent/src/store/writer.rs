@@ -19,6 +19,7 @@ use super::batch::Batch;
 use super::journal::{self, Journal};
 use super::redo::Redo;
 use super::segments;
+use super::watch::{Watch, Worker, exit_stuck};
 use super::{
     IngestOutcome, IngestRules, LifecycleOutcome, Live, RepackOutcome, SealParams, SealSummary, SharedDb,
     StoreCounters, StoreError, counts, current, current_db, decode, durable, encode, generation, hour_totals, keys,
@@ -314,24 +315,33 @@ pub fn spawn(
     journal: Arc<std::sync::RwLock<Journal>>,
     redo: Arc<Redo>,
     forgetting: Option<std::thread::JoinHandle<()>>,
+    stuck_after: Option<std::time::Duration>,
 ) -> (mpsc::Sender<Command>, Vec<std::thread::JoinHandle<()>>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let watch = Arc::new(Watch::default());
+    // Dropped when the last of the threads below ends (the checkpointer, after its final checkpoint): the watchdog
+    // then ends too, and a store that closes is not taken for a stuck one.
+    let (running, closed) = std_mpsc::channel::<()>();
+    let watchdog = stuck_after.map(|limit| super::watch::spawn_watchdog(watch.clone(), limit, closed, exit_stuck));
     let (flush_tx, flush_rx) = std_mpsc::channel::<AppliedGroup>();
     let (stop_checkpoints, stopped) = std_mpsc::channel::<()>();
     let db = current_db(&shared);
     let flusher = {
-        let redo = redo.clone();
-        let counters = counters.clone();
+        let (redo, counters, watch) = (redo.clone(), counters.clone(), watch.clone());
         std::thread::Builder::new()
             .name("meterd-flusher".into())
-            .spawn(move || flusher_loop(redo, flush_rx, counters))
+            .spawn(move || flusher_loop(redo, flush_rx, counters, &watch))
             .expect("spawn flusher thread")
     };
     let checkpointer = {
         let (shared, journal, redo, counters) = (shared.clone(), journal.clone(), redo.clone(), counters.clone());
+        let watch = watch.clone();
         std::thread::Builder::new()
             .name("meterd-checkpoint".into())
-            .spawn(move || checkpoint_loop(shared, journal, redo, counters, stopped))
+            .spawn(move || {
+                checkpoint_loop(shared, journal, redo, counters, stopped, &watch);
+                drop(running);
+            })
             .expect("spawn checkpoint thread")
     };
     let writer = std::thread::Builder::new()
@@ -350,13 +360,14 @@ pub fn spawn(
                 forgetting,
                 events_stored,
                 job: None,
+                watch,
             }
             .run(rx, flush_tx);
             // The checkpointer makes a last checkpoint and stops.
             drop(stop_checkpoints);
         })
         .expect("spawn writer thread");
-    (tx, vec![writer, flusher, checkpointer])
+    (tx, [writer, flusher, checkpointer].into_iter().chain(watchdog).collect())
 }
 
 type IngestCall = (Vec<UsageEvent>, UnixMillis, IngestRules, Answer<Vec<IngestOutcome>>);
@@ -381,6 +392,8 @@ struct Writer {
     forgetting: Option<std::thread::JoinHandle<()>>,
     /// `m/events_stored` as last written.
     events_stored: u64,
+    /// Where the watchdog sees how long the current pass has taken ([`super::watch`]).
+    watch: Arc<Watch>,
 }
 
 impl Writer {
@@ -411,6 +424,8 @@ impl Writer {
                 }
             }
             let started = std::time::Instant::now();
+            let watch = self.watch.clone();
+            let _busy = watch.busy(Worker::Writer);
             let held = PassHeld::of(&commands);
             let mut group = AppliedGroup::default();
             let mut ingests: Vec<IngestCall> = Vec::new();
@@ -531,6 +546,8 @@ impl Writer {
                                 if !group.replies.is_empty() && flush_tx.send(std::mem::take(&mut group)).is_err() {
                                     return;
                                 }
+                                // A repack copies the whole store, however long that takes: not watched.
+                                watch.idle(Worker::Writer);
                                 let result = self.repack();
                                 if let Err(e) = &result {
                                     tracing::warn!(error = %e, "repack failed; the old generation stays live");
@@ -1597,10 +1614,11 @@ impl Writer {
     }
 }
 
-fn flusher_loop(redo: Arc<Redo>, rx: std_mpsc::Receiver<AppliedGroup>, counters: Arc<StoreCounters>) {
+fn flusher_loop(redo: Arc<Redo>, rx: std_mpsc::Receiver<AppliedGroup>, counters: Arc<StoreCounters>, watch: &Watch) {
     while let Ok(first) = rx.recv() {
         let mut groups = vec![first];
         groups.extend(rx.try_iter());
+        let _busy = watch.busy(Worker::Flusher);
         let started = std::time::Instant::now();
         // After a failed fsync the kernel may have dropped dirty pages: the log poisons itself, so nothing
         // written since is promised durable and every later write is refused too.
@@ -1634,6 +1652,7 @@ fn checkpoint_loop(
     redo: Arc<Redo>,
     counters: Arc<StoreCounters>,
     stopped: std_mpsc::Receiver<()>,
+    watch: &Watch,
 ) {
     let mut done = redo.applied_seq();
     loop {
@@ -1643,6 +1662,7 @@ fn checkpoint_loop(
         );
         let through = redo.applied_seq();
         if through > done && redo.poisoned().is_none() {
+            let _busy = watch.busy(Worker::Checkpoint);
             let started = std::time::Instant::now();
             let synced = (|| {
                 // Read before the syncs: everything applied up to `through` is in what they cover.

@@ -10,5 +10,6 @@ pub fn options() -> StoreOptions {
         min_free: meterd::store::space::MinFree::Bytes(0),
         seal_chunk: meterd::store::SEAL_CHUNK_BUCKETS,
         dedupe_keep_ms: meterd::store::DEFAULT_DEDUPE_KEEP_MS,
+        stuck_after: None,
     }
 }

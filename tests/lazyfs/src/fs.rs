@@ -55,6 +55,14 @@ impl LazyFsFuse {
         f(&mut *self.state()?).map_err(Errno::from_i32)
     }
 
+    /// A hung device: holds the sync (and, the session being one thread, every later request) until the test
+    /// lets syncs go or the mount is cut off.
+    fn wait_while_syncs_stall(&self) {
+        while matches!(self.state(), Ok(st) if st.syncs_stalled) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     fn fh(&self) -> FileHandle {
         FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed))
     }
@@ -341,6 +349,7 @@ impl Filesystem for LazyFsFuse {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.wait_while_syncs_stall();
         // fdatasync persists the size too (it is needed to read the data back), so both are alike.
         reply_empty(reply, self.with(|st| st.fsync(ino.0)));
     }
@@ -376,6 +385,7 @@ impl Filesystem for LazyFsFuse {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.wait_while_syncs_stall();
         reply_empty(reply, self.with(|st| st.fsyncdir(ino.0)));
     }
 

@@ -91,6 +91,12 @@ impl LazyFs {
         self.unmount_patience = patience;
     }
 
+    /// A device whose syncs hang (`true`) or work again (`false`): while stalled, fsync and fdatasync do not
+    /// return, and since the session serves one request at a time, neither does anything after them.
+    pub fn stall_syncs(&self, stalled: bool) {
+        self.lock().syncs_stalled = stalled;
+    }
+
     /// Counters since the first mount.
     pub fn stats(&self) -> Stats {
         self.lock().stats()

@@ -237,6 +237,8 @@ pub struct State {
     /// Sum of the current sizes of all files, for statfs and ENOSPC.
     used: u64,
     stats: Stats,
+    /// A device whose syncs hang: fsync and fdatasync wait while this is set ([`crate::LazyFs::stall_syncs`]).
+    pub syncs_stalled: bool,
 }
 
 impl State {
@@ -244,7 +246,7 @@ impl State {
     pub fn new(capacity: u64) -> State {
         let mut inodes = HashMap::new();
         inodes.insert(ROOT, Inode::new(Body::Dir(DirBody::default()), 0o755, 0, 0));
-        State { inodes, next_ino: ROOT + 1, epoch: 0, capacity, used: 0, stats: Stats::default() }
+        State { inodes, next_ino: ROOT + 1, epoch: 0, capacity, used: 0, stats: Stats::default(), syncs_stalled: false }
     }
 
     pub fn stats(&self) -> Stats {
