@@ -62,6 +62,10 @@ async fn metrics_agree_with_the_report() {
     assert!(get("meterd_submit_calls_total{account=\"emu\",outcome=\"ok\"}") >= 1.0);
     assert!(get("meterd_submit_call_seconds_count") >= 1.0);
     assert!(get("meterd_store_size_bytes") > 0.0);
+    for worker in ["writer", "flusher", "checkpoint"] {
+        let busy = get(&format!("meterd_store_busy_seconds{{worker=\"{worker}\"}}"));
+        assert!((0.0..60.0).contains(&busy), "{worker} busy for {busy} s");
+    }
     assert!(get("meterd_clock_skew_seconds{account=\"emu\"}").abs() < 2.0);
     s.stop().await;
 }

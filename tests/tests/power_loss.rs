@@ -65,12 +65,7 @@ async fn a_batch_acknowledged_just_before_the_power_goes_survives() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let events: Vec<_> = (0..100).map(|i| random_event(&mut rng, format!("idle-{i}"), None)).collect();
-    let r = client.metering().record_usage_batch(v1::RecordUsageBatchRequest { events: events.clone() }).await.unwrap();
-    let acked: Acked = Default::default();
-    for (ev, res) in events.into_iter().zip(r.into_inner().results) {
-        let Some(v1::event_result::Outcome::Receipt(rc)) = res.outcome else { panic!("{res:?}") };
-        acked.lock().unwrap().push((ev, rc));
-    }
+    let acked = record_batch(&client, events).await;
     m.agent.as_mut().unwrap().kill9();
     let dropped = m.fs.power_loss().unwrap();
     eprintln!("power loss right after the reply dropped {dropped:?}");
@@ -164,12 +159,7 @@ async fn a_store_stuck_on_a_hung_sync_ends_the_agent_for_its_supervisor() {
     let client = m.agent.as_ref().unwrap().client().await.unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     let events: Vec<_> = (0..20).map(|i| random_event(&mut rng, format!("before-{i}"), None)).collect();
-    let r = client.metering().record_usage_batch(v1::RecordUsageBatchRequest { events: events.clone() }).await.unwrap();
-    let acked: Acked = Default::default();
-    for (ev, res) in events.into_iter().zip(r.into_inner().results) {
-        let Some(v1::event_result::Outcome::Receipt(rc)) = res.outcome else { panic!("{res:?}") };
-        acked.lock().unwrap().push((ev, rc));
-    }
+    let acked = record_batch(&client, events).await;
     // Longer than stuck_after, with checkpoints and an idle writer: not stuck.
     assert!(m.agent.as_mut().unwrap().wait_exit(Duration::from_secs(4)).unwrap().is_none(), "exited while healthy");
 
@@ -222,4 +212,15 @@ fn main_thread_exited(pid: u32, within: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// Records `events` in one batch; each must be acknowledged, and is kept with its receipt.
+async fn record_batch(client: &meterd_proto::client::Client, events: Vec<v1::UsageEvent>) -> Acked {
+    let r = client.metering().record_usage_batch(v1::RecordUsageBatchRequest { events: events.clone() }).await.unwrap();
+    let acked: Acked = Default::default();
+    for (ev, res) in events.into_iter().zip(r.into_inner().results) {
+        let Some(v1::event_result::Outcome::Receipt(rc)) = res.outcome else { panic!("{res:?}") };
+        acked.lock().unwrap().push((ev, rc));
+    }
+    acked
 }

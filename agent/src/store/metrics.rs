@@ -120,6 +120,19 @@ impl Collect for LedgerMetrics {
         }
 
         out.single("meterd_store_size_bytes", "gauge", "Bytes the store occupies on disk.", self.store.size_on_disk());
+        out.family(
+            "meterd_store_busy_seconds",
+            "gauge",
+            "How long each store worker has been on its current piece of work (0 when idle); past \
+             storage.stuck_after the agent exits for its supervisor to restart it.",
+        );
+        for w in super::watch::WORKERS {
+            out.sample(
+                "meterd_store_busy_seconds",
+                &[("worker", w.label())],
+                self.store.watch().busy_for(w).as_secs_f64(),
+            );
+        }
         out.single(
             "meterd_store_live_bytes",
             "gauge",

@@ -288,6 +288,8 @@ struct Inner {
     stamps: Arc<stamps::Stamps>,
     /// Fleet mode: the outbox's writer side (the forwarder reads its reorder depth).
     spool: Option<Arc<outbox::Spool>>,
+    /// How long the writer, flusher and checkpoint have been on their current work (the watchdog reads it).
+    watch: Arc<watch::Watch>,
 }
 
 impl Store {
@@ -465,10 +467,12 @@ impl Store {
             cache_bytes,
             min_free,
             spool: spool.clone(),
+            stuck_after,
         };
         let redo = Arc::new(redo::Redo::create(&redo_dir, replayed.next_seq)?);
+        let watch = Arc::new(watch::Watch::default());
         let (commands, threads) =
-            writer::spawn(shared.clone(), place, counters.clone(), journal.clone(), redo, forgetting, stuck_after);
+            writer::spawn(shared.clone(), place, counters.clone(), journal.clone(), redo, forgetting, watch.clone());
         Ok(Store {
             inner: Arc::new(Inner {
                 db: shared,
@@ -484,6 +488,7 @@ impl Store {
                     stamps::Stamps::untracked()
                 }),
                 spool,
+                watch,
             }),
         })
     }
@@ -837,6 +842,11 @@ impl Store {
 
     pub fn counters(&self) -> &StoreCounters {
         &self.inner.counters
+    }
+
+    /// How long each of the store's workers has been on its current piece of work ([`watch`]).
+    pub fn watch(&self) -> &watch::Watch {
+        &self.inner.watch
     }
 
     pub fn data_dir(&self) -> &Path {

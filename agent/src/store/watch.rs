@@ -31,13 +31,23 @@ pub enum Worker {
     Checkpoint,
 }
 
-const WORKERS: [Worker; 3] = [Worker::Writer, Worker::Flusher, Worker::Checkpoint];
+pub const WORKERS: [Worker; 3] = [Worker::Writer, Worker::Flusher, Worker::Checkpoint];
 
 impl Worker {
+    /// What it is on, for the log.
     pub fn name(self) -> &'static str {
         match self {
             Worker::Writer => "writer pass",
             Worker::Flusher => "redo log fsync",
+            Worker::Checkpoint => "checkpoint",
+        }
+    }
+
+    /// Its label value in `meterd_store_busy_seconds`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Worker::Writer => "writer",
+            Worker::Flusher => "flusher",
             Worker::Checkpoint => "checkpoint",
         }
     }
@@ -83,17 +93,17 @@ impl Watch {
         self.busy_since[worker as usize].store(0, Ordering::Relaxed);
     }
 
+    /// How long `worker` has been on its current piece of work (zero when idle).
+    pub fn busy_for(&self, worker: Worker) -> Duration {
+        match self.busy_since[worker as usize].load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(self.now().saturating_sub(since)),
+        }
+    }
+
     /// The worker that has been on one piece of work the longest, if for longer than `limit`.
     pub fn stuck(&self, limit: Duration) -> Option<(Worker, Duration)> {
-        let now = self.now();
-        WORKERS
-            .iter()
-            .filter_map(|&w| match self.busy_since[w as usize].load(Ordering::Relaxed) {
-                0 => None,
-                since => Some((w, Duration::from_millis(now.saturating_sub(since)))),
-            })
-            .filter(|&(_, busy)| busy > limit)
-            .max_by_key(|&(_, busy)| busy)
+        WORKERS.iter().map(|&w| (w, self.busy_for(w))).filter(|&(_, busy)| busy > limit).max_by_key(|&(_, busy)| busy)
     }
 }
 
@@ -147,12 +157,15 @@ mod tests {
     fn only_work_longer_than_the_limit_is_stuck_and_the_longest_is_named() {
         let watch = Watch::default();
         assert_eq!(watch.stuck(Duration::ZERO), None, "idle workers are never stuck");
+        assert_eq!(watch.busy_for(Worker::Writer), Duration::ZERO);
         let writer = watch.busy(Worker::Writer);
         std::thread::sleep(Duration::from_millis(30));
         let _flusher = watch.busy(Worker::Flusher);
         assert_eq!(watch.stuck(Duration::from_secs(60)).map(|s| s.0), None);
         assert_eq!(watch.stuck(Duration::from_millis(10)).map(|s| s.0), Some(Worker::Writer), "the longest");
+        assert!(watch.busy_for(Worker::Writer) >= Duration::from_millis(30));
         drop(writer);
+        assert_eq!(watch.busy_for(Worker::Writer), Duration::ZERO, "done: idle again");
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(watch.stuck(Duration::from_millis(10)).map(|s| s.0), Some(Worker::Flusher));
         watch.idle(Worker::Flusher);

@@ -270,6 +270,8 @@ pub struct Place {
     pub min_free: super::space::MinFree,
     /// Fleet mode: keeps every acknowledged event in the outbox until forwarded.
     pub spool: Option<Arc<super::outbox::Spool>>,
+    /// Work stuck longer than this ends the process ([`super::watch`]); `None`: not watched.
+    pub stuck_after: Option<std::time::Duration>,
 }
 
 /// A reply waiting for the fsync that makes its write durable.
@@ -315,14 +317,14 @@ pub fn spawn(
     journal: Arc<std::sync::RwLock<Journal>>,
     redo: Arc<Redo>,
     forgetting: Option<std::thread::JoinHandle<()>>,
-    stuck_after: Option<std::time::Duration>,
+    watch: Arc<Watch>,
 ) -> (mpsc::Sender<Command>, Vec<std::thread::JoinHandle<()>>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    let watch = Arc::new(Watch::default());
     // Dropped when the last of the threads below ends (the checkpointer, after its final checkpoint): the watchdog
     // then ends too, and a store that closes is not taken for a stuck one.
     let (running, closed) = std_mpsc::channel::<()>();
-    let watchdog = stuck_after.map(|limit| super::watch::spawn_watchdog(watch.clone(), limit, closed, exit_stuck));
+    let watchdog =
+        place.stuck_after.map(|limit| super::watch::spawn_watchdog(watch.clone(), limit, closed, exit_stuck));
     let (flush_tx, flush_rx) = std_mpsc::channel::<AppliedGroup>();
     let (stop_checkpoints, stopped) = std_mpsc::channel::<()>();
     let db = current_db(&shared);
