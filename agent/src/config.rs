@@ -111,7 +111,7 @@ pub struct StorageConfig {
 }
 
 fn default_stuck_after() -> Duration {
-    Duration::from_secs(600)
+    crate::store::watch::DEFAULT_STUCK_AFTER
 }
 
 fn default_seal_chunk() -> usize {

@@ -94,7 +94,7 @@ fn open(dir: &std::path::Path, seal_chunk: usize) -> Store {
         min_free: meterd::store::space::MinFree::Bytes(0),
         seal_chunk,
         dedupe_keep_ms: meterd::store::DEFAULT_DEDUPE_KEEP_MS,
-        stuck_after: None,
+        stuck_after: Some(meterd::store::watch::DEFAULT_STUCK_AFTER),
     };
     Store::open_with(dir, options).unwrap()
 }

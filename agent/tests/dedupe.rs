@@ -33,7 +33,7 @@ fn open(dir: &Path) -> Store {
             min_free: MinFree::Bytes(0),
             seal_chunk: meterd::store::SEAL_CHUNK_BUCKETS,
             dedupe_keep_ms: KEEP,
-            stuck_after: None,
+            stuck_after: Some(meterd::store::watch::DEFAULT_STUCK_AFTER),
         },
     )
     .unwrap()

@@ -208,7 +208,7 @@ fn a_v2_spool_keeps_its_outbox() {
         min_free: meterd::store::space::MinFree::Bytes(0),
         seal_chunk: meterd::store::SEAL_CHUNK_BUCKETS,
         dedupe_keep_ms: meterd::store::DEFAULT_DEDUPE_KEEP_MS,
-        stuck_after: None,
+        stuck_after: Some(meterd::store::watch::DEFAULT_STUCK_AFTER),
     };
     let events: Vec<UsageEvent> =
         (0..20).map(|i| ev(format!("o{i}"), aws(), "d", 1_000_000 + i as u128, T0 + i as i64)).collect();

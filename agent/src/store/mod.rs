@@ -260,7 +260,7 @@ pub struct StoreOptions {
     /// allowance ([`segments`]).
     pub dedupe_keep_ms: i64,
     /// A writer pass, redo log fsync or checkpoint that takes longer than this ends the process ([`watch`]);
-    /// `None`: not watched (tests, tools).
+    /// `None`: not watched.
     pub stuck_after: Option<std::time::Duration>,
 }
 
@@ -308,7 +308,8 @@ impl Store {
                 min_free: space::MinFree::Bytes(0),
                 seal_chunk: SEAL_CHUNK_BUCKETS,
                 dedupe_keep_ms: DEFAULT_DEDUPE_KEEP_MS,
-                stuck_after: None,
+                // A store that deadlocks (see `watch`) ends the tool or test that opened it instead of hanging it.
+                stuck_after: Some(watch::DEFAULT_STUCK_AFTER),
             },
         )
     }

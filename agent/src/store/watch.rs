@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// The exit code of an agent that found its store stuck (EX_SOFTWARE).
 pub const STUCK_EXIT_CODE: i32 = 70;
 
+/// `storage.stuck_after`'s default, and the limit of a store opened without options (tools, tests): a fsync on a
+/// healthy device never takes minutes, and a false trip costs one restart, which loses nothing.
+pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(600);
+
 /// How often the watchdog looks.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
