@@ -199,19 +199,14 @@ impl Agent {
 
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
-        let mut c = self.child.take().expect("running");
         // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = c.try_wait()? {
-                return Ok(status.code());
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        match self.wait_exit(Duration::from_secs(30))? {
+            Some(status) => Ok(status.code()),
+            None => {
+                self.kill9();
+                anyhow::bail!("meterd did not exit within 30 s of SIGTERM")
             }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                anyhow::bail!("meterd did not exit within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -180,7 +180,9 @@ async fn a_store_stuck_on_a_hung_sync_ends_the_agent_for_its_supervisor() {
         "the agent is still up 60 s into a hung sync"
     );
     let after = stalled_at.elapsed();
-    assert!(after >= Duration::from_secs(5), "exited {after:?} into the stall, before stuck_after");
+    // Not before stuck_after (less a little: a checkpoint already under way when the stall began counts from its
+    // own start).
+    assert!(after >= Duration::from_secs(4), "exited {after:?} into the stall, before stuck_after");
     // Its exit waits for the thread still in the stalled sync; let that sync go and the exit completes.
     m.fs.stall_syncs(false);
     let status = m.agent.as_mut().unwrap().wait_exit(Duration::from_secs(30)).unwrap().expect("the exit completes");

@@ -314,7 +314,7 @@ impl Store {
     /// and rolls the I/O buffer twice, and a forwarder doing that page after page beside the writer's inserts
     /// queued enough buffer writes on sled's I/O threads to deadlock the whole store (every I/O thread waiting
     /// for the segment accountant, whose holder waited for a file truncation queued behind them; seen in
-    /// `forward_watermark.rs`, about 1 run in 15). A crash keeps a prefix of the removals, so what is left is
+    /// `forward_watermark.rs`: 1 run in 59 here, CI's first). A crash keeps a prefix of the removals, so what is left is
     /// still the outbox's oldest-first tail.
     pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
         let db = self.db();
