@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod mirror;
 pub mod outbox;
+pub mod outbox_log;
 pub mod pages;
 pub mod pending;
 pub mod redo;
@@ -357,7 +358,7 @@ impl Store {
         let live_gen = Live { db: db.clone(), files: Arc::new(files) };
         // First of all: what the redo log holds and sled may not (the log is the commit point, see `redo`).
         let redo_dir = dir.join(redo::DIR);
-        let replayed = redo::replay(&redo_dir, &db, &dir.join(journal::DIR))?;
+        let replayed = redo::replay(&redo_dir, &db, &dir.join(journal::DIR), &dir.join(outbox_log::DIR))?;
         if replayed.records > 0 {
             live_gen.sync()?;
             tracing::info!(records = replayed.records, applied = replayed.applied, "replayed the redo log");
@@ -460,7 +461,8 @@ impl Store {
             segments::drop_in_background(db.clone(), segments::tree_names(&db).iter().map(|n| n.to_vec()).collect());
         let journal = Arc::new(RwLock::new(journal));
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
-        let spool = if spool { Some(Arc::new(outbox::Spool::open(&db)?)) } else { None };
+        let spool =
+            if spool { Some(Arc::new(outbox::Spool::open(&db, &dir.join(outbox_log::DIR))?)) } else { None };
         let place = writer::Place {
             dir: dir.to_path_buf(),
             seal_chunk: seal_chunk.max(1),

@@ -1,24 +1,23 @@
 //! The spool's outbox (fleet mode, `ack = "local"`): the full content of every event this agent acknowledged
 //! and has not yet forwarded to the shared ledger.
 //!
-//! Written in the SAME sled batch as the ingest that stored the event (so an acknowledged event is always either
-//! in the outbox or already in PostgreSQL), removed only after the forward that carried it committed. A crash
-//! between the commit and the removal resends the entry, which the shared ledger answers as a replay.
+//! Written with the ingest that stored the event, under the same commit point (its redo record, see
+//! [`super::outbox_log`]), so an acknowledged event is always either in the outbox or already in PostgreSQL;
+//! marked forwarded only after the forward that carried it committed. A crash between the commit and the mark
+//! resends the entry, which the shared ledger answers as a replay.
 //!
-//! | key                                            | value                                                   |
-//! |------------------------------------------------|---------------------------------------------------------|
-//! | `o/` + first sequence (u64, big-endian)        | a block of consecutive entries ([`super::schema::outbox`]) |
-//!
-//! Every acknowledged event has a sequence, in acknowledgement order (one writer thread assigns them); an ingest
-//! group's new events go in blocks of at most [`BLOCK_ENTRIES`], each keyed by its first sequence, so a scan reads
-//! the oldest first and a group is a few sled writes, not one per event (a write per event kept one agent's
-//! batch ingest at about half of a standalone agent's, docs/fleet.md). A block is forwarded and removed whole.
-//! The value's first byte names its encoding: an older agent never misreads a newer layout, it stops. Encoding 1
-//! (postcard, store v2) is converted to 2 (one entry per key) by the v2 → v3 migration; 2 still reads, as a block
-//! of one.
+//! Every acknowledged event has a sequence, in acknowledgement order (one writer thread assigns them, without
+//! gaps); an ingest group's new events go in blocks of at most [`BLOCK_ENTRIES`], each named by its first
+//! sequence, so a group is one append, not one write per event (a write per event kept one agent's batch ingest
+//! at about half of a standalone agent's, docs/fleet.md). A block is forwarded whole. The entries live in files
+//! of the outbox's own ([`super::outbox_log`]); builds before that kept each block under a sled key (`o/` + first
+//! sequence, big-endian), which [`Spool::open`] moves into a file once. A block's first byte names its encoding:
+//! an older agent never misreads a newer layout, it stops.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::outbox_log::{self, BlockAt, OutboxLog, Staged};
 use super::{Store, StoreError};
 use crate::clock::UnixMillis;
 use crate::domain::event::{Identity, TagSet, UsageEvent};
@@ -94,11 +93,6 @@ pub fn decode_value(bytes: &[u8]) -> Result<Vec<Entry>, StoreError> {
     read_value(bytes, super::schema::outbox::decode_value)
 }
 
-/// How many entries one `o/` value holds, without decoding them.
-fn count_value(bytes: &[u8]) -> Result<u64, StoreError> {
-    read_value(bytes, super::schema::outbox::count_of)
-}
-
 fn read_value<T>(
     bytes: &[u8],
     read: impl FnOnce(&[u8]) -> Result<T, super::schema::DecodeError>,
@@ -144,10 +138,6 @@ pub(crate) fn check_mode(db: &sled::Db, spool: bool) -> Result<(), StoreError> {
     }
 }
 
-fn entry_key(seq: u64) -> Vec<u8> {
-    [OUTBOX_PREFIX, &seq.to_be_bytes()].concat()
-}
-
 fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
     key.strip_prefix(OUTBOX_PREFIX)
         .and_then(|s| <[u8; 8]>::try_from(s).ok())
@@ -169,6 +159,8 @@ pub(crate) struct Spool {
     first_of_process: u64,
     highest_ms: std::sync::atomic::AtomicI64,
     depth_ms: std::sync::atomic::AtomicI64,
+    /// Where the entries are kept until forwarded.
+    log: OutboxLog,
 }
 
 /// What [`Store::outbox_reorder`] answers: the reorder depth of the entries this process wrote (from sequence
@@ -180,20 +172,20 @@ pub struct Reorder {
 }
 
 impl Spool {
-    /// Continues after the last entry kept in `db` (the last block's first sequence plus its entries).
-    pub(crate) fn open(db: &sled::Db) -> Result<Self, StoreError> {
-        let next = match db.scan_prefix(OUTBOX_PREFIX).next_back() {
-            Some(kv) => {
-                let (k, v) = kv?;
-                seq_of(&k)? + count_value(&v)?
-            }
-            None => 0,
-        };
+    /// Opens the outbox files in `dir` (after converting `o/` keys an earlier build left in `db`) and continues
+    /// after their last entry.
+    pub(crate) fn open(db: &sled::Db, dir: &Path) -> Result<Self, StoreError> {
+        if let Some(moved) = migrate_keys(db, dir)? {
+            tracing::info!(entries = moved, "moved the outbox out of sled into its own files");
+        }
+        let log = OutboxLog::open(dir, db, outbox_log::ROTATE_BYTES)?;
+        let next = outbox_log::end_mark(db)?.map_or(0, |m| m.next_seq);
         Ok(Spool {
             next: AtomicU64::new(next),
             first_of_process: next,
             highest_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             depth_ms: std::sync::atomic::AtomicI64::new(0),
+            log,
         })
     }
 
@@ -201,13 +193,14 @@ impl Spool {
         Reorder { first_seq: self.first_of_process, depth_ms: self.depth_ms.load(Ordering::SeqCst) }
     }
 
-    /// Adds every newly stored event of `calls` (decided as `outcomes`) to `batch`.
-    pub(crate) fn add<'a>(
+    /// Writes every newly stored event of `calls` (decided as `outcomes`) as blocks after the outbox's last, not
+    /// synced: the caller logs the bytes in its redo record, then [`Self::publish`]es them, or
+    /// [`Self::abandon`]s them if its write fails. `None` when no event was stored.
+    pub(crate) fn stage<'a>(
         &self,
-        batch: &mut super::batch::Batch,
         calls: impl Iterator<Item = (&'a [UsageEvent], UnixMillis)>,
         outcomes: &[Vec<IngestOutcome>],
-    ) {
+    ) -> Result<Option<Staged>, StoreError> {
         // Borrowed: an entry's strings are written from the event itself, never copied first.
         let mut stored: Vec<(&UsageEvent, UnixMillis)> = Vec::new();
         for ((events, received_ms), outcomes) in calls.zip(outcomes) {
@@ -217,7 +210,10 @@ impl Spool {
                 }
             }
         }
-        // Before the entries can be read (the batch is applied after this): a forwarder that reads them reads a
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        // Before the entries can be read (they are published after this): a forwarder that reads them reads a
         // depth that covers them.
         let mut highest = self.highest_ms.load(Ordering::SeqCst);
         let mut depth = self.depth_ms.load(Ordering::SeqCst);
@@ -227,11 +223,75 @@ impl Spool {
         }
         self.highest_ms.store(highest, Ordering::SeqCst);
         self.depth_ms.store(depth, Ordering::SeqCst);
+        let first = self.next.load(Ordering::SeqCst);
+        let mut framed = Vec::with_capacity(170 * stored.len());
+        let mut blocks = Vec::with_capacity(stored.len().div_ceil(BLOCK_ENTRIES));
+        let mut seq = first;
         for block in stored.chunks(BLOCK_ENTRIES) {
-            let first = self.next.fetch_add(block.len() as u64, Ordering::Relaxed);
-            batch.insert(entry_key(first), super::schema::outbox::encode_events(block));
+            let at = framed.len() as u64;
+            super::schema::outbox_file::put_block(&mut framed, seq, &super::schema::outbox::encode_events(block));
+            blocks.push(BlockAt {
+                seq,
+                count: block.len() as u64,
+                file: 0,
+                at,
+                len: framed.len() as u64 - at,
+                received_ms: block[0].1,
+            });
+            seq += block.len() as u64;
+        }
+        let staged = self.log.stage(first, framed, blocks, seq)?;
+        self.next.store(seq, Ordering::SeqCst);
+        Ok(Some(staged))
+    }
+
+    /// The staged group is durable: its blocks may be forwarded.
+    pub(crate) fn publish(&self, staged: Staged) {
+        self.log.publish(staged);
+    }
+
+    /// The staged group's write failed: its sequences go to the next group (they stay contiguous).
+    pub(crate) fn abandon(&self, staged: &Staged) {
+        if let Some(b) = staged.blocks.first() {
+            self.next.store(b.seq, Ordering::SeqCst);
         }
     }
+
+    /// The files a checkpoint syncs.
+    pub(crate) fn files_to_sync(&self) -> Vec<std::sync::Arc<std::fs::File>> {
+        self.log.to_sync()
+    }
+}
+
+/// Moves the `o/` keys an earlier build kept in sled into one outbox file, renumbered from the first key's
+/// sequence without gaps (an earlier build left a gap where a write failed), then removes them and sets the
+/// marks, in one sled batch, synced. A crash before that batch is durable leaves the keys: the next open starts
+/// over (the files it wrote first are deleted). `None` when there were none.
+fn migrate_keys(db: &sled::Db, dir: &Path) -> Result<Option<u64>, StoreError> {
+    let Some(first) = db.scan_prefix(OUTBOX_PREFIX).next() else { return Ok(None) };
+    let first = seq_of(&first?.0)?;
+    outbox_log::remove_all(dir)?;
+    let mut framed = Vec::new();
+    let mut seq = first;
+    let mut batch = sled::Batch::default();
+    for kv in db.scan_prefix(OUTBOX_PREFIX) {
+        let (k, v) = kv?;
+        let entries = decode_value(&v)?;
+        let events: Vec<UsageEvent> = entries.iter().map(Entry::event).collect();
+        let pairs: Vec<(&UsageEvent, UnixMillis)> =
+            events.iter().zip(&entries).map(|(ev, e)| (ev, e.received_ms)).collect();
+        super::schema::outbox_file::put_block(&mut framed, seq, &super::schema::outbox::encode_events(&pairs));
+        seq += entries.len() as u64;
+        batch.remove(k);
+    }
+    let end = framed.len() as u64 + super::schema::outbox_file::HEADER_LEN as u64;
+    outbox_log::write_file(dir, first, &framed)?;
+    let mark = super::schema::outbox_file::EndMark { next_seq: seq, file: first, end };
+    batch.insert(outbox_log::END_KEY, &mark.encode()[..]);
+    batch.insert(outbox_log::FORWARDED_KEY, &first.to_be_bytes()[..]);
+    db.apply_batch(batch)?;
+    db.flush()?;
+    Ok(Some(seq - first))
 }
 
 /// The fleet incarnation this data dir last registered as (see `meterd_fleet::nodes::release`).
@@ -290,38 +350,39 @@ impl Store {
         Ok(())
     }
 
+    fn spool(&self) -> Result<&Spool, StoreError> {
+        self.inner.spool.as_deref().ok_or_else(|| StoreError::Io("this store is not a fleet node's spool".into()))
+    }
+
     /// The oldest whole blocks of the outbox, until they hold at least `limit` entries (so at most `limit` +
     /// [`BLOCK_ENTRIES`] − 1).
     pub fn outbox_page(&self, limit: usize) -> Result<Page, StoreError> {
         let mut page = Page::default();
-        for kv in self.db().scan_prefix(OUTBOX_PREFIX) {
-            if page.entries.len() >= limit {
-                break;
-            }
-            let (k, v) = kv?;
-            let first = seq_of(&k)?;
-            page.blocks.push(first);
-            page.entries.extend((first..).zip(decode_value(&v)?));
+        if self.inner.spool.is_none() {
+            return Ok(page);
+        }
+        for (b, entries) in self.spool()?.log.page(limit)? {
+            page.blocks.push(b.seq);
+            page.entries.extend((b.seq..).zip(entries));
         }
         Ok(page)
     }
 
-    /// Removes the blocks that start at `seqs` (a page's [`Page::blocks`], after the shared ledger committed
-    /// them); a sequence that starts no block is ignored. Not fsynced on its own: a block that comes back after a
-    /// crash is forwarded again and replays.
+    /// Records that the blocks that start at `seqs` (a page's [`Page::blocks`], after the shared ledger committed
+    /// them) are forwarded; a sequence that starts no waiting block is ignored. The mark is not fsynced on its
+    /// own: blocks that come back after a crash are forwarded again and replay. Outbox files holding nothing
+    /// else are deleted whole ([`outbox_log`]).
     ///
-    /// Key by key, oldest first, never one `apply_batch`: sled 0.34.7's `apply_batch` takes its global write lock
-    /// and rolls the I/O buffer twice, and a forwarder doing that page after page beside the writer's inserts
-    /// queued enough buffer writes on sled's I/O threads to deadlock the whole store (every I/O thread waiting
-    /// for the segment accountant, whose holder waited for a file truncation queued behind them; seen in
-    /// `forward_watermark.rs`: 1 run in 59 here, CI's first). A crash keeps a prefix of the removals, so what is left is
-    /// still the outbox's oldest-first tail.
+    /// Never a sled `apply_batch` here: sled 0.34.7's `apply_batch` takes its global write lock and rolls the
+    /// I/O buffer twice, and a forwarder removing `o/` blocks that way page after page beside the writer's
+    /// inserts queued enough buffer writes on sled's I/O threads to deadlock the whole store (every I/O thread
+    /// waiting for the segment accountant, whose holder waited for a file truncation queued behind them; seen in
+    /// `forward_watermark.rs`: 1 run in 59 here, CI's first). Now it is one small insert per page.
     pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        let db = self.db();
-        for s in seqs {
-            db.remove(entry_key(*s))?;
+        match &self.inner.spool {
+            Some(spool) => spool.log.forwarded(&self.db(), seqs),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The spool's reorder depth ([`Spool`]); `None` for a store that is not a spool.
@@ -329,31 +390,20 @@ impl Store {
         self.inner.spool.as_ref().map(|s| s.reorder())
     }
 
-    /// Whether nothing waits to be forwarded: one key lookup (`ack = "shared"` asks it on every call).
+    /// Whether nothing waits to be forwarded (`ack = "shared"` asks it on every call): in memory.
     pub fn outbox_is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.db().scan_prefix(OUTBOX_PREFIX).next().transpose()?.is_none())
+        Ok(self.inner.spool.as_ref().is_none_or(|s| s.log.is_empty()))
     }
 
-    /// Entries waiting, and the oldest one's acknowledgement time. Two block reads, whatever the depth: blocks are
-    /// removed oldest first, so the sequences between the first block and the end of the last are all still there
-    /// (a write that failed after taking sequences leaves a gap: then this over-counts by the gap).
+    /// Entries waiting, and the oldest one's acknowledgement time: in memory, whatever the depth.
     pub fn outbox_depth(&self) -> Result<Depth, StoreError> {
-        let db = self.db();
-        let mut range = db.scan_prefix(OUTBOX_PREFIX);
-        let Some(first) = range.next() else { return Ok(Depth::default()) };
-        let (first_key, first_value) = first?;
-        let first_entries = decode_value(&first_value)?;
-        // One past the last sequence: the last block's first sequence plus its entries.
-        let end = match range.next_back() {
-            Some(kv) => {
-                let (k, v) = kv?;
-                seq_of(&k)? + count_value(&v)?
-            }
-            None => seq_of(&first_key)? + first_entries.len() as u64,
-        };
-        Ok(Depth {
-            entries: end - seq_of(&first_key)?,
-            oldest_received_ms: first_entries.first().map(|e| e.received_ms),
-        })
+        let Some(spool) = &self.inner.spool else { return Ok(Depth::default()) };
+        let (entries, oldest_received_ms) = spool.log.depth();
+        Ok(Depth { entries, oldest_received_ms })
+    }
+
+    /// How many outbox files the spool keeps on disk (0 for a standalone store).
+    pub fn outbox_files(&self) -> usize {
+        self.inner.spool.as_ref().map_or(0, |s| s.log.file_count())
     }
 }

@@ -125,7 +125,12 @@ impl Redo {
     /// Appends `batch` (with `m/redo_seq` added to it as its last op: a write applied key by key is whole once its
     /// number is there) and the dedupe record it goes with, as the next record; returns its number. Not synced:
     /// see [`Self::sync`]. A failed write leaves the log as it was.
-    pub fn append(&self, batch: &mut Batch, dedupe: Option<(UnixMillis, u64, &[u8])>) -> Result<u64, StoreError> {
+    pub fn append(
+        &self,
+        batch: &mut Batch,
+        dedupe: Option<(UnixMillis, u64, &[u8])>,
+        outbox: Option<(u64, u64, &[u8])>,
+    ) -> Result<u64, StoreError> {
         self.check()?;
         let mut a = self.active.lock().unwrap_or_else(|e| e.into_inner());
         if a.len >= ROTATE_BYTES {
@@ -133,7 +138,7 @@ impl Redo {
         }
         let seq = a.next_seq;
         batch.insert(keys::REDO_SEQ_KEY, &seq.to_be_bytes()[..]);
-        let record = layout::encode_record(seq, dedupe, batch.ops());
+        let record = layout::encode_record(seq, dedupe, outbox, batch.ops());
         if record.len() - layout::FRAME_LEN > layout::MAX_BODY {
             // Replay would take it for damage and stop there: refuse it whole instead (the caller drops the write).
             return Err(StoreError::Io(format!(
@@ -283,9 +288,9 @@ pub struct Replayed {
     pub next_seq: u64,
 }
 
-/// Brings sled and the dedupe segments in `journal_dir` up to the log in `dir` (see the module docs). The caller
-/// syncs sled, then calls [`clear`]; the touched segment files are synced here.
-pub fn replay(dir: &Path, db: &sled::Db, journal_dir: &Path) -> Result<Replayed, StoreError> {
+/// Brings sled, the dedupe segments in `journal_dir` and the outbox files in `outbox_dir` up to the log in `dir`
+/// (see the module docs). The caller syncs sled, then calls [`clear`]; the touched files are synced here.
+pub fn replay(dir: &Path, db: &sled::Db, journal_dir: &Path, outbox_dir: &Path) -> Result<Replayed, StoreError> {
     durable::create_dir_all(dir, 0o700).map_err(|e| io_error(dir.display(), e))?;
     let mark = match db.get(keys::REDO_SEQ_KEY)? {
         Some(v) => u64::from_be_bytes(
@@ -304,11 +309,12 @@ pub fn replay(dir: &Path, db: &sled::Db, journal_dir: &Path) -> Result<Replayed,
     let mut done = Replayed { next_seq: mark + 1, ..Default::default() };
     let mut expect: Option<u64> = None;
     let mut segments: std::collections::BTreeMap<UnixMillis, Option<File>> = Default::default();
+    let mut outboxes: std::collections::BTreeMap<u64, Option<File>> = Default::default();
     for (first, path) in &files {
         let io = |e| io_error(path.display(), e);
         let bytes = std::fs::read(path).map_err(io)?;
-        match layout::decode_header(&bytes) {
-            Ok(f) if expect.is_none() && f > mark + 1 => {
+        let version = match layout::decode_header(&bytes) {
+            Ok((f, _)) if expect.is_none() && f > mark + 1 => {
                 return Err(StoreError::Corrupt(format!(
                     "redo log {} starts at record {f} but the store holds only up to record {mark}: records \
                      {}..{f} are in neither",
@@ -316,17 +322,17 @@ pub fn replay(dir: &Path, db: &sled::Db, journal_dir: &Path) -> Result<Replayed,
                     mark + 1
                 )));
             }
-            Ok(f) if f == *first && expect.is_none_or(|e| e == f) => {}
+            Ok((f, version)) if f == *first && expect.is_none_or(|e| e == f) => version,
             // A file whose header never made it holds no record; any other mismatch ends the log here.
             _ => break,
-        }
+        };
         let mut at = layout::HEADER_LEN;
         while let Some(frame) = bytes.get(at..at + layout::FRAME_LEN) {
             // The end of this file's records (zeros, a torn record, or a spare's older records): the next file
             // goes on only if it starts with the next number.
             let Some(len) = layout::frame_len(frame.try_into().expect("frame")) else { break };
             let Some(framed) = bytes.get(at..at + layout::FRAME_LEN + len) else { break };
-            let Ok(record) = layout::decode_record(framed) else { break };
+            let Ok(record) = layout::decode_record(framed, version) else { break };
             if expect.is_some_and(|e| e != record.seq) || (expect.is_none() && record.seq != *first) {
                 break;
             }
@@ -343,6 +349,16 @@ pub fn replay(dir: &Path, db: &sled::Db, journal_dir: &Path) -> Result<Replayed,
                     f.write_all_at(&d.bytes, d.at).map_err(|e| io_error("dedupe segment", e))?;
                 }
             }
+            if let Some(o) = &record.outbox {
+                let file = outboxes.entry(o.file).or_insert_with(|| {
+                    // No file: every entry in it was forwarded and the file deleted (one is durable before any
+                    // record names it, see `outbox_log`).
+                    File::options().write(true).open(outbox_dir.join(super::outbox_log::file_name(o.file))).ok()
+                });
+                if let Some(f) = file {
+                    f.write_all_at(&o.bytes, o.at).map_err(|e| io_error("outbox file", e))?;
+                }
+            }
             if record.seq > mark {
                 Batch::from(record.ops).apply_unlogged(db)?;
                 done.applied += 1;
@@ -355,6 +371,9 @@ pub fn replay(dir: &Path, db: &sled::Db, journal_dir: &Path) -> Result<Replayed,
     }
     for f in segments.values().flatten() {
         f.sync_data().map_err(|e| io_error("dedupe segment", e))?;
+    }
+    for f in outboxes.values().flatten() {
+        f.sync_data().map_err(|e| io_error("outbox file", e))?;
     }
     Ok(done)
 }
@@ -390,7 +409,7 @@ mod tests {
     /// Logs `n` writes (`k<i>` = `v<i>`) without applying them, as a crash before sled saw them leaves it.
     fn log_only(redo: &Redo, from: u64, n: u64) {
         for i in from..from + n {
-            redo.append(&mut put(&format!("k{i}"), &format!("v{i}")), None).unwrap();
+            redo.append(&mut put(&format!("k{i}"), &format!("v{i}")), None, None).unwrap();
         }
         redo.sync().unwrap();
     }
@@ -398,25 +417,25 @@ mod tests {
     #[test]
     fn replay_applies_what_sled_lacks_in_order_and_skips_what_it_has() {
         let d = tempfile::tempdir().unwrap();
-        let (log, segs) = (d.path().join(DIR), d.path().join("dedupe"));
+        let (log, segs, outs) = (d.path().join(DIR), d.path().join("dedupe"), d.path().join("outbox"));
         std::fs::create_dir_all(&log).unwrap();
         let db = sled::open(d.path().join("db")).unwrap();
         let redo = Redo::create(&log, 1).unwrap();
         // Records 1-3 reached sled (with their marks); 4-6 only the log. Record 2 rewrote k0, which sled shows.
         for (i, b) in [put("k0", "old"), put("k0", "new"), put("k1", "v1")].into_iter().enumerate() {
             let mut b = b;
-            let seq = redo.append(&mut b, None).unwrap();
+            let seq = redo.append(&mut b, None, None).unwrap();
             assert_eq!(seq, i as u64 + 1);
             b.apply_unlogged(&db).unwrap();
         }
         let mut gone = Batch::default();
         gone.remove(b"k1");
-        redo.append(&mut gone, None).unwrap();
+        redo.append(&mut gone, None, None).unwrap();
         log_only(&redo, 5, 2);
         drop(redo);
         // Sled changed k0 after record 3 (a write not logged, which must not be undone by records it has).
         db.insert(b"k0", b"unlogged").unwrap();
-        let done = replay(&log, &db, &segs).unwrap();
+        let done = replay(&log, &db, &segs, &outs).unwrap();
         assert_eq!(done, Replayed { records: 6, applied: 3, next_seq: 7 });
         assert_eq!(db.get(b"k0").unwrap().unwrap().as_ref(), b"unlogged");
         assert!(db.get(b"k1").unwrap().is_none(), "record 4 removed k1");
@@ -424,16 +443,16 @@ mod tests {
         assert_eq!(db.get(b"k6").unwrap().unwrap().as_ref(), b"v6");
         assert_eq!(seq_of(&db), 6);
         // Twice is once.
-        assert_eq!(replay(&log, &db, &segs).unwrap(), Replayed { records: 6, applied: 0, next_seq: 7 });
+        assert_eq!(replay(&log, &db, &segs, &outs).unwrap(), Replayed { records: 6, applied: 0, next_seq: 7 });
         clear(&log).unwrap();
         assert_eq!(std::fs::read_dir(&log).unwrap().count(), 0);
-        assert_eq!(replay(&log, &db, &segs).unwrap(), Replayed { records: 0, applied: 0, next_seq: 7 });
+        assert_eq!(replay(&log, &db, &segs, &outs).unwrap(), Replayed { records: 0, applied: 0, next_seq: 7 });
     }
 
     #[test]
     fn a_torn_or_damaged_record_ends_the_log() {
         let d = tempfile::tempdir().unwrap();
-        let (log, segs) = (d.path().join(DIR), d.path().join("dedupe"));
+        let (log, segs, outs) = (d.path().join(DIR), d.path().join("dedupe"), d.path().join("outbox"));
         std::fs::create_dir_all(&log).unwrap();
         let redo = Redo::create(&log, 1).unwrap();
         log_only(&redo, 1, 3);
@@ -444,7 +463,7 @@ mod tests {
         let f = File::options().write(true).open(&path).unwrap();
         f.set_len(len - 3).unwrap();
         let db = sled::open(d.path().join("db")).unwrap();
-        assert_eq!(replay(&log, &db, &segs).unwrap(), Replayed { records: 2, applied: 2, next_seq: 3 });
+        assert_eq!(replay(&log, &db, &segs, &outs).unwrap(), Replayed { records: 2, applied: 2, next_seq: 3 });
         assert!(db.get(b"k3").unwrap().is_none());
         // A flipped byte in record 2 (of a fresh db): only record 1 counts.
         let db2 = sled::open(d.path().join("db2")).unwrap();
@@ -453,64 +472,64 @@ mod tests {
             layout::HEADER_LEN + layout::FRAME_LEN + u32::from_be_bytes(bytes[24..28].try_into().unwrap()) as usize;
         bytes[second + 12] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(replay(&log, &db2, &segs).unwrap(), Replayed { records: 1, applied: 1, next_seq: 2 });
+        assert_eq!(replay(&log, &db2, &segs, &outs).unwrap(), Replayed { records: 1, applied: 1, next_seq: 2 });
     }
 
     #[test]
     fn rotation_keeps_the_order_and_a_checkpoint_deletes_only_covered_files() {
         let d = tempfile::tempdir().unwrap();
-        let (log, segs) = (d.path().join(DIR), d.path().join("dedupe"));
+        let (log, segs, outs) = (d.path().join(DIR), d.path().join("dedupe"), d.path().join("outbox"));
         std::fs::create_dir_all(&log).unwrap();
         let redo = Redo::create(&log, 1).unwrap();
         let big = "x".repeat(ROTATE_BYTES as usize / 3);
         for i in 1..=7u64 {
-            redo.append(&mut put(&format!("k{i}"), &big), None).unwrap();
+            redo.append(&mut put(&format!("k{i}"), &big), None, None).unwrap();
         }
         redo.sync().unwrap();
         // A file is closed once past ROTATE_BYTES: records 1-3 in the first, 4-6 in the second, 7 in the active one.
         assert_eq!(std::fs::read_dir(&log).unwrap().count(), 3);
         assert_eq!(redo.release_through(2), 0, "record 3 is not covered yet");
         let db = sled::open(d.path().join("db")).unwrap();
-        assert_eq!(replay(&log, &db, &segs).unwrap(), Replayed { records: 7, applied: 7, next_seq: 8 });
+        assert_eq!(replay(&log, &db, &segs, &outs).unwrap(), Replayed { records: 7, applied: 7, next_seq: 8 });
         assert_eq!(redo.release_through(7), 2, "the active file stays");
         // One of the two is kept as the spare, which replay never reads.
         assert_eq!(std::fs::read_dir(&log).unwrap().count(), 2);
         assert!(log.join(SPARE).exists());
         // sled holds through 7 (replayed above): the last file alone is a whole log again.
-        assert_eq!(replay(&log, &db, &segs).unwrap(), Replayed { records: 1, applied: 0, next_seq: 8 });
+        assert_eq!(replay(&log, &db, &segs, &outs).unwrap(), Replayed { records: 1, applied: 0, next_seq: 8 });
         // The next rotation reuses the spare: its older records (1-3) stay behind the new ones, and replay stops
         // at them. Record 13 is as long as the spare's record 1, so a whole, valid, older record 2 follows it.
         for i in 8..=10u64 {
-            redo.append(&mut put(&format!("k{i}"), "new"), None).unwrap();
+            redo.append(&mut put(&format!("k{i}"), "new"), None, None).unwrap();
         }
-        redo.append(&mut put("k11", &big), None).unwrap();
-        redo.append(&mut put("k12", &big), None).unwrap();
-        redo.append(&mut put("k1", &big), None).unwrap();
+        redo.append(&mut put("k11", &big), None, None).unwrap();
+        redo.append(&mut put("k12", &big), None, None).unwrap();
+        redo.append(&mut put("k1", &big), None, None).unwrap();
         redo.sync().unwrap();
         assert!(!log.join(SPARE).exists());
         assert_eq!(std::fs::read_dir(&log).unwrap().count(), 2);
         assert!(std::fs::metadata(log.join(file_name(13))).unwrap().len() >= ROTATE_BYTES);
-        assert_eq!(replay(&log, &db, &segs).unwrap(), Replayed { records: 7, applied: 6, next_seq: 14 });
+        assert_eq!(replay(&log, &db, &segs, &outs).unwrap(), Replayed { records: 7, applied: 6, next_seq: 14 });
         // A store that lost what a checkpoint covered is reported, never silently continued.
         let empty = sled::open(d.path().join("empty")).unwrap();
-        assert!(matches!(replay(&log, &empty, &segs), Err(StoreError::Corrupt(_))));
+        assert!(matches!(replay(&log, &empty, &segs, &outs), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
     fn dedupe_bytes_go_back_to_their_segment_file_if_it_still_exists() {
         let d = tempfile::tempdir().unwrap();
-        let (log, segs) = (d.path().join(DIR), d.path().join("dedupe"));
+        let (log, segs, outs) = (d.path().join(DIR), d.path().join("dedupe"), d.path().join("outbox"));
         std::fs::create_dir_all(&log).unwrap();
         std::fs::create_dir_all(&segs).unwrap();
         let seg = segs.join(journal::file_name(0));
         std::fs::write(&seg, b"HEADER").unwrap();
         let redo = Redo::create(&log, 1).unwrap();
-        redo.append(&mut put("a", "1"), Some((0, 6, b"record-one"))).unwrap();
+        redo.append(&mut put("a", "1"), Some((0, 6, b"record-one")), None).unwrap();
         // A segment dropped since: no file, nothing written.
-        redo.append(&mut put("b", "2"), Some((43_200_000, 24, b"gone"))).unwrap();
+        redo.append(&mut put("b", "2"), Some((43_200_000, 24, b"gone")), None).unwrap();
         redo.sync().unwrap();
         let db = sled::open(d.path().join("db")).unwrap();
-        assert_eq!(replay(&log, &db, &segs).unwrap().applied, 2);
+        assert_eq!(replay(&log, &db, &segs, &outs).unwrap().applied, 2);
         assert_eq!(std::fs::read(&seg).unwrap(), b"HEADERrecord-one");
         assert!(!segs.join(journal::file_name(43_200_000)).exists());
     }
@@ -521,7 +540,7 @@ mod tests {
         let redo = Redo::create(d.path(), 9).unwrap();
         let mut b = put("a", "1");
         b.remove(b"z");
-        assert_eq!(redo.append(&mut b, None).unwrap(), 9);
+        assert_eq!(redo.append(&mut b, None, None).unwrap(), 9);
         let ops: Vec<_> = b.ops().collect();
         assert_eq!(ops.len(), 3);
         assert_eq!(ops[2], (keys::REDO_SEQ_KEY, Some(&9u64.to_be_bytes()[..])));
@@ -532,7 +551,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let redo = Redo::create(d.path(), 1).unwrap();
         redo.poison("fdatasync failed: EIO".into());
-        assert!(matches!(redo.append(&mut put("a", "1"), None), Err(StoreError::Poisoned(_))));
+        assert!(matches!(redo.append(&mut put("a", "1"), None, None), Err(StoreError::Poisoned(_))));
         assert!(matches!(redo.sync(), Err(StoreError::Poisoned(_))));
     }
 }

@@ -337,11 +337,11 @@ pub fn spawn(
     };
     let checkpointer = {
         let (shared, journal, redo, counters) = (shared.clone(), journal.clone(), redo.clone(), counters.clone());
-        let watch = watch.clone();
+        let (watch, spool) = (watch.clone(), place.spool.clone());
         std::thread::Builder::new()
             .name("meterd-checkpoint".into())
             .spawn(move || {
-                checkpoint_loop(shared, journal, redo, counters, stopped, &watch);
+                checkpoint_loop(shared, journal, spool, redo, counters, stopped, &watch);
                 drop(running);
             })
             .expect("spawn checkpoint thread")
@@ -722,18 +722,27 @@ impl Writer {
             }
         }
         hours.write(&mut batch);
-        // Fleet mode: the acknowledged events' content, in the same atomic write (store/outbox.rs): it joins
-        // the default-tree batch, which goes with the dedupe segment in one transaction below.
-        if let Some(spool) = &self.place.spool {
-            spool.add(&mut batch, calls.iter().map(|(events, at, _, _)| (events.as_slice(), *at)), &all);
-        }
+        // Fleet mode: the acknowledged events' content, under the same commit point (store/outbox_log.rs): its
+        // blocks go into the group's redo record with the dedupe segment's, and become readable once durable.
+        let spool = self.place.spool.clone();
+        let staged = match &spool {
+            Some(spool) => spool.stage(calls.iter().map(|(events, at, _, _)| (events.as_slice(), *at)), &all)?,
+            None => None,
+        };
         if new_events == 0 {
             // The spool adds an entry only for a stored event, so a group of replays writes nothing.
-            if !writes.buckets.is_empty() && self.place.spool.is_none() {
+            if !writes.buckets.is_empty() && spool.is_none() {
                 self.commit(batch)?;
             }
         } else {
-            self.write_with_events(batch, &writes.events, now_ms)?;
+            let written = self.write_with_events(batch, &writes.events, now_ms, staged.as_ref());
+            if let (Some(spool), Some(staged)) = (spool, staged) {
+                match &written {
+                    Ok(()) => spool.publish(staged),
+                    Err(_) => spool.abandon(&staged),
+                }
+            }
+            written?;
         }
         self.counters.replays.fetch_add(writes.replays, Ordering::Relaxed);
         self.counters.late_events.fetch_add(writes.late_events, Ordering::Relaxed);
@@ -750,6 +759,7 @@ impl Writer {
         mut batch: Batch,
         events: &[(String, StoredEvent)],
         now_ms: UnixMillis,
+        outbox: Option<&super::outbox_log::Staged>,
     ) -> Result<(), StoreError> {
         let journal = self.journal.clone();
         let mut journal = journal.write().unwrap_or_else(|e| e.into_inner());
@@ -765,8 +775,15 @@ impl Writer {
         batch.insert(segments::index_key(start), &segments::encode_count(appended.count)[..]);
         batch.insert(keys::EVENTS_STORED_KEY, &segments::encode_count(total)[..]);
         batch.insert(keys::JOURNAL_MARK_KEY, &appended.mark.encode()[..]);
+        if let Some(o) = outbox {
+            batch.insert(super::outbox_log::END_KEY, &o.mark.encode()[..]);
+        }
         let bytes = std::mem::take(&mut appended.bytes);
-        let seq = self.redo.append(&mut batch, Some((start, appended.at, &bytes)))?;
+        let seq = self.redo.append(
+            &mut batch,
+            Some((start, appended.at, &bytes)),
+            outbox.map(|o| (o.file, o.at, o.bytes.as_slice())),
+        )?;
         // Synced before sled may hold the group's count and mark (see `super::redo`, "Order").
         self.sync_redo()?;
         self.apply(seq, batch, Apply::KeyByKey)?;
@@ -777,7 +794,7 @@ impl Writer {
 
     /// Logs `batch` in the redo log and applies it to sled; durable once the log is synced (the flusher's barrier).
     fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
-        let seq = self.redo.append(&mut batch, None)?;
+        let seq = self.redo.append(&mut batch, None, None)?;
         self.apply(seq, batch, Apply::Atomic)
     }
 
@@ -1645,12 +1662,13 @@ fn flusher_loop(redo: Arc<Redo>, rx: std_mpsc::Receiver<AppliedGroup>, counters:
     }
 }
 
-/// Every [`super::redo::CHECKPOINT_EVERY`], and once more when the writer stops: syncs sled's live generation
-/// and the dedupe segment files, then deletes the redo log files that only held what they now hold. A failed
+/// Every [`super::redo::CHECKPOINT_EVERY`], and once more when the writer stops: syncs sled's live generation,
+/// the dedupe segment files and a spool's outbox files, then deletes the redo log files that only held what they now hold. A failed
 /// sync poisons the log (a retry could succeed over pages the kernel dropped) and keeps every file.
 fn checkpoint_loop(
     shared: SharedDb,
     journal: Arc<std::sync::RwLock<Journal>>,
+    spool: Option<Arc<super::outbox::Spool>>,
     redo: Arc<Redo>,
     counters: Arc<StoreCounters>,
     stopped: std_mpsc::Receiver<()>,
@@ -1672,6 +1690,9 @@ fn checkpoint_loop(
                 let files = journal.read().unwrap_or_else(|e| e.into_inner()).files();
                 for f in files.map_err(|e| StoreError::Io(format!("dedupe segment: {e}")))? {
                     f.sync_data().map_err(|e| StoreError::Io(format!("dedupe segment: {e}")))?;
+                }
+                for f in spool.iter().flat_map(|s| s.files_to_sync()) {
+                    f.sync_data().map_err(|e| StoreError::Io(format!("outbox file: {e}")))?;
                 }
                 Ok::<_, StoreError>(())
             })();

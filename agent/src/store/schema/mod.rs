@@ -31,7 +31,9 @@
 //! | `m/pending`         | [`meta::StoredPending`]            | 1       | [`meta`]       |
 //! | `m/seal_progress`   | [`meta::StoredSealProgress`]       | 1       | [`meta`]       |
 //! | `m/sealed_through`  | [`meta::StoredSealedThrough`]      | 1       | [`meta`]       |
-//! | `o/` outbox block   | [`outbox::encode_events`] (entries: [`outbox::StoredOutboxEntry`]) | 3 (2 read) | [`outbox`] |
+//! | `outbox/<first seq>.seg` files | framed outbox blocks ([`outbox::encode_events`], entries: [`outbox::StoredOutboxEntry`]) | 1 (blocks: 3) | [`outbox_file`] |
+//! | `o/` outbox block   | read only, moved to the files at open ([`outbox::decode_value`]) | 3 (2 read) | [`outbox`] |
+//! | `m/outbox_end`, `m/outbox_forwarded` | marks of the outbox files | – | [`outbox_file`] |
 //! | `m/open_buckets`    | [`counts::StoredOpenBuckets`]      | 1       | [`counts`]     |
 //! | `m/customers`       | [`counts::StoredCustomerCounts`]   | 1       | [`counts`]     |
 //! | `h/` hour summary   | [`counts::StoredHourSummary`]      | 1       | [`counts`]     |
@@ -46,6 +48,7 @@ pub mod journal;
 pub mod ledger;
 pub mod meta;
 pub mod outbox;
+pub mod outbox_file;
 pub mod redo;
 
 pub use entry::{ENTRY_VERSION, V1StoredEvent, decode_entry, encode_entry};

@@ -1,4 +1,4 @@
-//! The redo log's on-disk layout, version 1 (`redo/<first seq>.log`, see [`crate::store::redo`]). Never reorder
+//! The redo log's on-disk layout, version 2 (`redo/<first seq>.log`, see [`crate::store::redo`]). Never reorder
 //! these fields; a change is a new version.
 //!
 //! **File header** (24 bytes):
@@ -6,7 +6,7 @@
 //! | bytes  | field     | encoding                                              |
 //! |--------|-----------|-------------------------------------------------------|
 //! | 0–7    | magic     | `MTRDREDO`                                            |
-//! | 8      | version   | `u8` = 1                                              |
+//! | 8      | version   | `u8` = 2 (1 still reads: its records have no outbox field) |
 //! | 9–11   | reserved  | zero                                                  |
 //! | 12–19  | first seq | `u64` big-endian: the number of the file's first record |
 //! | 20–23  | checksum  | `u32` big-endian: CRC32 of bytes 0–19                 |
@@ -17,7 +17,7 @@
 //! |----------|------------------------------------------------------------------------------------------|
 //! | length   | `u32` big-endian: bytes of the body                                                      |
 //! | checksum | `u32` big-endian: CRC32 of the body                                                      |
-//! | body     | `seq` `u64` big-endian · dedupe: `u8` 0 (none) or 1, then the segment start `i64` big-endian, the byte offset `u64` big-endian and the dedupe journal record (varint length + its bytes, framed as in [`super::journal`]) · ops: varint count, then each a `u8` kind (1 insert, 0 remove), the key (varint length + bytes) and, for an insert, the value (varint length + bytes) |
+//! | body     | `seq` `u64` big-endian · dedupe: `u8` 0 (none) or 1, then the segment start `i64` big-endian, the byte offset `u64` big-endian and the dedupe journal record (varint length + its bytes, framed as in [`super::journal`]) · outbox (version 2 only): `u8` 0 (none) or 1, then the outbox file (its first sequence) `u64` big-endian, the byte offset `u64` big-endian and the group's framed blocks (varint length + bytes, as in [`super::outbox_file`]) · ops: varint count, then each a `u8` kind (1 insert, 0 remove), the key (varint length + bytes) and, for an insert, the value (varint length + bytes) |
 //!
 //! The ops are the write exactly as sled applies it, in order (a later op on a key wins).
 
@@ -26,7 +26,7 @@ use super::codec::{Reader, put_varint};
 use crate::clock::UnixMillis;
 
 pub const MAGIC: &[u8; 8] = b"MTRDREDO";
-pub const REDO_VERSION: u8 = 1;
+pub const REDO_VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 24;
 /// Length and checksum before each record's body.
 pub const FRAME_LEN: usize = 8;
@@ -42,6 +42,14 @@ pub struct DedupeWrite {
     pub bytes: Vec<u8>,
 }
 
+/// A spool group's outbox blocks written with a redo record: to which outbox file, where, and the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxWrite {
+    pub file: u64,
+    pub at: u64,
+    pub bytes: Vec<u8>,
+}
+
 /// One write to the default tree: a key and its new value, or `None` for a removal.
 pub type Op = (Vec<u8>, Option<Vec<u8>>);
 
@@ -50,6 +58,7 @@ pub type Op = (Vec<u8>, Option<Vec<u8>>);
 pub struct RedoRecord {
     pub seq: u64,
     pub dedupe: Option<DedupeWrite>,
+    pub outbox: Option<OutboxWrite>,
     pub ops: Vec<Op>,
 }
 
@@ -63,33 +72,44 @@ pub fn encode_header(first_seq: u64) -> [u8; HEADER_LEN] {
     h
 }
 
-/// The first record number a header names.
-pub fn decode_header(h: &[u8]) -> Result<u64, DecodeError> {
+/// The first record number a header names, and the file's version (1 or 2: how its records read).
+pub fn decode_header(h: &[u8]) -> Result<(u64, u8), DecodeError> {
     if h.len() < HEADER_LEN || &h[..8] != MAGIC {
         return Err(DecodeError::Field { field: "magic", at: 0 });
     }
-    if h[8] != REDO_VERSION {
+    if !(1..=REDO_VERSION).contains(&h[8]) {
         return Err(DecodeError::Version(h[8]));
     }
     if crc32fast::hash(&h[..20]).to_be_bytes() != h[20..24] {
         return Err(DecodeError::Checksum);
     }
-    Ok(u64::from_be_bytes(h[12..20].try_into().expect("8 bytes")))
+    Ok((u64::from_be_bytes(h[12..20].try_into().expect("8 bytes")), h[8]))
 }
 
 /// A framed record. `ops` yields each op's key and value (`None`: a removal).
 pub fn encode_record<'a>(
     seq: u64,
     dedupe: Option<(UnixMillis, u64, &[u8])>,
+    outbox: Option<(u64, u64, &[u8])>,
     ops: impl ExactSizeIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
 ) -> Vec<u8> {
-    let mut body = Vec::with_capacity(64 + dedupe.map_or(0, |d| d.2.len()));
+    let mut body = Vec::with_capacity(96 + dedupe.map_or(0, |d| d.2.len()) + outbox.map_or(0, |o| o.2.len()));
     body.extend_from_slice(&seq.to_be_bytes());
     match dedupe {
         None => body.push(0),
         Some((start, at, bytes)) => {
             body.push(1);
             body.extend_from_slice(&start.to_be_bytes());
+            body.extend_from_slice(&at.to_be_bytes());
+            put_varint(&mut body, bytes.len() as u128);
+            body.extend_from_slice(bytes);
+        }
+    }
+    match outbox {
+        None => body.push(0),
+        Some((file, at, bytes)) => {
+            body.push(1);
+            body.extend_from_slice(&file.to_be_bytes());
             body.extend_from_slice(&at.to_be_bytes());
             put_varint(&mut body, bytes.len() as u128);
             body.extend_from_slice(bytes);
@@ -118,8 +138,8 @@ pub fn frame_len(frame: &[u8; FRAME_LEN]) -> Option<usize> {
     (9..=MAX_BODY).contains(&len).then_some(len)
 }
 
-/// Decodes a framed record (frame and body); `Err` when its checksum or any field is wrong.
-pub fn decode_record(framed: &[u8]) -> Result<RedoRecord, DecodeError> {
+/// Decodes a framed record (frame and body) of a file of `version`; `Err` when its checksum or any field is wrong.
+pub fn decode_record(framed: &[u8], version: u8) -> Result<RedoRecord, DecodeError> {
     if framed.len() < FRAME_LEN {
         return Err(DecodeError::Field { field: "length", at: 0 });
     }
@@ -142,6 +162,18 @@ pub fn decode_record(framed: &[u8]) -> Result<RedoRecord, DecodeError> {
         }
         _ => return Err(r.bad_tag("dedupe")),
     };
+    let outbox = match version {
+        1 => None,
+        _ => match r.u8("outbox")? {
+            0 => None,
+            1 => {
+                let file = u64::from_be_bytes(be(&mut r, "outbox file")?);
+                let at = u64::from_be_bytes(be(&mut r, "outbox offset")?);
+                Some(OutboxWrite { file, at, bytes: r.bytes("outbox blocks")? })
+            }
+            _ => return Err(r.bad_tag("outbox")),
+        },
+    };
     let n = r.count("ops")?;
     let mut ops = Vec::with_capacity(n);
     for _ in 0..n {
@@ -155,7 +187,7 @@ pub fn decode_record(framed: &[u8]) -> Result<RedoRecord, DecodeError> {
         ops.push((key, value));
     }
     r.end()?;
-    Ok(RedoRecord { seq, dedupe, ops })
+    Ok(RedoRecord { seq, dedupe, outbox, ops })
 }
 
 #[cfg(test)]
@@ -169,41 +201,74 @@ mod tests {
     #[test]
     fn header_bytes_are_fixed() {
         let h = encode_header(7);
-        assert_eq!(hex(&h[..20]), "4d5452445245444f010000000000000000000007");
-        assert_eq!(decode_header(&h), Ok(7));
+        assert_eq!(hex(&h[..20]), "4d5452445245444f020000000000000000000007");
+        assert_eq!(decode_header(&h), Ok((7, 2)));
         let mut bad = h;
         bad[15] ^= 1;
         assert_eq!(decode_header(&bad), Err(DecodeError::Checksum));
-        let mut v2 = h;
-        v2[8] = 2;
-        assert_eq!(decode_header(&v2), Err(DecodeError::Version(2)));
+        // A version-1 file (written before the outbox field) still reads; a newer one is refused.
+        let mut v1 = h;
+        v1[8] = 1;
+        let crc = crc32fast::hash(&v1[..20]).to_be_bytes();
+        v1[20..].copy_from_slice(&crc);
+        assert_eq!(decode_header(&v1), Ok((7, 1)));
+        let mut v3 = h;
+        v3[8] = 3;
+        assert_eq!(decode_header(&v3), Err(DecodeError::Version(3)));
     }
 
     #[test]
     fn a_record_is_byte_for_byte_what_the_layout_says() {
         let ops: Vec<(&[u8], Option<&[u8]>)> = vec![(b"b/k", Some(b"v1")), (b"o/x", None)];
-        let rec = encode_record(5, Some((1000, 24, &[9, 9][..])), ops.into_iter());
-        let body = "0000000000000005\
-                    01\
-                    00000000000003e8\
-                    0000000000000018\
-                    02\
-                    0909\
-                    02\
-                    01\
-                    03622f6b\
-                    027631\
-                    00\
-                    036f2f78";
-        assert_eq!(hex(&rec[8..]), body);
+        let rec = encode_record(5, Some((1000, 24, &[9, 9][..])), Some((256, 40, &[7][..])), ops.into_iter());
+        let (head, outbox, ops_hex) = (
+            "0000000000000005\
+             01\
+             00000000000003e8\
+             0000000000000018\
+             02\
+             0909",
+            "01\
+             0000000000000100\
+             0000000000000028\
+             01\
+             07",
+            "02\
+             01\
+             03622f6b\
+             027631\
+             00\
+             036f2f78",
+        );
+        let unhex = |h: &str| -> Vec<u8> {
+            let h: String = h.split_whitespace().collect();
+            (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect()
+        };
+        assert_eq!(rec[8..], unhex(&format!("{head}{outbox}{ops_hex}")));
         assert_eq!(u32::from_be_bytes(rec[..4].try_into().unwrap()) as usize, rec.len() - 8);
         assert_eq!(rec[4..8], crc32fast::hash(&rec[8..]).to_be_bytes());
+        let ops = vec![(b"b/k".to_vec(), Some(b"v1".to_vec())), (b"o/x".to_vec(), None)];
         assert_eq!(
-            decode_record(&rec),
+            decode_record(&rec, REDO_VERSION),
             Ok(RedoRecord {
                 seq: 5,
                 dedupe: Some(DedupeWrite { start: 1000, at: 24, bytes: vec![9, 9] }),
-                ops: vec![(b"b/k".to_vec(), Some(b"v1".to_vec())), (b"o/x".to_vec(), None)],
+                outbox: Some(OutboxWrite { file: 256, at: 40, bytes: vec![7] }),
+                ops: ops.clone(),
+            })
+        );
+        // A version-1 record is the same without the outbox field.
+        let v1 = unhex(&format!("{head}{ops_hex}"));
+        let mut framed = (v1.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&crc32fast::hash(&v1).to_be_bytes());
+        framed.extend_from_slice(&v1);
+        assert_eq!(
+            decode_record(&framed, 1),
+            Ok(RedoRecord {
+                seq: 5,
+                dedupe: Some(DedupeWrite { start: 1000, at: 24, bytes: vec![9, 9] }),
+                outbox: None,
+                ops,
             })
         );
     }
@@ -211,13 +276,13 @@ mod tests {
     #[test]
     fn damage_is_refused_never_misread() {
         let ops: Vec<(&[u8], Option<&[u8]>)> = vec![(b"k", Some(b"v"))];
-        let rec = encode_record(1, None, ops.into_iter());
+        let rec = encode_record(1, None, None, ops.into_iter());
         for i in 0..rec.len() {
             let mut bad = rec.clone();
             bad[i] ^= 0x40;
-            assert!(decode_record(&bad).is_err(), "byte {i} flipped was read as a record");
+            assert!(decode_record(&bad, REDO_VERSION).is_err(), "byte {i} flipped was read as a record");
         }
-        assert!(decode_record(&rec[..rec.len() - 1]).is_err());
+        assert!(decode_record(&rec[..rec.len() - 1], REDO_VERSION).is_err());
         let mut frame = [0u8; FRAME_LEN];
         frame.copy_from_slice(&rec[..FRAME_LEN]);
         assert_eq!(frame_len(&frame), Some(rec.len() - FRAME_LEN));
