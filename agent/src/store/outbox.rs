@@ -342,12 +342,12 @@ impl Store {
         Ok(self.db().get(INCARNATION_KEY)?.and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok()))
     }
 
-    /// Keeps this process's fleet incarnation, durably, before it acts as the node.
+    /// Keeps this process's fleet incarnation, durably (fdatasync, not sled's own flush: a power loss dropped
+    /// it, and the restarted agent took its own node for another live one), before it acts as the node.
     pub fn set_fleet_incarnation(&self, id: [u8; 16]) -> Result<(), StoreError> {
-        let db = self.db();
-        db.insert(INCARNATION_KEY, &id)?;
-        db.flush()?;
-        Ok(())
+        let live = super::current(&self.inner.db);
+        live.db.insert(INCARNATION_KEY, &id)?;
+        live.sync()
     }
 
     fn spool(&self) -> Result<&Spool, StoreError> {
