@@ -301,6 +301,9 @@ async fn a_spools_acknowledged_events_survive_power_loss_and_reach_the_shared_le
     assert_eq!(found, want, "a key reached the shared ledger with another quantity");
     // And the spool still knows each of them (its dedupe window survived too).
     assert_all_acknowledged_present(&m.agent.as_ref().unwrap().client().await.unwrap(), &acked, "spool").await;
-    eprintln!("{runs} runs: {} acknowledged, all in the shared ledger; {bytes_dropped} unsynced bytes dropped", want.len());
+    eprintln!(
+        "{runs} runs: {} acknowledged, all in the shared ledger; {bytes_dropped} unsynced bytes dropped",
+        want.len()
+    );
     assert_eq!(m.agent.as_mut().unwrap().terminate().unwrap(), Some(0), "SIGTERM must exit 0");
 }

@@ -461,8 +461,7 @@ impl Store {
             segments::drop_in_background(db.clone(), segments::tree_names(&db).iter().map(|n| n.to_vec()).collect());
         let journal = Arc::new(RwLock::new(journal));
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
-        let spool =
-            if spool { Some(Arc::new(outbox::Spool::open(&db, &dir.join(outbox_log::DIR))?)) } else { None };
+        let spool = if spool { Some(Arc::new(outbox::Spool::open(&db, &dir.join(outbox_log::DIR))?)) } else { None };
         let place = writer::Place {
             dir: dir.to_path_buf(),
             seal_chunk: seal_chunk.max(1),

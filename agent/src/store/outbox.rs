@@ -407,3 +407,57 @@ impl Store {
         self.inner.spool.as_ref().map_or(0, |s| s.log.file_count())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::Identity;
+
+    fn entry(key: &str) -> Entry {
+        Entry {
+            idempotency_key: key.into(),
+            product: "app".into(),
+            identity: Identity::Legacy { customer_identifier: "c".into() },
+            dimension: "api_calls".into(),
+            quantity: Micros(2_000_000),
+            timestamp_ms: None,
+            tags: Default::default(),
+            received_ms: 5,
+        }
+    }
+
+    /// An `o/` value as an earlier build wrote it: a block of `entries` under its first sequence.
+    fn put_block(db: &sled::Db, seq: u64, entries: &[Entry]) {
+        let events: Vec<UsageEvent> = entries.iter().map(Entry::event).collect();
+        let pairs: Vec<(&UsageEvent, UnixMillis)> = events.iter().map(|e| (e, 5)).collect();
+        let key = [OUTBOX_PREFIX, &seq.to_be_bytes()].concat();
+        db.insert(key, super::super::schema::outbox::encode_events(&pairs)).unwrap();
+    }
+
+    #[test]
+    fn o_keys_move_into_a_file_renumbered_without_gaps_and_a_cut_short_move_starts_over() {
+        let d = tempfile::tempdir().unwrap();
+        let db = sled::open(d.path().join("db")).unwrap();
+        let dir = d.path().join(outbox_log::DIR);
+        // Blocks at 10 (2 entries) and 20 (1 entry, a failed write left 12..20 unused), plus a single entry in
+        // encoding 2 at 21.
+        put_block(&db, 10, &[entry("a"), entry("b")]);
+        put_block(&db, 20, &[entry("c")]);
+        db.insert([OUTBOX_PREFIX, &21u64.to_be_bytes()].concat(), encode_entry(&entry("d"))).unwrap();
+        // A move cut short before its sled batch: a file is there, the keys too. It starts over.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(outbox_log::file_name(10)), b"half a file").unwrap();
+        assert_eq!(migrate_keys(&db, &dir).unwrap(), Some(4));
+        assert_eq!(db.scan_prefix(OUTBOX_PREFIX).count(), 0);
+        assert_eq!(migrate_keys(&db, &dir).unwrap(), None, "once");
+        let spool = Spool::open(&db, &dir).unwrap();
+        let page = spool.log.page(100).unwrap();
+        let got: Vec<(u64, String)> =
+            page.into_iter().flat_map(|(b, es)| (b.seq..).zip(es.into_iter().map(|e| e.idempotency_key))).collect();
+        let want: Vec<(u64, String)> =
+            [(10, "a"), (11, "b"), (12, "c"), (13, "d")].into_iter().map(|(s, k)| (s, k.to_string())).collect();
+        assert_eq!(got, want);
+        assert_eq!(spool.next.load(Ordering::SeqCst), 14);
+        assert_eq!(spool.log.page(100).unwrap()[0].1[0], entry("a"));
+    }
+}

@@ -428,3 +428,193 @@ impl OutboxLog {
         self.state().files.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::{Identity, UsageEvent};
+    use crate::domain::quantity::Micros;
+
+    /// A file takes one group, then the next group starts another.
+    const ONE_GROUP: u64 = layout::HEADER_LEN as u64 + 1;
+
+    fn event(key: &str) -> UsageEvent {
+        UsageEvent {
+            idempotency_key: key.into(),
+            product: "app".into(),
+            identity: Identity::Legacy { customer_identifier: "c".into() },
+            dimension: "api_calls".into(),
+            quantity: Micros(1_000_000),
+            timestamp_ms: Some(1_000),
+            tags: Default::default(),
+        }
+    }
+
+    /// What the writer does for a group of `n` events from sequence `first`: one block each `per_block`.
+    fn group(log: &OutboxLog, first: u64, n: u64, tag: &str) -> Staged {
+        let events: Vec<UsageEvent> = (first..first + n).map(|i| event(&format!("{tag}-{i}"))).collect();
+        let pairs: Vec<(&UsageEvent, UnixMillis)> = events.iter().map(|e| (e, 7)).collect();
+        let (mut framed, mut blocks, mut seq) = (Vec::new(), Vec::new(), first);
+        for chunk in pairs.chunks(4) {
+            let at = framed.len() as u64;
+            layout::put_block(&mut framed, seq, &crate::store::schema::outbox::encode_events(chunk));
+            let len = framed.len() as u64 - at;
+            blocks.push(BlockAt { seq, count: chunk.len() as u64, file: 0, at, len, received_ms: 7 });
+            seq += chunk.len() as u64;
+        }
+        log.stage(first, framed, blocks, seq).unwrap()
+    }
+
+    /// A group made durable: its end mark in sled (as its redo record's batch puts it there), then published.
+    fn durable(log: &OutboxLog, db: &sled::Db, staged: Staged) {
+        db.insert(END_KEY, &staged.mark.encode()[..]).unwrap();
+        log.publish(staged);
+    }
+
+    fn keys(log: &OutboxLog) -> Vec<String> {
+        log.page(usize::MAX).unwrap().into_iter().flat_map(|(_, es)| es).map(|e| e.idempotency_key).collect()
+    }
+
+    fn setup() -> (tempfile::TempDir, sled::Db, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let db = sled::open(d.path().join("db")).unwrap();
+        let dir = d.path().join(DIR);
+        (d, db, dir)
+    }
+
+    #[test]
+    fn files_are_deleted_whole_once_forwarded_and_what_is_left_reopens_in_order() {
+        let (_d, db, dir) = setup();
+        // One group (of two blocks) per file.
+        let log = OutboxLog::open(&dir, &db, ONE_GROUP).unwrap();
+        for g in 0..4u64 {
+            let staged = group(&log, g * 8, 8, "a");
+            durable(&log, &db, staged);
+        }
+        assert_eq!(log.file_count(), 4);
+        assert_eq!(log.depth(), (32, Some(7)));
+        // A page is whole blocks; forwarding the first file's two blocks and one of the second's deletes only
+        // the first file.
+        let page = log.page(9).unwrap();
+        let seqs: Vec<u64> = page.iter().map(|(b, _)| b.seq).collect();
+        assert_eq!(seqs, vec![0, 4, 8]);
+        log.forwarded(&db, &seqs).unwrap();
+        assert_eq!(log.file_count(), 3);
+        assert!(!dir.join(file_name(0)).exists());
+        assert_eq!(log.depth().0, 20);
+        drop(log);
+        let log = OutboxLog::open(&dir, &db, ONE_GROUP).unwrap();
+        let want: Vec<String> = (12..32).map(|i| format!("a-{i}")).collect();
+        assert_eq!(keys(&log), want);
+        // A forwarded mark that came back older (it is not synced on its own) resends, never skips.
+        db.insert(FORWARDED_KEY, &4u64.to_be_bytes()).unwrap();
+        drop(log);
+        let log = OutboxLog::open(&dir, &db, ONE_GROUP).unwrap();
+        assert_eq!(keys(&log).len(), 24);
+        let all: Vec<u64> = log.page(usize::MAX).unwrap().iter().map(|(b, _)| b.seq).collect();
+        log.forwarded(&db, &all).unwrap();
+        assert!(log.is_empty());
+        assert_eq!(log.file_count(), 1, "the file being written stays");
+    }
+
+    #[test]
+    fn a_group_that_never_became_durable_is_cut_off_and_its_place_reused() {
+        let (_d, db, dir) = setup();
+        let log = OutboxLog::open(&dir, &db, 1 << 20).unwrap();
+        let staged = group(&log, 0, 5, "kept");
+        durable(&log, &db, staged);
+        // Written to the file, but its redo record never synced: no end mark, never published.
+        let _lost = group(&log, 5, 3, "lost");
+        assert_eq!(keys(&log).len(), 5, "the forwarder never sees it");
+        drop(log);
+        let log = OutboxLog::open(&dir, &db, 1 << 20).unwrap();
+        assert_eq!(keys(&log), (0..5).map(|i| format!("kept-{i}")).collect::<Vec<_>>());
+        let staged = group(&log, 5, 2, "next");
+        durable(&log, &db, staged);
+        drop(log);
+        let log = OutboxLog::open(&dir, &db, 1 << 20).unwrap();
+        assert_eq!(keys(&log).last().unwrap(), "next-6");
+        assert_eq!(keys(&log).len(), 7);
+    }
+
+    #[test]
+    fn a_file_started_for_a_group_that_failed_is_deleted_at_open() {
+        let (_d, db, dir) = setup();
+        let log = OutboxLog::open(&dir, &db, ONE_GROUP).unwrap();
+        let staged = group(&log, 0, 4, "a");
+        durable(&log, &db, staged);
+        // The next group starts a file (the first is full), then fails.
+        let _failed = group(&log, 4, 4, "b");
+        assert!(dir.join(file_name(4)).exists());
+        drop(log);
+        let log = OutboxLog::open(&dir, &db, ONE_GROUP).unwrap();
+        assert!(!dir.join(file_name(4)).exists());
+        assert_eq!(keys(&log).len(), 4);
+        // Its sequences go to the next group, into a file of that name again.
+        let staged = group(&log, 4, 4, "c");
+        durable(&log, &db, staged);
+        assert_eq!(keys(&log).last().unwrap(), "c-7");
+    }
+
+    #[test]
+    fn no_end_mark_means_no_acknowledged_entry() {
+        let (_d, db, dir) = setup();
+        let log = OutboxLog::open(&dir, &db, 1 << 20).unwrap();
+        let _never = group(&log, 0, 3, "a");
+        drop(log);
+        let log = OutboxLog::open(&dir, &db, 1 << 20).unwrap();
+        assert!(log.is_empty());
+        assert_eq!(log.file_count(), 0);
+    }
+
+    #[test]
+    fn the_end_marks_file_gone_means_it_was_forwarded_and_deleted() {
+        let (_d, db, dir) = setup();
+        let log = OutboxLog::open(&dir, &db, ONE_GROUP).unwrap();
+        let staged = group(&log, 0, 4, "a");
+        durable(&log, &db, staged);
+        // A group starts the next file and fails; the forwarder then deletes the first, all forwarded.
+        let _failed = group(&log, 4, 4, "b");
+        log.forwarded(&db, &[0]).unwrap();
+        assert!(!dir.join(file_name(0)).exists());
+        drop(log);
+        let log = OutboxLog::open(&dir, &db, ONE_GROUP).unwrap();
+        assert!(log.is_empty());
+        assert_eq!(log.file_count(), 0);
+    }
+
+    #[test]
+    fn a_missing_or_damaged_file_is_reported_never_skipped() {
+        let (_d, db, dir) = setup();
+        let log = OutboxLog::open(&dir, &db, ONE_GROUP).unwrap();
+        for g in 0..3u64 {
+            let staged = group(&log, g * 4, 4, "a");
+            durable(&log, &db, staged);
+        }
+        assert_eq!(log.file_count(), 3);
+        drop(log);
+        // A flipped byte in the middle file's block.
+        let middle = dir.join(file_name(4));
+        let mut bytes = std::fs::read(&middle).unwrap();
+        let n = bytes.len();
+        bytes[n - 10] ^= 1;
+        std::fs::write(&middle, &bytes).unwrap();
+        let e = OutboxLog::open(&dir, &db, ONE_GROUP).err().expect("damage is refused").to_string();
+        assert!(e.contains("outbox file") && e.contains("checksum"), "{e}");
+        // The middle file gone: a gap in the sequences.
+        std::fs::remove_file(&middle).unwrap();
+        let e = OutboxLog::open(&dir, &db, ONE_GROUP).err().expect("a gap is refused").to_string();
+        assert!(e.contains("hold entries up to sequence 4, but entries up to 12"), "{e}");
+        // The last file shorter than its mark says.
+        let last = dir.join(file_name(8));
+        let f = File::options().write(true).open(&last).unwrap();
+        f.set_len(f.metadata().unwrap().len() - 3).unwrap();
+        std::fs::write(&middle, {
+            bytes[n - 10] ^= 1;
+            &bytes
+        })
+        .unwrap();
+        let e = OutboxLog::open(&dir, &db, ONE_GROUP).err().expect("a short file is refused").to_string();
+        assert!(e.contains("before its last acknowledged block ends"), "{e}");
+    }
+}
