@@ -93,7 +93,12 @@ pub fn encode_record<'a>(
     outbox: Option<(u64, u64, &[u8])>,
     ops: impl ExactSizeIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
 ) -> Vec<u8> {
-    let mut body = Vec::with_capacity(96 + dedupe.map_or(0, |d| d.2.len()) + outbox.map_or(0, |o| o.2.len()));
+    // The frame is filled in at the end: the body is built in place after it, never copied (a spool's group
+    // record is a few hundred KiB).
+    let mut body = Vec::with_capacity(
+        FRAME_LEN + 96 + dedupe.map_or(0, |d| d.2.len()) + outbox.map_or(0, |o| o.2.len()) + 64 * ops.len(),
+    );
+    body.extend_from_slice(&[0u8; FRAME_LEN]);
     body.extend_from_slice(&seq.to_be_bytes());
     match dedupe {
         None => body.push(0),
@@ -125,11 +130,11 @@ pub fn encode_record<'a>(
             body.extend_from_slice(v);
         }
     }
-    let mut out = Vec::with_capacity(FRAME_LEN + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    let len = (body.len() - FRAME_LEN) as u32;
+    let crc = crc32fast::hash(&body[FRAME_LEN..]);
+    body[..4].copy_from_slice(&len.to_be_bytes());
+    body[4..FRAME_LEN].copy_from_slice(&crc.to_be_bytes());
+    body
 }
 
 /// The body length a frame announces, if it is a possible one.
