@@ -462,6 +462,11 @@ impl Store {
         let journal = Arc::new(RwLock::new(journal));
         let shared: SharedDb = Arc::new(RwLock::new(live_gen));
         let spool = if spool { Some(Arc::new(outbox::Spool::open(&db, &dir.join(outbox_log::DIR))?)) } else { None };
+        if spool.is_some() {
+            // Synced before anything is logged: an `o/` key move that sled lost after later groups were logged
+            // would start over at the next open and delete the files those groups wrote to.
+            current(&shared).sync()?;
+        }
         let place = writer::Place {
             dir: dir.to_path_buf(),
             seal_chunk: seal_chunk.max(1),
