@@ -124,9 +124,16 @@ pub async fn run(
             .await?;
     let (routes, health) =
         server::routes(config.clone(), store.clone(), clock.clone(), pipeline.clone(), customers.clone(), &metrics);
+    // In fleet mode the usage is in the shared ledger, not in this agent's spool.
+    let drops: Arc<dyn crate::silence::DropSource> = match &fleet_view {
+        Some(node) => {
+            Arc::new(crate::fleet::hours::FleetDrops { db: node.db.clone(), handle: tokio::runtime::Handle::current() })
+        }
+        None => Arc::new(crate::silence::LocalDrops(ledger.clone())),
+    };
     metrics.register(Arc::new(crate::silence::DropsMetric {
         config: config.clone(),
-        store: ledger.clone(),
+        source: drops,
         clock: clock.clone(),
     }));
     let admin = match &config.admin {

@@ -205,18 +205,34 @@ pub fn settings(config: &Config) -> Settings {
     config.silence.settings().unwrap_or_default()
 }
 
+/// Where `meterd_usage_drops` reads the last ended hour's drops: this agent's ledger, or in fleet mode the shared
+/// one (`crate::fleet::hours::FleetDrops`: a spool holds no usage).
+pub trait DropSource: Send + Sync {
+    /// `Ok(None)`: not readable now (the fleet database is unreachable): the family is left out of that scrape and
+    /// the rest is served, so the metrics an outage needs most (spool depth) are not lost with it.
+    fn drops(&self, settings: &Settings, now_ms: UnixMillis) -> Result<Option<Vec<UsageDrop>>, String>;
+}
+
+/// The drops of this agent's own ledger.
+pub struct LocalDrops(pub std::sync::Arc<dyn Ledger>);
+
+impl DropSource for LocalDrops {
+    fn drops(&self, settings: &Settings, now_ms: UnixMillis) -> Result<Option<Vec<UsageDrop>>, String> {
+        last_ended_hour(self.0.as_ref(), settings, now_ms).map(Some).map_err(|e| e.to_string())
+    }
+}
+
 /// `meterd_usage_drops{product, dimension}`: drops (the total and its biggest customers) in the last ended
 /// hour, one series per configured product × dimension, so the label set is bounded by the config.
 pub struct DropsMetric {
     pub config: std::sync::Arc<Config>,
-    pub store: std::sync::Arc<dyn Ledger>,
+    pub source: std::sync::Arc<dyn DropSource>,
     pub clock: crate::clock::SharedClock,
 }
 
 impl crate::metrics::Collect for DropsMetric {
     fn collect(&self, out: &mut crate::metrics::Encoder) -> Result<(), String> {
-        let drops = last_ended_hour(self.store.as_ref(), &settings(&self.config), self.clock.now_ms())
-            .map_err(|e| e.to_string())?;
+        let Some(drops) = self.source.drops(&settings(&self.config), self.clock.now_ms())? else { return Ok(()) };
         let name = "meterd_usage_drops";
         out.family(
             name,

@@ -833,3 +833,54 @@ async fn send_to(agent: &Agent, events: Vec<v1::UsageEvent>) {
     let r = r.unwrap().into_inner();
     assert!(r.results.iter().all(|r| matches!(r.outcome, Some(v1::event_result::Outcome::Receipt(_)))), "{r:?}");
 }
+
+/// `/metrics` on a fleet agent counts the shared ledger's usage drops, not its spool's (which holds no usage): a
+/// customer that used 50 units in every baseline hour of the last ended hour and 1 in it is a drop there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_agents_metrics_show_the_shared_ledgers_usage_drops() {
+    use meterd::domain::event::{Identity, UsageEvent};
+    use meterd::domain::quantity::Micros;
+    let pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
+    let emulator = EmulatorProcess::start(&emulator_toml(23)).unwrap();
+    // Another node's usage, straight into the shared ledger before this agent starts (weeks old: no agent would
+    // take it now, and once an agent leads, those hours are sealed and later usage for them counts late).
+    let mut db = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
+    meterd_fleet::migrate::migrate(&mut db).await.unwrap();
+    meterd_fleet::nodes::register(&db, "elsewhere", "", Duration::from_secs(600)).await.unwrap();
+    let now = meterd::clock::system_now_ms();
+    let hour = meterd::clock::hour_start(now) - meterd::clock::HOUR_MS;
+    let used = |h: i64, units: u64| meterd_fleet::forward::Acked {
+        event: UsageEvent {
+            idempotency_key: format!("drop-{h}"),
+            product: "app".into(),
+            identity: Identity::Aws { account_id: ACCOUNT.into(), license_arn: arn(1) },
+            dimension: "api_calls".into(),
+            quantity: Micros::from_units(units),
+            timestamp_ms: Some(h + 60_000),
+            tags: Default::default(),
+        },
+        received_ms: now,
+    };
+    let mut events: Vec<_> = meterd::domain::silence::baseline_hours(hour).into_iter().map(|h| used(h, 50)).collect();
+    events.push(used(hour, 1));
+    meterd_fleet::forward::forward(&mut db, "elsewhere", &events, now).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agent::start(&agent_toml(dir.path(), &emulator.url, &pg.url(), 0, "4h")).unwrap();
+    let admin: std::net::SocketAddr = a.admin.as_ref().unwrap().parse().unwrap();
+    let sample = "meterd_usage_drops{product=\"app\",dimension=\"api_calls\"}";
+    let drops = || async {
+        let (code, body) = meterd_tests::stack::http_get(admin, "/metrics").await;
+        assert_eq!(code, 200, "{body}");
+        meterd_tests::stack::parse_metrics(&body).get(sample).copied()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = drops().await;
+        if n.is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent's metrics never showed the shared ledger's drop: {n:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(a.terminate().unwrap(), Some(0));
+}

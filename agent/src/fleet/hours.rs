@@ -90,3 +90,33 @@ pub async fn last_ended_hour(
         .await
         .map_err(|e| StoreError::Io(e.to_string()))?
 }
+
+/// `meterd_usage_drops` in fleet mode: the shared ledger's drops, read on the scrape's blocking thread over a
+/// session of its own (a new connection, as `report`'s). Unreachable within [`DROPS_CONNECT`]: left out of that
+/// scrape (logged), never a failed scrape.
+pub struct FleetDrops {
+    pub db: meterd_fleet::connect::Database,
+    pub handle: tokio::runtime::Handle,
+}
+
+/// How long a scrape waits for the fleet database before it leaves the drops out.
+pub const DROPS_CONNECT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl crate::silence::DropSource for FleetDrops {
+    fn drops(&self, settings: &Settings, now_ms: UnixMillis) -> Result<Option<Vec<UsageDrop>>, String> {
+        let connected = self.handle.block_on(async { tokio::time::timeout(DROPS_CONNECT, self.db.connect()).await });
+        let why = match connected {
+            Ok(Ok(client)) => {
+                let hours = FleetHours { client, handle: self.handle.clone() };
+                match crate::silence::last_ended_hour(&hours, settings, now_ms) {
+                    Ok(drops) => return Ok(Some(drops)),
+                    Err(e) => e.to_string(),
+                }
+            }
+            Ok(Err(e)) => super::describe(&super::chain(&e)),
+            Err(_) => format!("no connection within {DROPS_CONNECT:?}"),
+        };
+        tracing::warn!(error = %why, "meterd_usage_drops left out of this scrape: the fleet database cannot be read");
+        Ok(None)
+    }
+}
