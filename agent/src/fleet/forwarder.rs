@@ -1,6 +1,6 @@
 //! The forwarder: ships the spool's outbox to the shared ledger, oldest first, in pages of
-//! `fleet.forward_batch`, each in one PostgreSQL transaction ([`meterd_fleet::forward::forward`]); removes a page
-//! only after its commit; moves the node's watermark and heartbeats. While PostgreSQL is unreachable the agent
+//! `fleet.forward_batch`, each in one PostgreSQL transaction ([`meterd_fleet::forward::forward`]); marks a page
+//! forwarded only after its commit; moves the node's watermark and heartbeats. While PostgreSQL is unreachable the agent
 //! goes on acknowledging into the spool, and the forwarder retries with backoff.
 
 use std::sync::Arc;
