@@ -142,6 +142,17 @@ pub fn count_of(bytes: &[u8]) -> Result<u64, DecodeError> {
     Ok(count)
 }
 
+/// How many entries a version-3 block holds and its first entry, its checksum verified but no other entry decoded
+/// (what the outbox's index needs of each block at open).
+pub fn count_and_first(bytes: &[u8]) -> Result<(u64, Entry), DecodeError> {
+    let mut r = Reader::open(bytes, OUTBOX_BLOCK_VERSION)?;
+    let count = r.u64("count")?;
+    if count == 0 || count > bytes.len() as u64 {
+        return Err(DecodeError::Field { field: "count", at: 1 });
+    }
+    Ok((count, StoredOutboxEntry::get(&mut r)?.into()))
+}
+
 /// A version-3 block of newly stored events (at least one), each with the time it was acknowledged, written
 /// straight from the events.
 pub fn encode_events(events: &[(&UsageEvent, UnixMillis)]) -> Vec<u8> {
@@ -224,6 +235,7 @@ mod tests {
         assert_eq!(block, expected);
         assert_eq!(decode_value(&block).unwrap(), vec![e.clone(), e.clone()]);
         assert_eq!((count_of(&block).unwrap(), count_of(&single).unwrap()), (2, 1));
+        assert_eq!(count_and_first(&block).unwrap(), (2, e.clone()));
         // A value an earlier build wrote (one version-2 entry per key) reads as a block of one.
         assert_eq!(decode_value(&single).unwrap(), vec![e]);
     }
