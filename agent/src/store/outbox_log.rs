@@ -227,7 +227,10 @@ impl OutboxLog {
             // before the rotation, never acknowledged).
             let limit = firsts.get(i + 1).copied().unwrap_or(end.next_seq);
             let mut at = layout::HEADER_LEN;
-            while at < bytes.len() {
+            // Once the file holds everything up to the next file's first sequence, what follows is never read: a
+            // failed group's bytes that a crash kept past the cut made at rotation (torn, or whole but never
+            // acknowledged).
+            while at < bytes.len() && expect != Some(limit) {
                 let Some((seq, block, n)) =
                     layout::next_block(&bytes[at..]).map_err(|e| damaged(format!("block at byte {at}: {e}")))?
                 else {
@@ -556,6 +559,26 @@ mod tests {
         let staged = group(&log, 4, 4, "c");
         durable(&log, &db, staged);
         assert_eq!(keys(&log).last().unwrap(), "c-7");
+    }
+
+    #[test]
+    fn bytes_after_a_closed_files_last_block_are_never_read() {
+        let (_d, db, dir) = setup();
+        let log = OutboxLog::open(&dir, &db, ONE_GROUP).unwrap();
+        for g in 0..2u64 {
+            let staged = group(&log, g * 4, 4, "a");
+            durable(&log, &db, staged);
+        }
+        drop(log);
+        // A failed group's bytes that the rotation's cut did not keep off the disk: damaged, after the first file's
+        // last block.
+        let first = dir.join(file_name(0));
+        let mut bytes = std::fs::read(&first).unwrap();
+        bytes.extend_from_slice(&[0x00, 0x00, 0x00, 0x0b, 0xde, 0xad, 0xbe, 0xef]);
+        bytes.extend_from_slice(&[7u8; 11]);
+        std::fs::write(&first, &bytes).unwrap();
+        let log = OutboxLog::open(&dir, &db, ONE_GROUP).unwrap();
+        assert_eq!(keys(&log), (0..8).map(|i| format!("a-{i}")).collect::<Vec<_>>());
     }
 
     #[test]
