@@ -265,8 +265,9 @@ impl Spool {
 
 /// Moves the `o/` keys an earlier build kept in sled into one outbox file, renumbered from the first key's
 /// sequence without gaps (an earlier build left a gap where a write failed), then removes them and sets the
-/// marks, in one sled batch, synced. A crash before that batch is durable leaves the keys: the next open starts
-/// over (the files it wrote first are deleted). `None` when there were none.
+/// marks, in one sled batch, which the open then fsyncs before anything is logged. A crash before that batch is
+/// durable leaves the keys: the next open starts over (the files it wrote first are deleted). `None` when there
+/// were none.
 fn migrate_keys(db: &sled::Db, dir: &Path) -> Result<Option<u64>, StoreError> {
     let Some(first) = db.scan_prefix(OUTBOX_PREFIX).next() else { return Ok(None) };
     let first = seq_of(&first?.0)?;
@@ -290,7 +291,6 @@ fn migrate_keys(db: &sled::Db, dir: &Path) -> Result<Option<u64>, StoreError> {
     batch.insert(outbox_log::END_KEY, &mark.encode()[..]);
     batch.insert(outbox_log::FORWARDED_KEY, &first.to_be_bytes()[..]);
     db.apply_batch(batch)?;
-    db.flush()?;
     Ok(Some(seq - first))
 }
 
@@ -350,18 +350,12 @@ impl Store {
         live.sync()
     }
 
-    fn spool(&self) -> Result<&Spool, StoreError> {
-        self.inner.spool.as_deref().ok_or_else(|| StoreError::Io("this store is not a fleet node's spool".into()))
-    }
-
     /// The oldest whole blocks of the outbox, until they hold at least `limit` entries (so at most `limit` +
     /// [`BLOCK_ENTRIES`] − 1).
     pub fn outbox_page(&self, limit: usize) -> Result<Page, StoreError> {
         let mut page = Page::default();
-        if self.inner.spool.is_none() {
-            return Ok(page);
-        }
-        for (b, entries) in self.spool()?.log.page(limit)? {
+        let Some(spool) = &self.inner.spool else { return Ok(page) };
+        for (b, entries) in spool.log.page(limit)? {
             page.blocks.push(b.seq);
             page.entries.extend((b.seq..).zip(entries));
         }
