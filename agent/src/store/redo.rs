@@ -39,11 +39,16 @@ use crate::clock::UnixMillis;
 
 pub const DIR: &str = "redo";
 /// A log file this long is closed and the next one started; the checkpoint deletes closed files whole, but for
-/// one it keeps as the spare the next rotation reuses. Files are this long from the start (zero-filled once):
+/// those it keeps as spares the next rotations reuse. Files are this long from the start (zero-filled once):
 /// an `fdatasync` after writing inside a file's allocated length persists data only, while one after a write
 /// that grows the file also writes its size and block map (`fsync_buffers_list` in a profile of the writer).
 pub const ROTATE_BYTES: u64 = 4 << 20;
-/// The name of the spare file (no log file's name: [`replay`] never reads it).
+/// At most this many spares (32 MiB): enough for a checkpoint interval of a spool's log (its records carry the
+/// outbox's bytes, ~20 MB/s at full load), so that a rotation on the write path renames a file rather than
+/// writing and syncing 4 MiB of zeros (`new_file` was ~2% of a spool agent's CPU with one spare, and a stall of
+/// the writer at every rotation).
+const MAX_SPARES: usize = 8;
+/// The names of spare files start so (no log file's name: [`replay`] never reads them).
 const SPARE: &str = "spare";
 /// How often sled and the dedupe segments are synced so that log files can go.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -77,8 +82,9 @@ pub struct Redo {
     active: Mutex<Active>,
     /// Closed files and the last record each holds, oldest first.
     closed: Mutex<Vec<(PathBuf, u64)>>,
-    /// A closed file the checkpoint kept for the next rotation (held while renaming it either way).
-    spare: Mutex<Option<PathBuf>>,
+    /// Closed files the checkpoint kept for the next rotations (held while renaming one either way), and the
+    /// number the next spare's name takes.
+    spares: Mutex<(Vec<PathBuf>, u64)>,
     /// The last record applied to sled.
     applied: AtomicU64,
     /// Why nothing more may be logged: a sync failed (the kernel may have dropped what it had not written).
@@ -99,7 +105,7 @@ impl Redo {
                 next_seq,
             }),
             closed: Mutex::new(Vec::new()),
-            spare: Mutex::new(None),
+            spares: Mutex::new((Vec::new(), 0)),
             applied: AtomicU64::new(next_seq.saturating_sub(1)),
             poisoned: Mutex::new(None),
         })
@@ -166,8 +172,8 @@ impl Redo {
             return Err(io_error(a.path.display(), e));
         }
         let (file, path) = {
-            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-            match spare.take() {
+            let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+            match spares.0.pop() {
                 Some(p) => reuse(&self.dir, &p, a.next_seq)?,
                 None => new_file(&self.dir, a.next_seq)?,
             }
@@ -220,26 +226,32 @@ impl Redo {
     }
 
     /// Deletes the closed files whose every record is at most `seq` (sled and the segments hold them durably),
-    /// keeping one as the spare if there is none.
+    /// keeping up to [`MAX_SPARES`] as spares.
     pub fn release_through(&self, seq: u64) -> usize {
         let gone: Vec<PathBuf> = {
             let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
             let n = closed.iter().take_while(|(_, last)| *last <= seq).count();
             closed.drain(..n).map(|(p, _)| p).collect()
         };
+        if gone.is_empty() {
+            return 0;
+        }
+        // A file that comes back after a power loss, under its name, is harmless: its records are at most sled's
+        // mark. A spare's rename is made durable (by `reuse`) before the file is written again.
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
         for p in &gone {
-            // A file that comes back after a power loss, under its name, is harmless: its records are at most
-            // sled's mark. The spare's rename is made durable before the file is written again.
-            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-            let kept = spare.is_none() && {
-                let to = self.dir.join(SPARE);
-                let renamed = std::fs::rename(p, &to).and_then(|()| durable::sync_dir(&self.dir));
-                renamed.is_ok().then(|| *spare = Some(to)).is_some()
+            let kept = spares.0.len() < MAX_SPARES && {
+                let to = self.dir.join(format!("{SPARE}-{}", spares.1));
+                spares.1 += 1;
+                std::fs::rename(p, &to).is_ok().then(|| spares.0.push(to)).is_some()
             };
-            drop(spare);
             if !kept && let Err(e) = std::fs::remove_file(p) {
                 tracing::warn!(file = %p.display(), error = %e, "could not delete a redo log file a checkpoint covers");
             }
+        }
+        drop(spares);
+        if let Err(e) = durable::sync_dir(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not sync the redo log's directory");
         }
         gone.len()
     }
@@ -263,7 +275,7 @@ fn new_file(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), StoreError> {
     Ok((file, path))
 }
 
-/// The spare file renamed (durably) to the log file starting at `first_seq`, with that header. Its old records
+/// A spare file renamed (durably) to the log file starting at `first_seq`, with that header. Its old records
 /// stay behind the new ones until overwritten: their numbers are older, so [`replay`] stops at the first.
 fn reuse(dir: &Path, spare: &Path, first_seq: u64) -> Result<(File, PathBuf), StoreError> {
     let path = dir.join(file_name(first_seq));
@@ -492,27 +504,56 @@ mod tests {
         let db = sled::open(d.path().join("db")).unwrap();
         assert_eq!(replay(&log, &db, &segs, &outs).unwrap(), Replayed { records: 7, applied: 7, next_seq: 8 });
         assert_eq!(redo.release_through(7), 2, "the active file stays");
-        // One of the two is kept as the spare, which replay never reads.
-        assert_eq!(std::fs::read_dir(&log).unwrap().count(), 2);
-        assert!(log.join(SPARE).exists());
+        // Both are kept as spares, which replay never reads.
+        assert_eq!(std::fs::read_dir(&log).unwrap().count(), 3);
+        assert!(log.join(format!("{SPARE}-0")).exists() && log.join(format!("{SPARE}-1")).exists());
         // sled holds through 7 (replayed above): the last file alone is a whole log again.
         assert_eq!(replay(&log, &db, &segs, &outs).unwrap(), Replayed { records: 1, applied: 0, next_seq: 8 });
-        // The next rotation reuses the spare: its older records (1-3) stay behind the new ones, and replay stops
-        // at them. Record 13 is as long as the spare's record 1, so a whole, valid, older record 2 follows it.
+        // The next rotation reuses the last spare kept: its older records (4-6) stay behind the new ones, and
+        // replay stops at them. Record 13 is as long as the spare's record 4, so a whole, valid, older record 5
+        // follows it.
         for i in 8..=10u64 {
             redo.append(&mut put(&format!("k{i}"), "new"), None, None).unwrap();
         }
         redo.append(&mut put("k11", &big), None, None).unwrap();
         redo.append(&mut put("k12", &big), None, None).unwrap();
-        redo.append(&mut put("k1", &big), None, None).unwrap();
+        redo.append(&mut put("k4", &big), None, None).unwrap();
         redo.sync().unwrap();
-        assert!(!log.join(SPARE).exists());
-        assert_eq!(std::fs::read_dir(&log).unwrap().count(), 2);
+        assert!(!log.join(format!("{SPARE}-1")).exists() && log.join(format!("{SPARE}-0")).exists());
+        assert_eq!(std::fs::read_dir(&log).unwrap().count(), 3);
         assert!(std::fs::metadata(log.join(file_name(13))).unwrap().len() >= ROTATE_BYTES);
         assert_eq!(replay(&log, &db, &segs, &outs).unwrap(), Replayed { records: 7, applied: 6, next_seq: 14 });
         // A store that lost what a checkpoint covered is reported, never silently continued.
         let empty = sled::open(d.path().join("empty")).unwrap();
         assert!(matches!(replay(&log, &empty, &segs, &outs), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_at_most_max_spares_and_rotations_use_them_up_first() {
+        let d = tempfile::tempdir().unwrap();
+        let redo = Redo::create(d.path(), 1).unwrap();
+        let big = "x".repeat(ROTATE_BYTES as usize / 2);
+        let files = MAX_SPARES + 2;
+        // Two records fill a file, the next one closes it: `files` closed files and the active one.
+        for i in 0..2 * files as u64 + 1 {
+            redo.append(&mut put(&format!("k{i}"), &big), None, None).unwrap();
+        }
+        redo.sync().unwrap();
+        let spares = || {
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(SPARE))
+                .count()
+        };
+        assert_eq!(redo.release_through(2 * files as u64), files);
+        assert_eq!(spares(), MAX_SPARES, "the rest are deleted");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), MAX_SPARES + 1);
+        // Each rotation renames a spare: no file is made until they are used up.
+        for i in 0..2 * MAX_SPARES as u64 {
+            redo.append(&mut put(&format!("n{i}"), &big), None, None).unwrap();
+        }
+        assert_eq!(spares(), 0);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), MAX_SPARES + 1);
     }
 
     #[test]

@@ -70,6 +70,11 @@ struct Args {
     /// Where data dirs go.
     #[arg(long, default_value = ".")]
     data_root: std::path::PathBuf,
+    /// Give PostgreSQL CPUs of its own, as a database on another host (RDS) would have: `A:B` runs PostgreSQL on
+    /// CPUs `B` and the agents with this benchmark's callers on CPUs `A` (lists as `taskset -c` takes them, e.g.
+    /// `0:1` on two cores). Every configuration, sled alone included, then gets the same CPUs `A`.
+    #[arg(long)]
+    split_cpus: Option<String>,
 }
 
 const ACCOUNT: &str = "111122223333";
@@ -446,9 +451,60 @@ fn print_row(r: &RunResult) {
     }
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> anyhow::Result<()> {
+/// Parses a CPU list as `taskset -c` takes it (`0`, `0,2`, `1-3`).
+fn cpu_list(s: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.trim().parse::<usize>()?..=b.trim().parse::<usize>()?),
+            None => cpus.push(part.trim().parse()?),
+        }
+    }
+    anyhow::ensure!(!cpus.is_empty(), "an empty CPU list");
+    Ok(cpus)
+}
+
+/// Restricts the calling thread to `cpus`; threads and processes it starts afterwards inherit that.
+fn pin_to(cpus: &[usize]) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET only writes inside it (indices are bounds-checked
+    // by the libc macro); sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            anyhow::ensure!(c < libc::CPU_SETSIZE as usize, "CPU {c} is out of range");
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            anyhow::bail!("sched_setaffinity {cpus:?}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // PostgreSQL starts from this thread before the runtime exists: pinned first to the database's CPUs, then
+    // (the server started, so its processes keep that mask) to the agents' CPUs, which every runtime thread and
+    // every agent process inherits.
+    let split = match &args.split_cpus {
+        Some(s) => {
+            let (agents, database) =
+                s.split_once(':').ok_or_else(|| anyhow::anyhow!("--split-cpus {s:?}: expected AGENT_CPUS:DB_CPUS"))?;
+            Some((cpu_list(agents)?, cpu_list(database)?))
+        }
+        None => None,
+    };
+    if let Some((_, database)) = &split {
+        pin_to(database)?;
+    }
+    let pg = TestPostgres::start()?;
+    if let Some((agents, _)) = &split {
+        pin_to(agents)?;
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args, pg))
+}
+
+async fn run(args: Args, pg: TestPostgres) -> anyhow::Result<()> {
     let mut setups = vec![
         Setup { name: "sled", agents: 1, ack: None },
         Setup { name: "local x1", agents: 1, ack: Some("local") },
@@ -463,11 +519,10 @@ async fn main() -> anyhow::Result<()> {
         setups.retain(|s| args.only.iter().any(|o| o == &s.name.replace([' ', 'x'], "")));
         anyhow::ensure!(!setups.is_empty(), "--only: no configuration named {:?}", args.only);
     }
-    let pg = TestPostgres::start()?;
     let root = meterd_tests::bench_data_dir(&args.data_root)?;
     println!(
         "fleet benchmark {}: {} s per workload, unary x{} callers, batches of {} x{} callers, {} customers x 2 \
-         dimensions, seal_grace {}, {} round(s); meterd {}; PostgreSQL {} on this host",
+         dimensions, seal_grace {}, {} round(s); meterd {}; PostgreSQL {} on this host{}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         args.seconds,
         args.callers,
@@ -478,6 +533,10 @@ async fn main() -> anyhow::Result<()> {
         args.rounds,
         meterd_tests::meterd_bin().display(),
         pg.url(),
+        match &args.split_cpus {
+            Some(s) => format!(" (CPUs split, agents+callers:database = {s})"),
+            None => String::new(),
+        },
     );
     println!();
     println!(
