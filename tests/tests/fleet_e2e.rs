@@ -834,8 +834,9 @@ async fn send_to(agent: &Agent, events: Vec<v1::UsageEvent>) {
     assert!(r.results.iter().all(|r| matches!(r.outcome, Some(v1::event_result::Outcome::Receipt(_)))), "{r:?}");
 }
 
-/// `/metrics` on a fleet agent counts the shared ledger's usage drops, not its spool's (which holds no usage): a
-/// customer that used 50 units in every baseline hour of the last ended hour and 1 in it is a drop there.
+/// `/metrics` and the report (`Admin.Report`, `ReportStream`'s trailer) on a fleet agent show the shared ledger's
+/// usage drops, not its spool's (which holds no usage): a customer that used 50 units in every baseline hour of
+/// the last ended hour and 1 in it is a drop there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_agents_metrics_show_the_shared_ledgers_usage_drops() {
     use meterd::domain::event::{Identity, UsageEvent};
@@ -882,5 +883,25 @@ async fn a_fleet_agents_metrics_show_the_shared_ledgers_usage_drops() {
         assert!(Instant::now() < deadline, "the agent's metrics never showed the shared ledger's drop: {n:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The report shows it too, both the one-reply report and the streamed one's trailer.
+    let client = a.client().await.unwrap();
+    let is_the_drop = |d: &v1::UsageDrop| {
+        d.product == "app"
+            && d.dimension == "api_calls"
+            && d.customer.is_empty()
+            && d.hour.as_ref().map(|t| t.seconds * 1000) == Some(hour)
+            && Micros::parse_event(&d.observed).ok() == Some(Micros::from_units(1))
+    };
+    let report = client.admin().report(v1::ReportRequest {}).await.unwrap().into_inner();
+    assert!(report.usage_drops.iter().any(is_the_drop), "Admin.Report's drops: {:?}", report.usage_drops);
+    let mut stream = client.admin().report_stream(v1::ReportStreamRequest::default()).await.unwrap().into_inner();
+    let mut trailer = None;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        if let Some(v1::report_chunk::Chunk::Trailer(t)) = chunk.chunk {
+            trailer = Some(t);
+        }
+    }
+    let trailer = trailer.expect("the stream ends with its trailer");
+    assert!(trailer.usage_drops.iter().any(is_the_drop), "ReportStream's drops: {:?}", trailer.usage_drops);
     assert_eq!(a.terminate().unwrap(), Some(0));
 }
