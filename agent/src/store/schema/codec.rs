@@ -233,6 +233,40 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The length of the header the store's own files start with (dedupe segments, redo log, outbox files).
+pub const FILE_HEADER_LEN: usize = 24;
+
+/// A file header: the file kind's magic (8 bytes), its version, three zero bytes, the file's number (a segment's
+/// start or a first record's sequence, big-endian) and a CRC32 of the 20 bytes before it.
+pub fn encode_file_header(magic: &[u8; 8], version: u8, number: u64) -> [u8; FILE_HEADER_LEN] {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    h[..8].copy_from_slice(magic);
+    h[8] = version;
+    h[12..20].copy_from_slice(&number.to_be_bytes());
+    let crc = crc32fast::hash(&h[..20]);
+    h[20..].copy_from_slice(&crc.to_be_bytes());
+    h
+}
+
+/// The number and version a header of this `magic` names, when its version is one of `versions` and its
+/// checksum holds.
+pub fn decode_file_header(
+    h: &[u8],
+    magic: &[u8; 8],
+    versions: std::ops::RangeInclusive<u8>,
+) -> Result<(u64, u8), DecodeError> {
+    if h.len() < FILE_HEADER_LEN || &h[..8] != magic {
+        return Err(DecodeError::Field { field: "magic", at: 0 });
+    }
+    if !versions.contains(&h[8]) {
+        return Err(DecodeError::Version(h[8]));
+    }
+    if crc32fast::hash(&h[..20]).to_be_bytes() != h[20..24] {
+        return Err(DecodeError::Checksum);
+    }
+    Ok((u64::from_be_bytes(h[12..20].try_into().expect("8 bytes")), h[8]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

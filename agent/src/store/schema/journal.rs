@@ -41,7 +41,7 @@ use crate::domain::quantity::Micros;
 
 pub const MAGIC: &[u8; 8] = b"MTRDDDUP";
 pub const JOURNAL_VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 24;
+pub const HEADER_LEN: usize = super::codec::FILE_HEADER_LEN;
 /// Length and checksum before each record's body.
 pub const FRAME_LEN: usize = 8;
 /// A record's body is at most this long (a group is at most 16,384 events of at most a few hundred bytes): a
@@ -52,27 +52,14 @@ const FLAG_LATE: u8 = 1;
 const FLAG_V1_DIGEST: u8 = 2;
 
 pub fn encode_header(start_ms: UnixMillis) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[..8].copy_from_slice(MAGIC);
-    h[8] = JOURNAL_VERSION;
-    h[12..20].copy_from_slice(&start_ms.to_be_bytes());
-    let crc = crc32fast::hash(&h[..20]);
-    h[20..].copy_from_slice(&crc.to_be_bytes());
-    h
+    // The start's two's-complement bytes, as an i64's `to_be_bytes`.
+    super::codec::encode_file_header(MAGIC, JOURNAL_VERSION, start_ms as u64)
 }
 
 /// The segment start a header names.
 pub fn decode_header(h: &[u8]) -> Result<UnixMillis, DecodeError> {
-    if h.len() < HEADER_LEN || &h[..8] != MAGIC {
-        return Err(DecodeError::Field { field: "magic", at: 0 });
-    }
-    if h[8] != JOURNAL_VERSION {
-        return Err(DecodeError::Version(h[8]));
-    }
-    if crc32fast::hash(&h[..20]).to_be_bytes() != h[20..24] {
-        return Err(DecodeError::Checksum);
-    }
-    Ok(i64::from_be_bytes(h[12..20].try_into().expect("8 bytes")))
+    let (start, _) = super::codec::decode_file_header(h, MAGIC, JOURNAL_VERSION..=JOURNAL_VERSION)?;
+    Ok(start as i64)
 }
 
 /// Builds one record: [`Self::entry`] per event, then [`Self::finish`].
@@ -321,6 +308,8 @@ mod tests {
     fn the_header_is_pinned_and_checked() {
         let h = encode_header(-3_600_000);
         assert_eq!(&h[..12], b"MTRDDDUP\x01\0\0\0");
+        assert_eq!(&h[12..20], &(-3_600_000i64).to_be_bytes());
+        assert_eq!(&h[20..], &crc32fast::hash(&h[..20]).to_be_bytes());
         assert_eq!(decode_header(&h), Ok(-3_600_000));
         let mut bad = h;
         bad[13] ^= 1;

@@ -28,34 +28,19 @@ use super::DecodeError;
 
 pub const MAGIC: &[u8; 8] = b"MTRDOUTB";
 pub const OUTBOX_FILE_VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 24;
+pub const HEADER_LEN: usize = super::codec::FILE_HEADER_LEN;
 /// Length and checksum before each block's body.
 pub const FRAME_LEN: usize = 8;
 /// A body longer than this is damage (a block holds at most 256 entries of a few hundred bytes each, far less).
 pub const MAX_BODY: usize = 16 << 20;
 
 pub fn encode_header(first_seq: u64) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[..8].copy_from_slice(MAGIC);
-    h[8] = OUTBOX_FILE_VERSION;
-    h[12..20].copy_from_slice(&first_seq.to_be_bytes());
-    let crc = crc32fast::hash(&h[..20]);
-    h[20..].copy_from_slice(&crc.to_be_bytes());
-    h
+    super::codec::encode_file_header(MAGIC, OUTBOX_FILE_VERSION, first_seq)
 }
 
 /// The first sequence a header names.
 pub fn decode_header(h: &[u8]) -> Result<u64, DecodeError> {
-    if h.len() < HEADER_LEN || &h[..8] != MAGIC {
-        return Err(DecodeError::Field { field: "magic", at: 0 });
-    }
-    if h[8] != OUTBOX_FILE_VERSION {
-        return Err(DecodeError::Version(h[8]));
-    }
-    if crc32fast::hash(&h[..20]).to_be_bytes() != h[20..24] {
-        return Err(DecodeError::Checksum);
-    }
-    Ok(u64::from_be_bytes(h[12..20].try_into().expect("8 bytes")))
+    Ok(super::codec::decode_file_header(h, MAGIC, OUTBOX_FILE_VERSION..=OUTBOX_FILE_VERSION)?.0)
 }
 
 /// Appends one framed block (`block`: a version-3 outbox block whose first entry has sequence `seq`) to `out`.

@@ -27,7 +27,7 @@ use crate::clock::UnixMillis;
 
 pub const MAGIC: &[u8; 8] = b"MTRDREDO";
 pub const REDO_VERSION: u8 = 2;
-pub const HEADER_LEN: usize = 24;
+pub const HEADER_LEN: usize = super::codec::FILE_HEADER_LEN;
 /// Length and checksum before each record's body.
 pub const FRAME_LEN: usize = 8;
 /// A body longer than this is damage, not a reason to allocate (a group is at most 16,384 events; a seal chunk
@@ -63,27 +63,12 @@ pub struct RedoRecord {
 }
 
 pub fn encode_header(first_seq: u64) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[..8].copy_from_slice(MAGIC);
-    h[8] = REDO_VERSION;
-    h[12..20].copy_from_slice(&first_seq.to_be_bytes());
-    let crc = crc32fast::hash(&h[..20]);
-    h[20..].copy_from_slice(&crc.to_be_bytes());
-    h
+    super::codec::encode_file_header(MAGIC, REDO_VERSION, first_seq)
 }
 
 /// The first record number a header names, and the file's version (1 or 2: how its records read).
 pub fn decode_header(h: &[u8]) -> Result<(u64, u8), DecodeError> {
-    if h.len() < HEADER_LEN || &h[..8] != MAGIC {
-        return Err(DecodeError::Field { field: "magic", at: 0 });
-    }
-    if !(1..=REDO_VERSION).contains(&h[8]) {
-        return Err(DecodeError::Version(h[8]));
-    }
-    if crc32fast::hash(&h[..20]).to_be_bytes() != h[20..24] {
-        return Err(DecodeError::Checksum);
-    }
-    Ok((u64::from_be_bytes(h[12..20].try_into().expect("8 bytes")), h[8]))
+    super::codec::decode_file_header(h, MAGIC, 1..=REDO_VERSION)
 }
 
 /// A framed record. `ops` yields each op's key and value (`None`: a removal).
