@@ -461,11 +461,28 @@ dimensions = [{}]
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, String, String) {
+        http_send(addr, "POST", path, content_type, headers, body).await
+    }
+
+    /// A raw HTTP/1.1 PUT of a JSON body (the emulator's `/_emulator/customers`); returns (status, body).
+    pub async fn http_put_json(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+        let (status, _, body) = http_send(addr, "PUT", path, "application/json", &[], body).await;
+        (status, body)
+    }
+
+    async fn http_send(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
         let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).await.expect("write");

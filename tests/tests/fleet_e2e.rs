@@ -905,3 +905,74 @@ async fn a_fleet_agents_metrics_show_the_shared_ledgers_usage_drops() {
     assert!(trailer.usage_drops.iter().any(is_the_drop), "ReportStream's drops: {:?}", trailer.usage_drops);
     assert_eq!(a.terminate().unwrap(), Some(0));
 }
+
+/// The lease holder's retention pass over the shared ledger: records accepted in an hour older than
+/// `storage.retention` leave the ledger (folded into `meterd_compacted`, so the report's totals keep them) once
+/// an agent leads on a clock past that age. The agent runs with `--simulate --clock-offset-ms` (its embedded
+/// emulator on the same clock): first a few seconds before an hour's end, so that hour is sealed and accepted at
+/// once, then three days later; the database's clock is the real one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_holder_compacts_the_shared_ledgers_history_past_retention() {
+    let pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_toml(dir.path(), "http://127.0.0.1:9", &pg.url(), 0, "1s")
+        .replace("[storage]\n", "[storage]\nretention = \"2d\"\ndedupe_window = \"1d\"\n");
+    // The agent's clock 8 s before the end of the hour after this one.
+    let now = meterd::clock::system_now_ms();
+    let hour_ms = meterd::clock::hour_start(now) + meterd::clock::HOUR_MS;
+    let offset = hour_ms + meterd::clock::HOUR_MS - 8_000 - now;
+    let run = |offset: i64| {
+        let offset = offset.to_string();
+        Agent::start_with_args(&config, &["--simulate", "--speed", "1", "--clock-offset-ms", &offset]).unwrap()
+    };
+    let mut a = run(offset);
+    let emulator: std::net::SocketAddr =
+        a.emulator.as_deref().unwrap().trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    for c in 0..2 {
+        let body = serde_json::json!({"product_code": "fleetprod", "aws_account_id": ACCOUNT, "license_arn": arn(c)});
+        let (status, out) =
+            meterd_tests::stack::http_put_json(emulator, "/_emulator/customers", &body.to_string()).await;
+        assert_eq!(status, 200, "{out}");
+    }
+    let client = a.client().await.unwrap();
+    let events: Vec<v1::UsageEvent> = (0..4)
+        .map(|i| event(&format!("old-{i}"), i / 2, DIMENSIONS[i % 2], 5 + i as u64, hour_ms / 1000 + 60))
+        .collect();
+    let r = client.metering().record_usage_batch(v1::RecordUsageBatchRequest { events }).await.unwrap();
+    assert!(r.into_inner().results.iter().all(|r| matches!(r.outcome, Some(v1::event_result::Outcome::Receipt(_)))));
+    // Sealed once the hour ends and accepted: 4 records, 26 units.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let t = client.admin().report(v1::ReportRequest {}).await.unwrap().into_inner().totals.unwrap();
+        if t.accepted == "26" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hour was never accepted: {t:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(a.terminate().unwrap(), Some(0));
+    let db = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
+    let kept = || async {
+        let n: i64 =
+            db.query_one("SELECT count(*) FROM meterd_records WHERE hour_ms = $1", &[&hour_ms]).await.unwrap().get(0);
+        n
+    };
+    assert_eq!(kept().await, 4, "the accepted hour is in the shared ledger");
+
+    // Three days on, the same agent leads again: its first retention pass removes the hour.
+    let mut a = run(offset + 3 * 24 * meterd::clock::HOUR_MS);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while kept().await > 0 {
+        assert!(Instant::now() < deadline, "the lease holder never compacted records past retention");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let compacted: i64 =
+        db.query_one("SELECT records FROM meterd_compacted WHERE product = 'app'", &[]).await.unwrap().get(0);
+    assert_eq!(compacted, 4);
+    // The report still counts them: in its totals, no longer in its rows.
+    let report = a.client().await.unwrap().admin().report(v1::ReportRequest {}).await.unwrap().into_inner();
+    let t = report.totals.unwrap();
+    assert_eq!((t.accepted.as_str(), t.compacted_records), ("26", 4), "{t:?}");
+    assert!(report.rows.iter().all(|r| r.hour.as_ref().map(|h| h.seconds * 1000) != Some(hour_ms)));
+    assert_eq!(a.terminate().unwrap(), Some(0));
+}

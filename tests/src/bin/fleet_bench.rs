@@ -173,21 +173,12 @@ fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
 
 /// Subscribes the benchmark's customers in an agent's embedded emulator (`PUT /_emulator/customers`).
 async fn subscribe(emulator: SocketAddr, customers: usize) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for c in 0..customers {
         let body =
             serde_json::json!({"product_code": PRODUCT_CODE, "aws_account_id": ACCOUNT, "license_arn": license(c)})
                 .to_string();
-        let mut s = tokio::net::TcpStream::connect(emulator).await?;
-        let req = format!(
-            "PUT /_emulator/customers HTTP/1.1\r\nHost: {emulator}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        anyhow::ensure!(out.starts_with("HTTP/1.1 200"), "subscribing {}: {out}", license(c));
+        let (status, out) = meterd_tests::stack::http_put_json(emulator, "/_emulator/customers", &body).await;
+        anyhow::ensure!(status == 200, "subscribing {}: {status} {out}", license(c));
     }
     Ok(())
 }
