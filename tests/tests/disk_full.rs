@@ -206,3 +206,121 @@ async fn ingest_stops_at_the_reserve_and_resumes_when_space_is_freed_without_a_r
     assert_all_acknowledged_present(&client, &acked, "after freeing space").await;
     eprintln!("{} events acknowledged before the reserve stopped ingest", acked.lock().unwrap().len() - 1);
 }
+
+/// Every key in `want` is in the shared ledger's event keys with its quantity (waits up to 60 s for the forwarder).
+async fn assert_in_shared_ledger(
+    db: &meterd_fleet::Client,
+    want: &std::collections::BTreeMap<String, u128>,
+    what: &str,
+) {
+    let keys: Vec<String> = want.keys().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let found = loop {
+        let rows = db
+            .query(
+                "SELECT idempotency_key, quantity::text FROM meterd_event_keys WHERE idempotency_key = ANY($1)",
+                &[&keys],
+            )
+            .await
+            .unwrap();
+        let found: std::collections::BTreeMap<String, u128> =
+            rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1).parse().unwrap())).collect();
+        if found.len() == want.len() || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let missing: Vec<&String> = want.keys().filter(|k| !found.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: {} of {} never reached the shared ledger, e.g. {:?}",
+        missing.len(),
+        want.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(&found, want, "{what}: a key reached the shared ledger with another quantity");
+}
+
+/// A fleet spool (`ack = "local"`) on a disk filled to the last byte, with no reserve (`min_free = "0"`), so that
+/// its writes themselves fail with ENOSPC — in the outbox file, the dedupe segment or the redo log — while
+/// callers keep calling. A failed group must leave the outbox's sequences contiguous (its sequences go to the
+/// next group), or the next start refuses the spool as damaged. Per run: load, fill, more load on the full disk,
+/// SIGKILL, free the space, restart with forwarding on; then every acknowledged event must reach PostgreSQL, and
+/// everything attempted, retried, counts once. `METERD_DISK_SEED` / `METERD_DISK_RUNS` (half the runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_whose_writes_fail_on_a_full_disk_reopens_whole_and_forwards_every_acknowledged_event() {
+    let seed: u64 = std::env::var("METERD_DISK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261201);
+    let runs: usize = std::env::var("METERD_DISK_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(20) / 2;
+    eprintln!("spool disk-full test seed={seed} runs={runs} (METERD_DISK_SEED replays it)");
+    let pg = meterd_fleet::test_postgres::TestPostgres::start().expect("a throwaway PostgreSQL");
+    let db = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let fleet = |run: usize, interval: &str| {
+        format!(
+            "[fleet]\ndatabase_url = \"{}\"\nnode_id = \"spool-{run}\"\nforward_interval = \"{interval}\"\n\
+             down_after = \"300s\"\n",
+            pg.url()
+        )
+    };
+    for run in 0..runs {
+        let fs = SmallFs::mount();
+        let data = fs.path().join("data");
+        // Forwarding held back while the disk fills: the outbox stays in its files, so the restart reads (and
+        // checks) every block the failed groups came between.
+        let mut agent = Agent::start(&(config(&data, "0") + &fleet(run, "60s"))).unwrap();
+        let (acked, attempted): (Acked, Attempted) = Default::default();
+        let shape = Load { callers: 8, batch_every: 3, batch_size: 20, past_share: 0.0 };
+        let first = tokio::spawn(load(agent.target(), acked.clone(), attempted.clone(), run * 1000, seed, shape));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+        let ballast = fs.fill("ballast");
+        // Callers keep calling on the full disk (each round's callers stop at their first failed call); then, in
+        // three runs of four, the space comes back while a last round calls on until the kill (a write that failed
+        // must not cost the ones that follow it in the same process).
+        // A round ends once each of its callers had a call fail; soon after the first failures, before a
+        // checkpoint fails too and the store refuses every write until a restart.
+        let rounds_full = rng.random_range(1..=3);
+        let mut round = 1;
+        while round <= rounds_full {
+            load(agent.target(), acked.clone(), attempted.clone(), run * 1000 + round, seed, shape).await;
+            round += 1;
+        }
+        std::fs::remove_file(&ballast).unwrap();
+        if run % 4 != 3 {
+            let last =
+                tokio::spawn(load(agent.target(), acked.clone(), attempted.clone(), run * 1000 + round, seed, shape));
+            tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
+            agent.kill9();
+            last.await.unwrap();
+        } else {
+            agent.kill9();
+        }
+        first.await.unwrap();
+        std::fs::write(&agent.config_path, config(&data, "0") + &fleet(run, "100ms")).unwrap();
+        let agent = agent.restart().unwrap_or_else(|e| {
+            let du = Command::new("du").arg("-ak").arg(fs.path()).output().unwrap();
+            panic!("run {run}: start after freeing space failed: {e}\n{}", String::from_utf8_lossy(&du.stdout))
+        });
+        let want: std::collections::BTreeMap<String, u128> = acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(e, _)| (e.idempotency_key.clone(), meterd_tests::crash::micros(&e.quantity)))
+            .collect();
+        assert_in_shared_ledger(&db, &want, &format!("run {run}, acknowledged")).await;
+        let client = agent.client().await.unwrap();
+        assert_all_acknowledged_present(&client, &acked, &format!("run {run}")).await;
+        let (_, _, n) = retry_all(&client, &attempted).await;
+        let all: std::collections::BTreeMap<String, u128> = attempted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| (e.idempotency_key.clone(), meterd_tests::crash::micros(&e.quantity)))
+            .collect();
+        assert_in_shared_ledger(&db, &all, &format!("run {run}, retried")).await;
+        eprintln!(
+            "run {run}: {} acknowledged, {n} attempted in {round} rounds, all in the shared ledger once",
+            want.len()
+        );
+        drop(agent);
+    }
+}
