@@ -183,3 +183,42 @@ pub async fn retry_all(
     }
     (expected, total, all.len())
 }
+
+/// Each event's key and quantity (micro-units), as [`assert_in_shared_ledger`] wants them.
+pub fn keys_and_quantities<'a>(events: impl Iterator<Item = &'a v1::UsageEvent>) -> BTreeMap<String, u128> {
+    events.map(|e| (e.idempotency_key.clone(), micros(&e.quantity))).collect()
+}
+
+/// Every key in `want` is in the shared ledger's event keys with its quantity (waits up to 120 s for the forwarders).
+pub async fn assert_in_shared_ledger(
+    db: &meterd_fleet::Client,
+    want: &std::collections::BTreeMap<String, u128>,
+    what: &str,
+) {
+    let keys: Vec<String> = want.keys().cloned().collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let found = loop {
+        let rows = db
+            .query(
+                "SELECT idempotency_key, quantity::text FROM meterd_event_keys WHERE idempotency_key = ANY($1)",
+                &[&keys],
+            )
+            .await
+            .unwrap();
+        let found: std::collections::BTreeMap<String, u128> =
+            rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1).parse().unwrap())).collect();
+        if found.len() == want.len() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let missing: Vec<&String> = want.keys().filter(|k| !found.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: {} of {} never reached the shared ledger, e.g. {:?}",
+        missing.len(),
+        want.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(&found, want, "{what}: a key reached the shared ledger with another quantity");
+}

@@ -13,7 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meterd_proto::v1;
-use meterd_tests::crash::{Acked, Attempted, Load, assert_all_acknowledged_present, load, random_event, retry_all};
+use meterd_tests::crash::{
+    Acked, Attempted, Load, assert_all_acknowledged_present, assert_in_shared_ledger, keys_and_quantities, load,
+    random_event, retry_all,
+};
 use meterd_tests::{Agent, meterd_bin};
 use rand::{Rng, SeedableRng};
 
@@ -207,40 +210,6 @@ async fn ingest_stops_at_the_reserve_and_resumes_when_space_is_freed_without_a_r
     eprintln!("{} events acknowledged before the reserve stopped ingest", acked.lock().unwrap().len() - 1);
 }
 
-/// Every key in `want` is in the shared ledger's event keys with its quantity (waits up to 60 s for the forwarder).
-async fn assert_in_shared_ledger(
-    db: &meterd_fleet::Client,
-    want: &std::collections::BTreeMap<String, u128>,
-    what: &str,
-) {
-    let keys: Vec<String> = want.keys().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let found = loop {
-        let rows = db
-            .query(
-                "SELECT idempotency_key, quantity::text FROM meterd_event_keys WHERE idempotency_key = ANY($1)",
-                &[&keys],
-            )
-            .await
-            .unwrap();
-        let found: std::collections::BTreeMap<String, u128> =
-            rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1).parse().unwrap())).collect();
-        if found.len() == want.len() || Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let missing: Vec<&String> = want.keys().filter(|k| !found.contains_key(*k)).collect();
-    assert!(
-        missing.is_empty(),
-        "{what}: {} of {} never reached the shared ledger, e.g. {:?}",
-        missing.len(),
-        want.len(),
-        &missing[..missing.len().min(5)]
-    );
-    assert_eq!(&found, want, "{what}: a key reached the shared ledger with another quantity");
-}
-
 /// A fleet spool (`ack = "local"`) on a disk filled to the last byte, with no reserve (`min_free = "0"`), so that
 /// its writes themselves fail with ENOSPC — in the outbox file, the dedupe segment or the redo log — while
 /// callers keep calling. A failed group must leave the outbox's sequences contiguous (its sequences go to the
@@ -300,22 +269,12 @@ async fn a_spool_whose_writes_fail_on_a_full_disk_reopens_whole_and_forwards_eve
             let du = Command::new("du").arg("-ak").arg(fs.path()).output().unwrap();
             panic!("run {run}: start after freeing space failed: {e}\n{}", String::from_utf8_lossy(&du.stdout))
         });
-        let want: std::collections::BTreeMap<String, u128> = acked
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(e, _)| (e.idempotency_key.clone(), meterd_tests::crash::micros(&e.quantity)))
-            .collect();
+        let want = keys_and_quantities(acked.lock().unwrap().iter().map(|(e, _)| e));
         assert_in_shared_ledger(&db, &want, &format!("run {run}, acknowledged")).await;
         let client = agent.client().await.unwrap();
         assert_all_acknowledged_present(&client, &acked, &format!("run {run}")).await;
         let (_, _, n) = retry_all(&client, &attempted).await;
-        let all: std::collections::BTreeMap<String, u128> = attempted
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| (e.idempotency_key.clone(), meterd_tests::crash::micros(&e.quantity)))
-            .collect();
+        let all = keys_and_quantities(attempted.lock().unwrap().iter());
         assert_in_shared_ledger(&db, &all, &format!("run {run}, retried")).await;
         eprintln!(
             "run {run}: {} acknowledged, {n} attempted in {round} rounds, all in the shared ledger once",

@@ -265,40 +265,9 @@ async fn a_spools_acknowledged_events_survive_power_loss_and_reach_the_shared_le
     }
     assert!(bytes_dropped > 0, "the power losses dropped nothing: the test would not see a missing barrier");
     // The forwarder drains the spool into the shared ledger: every acknowledged key, with its quantity.
-    let want: std::collections::BTreeMap<String, u128> = acked
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(e, _)| (e.idempotency_key.clone(), meterd_tests::crash::micros(&e.quantity)))
-        .collect();
+    let want = meterd_tests::crash::keys_and_quantities(acked.lock().unwrap().iter().map(|(e, _)| e));
     let db = meterd_fleet::connect_plain(&pg.url()).await.unwrap();
-    let keys: Vec<String> = want.keys().cloned().collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let found = loop {
-        let rows = db
-            .query(
-                "SELECT idempotency_key, quantity::text FROM meterd_event_keys \
-                 WHERE idempotency_key = ANY($1)",
-                &[&keys],
-            )
-            .await
-            .unwrap();
-        let found: std::collections::BTreeMap<String, u128> =
-            rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1).parse().unwrap())).collect();
-        if found.len() == want.len() || std::time::Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let missing: Vec<&String> = want.keys().filter(|k| !found.contains_key(*k)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged events never reached the shared ledger, e.g. {:?}",
-        missing.len(),
-        want.len(),
-        &missing[..missing.len().min(5)]
-    );
-    assert_eq!(found, want, "a key reached the shared ledger with another quantity");
+    meterd_tests::crash::assert_in_shared_ledger(&db, &want, "spool").await;
     // And the spool still knows each of them (its dedupe window survived too).
     assert_all_acknowledged_present(&m.agent.as_ref().unwrap().client().await.unwrap(), &acked, "spool").await;
     eprintln!(
