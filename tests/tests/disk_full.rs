@@ -242,11 +242,10 @@ async fn a_spool_whose_writes_fail_on_a_full_disk_reopens_whole_and_forwards_eve
         let first = tokio::spawn(load(agent.target(), acked.clone(), attempted.clone(), run * 1000, seed, shape));
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
         let ballast = fs.fill("ballast");
-        // Callers keep calling on the full disk (each round's callers stop at their first failed call); then, in
-        // three runs of four, the space comes back while a last round calls on until the kill (a write that failed
-        // must not cost the ones that follow it in the same process).
-        // A round ends once each of its callers had a call fail; soon after the first failures, before a
-        // checkpoint fails too and the store refuses every write until a restart.
+        // 1-3 rounds of callers on the full disk (a round ends once each of its callers had a call fail); then, in
+        // three runs of four, the space comes back — soon, before a checkpoint fails too and the store refuses
+        // every write until a restart — while a last round calls on until the kill: a write that failed must not
+        // cost the ones that follow it in the same process.
         let rounds_full = rng.random_range(1..=3);
         let mut round = 1;
         while round <= rounds_full {

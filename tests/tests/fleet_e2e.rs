@@ -909,18 +909,18 @@ async fn a_fleet_agents_metrics_show_the_shared_ledgers_usage_drops() {
 /// The lease holder's retention pass over the shared ledger: records accepted in an hour older than
 /// `storage.retention` leave the ledger (folded into `meterd_compacted`, so the report's totals keep them) once
 /// an agent leads on a clock past that age. The agent runs with `--simulate --clock-offset-ms` (its embedded
-/// emulator on the same clock): first a few seconds before an hour's end, so that hour is sealed and accepted at
-/// once, then three days later; the database's clock is the real one.
+/// emulator on the same clock): first 20 s before an hour's end (room for a slow start on a busy machine), so that
+/// hour is sealed and accepted soon after, then three days later; the database's clock is the real one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_holder_compacts_the_shared_ledgers_history_past_retention() {
     let pg = TestPostgres::start().expect("a throwaway PostgreSQL (Debian's postgresql package)");
     let dir = tempfile::tempdir().unwrap();
     let config = agent_toml(dir.path(), "http://127.0.0.1:9", &pg.url(), 0, "1s")
         .replace("[storage]\n", "[storage]\nretention = \"2d\"\ndedupe_window = \"1d\"\n");
-    // The agent's clock 8 s before the end of the hour after this one.
+    // The agent's clock 20 s before the end of the hour after this one.
     let now = meterd::clock::system_now_ms();
     let hour_ms = meterd::clock::hour_start(now) + meterd::clock::HOUR_MS;
-    let offset = hour_ms + meterd::clock::HOUR_MS - 8_000 - now;
+    let offset = hour_ms + meterd::clock::HOUR_MS - 20_000 - now;
     let run = |offset: i64| {
         let offset = offset.to_string();
         Agent::start_with_args(&config, &["--simulate", "--speed", "1", "--clock-offset-ms", &offset]).unwrap()
@@ -939,7 +939,11 @@ async fn the_lease_holder_compacts_the_shared_ledgers_history_past_retention() {
         .map(|i| event(&format!("old-{i}"), i / 2, DIMENSIONS[i % 2], 5 + i as u64, hour_ms / 1000 + 60))
         .collect();
     let r = client.metering().record_usage_batch(v1::RecordUsageBatchRequest { events }).await.unwrap();
-    assert!(r.into_inner().results.iter().all(|r| matches!(r.outcome, Some(v1::event_result::Outcome::Receipt(_)))));
+    for r in r.into_inner().results {
+        let Some(v1::event_result::Outcome::Receipt(rc)) = r.outcome else { panic!("refused: {r:?}") };
+        // Counted in its own hour, not late into the next (the start took less than the 20 s planned).
+        assert_eq!(rc.usage_hour.map(|t| t.seconds * 1000), Some(hour_ms), "{rc:?}");
+    }
     // Sealed once the hour ends and accepted: 4 records, 26 units.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
